@@ -1,0 +1,36 @@
+// input.h — the one way every program opens its inputs.
+//
+// tp_input_open(path) reads, as one byte stream and without temporary files:
+//   - "-" (standard input) or a plain file;
+//   - a gzip, xz, bzip2, zstd or lz4 compressed file, detected by its magic bytes;
+//   - one member of a tar archive (plain or compressed) or a zip archive, named as
+//     ARCHIVE/MEMBER, e.g. "data.tar.gz/gsm8k/train.jsonl". The archive is the
+//     longest leading part of the path that is an existing file.
+// Offsets and errors refer to the decompressed bytes.
+#ifndef TP_INPUT_H
+#define TP_INPUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "error.h"
+
+typedef struct tp_input tp_input;
+
+tp_input *tp_input_open(const char *path, tp_err *err);
+// Reads from memory (not copied; must outlive the input). Compression and archives
+// are detected as for files; member may be NULL.
+tp_input *tp_input_open_mem(const void *data, size_t len, const char *name, const char *member, tp_err *err);
+
+// Reads up to cap bytes. Returns the count (> 0), 0 at the end, -1 on error (err names the input).
+ssize_t tp_input_read(tp_input *in, void *buf, size_t cap, tp_err *err);
+// Reads exactly n bytes unless the input ends first; returns the count read, -1 on error.
+ssize_t tp_input_read_full(tp_input *in, void *buf, size_t n, tp_err *err);
+
+const char *tp_input_name(const tp_input *in);  // for messages: path, "ARCHIVE/MEMBER" or "<stdin>"
+uint64_t tp_input_offset(const tp_input *in);   // bytes delivered so far
+const char *tp_input_format(const tp_input *in); // "plain", "gzip", "tar/gzip", "zip", ...
+void tp_input_close(tp_input *in);
+
+#endif
