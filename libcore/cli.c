@@ -10,6 +10,8 @@ tp_cli_state tp_cli;
 
 void tp_cli_init(int argc, char **argv) {
     tp_set_program(argc > 0 ? argv[0] : NULL);
+    // getopt_long names the program from argv[0] in its own messages.
+    if (argc > 0) argv[0] = (char *)tp_program();
     // getopt's own message ("unrecognized option '--x'") names the option; we add the hint.
     opterr = 1;
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zstd.h>
 
 enum { SNIFF_BYTES = 512, ARCHIVE_BLOCK = 1 << 16 };
 
@@ -24,6 +25,12 @@ struct tp_input {
     // Bytes read from fd to detect the format; served before reading fd again.
     uint8_t peek[SNIFF_BYTES];
     size_t peek_len, peek_pos;
+    // Set when zstd is decompressed here: libzstd hands out each block as soon as
+    // it is complete, so a stream flushed into a pipe is readable at once.
+    ZSTD_DCtx *zstd;
+    uint8_t *zstd_in;
+    ZSTD_inBuffer zstd_buf;
+    bool source_ended, frame_pending;
     // Set when the bytes are decompressed or extracted by libarchive.
     struct archive *ar;
     uint8_t *ar_block;
@@ -32,23 +39,51 @@ struct tp_input {
 
 typedef enum { KIND_PLAIN, KIND_COMPRESSED, KIND_ZIP, KIND_TAR } source_kind;
 
+static const struct { const char *magic; size_t len; source_kind kind; } magics[] = {
+    {"\x1f\x8b", 2, KIND_COMPRESSED},                 // gzip
+    {"\xfd" "7zXZ\x00", 6, KIND_COMPRESSED},          // xz
+    {"BZh", 3, KIND_COMPRESSED},                      // bzip2
+    {"\x28\xb5\x2f\xfd", 4, KIND_COMPRESSED},         // zstd
+    {"\x04\x22\x4d\x18", 4, KIND_COMPRESSED},         // lz4
+    {"PK\x03\x04", 4, KIND_ZIP},
+    {"PK\x05\x06", 4, KIND_ZIP},                      // empty zip
+};
+enum { N_MAGICS = sizeof magics / sizeof magics[0], TAR_MAGIC_END = 262 };
+
 static source_kind sniff(const uint8_t *p, size_t n) {
-    static const struct { const char *magic; size_t len; source_kind kind; } magics[] = {
-        {"\x1f\x8b", 2, KIND_COMPRESSED},                 // gzip
-        {"\xfd" "7zXZ\x00", 6, KIND_COMPRESSED},          // xz
-        {"BZh", 3, KIND_COMPRESSED},                      // bzip2
-        {"\x28\xb5\x2f\xfd", 4, KIND_COMPRESSED},         // zstd
-        {"\x04\x22\x4d\x18", 4, KIND_COMPRESSED},         // lz4
-        {"PK\x03\x04", 4, KIND_ZIP},
-        {"PK\x05\x06", 4, KIND_ZIP},                      // empty zip
-    };
-    for (size_t i = 0; i < sizeof magics / sizeof magics[0]; i++)
+    for (size_t i = 0; i < N_MAGICS; i++)
         if (n >= magics[i].len && !memcmp(p, magics[i].magic, magics[i].len)) return magics[i].kind;
-    if (n >= 262 && !memcmp(p + 257, "ustar", 5)) return KIND_TAR;
+    if (n >= TAR_MAGIC_END && !memcmp(p + 257, "ustar", 5)) return KIND_TAR;
     return KIND_PLAIN;
 }
 
+// Whether more bytes could change what sniff() says. On a pipe we must not wait
+// for bytes the writer has not sent yet (a single short record or line followed
+// by a pause), so sniffing stops as soon as the answer is settled.
+static bool sniff_undecided(const uint8_t *p, size_t n) {
+    if (n == 0) return true;
+    for (size_t i = 0; i < N_MAGICS; i++) {
+        size_t m = n < magics[i].len ? n : magics[i].len;
+        if (!memcmp(p, magics[i].magic, m)) return n < magics[i].len;
+    }
+    if (n >= TAR_MAGIC_END || p[0] == 0) return false;
+    // A tar header starts with a NUL-padded name: non-NUL bytes (no newline), then only NULs.
+    bool seen_nul = false;
+    for (size_t i = 0; i < n && i < 100; i++) {
+        if (p[i] == 0) seen_nul = true;
+        else if (seen_nul || p[i] == '\n') return false;
+    }
+    return true;
+}
+
 // Reads raw (not yet decompressed) bytes: the sniffed bytes first, then the source.
+static ssize_t fd_read(int fd, void *buf, size_t cap) {
+    for (;;) {
+        ssize_t n = read(fd, buf, cap);
+        if (n >= 0 || errno != EINTR) return n;
+    }
+}
+
 static ssize_t source_read(tp_input *in, void *buf, size_t cap) {
     if (in->peek_pos < in->peek_len) {
         size_t n = in->peek_len - in->peek_pos;
@@ -64,10 +99,45 @@ static ssize_t source_read(tp_input *in, void *buf, size_t cap) {
         in->mem_pos += n;
         return (ssize_t)n;
     }
+    return fd_read(in->fd, buf, cap);
+}
+
+static ssize_t zstd_read(tp_input *in, void *buf, size_t cap, tp_err *err) {
+    ZSTD_outBuffer out = {buf, cap, 0};
     for (;;) {
-        ssize_t n = read(in->fd, buf, cap);
-        if (n >= 0 || errno != EINTR) return n;
+        // Called with no new input too: it first hands out output it holds back.
+        size_t in_before = in->zstd_buf.pos, out_before = out.pos;
+        size_t hint = ZSTD_decompressStream(in->zstd, &out, &in->zstd_buf);
+        if (ZSTD_isError(hint)) {
+            tp_err_set(err, "%s: corrupt zstd data after %llu bytes: %s", in->name,
+                       (unsigned long long)(in->offset + out.pos), ZSTD_getErrorName(hint));
+            return -1;
+        }
+        // Between frames an idle call asks for the next header; only progress tells.
+        if (in->zstd_buf.pos > in_before || out.pos > out_before) in->frame_pending = hint != 0;
+        if (out.pos == out.size) return (ssize_t)out.pos;
+        if (in->zstd_buf.pos < in->zstd_buf.size) continue;
+        if (out.pos > 0) return (ssize_t)out.pos;  // never block while holding data
+        if (in->source_ended) {
+            if (!in->frame_pending) return 0;
+            tp_err_set(err, "%s: truncated zstd data after %llu bytes", in->name, (unsigned long long)in->offset);
+            return -1;
+        }
+        ssize_t n = source_read(in, in->zstd_in, ZSTD_DStreamInSize());
+        if (n < 0) {
+            tp_err_set(err, "%s: read failed: %s", in->name, strerror(errno));
+            return -1;
+        }
+        if (n == 0) in->source_ended = true;
+        in->zstd_buf = (ZSTD_inBuffer){in->zstd_in, (size_t)n, 0};
     }
+}
+
+static bool is_zstd(const uint8_t *p, size_t n) { return n >= 4 && !memcmp(p, "\x28\xb5\x2f\xfd", 4); }
+
+static bool names_tar(const char *name) {
+    size_t n = strlen(name);
+    return (n >= 8 && !strcmp(name + n - 8, ".tar.zst")) || (n >= 5 && !strcmp(name + n - 5, ".tzst"));
 }
 
 static la_ssize_t archive_read_cb(struct archive *a, void *user, const void **out) {
@@ -91,6 +161,16 @@ static la_ssize_t archive_read_cb(struct archive *a, void *user, const void **ou
 static const char *strip_dot_slash(const char *s) {
     while (s[0] == '.' && s[1] == '/') s += 2;
     return s;
+}
+
+// Member names match with any leading "./" and trailing "/" ignored (tar stores "dir/").
+static bool same_member(const char *a, const char *b) {
+    a = strip_dot_slash(a);
+    b = strip_dot_slash(b);
+    size_t la = strlen(a), lb = strlen(b);
+    while (la && a[la - 1] == '/') la--;
+    while (lb && b[lb - 1] == '/') lb--;
+    return la == lb && !memcmp(a, b, la);
 }
 
 static int open_archive(tp_input *in, const char *archive_name, const char *member, tp_err *err) {
@@ -136,7 +216,7 @@ static int open_archive(tp_input *in, const char *archive_name, const char *memb
             return -1;
         }
         first = false;
-        if (strcmp(path, strip_dot_slash(member)) != 0) continue;
+        if (!same_member(path, member)) continue;
         if (archive_entry_filetype(entry) != AE_IFREG) {
             tp_err_set(err, "%s/%s: not a regular file in the archive", archive_name, member);
             return -1;
@@ -158,8 +238,8 @@ static tp_input *finish_open(tp_input *in, const char *archive_name, const char 
     const uint8_t *head = in->mem ? in->mem : in->peek;
     size_t head_len = in->mem ? in->mem_len : in->peek_len;
     if (!in->mem) {
-        while (in->peek_len < SNIFF_BYTES) {
-            ssize_t n = source_read(in, in->peek + in->peek_len, SNIFF_BYTES - in->peek_len);
+        while (in->peek_len < SNIFF_BYTES && sniff_undecided(in->peek, in->peek_len)) {
+            ssize_t n = fd_read(in->fd, in->peek + in->peek_len, SNIFF_BYTES - in->peek_len);
             if (n < 0) {
                 tp_err_set(err, "%s: read failed: %s", in->name, strerror(errno));
                 tp_input_close(in);
@@ -172,6 +252,13 @@ static tp_input *finish_open(tp_input *in, const char *archive_name, const char 
     }
     source_kind kind = sniff(head, head_len);
     if (kind == KIND_PLAIN && !member) return in;
+    if (is_zstd(head, head_len) && !member && !names_tar(archive_name)) {
+        in->zstd = ZSTD_createDCtx();
+        if (!in->zstd) tp_die("out of memory creating a zstd context");
+        in->zstd_in = tp_xmalloc(ZSTD_DStreamInSize());
+        snprintf(in->format, sizeof in->format, "zstd");
+        return in;
+    }
     if (kind == KIND_PLAIN) {
         tp_err_set(err, "%s: not a tar or zip archive, so it has no member '%s'", archive_name, member);
         tp_input_close(in);
@@ -238,7 +325,10 @@ tp_input *tp_input_open_mem(const void *data, size_t len, const char *name, cons
 
 ssize_t tp_input_read(tp_input *in, void *buf, size_t cap, tp_err *err) {
     ssize_t n;
-    if (in->ar) {
+    if (in->zstd) {
+        n = zstd_read(in, buf, cap, err);
+        if (n < 0) return -1;
+    } else if (in->ar) {
         n = archive_read_data(in->ar, buf, cap);
         if (n < 0) {
             tp_err_set(err, "%s: corrupt or truncated %s data after %llu bytes: %s", in->name, in->format,
@@ -274,6 +364,8 @@ const char *tp_input_format(const tp_input *in) { return in->format; }
 void tp_input_close(tp_input *in) {
     if (!in) return;
     if (in->ar) archive_read_free(in->ar);
+    ZSTD_freeDCtx(in->zstd);
+    free(in->zstd_in);
     if (in->own_fd && in->fd >= 0) close(in->fd);
     free(in->ar_block);
     free(in->name);

@@ -25,8 +25,10 @@ static int format_int(char *out, long long v) {
 static int shortest_digits(double d, char digits[24], int *decpt) {
     char tmp[40];
     // Any double is recovered from 17 significant digits; if one with 15 or 16
-    // digits round-trips, the correctly rounded one of that length does too.
-    for (int prec = 15; prec <= 17; prec++) {
+    // digits round-trips, the correctly rounded one of that length does too, and a
+    // normal double's 15-digit rounding, stripped of zeros, is its shortest form.
+    // Subnormals carry fewer bits, so their search starts at one digit.
+    for (int prec = d < DBL_MIN ? 1 : 15; prec <= 17; prec++) {
         snprintf(tmp, sizeof tmp, "%.*e", prec - 1, d);
         if (prec == 17 || strtod(tmp, NULL) == d) break;
     }

@@ -112,6 +112,22 @@ static const char *kind_name(jv_kind k) {
     }
 }
 
+// libjq's parse messages count lines inside the parsed text and end with
+// " (while parsing '<the whole line>')". A record is one line, so keep the column,
+// say "end of line" for its "EOF", and drop the quoted copy of the line.
+static void tidy_parse_message(const char *text, char *out, size_t cap) {
+    const char *quote = strstr(text, " (while parsing '");
+    int keep = quote ? (int)(quote - text) : (int)strlen(text);
+    snprintf(out, cap, "%.*s", keep, text);
+    char *at = strstr(out, " at EOF at line ");
+    if (at) {
+        strcpy(at, " at end of line");
+        return;
+    }
+    at = strstr(out, " at line 1, column ");
+    if (at) memmove(at + 4, at + 12, strlen(at + 12) + 1);  // " at column N"
+}
+
 int tp_jsonl_next(tp_jsonl_reader *r, jv *out, tp_err *err) {
     for (;;) {
         char *line;
@@ -124,11 +140,10 @@ int tp_jsonl_next(tp_jsonl_reader *r, jv *out, tp_err *err) {
         if (!jv_is_valid(v)) {
             jv msg = jv_invalid_get_msg(v);
             const char *text = jv_get_kind(msg) == JV_KIND_STRING ? jv_string_value(msg) : "unknown error";
-            // Drop libjq's " (while parsing '<the whole line>')": the line number says where.
-            const char *quote = strstr(text, " (while parsing '");
-            int keep = quote ? (int)(quote - text) : (int)strlen(text);
-            tp_err_set(&bad, "%s:%llu: invalid JSON: %.*s", tp_input_name(r->in), (unsigned long long)r->line_no,
-                       keep, text);
+            char clean[256];
+            tidy_parse_message(text, clean, sizeof clean);
+            tp_err_set(&bad, "%s:%llu: invalid JSON: %s", tp_input_name(r->in), (unsigned long long)r->line_no,
+                       clean);
             jv_free(msg);
         } else if (!r->opts.allow_scalar && jv_get_kind(v) != JV_KIND_OBJECT) {
             tp_err_set(&bad, "%s:%llu: expected a JSON object, got %s", tp_input_name(r->in),

@@ -75,3 +75,83 @@ uint16_t tp_f32_to_f16(float f) {
     uint32_t r = abs + 0xfff + ((abs >> 13) & 1);  // round to nearest even at bit 13
     return sign | (uint16_t)((r - 0x38000000) >> 13);
 }
+
+static float f8_e4m3_to_f32(uint8_t b) {
+    int sign = b >> 7, exp = (b >> 3) & 15, man = b & 7;
+    float v;
+    if (exp == 15 && man == 7) return NAN;  // E4M3 has no infinities
+    if (exp == 0) v = ldexpf((float)man, -9);
+    else v = ldexpf(1.0f + (float)man / 8.0f, exp - 7);
+    return sign ? -v : v;
+}
+
+static uint8_t f32_to_f8_e4m3(float f) {
+    // Exhaustive search of the 127 non-negative codes: E4M3 is a display/storage
+    // format here, not a hot path, and this is obviously correct (ties to even code).
+    if (isnan(f)) return 0x7f;
+    uint8_t sign = signbit(f) ? 0x80 : 0, best = 0;
+    float a = fabsf(f), best_err = INFINITY;
+    for (int c = 0; c < 0x7f; c++) {
+        float e = fabsf(f8_e4m3_to_f32((uint8_t)c) - a);
+        if (e < best_err || (e == best_err && !(c & 1))) best_err = e, best = (uint8_t)c;
+    }
+    return sign | best;
+}
+
+double tp_tensor_get(const void *data, tp_dtype t, uint64_t i) {
+    const uint8_t *p = (const uint8_t *)data + i * tp_dtype_size(t);
+    union { uint8_t u8; int8_t i8; uint16_t u16; int16_t i16; uint32_t u32; int32_t i32; uint64_t u64; int64_t i64;
+            float f32; double f64; } v;
+    memcpy(&v, p, tp_dtype_size(t));  // records need not keep elements aligned
+    switch (t) {
+    case TP_BOOL: case TP_U8: return v.u8;
+    case TP_I8: return v.i8;
+    case TP_F8_E4M3: return f8_e4m3_to_f32(v.u8);
+    case TP_F8_E5M2: return tp_f16_to_f32((uint16_t)(v.u8 << 8));
+    case TP_I16: return v.i16;
+    case TP_U16: return v.u16;
+    case TP_F16: return tp_f16_to_f32(v.u16);
+    case TP_BF16: return tp_bf16_to_f32(v.u16);
+    case TP_I32: return v.i32;
+    case TP_U32: return v.u32;
+    case TP_F32: return v.f32;
+    case TP_F64: return v.f64;
+    case TP_I64: return (double)v.i64;
+    case TP_U64: return (double)v.u64;
+    default: return NAN;
+    }
+}
+
+static bool whole_in(double v, double lo, double hi) { return v == floor(v) && v >= lo && v <= hi; }
+
+bool tp_tensor_set(void *data, tp_dtype t, uint64_t i, double v) {
+    uint8_t *p = (uint8_t *)data + i * tp_dtype_size(t);
+    union { uint8_t u8; int8_t i8; uint16_t u16; int16_t i16; uint32_t u32; int32_t i32; uint64_t u64; int64_t i64;
+            float f32; double f64; } u;
+    switch (t) {
+    case TP_BOOL: if (v != 0 && v != 1) return false; u.u8 = (uint8_t)v; break;
+    case TP_U8: if (!whole_in(v, 0, 255)) return false; u.u8 = (uint8_t)v; break;
+    case TP_I8: if (!whole_in(v, -128, 127)) return false; u.i8 = (int8_t)v; break;
+    case TP_F8_E4M3: u.u8 = f32_to_f8_e4m3((float)v); break;
+    case TP_F8_E5M2: {
+        // E5M2 is the top byte of an f16: round the f16 bits to nearest even at bit 8.
+        uint16_t h = tp_f32_to_f16((float)v);
+        if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) u.u8 = (uint8_t)((h >> 8) | 2);
+        else u.u8 = (uint8_t)((h + 0x7f + ((h >> 8) & 1)) >> 8);
+        break;
+    }
+    case TP_I16: if (!whole_in(v, -32768, 32767)) return false; u.i16 = (int16_t)v; break;
+    case TP_U16: if (!whole_in(v, 0, 65535)) return false; u.u16 = (uint16_t)v; break;
+    case TP_F16: u.u16 = tp_f32_to_f16((float)v); break;
+    case TP_BF16: u.u16 = tp_f32_to_bf16((float)v); break;
+    case TP_I32: if (!whole_in(v, -2147483648.0, 2147483647.0)) return false; u.i32 = (int32_t)v; break;
+    case TP_U32: if (!whole_in(v, 0, 4294967295.0)) return false; u.u32 = (uint32_t)v; break;
+    case TP_F32: u.f32 = (float)v; break;
+    case TP_F64: u.f64 = v; break;
+    case TP_I64: if (!whole_in(v, -9223372036854775808.0, 9223372036854774784.0)) return false; u.i64 = (int64_t)v; break;
+    case TP_U64: if (!whole_in(v, 0, 18446744073709549568.0)) return false; u.u64 = (uint64_t)v; break;
+    default: return false;
+    }
+    memcpy(p, &u, tp_dtype_size(t));
+    return true;
+}

@@ -53,3 +53,9 @@ float tp_f16_to_f32(uint16_t h);
 uint16_t tp_f32_to_f16(float f);
 
 #endif
+
+// Element i of a tensor of any dtype as a double (F8/F16/BF16 decoded, integers exact below 2^53).
+double tp_tensor_get(const void *data, tp_dtype t, uint64_t i);
+// Stores v as element i; fails (false) when v does not fit the dtype exactly:
+// integers must be whole and in range, BOOL 0 or 1; floats are rounded to nearest even.
+bool tp_tensor_set(void *data, tp_dtype t, uint64_t i, double v);

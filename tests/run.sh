@@ -1,0 +1,51 @@
+#!/bin/sh
+# Runs every unit test binary and CLI test script; each prints "ok - NAME",
+# "not ok - NAME" or "skip - NAME: why" per test. Ends with one line
+# "tests: N passed, N failed, N skipped" and a non-zero status if anything failed.
+set -u
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build/release}
+export BIN="$PWD/$BUILD/bin"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pass=0 fail=0 skip=0
+
+if [ -n "${NVCC:-}" ]; then
+    echo "cuda: built kernels/cuda with $("$NVCC" --version | sed -n 's/.*release \([0-9.]*\).*/nvcc \1/p') for$(for a in ${CUDA_ARCHS:-}; do printf ' sm_%s' "$a"; done)"
+else
+    echo "cuda: nvcc not found; CPU-only build (CUDA tests are reported as skipped)"
+fi
+
+count() {  # count OUTPUT_FILE STATUS NAME
+    p=$(grep -c '^ok - ' "$1")
+    f=$(grep -c '^not ok - ' "$1")
+    s=$(grep -c '^skip - ' "$1")
+    grep -E '^(not ok|skip) - ' "$1"
+    if [ "$2" -ne 0 ] && [ "$f" -eq 0 ]; then
+        echo "not ok - $3: exited with status $2"
+        f=1
+    fi
+    pass=$((pass + p)) fail=$((fail + f)) skip=$((skip + s))
+}
+
+for t in "$BUILD"/tests/test_*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    "$t" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    echo "$name: $(tail -n 1 "$tmp/out" | sed 's/^# //')"
+    count "$tmp/out" $rc "$name"
+    if [ $rc -ne 0 ]; then sed 's/^/    /' "$tmp/err" | head -n 40; fi
+done
+
+for s in tests/cli/test_*.sh; do
+    name=$(basename "$s" .sh)
+    sh "$s" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    echo "$name: $(grep -c '^ok - ' "$tmp/out") ok"
+    count "$tmp/out" $rc "$name"
+    if [ $rc -ne 0 ]; then sed 's/^/    /' "$tmp/err" | head -n 40; fi
+done
+
+echo "tests: $pass passed, $fail failed, $skip skipped"
+[ "$fail" -eq 0 ]
