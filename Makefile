@@ -93,6 +93,7 @@ $(FUZZ_BUILD)/obj/%.o: %.c $(wildcard libcore/*.h)
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJS)
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ -o $@ -ljq -larchive -lzstd -lm -fopenmp
 
+.SECONDARY: $(FUZZ_LIB_OBJS)
 fuzz: $(FUZZERS)
 	@FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh
 

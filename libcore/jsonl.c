@@ -160,7 +160,8 @@ int tp_jsonl_next(tp_jsonl_reader *r, jv *out, tp_err *err) {
             *err = bad;
             return -1;
         }
-        if (r->skipped++ < (uint64_t)r->opts.max_warnings) tp_warn("skipping %s", bad.msg);
+        if (r->opts.max_warnings > 0 && r->skipped < (uint64_t)r->opts.max_warnings) tp_warn("skipping %s", bad.msg);
+        r->skipped++;
     }
 }
 
@@ -176,7 +177,7 @@ const char *tp_jsonl_text(const tp_jsonl_reader *r, size_t *len) {
 
 void tp_jsonl_close(tp_jsonl_reader *r) {
     if (!r) return;
-    if (r->skipped)
+    if (r->skipped && r->opts.max_warnings >= 0)
         tp_warn("%s: skipped %llu malformed line%s", tp_input_name(r->in), (unsigned long long)r->skipped,
                 r->skipped == 1 ? "" : "s");
     tp_input_close(r->in);

@@ -21,7 +21,7 @@
 typedef struct tp_jsonl_opts {
     bool skip_bad;      // count and skip malformed lines instead of failing
     bool allow_scalar;  // accept any JSON value per line, not only objects
-    int max_warnings;   // skipped lines reported one by one (default 10 when 0)
+    int max_warnings;   // skipped lines reported one by one (0: 10; negative: none, no summary)
 } tp_jsonl_opts;
 
 typedef struct tp_jsonl_reader tp_jsonl_reader;
