@@ -1,4 +1,4 @@
-// json.h — printing jv values as compact JSON, fast.
+// json.h — parsing and printing jv values as compact JSON, fast.
 //
 // The output is byte-for-byte what libjq's jv_dump_string(v, 0) (and so `jq -c .`)
 // prints — same key order, escapes and number format — at several times its speed,
@@ -10,6 +10,13 @@
 #include <jv.h>
 
 #include "buf.h"
+#include "error.h"
+
+// Parses exactly one JSON value (RFC 8259, strict: no NaN, no leading zeros, no
+// trailing commas) from text[0..len), which need not be NUL-terminated. On error,
+// err says what and at which 1-based column. Strings keep jq's rules: invalid
+// UTF-8 becomes U+FFFD; duplicate keys keep the first position and the last value.
+int tp_json_parse(const char *text, size_t len, jv *out, tp_err *err);
 
 // Appends v (borrowed, not freed) to b.
 void tp_json_dump(tp_buf *b, jv v);

@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 enum { READ_CHUNK = 1 << 18 };
-#define MAX_LINE_BYTES ((size_t)1 << 31)  // jv_parse_sized takes an int length
+#define MAX_LINE_BYTES ((size_t)1 << 31)  // jv strings take an int length
 
 struct tp_jsonl_reader {
     tp_input *in;
@@ -54,8 +54,7 @@ static ssize_t fill(tp_jsonl_reader *r, tp_err *err) {
         r->cap *= 2;
         r->buf = tp_xrealloc(r->buf, r->cap);
     }
-    // One byte stays free so that the last line can always be NUL-terminated.
-    ssize_t n = tp_input_read(r->in, r->buf + r->len, r->cap - r->len - 1, err);
+    ssize_t n = tp_input_read(r->in, r->buf + r->len, r->cap - r->len, err);
     if (n > 0) r->len += (size_t)n;
     return n;
 }
@@ -91,8 +90,6 @@ static int next_line(tp_jsonl_reader *r, char **line, size_t *n, tp_err *err) {
         *line += 3;
         *n -= 3;
     }
-    // libjq's parse error message quotes the text with %s, so it must end in a NUL.
-    (*line)[*n] = 0;
     return 1;
 }
 
@@ -112,22 +109,6 @@ static const char *kind_name(jv_kind k) {
     }
 }
 
-// libjq's parse messages count lines inside the parsed text and end with
-// " (while parsing '<the whole line>')". A record is one line, so keep the column,
-// say "end of line" for its "EOF", and drop the quoted copy of the line.
-static void tidy_parse_message(const char *text, char *out, size_t cap) {
-    const char *quote = strstr(text, " (while parsing '");
-    int keep = quote ? (int)(quote - text) : (int)strlen(text);
-    snprintf(out, cap, "%.*s", keep, text);
-    char *at = strstr(out, " at EOF at line ");
-    if (at) {
-        strcpy(at, " at end of line");
-        return;
-    }
-    at = strstr(out, " at line 1, column ");
-    if (at) memmove(at + 4, at + 12, strlen(at + 12) + 1);  // " at column N"
-}
-
 int tp_jsonl_next(tp_jsonl_reader *r, jv *out, tp_err *err) {
     for (;;) {
         char *line;
@@ -136,15 +117,9 @@ int tp_jsonl_next(tp_jsonl_reader *r, jv *out, tp_err *err) {
         if (got <= 0) return got;
         if (is_blank(line, n)) continue;
         tp_err bad = {{0}};
-        jv v = jv_parse_sized(line, (int)n);
-        if (!jv_is_valid(v)) {
-            jv msg = jv_invalid_get_msg(v);
-            const char *text = jv_get_kind(msg) == JV_KIND_STRING ? jv_string_value(msg) : "unknown error";
-            char clean[256];
-            tidy_parse_message(text, clean, sizeof clean);
-            tp_err_set(&bad, "%s:%llu: invalid JSON: %s", tp_input_name(r->in), (unsigned long long)r->line_no,
-                       clean);
-            jv_free(msg);
+        jv v = jv_invalid();
+        if (tp_json_parse(line, n, &v, &bad)) {
+            tp_err_prefix(&bad, "%s:%llu: invalid JSON", tp_input_name(r->in), (unsigned long long)r->line_no);
         } else if (!r->opts.allow_scalar && jv_get_kind(v) != JV_KIND_OBJECT) {
             tp_err_set(&bad, "%s:%llu: expected a JSON object, got %s", tp_input_name(r->in),
                        (unsigned long long)r->line_no, kind_name(jv_get_kind(v)));

@@ -113,18 +113,9 @@ int tp_st_header_parse(const char *json, size_t len, tp_st_header *h, tp_err *er
         tp_err_set(err, "header length %zu is out of range [2, %llu]", len, (unsigned long long)TP_ST_MAX_HEADER);
         return -1;
     }
-    // libjq quotes the text in parse errors with %s: give it a terminated copy.
-    char *text = tp_xmalloc(len + 1);
-    memcpy(text, json, len);
-    text[len] = 0;
-    jv root = jv_parse_sized(text, (int)len);
-    free(text);
-    if (!jv_is_valid(root)) {
-        jv msg = jv_invalid_get_msg(root);
-        const char *m = jv_get_kind(msg) == JV_KIND_STRING ? jv_string_value(msg) : "invalid";
-        const char *cut = strstr(m, " (while parsing");
-        tp_err_set(err, "header is not valid JSON: %.*s", cut ? (int)(cut - m) : (int)strlen(m), m);
-        jv_free(msg);
+    jv root;
+    if (tp_json_parse(json, len, &root, err)) {
+        tp_err_prefix(err, "header is not valid JSON");
         return -1;
     }
     if (jv_get_kind(root) != JV_KIND_OBJECT) {
@@ -403,7 +394,9 @@ static int open_index(tp_weights *w, const char *index_path, tp_err *err) {
     char *text;
     size_t len;
     if (read_small_file(index_path, &text, &len, err)) return -1;
-    jv root = jv_parse_sized(text, (int)len);
+    jv root = jv_invalid();
+    tp_err parse_err;
+    tp_json_parse(text, len, &root, &parse_err);
     free(text);
     jv map = jv_is_valid(root) && jv_get_kind(root) == JV_KIND_OBJECT
                  ? jv_object_get(jv_copy(root), jv_string("weight_map")) : jv_invalid();

@@ -2,6 +2,8 @@
 #include "json.h"
 #include "test.h"
 
+#include <stdbool.h>
+
 #include <float.h>
 #include <stdint.h>
 
@@ -112,9 +114,91 @@ static void test_nested_values_match_jq(void) {
     CHECK_MSG(mismatches == 0, "%d values printed differently from jq", mismatches);
 }
 
+// Parses text with ours and with libjq; both must agree on success and value.
+static int parse_disagreements;
+static void parse_both(const char *text, size_t n) {
+    jv ours, ref;
+    tp_err err;
+    int rc = tp_json_parse(text, n, &ours, &err);
+    char *z = strndup(text, n);
+    ref = jv_parse_sized(z, (int)n);
+    free(z);
+    bool same = rc == 0 ? jv_is_valid(ref) && jv_equal(jv_copy(ours), jv_copy(ref)) : !jv_is_valid(ref);
+    if (!same && parse_disagreements++ < 5) fprintf(stderr, "  parsers disagree on '%.*s' (%s)\n", (int)n, text, rc ? err.msg : "we accept");
+    if (rc == 0) jv_free(ours);
+    jv_free(ref);
+}
+
+static void test_parser_matches_jq(void) {
+    parse_disagreements = 0;
+    static const char *texts[] = {
+        "{}", "[]", " [1, 2.5, -0, 0.1e1, 1E+2, -1e-400, 1e400, 123456789012345678901234567890] ",
+        "{\"a\":1,\"b\":2,\"a\":3}", "\"\\ud83d\\ude00 \\u00e9 \\/ \\b\\f\\n\\r\\t \\\"\"", "\"\\udc00\"",
+        "\"\xff\xfe invalid utf8 \xc3\"", "true", "false", "null", "[[[[[]]]]]", "{\"k\":{\"k\":[{}]}}",
+        "0.30000000000000004", "2.2250738585072011e-308", "4.9406564584124654e-324", "9007199254740993",
+        "1.7976931348623157e308", "-0.0", "1e22", "1e23", "123456789012345.6", "0.000001234567890123456789",
+        "[1,]", "{\"a\":1,}", "[1 2]", "{\"a\" 1}", "{a:1}", "\"abc", "[", "{", "\"\\x\"", "\"\\u12\"",
+        "\"\\ud800\"", "\"\\ud800\\u0041\"", "tru", "nul", "-", "1e", "1e+", "--1", "\"\x01\"", "1 2", "",
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) parse_both(texts[i], strlen(texts[i]));
+    // jq 1.6 accepts these; JSON does not, and neither do we.
+    static const char *lenient[] = {"1.", "01", "nan", "[1,2]]", ".5", "+1", "[-nan]"};
+    for (size_t i = 0; i < sizeof lenient / sizeof lenient[0]; i++) {
+        jv v;
+        tp_err err;
+        CHECK_MSG(tp_json_parse(lenient[i], strlen(lenient[i]), &v, &err) == -1, "accepted %s", lenient[i]);
+    }
+    // Random values printed by jq, then parsed by both.
+    for (int i = 0; i < 20000; i++) {
+        jv v = random_value(0);
+        jv s = jv_dump_string(v, 0);
+        parse_both(jv_string_value(s), (size_t)jv_string_length_bytes(jv_copy(s)));
+        jv_free(s);
+    }
+    // Random decimal numbers of every length and exponent, the fast path's edges.
+    char num[64];
+    for (int i = 0; i < 200000; i++) {
+        int digits = 1 + (int)(test_rand() % 20), exp = (int)(test_rand() % 80) - 40, n = 0;
+        if (test_rand() & 1) num[n++] = '-';
+        num[n++] = (char)('1' + test_rand() % 9);
+        for (int d = 1; d < digits; d++) {
+            if (d == 1 + (int)(test_rand() % digits)) num[n++] = '.';
+            num[n++] = (char)('0' + test_rand() % 10);
+        }
+        n += snprintf(num + n, sizeof num - (size_t)n, "e%d", exp);
+        parse_both(num, (size_t)n);
+    }
+    CHECK_MSG(parse_disagreements == 0, "%d disagreements", parse_disagreements);
+}
+
+static void test_parse_errors_name_the_column(void) {
+    jv v;
+    tp_err err;
+    CHECK(tp_json_parse("{\"a\":1,}", 8, &v, &err) == -1);
+    CHECK_STR(err.msg, "expected a string key in object at column 8");
+    CHECK(tp_json_parse("[1 2]", 5, &v, &err) == -1);
+    CHECK_STR(err.msg, "expected ',' or ']' in array at column 4");
+    CHECK(tp_json_parse("{\"a\":\"b", 7, &v, &err) == -1);
+    CHECK_STR(err.msg, "unfinished string at column 6");
+    CHECK(tp_json_parse("nan", 3, &v, &err) == -1);
+    CHECK_STR(err.msg, "invalid literal at column 1");
+    CHECK(tp_json_parse("01", 2, &v, &err) == -1);
+    CHECK_STR(err.msg, "unexpected text after the JSON value at column 2");
+    char deep[2100];
+    memset(deep, '[', 1050);
+    memset(deep + 1050, ']', 1050);
+    CHECK(tp_json_parse(deep, 2100, &v, &err) == -1);
+    CHECK_STR(err.msg, "nested deeper than 1000 levels at column 1002");
+    // Not NUL-terminated: the parser stops at len.
+    CHECK(tp_json_parse("[1]garbage", 3, &v, &err) == 0);
+    jv_free(v);
+}
+
 int main(void) {
     RUN(test_numbers_match_jq);
     RUN(test_strings_match_jq);
     RUN(test_nested_values_match_jq);
+    RUN(test_parser_matches_jq);
+    RUN(test_parse_errors_name_the_column);
     return TEST_SUMMARY();
 }
