@@ -78,7 +78,7 @@ $(BUILD)/bench/%: tests/bench/%.c $(LIB)
 	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS) $(LDSAN)
 
 test: all
-	@BUILD=$(BUILD) NVCC="$(NVCC)" CUDA_ARCHS="$(CUDA_ARCHS)" sh tests/run.sh
+	@BUILD=$(BUILD) SAN=$(SAN) NVCC="$(NVCC)" CUDA_ARCHS="$(CUDA_ARCHS)" sh tests/run.sh
 
 # Fuzzing: clang + libFuzzer, the library rebuilt with coverage instrumentation.
 FUZZ_BUILD := build/fuzz

@@ -5,7 +5,8 @@
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build/release}
-export BIN="$PWD/$BUILD/bin"
+SAN=${SAN:-0}
+export BUILD SAN BIN="$PWD/$BUILD/bin"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 pass=0 fail=0 skip=0
