@@ -24,7 +24,7 @@ else
   CFLAGS := $(CFLAGS_BASE) -O2
   LDSAN  :=
 endif
-LDLIBS  := -ljq -larchive -lzstd -lm -fopenmp
+LDLIBS  := -ljq -larchive -lzstd -lz -lm -fopenmp
 
 # CUDA: built when nvcc is found on PATH or in /usr/local/cuda.
 NVCC ?= $(shell command -v nvcc 2>/dev/null || (test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc))
@@ -91,7 +91,7 @@ $(FUZZ_BUILD)/obj/%.o: %.c $(wildcard libcore/*.h)
 	clang $(FUZZ_CFLAGS) -c $< -o $@
 
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJS)
-	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ -o $@ -ljq -larchive -lzstd -lm -fopenmp
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ -o $@ -ljq -larchive -lzstd -lz -lm -fopenmp
 
 .SECONDARY: $(FUZZ_LIB_OBJS)
 fuzz: $(FUZZERS)

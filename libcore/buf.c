@@ -15,6 +15,7 @@ void tp_buf_reserve(tp_buf *b, size_t extra) {
 }
 
 void tp_buf_append(tp_buf *b, const void *p, size_t n) {
+    if (!n) return;  // p may be NULL then (an empty tensor), and memcpy must not see it
     tp_buf_reserve(b, n);
     memcpy(b->data + b->len, p, n);
     b->len += n;

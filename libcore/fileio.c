@@ -89,9 +89,11 @@ void tp_atomic_abort(tp_atomic_file *f) {
 }
 
 int tp_atomic_commit(tp_atomic_file *f, tp_err *err) {
-    if (fsync(f->fd) || close(f->fd)) {
-        tp_err_set(err, "%s: cannot write: %s", f->path, strerror(errno));
-        f->fd = -1;
+    int failed = fsync(f->fd) ? errno : 0;
+    if (close(f->fd) && !failed) failed = errno;
+    f->fd = -1;
+    if (failed) {
+        tp_err_set(err, "%s: cannot write: %s", f->path, strerror(failed));
         tp_atomic_abort(f);
         return -1;
     }

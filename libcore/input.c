@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 #include <zstd.h>
 
 enum { SNIFF_BYTES = 512, ARCHIVE_BLOCK = 1 << 16 };
@@ -31,6 +32,16 @@ struct tp_input {
     uint8_t *zstd_in;
     ZSTD_inBuffer zstd_buf;
     bool source_ended, frame_pending;
+    // gzip likewise, with zlib: members back to back, and anything else after the
+    // last member is an error (libarchive would silently stop there).
+    z_stream *gzip;
+    uint8_t *gzip_in;
+    bool gzip_member_done;
+    // A decoder error found while the caller's buffer already held good bytes:
+    // those are returned first, the error on the next read.
+    tp_err pending_error;
+    bool has_pending_error;
+    bool archive_empty;  // a compressed file holding zero bytes
     // Set when the bytes are decompressed or extracted by libarchive.
     struct archive *ar;
     uint8_t *ar_block;
@@ -50,11 +61,22 @@ static const struct { const char *magic; size_t len; source_kind kind; } magics[
 };
 enum { N_MAGICS = sizeof magics / sizeof magics[0], TAR_MAGIC_END = 262 };
 
+// A POSIX tar header: "ustar" at 257 and a valid header checksum (the sum of the
+// 512 header bytes with the checksum field counted as spaces).
+static bool is_tar_header(const uint8_t *p, size_t n) {
+    if (n < 512 || memcmp(p + 257, "ustar", 5) != 0) return false;
+    unsigned long stored = 0, sum = 0;
+    int i = 148;
+    while (i < 156 && p[i] == ' ') i++;
+    for (; i < 156 && p[i] >= '0' && p[i] <= '7'; i++) stored = stored * 8 + (unsigned long)(p[i] - '0');
+    for (i = 0; i < 512; i++) sum += i >= 148 && i < 156 ? ' ' : p[i];
+    return sum == stored;
+}
+
 static source_kind sniff(const uint8_t *p, size_t n) {
     for (size_t i = 0; i < N_MAGICS; i++)
         if (n >= magics[i].len && !memcmp(p, magics[i].magic, magics[i].len)) return magics[i].kind;
-    if (n >= TAR_MAGIC_END && !memcmp(p + 257, "ustar", 5)) return KIND_TAR;
-    return KIND_PLAIN;
+    return is_tar_header(p, n) ? KIND_TAR : KIND_PLAIN;
 }
 
 // Whether more bytes could change what sniff() says. On a pipe we must not wait
@@ -66,12 +88,18 @@ static bool sniff_undecided(const uint8_t *p, size_t n) {
         size_t m = n < magics[i].len ? n : magics[i].len;
         if (!memcmp(p, magics[i].magic, m)) return n < magics[i].len;
     }
-    if (n >= TAR_MAGIC_END || p[0] == 0) return false;
-    // A tar header starts with a NUL-padded name: non-NUL bytes (no newline), then only NULs.
+    if (n >= 512 || p[0] == 0) return false;
+    // Could these be the start of a tar header? A NUL-padded name (non-NUL bytes,
+    // then only NULs), octal digits, spaces or NULs in the mode field, no newline.
     bool seen_nul = false;
-    for (size_t i = 0; i < n && i < 100; i++) {
-        if (p[i] == 0) seen_nul = true;
-        else if (seen_nul || p[i] == '\n') return false;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\n') return false;
+        if (i < 100) {
+            if (p[i] == 0) seen_nul = true;
+            else if (seen_nul) return false;
+        } else if (i < 108 && p[i] != 0 && p[i] != ' ' && (p[i] < '0' || p[i] > '7')) {
+            return false;
+        }
     }
     return true;
 }
@@ -109,9 +137,11 @@ static ssize_t zstd_read(tp_input *in, void *buf, size_t cap, tp_err *err) {
         size_t in_before = in->zstd_buf.pos, out_before = out.pos;
         size_t hint = ZSTD_decompressStream(in->zstd, &out, &in->zstd_buf);
         if (ZSTD_isError(hint)) {
-            tp_err_set(err, "%s: corrupt zstd data after %llu bytes: %s", in->name,
+            tp_err *e = out.pos ? &in->pending_error : err;
+            tp_err_set(e, "%s: corrupt zstd data after %llu bytes: %s", in->name,
                        (unsigned long long)(in->offset + out.pos), ZSTD_getErrorName(hint));
-            return -1;
+            in->has_pending_error = out.pos > 0;
+            return out.pos ? (ssize_t)out.pos : -1;
         }
         // Between frames an idle call asks for the next header; only progress tells.
         if (in->zstd_buf.pos > in_before || out.pos > out_before) in->frame_pending = hint != 0;
@@ -133,11 +163,62 @@ static ssize_t zstd_read(tp_input *in, void *buf, size_t cap, tp_err *err) {
     }
 }
 
+static ssize_t gzip_fail(tp_input *in, size_t delivered, tp_err *err, const char *what) {
+    tp_err *e = delivered ? &in->pending_error : err;
+    tp_err_set(e, "%s: %s after %llu bytes", in->name, what, (unsigned long long)(in->offset + delivered));
+    in->has_pending_error = delivered > 0;
+    return delivered ? (ssize_t)delivered : -1;
+}
+
+static ssize_t gzip_read(tp_input *in, void *buf, size_t cap, tp_err *err) {
+    z_stream *z = in->gzip;
+    z->next_out = buf;
+    z->avail_out = (uInt)(cap > UINT32_MAX ? UINT32_MAX : cap);
+    for (;;) {
+        if (in->gzip_member_done && z->avail_in > 0) {
+            // Another member may follow (cat a.gz b.gz); anything else is not ours to skip.
+            if (z->next_in[0] != 0x1f)
+                return gzip_fail(in, (size_t)(z->next_out - (Bytef *)buf), err, "unexpected data after the gzip stream");
+            inflateReset(z);
+            in->gzip_member_done = false;
+        }
+        if (!in->gzip_member_done) {
+            // Also with no new input: zlib may hold output back when the buffer was full.
+            int rc = inflate(z, Z_NO_FLUSH);
+            if (rc == Z_STREAM_END) {
+                in->gzip_member_done = true;
+            } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
+                char what[160];
+                snprintf(what, sizeof what, "corrupt gzip data (%s)", z->msg ? z->msg : "inflate failed");
+                return gzip_fail(in, (size_t)(z->next_out - (Bytef *)buf), err, what);
+            }
+        }
+        if (z->avail_out == 0) return (ssize_t)cap;
+        if (z->avail_in > 0) continue;
+        size_t delivered = (size_t)(z->next_out - (Bytef *)buf);
+        if (delivered) return (ssize_t)delivered;  // never block while holding data
+        if (in->source_ended) return in->gzip_member_done ? 0 : gzip_fail(in, 0, err, "truncated gzip data");
+        ssize_t n = source_read(in, in->gzip_in, ARCHIVE_BLOCK);
+        if (n < 0) return gzip_fail(in, 0, err, strerror(errno));
+        if (n == 0) in->source_ended = true;
+        z->next_in = in->gzip_in;
+        z->avail_in = (uInt)n;
+    }
+}
+
+static bool is_gzip(const uint8_t *p, size_t n) { return n >= 2 && p[0] == 0x1f && p[1] == 0x8b; }
+
 static bool is_zstd(const uint8_t *p, size_t n) { return n >= 4 && !memcmp(p, "\x28\xb5\x2f\xfd", 4); }
 
+static bool ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
+// zstd and gzip are decoded here, not by libarchive, unless the name says tar.
 static bool names_tar(const char *name) {
-    size_t n = strlen(name);
-    return (n >= 8 && !strcmp(name + n - 8, ".tar.zst")) || (n >= 5 && !strcmp(name + n - 5, ".tzst"));
+    return ends_with(name, ".tar.zst") || ends_with(name, ".tzst") || ends_with(name, ".tar.gz") ||
+           ends_with(name, ".tgz");
 }
 
 static la_ssize_t archive_read_cb(struct archive *a, void *user, const void **out) {
@@ -180,6 +261,7 @@ static int open_archive(tp_input *in, const char *archive_name, const char *memb
     archive_read_support_format_tar(in->ar);
     archive_read_support_format_zip(in->ar);
     archive_read_support_format_raw(in->ar);  // lowest bid: a compressed plain file
+    archive_read_support_format_empty(in->ar);  // a compressed file holding nothing
     if (archive_read_open(in->ar, in, NULL, archive_read_cb, NULL) != ARCHIVE_OK) {
         tp_err_set(err, "%s: %s", archive_name, archive_error_string(in->ar));
         return -1;
@@ -188,6 +270,12 @@ static int open_archive(tp_input *in, const char *archive_name, const char *memb
     bool first = true;
     for (;;) {
         int r = archive_read_next_header(in->ar, &entry);
+        if (r == ARCHIVE_EOF && !member && first && archive_format(in->ar) == ARCHIVE_FORMAT_EMPTY) {
+            const char *filter = archive_filter_count(in->ar) > 1 ? archive_filter_name(in->ar, 0) : "plain";
+            snprintf(in->format, sizeof in->format, "%s", filter);
+            in->archive_empty = true;
+            return 0;
+        }
         if (r == ARCHIVE_EOF) {
             if (member) tp_err_set(err, "%s: archive has no member '%s'", archive_name, member);
             else tp_err_set(err, "%s: archive has no files", archive_name);
@@ -259,6 +347,13 @@ static tp_input *finish_open(tp_input *in, const char *archive_name, const char 
         snprintf(in->format, sizeof in->format, "zstd");
         return in;
     }
+    if (is_gzip(head, head_len) && !member && !names_tar(archive_name)) {
+        in->gzip = tp_xcalloc(1, sizeof *in->gzip);
+        if (inflateInit2(in->gzip, 15 + 16) != Z_OK) tp_die("out of memory starting zlib");
+        in->gzip_in = tp_xmalloc(ARCHIVE_BLOCK);
+        snprintf(in->format, sizeof in->format, "gzip");
+        return in;
+    }
     if (kind == KIND_PLAIN) {
         tp_err_set(err, "%s: not a tar or zip archive, so it has no member '%s'", archive_name, member);
         tp_input_close(in);
@@ -272,6 +367,10 @@ static tp_input *finish_open(tp_input *in, const char *archive_name, const char 
 }
 
 tp_input *tp_input_open(const char *path, tp_err *err) {
+    if (!*path) {
+        tp_err_set(err, "an empty file name");
+        return NULL;
+    }
     if (!strcmp(path, "-")) {
         tp_input *in = input_new("<stdin>");
         in->fd = STDIN_FILENO;
@@ -325,9 +424,15 @@ tp_input *tp_input_open_mem(const void *data, size_t len, const char *name, cons
 
 ssize_t tp_input_read(tp_input *in, void *buf, size_t cap, tp_err *err) {
     ssize_t n;
-    if (in->zstd) {
-        n = zstd_read(in, buf, cap, err);
+    if (in->has_pending_error) {
+        *err = in->pending_error;
+        return -1;
+    }
+    if (in->zstd || in->gzip) {
+        n = in->zstd ? zstd_read(in, buf, cap, err) : gzip_read(in, buf, cap, err);
         if (n < 0) return -1;
+    } else if (in->archive_empty) {
+        n = 0;
     } else if (in->ar) {
         n = archive_read_data(in->ar, buf, cap);
         if (n < 0) {
@@ -366,6 +471,9 @@ void tp_input_close(tp_input *in) {
     if (in->ar) archive_read_free(in->ar);
     ZSTD_freeDCtx(in->zstd);
     free(in->zstd_in);
+    if (in->gzip) inflateEnd(in->gzip);
+    free(in->gzip);
+    free(in->gzip_in);
     if (in->own_fd && in->fd >= 0) close(in->fd);
     free(in->ar_block);
     free(in->name);

@@ -2,7 +2,11 @@
 //
 // tp_input_open(path) reads, as one byte stream and without temporary files:
 //   - "-" (standard input) or a plain file;
-//   - a gzip, xz, bzip2, zstd or lz4 compressed file, detected by its magic bytes;
+//   - a gzip, xz, bzip2, zstd or lz4 compressed file, detected by its magic bytes.
+//     zstd and gzip are decoded here (libzstd, zlib): data flushed into a pipe is
+//     readable at once, and bytes after the last gzip member are an error. xz,
+//     bzip2 and lz4 go through libarchive, which reads ahead (on a pipe it waits for
+//     a full buffer or the end) and stops quietly at trailing garbage;
 //   - one member of a tar archive (plain or compressed) or a zip archive, named as
 //     ARCHIVE/MEMBER, e.g. "data.tar.gz/gsm8k/train.jsonl". The archive is the
 //     longest leading part of the path that is an existing file.
@@ -24,6 +28,8 @@ tp_input *tp_input_open(const char *path, tp_err *err);
 tp_input *tp_input_open_mem(const void *data, size_t len, const char *name, const char *member, tp_err *err);
 
 // Reads up to cap bytes. Returns the count (> 0), 0 at the end, -1 on error (err names the input).
+// It returns what is available rather than wait to fill buf; bytes of buf past the
+// count may have been used as scratch by a decoder.
 ssize_t tp_input_read(tp_input *in, void *buf, size_t cap, tp_err *err);
 // Reads exactly n bytes unless the input ends first; returns the count read, -1 on error.
 ssize_t tp_input_read_full(tp_input *in, void *buf, size_t n, tp_err *err);

@@ -43,7 +43,7 @@ static int shortest_digits(double d, char digits[24], int *decpt) {
     return n;
 }
 
-int tp_json_format_number(char out[32], double d) {
+int tp_json_format_number(char out[TP_JSON_NUMBER_MAX], double d) {
     if (isnan(d)) return (int)(memcpy(out, "null", 5), 4);
     if (d > DBL_MAX) d = DBL_MAX;
     if (d < -DBL_MAX) d = -DBL_MAX;
@@ -63,7 +63,7 @@ int tp_json_format_number(char out[32], double d) {
             memcpy(out + len, digits + 1, (size_t)nd - 1);
             len += nd - 1;
         }
-        len += snprintf(out + len, 32 - (size_t)len, "e%c%02d", decpt - 1 < 0 ? '-' : '+', abs(decpt - 1));
+        len += snprintf(out + len, TP_JSON_NUMBER_MAX - (size_t)len, "e%c%02d", decpt - 1 < 0 ? '-' : '+', abs(decpt - 1));
     } else if (decpt <= 0) {
         out[len++] = '0';
         out[len++] = '.';
@@ -123,7 +123,7 @@ void tp_json_dump(tp_buf *b, jv v) {
     case JV_KIND_TRUE: tp_buf_append(b, "true", 4); break;
     case JV_KIND_FALSE: tp_buf_append(b, "false", 5); break;
     case JV_KIND_NUMBER: {
-        tp_buf_reserve(b, 32);
+        tp_buf_reserve(b, TP_JSON_NUMBER_MAX);
         b->len += (size_t)tp_json_format_number(b->data + b->len, jv_number_value(v));
         break;
     }

@@ -20,8 +20,10 @@ int tp_json_parse(const char *text, size_t len, jv *out, tp_err *err);
 
 // Appends v (borrowed, not freed) to b.
 void tp_json_dump(tp_buf *b, jv v);
-// Appends a double as jq prints it; returns the number of bytes written (at most 32).
-int tp_json_format_number(char out[32], double d);
+// Longest number text: sign, 17 digits followed by 15 zeros (1.2345678901234567e31), NUL.
+enum { TP_JSON_NUMBER_MAX = 40 };
+// Writes a double as jq prints it, NUL-terminated; returns the length (< TP_JSON_NUMBER_MAX).
+int tp_json_format_number(char out[TP_JSON_NUMBER_MAX], double d);
 // Appends s[0..n) as a JSON string literal (s must be valid UTF-8, as jv strings are).
 void tp_json_dump_string(tp_buf *b, const char *s, size_t n);
 

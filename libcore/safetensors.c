@@ -129,6 +129,9 @@ int tp_st_header_parse(const char *json, size_t len, tp_st_header *h, tp_err *er
     jv_object_foreach(root, key, value) {
         const char *name = jv_string_value(key);
         if (rc) {
+        } else if (strlen(name) != (size_t)jv_string_length_bytes(jv_copy(key))) {
+            tp_err_set(err, "a tensor name contains a NUL byte");
+            rc = -1;
         } else if (!strcmp(name, "__metadata__")) {
             if (jv_get_kind(value) != JV_KIND_OBJECT) {
                 tp_err_set(err, "__metadata__ is not an object");
@@ -289,8 +292,11 @@ tp_safetensors *tp_safetensors_open(const char *path, tp_err *err) {
         return NULL;
     }
     struct stat sb;
-    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
-        tp_err_set(err, "%s: not a regular file", path);
+    const char *bad = fstat(fd, &sb) ? strerror(errno)
+                      : S_ISDIR(sb.st_mode) ? "is a directory"
+                      : !S_ISREG(sb.st_mode) ? "not a regular file" : NULL;
+    if (bad) {
+        tp_err_set(err, "%s: %s", path, bad);
         close(fd);
         return NULL;
     }
@@ -396,7 +402,11 @@ static int open_index(tp_weights *w, const char *index_path, tp_err *err) {
     if (read_small_file(index_path, &text, &len, err)) return -1;
     jv root = jv_invalid();
     tp_err parse_err;
-    tp_json_parse(text, len, &root, &parse_err);
+    if (tp_json_parse(text, len, &root, &parse_err)) {
+        free(text);
+        tp_err_set(err, "%s: invalid JSON: %s", index_path, parse_err.msg);
+        return -1;
+    }
     free(text);
     jv map = jv_is_valid(root) && jv_get_kind(root) == JV_KIND_OBJECT
                  ? jv_object_get(jv_copy(root), jv_string("weight_map")) : jv_invalid();

@@ -85,17 +85,31 @@ static float f8_e4m3_to_f32(uint8_t b) {
     return sign ? -v : v;
 }
 
-static uint8_t f32_to_f8_e4m3(float f) {
-    // Exhaustive search of the 127 non-negative codes: E4M3 is a display/storage
-    // format here, not a hot path, and this is obviously correct (ties to even code).
-    if (isnan(f)) return 0x7f;
-    uint8_t sign = signbit(f) ? 0x80 : 0, best = 0;
-    float a = fabsf(f), best_err = INFINITY;
-    for (int c = 0; c < 0x7f; c++) {
-        float e = fabsf(f8_e4m3_to_f32((uint8_t)c) - a);
-        if (e < best_err || (e == best_err && !(c & 1))) best_err = e, best = (uint8_t)c;
+// Nearest 8-bit code to v among the non-negative codes [0, last], ties to the even
+// code, then the sign. Exhaustive: these are storage formats here, not a hot path,
+// and this is plainly right (no double rounding through float or f16).
+static uint8_t nearest_f8(double v, tp_dtype t, int last) {
+    uint8_t sign = signbit(v) ? 0x80 : 0, best = 0;
+    double a = fabs(v), best_err = INFINITY;
+    for (int c = 0; c <= last; c++) {
+        uint8_t code = (uint8_t)c;
+        double e = fabs(tp_tensor_get(&code, t, 0) - a);
+        if (e < best_err || (e == best_err && !(c & 1))) best_err = e, best = code;
     }
     return sign | best;
+}
+
+// double -> float rounded to odd: float keeps 13+ more bits than f16 and bf16, so
+// rounding this result to nearest even gives the correctly rounded narrow value.
+static float round_to_odd_float(double v) {
+    float f = (float)v;
+    if (isnan(v) || (double)f == v) return f;
+    if (fabs((double)f) > fabs(v)) f = nextafterf(f, 0.0f);  // truncate toward zero
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u |= 1;
+    memcpy(&f, &u, 4);
+    return f;
 }
 
 double tp_tensor_get(const void *data, tp_dtype t, uint64_t i) {
@@ -132,18 +146,16 @@ bool tp_tensor_set(void *data, tp_dtype t, uint64_t i, double v) {
     case TP_BOOL: if (v != 0 && v != 1) return false; u.u8 = (uint8_t)v; break;
     case TP_U8: if (!whole_in(v, 0, 255)) return false; u.u8 = (uint8_t)v; break;
     case TP_I8: if (!whole_in(v, -128, 127)) return false; u.i8 = (int8_t)v; break;
-    case TP_F8_E4M3: u.u8 = f32_to_f8_e4m3((float)v); break;
-    case TP_F8_E5M2: {
-        // E5M2 is the top byte of an f16: round the f16 bits to nearest even at bit 8.
-        uint16_t h = tp_f32_to_f16((float)v);
-        if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) u.u8 = (uint8_t)((h >> 8) | 2);
-        else u.u8 = (uint8_t)((h + 0x7f + ((h >> 8) & 1)) >> 8);
+    case TP_F8_E4M3: u.u8 = isnan(v) ? 0x7f : nearest_f8(v, t, 0x7e); break;  // saturates at 448: no Inf
+    case TP_F8_E5M2:
+        if (isnan(v)) u.u8 = 0x7e;
+        else if (fabs(v) >= 61440) u.u8 = (uint8_t)((signbit(v) ? 0x80 : 0) | 0x7c);  // past 57344: rounds to Inf
+        else u.u8 = nearest_f8(v, t, 0x7b);
         break;
-    }
     case TP_I16: if (!whole_in(v, -32768, 32767)) return false; u.i16 = (int16_t)v; break;
     case TP_U16: if (!whole_in(v, 0, 65535)) return false; u.u16 = (uint16_t)v; break;
-    case TP_F16: u.u16 = tp_f32_to_f16((float)v); break;
-    case TP_BF16: u.u16 = tp_f32_to_bf16((float)v); break;
+    case TP_F16: u.u16 = tp_f32_to_f16(round_to_odd_float(v)); break;
+    case TP_BF16: u.u16 = tp_f32_to_bf16(round_to_odd_float(v)); break;
     case TP_I32: if (!whole_in(v, -2147483648.0, 2147483647.0)) return false; u.i32 = (int32_t)v; break;
     case TP_U32: if (!whole_in(v, 0, 4294967295.0)) return false; u.u32 = (uint32_t)v; break;
     case TP_F32: u.f32 = (float)v; break;

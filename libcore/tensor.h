@@ -19,8 +19,10 @@ typedef enum tp_dtype {
 enum { TP_MAX_DIMS = 8 };
 
 // A tensor inside a loaded file or record. data points into memory owned by the
-// container; it is 8-byte aligned at the start of the data section, and a tensor
-// is aligned for its type when the tensors before it keep it so (our writers do).
+// container. Alignment is not promised: a record's data section is 8-byte aligned
+// when read from a stream, and in files whose header length is a multiple of 8 (our
+// writers pad it so), but other writers may not pad. Read elements through
+// tp_tensor_get() or memcpy; typed pointers need an alignment check first.
 typedef struct tp_tensor {
     char *name;
     tp_dtype dtype;
@@ -57,5 +59,6 @@ uint16_t tp_f32_to_f16(float f);
 // Element i of a tensor of any dtype as a double (F8/F16/BF16 decoded, integers exact below 2^53).
 double tp_tensor_get(const void *data, tp_dtype t, uint64_t i);
 // Stores v as element i; fails (false) when v does not fit the dtype exactly:
-// integers must be whole and in range, BOOL 0 or 1; floats are rounded to nearest even.
+// integers must be whole and in range, BOOL 0 or 1; floats are rounded once, to
+// nearest even, from the double (F8_E4M3 saturates at ±448, having no Inf).
 bool tp_tensor_set(void *data, tp_dtype t, uint64_t i, double v);

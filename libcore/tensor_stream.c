@@ -302,13 +302,13 @@ int tp_stream_writer_flush(tp_stream_writer *w, tp_err *err) {
 
 int tp_stream_writer_close(tp_stream_writer *w, tp_err *err) {
     if (!w) return 0;
-    int rc = w->failed ? -1 : 0;
-    if (!rc && w->zstd) rc = compress(w, NULL, 0, ZSTD_e_end, err);
-    if (!rc) rc = drain(w, err);
-    if (w->failed && rc == 0) {
+    int rc = 0;
+    if (w->failed) {
         tp_err_set(err, "%s: an earlier write failed", w->name);
         rc = -1;
     }
+    if (!rc && w->zstd) rc = compress(w, NULL, 0, ZSTD_e_end, err);
+    if (!rc) rc = drain(w, err);
     if (w->own_fd && close(w->fd) && !rc) {
         tp_err_set(err, "%s: close failed", w->name);
         rc = -1;

@@ -45,7 +45,9 @@ typedef struct options {
 static void dump_record(tp_buf *b, const char *file, const tp_record *rec, bool values) {
     b->len = 0;
     tp_buf_puts(b, "{\"file\":");
-    tp_json_dump_string(b, file, strlen(file));
+    jv name = jv_string(file);  // a path need not be valid UTF-8; JSON text must be
+    tp_json_dump(b, name);
+    jv_free(name);
     tp_buf_printf(b, ",\"record\":%llu,\"offset\":%llu,\"bytes\":%llu,\"tensors\":{", (unsigned long long)rec->index,
                   (unsigned long long)rec->offset, (unsigned long long)rec->size);
     for (int i = 0; i < rec->header.count; i++) {
@@ -60,7 +62,7 @@ static void dump_record(tp_buf *b, const char *file, const tp_record *rec, bool 
             uint64_t n = tp_tensor_numel(t);
             for (uint64_t k = 0; k < n; k++) {
                 if (k) tp_buf_putc(b, ',');
-                tp_buf_reserve(b, 32);
+                tp_buf_reserve(b, TP_JSON_NUMBER_MAX);
                 b->len += (size_t)tp_json_format_number(b->data + b->len, tp_tensor_get(t->data, t->dtype, k));
             }
             tp_buf_putc(b, ']');

@@ -27,7 +27,7 @@ int main(void) {
 }
 C
 if ${CC:-cc} -std=c11 -I"$P/include/thinkpipe" "$TMP/user.c" -o "$TMP/user" "$P/lib/libthinkpipe.a" \
-    -ljq -larchive -lzstd -lm -fopenmp $SANFLAGS 2>"$TMP/cc.log"; then ok compile-against-installed; else
+    -ljq -larchive -lzstd -lz -lm -fopenmp $SANFLAGS 2>"$TMP/cc.log"; then ok compile-against-installed; else
     not_ok compile-against-installed; cat "$TMP/cc.log" >&2
 fi
 "$TMP/user" | "$P/bin/tensor-cat" -v 2>/dev/null | grep -q '"data":\[1,2,3\]' && ok installed-program-runs || not_ok installed-program-runs

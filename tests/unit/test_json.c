@@ -34,7 +34,8 @@ static void test_numbers_match_jq(void) {
                               1e-4, 1e-5, 9.999e-5, 0.0001, 1.5e300, DBL_MAX, -DBL_MAX, DBL_MIN, 4.9e-324,
                               2.2250738585072009e-308, 9007199254740993.0, 999999999999999.9, 1e15 - 0.5,
                               INFINITY, -INFINITY, NAN, 5e-324, 1.7976931348623157e308, 0.5, 100, 1e100,
-                              -2.5e-3, 3.14159265358979, 2.718281828459045, 1.0 / 3, 2.0 / 3};
+                              -2.5e-3, 3.14159265358979, 2.718281828459045, 1.0 / 3, 2.0 / 3,
+                              -1.2345678901234567e31, -9.8765432109876543e30, 1.2345678901234567e16};
     for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) compare(jv_number(special[i]));
     for (int i = 0; i < 200000; i++) {
         double d;
@@ -48,6 +49,23 @@ static void test_numbers_match_jq(void) {
         compare(jv_number(d));
     }
     CHECK_MSG(mismatches == 0, "%d numbers printed differently from jq", mismatches);
+}
+
+static void test_longest_numbers_fit(void) {
+    // The longest texts: 17 digits then 15 zeros, with a sign. Written into an exact-size
+    // heap buffer, so ASan (make test SAN=1) catches any byte past TP_JSON_NUMBER_MAX.
+    int longest = 0;
+    for (int e = 15; e <= 33; e++) {
+        for (int i = 0; i < 2000; i++) {
+            double d = -(1 + test_uniform()) * pow(10, e);
+            char *out = malloc(TP_JSON_NUMBER_MAX);
+            int n = tp_json_format_number(out, d);
+            CHECK(n < TP_JSON_NUMBER_MAX && (int)strlen(out) == n);
+            if (n > longest) longest = n;
+            free(out);
+        }
+    }
+    CHECK(longest == 33);
 }
 
 static void test_strings_match_jq(void) {
@@ -196,6 +214,7 @@ static void test_parse_errors_name_the_column(void) {
 
 int main(void) {
     RUN(test_numbers_match_jq);
+    RUN(test_longest_numbers_fit);
     RUN(test_strings_match_jq);
     RUN(test_nested_values_match_jq);
     RUN(test_parser_matches_jq);

@@ -106,10 +106,41 @@ static void test_get_set_all_dtypes(void) {
     CHECK(tp_tensor_get(&e4, TP_F8_E4M3, 0) == 448);
 }
 
+// The element nearest to v among those tp_tensor_get can return (ties: even code),
+// found by brute force over the codes around the one tp_tensor_set chose.
+static void test_set_rounds_once_from_double(void) {
+    unsigned char b[2];
+    CHECK(tp_tensor_set(b, TP_BF16, 0, 1.0039062500009095) && tp_tensor_get(b, TP_BF16, 0) == 1.0078125);
+    CHECK(tp_tensor_set(b, TP_F16, 0, 1.0004882812509095) && tp_tensor_get(b, TP_F16, 0) == 1.0009765625);
+    CHECK(tp_tensor_set(b, TP_F8_E5M2, 0, 1.1250009536743164) && tp_tensor_get(b, TP_F8_E5M2, 0) == 1.25);
+    CHECK(tp_tensor_set(b, TP_F8_E4M3, 0, 1.0625000000009095) && tp_tensor_get(b, TP_F8_E4M3, 0) == 1.125);
+    CHECK(tp_tensor_set(b, TP_F8_E4M3, 0, 1000) && tp_tensor_get(b, TP_F8_E4M3, 0) == 448);
+    CHECK(tp_tensor_set(b, TP_F8_E5M2, 0, 70000) && isinf(tp_tensor_get(b, TP_F8_E5M2, 0)));
+    const tp_dtype types[] = {TP_F16, TP_BF16};
+    int bad = 0;
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 300000; i++) {
+            // Values near halfway points, where rounding twice goes wrong.
+            double v = (test_uniform() - 0.5) * ldexp(1, (int)(test_rand() % 30) - 12);
+            uint16_t code;
+            tp_tensor_set(&code, types[k], 0, v);
+            double got = tp_tensor_get(&code, types[k], 0), err = fabs(got - v);
+            for (int d = -1; d <= 1; d += 2) {
+                uint16_t other = (uint16_t)(code + d);
+                double o = tp_tensor_get(&other, types[k], 0);
+                if (isnan(o) || isinf(o) || signbit(o) != signbit(got)) continue;
+                if (fabs(o - v) < err || (fabs(o - v) == err && (code & 1))) bad++;
+            }
+        }
+    }
+    CHECK_MSG(bad == 0, "%d conversions not correctly rounded", bad);
+}
+
 int main(void) {
     RUN(test_names_and_sizes);
     RUN(test_f16_matches_compiler);
     RUN(test_bf16_rounding);
     RUN(test_get_set_all_dtypes);
+    RUN(test_set_rounds_once_from_double);
     return TEST_SUMMARY();
 }
