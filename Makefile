@@ -48,7 +48,7 @@ TESTS     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 BENCHES   := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*.c))
 
 .PHONY: all deps test fuzz bench install clean gpu-check
-all: $(LIB) $(TOOLS) $(TESTS)
+all: $(LIB) $(TOOLS) $(TESTS) $(BENCHES)
 
 deps:
 	@sh tests/deps.sh

@@ -9,7 +9,7 @@
 //     a full buffer or the end) and stops quietly at trailing garbage;
 //   - one member of a tar archive (plain or compressed) or a zip archive, named as
 //     ARCHIVE/MEMBER, e.g. "data.tar.gz/gsm8k/train.jsonl". The archive is the
-//     longest leading part of the path that is an existing file.
+//     first leading part of the path that is an existing file, not a directory.
 // Offsets and errors refer to the decompressed bytes.
 #ifndef TP_INPUT_H
 #define TP_INPUT_H

@@ -45,6 +45,8 @@ static int32_t token_id(void) {
 
 enum { T = 4096 };
 
+static double time_shell(const char *cmd);
+
 enum { POOL = 256 };  // distinct rows, 4 MiB: more than zstd-3's window, so no record repeats in view
 
 static void bench_stream(const char *dir, int runs, size_t mib) {
@@ -65,6 +67,7 @@ static void bench_stream(const char *dir, int runs, size_t mib) {
     char path[512];
     snprintf(path, sizeof path, "%s/bench.stream", dir);
     const int levels[] = {0, 3};
+    double peer_w[2] = {0}, peer_r[2] = {0};
     for (int l = 0; l < 2; l++) {
         double wr[32], rd[32];
         uint64_t bytes = 0, file_bytes = 0;
@@ -96,9 +99,36 @@ static void bench_stream(const char *dir, int runs, size_t mib) {
             rd[r] = (double)bytes / (t2 - t1) / 1e9;
             if (sum == 42) printf(" ");  // keeps the read loop from being optimised away
         }
-        printf("  %-6s write %6.2f GB/s   read %6.2f GB/s   (%.2fx size)\n", levels[l] ? "zstd-3" : "plain",
-               median(wr, runs), median(rd, runs), (double)bytes / (double)file_bytes);
+        // Peers on the same bytes: cat (plain), the zstd CLI at the same level, one thread.
+        double pw[32], pr[32];
+        char cmd[1400], plain[600], packed[600];
+        snprintf(plain, sizeof plain, "%s.plain", path);
+        snprintf(packed, sizeof packed, "%s.peer.zst", path);
+        if (l == 0) rename(path, plain);
+        for (int r = 0; r < runs; r++) {
+            if (l == 0) {
+                snprintf(cmd, sizeof cmd, "cat '%s' > '%s'", plain, packed);
+                pw[r] = time_shell(cmd);
+                snprintf(cmd, sizeof cmd, "cat '%s' > /dev/null", plain);
+                pr[r] = time_shell(cmd);
+            } else {
+                snprintf(cmd, sizeof cmd, "zstd -q -3 -T1 -f -c '%s' > '%s'", plain, packed);
+                pw[r] = time_shell(cmd);
+                snprintf(cmd, sizeof cmd, "zstd -q -d -c '%s' > /dev/null", packed);
+                pr[r] = time_shell(cmd);
+            }
+        }
+        peer_w[l] = pw[0] < 0 ? 0 : (double)bytes / median(pw, runs) / 1e9;
+        peer_r[l] = pr[0] < 0 ? 0 : (double)bytes / median(pr, runs) / 1e9;
+        unlink(packed);
+        printf("  %-6s write %6.2f GB/s (%.2fx %s)   read %6.2f GB/s (%.2fx %s)   %.2fx smaller\n",
+               levels[l] ? "zstd-3" : "plain", median(wr, runs), peer_w[l] > 0 ? median(wr, runs) / peer_w[l] : 0,
+               levels[l] ? "zstd -3 -T1" : "cat a>b", median(rd, runs), peer_r[l] > 0 ? median(rd, runs) / peer_r[l] : 0,
+               levels[l] ? "zstd -d" : "cat a>/dev/null", (double)bytes / (double)file_bytes);
     }
+    char plain[600];
+    snprintf(plain, sizeof plain, "%s.plain", path);
+    unlink(plain);
     unlink(path);
 }
 
@@ -134,7 +164,7 @@ static size_t make_jsonl(const char *path, size_t mib) {
             for (int i = 0; i < 300; i++) tp_buf_printf(&b, i ? ",%d" : "%d", token_id());
             tp_buf_puts(&b, "],\"logprobs\":[");
             for (int i = 0; i < 300; i++) {
-                char num[32];
+                char num[TP_JSON_NUMBER_MAX];
                 tp_json_format_number(num, -(double)(next_rand() % 100000) / 7919.0);
                 tp_buf_printf(&b, i ? ",%s" : "%s", num);
             }
@@ -148,6 +178,17 @@ static size_t make_jsonl(const char *path, size_t mib) {
     fclose(f);
     tp_buf_free(&b);
     return total;
+}
+
+// Wall time of `sh -c CMD`, or -1 when it fails (the peer tool is missing).
+static double time_shell(const char *cmd) {
+    char *argv[] = {"sh", "-c", (char *)cmd, NULL};
+    pid_t pid;
+    double t0 = tp_now();
+    if (posix_spawnp(&pid, "sh", NULL, NULL, argv, environ)) return -1;
+    int status;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? tp_now() - t0 : -1;
 }
 
 static double time_jq(const char *path) {

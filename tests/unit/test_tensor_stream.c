@@ -115,20 +115,27 @@ static void test_concatenated_streams(void) {
     }
 }
 
-static void test_every_truncation_is_reported(void) {
-    static sample s[3];
-    for (int k = 0; k < 3; k++) make_sample(&s[k], k);
+// Writes `count` fresh samples as a stream file at zstd `level` and reads the file back into buf.
+static size_t stream_file_bytes(int level, int count, unsigned char *buf, size_t cap) {
+    static sample s[8];
+    for (int k = 0; k < count; k++) make_sample(&s[k], k);
     char path[512];
-    path_in_dir(path, "t.stream");
+    path_in_dir(path, "bytes.stream");
     tp_err err;
-    tp_stream_writer *w = tp_stream_writer_open(path, 0, &err);
-    write_samples(w, s, 3, &err);
+    tp_stream_writer *w = tp_stream_writer_open(path, level, &err);
+    write_samples(w, s, count, &err);
     tp_stream_writer_close(w, &err);
     FILE *f = fopen(path, "rb");
-    static unsigned char buf[1 << 16];
-    size_t len = fread(buf, 1, sizeof buf, f);
+    size_t len = fread(buf, 1, cap, f);
     fclose(f);
     unlink(path);
+    return len;
+}
+
+static void test_every_truncation_is_reported(void) {
+    tp_err err;
+    static unsigned char buf[1 << 16];
+    size_t len = stream_file_bytes(0, 3, buf, sizeof buf);
     // Record boundaries, from a full read.
     uint64_t starts[4] = {0};
     tp_stream_reader *r = tp_stream_from_input(tp_input_open_mem(buf, len, "t", NULL, &err));
@@ -160,19 +167,9 @@ static void test_every_truncation_is_reported(void) {
 }
 
 static void test_every_zstd_truncation_is_reported(void) {
-    static sample s[3];
-    for (int k = 0; k < 3; k++) make_sample(&s[k], k);
-    char path[512];
-    path_in_dir(path, "t.stream.zst");
     tp_err err;
-    tp_stream_writer *w = tp_stream_writer_open(path, 3, &err);
-    write_samples(w, s, 3, &err);
-    tp_stream_writer_close(w, &err);
-    FILE *f = fopen(path, "rb");
     static unsigned char buf[1 << 16];
-    size_t len = fread(buf, 1, sizeof buf, f);
-    fclose(f);
-    unlink(path);
+    size_t len = stream_file_bytes(3, 3, buf, sizeof buf);
     int wrong = 0;
     for (size_t cut = 4; cut < len; cut++) {  // past the magic: still detected as zstd
         tp_stream_reader *r = tp_stream_from_input(tp_input_open_mem(buf, cut, "z", NULL, &err));
