@@ -236,7 +236,7 @@ int tp_st_header_build(tp_buf *out, const tp_tensor_ref *tensors, int count, jv 
     return 0;
 }
 
-static uint64_t read_le64(const void *p) {
+uint64_t tp_st_read_header_len(const void *p) {
     const uint8_t *b = p;
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--) v = v << 8 | b[i];
@@ -248,7 +248,7 @@ static int parse_file(tp_safetensors *st, const uint8_t *bytes, size_t len, tp_e
         tp_err_set(err, "%s: %zu bytes, too short for a safetensors header", st->path, len);
         return -1;
     }
-    uint64_t header_len = read_le64(bytes);
+    uint64_t header_len = tp_st_read_header_len(bytes);
     if (header_len > len - 8) {
         tp_err_set(err, "%s: header length %llu runs past the end of the file (%zu bytes)", st->path,
                    (unsigned long long)header_len, len);

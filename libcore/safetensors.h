@@ -24,6 +24,9 @@ typedef struct tp_st_header {
     uint64_t data_len;   // size of the data section = largest end offset
 } tp_st_header;
 
+// The 8-byte little-endian header length that starts every file and record.
+uint64_t tp_st_read_header_len(const void *bytes8);
+
 // Parses and validates header JSON (json need not be NUL-terminated). The message
 // says what is wrong but not where; callers add the file or stream offset.
 int tp_st_header_parse(const char *json, size_t len, tp_st_header *h, tp_err *err);

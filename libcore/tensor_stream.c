@@ -72,11 +72,6 @@ static ssize_t read_bytes(tp_stream_reader *r, void *dst, size_t n, tp_err *err)
     return (ssize_t)got;
 }
 
-static uint64_t le64(const uint8_t *b) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = v << 8 | b[i];
-    return v;
-}
 
 // A hint for the common mistake of feeding JSONL or text where a stream is expected.
 static const char *looks_like_text(const uint8_t *b) {
@@ -101,7 +96,7 @@ int tp_stream_next(tp_stream_reader *r, const tp_record **out, tp_err *err) {
                    (unsigned long long)index, (unsigned long long)at, n);
         return -1;
     }
-    uint64_t header_len = le64(lenb);
+    uint64_t header_len = tp_st_read_header_len(lenb);
     if (header_len < 2 || header_len > TP_ST_MAX_HEADER) {
         tp_err_set(err, "%s: record %llu at byte offset %llu: header length %llu is out of range [2, %llu]%s", name,
                    (unsigned long long)index, (unsigned long long)at, (unsigned long long)header_len,
