@@ -10,6 +10,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+bool tp_ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
 int tp_output_open(const char *path, bool append, tp_err *err) {
     if (!strcmp(path, "-")) return STDOUT_FILENO;
     int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC), 0644);

@@ -8,6 +8,9 @@
 
 #include "error.h"
 
+// Whether the path (or any string) ends with suffix.
+bool tp_ends_with(const char *s, const char *suffix);
+
 // Opens an output: "-" is stdout (fd 1). append: O_APPEND instead of O_TRUNC.
 // Returns the fd or -1 with err set.
 int tp_output_open(const char *path, bool append, tp_err *err);

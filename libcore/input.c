@@ -1,4 +1,5 @@
 #include "input.h"
+#include "fileio.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -210,15 +211,11 @@ static bool is_gzip(const uint8_t *p, size_t n) { return n >= 2 && p[0] == 0x1f 
 
 static bool is_zstd(const uint8_t *p, size_t n) { return n >= 4 && !memcmp(p, "\x28\xb5\x2f\xfd", 4); }
 
-static bool ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && !strcmp(s + a - b, suffix);
-}
 
 // zstd and gzip are decoded here, not by libarchive, unless the name says tar.
 static bool names_tar(const char *name) {
-    return ends_with(name, ".tar.zst") || ends_with(name, ".tzst") || ends_with(name, ".tar.gz") ||
-           ends_with(name, ".tgz");
+    return tp_ends_with(name, ".tar.zst") || tp_ends_with(name, ".tzst") || tp_ends_with(name, ".tar.gz") ||
+           tp_ends_with(name, ".tgz");
 }
 
 static la_ssize_t archive_read_cb(struct archive *a, void *user, const void **out) {

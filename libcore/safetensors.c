@@ -368,10 +368,6 @@ static char *join_path(const char *dir, const char *name) {
     return p;
 }
 
-static bool ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && !strcmp(s + a - b, suffix);
-}
 
 static int read_small_file(const char *path, char **out, size_t *len, tp_err *err) {
     FILE *f = fopen(path, "rb");
@@ -485,7 +481,7 @@ tp_weights *tp_weights_open(const char *path, tp_err *err) {
         else tp_err_set(err, "%s: holds neither model.safetensors nor model.safetensors.index.json", path);
         free(index);
         free(single);
-    } else if (ends_with(path, ".json")) {
+    } else if (tp_ends_with(path, ".json")) {
         rc = open_index(w, path, err);
     } else {
         rc = open_single(w, path, err);

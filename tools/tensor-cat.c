@@ -163,7 +163,7 @@ static int parse_tensor_json(const char *name, jv spec, tp_tensor_ref *t, int64_
     return rc;
 }
 
-static void pack_streams(char **files, int nfiles, const options *o, tp_stream_writer *w) {
+static void pack_streams(char **files, int nfiles, tp_stream_writer *w) {
     tp_err err;
     for (int f = 0; f < nfiles; f++) {
         tp_jsonl_reader *r = tp_jsonl_open(files[f], NULL, &err);
@@ -208,7 +208,6 @@ static void pack_streams(char **files, int nfiles, const options *o, tp_stream_w
         if (got < 0) tp_die_err(&err);
         tp_jsonl_close(r);
     }
-    (void)o;
 }
 
 int main(int argc, char **argv) {
@@ -240,7 +239,7 @@ int main(int argc, char **argv) {
             tp_die_usage("refusing to write a binary stream to a terminal; use -o FILE or a redirection");
         tp_stream_writer *w = tp_stream_writer_open(o.output, o.zstd_level, &err);
         if (!w) tp_die_err(&err);
-        pack_streams(files, nfiles, &o, w);
+        pack_streams(files, nfiles, w);
         uint64_t records = tp_stream_writer_records(w);
         if (tp_stream_writer_close(w, &err)) tp_die_err(&err);
         tp_info("packed %llu records", (unsigned long long)records);
