@@ -24,7 +24,7 @@ else
   CFLAGS := $(CFLAGS_BASE) -O2
   LDSAN  :=
 endif
-LDLIBS  := -ljq -larchive -lzstd -lz -lm -fopenmp
+LDLIBS  := -lonig -lutf8proc -ljq -larchive -lzstd -lz -lm -fopenmp
 
 # CUDA: built when nvcc is found on PATH or in /usr/local/cuda.
 NVCC ?= $(shell command -v nvcc 2>/dev/null || (test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc))

@@ -1,0 +1,1021 @@
+// Loading tokenizer.json. The vocabulary and merges (a few hundred thousand strings,
+// ~10 MB) are read by a dedicated validating scanner straight into the tables —
+// building a jv tree for them costs more than the whole 150 ms load budget. The
+// small parts (added tokens, normalizer, pre-tokenizer, post-processor, decoder)
+// are parsed with tp_json_parse and read as jv.
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "input.h"
+#include "json.h"
+#include "tokenizer_impl.h"
+
+// ---- the byte-level alphabet (GPT-2's bytes_to_unicode) ----
+
+// Code point of each byte, and the byte of each code point below 324 (-1 if none).
+static uint16_t byte_char[256];
+static int16_t char_byte[324];
+
+static void init_byte_level(void) {
+    if (byte_char['!'] == '!') return;
+    for (int c = 0; c < 324; c++) char_byte[c] = -1;
+    int extra = 0;
+    for (int b = 0; b < 256; b++) {
+        bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+        byte_char[b] = (uint16_t)(printable ? b : 256 + extra++);
+        char_byte[byte_char[b]] = (int16_t)b;
+    }
+}
+
+// Appends the bytes a byte-level string stands for; characters outside the
+// alphabet stand for their own UTF-8 (as HF's ByteLevel decoder treats them).
+// Returns true when every character was in the alphabet.
+static bool byte_level_decode(const char *s, size_t n, tp_buf *out) {
+    bool pure = true;
+    size_t i = 0;
+    while (i < n) {
+        uint32_t cp;
+        int len = tp_utf8_next((const unsigned char *)s + i, &cp);
+        if (cp < 324 && char_byte[cp] >= 0) {
+            tp_buf_putc(out, (char)char_byte[cp]);
+        } else {
+            tp_buf_append(out, s + i, (size_t)len);
+            pure = false;
+        }
+        i += (size_t)len;
+    }
+    return pure;
+}
+
+uint64_t tp_tok_hash_bytes(const void *p, size_t n) {
+    const unsigned char *s = p;
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xFF51AFD7ED558CCDull);
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ (w * 0xC2B2AE3D27D4EB4Full)) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
+        s += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, s, n);
+    h = (h ^ (w * 0xC2B2AE3D27D4EB4Full)) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 32;
+    return h;
+}
+
+// ---- scanner ----
+
+typedef struct {
+    const char *s;
+    size_t n, i;
+    const char *name;
+    tp_err *err;
+    int depth;
+} scanner;
+
+static int scan_fail(scanner *sc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int scan_fail(scanner *sc, const char *fmt, ...) {
+    size_t line = 1, col = 1;
+    for (size_t k = 0; k < sc->i && k < sc->n; k++) {
+        if (sc->s[k] == '\n') { line++; col = 1; }
+        else col++;
+    }
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    tp_err_set(sc->err, "%s:%zu:%zu: %s (byte %zu)", sc->name, line, col, msg, sc->i);
+    return -1;
+}
+
+static void ws(scanner *sc) {
+    while (sc->i < sc->n) {
+        char c = sc->s[sc->i];
+        if (c != ' ' && c != '\n' && c != '\r' && c != '\t') break;
+        sc->i++;
+    }
+}
+
+static int expect(scanner *sc, char c) {
+    ws(sc);
+    if (sc->i >= sc->n) return scan_fail(sc, "unexpected end of file, expected '%c'", c);
+    if (sc->s[sc->i] != c) return scan_fail(sc, "expected '%c'", c);
+    sc->i++;
+    return 0;
+}
+
+static int hex4(scanner *sc, uint32_t *v) {
+    if (sc->n - sc->i < 4) return scan_fail(sc, "truncated \\u escape");
+    *v = 0;
+    for (int k = 0; k < 4; k++) {
+        char c = sc->s[sc->i + (size_t)k];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) return scan_fail(sc, "bad \\u escape");
+        *v = *v << 4 | (uint32_t)d;
+    }
+    sc->i += 4;
+    return 0;
+}
+
+// Reads a JSON string; appends its decoded UTF-8 to out (when not NULL).
+static int scan_string(scanner *sc, tp_buf *out) {
+    ws(sc);
+    if (sc->i >= sc->n || sc->s[sc->i] != '"') return scan_fail(sc, "expected a string");
+    sc->i++;
+    for (;;) {
+        size_t start = sc->i;
+        while (sc->i < sc->n) {
+            unsigned char c = (unsigned char)sc->s[sc->i];
+            if (c == '"' || c == '\\' || c < 0x20 || c >= 0x80) break;
+            sc->i++;
+        }
+        if (out) tp_buf_append(out, sc->s + start, sc->i - start);
+        if (sc->i >= sc->n) return scan_fail(sc, "unterminated string");
+        unsigned char c = (unsigned char)sc->s[sc->i];
+        if (c == '"') { sc->i++; return 0; }
+        if (c < 0x20) return scan_fail(sc, "control character in string");
+        if (c >= 0x80) {
+            uint32_t cp;
+            int len = tp_utf8_decode((const unsigned char *)sc->s + sc->i, sc->n - sc->i, &cp);
+            if (len == 0) return scan_fail(sc, "invalid UTF-8 in string");
+            if (out) tp_buf_append(out, sc->s + sc->i, (size_t)len);
+            sc->i += (size_t)len;
+            continue;
+        }
+        sc->i++;  // backslash
+        if (sc->i >= sc->n) return scan_fail(sc, "unterminated string");
+        char e = sc->s[sc->i++];
+        char ch;
+        switch (e) {
+        case '"': ch = '"'; break;
+        case '\\': ch = '\\'; break;
+        case '/': ch = '/'; break;
+        case 'b': ch = '\b'; break;
+        case 'f': ch = '\f'; break;
+        case 'n': ch = '\n'; break;
+        case 'r': ch = '\r'; break;
+        case 't': ch = '\t'; break;
+        case 'u': {
+            uint32_t v;
+            if (hex4(sc, &v) < 0) return -1;
+            if (v >= 0xD800 && v <= 0xDBFF) {
+                uint32_t lo;
+                if (sc->n - sc->i < 2 || sc->s[sc->i] != '\\' || sc->s[sc->i + 1] != 'u')
+                    return scan_fail(sc, "lone surrogate \\u%04X", v);
+                sc->i += 2;
+                if (hex4(sc, &lo) < 0) return -1;
+                if (lo < 0xDC00 || lo > 0xDFFF) return scan_fail(sc, "lone surrogate \\u%04X", v);
+                v = 0x10000 + ((v - 0xD800) << 10) + (lo - 0xDC00);
+            } else if (v >= 0xDC00 && v <= 0xDFFF) {
+                return scan_fail(sc, "lone surrogate \\u%04X", v);
+            }
+            char u[4];
+            int len = tp_utf8_encode(v, u);
+            if (out) tp_buf_append(out, u, (size_t)len);
+            continue;
+        }
+        default: sc->i--; return scan_fail(sc, "bad escape '\\%c'", e);
+        }
+        if (out) tp_buf_putc(out, ch);
+    }
+}
+
+static int scan_number(scanner *sc, double *value) {
+    size_t start = sc->i;
+    const char *s = sc->s;
+    size_t i = sc->i;
+    if (i < sc->n && s[i] == '-') i++;
+    if (i < sc->n && s[i] == '0') i++;
+    else if (i < sc->n && s[i] >= '1' && s[i] <= '9') while (i < sc->n && s[i] >= '0' && s[i] <= '9') i++;
+    else return scan_fail(sc, "expected a value");
+    if (i < sc->n && s[i] == '.') {
+        i++;
+        if (i >= sc->n || s[i] < '0' || s[i] > '9') { sc->i = i; return scan_fail(sc, "bad number"); }
+        while (i < sc->n && s[i] >= '0' && s[i] <= '9') i++;
+    }
+    if (i < sc->n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < sc->n && (s[i] == '+' || s[i] == '-')) i++;
+        if (i >= sc->n || s[i] < '0' || s[i] > '9') { sc->i = i; return scan_fail(sc, "bad number"); }
+        while (i < sc->n && s[i] >= '0' && s[i] <= '9') i++;
+    }
+    if (value) {
+        char tmp[64];
+        size_t len = i - start < sizeof tmp - 1 ? i - start : sizeof tmp - 1;
+        memcpy(tmp, s + start, len);
+        tmp[len] = 0;
+        *value = strtod(tmp, NULL);
+    }
+    sc->i = i;
+    return 0;
+}
+
+static int scan_skip(scanner *sc) {
+    ws(sc);
+    if (sc->i >= sc->n) return scan_fail(sc, "unexpected end of file, expected a value");
+    char c = sc->s[sc->i];
+    if (c == '"') return scan_string(sc, NULL);
+    if (c == '{' || c == '[') {
+        if (++sc->depth > 1000) return scan_fail(sc, "nested too deeply");
+        char close = c == '{' ? '}' : ']';
+        sc->i++;
+        ws(sc);
+        if (sc->i < sc->n && sc->s[sc->i] == close) {
+            sc->i++;
+            sc->depth--;
+            return 0;
+        }
+        for (;;) {
+            if (c == '{') {
+                if (scan_string(sc, NULL) < 0 || expect(sc, ':') < 0) return -1;
+            }
+            if (scan_skip(sc) < 0) return -1;
+            ws(sc);
+            if (sc->i >= sc->n) return scan_fail(sc, "unexpected end of file, expected ',' or '%c'", close);
+            if (sc->s[sc->i] == ',') { sc->i++; continue; }
+            if (sc->s[sc->i] == close) { sc->i++; sc->depth--; return 0; }
+            return scan_fail(sc, "expected ',' or '%c'", close);
+        }
+    }
+    static const char *words[] = {"true", "false", "null"};
+    for (int k = 0; k < 3; k++) {
+        size_t len = strlen(words[k]);
+        if (sc->n - sc->i >= len && memcmp(sc->s + sc->i, words[k], len) == 0) {
+            sc->i += len;
+            return 0;
+        }
+    }
+    return scan_number(sc, NULL);
+}
+
+// Parses the next value with tp_json_parse into *out.
+static int scan_jv(scanner *sc, jv *out) {
+    ws(sc);
+    size_t start = sc->i;
+    if (scan_skip(sc) < 0) return -1;
+    tp_err e;
+    if (tp_json_parse(sc->s + start, sc->i - start, out, &e) < 0) {
+        sc->i = start;
+        return scan_fail(sc, "%s", e.msg);
+    }
+    return 0;
+}
+
+// Iterates an object: calls field(ctx, sc, key) for each key, which reads the value.
+typedef int (*field_fn)(void *ctx, scanner *sc, const char *key, size_t key_len);
+static int scan_object(scanner *sc, void *ctx, field_fn field) {
+    if (expect(sc, '{') < 0) return -1;
+    ws(sc);
+    if (sc->i < sc->n && sc->s[sc->i] == '}') { sc->i++; return 0; }
+    tp_buf key = {0};
+    int rc = -1;
+    for (;;) {
+        key.len = 0;
+        if (scan_string(sc, &key) < 0) goto out;
+        size_t key_len = key.len;
+        tp_buf_putc(&key, 0);
+        if (expect(sc, ':') < 0 || field(ctx, sc, key.data, key_len) < 0) goto out;
+        ws(sc);
+        if (sc->i >= sc->n) { scan_fail(sc, "unexpected end of file, expected ',' or '}'"); goto out; }
+        if (sc->s[sc->i] == ',') { sc->i++; continue; }
+        if (sc->s[sc->i] == '}') { sc->i++; rc = 0; goto out; }
+        scan_fail(sc, "expected ',' or '}'");
+        goto out;
+    }
+out:
+    tp_buf_free(&key);
+    return rc;
+}
+
+// ---- tokenizer.json ----
+
+typedef struct {
+    uint32_t off, len;
+    int32_t id;
+} vocab_entry;
+
+typedef struct {
+    uint32_t a_off, a_len, b_off, b_len;
+} merge_entry;
+
+typedef struct {
+    tp_buf strings;  // vocab and merge strings
+    vocab_entry *vocab;
+    size_t n_vocab, cap_vocab;
+    merge_entry *merges;
+    size_t n_merges, cap_merges;
+    bool have_vocab, have_merges;
+    jv model;  // small model fields
+    jv added, normalizer, pre_tokenizer, post_processor, decoder;
+} parsed;
+
+static int vocab_field(void *ctx, scanner *sc, const char *key, size_t key_len) {
+    parsed *p = ctx;
+    size_t off = p->strings.len;
+    tp_buf_append(&p->strings, key, key_len);
+    ws(sc);
+    double v;
+    size_t at = sc->i;
+    if (scan_number(sc, &v) < 0) return -1;
+    if (v != (double)(int32_t)v || v < 0) {
+        sc->i = at;
+        return scan_fail(sc, "vocab: id of \"%.100s\" must be a non-negative integer", key);
+    }
+    if (p->n_vocab == p->cap_vocab) {
+        p->cap_vocab = p->cap_vocab ? p->cap_vocab * 2 : 65536;
+        p->vocab = tp_xrealloc(p->vocab, p->cap_vocab * sizeof *p->vocab);
+    }
+    p->vocab[p->n_vocab++] = (vocab_entry){(uint32_t)off, (uint32_t)(p->strings.len - off), (int32_t)v};
+    return 0;
+}
+
+static int scan_merges(scanner *sc, parsed *p) {
+    if (expect(sc, '[') < 0) return -1;
+    ws(sc);
+    if (sc->i < sc->n && sc->s[sc->i] == ']') { sc->i++; return 0; }
+    for (;;) {
+        ws(sc);
+        merge_entry m;
+        size_t at = sc->i;
+        if (sc->i < sc->n && sc->s[sc->i] == '[') {
+            sc->i++;
+            m.a_off = (uint32_t)p->strings.len;
+            if (scan_string(sc, &p->strings) < 0) return -1;
+            m.a_len = (uint32_t)(p->strings.len - m.a_off);
+            if (expect(sc, ',') < 0) return -1;
+            m.b_off = (uint32_t)p->strings.len;
+            if (scan_string(sc, &p->strings) < 0) return -1;
+            m.b_len = (uint32_t)(p->strings.len - m.b_off);
+            if (expect(sc, ']') < 0) return -1;
+        } else {
+            size_t off = p->strings.len;
+            if (scan_string(sc, &p->strings) < 0) return -1;
+            const char *s = p->strings.data + off;
+            size_t len = p->strings.len - off;
+            const char *space = memchr(s, ' ', len);
+            if (!space || memchr(space + 1, ' ', len - (size_t)(space + 1 - s))) {
+                sc->i = at;
+                return scan_fail(sc, "merges[%zu]: expected \"left right\" with exactly one space", p->n_merges);
+            }
+            m.a_off = (uint32_t)off;
+            m.a_len = (uint32_t)(space - s);
+            m.b_off = (uint32_t)(off + m.a_len + 1);
+            m.b_len = (uint32_t)(len - m.a_len - 1);
+        }
+        if (p->n_merges == p->cap_merges) {
+            p->cap_merges = p->cap_merges ? p->cap_merges * 2 : 65536;
+            p->merges = tp_xrealloc(p->merges, p->cap_merges * sizeof *p->merges);
+        }
+        p->merges[p->n_merges++] = m;
+        ws(sc);
+        if (sc->i >= sc->n) return scan_fail(sc, "unexpected end of file in merges");
+        if (sc->s[sc->i] == ',') { sc->i++; continue; }
+        if (sc->s[sc->i] == ']') { sc->i++; return 0; }
+        return scan_fail(sc, "expected ',' or ']' in merges");
+    }
+}
+
+static int model_field(void *ctx, scanner *sc, const char *key, size_t key_len) {
+    (void)key_len;
+    parsed *p = ctx;
+    if (strcmp(key, "vocab") == 0) {
+        p->have_vocab = true;
+        ws(sc);
+        if (sc->i < sc->n && sc->s[sc->i] != '{')
+            return scan_fail(sc, "model.vocab must be an object (a Unigram vocabulary is a list)");
+        return scan_object(sc, p, vocab_field);
+    }
+    if (strcmp(key, "merges") == 0) {
+        p->have_merges = true;
+        return scan_merges(sc, p);
+    }
+    jv v;
+    if (scan_jv(sc, &v) < 0) return -1;
+    p->model = jv_object_set(p->model, jv_string(key), v);
+    return 0;
+}
+
+static int top_field(void *ctx, scanner *sc, const char *key, size_t key_len) {
+    (void)key_len;
+    parsed *p = ctx;
+    if (strcmp(key, "model") == 0) {
+        ws(sc);
+        if (sc->i < sc->n && sc->s[sc->i] != '{') return scan_fail(sc, "\"model\" must be an object");
+        return scan_object(sc, p, model_field);
+    }
+    jv *slot = strcmp(key, "added_tokens") == 0     ? &p->added
+               : strcmp(key, "normalizer") == 0     ? &p->normalizer
+               : strcmp(key, "pre_tokenizer") == 0  ? &p->pre_tokenizer
+               : strcmp(key, "post_processor") == 0 ? &p->post_processor
+               : strcmp(key, "decoder") == 0        ? &p->decoder
+                                                    : NULL;
+    if (!slot) return scan_skip(sc);
+    jv_free(*slot);
+    return scan_jv(sc, slot);
+}
+
+// ---- building the tables ----
+
+static const char *get_str(jv obj, const char *key) {
+    jv v = jv_object_get(jv_copy(obj), jv_string(key));
+    const char *s = jv_get_kind(v) == JV_KIND_STRING ? jv_string_value(v) : NULL;
+    jv_free(v);  // obj keeps the string alive
+    return s;
+}
+
+static jv get(jv obj, const char *key) {
+    if (jv_get_kind(obj) != JV_KIND_OBJECT) return jv_invalid();
+    return jv_object_get(jv_copy(obj), jv_string(key));
+}
+
+static bool get_bool(jv obj, const char *key, bool dflt) {
+    jv v = get(obj, key);
+    bool r = jv_get_kind(v) == JV_KIND_TRUE ? true : jv_get_kind(v) == JV_KIND_FALSE ? false : dflt;
+    jv_free(v);
+    return r;
+}
+
+static void vhash_insert(tp_tokenizer *t, int32_t id, uint32_t h) {
+    uint32_t i = h & t->vmask;
+    while (t->vhash[i].id >= 0) i = (i + 1) & t->vmask;
+    t->vhash[i] = (vocab_slot){id, h};
+}
+
+int32_t tp_tok_vocab_lookup(const tp_tokenizer *t, const char *s, size_t n) {
+    uint32_t h = (uint32_t)tp_tok_hash_bytes(s, n);
+    for (uint32_t i = h & t->vmask;; i = (i + 1) & t->vmask) {
+        const vocab_slot *v = &t->vhash[i];
+        if (v->id < 0) return -1;
+        if (v->hash == h) {
+            const tok_bytes *b = &t->tok[v->id];
+            if (b->len == n && memcmp(t->bytes.data + b->off, s, n) == 0) return v->id;
+        }
+    }
+}
+
+static void mhash_insert(tp_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t new_id) {
+    uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+    for (uint64_t i = (key * 0x9E3779B97F4A7C15ull) >> 20 & t->mmask;; i = (i + 1) & t->mmask) {
+        merge_slot *m = &t->mhash[i];
+        if (m->key == MERGE_EMPTY || m->key == key) {  // a repeated merge takes its last rank, as in HF
+            *m = (merge_slot){key, rank, new_id};
+            return;
+        }
+    }
+}
+
+static int build_vocab(tp_tokenizer *t, parsed *p, int32_t max_id, tp_err *err) {
+    t->vocab_size = max_id + 1;
+    t->tok = tp_xcalloc((size_t)t->vocab_size, sizeof *t->tok);
+    t->flags = tp_xcalloc((size_t)t->vocab_size, 1);
+    uint32_t cap = 1024;
+    while (cap < p->n_vocab * 2) cap <<= 1;
+    t->vmask = cap - 1;
+    t->vhash = tp_xmalloc(cap * sizeof *t->vhash);
+    for (uint32_t i = 0; i < cap; i++) t->vhash[i].id = -1;
+    tp_buf bytes = {0};
+    tp_buf_reserve(&bytes, p->strings.len);
+    for (size_t k = 0; k < p->n_vocab; k++) {
+        const vocab_entry *v = &p->vocab[k];
+        if (t->flags[v->id] & TOK_PRESENT) {
+            tp_err_set(err, "vocab: id %d is given to two tokens (\"%.*s\" and another)", v->id,
+                       (int)(v->len > 100 ? 100 : v->len), p->strings.data + v->off);
+                tp_buf_free(&bytes);
+            return -1;
+        }
+        size_t off = bytes.len;
+        bool pure = byte_level_decode(p->strings.data + v->off, v->len, &bytes);
+        t->tok[v->id] = (tok_bytes){(uint32_t)off, (uint32_t)(bytes.len - off)};
+        t->flags[v->id] = TOK_PRESENT | (pure ? TOK_PURE : 0);
+    }
+    t->bytes = bytes;
+    for (size_t k = 0; k < p->n_vocab; k++) {
+        int32_t id = p->vocab[k].id;
+        if (!(t->flags[id] & TOK_PURE)) continue;
+        const tok_bytes *b = &t->tok[id];
+        if (tp_tok_vocab_lookup(t, t->bytes.data + b->off, b->len) >= 0) {
+            tp_err_set(err, "vocab: token \"%.*s\" appears twice", (int)(p->vocab[k].len > 100 ? 100 : p->vocab[k].len),
+                       p->strings.data + p->vocab[k].off);
+            return -1;
+        }
+        vhash_insert(t, id, (uint32_t)tp_tok_hash_bytes(t->bytes.data + b->off, b->len));
+    }
+    for (int b = 0; b < 256; b++) {
+        char c = (char)b;
+        t->byte_id[b] = tp_tok_vocab_lookup(t, &c, 1);
+    }
+    return 0;
+}
+
+static int resolve_part(const tp_tokenizer *t, const parsed *p, size_t k, uint32_t off, uint32_t len, tp_buf *tmp,
+                        int32_t *id, tp_err *err) {
+    tmp->len = 0;
+    bool pure = byte_level_decode(p->strings.data + off, len, tmp);
+    *id = pure ? tp_tok_vocab_lookup(t, tmp->data, tmp->len) : -1;
+    if (*id < 0) {
+        tp_err_set(err, "merges[%zu]: \"%.*s\" is not a byte-level token of the vocabulary", k,
+                   (int)(len > 100 ? 100 : len), p->strings.data + off);
+        return -1;
+    }
+    return 0;
+}
+
+static int build_merges(tp_tokenizer *t, parsed *p, tp_err *err) {
+    uint64_t cap = 1024;
+    while (cap < p->n_merges * 2) cap <<= 1;
+    t->mmask = cap - 1;
+    t->mhash = tp_xmalloc(cap * sizeof *t->mhash);
+    for (uint64_t i = 0; i < cap; i++) t->mhash[i].key = MERGE_EMPTY;
+    tp_buf tmp = {0};
+    int rc = 0;
+    for (size_t k = 0; k < p->n_merges && rc == 0; k++) {
+        const merge_entry *m = &p->merges[k];
+        int32_t a, b;
+        if (resolve_part(t, p, k, m->a_off, m->a_len, &tmp, &a, err) < 0 ||
+            resolve_part(t, p, k, m->b_off, m->b_len, &tmp, &b, err) < 0) {
+            rc = -1;
+            break;
+        }
+        tmp.len = 0;
+        tp_buf_append(&tmp, t->bytes.data + t->tok[a].off, t->tok[a].len);
+        tp_buf_append(&tmp, t->bytes.data + t->tok[b].off, t->tok[b].len);
+        int32_t merged = tp_tok_vocab_lookup(t, tmp.data, tmp.len);
+        if (merged < 0) {
+            tp_err_set(err, "merges[%zu]: \"%.*s\" + \"%.*s\" makes a token that is not in the vocabulary", k,
+                       (int)m->a_len, p->strings.data + m->a_off, (int)m->b_len, p->strings.data + m->b_off);
+            rc = -1;
+            break;
+        }
+        mhash_insert(t, a, b, (int32_t)k, merged);
+    }
+    tp_buf_free(&tmp);
+    return rc;
+}
+
+static int check_model(tp_tokenizer *t, parsed *p, tp_err *err) {
+    const char *type = get_str(p->model, "type");
+    if (type && strcmp(type, "BPE") != 0) {
+        tp_err_set(err, "model type \"%s\" is not supported: thinkpipe tokenizes byte-level BPE only "
+                        "(Qwen, Llama 3, DeepSeek, GPT-2 style)", type);
+        return -1;
+    }
+    if (!p->have_vocab || !p->have_merges) {
+        tp_err_set(err, "model: a BPE model needs \"vocab\" and \"merges\"%s", type ? "" : " (no \"type\" given)");
+        return -1;
+    }
+    if (get_bool(p->model, "byte_fallback", false)) {
+        tp_err_set(err, "model: byte_fallback BPE (sentencepiece style, e.g. Llama 2, Mistral) is not supported");
+        return -1;
+    }
+    jv dropout = get(p->model, "dropout");
+    bool has_dropout = jv_get_kind(dropout) == JV_KIND_NUMBER && jv_number_value(dropout) > 0;
+    jv_free(dropout);
+    if (has_dropout) {
+        tp_err_set(err, "model: BPE dropout is not supported (encoding would be random)");
+        return -1;
+    }
+    const char *prefix = get_str(p->model, "continuing_subword_prefix");
+    const char *suffix = get_str(p->model, "end_of_word_suffix");
+    if ((prefix && *prefix) || (suffix && *suffix)) {
+        tp_err_set(err, "model: continuing_subword_prefix/end_of_word_suffix are not supported");
+        return -1;
+    }
+    t->ignore_merges = get_bool(p->model, "ignore_merges", false);
+    t->fuse_unk = get_bool(p->model, "fuse_unk", false);
+    t->unk_id = -1;
+    return 0;
+}
+
+static int build_added(tp_tokenizer *t, parsed *p, int32_t *max_id, tp_err *err) {
+    if (jv_get_kind(p->added) == JV_KIND_NULL || jv_get_kind(p->added) == JV_KIND_INVALID) return 0;
+    if (jv_get_kind(p->added) != JV_KIND_ARRAY) {
+        tp_err_set(err, "added_tokens must be an array");
+        return -1;
+    }
+    int n = jv_array_length(jv_copy(p->added));
+    t->added = tp_xcalloc((size_t)n + 1, sizeof *t->added);
+    for (int i = 0; i < n; i++) {
+        jv a = jv_array_get(jv_copy(p->added), i);
+        jv id = get(a, "id");
+        const char *content = get_str(a, "content");
+        if (jv_get_kind(id) != JV_KIND_NUMBER || jv_number_value(id) < 0 ||
+            jv_number_value(id) != (double)(int32_t)jv_number_value(id) || !content || !*content) {
+            jv_free(id);
+            jv_free(a);
+            tp_err_set(err, "added_tokens[%d]: needs an integer \"id\" >= 0 and a non-empty \"content\"", i);
+            return -1;
+        }
+        added_token *tok = &t->added[t->n_added++];
+        tok->id = (int32_t)jv_number_value(id);
+        tok->len = strlen(content);
+        tok->content = tp_xstrdup(content);
+        tok->special = get_bool(a, "special", false);
+        tok->normalized = get_bool(a, "normalized", !tok->special);
+        tok->lstrip = get_bool(a, "lstrip", false);
+        tok->rstrip = get_bool(a, "rstrip", false);
+        tok->single_word = get_bool(a, "single_word", false);
+        if (tok->id > *max_id) *max_id = tok->id;
+        jv_free(id);
+        jv_free(a);
+    }
+    return 0;
+}
+
+static void trie_add(trie *tr, const char *s, size_t len, int32_t token) {
+    int32_t *link = &tr->root[(unsigned char)s[0]];
+    int32_t node = -1;
+    for (size_t i = 0; i < len; i++) {
+        uint8_t b = (uint8_t)s[i];
+        if (i > 0) link = &tr->nodes[node].child;
+        int32_t c = *link;
+        while (c >= 0 && tr->nodes[c].byte != b) c = tr->nodes[c].sibling;
+        if (c < 0) {
+            if (tr->count == tr->cap) {
+                tr->cap = tr->cap ? tr->cap * 2 : 256;
+                tr->nodes = tp_xrealloc(tr->nodes, (size_t)tr->cap * sizeof *tr->nodes);
+            }
+            c = tr->count++;
+            // Re-read the link: the realloc may have moved it.
+            link = i == 0 ? &tr->root[b] : &tr->nodes[node].child;
+            tr->nodes[c] = (trie_node){-1, *link, -1, b};
+            *link = c;
+        }
+        node = c;
+    }
+    if (tr->nodes[node].token < 0) tr->nodes[node].token = token;  // first of equal contents wins
+}
+
+static int build_normalizer(tp_tokenizer *t, jv spec, tp_err *err) {
+    if (jv_get_kind(spec) == JV_KIND_NULL || jv_get_kind(spec) == JV_KIND_INVALID) return 0;
+    const char *type = get_str(spec, "type");
+    if (!type) {
+        tp_err_set(err, "normalizer: missing \"type\"");
+        return -1;
+    }
+    if (strcmp(type, "Sequence") == 0) {
+        jv list = get(spec, "normalizers");
+        if (jv_get_kind(list) != JV_KIND_ARRAY) {
+            jv_free(list);
+            tp_err_set(err, "Sequence normalizer: \"normalizers\" must be an array");
+            return -1;
+        }
+        int rc = 0;
+        for (int i = 0; i < jv_array_length(jv_copy(list)) && rc == 0; i++) {
+            jv item = jv_array_get(jv_copy(list), i);
+            rc = build_normalizer(t, item, err);
+            jv_free(item);
+        }
+        jv_free(list);
+        return rc;
+    }
+    static const char *names[] = {"NFC", "NFD", "NFKC", "NFKD"};
+    for (int k = 0; k < 4; k++) {
+        if (strcmp(type, names[k]) == 0 && t->n_norms < 8) {
+            t->norms[t->n_norms++] = (tp_norm_form)k;
+            return 0;
+        }
+    }
+    tp_err_set(err, "normalizer type \"%s\" is not supported (supported: NFC, NFD, NFKC, NFKD, Sequence)", type);
+    return -1;
+}
+
+// Normalises s[0..n) with the tokenizer's normalizers into out.
+int tp_tok_normalize(const tp_tokenizer *t, const char *s, size_t n, tp_buf *out, tp_buf *tmp, tp_err *err);
+int tp_tok_normalize(const tp_tokenizer *t, const char *s, size_t n, tp_buf *out, tp_buf *tmp, tp_err *err) {
+    out->len = 0;
+    if (t->n_norms == 0) {
+        tp_buf_append(out, s, n);
+        return 0;
+    }
+    for (int k = 0; k < t->n_norms; k++) {
+        tmp->len = 0;
+        if (tp_unicode_normalize(t->norms[k], k == 0 ? s : out->data, k == 0 ? n : out->len, tmp, err) < 0) return -1;
+        tp_buf swap = *out;
+        *out = *tmp;
+        *tmp = swap;
+    }
+    return 0;
+}
+
+static int build_added_tries(tp_tokenizer *t, tp_err *err) {
+    for (int k = 0; k < 256; k++) t->raw_trie.root[k] = t->norm_trie.root[k] = -1;
+    tp_buf norm = {0}, tmp = {0};
+    int rc = 0;
+    for (int32_t i = 0; i < t->n_added; i++) {
+        added_token *a = &t->added[i];
+        if (a->id >= t->vocab_size) continue;
+        if (a->normalized && t->n_norms > 0) {
+            if (tp_tok_normalize(t, a->content, a->len, &norm, &tmp, err) < 0) { rc = -1; break; }
+            if (norm.len > 0) trie_add(&t->norm_trie, norm.data, norm.len, i);
+        } else {
+            trie_add(a->normalized ? &t->norm_trie : &t->raw_trie, a->content, a->len, i);
+        }
+        // Decoding an added token goes through the ByteLevel decoder, as in HF.
+        size_t off = t->bytes.len;
+        byte_level_decode(a->content, a->len, &t->bytes);
+        t->tok[a->id] = (tok_bytes){(uint32_t)off, (uint32_t)(t->bytes.len - off)};
+        t->flags[a->id] = (uint8_t)((t->flags[a->id] & TOK_PURE) | TOK_PRESENT | TOK_ADDED | (a->special ? TOK_SPECIAL : 0));
+    }
+    tp_buf_free(&norm);
+    tp_buf_free(&tmp);
+    return rc;
+}
+
+// ---- post-processor (for add_special) ----
+
+static void push_id(int32_t **v, size_t *n, int32_t id) {
+    *v = tp_xrealloc(*v, (*n + 1) * sizeof **v);
+    (*v)[(*n)++] = id;
+}
+
+static void post_fail(tp_tokenizer *t, const char *fmt, const char *arg) {
+    if (t->post_error) return;
+    char msg[300];
+    snprintf(msg, sizeof msg, fmt, arg);
+    t->post_error = tp_xstrdup(msg);
+}
+
+static void build_template(tp_tokenizer *t, jv spec) {
+    jv single = get(spec, "single"), specials = get(spec, "special_tokens");
+    bool after = false;
+    int n = jv_get_kind(single) == JV_KIND_ARRAY ? jv_array_length(jv_copy(single)) : 0;
+    if (n == 0) post_fail(t, "TemplateProcessing without a \"single\" template%s", "");
+    for (int i = 0; i < n; i++) {
+        jv item = jv_array_get(jv_copy(single), i);
+        jv sp = get(item, "SpecialToken"), seq = get(item, "Sequence");
+        if (jv_get_kind(seq) == JV_KIND_OBJECT) {
+            after = true;
+        } else if (jv_get_kind(sp) == JV_KIND_OBJECT) {
+            const char *name = get_str(sp, "id");
+            jv def = name ? get(specials, name) : jv_invalid();
+            jv ids = get(def, "ids");
+            if (jv_get_kind(ids) != JV_KIND_ARRAY) post_fail(t, "TemplateProcessing: special token \"%s\" has no ids", name ? name : "?");
+            for (int k = 0; jv_get_kind(ids) == JV_KIND_ARRAY && k < jv_array_length(jv_copy(ids)); k++) {
+                jv id = jv_array_get(jv_copy(ids), k);
+                int32_t v = jv_get_kind(id) == JV_KIND_NUMBER ? (int32_t)jv_number_value(id) : -1;
+                jv_free(id);
+                if (v < 0 || v >= t->vocab_size) post_fail(t, "TemplateProcessing: special token \"%s\" has an id outside the vocabulary", name ? name : "?");
+                else if (after) push_id(&t->suffix, &t->n_suffix, v);
+                else push_id(&t->prefix, &t->n_prefix, v);
+            }
+            jv_free(ids);
+            jv_free(def);
+        }
+        jv_free(sp);
+        jv_free(seq);
+        jv_free(item);
+    }
+    jv_free(single);
+    jv_free(specials);
+}
+
+static void affix_pair(tp_tokenizer *t, jv spec, const char *key, bool suffix) {
+    jv pair = get(spec, key);
+    jv id = jv_get_kind(pair) == JV_KIND_ARRAY ? jv_array_get(jv_copy(pair), 1) : jv_invalid();
+    if (jv_get_kind(id) == JV_KIND_NUMBER && jv_number_value(id) >= 0 && jv_number_value(id) < t->vocab_size) {
+        if (suffix) push_id(&t->suffix, &t->n_suffix, (int32_t)jv_number_value(id));
+        else push_id(&t->prefix, &t->n_prefix, (int32_t)jv_number_value(id));
+    } else {
+        post_fail(t, "post-processor: bad \"%s\" token", key);
+    }
+    jv_free(id);
+    jv_free(pair);
+}
+
+static bool build_post(tp_tokenizer *t, jv spec) {
+    if (jv_get_kind(spec) != JV_KIND_OBJECT) return false;
+    const char *type = get_str(spec, "type");
+    if (!type) return false;
+    if (strcmp(type, "ByteLevel") == 0) return false;
+    if (strcmp(type, "TemplateProcessing") == 0) {
+        build_template(t, spec);
+        return true;
+    }
+    if (strcmp(type, "RobertaProcessing") == 0 || strcmp(type, "BertProcessing") == 0) {
+        affix_pair(t, spec, "cls", false);
+        affix_pair(t, spec, "sep", true);
+        return true;
+    }
+    if (strcmp(type, "Sequence") == 0) {
+        jv list = get(spec, "processors");
+        bool any = false;
+        for (int i = 0; jv_get_kind(list) == JV_KIND_ARRAY && i < jv_array_length(jv_copy(list)); i++) {
+            jv item = jv_array_get(jv_copy(list), i);
+            any |= build_post(t, item);
+            jv_free(item);
+        }
+        jv_free(list);
+        return any;
+    }
+    post_fail(t, "post-processor type \"%s\" is not supported", type);
+    return true;
+}
+
+// With no template, transformers' fast tokenizers add BOS/EOS as tokenizer_config.json
+// says (add_bos_token / add_eos_token); so do we.
+static void config_affixes(tp_tokenizer *t) {
+    static const char *flags[] = {"add_bos_token", "add_eos_token"};
+    static const char *names[] = {"bos_token", "eos_token"};
+    for (int k = 0; k < 2; k++) {
+        if (!get_bool(t->config, flags[k], false)) continue;
+        jv tok = get(t->config, names[k]);
+        const char *s = jv_get_kind(tok) == JV_KIND_STRING ? jv_string_value(tok) : get_str(tok, "content");
+        int32_t id = s ? tp_tokenizer_token_id(t, s) : -1;
+        if (id < 0) post_fail(t, "tokenizer_config.json: %s is not a token", names[k]);
+        else if (k == 0) push_id(&t->prefix, &t->n_prefix, id);
+        else push_id(&t->suffix, &t->n_suffix, id);
+        jv_free(tok);
+    }
+}
+
+static int check_decoder(jv spec, tp_err *err) {
+    if (jv_get_kind(spec) == JV_KIND_NULL || jv_get_kind(spec) == JV_KIND_INVALID) return 0;
+    const char *type = get_str(spec, "type");
+    if (type && strcmp(type, "ByteLevel") == 0) return 0;
+    if (type && strcmp(type, "Sequence") == 0) {
+        jv list = get(spec, "decoders");
+        int rc = 0;
+        for (int i = 0; jv_get_kind(list) == JV_KIND_ARRAY && i < jv_array_length(jv_copy(list)) && rc == 0; i++) {
+            jv item = jv_array_get(jv_copy(list), i);
+            rc = check_decoder(item, err);
+            jv_free(item);
+        }
+        jv_free(list);
+        return rc;
+    }
+    tp_err_set(err, "decoder type \"%s\" is not supported (a byte-level tokenizer decodes with ByteLevel)",
+               type ? type : "?");
+    return -1;
+}
+
+// ---- files ----
+
+static int read_all(const char *path, tp_buf *out, tp_err *err) {
+    tp_input *in = tp_input_open(path, err);
+    if (!in) return -1;
+    for (;;) {
+        tp_buf_reserve(out, 1 << 20);
+        ssize_t got = tp_input_read(in, out->data + out->len, out->cap - out->len, err);
+        if (got < 0) {
+            tp_input_close(in);
+            return -1;
+        }
+        if (got == 0) break;
+        out->len += (size_t)got;
+    }
+    tp_input_close(in);
+    return 0;
+}
+
+static bool is_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// First of dir/NAME, dir/NAME.zst, dir/NAME.gz that exists, or NULL.
+static char *find_in_dir(const char *dir, const char *name) {
+    static const char *suffixes[] = {"", ".zst", ".gz"};
+    for (int k = 0; k < 3; k++) {
+        char *p;
+        if (asprintf(&p, "%s/%s%s", dir, name, suffixes[k]) < 0) return NULL;
+        if (is_file(p)) return p;
+        free(p);
+    }
+    return NULL;
+}
+
+static int load_config(tp_tokenizer *t, const char *dir, tp_err *err) {
+    t->config = jv_null();
+    char *path = find_in_dir(dir, "tokenizer_config.json");
+    if (!path) return 0;
+    tp_buf text = {0};
+    int rc = read_all(path, &text, err);
+    if (rc == 0) {
+        jv v;
+        rc = tp_json_parse(text.data, text.len, &v, err);
+        if (rc < 0) tp_err_prefix(err, "%s", path);
+        else if (jv_get_kind(v) != JV_KIND_OBJECT) {
+            jv_free(v);
+            tp_err_set(err, "%s: expected a JSON object", path);
+            rc = -1;
+        } else {
+            t->config = v;
+        }
+    }
+    tp_buf_free(&text);
+    free(path);
+    return rc;
+}
+
+static int build(tp_tokenizer *t, parsed *p, tp_err *err) {
+    if (check_model(t, p, err) < 0) return -1;
+    int32_t max_id = -1;
+    for (size_t k = 0; k < p->n_vocab; k++)
+        if (p->vocab[k].id > max_id) max_id = p->vocab[k].id;
+    if (build_added(t, p, &max_id, err) < 0) return -1;
+    if (max_id < 0) {
+        tp_err_set(err, "model: the vocabulary is empty");
+        return -1;
+    }
+    if (build_vocab(t, p, max_id, err) < 0 || build_merges(t, p, err) < 0) return -1;
+    jv unk = get(p->model, "unk_token");
+    if (jv_get_kind(unk) == JV_KIND_STRING) t->unk_id = tp_tokenizer_token_id(t, jv_string_value(unk));
+    jv_free(unk);
+    if (build_normalizer(t, p->normalizer, err) < 0) return -1;
+    bool byte_level = false;
+    t->pretok = tp_pretok_new(p->pre_tokenizer, &byte_level, err);
+    if (!t->pretok) return -1;
+    if (!byte_level) {
+        tp_err_set(err, "pre_tokenizer: not a byte-level BPE (no final ByteLevel pre-tokenizer); "
+                        "only byte-level BPE tokenizers are supported");
+        return -1;
+    }
+    if (check_decoder(p->decoder, err) < 0) return -1;
+    if (build_added_tries(t, err) < 0) return -1;
+    if (!build_post(t, p->post_processor)) config_affixes(t);
+    return 0;
+}
+
+tp_tokenizer *tp_tokenizer_load(const char *path, tp_err *err) {
+    init_byte_level();
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        tp_err_set(err, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *file, *dir;
+    if (S_ISDIR(st.st_mode)) {
+        file = find_in_dir(path, "tokenizer.json");
+        if (!file) {
+            tp_err_set(err, "%s: no tokenizer.json in this directory", path);
+            return NULL;
+        }
+        dir = tp_xstrdup(path);
+    } else {
+        file = tp_xstrdup(path);
+        const char *slash = strrchr(path, '/');
+        dir = slash ? strndup(path, (size_t)(slash - path) + (slash == path)) : tp_xstrdup(".");
+    }
+    tp_tokenizer *t = tp_xcalloc(1, sizeof *t);
+    t->path = file;
+    t->config = jv_null();
+    tp_buf text = {0};
+    parsed p = {.model = jv_object(), .added = jv_null(), .normalizer = jv_null(), .pre_tokenizer = jv_null(),
+                .post_processor = jv_null(), .decoder = jv_null()};
+    int rc = read_all(file, &text, err);
+    if (rc == 0) {
+        snprintf(t->hash, sizeof t->hash, "%016llx", (unsigned long long)tp_tok_hash_bytes(text.data, text.len));
+        scanner sc = {.s = text.data, .n = text.len, .name = file, .err = err};
+        rc = scan_object(&sc, &p, top_field);
+        ws(&sc);
+        if (rc == 0 && sc.i != sc.n) rc = scan_fail(&sc, "trailing characters after the JSON object");
+    }
+    if (rc == 0) rc = load_config(t, dir, err);
+    if (rc == 0 && build(t, &p, err) < 0) {
+        tp_err_prefix(err, "%s", file);
+        rc = -1;
+    }
+    tp_buf_free(&text);
+    tp_buf_free(&p.strings);
+    free(p.vocab);
+    free(p.merges);
+    jv_free(p.model);
+    jv_free(p.added);
+    jv_free(p.normalizer);
+    jv_free(p.pre_tokenizer);
+    jv_free(p.post_processor);
+    jv_free(p.decoder);
+    free(dir);
+    if (rc < 0) {
+        tp_tokenizer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void tp_tokenizer_free(tp_tokenizer *t) {
+    if (!t) return;
+    free(t->path);
+    tp_buf_free(&t->bytes);
+    free(t->tok);
+    free(t->flags);
+    free(t->vhash);
+    free(t->mhash);
+    for (int32_t i = 0; i < t->n_added; i++) free(t->added[i].content);
+    free(t->added);
+    free(t->raw_trie.nodes);
+    free(t->norm_trie.nodes);
+    tp_pretok_free(t->pretok);
+    free(t->prefix);
+    free(t->suffix);
+    free(t->post_error);
+    jv_free(t->config);
+    free(t);
+}
