@@ -17,6 +17,7 @@
 
 #include "buf.h"
 #include "error.h"
+#include "tokenizer.h"
 
 // cot-fetch's default prompt (DeepSeek's advice for R1): {problem} is replaced.
 #define TP_DEFAULT_PROMPT "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -65,5 +66,22 @@ typedef struct {
 // for templates that start with it (deepseek-r1, llama3).
 int tp_chat_render_text(tp_template t, const tp_chat *chat, const char *bos, tp_chat_render *r, tp_err *err);
 void tp_chat_render_free(tp_chat_render *r);
+
+// Normalises every message's text with the tokenizer's normaliser (NFC for Qwen),
+// so the rendered text is what the tokenizer sees and token offsets line up with it.
+void tp_chat_normalize(tp_chat *chat, const tp_tokenizer *t);
+
+typedef enum {
+    TP_MASK_ASSISTANT,  // every assistant turn and its end-of-turn token
+    TP_MASK_LAST,       // only the last assistant turn (--mask-history)
+    TP_MASK_ALL,        // every token (--train-on-prompt)
+} tp_mask_mode;
+
+// Tokenizes a rendering in one piece (so ids equal HF's tokenization of the
+// rendered text) and sets mask[i] = 1 for tokens whose first byte lies in a
+// trained span. Appends to ids and mask (same count). Fails when token bytes do not
+// line up with the text (a normaliser changed it), rather than guess a mask.
+int tp_chat_encode(const tp_tokenizer *t, tp_tok_state *st, const tp_chat_render *r, tp_mask_mode mode, tp_ids *ids,
+                   tp_buf *mask, tp_err *err);
 
 #endif

@@ -109,28 +109,48 @@ static const char *kind_name(jv_kind k) {
     }
 }
 
+int tp_jsonl_parse_record(const char *name, uint64_t line_no, const char *line, size_t n, bool allow_scalar, jv *out,
+                          tp_err *err) {
+    jv v = jv_invalid();
+    if (tp_json_parse(line, n, &v, err)) {
+        tp_err_prefix(err, "%s:%llu: invalid JSON", name, (unsigned long long)line_no);
+        return -1;
+    }
+    if (!allow_scalar && jv_get_kind(v) != JV_KIND_OBJECT) {
+        tp_err_set(err, "%s:%llu: expected a JSON object, got %s", name, (unsigned long long)line_no,
+                   kind_name(jv_get_kind(v)));
+        jv_free(v);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int tp_jsonl_next_line(tp_jsonl_reader *r, const char **line, size_t *len, tp_err *err) {
+    for (;;) {
+        char *s;
+        size_t n;
+        int got = next_line(r, &s, &n, err);
+        if (got <= 0) return got;
+        if (is_blank(s, n)) continue;
+        r->record_line = r->line_no;
+        r->text = s;
+        r->text_len = n;
+        *line = s;
+        *len = n;
+        return 1;
+    }
+}
+
 int tp_jsonl_next(tp_jsonl_reader *r, jv *out, tp_err *err) {
     for (;;) {
-        char *line;
+        const char *line;
         size_t n;
-        int got = next_line(r, &line, &n, err);
+        int got = tp_jsonl_next_line(r, &line, &n, err);
         if (got <= 0) return got;
-        if (is_blank(line, n)) continue;
         tp_err bad = {{0}};
-        jv v = jv_invalid();
-        if (tp_json_parse(line, n, &v, &bad)) {
-            tp_err_prefix(&bad, "%s:%llu: invalid JSON", tp_input_name(r->in), (unsigned long long)r->line_no);
-        } else if (!r->opts.allow_scalar && jv_get_kind(v) != JV_KIND_OBJECT) {
-            tp_err_set(&bad, "%s:%llu: expected a JSON object, got %s", tp_input_name(r->in),
-                       (unsigned long long)r->line_no, kind_name(jv_get_kind(v)));
-            jv_free(v);
-        } else {
-            r->record_line = r->line_no;
-            r->text = line;
-            r->text_len = n;
-            *out = v;
+        if (tp_jsonl_parse_record(tp_input_name(r->in), r->line_no, line, n, r->opts.allow_scalar, out, &bad) == 0)
             return 1;
-        }
         if (!r->opts.skip_bad) {
             *err = bad;
             return -1;

@@ -30,6 +30,12 @@ tp_jsonl_reader *tp_jsonl_open(const char *path, const tp_jsonl_opts *opts, tp_e
 tp_jsonl_reader *tp_jsonl_from_input(tp_input *in, const tp_jsonl_opts *opts);  // takes ownership of in
 // 1 and *out (owned by the caller) for a record, 0 at the end, -1 on error.
 int tp_jsonl_next(tp_jsonl_reader *r, jv *out, tp_err *err);
+// The next non-blank line, unparsed (valid until the next call): for programs that
+// parse records on worker threads. 1 found, 0 at the end, -1 on error.
+int tp_jsonl_next_line(tp_jsonl_reader *r, const char **line, size_t *len, tp_err *err);
+// Parses one line as tp_jsonl_next does, with its messages ("NAME:LINE: ...").
+int tp_jsonl_parse_record(const char *name, uint64_t line_no, const char *line, size_t n, bool allow_scalar, jv *out,
+                          tp_err *err);
 uint64_t tp_jsonl_line(const tp_jsonl_reader *r);    // line number of the last record (1-based)
 uint64_t tp_jsonl_offset(const tp_jsonl_reader *r);  // byte offset where it starts
 // The last record's text without its line end, valid until the next call: lets a

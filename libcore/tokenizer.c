@@ -445,3 +445,24 @@ int tp_tokenizer_decode(const tp_tokenizer *t, const int32_t *ids, size_t n, boo
     }
     return 0;
 }
+
+size_t tp_tokenizer_token_bytes(const tp_tokenizer *t, int32_t id, const char **bytes) {
+    if (id < 0 || id >= t->vocab_size || !(t->flags[id] & TOK_PRESENT)) {
+        *bytes = "";
+        return 0;
+    }
+    *bytes = t->bytes.data + t->tok[id].off;
+    return t->tok[id].len;
+}
+
+bool tp_tokenizer_normalize(const tp_tokenizer *t, const char *s, size_t n, tp_buf *out, tp_err *err) {
+    if (t->n_norms == 0) {
+        tp_buf_append(out, s, n);
+        return false;
+    }
+    tp_buf a = {0}, b = {0};
+    if (tp_tok_normalize(t, s, n, &a, &b, err) == 0) tp_buf_append(out, a.data, a.len);
+    tp_buf_free(&a);
+    tp_buf_free(&b);
+    return true;
+}

@@ -64,6 +64,12 @@ int tp_tokenizer_encode(const tp_tokenizer *t, tp_tok_state *st, const char *tex
 int tp_tokenizer_decode(const tp_tokenizer *t, const int32_t *ids, size_t n, bool skip_special, tp_buf *out,
                         tp_err *err);
 
+// The bytes token id stands for (its text as decode gives it); 0 for an unknown id.
+size_t tp_tokenizer_token_bytes(const tp_tokenizer *t, int32_t id, const char **bytes);
+// The tokenizer's normaliser (NFC for Qwen; none for Llama 3 and DeepSeek) applied
+// to s[0..n): appends to out. Returns whether there is a normaliser.
+bool tp_tokenizer_normalize(const tp_tokenizer *t, const char *s, size_t n, tp_buf *out, tp_err *err);
+
 // Test hooks: disable the hand-written pre-tokenizer (run every regex on
 // Oniguruma), and choose the word length from which BPE uses its heap.
 void tp_tokenizer_force_regex_engine(tp_tokenizer *t, bool on);

@@ -1,0 +1,575 @@
+// tokenize — text and chat records to token ids and training streams (man 1 tokenize).
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "chat.h"
+#include "cli.h"
+#include "error.h"
+#include "fileio.h"
+#include "json.h"
+#include "jsonl.h"
+#include "pack.h"
+#include "progress.h"
+#include "tensor_stream.h"
+#include "tokenizer.h"
+#include "unicode.h"
+
+static const char usage[] =
+    "Usage: tokenize -t TOKENIZER MODE [OPTIONS] [FILE...]\n"
+    "Exact byte-level BPE (ids equal HF tokenizers) for JSONL records.\n"
+    "\n"
+    "  -t, --tokenizer PATH  model directory or tokenizer.json[.zst]\n"
+    "  -e, --encode          {\"text\"} -> {\"ids\"}   (--field NAME, --add-special)\n"
+    "  -d, --decode          {\"ids\"} -> {\"text\"}   (--skip-special; --stream: raw\n"
+    "                        text as ids arrive, never splitting a character)\n"
+    "  -T, --template NAME   chat/trace records -> tensor stream of input_ids, loss_mask:\n"
+    "                        chatml qwen3 deepseek-r1 llama3 nemo auto\n"
+    "      --prompt TEXT     trace prompt ({problem}; cot-fetch's default)\n"
+    "      --train-on-prompt --mask-history   loss mask on every token / last turn only\n"
+    "      --max-len N [--truncate|--drop-long]   --pack N [--split]   --shuffle --seed S\n"
+    "  -z, --zstd LEVEL      compress the tensor stream (1-19)\n"
+    "  -j, --threads N       worker threads (default: all cores); output order is kept\n"
+    "  -o, --output FILE     write to FILE instead of standard output\n"
+    "      --progress        progress even when stderr is not a terminal\n"
+    "  -q, --quiet           no summary\n"
+    "  -h, --help            this text\n"
+    "      --version         print the version\n"
+    "\n"
+    "Exit status: 0 ok, 1 bad input or I/O error, 2 usage error. See tokenize(1).\n";
+
+enum { OPT_FIELD = 0x2000, OPT_ADD_SPECIAL, OPT_SKIP_SPECIAL, OPT_STREAM, OPT_PROMPT, OPT_TRAIN_ON_PROMPT,
+       OPT_MASK_HISTORY, OPT_MAX_LEN, OPT_TRUNCATE, OPT_DROP_LONG, OPT_PACK, OPT_SPLIT, OPT_SHUFFLE, OPT_SEED,
+       OPT_PAD_ID };
+
+typedef enum { MODE_NONE, MODE_ENCODE, MODE_DECODE, MODE_TEMPLATE } run_mode;
+
+typedef struct {
+    run_mode mode;
+    const char *tokenizer, *output, *field, *template_name, *prompt;
+    bool add_special, skip_special, stream, truncate, drop_long, split, shuffle;
+    tp_mask_mode mask;
+    long long max_len, pack, seed, pad_id;
+    int threads, zstd;
+} options;
+
+typedef struct {
+    uint64_t records, tokens, trained, dropped, truncated, bytes_in;
+} stats;
+
+// ---- a batch of lines, processed in parallel, written in order ----
+
+typedef struct {
+    tp_buf text;        // the lines, back to back
+    size_t *off, *len;  // [n]
+    uint64_t *line_no;
+    size_t n, cap;
+} batch;
+
+typedef struct {
+    tp_buf out;     // encode: the JSON line
+    tp_ids ids;     // template: ids
+    tp_buf mask;    //           loss mask
+    char *error;    // NULL, or why the record failed
+    bool dropped, truncated;
+} result;
+
+enum { BATCH_LINES = 512, BATCH_BYTES = 8 << 20 };
+
+static bool read_batch(tp_jsonl_reader *r, batch *b, stats *s) {
+    b->n = 0;
+    b->text.len = 0;
+    tp_err err;
+    while (b->n < BATCH_LINES && b->text.len < BATCH_BYTES) {
+        const char *line;
+        size_t n;
+        int got = tp_jsonl_next_line(r, &line, &n, &err);
+        if (got < 0) tp_die_err(&err);
+        if (got == 0) break;
+        if (b->n == b->cap) {
+            b->cap = b->cap ? b->cap * 2 : BATCH_LINES;
+            b->off = tp_xrealloc(b->off, b->cap * sizeof *b->off);
+            b->len = tp_xrealloc(b->len, b->cap * sizeof *b->len);
+            b->line_no = tp_xrealloc(b->line_no, b->cap * sizeof *b->line_no);
+        }
+        b->off[b->n] = b->text.len;
+        b->len[b->n] = n;
+        b->line_no[b->n] = tp_jsonl_line(r);
+        tp_buf_append(&b->text, line, n);
+        s->bytes_in += n + 1;
+        b->n++;
+    }
+    return b->n > 0;
+}
+
+typedef struct {
+    const options *o;
+    const tp_tokenizer *tok;
+    tp_tok_state **states;
+    tp_template tmpl;
+    const char *bos;
+    const char *name;  // input name for messages
+} context;
+
+static void fail(result *res, const char *name, uint64_t line, const tp_err *err) {
+    tp_buf b = {0};
+    tp_buf_printf(&b, "%s:%llu: %s", name, (unsigned long long)line, err->msg);
+    res->error = b.data;
+}
+
+static void append_int(tp_buf *b, int32_t v) {
+    char tmp[16];
+    int n = 0;
+    uint32_t u = v < 0 ? (uint32_t)-(int64_t)v : (uint32_t)v;
+    do tmp[n++] = (char)('0' + u % 10); while ((u /= 10) > 0);
+    if (v < 0) tmp[n++] = '-';
+    tp_buf_reserve(b, (size_t)n);
+    while (n) b->data[b->len++] = tmp[--n];
+}
+
+static void encode_one(const context *c, tp_tok_state *st, jv rec, result *res, uint64_t line) {
+    tp_err err;
+    jv text = jv_object_get(rec, jv_string(c->o->field));
+    if (jv_get_kind(text) != JV_KIND_STRING) {
+        tp_err_set(&err, "\"%s\" must be a string", c->o->field);
+        fail(res, c->name, line, &err);
+    } else {
+        res->ids.count = 0;
+        if (tp_tokenizer_encode(c->tok, st, jv_string_value(text), (size_t)jv_string_length_bytes(jv_copy(text)),
+                                c->o->add_special, &res->ids, &err) < 0) {
+            fail(res, c->name, line, &err);
+        } else {
+            tp_buf_puts(&res->out, "{\"ids\":[");
+            for (size_t i = 0; i < res->ids.count; i++) {
+                if (i) tp_buf_putc(&res->out, ',');
+                append_int(&res->out, res->ids.ids[i]);
+            }
+            tp_buf_puts(&res->out, "]}");
+        }
+    }
+    jv_free(text);
+}
+
+static void template_one(const context *c, tp_tok_state *st, jv rec, result *res, uint64_t line) {
+    tp_err err;
+    tp_chat chat;
+    if (tp_chat_from_record(rec, c->o->prompt, &chat, &err) < 0) {
+        jv_free(rec);
+        fail(res, c->name, line, &err);
+        return;
+    }
+    jv_free(rec);
+    tp_chat_normalize(&chat, c->tok);
+    tp_chat_render r = {0};
+    res->ids.count = 0;
+    res->mask.len = 0;
+    if (tp_chat_render_text(c->tmpl, &chat, c->bos, &r, &err) < 0 ||
+        tp_chat_encode(c->tok, st, &r, c->o->mask, &res->ids, &res->mask, &err) < 0) {
+        fail(res, c->name, line, &err);
+    } else if (c->o->max_len > 0 && res->ids.count > (size_t)c->o->max_len) {
+        if (c->o->truncate) {
+            res->ids.count = (size_t)c->o->max_len;
+            res->mask.len = (size_t)c->o->max_len;
+            res->truncated = true;
+        } else if (c->o->drop_long) {
+            res->dropped = true;
+        } else {
+            tp_err_set(&err, "%zu tokens, more than --max-len %lld (add --truncate or --drop-long)", res->ids.count,
+                       c->o->max_len);
+            fail(res, c->name, line, &err);
+        }
+    }
+    tp_chat_render_free(&r);
+    tp_chat_free(&chat);
+}
+
+static void process_batch(const context *c, const batch *b, result *res) {
+#pragma omp parallel for schedule(dynamic, 4) num_threads(c->o->threads)
+    for (size_t i = 0; i < b->n; i++) {
+        tp_tok_state *st = c->states[omp_get_thread_num()];
+        result *r = &res[i];
+        r->out.len = 0;
+        r->error = NULL;
+        r->dropped = r->truncated = false;
+        jv rec;
+        tp_err err;
+        if (tp_jsonl_parse_record(c->name, b->line_no[i], b->text.data + b->off[i], b->len[i], false, &rec, &err) < 0) {
+            r->error = tp_xstrdup(err.msg);
+            continue;
+        }
+        if (c->o->mode == MODE_ENCODE) encode_one(c, st, rec, r, b->line_no[i]);
+        else template_one(c, st, rec, r, b->line_no[i]);
+    }
+}
+
+// ---- template output ----
+
+typedef struct {
+    tp_stream_writer *w;
+    jv meta;  // first record only
+} sink;
+
+static int write_tensors(sink *k, const tp_tensor_ref *t, int n, tp_err *err) {
+    int rc = tp_stream_write(k->w, t, n, k->meta, err);
+    jv_free(k->meta);
+    k->meta = jv_null();
+    return rc;
+}
+
+static int emit_row(void *ctx, const tp_packed_row *row, tp_err *err) {
+    int64_t len = (int64_t)row->len, starts = (int64_t)row->n_starts;
+    tp_tensor_ref t[4] = {{"input_ids", TP_I32, 1, &len, row->input_ids},
+                          {"loss_mask", TP_U8, 1, &len, row->loss_mask},
+                          {"position_ids", TP_I32, 1, &len, row->position_ids},
+                          {"seq_starts", TP_I32, 1, &starts, row->seq_starts}};
+    return write_tensors(ctx, t, 4, err);
+}
+
+static int emit_sample(sink *k, tp_packer *p, const int32_t *ids, const uint8_t *mask, size_t n, tp_err *err) {
+    if (p) return tp_packer_add(p, ids, mask, n, emit_row, k, err);
+    int64_t len = (int64_t)n;
+    tp_tensor_ref t[2] = {{"input_ids", TP_I32, 1, &len, ids}, {"loss_mask", TP_U8, 1, &len, mask}};
+    return write_tensors(k, t, 2, err);
+}
+
+// Samples kept for --shuffle.
+typedef struct {
+    int32_t *ids;
+    uint8_t *mask;
+    size_t n;
+} sample;
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// ---- modes ----
+
+static const char *bos_text(const tp_tokenizer *t, tp_template tmpl) {
+    if (tmpl != TP_TEMPLATE_DEEPSEEK_R1 && tmpl != TP_TEMPLATE_LLAMA3) return "";
+    static char buf[256];
+    jv cfg = tp_tokenizer_config(t);
+    jv bos = jv_get_kind(cfg) == JV_KIND_OBJECT ? jv_object_get(cfg, jv_string("bos_token")) : (jv_free(cfg), jv_null());
+    if (jv_get_kind(bos) == JV_KIND_OBJECT) bos = jv_object_get(bos, jv_string("content"));
+    const char *dflt = tmpl == TP_TEMPLATE_LLAMA3 ? "<|begin_of_text|>"
+                                                  : "<\xEF\xBD\x9C" "begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>";
+    snprintf(buf, sizeof buf, "%s", jv_get_kind(bos) == JV_KIND_STRING ? jv_string_value(bos) : dflt);
+    jv_free(bos);
+    return buf;
+}
+
+static int32_t pad_id(const tp_tokenizer *t, long long forced) {
+    if (forced >= 0) return (int32_t)forced;
+    jv cfg = tp_tokenizer_config(t);
+    int32_t id = -1;
+    const char *keys[] = {"pad_token", "eos_token"};
+    for (int k = 0; k < 2 && id < 0 && jv_get_kind(cfg) == JV_KIND_OBJECT; k++) {
+        jv v = jv_object_get(jv_copy(cfg), jv_string(keys[k]));
+        if (jv_get_kind(v) == JV_KIND_OBJECT) v = jv_object_get(v, jv_string("content"));
+        if (jv_get_kind(v) == JV_KIND_STRING) id = tp_tokenizer_token_id(t, jv_string_value(v));
+        jv_free(v);
+    }
+    jv_free(cfg);
+    return id >= 0 ? id : 0;
+}
+
+static void run_batches(char **files, int nfiles, const context *c, stats *s, tp_jsonl_writer *jw, sink *k,
+                        tp_packer *packer, sample **kept, size_t *n_kept) {
+    batch b = {0};
+    result *res = tp_xcalloc(BATCH_LINES, sizeof *res);
+    tp_progress progress;
+    tp_progress_start(&progress, "records", 0);
+    tp_err err;
+    for (int f = 0; f < (nfiles ? nfiles : 1); f++) {
+        const char *path = nfiles ? files[f] : "-";
+        tp_jsonl_reader *r = tp_jsonl_open(path, NULL, &err);
+        if (!r) tp_die_err(&err);
+        context cc = *c;
+        cc.name = tp_jsonl_name(r);
+        while (read_batch(r, &b, s)) {
+            process_batch(&cc, &b, res);
+            for (size_t i = 0; i < b.n; i++) {
+                result *x = &res[i];
+                if (x->error) tp_die("%s", x->error);
+                s->records++;
+                if (c->o->mode == MODE_ENCODE) {
+                    s->tokens += x->ids.count;
+                    if (tp_jsonl_write_text(jw, x->out.data, x->out.len, &err) < 0) tp_die_err(&err);
+                    continue;
+                }
+                if (x->dropped) { s->dropped++; continue; }
+                s->truncated += x->truncated;
+                s->tokens += x->ids.count;
+                for (size_t t = 0; t < x->mask.len; t++) s->trained += (unsigned char)x->mask.data[t];
+                if (kept) {
+                    *kept = tp_xrealloc(*kept, (*n_kept + 1) * sizeof **kept);
+                    sample *sm = &(*kept)[(*n_kept)++];
+                    sm->n = x->ids.count;
+                    sm->ids = tp_xmalloc(sm->n * sizeof *sm->ids + 1);
+                    sm->mask = tp_xmalloc(sm->n + 1);
+                    memcpy(sm->ids, x->ids.ids, sm->n * sizeof *sm->ids);
+                    memcpy(sm->mask, x->mask.data, sm->n);
+                } else if (emit_sample(k, packer, x->ids.ids, (const uint8_t *)x->mask.data, x->ids.count, &err) < 0) {
+                    tp_die("%s:%llu: %s", cc.name, (unsigned long long)b.line_no[i], err.msg);
+                }
+            }
+            tp_progress_update(&progress, s->records);
+        }
+        tp_jsonl_close(r);
+    }
+    tp_progress_finish(&progress);
+    for (size_t i = 0; i < BATCH_LINES; i++) {
+        tp_buf_free(&res[i].out);
+        tp_ids_free(&res[i].ids);
+        tp_buf_free(&res[i].mask);
+    }
+    free(res);
+    tp_buf_free(&b.text);
+    free(b.off);
+    free(b.len);
+    free(b.line_no);
+}
+
+static void decode_ids(const tp_tokenizer *t, jv ids, const char *name, uint64_t line, tp_buf *bytes, bool skip) {
+    tp_ids v = {0};
+    tp_err err;
+    if (jv_get_kind(ids) == JV_KIND_NUMBER) ids = jv_array_append(jv_array(), ids);
+    if (jv_get_kind(ids) != JV_KIND_ARRAY) tp_die("%s:%llu: \"ids\" must be an array of integers", name, (unsigned long long)line);
+    jv_array_foreach(ids, i, x) {
+        double d = jv_get_kind(x) == JV_KIND_NUMBER ? jv_number_value(x) : -1.5;
+        jv_free(x);
+        if (d != (double)(int32_t)d)
+            tp_die("%s:%llu: ids[%d] is not an integer token id", name, (unsigned long long)line, i);
+        tp_ids_push(&v, (int32_t)d);
+    }
+    jv_free(ids);
+    if (tp_tokenizer_decode(t, v.ids, v.count, skip, bytes, &err) < 0)
+        tp_die("%s:%llu: %s", name, (unsigned long long)line, err.msg);
+    tp_ids_free(&v);
+}
+
+static void run_decode(char **files, int nfiles, const options *o, const tp_tokenizer *t, stats *s) {
+    tp_err err;
+    int fd = STDOUT_FILENO;
+    tp_jsonl_writer *jw = NULL;
+    if (o->stream) {
+        if (o->output && (fd = tp_output_open(o->output, false, &err)) < 0) tp_die_err(&err);
+    } else {
+        jw = o->output ? tp_jsonl_writer_open(o->output, false, &err) : tp_jsonl_writer_fd(STDOUT_FILENO, "<stdout>");
+        if (!jw) tp_die_err(&err);
+    }
+    tp_buf bytes = {0}, text = {0};
+    tp_jsonl_opts jo = {.allow_scalar = o->stream};
+    for (int f = 0; f < (nfiles ? nfiles : 1); f++) {
+        tp_jsonl_reader *r = tp_jsonl_open(nfiles ? files[f] : "-", &jo, &err);
+        if (!r) tp_die_err(&err);
+        jv rec;
+        int got;
+        while ((got = tp_jsonl_next(r, &rec, &err)) == 1) {
+            jv ids = jv_get_kind(rec) == JV_KIND_OBJECT ? jv_object_get(rec, jv_string("ids")) : rec;
+            if (!o->stream) bytes.len = 0;
+            size_t before = bytes.len;
+            decode_ids(t, ids, tp_jsonl_name(r), tp_jsonl_line(r), &bytes, o->skip_special);
+            s->records++;
+            s->tokens += bytes.len - before;
+            if (o->stream) {
+                // Print whole characters only; an incomplete one waits for the next ids.
+                size_t ready = tp_utf8_complete_prefix(bytes.data, bytes.len);
+                text.len = 0;
+                tp_utf8_append_lossy(&text, bytes.data, ready);
+                if (tp_write_all(fd, text.data, text.len, o->output ? o->output : "<stdout>", &err) < 0) tp_die_err(&err);
+                memmove(bytes.data, bytes.data + ready, bytes.len - ready);
+                bytes.len -= ready;
+            } else {
+                text.len = 0;
+                tp_buf_puts(&text, "{\"text\":");
+                tp_buf lossy = {0};
+                tp_utf8_append_lossy(&lossy, bytes.data, bytes.len);
+                tp_json_dump_string(&text, lossy.data ? lossy.data : "", lossy.len);
+                tp_buf_free(&lossy);
+                tp_buf_putc(&text, '}');
+                if (tp_jsonl_write_text(jw, text.data, text.len, &err) < 0) tp_die_err(&err);
+            }
+        }
+        if (got < 0) tp_die_err(&err);
+        tp_jsonl_close(r);
+    }
+    if (o->stream && bytes.len) {
+        text.len = 0;
+        tp_utf8_append_lossy(&text, bytes.data, bytes.len);
+        if (tp_write_all(fd, text.data, text.len, "<stdout>", &err) < 0) tp_die_err(&err);
+    }
+    if (jw && tp_jsonl_writer_close(jw, &err) < 0) tp_die_err(&err);
+    if (o->stream && o->output) close(fd);
+    tp_buf_free(&bytes);
+    tp_buf_free(&text);
+}
+
+static void run_template(char **files, int nfiles, const options *o, context *c, stats *s) {
+    tp_err err;
+    if (!o->output && isatty(STDOUT_FILENO))
+        tp_die_usage("refusing to write a binary stream to a terminal; use -o FILE or a redirection");
+    sink k = {tp_stream_writer_open(o->output ? o->output : "-", o->zstd, &err), jv_object()};
+    if (!k.w) tp_die_err(&err);
+    char num[32];
+    k.meta = jv_object_set(k.meta, jv_string("producer"), jv_string("tokenize " TP_VERSION));
+    k.meta = jv_object_set(k.meta, jv_string("tokenizer_hash"), jv_string(tp_tokenizer_hash(c->tok)));
+    k.meta = jv_object_set(k.meta, jv_string("template"), jv_string(tp_template_name(c->tmpl)));
+    snprintf(num, sizeof num, "%d", tp_tokenizer_vocab_size(c->tok));
+    k.meta = jv_object_set(k.meta, jv_string("vocab_size"), jv_string(num));
+    tp_packer packer, *pp = NULL;
+    if (o->pack) {
+        snprintf(num, sizeof num, "%lld", o->pack);
+        k.meta = jv_object_set(k.meta, jv_string("pack"), jv_string(num));
+        tp_packer_init(&packer, (size_t)o->pack, pad_id(c->tok, o->pad_id), o->split);
+        pp = &packer;
+    }
+    sample *kept = NULL;
+    size_t n_kept = 0;
+    run_batches(files, nfiles, c, s, NULL, &k, pp, o->shuffle ? &kept : NULL, &n_kept);
+    if (o->shuffle) {
+        uint64_t rng = (uint64_t)o->seed;
+        for (size_t i = n_kept; i > 1; i--) {
+            size_t j = (size_t)(splitmix(&rng) % i);
+            sample t = kept[i - 1];
+            kept[i - 1] = kept[j];
+            kept[j] = t;
+        }
+        for (size_t i = 0; i < n_kept; i++) {
+            if (emit_sample(&k, pp, kept[i].ids, kept[i].mask, kept[i].n, &err) < 0) tp_die_err(&err);
+            free(kept[i].ids);
+            free(kept[i].mask);
+        }
+        free(kept);
+    }
+    if (pp && tp_packer_finish(pp, emit_row, &k, &err) < 0) tp_die_err(&err);
+    if (pp && !tp_cli.quiet)
+        tp_info("packed into %llu rows of %lld tokens, %.1f%% padding", (unsigned long long)pp->rows, o->pack,
+                pp->rows ? 100.0 * (double)pp->pad_tokens / ((double)pp->rows * (double)o->pack) : 0.0);
+    if (pp) tp_packer_free(pp);
+    jv_free(k.meta);
+    if (tp_stream_writer_close(k.w, &err) < 0) tp_die_err(&err);
+}
+
+static void parse_options(int argc, char **argv, options *o) {
+    static const struct option longopts[] = {
+        {"tokenizer", required_argument, NULL, 't'}, {"encode", no_argument, NULL, 'e'},
+        {"decode", no_argument, NULL, 'd'}, {"template", required_argument, NULL, 'T'},
+        {"output", required_argument, NULL, 'o'}, {"threads", required_argument, NULL, 'j'},
+        {"zstd", required_argument, NULL, 'z'}, {"field", required_argument, NULL, OPT_FIELD},
+        {"add-special", no_argument, NULL, OPT_ADD_SPECIAL}, {"skip-special", no_argument, NULL, OPT_SKIP_SPECIAL},
+        {"stream", no_argument, NULL, OPT_STREAM}, {"prompt", required_argument, NULL, OPT_PROMPT},
+        {"train-on-prompt", no_argument, NULL, OPT_TRAIN_ON_PROMPT},
+        {"mask-history", no_argument, NULL, OPT_MASK_HISTORY}, {"max-len", required_argument, NULL, OPT_MAX_LEN},
+        {"truncate", no_argument, NULL, OPT_TRUNCATE}, {"drop-long", no_argument, NULL, OPT_DROP_LONG},
+        {"pack", required_argument, NULL, OPT_PACK}, {"split", no_argument, NULL, OPT_SPLIT},
+        {"shuffle", no_argument, NULL, OPT_SHUFFLE}, {"seed", required_argument, NULL, OPT_SEED},
+        {"pad-id", required_argument, NULL, OPT_PAD_ID}, TP_CLI_COMMON_LONGOPTS, {0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "t:edT:o:j:z:" TP_CLI_COMMON_SHORTOPTS, longopts, NULL)) != -1) {
+        run_mode m = MODE_NONE;
+        switch (c) {
+        case 't': o->tokenizer = optarg; break;
+        case 'e': m = MODE_ENCODE; break;
+        case 'd': m = MODE_DECODE; break;
+        case 'T': m = MODE_TEMPLATE; o->template_name = optarg; break;
+        case 'o': o->output = optarg; break;
+        case 'j': o->threads = (int)tp_cli_int("--threads", optarg, 1, 256); break;
+        case 'z': o->zstd = (int)tp_cli_int("--zstd", optarg, 1, 19); break;
+        case OPT_FIELD: o->field = optarg; break;
+        case OPT_ADD_SPECIAL: o->add_special = true; break;
+        case OPT_SKIP_SPECIAL: o->skip_special = true; break;
+        case OPT_STREAM: o->stream = true; break;
+        case OPT_PROMPT: o->prompt = optarg; break;
+        case OPT_TRAIN_ON_PROMPT: o->mask = TP_MASK_ALL; break;
+        case OPT_MASK_HISTORY: o->mask = TP_MASK_LAST; break;
+        case OPT_MAX_LEN: o->max_len = tp_cli_int("--max-len", optarg, 1, 1 << 30); break;
+        case OPT_TRUNCATE: o->truncate = true; break;
+        case OPT_DROP_LONG: o->drop_long = true; break;
+        case OPT_PACK: o->pack = tp_cli_int("--pack", optarg, 1, 1 << 30); break;
+        case OPT_SPLIT: o->split = true; break;
+        case OPT_SHUFFLE: o->shuffle = true; break;
+        case OPT_SEED: o->seed = tp_cli_int("--seed", optarg, 0, INT64_MAX); break;
+        case OPT_PAD_ID: o->pad_id = tp_cli_int("--pad-id", optarg, 0, INT32_MAX); break;
+        default: tp_cli_common(c, usage);
+        }
+        if (m != MODE_NONE) {
+            if (o->mode != MODE_NONE && o->mode != m) tp_die_usage("choose one of --encode, --decode, --template");
+            o->mode = m;
+        }
+    }
+    if (!o->tokenizer) tp_die_usage("-t TOKENIZER is required");
+    if (o->mode == MODE_NONE) tp_die_usage("choose a mode: --encode, --decode or --template NAME");
+    bool tmpl = o->mode == MODE_TEMPLATE;
+    if (!tmpl && (o->prompt || o->mask != TP_MASK_ASSISTANT || o->max_len || o->truncate || o->drop_long || o->pack ||
+                  o->split || o->shuffle || o->zstd))
+        tp_die_usage("--prompt, --train-on-prompt, --mask-history, --max-len, --truncate, --drop-long, --pack, "
+                     "--split, --shuffle and --zstd need --template");
+    if (o->mode != MODE_DECODE && (o->stream || o->skip_special)) tp_die_usage("--stream and --skip-special need --decode");
+    if (o->mode != MODE_ENCODE && (o->add_special || o->field)) tp_die_usage("--add-special and --field need --encode");
+    if (o->truncate && o->drop_long) tp_die_usage("--truncate and --drop-long exclude each other");
+    if ((o->truncate || o->drop_long) && !o->max_len && !o->pack) tp_die_usage("--truncate/--drop-long need --max-len or --pack");
+    if (o->split && !o->pack) tp_die_usage("--split needs --pack");
+    if (o->pack && !o->split && (!o->max_len || o->max_len > o->pack)) o->max_len = o->pack;
+    if (!o->field) o->field = "text";
+}
+
+int main(int argc, char **argv) {
+    tp_cli_init(argc, argv);
+    options o = {.threads = 0, .pad_id = -1, .mask = TP_MASK_ASSISTANT};
+    parse_options(argc, argv, &o);
+    if (o.threads <= 0) o.threads = omp_get_num_procs();
+    double start = tp_now();
+    tp_err err;
+    tp_tokenizer *t = tp_tokenizer_load(o.tokenizer, &err);
+    if (!t) tp_die_err(&err);
+    stats s = {0};
+    context c = {.o = &o, .tok = t};
+    c.states = tp_xcalloc((size_t)o.threads, sizeof *c.states);
+    for (int i = 0; i < o.threads; i++) c.states[i] = tp_tok_state_new(t);
+    char **files = argv + optind;
+    int nfiles = argc - optind;
+    if (o.mode == MODE_DECODE) {
+        run_decode(files, nfiles, &o, t, &s);
+    } else if (o.mode == MODE_ENCODE) {
+        tp_jsonl_writer *jw = o.output ? tp_jsonl_writer_open(o.output, false, &err)
+                                       : tp_jsonl_writer_fd(STDOUT_FILENO, "<stdout>");
+        if (!jw) tp_die_err(&err);
+        run_batches(files, nfiles, &c, &s, jw, NULL, NULL, NULL, NULL);
+        if (tp_jsonl_writer_close(jw, &err) < 0) tp_die_err(&err);
+    } else {
+        int tm = strcmp(o.template_name, "auto") == 0 ? tp_template_auto(tp_tokenizer_config(t), &err)
+                                                      : tp_template_parse(o.template_name);
+        if (tm < 0 && strcmp(o.template_name, "auto") == 0) tp_die_err(&err);
+        if (tm < 0) tp_die_usage("unknown template \"%s\" (chatml, qwen3, deepseek-r1, llama3, nemo, auto)", o.template_name);
+        if (strcmp(o.template_name, "auto") == 0 && !tp_cli.quiet)
+            tp_info("template auto: %s (from tokenizer_config.json's chat_template)", tp_template_name((tp_template)tm));
+        c.tmpl = (tp_template)tm;
+        c.bos = bos_text(t, c.tmpl);
+        run_template(files, nfiles, &o, &c, &s);
+    }
+    double secs = tp_now() - start;
+    if (!tp_cli.quiet) {
+        double mbps = secs > 0 ? (double)s.bytes_in / secs / 1e6 : 0.0;
+        if (o.mode == MODE_DECODE)
+            tp_info("%llu records, %llu bytes of text, %.2f s", (unsigned long long)s.records,
+                    (unsigned long long)s.tokens, secs);
+        else if (o.mode == MODE_ENCODE)
+            tp_info("%llu records, %llu tokens, %.1f MB/s in, %.2f s", (unsigned long long)s.records,
+                    (unsigned long long)s.tokens, mbps, secs);
+        else
+            tp_info("%llu records, %llu tokens, %.1f%% trained, %llu dropped, %llu truncated, %.1f MB/s in, %.2f s",
+                    (unsigned long long)s.records, (unsigned long long)s.tokens,
+                    s.tokens ? 100.0 * (double)s.trained / (double)s.tokens : 0.0, (unsigned long long)s.dropped,
+                    (unsigned long long)s.truncated, mbps, secs);
+    }
+    for (int i = 0; i < o.threads; i++) tp_tok_state_free(c.states[i]);
+    free(c.states);
+    tp_tokenizer_free(t);
+    return 0;
+}
