@@ -127,7 +127,8 @@ static int hex4(scanner *sc, uint32_t *v) {
 // Reads a JSON string; appends its decoded UTF-8 to out (when not NULL).
 static int scan_string(scanner *sc, tp_buf *out) {
     ws(sc);
-    if (sc->i >= sc->n || sc->s[sc->i] != '"') return scan_fail(sc, "expected a string");
+    if (sc->i >= sc->n) return scan_fail(sc, "unexpected end of file, expected a string");
+    if (sc->s[sc->i] != '"') return scan_fail(sc, "expected a string");
     sc->i++;
     for (;;) {
         size_t start = sc->i;
@@ -311,7 +312,7 @@ typedef struct {
     size_t n_vocab, cap_vocab;
     merge_entry *merges;
     size_t n_merges, cap_merges;
-    bool have_vocab, have_merges;
+    bool have_vocab, have_merges, vocab_not_object;
     jv model;  // small model fields
     jv added, normalizer, pre_tokenizer, post_processor, decoder;
 } parsed;
@@ -388,8 +389,10 @@ static int model_field(void *ctx, scanner *sc, const char *key, size_t key_len) 
     if (strcmp(key, "vocab") == 0) {
         p->have_vocab = true;
         ws(sc);
-        if (sc->i < sc->n && sc->s[sc->i] != '{')
-            return scan_fail(sc, "model.vocab must be an object (a Unigram vocabulary is a list)");
+        if (sc->i < sc->n && sc->s[sc->i] != '{') {
+            p->vocab_not_object = true;  // reported after "type" is known
+            return scan_skip(sc);
+        }
         return scan_object(sc, p, vocab_field);
     }
     if (strcmp(key, "merges") == 0) {
@@ -564,6 +567,10 @@ static int check_model(tp_tokenizer *t, parsed *p, tp_err *err) {
     if (type && strcmp(type, "BPE") != 0) {
         tp_err_set(err, "model type \"%s\" is not supported: thinkpipe tokenizes byte-level BPE only "
                         "(Qwen, Llama 3, DeepSeek, GPT-2 style)", type);
+        return -1;
+    }
+    if (p->vocab_not_object) {
+        tp_err_set(err, "model.vocab must be an object of token: id");
         return -1;
     }
     if (!p->have_vocab || !p->have_merges) {
