@@ -82,7 +82,7 @@ test: all
 
 # Fuzzing: clang + libFuzzer, the library rebuilt with coverage instrumentation.
 FUZZ_BUILD := build/fuzz
-FUZZ_CFLAGS := $(CFLAGS_BASE) -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS := $(CFLAGS_BASE) -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_LIB_OBJS := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(wildcard libcore/*.c))
 FUZZERS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
 
@@ -91,7 +91,7 @@ $(FUZZ_BUILD)/obj/%.o: %.c $(wildcard libcore/*.h)
 	clang $(FUZZ_CFLAGS) -c $< -o $@
 
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJS)
-	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ -o $@ -ljq -larchive -lzstd -lz -lm -fopenmp
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ -o $@ -lonig -lutf8proc -ljq -larchive -lzstd -lz -lm -fopenmp
 
 .SECONDARY: $(FUZZ_LIB_OBJS)
 fuzz: $(FUZZERS)

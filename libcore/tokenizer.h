@@ -36,6 +36,9 @@ void tp_ids_free(tp_ids *v);
 // inside) or a tokenizer.json file, plain or compressed (its directory is searched
 // for tokenizer_config.json).
 tp_tokenizer *tp_tokenizer_load(const char *path, tp_err *err);
+// The same from tokenizer.json text in memory; name is for messages, config is a
+// tokenizer_config.json value (taken; jv_null() for none).
+tp_tokenizer *tp_tokenizer_from_json(const char *text, size_t len, const char *name, jv config, tp_err *err);
 void tp_tokenizer_free(tp_tokenizer *t);
 
 const char *tp_tokenizer_path(const tp_tokenizer *t);      // the tokenizer.json it was read from

@@ -69,6 +69,15 @@ uint64_t tp_tok_hash_bytes(const void *p, size_t n) {
     return h;
 }
 
+// Token ids are below 2^24: far above any real vocabulary (Qwen: 151,669), and
+// small enough that a hostile file cannot make the id tables take gigabytes.
+#define MAX_TOKEN_ID ((1 << 24) - 1)
+static bool token_id_of(double v, int32_t *out) {
+    if (!(v >= 0 && v <= MAX_TOKEN_ID) || v != (double)(int32_t)v) return false;
+    *out = (int32_t)v;
+    return true;
+}
+
 // ---- scanner ----
 
 typedef struct {
@@ -325,15 +334,16 @@ static int vocab_field(void *ctx, scanner *sc, const char *key, size_t key_len) 
     double v;
     size_t at = sc->i;
     if (scan_number(sc, &v) < 0) return -1;
-    if (v != (double)(int32_t)v || v < 0) {
+    int32_t id;
+    if (!token_id_of(v, &id)) {
         sc->i = at;
-        return scan_fail(sc, "vocab: id of \"%.100s\" must be a non-negative integer", key);
+        return scan_fail(sc, "vocab: id of \"%.100s\" must be an integer in [0, %d]", key, MAX_TOKEN_ID);
     }
     if (p->n_vocab == p->cap_vocab) {
         p->cap_vocab = p->cap_vocab ? p->cap_vocab * 2 : 65536;
         p->vocab = tp_xrealloc(p->vocab, p->cap_vocab * sizeof *p->vocab);
     }
-    p->vocab[p->n_vocab++] = (vocab_entry){(uint32_t)off, (uint32_t)(p->strings.len - off), (int32_t)v};
+    p->vocab[p->n_vocab++] = (vocab_entry){(uint32_t)off, (uint32_t)(p->strings.len - off), id};
     return 0;
 }
 
@@ -612,15 +622,17 @@ static int build_added(tp_tokenizer *t, parsed *p, int32_t *max_id, tp_err *err)
         jv a = jv_array_get(jv_copy(p->added), i);
         jv id = get(a, "id");
         const char *content = get_str(a, "content");
-        if (jv_get_kind(id) != JV_KIND_NUMBER || jv_number_value(id) < 0 ||
-            jv_number_value(id) != (double)(int32_t)jv_number_value(id) || !content || !*content) {
+        int32_t id_value;
+        if (jv_get_kind(id) != JV_KIND_NUMBER || !token_id_of(jv_number_value(id), &id_value) || !content ||
+            !*content) {
             jv_free(id);
             jv_free(a);
-            tp_err_set(err, "added_tokens[%d]: needs an integer \"id\" >= 0 and a non-empty \"content\"", i);
+            tp_err_set(err, "added_tokens[%d]: needs an integer \"id\" in [0, %d] and a non-empty \"content\"", i,
+                       MAX_TOKEN_ID);
             return -1;
         }
         added_token *tok = &t->added[t->n_added++];
-        tok->id = (int32_t)jv_number_value(id);
+        tok->id = id_value;
         tok->len = strlen(content);
         tok->content = tp_xstrdup(content);
         tok->special = get_bool(a, "special", false);
@@ -766,7 +778,8 @@ static void build_template(tp_tokenizer *t, jv spec) {
             if (jv_get_kind(ids) != JV_KIND_ARRAY) post_fail(t, "TemplateProcessing: special token \"%s\" has no ids", name ? name : "?");
             for (int k = 0; jv_get_kind(ids) == JV_KIND_ARRAY && k < jv_array_length(jv_copy(ids)); k++) {
                 jv id = jv_array_get(jv_copy(ids), k);
-                int32_t v = jv_get_kind(id) == JV_KIND_NUMBER ? (int32_t)jv_number_value(id) : -1;
+                int32_t v = -1;
+                if (jv_get_kind(id) == JV_KIND_NUMBER && !token_id_of(jv_number_value(id), &v)) v = -1;
                 jv_free(id);
                 if (v < 0 || v >= t->vocab_size) post_fail(t, "TemplateProcessing: special token \"%s\" has an id outside the vocabulary", name ? name : "?");
                 else if (after) push_id(&t->suffix, &t->n_suffix, v);
@@ -786,9 +799,10 @@ static void build_template(tp_tokenizer *t, jv spec) {
 static void affix_pair(tp_tokenizer *t, jv spec, const char *key, bool suffix) {
     jv pair = get(spec, key);
     jv id = jv_get_kind(pair) == JV_KIND_ARRAY ? jv_array_get(jv_copy(pair), 1) : jv_invalid();
-    if (jv_get_kind(id) == JV_KIND_NUMBER && jv_number_value(id) >= 0 && jv_number_value(id) < t->vocab_size) {
-        if (suffix) push_id(&t->suffix, &t->n_suffix, (int32_t)jv_number_value(id));
-        else push_id(&t->prefix, &t->n_prefix, (int32_t)jv_number_value(id));
+    int32_t v;
+    if (jv_get_kind(id) == JV_KIND_NUMBER && token_id_of(jv_number_value(id), &v) && v < t->vocab_size) {
+        if (suffix) push_id(&t->suffix, &t->n_suffix, v);
+        else push_id(&t->prefix, &t->n_prefix, v);
     } else {
         post_fail(t, "post-processor: bad \"%s\" token", key);
     }
@@ -950,6 +964,43 @@ static int build(tp_tokenizer *t, parsed *p, tp_err *err) {
     return 0;
 }
 
+// Parses tokenizer.json text (config: tokenizer_config.json, taken) into t.
+static int load_text(tp_tokenizer *t, const char *text, size_t len, const char *name, tp_err *err) {
+    parsed p = {.model = jv_object(), .added = jv_null(), .normalizer = jv_null(), .pre_tokenizer = jv_null(),
+                .post_processor = jv_null(), .decoder = jv_null()};
+    snprintf(t->hash, sizeof t->hash, "%016llx", (unsigned long long)tp_tok_hash_bytes(text, len));
+    scanner sc = {.s = text, .n = len, .name = name, .err = err};
+    int rc = scan_object(&sc, &p, top_field);
+    ws(&sc);
+    if (rc == 0 && sc.i != sc.n) rc = scan_fail(&sc, "trailing characters after the JSON object");
+    if (rc == 0 && build(t, &p, err) < 0) {
+        tp_err_prefix(err, "%s", name);
+        rc = -1;
+    }
+    tp_buf_free(&p.strings);
+    free(p.vocab);
+    free(p.merges);
+    jv_free(p.model);
+    jv_free(p.added);
+    jv_free(p.normalizer);
+    jv_free(p.pre_tokenizer);
+    jv_free(p.post_processor);
+    jv_free(p.decoder);
+    return rc;
+}
+
+tp_tokenizer *tp_tokenizer_from_json(const char *text, size_t len, const char *name, jv config, tp_err *err) {
+    init_byte_level();
+    tp_tokenizer *t = tp_xcalloc(1, sizeof *t);
+    t->path = tp_xstrdup(name);
+    t->config = config;
+    if (load_text(t, text, len, name, err) < 0) {
+        tp_tokenizer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
 tp_tokenizer *tp_tokenizer_load(const char *path, tp_err *err) {
     init_byte_level();
     struct stat st;
@@ -974,31 +1025,10 @@ tp_tokenizer *tp_tokenizer_load(const char *path, tp_err *err) {
     t->path = file;
     t->config = jv_null();
     tp_buf text = {0};
-    parsed p = {.model = jv_object(), .added = jv_null(), .normalizer = jv_null(), .pre_tokenizer = jv_null(),
-                .post_processor = jv_null(), .decoder = jv_null()};
     int rc = read_all(file, &text, err);
-    if (rc == 0) {
-        snprintf(t->hash, sizeof t->hash, "%016llx", (unsigned long long)tp_tok_hash_bytes(text.data, text.len));
-        scanner sc = {.s = text.data, .n = text.len, .name = file, .err = err};
-        rc = scan_object(&sc, &p, top_field);
-        ws(&sc);
-        if (rc == 0 && sc.i != sc.n) rc = scan_fail(&sc, "trailing characters after the JSON object");
-    }
     if (rc == 0) rc = load_config(t, dir, err);
-    if (rc == 0 && build(t, &p, err) < 0) {
-        tp_err_prefix(err, "%s", file);
-        rc = -1;
-    }
+    if (rc == 0) rc = load_text(t, text.data ? text.data : "", text.len, file, err);
     tp_buf_free(&text);
-    tp_buf_free(&p.strings);
-    free(p.vocab);
-    free(p.merges);
-    jv_free(p.model);
-    jv_free(p.added);
-    jv_free(p.normalizer);
-    jv_free(p.pre_tokenizer);
-    jv_free(p.post_processor);
-    jv_free(p.decoder);
     free(dir);
     if (rc < 0) {
         tp_tokenizer_free(t);

@@ -343,7 +343,7 @@ static void decode_ids(const tp_tokenizer *t, jv ids, const char *name, uint64_t
     jv_array_foreach(ids, i, x) {
         double d = jv_get_kind(x) == JV_KIND_NUMBER ? jv_number_value(x) : -1.5;
         jv_free(x);
-        if (d != (double)(int32_t)d)
+        if (!(d >= INT32_MIN && d <= INT32_MAX) || d != (double)(int32_t)d)
             tp_die("%s:%llu: ids[%d] is not an integer token id", name, (unsigned long long)line, i);
         tp_ids_push(&v, (int32_t)d);
     }
