@@ -543,8 +543,9 @@ int main(int argc, char **argv) {
         run_batches(files, nfiles, &c, &s, jw, NULL, NULL, NULL, NULL);
         if (tp_jsonl_writer_close(jw, &err) < 0) tp_die_err(&err);
     } else {
-        int tm = strcmp(o.template_name, "auto") == 0 ? tp_template_auto(tp_tokenizer_config(t), &err)
-                                                      : tp_template_parse(o.template_name);
+        jv cfg = tp_tokenizer_config(t);
+        int tm = strcmp(o.template_name, "auto") == 0 ? tp_template_auto(cfg, &err) : tp_template_parse(o.template_name);
+        jv_free(cfg);
         if (tm < 0 && strcmp(o.template_name, "auto") == 0) tp_die_err(&err);
         if (tm < 0) tp_die_usage("unknown template \"%s\" (chatml, qwen3, deepseek-r1, llama3, nemo, auto)", o.template_name);
         if (strcmp(o.template_name, "auto") == 0 && !tp_cli.quiet)
