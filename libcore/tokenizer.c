@@ -56,19 +56,7 @@ int32_t tp_tokenizer_token_id(const tp_tokenizer *t, const char *token) {
         uint32_t cp;
         int len = tp_utf8_decode((const unsigned char *)token + i, n - i, &cp);
         if (len == 0) { pure = false; break; }
-        int byte = -1;
-        for (int b = 0; b < 256 && byte < 0; b++) {
-            // The inverse of the byte-level alphabet (small; only used for lookups by name).
-            uint32_t c = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE) ? (uint32_t)b : 0;
-            if (c == cp) byte = b;
-        }
-        if (byte < 0) {
-            int extra = 0;
-            for (int b = 0; b < 256 && byte < 0; b++) {
-                bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
-                if (!printable && (uint32_t)(256 + extra++) == cp) byte = b;
-            }
-        }
+        int byte = tp_tok_char_byte(cp);
         if (byte < 0) pure = false;
         else tp_buf_putc(&bytes, (char)byte);
         i += (size_t)len;

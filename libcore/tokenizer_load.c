@@ -4,6 +4,7 @@
 // small parts (added tokens, normalizer, pre-tokenizer, post-processor, decoder)
 // are parsed with tp_json_parse and read as jv.
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,8 +21,7 @@
 static uint16_t byte_char[256];
 static int16_t char_byte[324];
 
-static void init_byte_level(void) {
-    if (byte_char['!'] == '!') return;
+static void build_byte_level(void) {
     for (int c = 0; c < 324; c++) char_byte[c] = -1;
     int extra = 0;
     for (int b = 0; b < 256; b++) {
@@ -29,6 +29,16 @@ static void init_byte_level(void) {
         byte_char[b] = (uint16_t)(printable ? b : 256 + extra++);
         char_byte[byte_char[b]] = (int16_t)b;
     }
+}
+
+static void init_byte_level(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, build_byte_level);
+}
+
+int tp_tok_char_byte(uint32_t cp) {
+    init_byte_level();
+    return cp < 324 ? char_byte[cp] : -1;
 }
 
 // Appends the bytes a byte-level string stands for; characters outside the

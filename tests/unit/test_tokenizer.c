@@ -159,10 +159,38 @@ static void test_fast_pretokenizers_recognised(void) {
     }
 }
 
+static void test_token_lookup_and_errors(void) {
+    tp_err err;
+    tp_tokenizer *t = tp_tokenizer_load(FIX "qwen3", &err);
+    CHECK_MSG(t, "%s", err.msg);
+    if (!t) return;
+    CHECK(tp_tokenizer_token_id(t, "<|im_start|>") == 151644);
+    CHECK(tp_tokenizer_token_id(t, "\xC4\xA0the") == 279);  // "Ġthe"
+    CHECK(tp_tokenizer_token_id(t, "no such token here") == -1);
+    CHECK(tp_tokenizer_is_special(t, 151644));
+    CHECK(!tp_tokenizer_is_special(t, 279));
+    CHECK(tp_tokenizer_vocab_size(t) == 151669);
+    const char *bytes;
+    CHECK(tp_tokenizer_token_bytes(t, 279, &bytes) == 4 && memcmp(bytes, " the", 4) == 0);
+    tp_tok_state *st = tp_tok_state_new(t);
+    tp_ids ids = {0};
+    CHECK(tp_tokenizer_encode(t, st, "ok\xFFno", 5, false, &ids, &err) < 0);
+    CHECK_CONTAINS(err.msg, "invalid UTF-8 at byte 2");
+    int32_t bad[2] = {279, 999999};
+    tp_buf out = {0};
+    CHECK(tp_tokenizer_decode(t, bad, 2, false, &out, &err) < 0);
+    CHECK_CONTAINS(err.msg, "token id 999999 at position 1 is not in the vocabulary");
+    tp_buf_free(&out);
+    tp_ids_free(&ids);
+    tp_tok_state_free(st);
+    tp_tokenizer_free(t);
+}
+
 int main(void) {
     C = load_corpus();
     CHECK(C.n >= 5000);
     RUN(test_fast_pretokenizers_recognised);
+    RUN(test_token_lookup_and_errors);
     RUN(test_qwen3_matches_hf);
     RUN(test_llama3_matches_hf);
     RUN(test_deepseek_v3_matches_hf);
