@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bpe_train.h"
 #include "chat.h"
 #include "cli.h"
 #include "error.h"
@@ -18,7 +19,7 @@
 #include "unicode.h"
 
 static const char usage[] =
-    "Usage: tokenize -t TOKENIZER MODE [OPTIONS] [FILE...]\n"
+    "Usage: tokenize -t TOKENIZER MODE [OPTIONS] [FILE...]   tokenize --train-bpe N [FILE...]\n"
     "Exact byte-level BPE (ids equal HF tokenizers) for JSONL records.\n"
     "\n"
     "  -t, --tokenizer PATH  model directory or tokenizer.json[.zst]\n"
@@ -31,6 +32,8 @@ static const char usage[] =
     "      --train-on-prompt --mask-history   loss mask on every token / last turn only\n"
     "      --max-len N [--truncate|--drop-long]   --pack N [--split]   --shuffle --seed S\n"
     "  -z, --zstd LEVEL      compress the tensor stream (1-19)\n"
+    "      --train-bpe VOCAB learn a byte-level BPE from {\"text\"} records, write\n"
+    "                        tokenizer.json (--special TOK..., --min-frequency N)\n"
     "  -j, --threads N       worker threads (default: all cores); output order is kept\n"
     "  -o, --output FILE     write to FILE instead of standard output\n"
     "      --progress        progress even when stderr is not a terminal\n"
@@ -42,16 +45,18 @@ static const char usage[] =
 
 enum { OPT_FIELD = 0x2000, OPT_ADD_SPECIAL, OPT_SKIP_SPECIAL, OPT_STREAM, OPT_PROMPT, OPT_TRAIN_ON_PROMPT,
        OPT_MASK_HISTORY, OPT_MAX_LEN, OPT_TRUNCATE, OPT_DROP_LONG, OPT_PACK, OPT_SPLIT, OPT_SHUFFLE, OPT_SEED,
-       OPT_PAD_ID };
+       OPT_PAD_ID, OPT_TRAIN_BPE, OPT_SPECIAL, OPT_MIN_FREQUENCY };
 
-typedef enum { MODE_NONE, MODE_ENCODE, MODE_DECODE, MODE_TEMPLATE } run_mode;
+typedef enum { MODE_NONE, MODE_ENCODE, MODE_DECODE, MODE_TEMPLATE, MODE_TRAIN } run_mode;
 
 typedef struct {
     run_mode mode;
     const char *tokenizer, *output, *field, *template_name, *prompt;
     bool add_special, skip_special, stream, truncate, drop_long, split, shuffle;
     tp_mask_mode mask;
-    long long max_len, pack, seed, pad_id;
+    long long max_len, pack, seed, pad_id, train_vocab, min_frequency;
+    const char *special[64];
+    int n_special;
     int threads, zstd;
 } options;
 
@@ -469,7 +474,9 @@ static void parse_options(int argc, char **argv, options *o) {
         {"truncate", no_argument, NULL, OPT_TRUNCATE}, {"drop-long", no_argument, NULL, OPT_DROP_LONG},
         {"pack", required_argument, NULL, OPT_PACK}, {"split", no_argument, NULL, OPT_SPLIT},
         {"shuffle", no_argument, NULL, OPT_SHUFFLE}, {"seed", required_argument, NULL, OPT_SEED},
-        {"pad-id", required_argument, NULL, OPT_PAD_ID}, TP_CLI_COMMON_LONGOPTS, {0}};
+        {"pad-id", required_argument, NULL, OPT_PAD_ID}, {"train-bpe", required_argument, NULL, OPT_TRAIN_BPE},
+        {"special", required_argument, NULL, OPT_SPECIAL}, {"min-frequency", required_argument, NULL, OPT_MIN_FREQUENCY},
+        TP_CLI_COMMON_LONGOPTS, {0}};
     int c;
     while ((c = getopt_long(argc, argv, "t:edT:o:j:z:" TP_CLI_COMMON_SHORTOPTS, longopts, NULL)) != -1) {
         run_mode m = MODE_NONE;
@@ -496,27 +503,85 @@ static void parse_options(int argc, char **argv, options *o) {
         case OPT_SHUFFLE: o->shuffle = true; break;
         case OPT_SEED: o->seed = tp_cli_int("--seed", optarg, 0, INT64_MAX); break;
         case OPT_PAD_ID: o->pad_id = tp_cli_int("--pad-id", optarg, 0, INT32_MAX); break;
+        case OPT_TRAIN_BPE: m = MODE_TRAIN; o->train_vocab = tp_cli_int("--train-bpe", optarg, 257, 1 << 24); break;
+        case OPT_SPECIAL:
+            if (o->n_special == 64) tp_die_usage("at most 64 --special tokens");
+            if (!*optarg) tp_die_usage("--special needs a non-empty token");
+            o->special[o->n_special++] = optarg;
+            break;
+        case OPT_MIN_FREQUENCY: o->min_frequency = tp_cli_int("--min-frequency", optarg, 0, INT64_MAX); break;
         default: tp_cli_common(c, usage);
         }
         if (m != MODE_NONE) {
-            if (o->mode != MODE_NONE && o->mode != m) tp_die_usage("choose one of --encode, --decode, --template");
+            if (o->mode != MODE_NONE && o->mode != m)
+                tp_die_usage("choose one of --encode, --decode, --template, --train-bpe");
             o->mode = m;
         }
     }
-    if (!o->tokenizer) tp_die_usage("-t TOKENIZER is required");
-    if (o->mode == MODE_NONE) tp_die_usage("choose a mode: --encode, --decode or --template NAME");
+    if (o->mode == MODE_NONE) tp_die_usage("choose a mode: --encode, --decode, --template NAME or --train-bpe VOCAB");
+    if (!o->tokenizer && o->mode != MODE_TRAIN) tp_die_usage("-t TOKENIZER is required");
+    if (o->tokenizer && o->mode == MODE_TRAIN) tp_die_usage("--train-bpe learns a new tokenizer; it takes no -t");
+    if (o->mode != MODE_TRAIN && (o->n_special || o->min_frequency))
+        tp_die_usage("--special and --min-frequency need --train-bpe");
     bool tmpl = o->mode == MODE_TEMPLATE;
     if (!tmpl && (o->prompt || o->mask != TP_MASK_ASSISTANT || o->max_len || o->truncate || o->drop_long || o->pack ||
                   o->split || o->shuffle || o->zstd))
         tp_die_usage("--prompt, --train-on-prompt, --mask-history, --max-len, --truncate, --drop-long, --pack, "
                      "--split, --shuffle and --zstd need --template");
     if (o->mode != MODE_DECODE && (o->stream || o->skip_special)) tp_die_usage("--stream and --skip-special need --decode");
-    if (o->mode != MODE_ENCODE && (o->add_special || o->field)) tp_die_usage("--add-special and --field need --encode");
+    if (o->mode != MODE_ENCODE && o->add_special) tp_die_usage("--add-special needs --encode");
+    if (o->mode != MODE_ENCODE && o->mode != MODE_TRAIN && o->field) tp_die_usage("--field needs --encode or --train-bpe");
     if (o->truncate && o->drop_long) tp_die_usage("--truncate and --drop-long exclude each other");
     if ((o->truncate || o->drop_long) && !o->max_len && !o->pack) tp_die_usage("--truncate/--drop-long need --max-len or --pack");
     if (o->split && !o->pack) tp_die_usage("--split needs --pack");
     if (o->pack && !o->split && (!o->max_len || o->max_len > o->pack)) o->max_len = o->pack;
     if (!o->field) o->field = "text";
+}
+
+// --train-bpe: count words over all records, learn the merges, write tokenizer.json.
+static void run_train(char **files, int nfiles, const options *o, stats *s) {
+    static const char *default_special[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"};
+    tp_err err;
+    tp_bpe_trainer *tr = tp_bpe_trainer_new(&err);
+    if (!tr) tp_die_err(&err);
+    for (int f = 0; f < (nfiles ? nfiles : 1); f++) {
+        tp_jsonl_reader *r = tp_jsonl_open(nfiles ? files[f] : "-", NULL, &err);
+        if (!r) tp_die_err(&err);
+        jv rec;
+        int got;
+        while ((got = tp_jsonl_next(r, &rec, &err)) == 1) {
+            jv text = jv_object_get(rec, jv_string(o->field));
+            if (jv_get_kind(text) != JV_KIND_STRING)
+                tp_die("%s:%llu: \"%s\" must be a string", tp_jsonl_name(r), (unsigned long long)tp_jsonl_line(r), o->field);
+            size_t n = (size_t)jv_string_length_bytes(jv_copy(text));
+            if (tp_bpe_trainer_feed(tr, jv_string_value(text), n, &err) < 0)
+                tp_die("%s:%llu: %s", tp_jsonl_name(r), (unsigned long long)tp_jsonl_line(r), err.msg);
+            s->bytes_in += n;
+            s->records++;
+            jv_free(text);
+        }
+        if (got < 0) tp_die_err(&err);
+        tp_jsonl_close(r);
+    }
+    const char *const *special = o->n_special ? o->special : default_special;
+    int n_special = o->n_special ? o->n_special : 5;
+    tp_buf json = {0};
+    if (tp_bpe_trainer_finish(tr, (int32_t)o->train_vocab, (uint64_t)o->min_frequency, special, n_special, &json, &err) < 0)
+        tp_die_err(&err);
+    if (o->output) {
+        tp_atomic_file f;
+        if (tp_atomic_open(&f, o->output, &err) < 0) tp_die_err(&err);
+        if (tp_write_all(f.fd, json.data, json.len, o->output, &err) < 0) {
+            tp_atomic_abort(&f);
+            tp_die_err(&err);
+        }
+        if (tp_atomic_commit(&f, &err) < 0) tp_die_err(&err);
+    } else if (tp_write_all(STDOUT_FILENO, json.data, json.len, "<stdout>", &err) < 0) {
+        tp_die_err(&err);
+    }
+    s->tokens = tp_bpe_trainer_words(tr);
+    tp_buf_free(&json);
+    tp_bpe_trainer_free(tr);
 }
 
 int main(int argc, char **argv) {
@@ -526,9 +591,17 @@ int main(int argc, char **argv) {
     if (o.threads <= 0) o.threads = omp_get_num_procs();
     double start = tp_now();
     tp_err err;
+    stats s = {0};
+    if (o.mode == MODE_TRAIN) {
+        run_train(argv + optind, argc - optind, &o, &s);
+        if (!tp_cli.quiet)
+            tp_info("%llu records, %llu distinct words, vocabulary %lld, %.1f MB/s in, %.2f s",
+                    (unsigned long long)s.records, (unsigned long long)s.tokens, o.train_vocab,
+                    (double)s.bytes_in / (tp_now() - start) / 1e6, tp_now() - start);
+        return 0;
+    }
     tp_tokenizer *t = tp_tokenizer_load(o.tokenizer, &err);
     if (!t) tp_die_err(&err);
-    stats s = {0};
     context c = {.o = &o, .tok = t};
     c.states = tp_xcalloc((size_t)o.threads, sizeof *c.states);
     for (int i = 0; i < o.threads; i++) c.states[i] = tp_tok_state_new(t);

@@ -124,4 +124,17 @@ same shuffle-deterministic "$TMP/s7a" "$TMP/s7b"
 cmp -s "$TMP/s7a" "$TMP/s8" && not_ok shuffle-seed-matters || ok shuffle-seed-matters
 printf '{"messages":[{"role":"user","content":"a"},{"role":"tool","content":"b"}]}\n' >"$TMP/bad.jsonl"
 expect bad-role 1 "bad.jsonl:1: messages[1].role \"tool\" is not supported" "$TK" -t "$TINY" -T chatml -o "$TMP/x" "$TMP/bad.jsonl"
+
+# --train-bpe learns what HF's BpeTrainer learns (same vocabulary, same merges), and the
+# tokenizer.json it writes loads and round-trips.
+expect train-bpe 0 "5200 records" "$TK" --train-bpe 1000 -o "$TMP/trained.json" "$FIX/corpus.jsonl.zst"
+canon() { zstd -dcf "$1" | jq -c '[.model.vocab, [.model.merges[] | if type=="string" then split(" ") else . end], [.added_tokens[] | .content]]'; }
+canon "$TMP/trained.json" >"$TMP/ours"
+canon "$FIX/tiny/trained-corpus.json.zst" >"$TMP/hf"
+same train-bpe-equals-hf "$TMP/ours" "$TMP/hf"
+"$TK" -q -t "$TMP/trained.json" -e "$FIX/corpus.jsonl.zst" | "$TK" -q -t "$TMP/trained.json" -d | jq -c '{text}' >"$TMP/rt"
+same train-bpe-round-trip "$TMP/rt" "$TMP/corpus.jsonl"
+expect train-bpe-no-t 2 "takes no -t" "$TK" -t "$TINY" --train-bpe 500
+expect train-bpe-too-small 2 "--train-bpe: 100 is out of range" "$TK" --train-bpe 100
+expect train-bpe-below-specials 1 "below 263" "$TK" --train-bpe 262 --special a --special b --special c --special d --special e --special f --special g "$TMP/tiny.jsonl"
 finish

@@ -7,7 +7,11 @@ Writes tests/fixtures/tokenizer/tiny/:
                      Qwen's pre-tokenizer, a TemplateProcessing post-processor
   bpe.ids.jsonl      HF's ids for a few texts (with and without add_special_tokens)
   wordpiece.json, unigram.json, byte_fallback.json   kinds thinkpipe must refuse
+  trained-corpus.json.zst   HF's BpeTrainer on tests/fixtures/tokenizer/corpus.jsonl.zst
+                     (vocab 1000, tokenize --train-bpe's default special tokens): what
+                     `tokenize --train-bpe 1000` must learn
 """
+import subprocess
 import json
 import os
 
@@ -47,5 +51,22 @@ def main():
     bf.save(os.path.join(OUT, "byte_fallback.json"))
 
 
+def train_corpus():
+    raw = subprocess.run(["zstd", "-dc", os.path.join(ROOT, "tests", "fixtures", "tokenizer", "corpus.jsonl.zst")],
+                         check=True, capture_output=True).stdout.decode()
+    texts = [json.loads(line)["text"] for line in raw.split("\n") if line]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    path = os.path.join(OUT, "trained-corpus.json.zst")
+    subprocess.run(["zstd", "-q", "-19", "-f", "-o", path], input=tok.to_str().encode(), check=True)
+
+
 if __name__ == "__main__":
+    train_corpus()
     main()
