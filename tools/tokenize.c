@@ -71,7 +71,15 @@ typedef struct {
     size_t *off, *len;  // [n]
     uint64_t *line_no;
     size_t n, cap;
+    char *name;         // the input the lines come from (a batch never spans inputs)
 } batch;
+
+// The inputs, one after another.
+typedef struct {
+    char **files;
+    int nfiles, next;
+    tp_jsonl_reader *reader;
+} source;
 
 typedef struct {
     tp_buf out;     // encode: the JSON line
@@ -83,30 +91,47 @@ typedef struct {
 
 enum { BATCH_LINES = 512, BATCH_BYTES = 8 << 20 };
 
-static bool read_batch(tp_jsonl_reader *r, batch *b, stats *s) {
+// Fills b with the next lines of the current input (opening the next input when
+// one ends); false when every input is done.
+static bool read_batch(source *src, batch *b, stats *s) {
     b->n = 0;
     b->text.len = 0;
     tp_err err;
-    while (b->n < BATCH_LINES && b->text.len < BATCH_BYTES) {
-        const char *line;
-        size_t n;
-        int got = tp_jsonl_next_line(r, &line, &n, &err);
-        if (got < 0) tp_die_err(&err);
-        if (got == 0) break;
-        if (b->n == b->cap) {
-            b->cap = b->cap ? b->cap * 2 : BATCH_LINES;
-            b->off = tp_xrealloc(b->off, b->cap * sizeof *b->off);
-            b->len = tp_xrealloc(b->len, b->cap * sizeof *b->len);
-            b->line_no = tp_xrealloc(b->line_no, b->cap * sizeof *b->line_no);
+    while (b->n == 0) {
+        if (!src->reader) {
+            if (src->next >= (src->nfiles ? src->nfiles : 1)) return false;
+            const char *path = src->nfiles ? src->files[src->next] : "-";
+            src->next++;
+            src->reader = tp_jsonl_open(path, NULL, &err);
+            if (!src->reader) tp_die_err(&err);
         }
-        b->off[b->n] = b->text.len;
-        b->len[b->n] = n;
-        b->line_no[b->n] = tp_jsonl_line(r);
-        tp_buf_append(&b->text, line, n);
-        s->bytes_in += n + 1;
-        b->n++;
+        free(b->name);
+        b->name = tp_xstrdup(tp_jsonl_name(src->reader));
+        while (b->n < BATCH_LINES && b->text.len < BATCH_BYTES) {
+            const char *line;
+            size_t n;
+            int got = tp_jsonl_next_line(src->reader, &line, &n, &err);
+            if (got < 0) tp_die_err(&err);
+            if (got == 0) {
+                tp_jsonl_close(src->reader);
+                src->reader = NULL;
+                break;
+            }
+            if (b->n == b->cap) {
+                b->cap = b->cap ? b->cap * 2 : BATCH_LINES;
+                b->off = tp_xrealloc(b->off, b->cap * sizeof *b->off);
+                b->len = tp_xrealloc(b->len, b->cap * sizeof *b->len);
+                b->line_no = tp_xrealloc(b->line_no, b->cap * sizeof *b->line_no);
+            }
+            b->off[b->n] = b->text.len;
+            b->len[b->n] = n;
+            b->line_no[b->n] = tp_jsonl_line(src->reader);
+            tp_buf_append(&b->text, line, n);
+            s->bytes_in += n + 1;
+            b->n++;
+        }
     }
-    return b->n > 0;
+    return true;
 }
 
 typedef struct {
@@ -115,7 +140,6 @@ typedef struct {
     tp_tok_state **states;
     tp_template tmpl;
     const char *bos;
-    const char *name;  // input name for messages
 } context;
 
 static void fail(result *res, const char *name, uint64_t line, const tp_err *err) {
@@ -134,17 +158,17 @@ static void append_int(tp_buf *b, int32_t v) {
     while (n) b->data[b->len++] = tmp[--n];
 }
 
-static void encode_one(const context *c, tp_tok_state *st, jv rec, result *res, uint64_t line) {
+static void encode_one(const context *c, tp_tok_state *st, jv rec, result *res, const char *name, uint64_t line) {
     tp_err err;
     jv text = jv_object_get(rec, jv_string(c->o->field));
     if (jv_get_kind(text) != JV_KIND_STRING) {
         tp_err_set(&err, "\"%s\" must be a string", c->o->field);
-        fail(res, c->name, line, &err);
+        fail(res, name, line, &err);
     } else {
         res->ids.count = 0;
         if (tp_tokenizer_encode(c->tok, st, jv_string_value(text), (size_t)jv_string_length_bytes(jv_copy(text)),
                                 c->o->add_special, &res->ids, &err) < 0) {
-            fail(res, c->name, line, &err);
+            fail(res, name, line, &err);
         } else {
             tp_buf_puts(&res->out, "{\"ids\":[");
             for (size_t i = 0; i < res->ids.count; i++) {
@@ -157,12 +181,12 @@ static void encode_one(const context *c, tp_tok_state *st, jv rec, result *res, 
     jv_free(text);
 }
 
-static void template_one(const context *c, tp_tok_state *st, jv rec, result *res, uint64_t line) {
+static void template_one(const context *c, tp_tok_state *st, jv rec, result *res, const char *name, uint64_t line) {
     tp_err err;
     tp_chat chat;
     if (tp_chat_from_record(rec, c->o->prompt, &chat, &err) < 0) {
         jv_free(rec);
-        fail(res, c->name, line, &err);
+        fail(res, name, line, &err);
         return;
     }
     jv_free(rec);
@@ -172,7 +196,7 @@ static void template_one(const context *c, tp_tok_state *st, jv rec, result *res
     res->mask.len = 0;
     if (tp_chat_render_text(c->tmpl, &chat, c->bos, &r, &err) < 0 ||
         tp_chat_encode(c->tok, st, &r, c->o->mask, &res->ids, &res->mask, &err) < 0) {
-        fail(res, c->name, line, &err);
+        fail(res, name, line, &err);
     } else if (c->o->max_len > 0 && res->ids.count > (size_t)c->o->max_len) {
         if (c->o->truncate) {
             res->ids.count = (size_t)c->o->max_len;
@@ -183,30 +207,27 @@ static void template_one(const context *c, tp_tok_state *st, jv rec, result *res
         } else {
             tp_err_set(&err, "%zu tokens, more than --max-len %lld (add --truncate or --drop-long)", res->ids.count,
                        c->o->max_len);
-            fail(res, c->name, line, &err);
+            fail(res, name, line, &err);
         }
     }
     tp_chat_render_free(&r);
     tp_chat_free(&chat);
 }
 
-static void process_batch(const context *c, const batch *b, result *res) {
-#pragma omp parallel for schedule(dynamic, 4) num_threads(c->o->threads)
-    for (size_t i = 0; i < b->n; i++) {
-        tp_tok_state *st = c->states[omp_get_thread_num()];
-        result *r = &res[i];
-        r->out.len = 0;
-        r->error = NULL;
-        r->dropped = r->truncated = false;
-        jv rec;
-        tp_err err;
-        if (tp_jsonl_parse_record(c->name, b->line_no[i], b->text.data + b->off[i], b->len[i], false, &rec, &err) < 0) {
-            r->error = tp_xstrdup(err.msg);
-            continue;
-        }
-        if (c->o->mode == MODE_ENCODE) encode_one(c, st, rec, r, b->line_no[i]);
-        else template_one(c, st, rec, r, b->line_no[i]);
+static void process_item(const context *c, const batch *b, result *res, size_t i) {
+    tp_tok_state *st = c->states[omp_get_thread_num()];
+    result *r = &res[i];
+    r->out.len = 0;
+    r->error = NULL;
+    r->dropped = r->truncated = false;
+    jv rec;
+    tp_err err;
+    if (tp_jsonl_parse_record(b->name, b->line_no[i], b->text.data + b->off[i], b->len[i], false, &rec, &err) < 0) {
+        r->error = tp_xstrdup(err.msg);
+        return;
     }
+    if (c->o->mode == MODE_ENCODE) encode_one(c, st, rec, r, b->name, b->line_no[i]);
+    else template_one(c, st, rec, r, b->name, b->line_no[i]);
 }
 
 // ---- template output ----
@@ -283,61 +304,102 @@ static int32_t pad_id(const tp_tokenizer *t, long long forced) {
     return id >= 0 ? id : 0;
 }
 
-static void run_batches(char **files, int nfiles, const context *c, stats *s, tp_jsonl_writer *jw, sink *k,
-                        tp_packer *packer, sample **kept, size_t *n_kept) {
-    batch b = {0};
-    result *res = tp_xcalloc(BATCH_LINES, sizeof *res);
+typedef struct {
+    tp_jsonl_writer *jw;  // encode output
+    sink *k;              // template output
+    tp_packer *packer;
+    sample **kept;        // --shuffle: samples kept here instead
+    size_t *n_kept;
+    tp_buf lines;         // encode: a batch of output lines, written at once
+} output;
+
+// Writes a processed batch in order; the first failed record stops the program
+// after the records before it are written.
+static void write_batch(const context *c, const batch *b, result *res, output *out, stats *s) {
+    tp_err err;
+    out->lines.len = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        result *x = &res[i];
+        if (x->error) {
+            if (out->lines.len && tp_jsonl_write_text(out->jw, out->lines.data, out->lines.len - 1, &err) < 0)
+                tp_die_err(&err);
+            tp_die("%s", x->error);
+        }
+        s->records++;
+        if (c->o->mode == MODE_ENCODE) {
+            s->tokens += x->ids.count;
+            tp_buf_append(&out->lines, x->out.data, x->out.len);
+            tp_buf_putc(&out->lines, '\n');
+            continue;
+        }
+        if (x->dropped) {
+            s->dropped++;
+            continue;
+        }
+        s->truncated += x->truncated;
+        s->tokens += x->ids.count;
+        for (size_t t = 0; t < x->mask.len; t++) s->trained += (unsigned char)x->mask.data[t];
+        if (out->kept) {
+            *out->kept = tp_xrealloc(*out->kept, (*out->n_kept + 1) * sizeof **out->kept);
+            sample *sm = &(*out->kept)[(*out->n_kept)++];
+            sm->n = x->ids.count;
+            sm->ids = tp_xmalloc(sm->n * sizeof *sm->ids + 1);
+            sm->mask = tp_xmalloc(sm->n + 1);
+            memcpy(sm->ids, x->ids.ids, sm->n * sizeof *sm->ids);
+            memcpy(sm->mask, x->mask.data, sm->n);
+        } else if (emit_sample(out->k, out->packer, x->ids.ids, (const uint8_t *)x->mask.data, x->ids.count, &err) < 0) {
+            tp_die("%s:%llu: %s", b->name, (unsigned long long)b->line_no[i], err.msg);
+        }
+    }
+    // Whole lines in one write: a batch of complete lines never leaves a torn one.
+    if (out->lines.len && tp_jsonl_write_text(out->jw, out->lines.data, out->lines.len - 1, &err) < 0) tp_die_err(&err);
+}
+
+// Pipelined: while the workers encode batch k, one of them writes batch k-1 and
+// reads batch k+1, then joins the encoding.
+static void run_batches(char **files, int nfiles, const context *c, stats *s, output *out) {
+    source src = {files, nfiles, 0, NULL};
+    batch b[2];
+    memset(b, 0, sizeof b);
+    result *res[2] = {tp_xcalloc(BATCH_LINES, sizeof(result)), tp_xcalloc(BATCH_LINES, sizeof(result))};
     tp_progress progress;
     tp_progress_start(&progress, "records", 0);
-    tp_err err;
-    for (int f = 0; f < (nfiles ? nfiles : 1); f++) {
-        const char *path = nfiles ? files[f] : "-";
-        tp_jsonl_reader *r = tp_jsonl_open(path, NULL, &err);
-        if (!r) tp_die_err(&err);
-        context cc = *c;
-        cc.name = tp_jsonl_name(r);
-        while (read_batch(r, &b, s)) {
-            process_batch(&cc, &b, res);
-            for (size_t i = 0; i < b.n; i++) {
-                result *x = &res[i];
-                if (x->error) tp_die("%s", x->error);
-                s->records++;
-                if (c->o->mode == MODE_ENCODE) {
-                    s->tokens += x->ids.count;
-                    if (tp_jsonl_write_text(jw, x->out.data, x->out.len, &err) < 0) tp_die_err(&err);
-                    continue;
-                }
-                if (x->dropped) { s->dropped++; continue; }
-                s->truncated += x->truncated;
-                s->tokens += x->ids.count;
-                for (size_t t = 0; t < x->mask.len; t++) s->trained += (unsigned char)x->mask.data[t];
-                if (kept) {
-                    *kept = tp_xrealloc(*kept, (*n_kept + 1) * sizeof **kept);
-                    sample *sm = &(*kept)[(*n_kept)++];
-                    sm->n = x->ids.count;
-                    sm->ids = tp_xmalloc(sm->n * sizeof *sm->ids + 1);
-                    sm->mask = tp_xmalloc(sm->n + 1);
-                    memcpy(sm->ids, x->ids.ids, sm->n * sizeof *sm->ids);
-                    memcpy(sm->mask, x->mask.data, sm->n);
-                } else if (emit_sample(k, packer, x->ids.ids, (const uint8_t *)x->mask.data, x->ids.count, &err) < 0) {
-                    tp_die("%s:%llu: %s", cc.name, (unsigned long long)b.line_no[i], err.msg);
-                }
+    int cur = 0;
+    bool have = read_batch(&src, &b[cur], s), pending = false;
+    while (have) {
+        int other = 1 - cur;
+        bool have_next = false;
+#pragma omp parallel num_threads(c->o->threads)
+        {
+#pragma omp single nowait
+            {
+                if (pending) write_batch(c, &b[other], res[other], out, s);
+                have_next = read_batch(&src, &b[other], s);
+                tp_progress_update(&progress, s->records);
             }
-            tp_progress_update(&progress, s->records);
+#pragma omp for schedule(dynamic, 4)
+            for (size_t i = 0; i < b[cur].n; i++) process_item(c, &b[cur], res[cur], i);
         }
-        tp_jsonl_close(r);
+        pending = true;
+        cur = other;
+        have = have_next;
     }
+    if (pending) write_batch(c, &b[1 - cur], res[1 - cur], out, s);
     tp_progress_finish(&progress);
-    for (size_t i = 0; i < BATCH_LINES; i++) {
-        tp_buf_free(&res[i].out);
-        tp_ids_free(&res[i].ids);
-        tp_buf_free(&res[i].mask);
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < BATCH_LINES; i++) {
+            tp_buf_free(&res[k][i].out);
+            tp_ids_free(&res[k][i].ids);
+            tp_buf_free(&res[k][i].mask);
+        }
+        free(res[k]);
+        tp_buf_free(&b[k].text);
+        free(b[k].off);
+        free(b[k].len);
+        free(b[k].line_no);
+        free(b[k].name);
     }
-    free(res);
-    tp_buf_free(&b.text);
-    free(b.off);
-    free(b.len);
-    free(b.line_no);
+    tp_buf_free(&out->lines);
 }
 
 static void decode_ids(const tp_tokenizer *t, jv ids, const char *name, uint64_t line, tp_buf *bytes, bool skip) {
@@ -436,7 +498,8 @@ static void run_template(char **files, int nfiles, const options *o, context *c,
     }
     sample *kept = NULL;
     size_t n_kept = 0;
-    run_batches(files, nfiles, c, s, NULL, &k, pp, o->shuffle ? &kept : NULL, &n_kept);
+    output out = {.k = &k, .packer = pp, .kept = o->shuffle ? &kept : NULL, .n_kept = &n_kept};
+    run_batches(files, nfiles, c, s, &out);
     if (o->shuffle) {
         uint64_t rng = (uint64_t)o->seed;
         for (size_t i = n_kept; i > 1; i--) {
@@ -613,7 +676,8 @@ int main(int argc, char **argv) {
         tp_jsonl_writer *jw = o.output ? tp_jsonl_writer_open(o.output, false, &err)
                                        : tp_jsonl_writer_fd(STDOUT_FILENO, "<stdout>");
         if (!jw) tp_die_err(&err);
-        run_batches(files, nfiles, &c, &s, jw, NULL, NULL, NULL, NULL);
+        output out = {.jw = jw};
+        run_batches(files, nfiles, &c, &s, &out);
         if (tp_jsonl_writer_close(jw, &err) < 0) tp_die_err(&err);
     } else {
         jv cfg = tp_tokenizer_config(t);
