@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "unicode.h"
 
 static const char *NAMES[TP_TEMPLATE_COUNT] = {"chatml", "qwen3", "deepseek-r1", "llama3", "nemo"};
@@ -17,8 +18,7 @@ int tp_template_parse(const char *name) {
 }
 
 int tp_template_auto(jv config, tp_err *err) {
-    jv t = jv_get_kind(config) == JV_KIND_OBJECT ? jv_object_get(jv_copy(config), jv_string("chat_template"))
-                                                 : jv_invalid();
+    jv t = tp_json_get(config, "chat_template");
     int r = -1;
     if (jv_get_kind(t) == JV_KIND_STRING) {
         const char *s = jv_string_value(t);
@@ -37,7 +37,7 @@ int tp_template_auto(jv config, tp_err *err) {
 // ---- records ----
 
 static char *str_field(jv obj, const char *key, bool required, const char *where, tp_err *err, bool *bad) {
-    jv v = jv_object_get(jv_copy(obj), jv_string(key));
+    jv v = tp_json_get(obj, key);
     char *r = NULL;
     if (jv_get_kind(v) == JV_KIND_STRING) {
         r = tp_xstrdup(jv_string_value(v));
@@ -147,8 +147,8 @@ static int from_trace(jv rec, const char *prompt, tp_chat *out, tp_err *err) {
 
 int tp_chat_from_record(jv rec, const char *prompt, tp_chat *out, tp_err *err) {
     memset(out, 0, sizeof *out);
-    jv messages = jv_object_get(jv_copy(rec), jv_string("messages"));
-    jv problem = jv_object_get(jv_copy(rec), jv_string("problem"));
+    jv messages = tp_json_get(rec, "messages");
+    jv problem = tp_json_get(rec, "problem");
     int rc;
     if (jv_get_kind(messages) != JV_KIND_INVALID && jv_get_kind(messages) != JV_KIND_NULL) {
         rc = from_messages(messages, out, err);

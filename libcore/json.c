@@ -166,3 +166,22 @@ void tp_json_dump(tp_buf *b, jv v) {
         tp_buf_append(b, "null", 4);
     }
 }
+
+jv tp_json_get(jv obj, const char *key) {
+    if (jv_get_kind(obj) != JV_KIND_OBJECT) return jv_invalid();
+    return jv_object_get(jv_copy(obj), jv_string(key));
+}
+
+const char *tp_json_get_string(jv obj, const char *key) {
+    jv v = tp_json_get(obj, key);
+    const char *s = jv_get_kind(v) == JV_KIND_STRING ? jv_string_value(v) : NULL;
+    jv_free(v);  // obj still holds a reference, so the string stays alive
+    return s;
+}
+
+bool tp_json_get_bool(jv obj, const char *key, bool dflt) {
+    jv v = tp_json_get(obj, key);
+    jv_kind k = jv_get_kind(v);
+    jv_free(v);
+    return k == JV_KIND_TRUE ? true : k == JV_KIND_FALSE ? false : dflt;
+}

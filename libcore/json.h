@@ -8,6 +8,7 @@
 #define TP_JSON_H
 
 #include <jv.h>
+#include <stdbool.h>
 
 #include "buf.h"
 #include "error.h"
@@ -26,5 +27,13 @@ enum { TP_JSON_NUMBER_MAX = 40 };
 int tp_json_format_number(char out[TP_JSON_NUMBER_MAX], double d);
 // Appends s[0..n) as a JSON string literal (s must be valid UTF-8, as jv strings are).
 void tp_json_dump_string(tp_buf *b, const char *s, size_t n);
+
+// Field access that tolerates any value (libjq's jv_object_get asserts on non-objects).
+// obj is borrowed. tp_json_get returns obj[key] (owned), or jv_invalid() when obj is not
+// an object or has no key; tp_json_get_string the string value of obj[key], valid while
+// obj lives, or NULL; tp_json_get_bool true/false, or dflt for anything else.
+jv tp_json_get(jv obj, const char *key);
+const char *tp_json_get_string(jv obj, const char *key);
+bool tp_json_get_bool(jv obj, const char *key, bool dflt);
 
 #endif

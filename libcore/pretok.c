@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "unicode.h"
 
 typedef enum {
@@ -367,22 +368,9 @@ static void apply_behavior(const step *st, matches_t *m, size_t base, tp_spans *
 
 // ---- construction from tokenizer.json ----
 
-static const char *jv_str_or(jv v, const char *key, const char *dflt) {
-    jv x = jv_object_get(jv_copy(v), jv_string(key));
-    const char *r = dflt;
-    if (jv_get_kind(x) == JV_KIND_STRING) {
-        // The spec jv outlives the step construction, so the pointer stays valid.
-        r = jv_string_value(x);
-    }
-    jv_free(x);
-    return r;
-}
-
-static int jv_bool_or(jv v, const char *key, int dflt) {
-    jv x = jv_object_get(jv_copy(v), jv_string(key));
-    int r = jv_get_kind(x) == JV_KIND_TRUE ? 1 : jv_get_kind(x) == JV_KIND_FALSE ? 0 : dflt;
-    jv_free(x);
-    return r;
+static const char *str_or(jv v, const char *key, const char *dflt) {
+    const char *s = tp_json_get_string(v, key);
+    return s ? s : dflt;
 }
 
 static pthread_once_t onig_once = PTHREAD_ONCE_INIT;
@@ -438,12 +426,11 @@ static step *add_step(tp_pretok *p) {
 }
 
 static int parse_split(tp_pretok *p, jv spec, tp_err *err) {
-    jv pattern = jv_object_get(jv_copy(spec), jv_string("pattern"));
-    jv regex = jv_get_kind(pattern) == JV_KIND_OBJECT ? jv_object_get(jv_copy(pattern), jv_string("Regex")) : jv_invalid();
-    jv string = jv_get_kind(pattern) == JV_KIND_OBJECT ? jv_object_get(jv_copy(pattern), jv_string("String")) : jv_invalid();
+    jv pattern = tp_json_get(spec, "pattern");
+    jv regex = tp_json_get(pattern, "Regex"), string = tp_json_get(pattern, "String");
     int rc = -1;
     step *st = add_step(p);
-    const char *bname = jv_str_or(spec, "behavior", "");
+    const char *bname = str_or(spec, "behavior", "");
     static const char *names[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
     int b = -1;
     for (int i = 0; i < 5; i++)
@@ -454,7 +441,7 @@ static int parse_split(tp_pretok *p, jv spec, tp_err *err) {
         goto out;
     }
     st->behavior = (behavior)b;
-    st->invert = jv_bool_or(spec, "invert", 0);
+    st->invert = tp_json_get_bool(spec, "invert", 0);
     if (jv_get_kind(regex) == JV_KIND_STRING)
         rc = set_pattern(st, jv_string_value(regex), (size_t)jv_string_length_bytes(jv_copy(regex)), true, err);
     else if (jv_get_kind(string) == JV_KIND_STRING)
@@ -473,10 +460,10 @@ static int parse_one(tp_pretok *p, jv spec, bool *byte_level, tp_err *err) {
         tp_err_set(err, "pre_tokenizer: expected an object");
         return -1;
     }
-    const char *type = jv_str_or(spec, "type", "");
+    const char *type = str_or(spec, "type", "");
     *byte_level = false;
     if (strcmp(type, "Sequence") == 0) {
-        jv list = jv_object_get(jv_copy(spec), jv_string("pretokenizers"));
+        jv list = tp_json_get(spec, "pretokenizers");
         if (jv_get_kind(list) != JV_KIND_ARRAY) {
             jv_free(list);
             tp_err_set(err, "Sequence pre-tokenizer: \"pretokenizers\" must be an array");
@@ -503,8 +490,8 @@ static int parse_one(tp_pretok *p, jv spec, bool *byte_level, tp_err *err) {
     }
     if (strcmp(type, "Split") == 0) return parse_split(p, spec, err);
     if (strcmp(type, "ByteLevel") == 0) {
-        if (jv_bool_or(spec, "add_prefix_space", 0)) add_step(p)->prefix_space = true;
-        if (jv_bool_or(spec, "use_regex", 1)) {
+        if (tp_json_get_bool(spec, "add_prefix_space", 0)) add_step(p)->prefix_space = true;
+        if (tp_json_get_bool(spec, "use_regex", 1)) {
             step *st = add_step(p);
             if (set_pattern(st, PAT_GPT2, sizeof PAT_GPT2 - 1, true, err) < 0) return -1;
         }
@@ -514,7 +501,7 @@ static int parse_one(tp_pretok *p, jv spec, bool *byte_level, tp_err *err) {
     if (strcmp(type, "Digits") == 0) {
         step *st = add_step(p);
         st->fast = MATCH_ASCII_DIGIT;
-        st->behavior = jv_bool_or(spec, "individual_digits", 0) ? B_ISOLATED : B_CONTIGUOUS;
+        st->behavior = tp_json_get_bool(spec, "individual_digits", 0) ? B_ISOLATED : B_CONTIGUOUS;
         return 0;
     }
     tp_err_set(err, "pre-tokenizer type \"%s\" is not supported (supported: Sequence, Split, ByteLevel, Digits)",

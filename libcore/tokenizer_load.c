@@ -446,25 +446,6 @@ static int top_field(void *ctx, scanner *sc, const char *key, size_t key_len) {
 
 // ---- building the tables ----
 
-static const char *get_str(jv obj, const char *key) {
-    jv v = jv_object_get(jv_copy(obj), jv_string(key));
-    const char *s = jv_get_kind(v) == JV_KIND_STRING ? jv_string_value(v) : NULL;
-    jv_free(v);  // obj keeps the string alive
-    return s;
-}
-
-static jv get(jv obj, const char *key) {
-    if (jv_get_kind(obj) != JV_KIND_OBJECT) return jv_invalid();
-    return jv_object_get(jv_copy(obj), jv_string(key));
-}
-
-static bool get_bool(jv obj, const char *key, bool dflt) {
-    jv v = get(obj, key);
-    bool r = jv_get_kind(v) == JV_KIND_TRUE ? true : jv_get_kind(v) == JV_KIND_FALSE ? false : dflt;
-    jv_free(v);
-    return r;
-}
-
 static void vhash_insert(tp_tokenizer *t, int32_t id, uint32_t h) {
     uint32_t i = h & t->vmask;
     while (t->vhash[i].id >= 0) i = (i + 1) & t->vmask;
@@ -583,7 +564,7 @@ static int build_merges(tp_tokenizer *t, parsed *p, tp_err *err) {
 }
 
 static int check_model(tp_tokenizer *t, parsed *p, tp_err *err) {
-    const char *type = get_str(p->model, "type");
+    const char *type = tp_json_get_string(p->model, "type");
     if (type && strcmp(type, "BPE") != 0) {
         tp_err_set(err, "model type \"%s\" is not supported: thinkpipe tokenizes byte-level BPE only "
                         "(Qwen, Llama 3, DeepSeek, GPT-2 style)", type);
@@ -597,25 +578,25 @@ static int check_model(tp_tokenizer *t, parsed *p, tp_err *err) {
         tp_err_set(err, "model: a BPE model needs \"vocab\" and \"merges\"%s", type ? "" : " (no \"type\" given)");
         return -1;
     }
-    if (get_bool(p->model, "byte_fallback", false)) {
+    if (tp_json_get_bool(p->model, "byte_fallback", false)) {
         tp_err_set(err, "model: byte_fallback BPE (sentencepiece style, e.g. Llama 2, Mistral) is not supported");
         return -1;
     }
-    jv dropout = get(p->model, "dropout");
+    jv dropout = tp_json_get(p->model, "dropout");
     bool has_dropout = jv_get_kind(dropout) == JV_KIND_NUMBER && jv_number_value(dropout) > 0;
     jv_free(dropout);
     if (has_dropout) {
         tp_err_set(err, "model: BPE dropout is not supported (encoding would be random)");
         return -1;
     }
-    const char *prefix = get_str(p->model, "continuing_subword_prefix");
-    const char *suffix = get_str(p->model, "end_of_word_suffix");
+    const char *prefix = tp_json_get_string(p->model, "continuing_subword_prefix");
+    const char *suffix = tp_json_get_string(p->model, "end_of_word_suffix");
     if ((prefix && *prefix) || (suffix && *suffix)) {
         tp_err_set(err, "model: continuing_subword_prefix/end_of_word_suffix are not supported");
         return -1;
     }
-    t->ignore_merges = get_bool(p->model, "ignore_merges", false);
-    t->fuse_unk = get_bool(p->model, "fuse_unk", false);
+    t->ignore_merges = tp_json_get_bool(p->model, "ignore_merges", false);
+    t->fuse_unk = tp_json_get_bool(p->model, "fuse_unk", false);
     t->unk_id = -1;
     return 0;
 }
@@ -630,8 +611,8 @@ static int build_added(tp_tokenizer *t, parsed *p, int32_t *max_id, tp_err *err)
     t->added = tp_xcalloc((size_t)n + 1, sizeof *t->added);
     for (int i = 0; i < n; i++) {
         jv a = jv_array_get(jv_copy(p->added), i);
-        jv id = get(a, "id");
-        const char *content = get_str(a, "content");
+        jv id = tp_json_get(a, "id");
+        const char *content = tp_json_get_string(a, "content");
         int32_t id_value;
         if (jv_get_kind(id) != JV_KIND_NUMBER || !token_id_of(jv_number_value(id), &id_value) || !content ||
             !*content) {
@@ -645,11 +626,11 @@ static int build_added(tp_tokenizer *t, parsed *p, int32_t *max_id, tp_err *err)
         tok->id = id_value;
         tok->len = strlen(content);
         tok->content = tp_xstrdup(content);
-        tok->special = get_bool(a, "special", false);
-        tok->normalized = get_bool(a, "normalized", !tok->special);
-        tok->lstrip = get_bool(a, "lstrip", false);
-        tok->rstrip = get_bool(a, "rstrip", false);
-        tok->single_word = get_bool(a, "single_word", false);
+        tok->special = tp_json_get_bool(a, "special", false);
+        tok->normalized = tp_json_get_bool(a, "normalized", !tok->special);
+        tok->lstrip = tp_json_get_bool(a, "lstrip", false);
+        tok->rstrip = tp_json_get_bool(a, "rstrip", false);
+        tok->single_word = tp_json_get_bool(a, "single_word", false);
         if (tok->id > *max_id) *max_id = tok->id;
         jv_free(id);
         jv_free(a);
@@ -683,13 +664,13 @@ static void trie_add(trie *tr, const char *s, size_t len, int32_t token) {
 
 static int build_normalizer(tp_tokenizer *t, jv spec, tp_err *err) {
     if (jv_get_kind(spec) == JV_KIND_NULL || jv_get_kind(spec) == JV_KIND_INVALID) return 0;
-    const char *type = get_str(spec, "type");
+    const char *type = tp_json_get_string(spec, "type");
     if (!type) {
         tp_err_set(err, "normalizer: missing \"type\"");
         return -1;
     }
     if (strcmp(type, "Sequence") == 0) {
-        jv list = get(spec, "normalizers");
+        jv list = tp_json_get(spec, "normalizers");
         if (jv_get_kind(list) != JV_KIND_ARRAY) {
             jv_free(list);
             tp_err_set(err, "Sequence normalizer: \"normalizers\" must be an array");
@@ -772,19 +753,19 @@ static void post_fail(tp_tokenizer *t, const char *fmt, const char *arg) {
 }
 
 static void build_template(tp_tokenizer *t, jv spec) {
-    jv single = get(spec, "single"), specials = get(spec, "special_tokens");
+    jv single = tp_json_get(spec, "single"), specials = tp_json_get(spec, "special_tokens");
     bool after = false;
     int n = jv_get_kind(single) == JV_KIND_ARRAY ? jv_array_length(jv_copy(single)) : 0;
     if (n == 0) post_fail(t, "TemplateProcessing without a \"single\" template%s", "");
     for (int i = 0; i < n; i++) {
         jv item = jv_array_get(jv_copy(single), i);
-        jv sp = get(item, "SpecialToken"), seq = get(item, "Sequence");
+        jv sp = tp_json_get(item, "SpecialToken"), seq = tp_json_get(item, "Sequence");
         if (jv_get_kind(seq) == JV_KIND_OBJECT) {
             after = true;
         } else if (jv_get_kind(sp) == JV_KIND_OBJECT) {
-            const char *name = get_str(sp, "id");
-            jv def = name ? get(specials, name) : jv_invalid();
-            jv ids = get(def, "ids");
+            const char *name = tp_json_get_string(sp, "id");
+            jv def = name ? tp_json_get(specials, name) : jv_invalid();
+            jv ids = tp_json_get(def, "ids");
             if (jv_get_kind(ids) != JV_KIND_ARRAY) post_fail(t, "TemplateProcessing: special token \"%s\" has no ids", name ? name : "?");
             for (int k = 0; jv_get_kind(ids) == JV_KIND_ARRAY && k < jv_array_length(jv_copy(ids)); k++) {
                 jv id = jv_array_get(jv_copy(ids), k);
@@ -807,7 +788,7 @@ static void build_template(tp_tokenizer *t, jv spec) {
 }
 
 static void affix_pair(tp_tokenizer *t, jv spec, const char *key, bool suffix) {
-    jv pair = get(spec, key);
+    jv pair = tp_json_get(spec, key);
     jv id = jv_get_kind(pair) == JV_KIND_ARRAY ? jv_array_get(jv_copy(pair), 1) : jv_invalid();
     int32_t v;
     if (jv_get_kind(id) == JV_KIND_NUMBER && token_id_of(jv_number_value(id), &v) && v < t->vocab_size) {
@@ -822,7 +803,7 @@ static void affix_pair(tp_tokenizer *t, jv spec, const char *key, bool suffix) {
 
 static bool build_post(tp_tokenizer *t, jv spec) {
     if (jv_get_kind(spec) != JV_KIND_OBJECT) return false;
-    const char *type = get_str(spec, "type");
+    const char *type = tp_json_get_string(spec, "type");
     if (!type) return false;
     if (strcmp(type, "ByteLevel") == 0) return false;
     if (strcmp(type, "TemplateProcessing") == 0) {
@@ -835,7 +816,7 @@ static bool build_post(tp_tokenizer *t, jv spec) {
         return true;
     }
     if (strcmp(type, "Sequence") == 0) {
-        jv list = get(spec, "processors");
+        jv list = tp_json_get(spec, "processors");
         bool any = false;
         for (int i = 0; jv_get_kind(list) == JV_KIND_ARRAY && i < jv_array_length(jv_copy(list)); i++) {
             jv item = jv_array_get(jv_copy(list), i);
@@ -855,9 +836,9 @@ static void config_affixes(tp_tokenizer *t) {
     static const char *flags[] = {"add_bos_token", "add_eos_token"};
     static const char *names[] = {"bos_token", "eos_token"};
     for (int k = 0; k < 2; k++) {
-        if (!get_bool(t->config, flags[k], false)) continue;
-        jv tok = get(t->config, names[k]);
-        const char *s = jv_get_kind(tok) == JV_KIND_STRING ? jv_string_value(tok) : get_str(tok, "content");
+        if (!tp_json_get_bool(t->config, flags[k], false)) continue;
+        jv tok = tp_json_get(t->config, names[k]);
+        const char *s = jv_get_kind(tok) == JV_KIND_STRING ? jv_string_value(tok) : tp_json_get_string(tok, "content");
         int32_t id = s ? tp_tokenizer_token_id(t, s) : -1;
         if (id < 0) post_fail(t, "tokenizer_config.json: %s is not a token", names[k]);
         else if (k == 0) push_id(&t->prefix, &t->n_prefix, id);
@@ -868,10 +849,10 @@ static void config_affixes(tp_tokenizer *t) {
 
 static int check_decoder(jv spec, tp_err *err) {
     if (jv_get_kind(spec) == JV_KIND_NULL || jv_get_kind(spec) == JV_KIND_INVALID) return 0;
-    const char *type = get_str(spec, "type");
+    const char *type = tp_json_get_string(spec, "type");
     if (type && strcmp(type, "ByteLevel") == 0) return 0;
     if (type && strcmp(type, "Sequence") == 0) {
-        jv list = get(spec, "decoders");
+        jv list = tp_json_get(spec, "decoders");
         int rc = 0;
         for (int i = 0; jv_get_kind(list) == JV_KIND_ARRAY && i < jv_array_length(jv_copy(list)) && rc == 0; i++) {
             jv item = jv_array_get(jv_copy(list), i);
@@ -956,7 +937,7 @@ static int build(tp_tokenizer *t, parsed *p, tp_err *err) {
         return -1;
     }
     if (build_vocab(t, p, max_id, err) < 0 || build_merges(t, p, err) < 0) return -1;
-    jv unk = get(p->model, "unk_token");
+    jv unk = tp_json_get(p->model, "unk_token");
     if (jv_get_kind(unk) == JV_KIND_STRING) t->unk_id = tp_tokenizer_token_id(t, jv_string_value(unk));
     jv_free(unk);
     if (build_normalizer(t, p->normalizer, err) < 0) return -1;

@@ -67,6 +67,8 @@ expect refuse-unigram 1 "model type \"Unigram\" is not supported" "$TK" -t "$FIX
 expect refuse-byte-fallback 1 "byte_fallback BPE (sentencepiece style" "$TK" -t "$FIX/tiny/byte_fallback.json" -e
 sed 's/"type": "ByteLevel"/"type": "Metaspace"/' "$TINY" >"$TMP/meta.json"
 expect refuse-pretokenizer 1 "pre-tokenizer type \"Metaspace\" is not supported" "$TK" -t "$TMP/meta.json" -e
+jq -c '.added_tokens = [5]' "$TINY" >"$TMP/added.json"
+expect added-token-not-object 1 "added_tokens[0]: needs an integer \"id\"" "$TK" -t "$TMP/added.json" -e
 head -c 3000 "$TINY" >"$TMP/trunc.json"
 expect truncated-json 1 "trunc.json:" "$TK" -t "$TMP/trunc.json" -e
 grep -q "unexpected end of file" "$TMP/stderr" && ok truncated-json-says-why || not_ok truncated-json-says-why
