@@ -110,41 +110,16 @@ bool tp_utf8_valid(const char *s, size_t n, size_t *bad_offset) {
     return true;
 }
 
-// Length of the valid-so-far prefix of a possibly truncated character at s[0..n):
-// returns how many bytes form a proper prefix of some valid character (0 if none).
-static size_t partial_char(const unsigned char *s, size_t n) {
-    unsigned char c = s[0];
-    int len = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-    if (len == 0 || n >= (size_t)len) return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        // The second byte narrows the range (no overlongs, surrogates or > U+10FFFF).
-        if (i == 1) {
-            if (c == 0xE0 && s[1] < 0xA0) return 0;
-            if (c == 0xED && s[1] > 0x9F) return 0;
-            if (c == 0xF0 && s[1] < 0x90) return 0;
-            if (c == 0xF4 && s[1] > 0x8F) return 0;
-        }
-    }
-    return n;
-}
-
-size_t tp_utf8_complete_prefix(const char *s, size_t n) {
-    const unsigned char *u = (const unsigned char *)s;
-    // A character is at most 4 bytes: only the last 3 bytes can start an incomplete one.
-    for (size_t back = 1; back <= 3 && back <= n; back++) {
-        size_t start = n - back;
-        if ((u[start] & 0xC0) == 0x80) continue;
-        if (u[start] >= 0xC0 && partial_char(u + start, back) == back) return start;
-        break;
-    }
-    return n;
-}
-
 // Length of the maximal subpart of an ill-formed sequence starting at s (>= 1).
+static int lead_length(unsigned char c) {
+    return c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+}
+
+// Length of the maximal subpart of an ill-formed sequence starting at s (>= 1): the
+// bytes that are a proper start of some character (or 1 when none are).
 static size_t maximal_subpart(const unsigned char *s, size_t n) {
     unsigned char c = s[0];
-    int len = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    int len = lead_length(c);
     if (len == 0) return 1;
     size_t i = 1;
     for (; i < (size_t)len && i < n; i++) {
@@ -154,6 +129,20 @@ static size_t maximal_subpart(const unsigned char *s, size_t n) {
             break;
     }
     return i;
+}
+
+size_t tp_utf8_complete_prefix(const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    // A character is at most 4 bytes: only the last 3 bytes can start an incomplete one.
+    for (size_t back = 1; back <= 3 && back <= n; back++) {
+        size_t start = n - back;
+        if ((u[start] & 0xC0) == 0x80) continue;
+        // An unfinished character: a lead byte needing more than `back` bytes, all of
+        // which so far could still continue it.
+        if ((size_t)lead_length(u[start]) > back && maximal_subpart(u + start, back) == back) return start;
+        break;
+    }
+    return n;
 }
 
 void tp_utf8_append_lossy(tp_buf *out, const char *s, size_t n) {
