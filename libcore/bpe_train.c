@@ -329,11 +329,8 @@ static int32_t add_token(token_table *t, const char *s, size_t n) {
 static void put_byte_level(tp_buf *out, const char *s, size_t n) {
     tp_buf chars = {0};
     for (size_t i = 0; i < n; i++) {
-        uint32_t cp = 0;
-        for (uint32_t c = 0; c < 324; c++)
-            if (tp_tok_char_byte(c) == (unsigned char)s[i]) { cp = c; break; }
         char u[4];
-        tp_buf_append(&chars, u, (size_t)tp_utf8_encode(cp, u));
+        tp_buf_append(&chars, u, (size_t)tp_utf8_encode(tp_tok_byte_char((unsigned char)s[i]), u));
     }
     tp_json_dump_string(out, chars.data ? chars.data : "", chars.len);
     tp_buf_free(&chars);

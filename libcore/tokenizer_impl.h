@@ -76,6 +76,7 @@ struct tp_tokenizer {
 };
 
 int tp_tok_char_byte(uint32_t cp);  // the byte a byte-level character stands for, or -1
+uint32_t tp_tok_byte_char(unsigned char b);  // the byte-level character of a byte
 uint64_t tp_tok_hash_bytes(const void *p, size_t n);
 int32_t tp_tok_vocab_lookup(const tp_tokenizer *t, const char *s, size_t n);  // pure tokens by bytes
 

@@ -36,6 +36,11 @@ static void init_byte_level(void) {
     pthread_once(&once, build_byte_level);
 }
 
+uint32_t tp_tok_byte_char(unsigned char b) {
+    init_byte_level();
+    return byte_char[b];
+}
+
 int tp_tok_char_byte(uint32_t cp) {
     init_byte_level();
     return cp < 324 ? char_byte[cp] : -1;
