@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fileio.h"
 #include "json.h"
 #include "unicode.h"
 
@@ -245,10 +246,6 @@ static void render_chatml(const tp_chat *c, tp_chat_render *r) {
 }
 
 static bool starts_with(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
-static bool ends_with(const char *s, const char *p) {
-    size_t n = strlen(s), k = strlen(p);
-    return n >= k && memcmp(s + n - k, p, k) == 0;
-}
 
 // Python's str.split(sep)[-1] / [0] and strip('\n') variants, on [s, s+n).
 static const char *last_after(const char *s, const char *sep) {
@@ -272,7 +269,7 @@ static void render_qwen3(const tp_chat *c, tp_chat_render *r) {
     for (int i = c->count - 1; i >= 0; i--) {
         const tp_chat_message *m = &c->messages[i];
         if (strcmp(m->role, "user") == 0 &&
-            !(starts_with(m->content, "<tool_response>") && ends_with(m->content, "</tool_response>"))) {
+            !(starts_with(m->content, "<tool_response>") && tp_ends_with(m->content, "</tool_response>"))) {
             last_query = i;
             break;
         }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "tokenizer_impl.h"
 
 void tp_ids_push(tp_ids *v, int32_t id) {
@@ -32,6 +33,15 @@ int32_t tp_tokenizer_vocab_size(const tp_tokenizer *t) { return t->vocab_size; }
 jv tp_tokenizer_config(const tp_tokenizer *t) { return jv_copy(t->config); }
 bool tp_tokenizer_fast_pretok(const tp_tokenizer *t) { return tp_pretok_is_fast(t->pretok); }
 void tp_tokenizer_force_regex_engine(tp_tokenizer *t, bool on) { tp_pretok_force_regex_engine(t->pretok, on); }
+
+const char *tp_tokenizer_config_token(const tp_tokenizer *t, const char *key) {
+    const char *s = tp_json_get_string(t->config, key);
+    if (s) return s;
+    jv tok = tp_json_get(t->config, key);  // transformers also writes {"content": ..., ...}
+    s = tp_json_get_string(tok, "content");
+    jv_free(tok);  // t->config keeps the object and its string alive
+    return s;
+}
 
 bool tp_tokenizer_is_special(const tp_tokenizer *t, int32_t id) {
     return id >= 0 && id < t->vocab_size && (t->flags[id] & TOK_SPECIAL);

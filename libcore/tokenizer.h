@@ -49,6 +49,9 @@ bool tp_tokenizer_fast_pretok(const tp_tokenizer *t);      // hand-written pre-t
 // Id of a vocabulary or added token given by its text (added-token content, or the
 // vocabulary string as it appears in tokenizer.json); -1 when there is none.
 int32_t tp_tokenizer_token_id(const tp_tokenizer *t, const char *token);
+// The text of a token tokenizer_config.json names under key ("bos_token", "pad_token",
+// ...), given as a string or as {"content": ...}; NULL when absent. Valid while t lives.
+const char *tp_tokenizer_config_token(const tp_tokenizer *t, const char *key);
 bool tp_tokenizer_is_special(const tp_tokenizer *t, int32_t id);
 // The ids add_special puts before and after a sequence.
 void tp_tokenizer_special_affixes(const tp_tokenizer *t, const int32_t **prefix, size_t *n_prefix,

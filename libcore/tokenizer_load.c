@@ -842,13 +842,11 @@ static void config_affixes(tp_tokenizer *t) {
     static const char *names[] = {"bos_token", "eos_token"};
     for (int k = 0; k < 2; k++) {
         if (!tp_json_get_bool(t->config, flags[k], false)) continue;
-        jv tok = tp_json_get(t->config, names[k]);
-        const char *s = jv_get_kind(tok) == JV_KIND_STRING ? jv_string_value(tok) : tp_json_get_string(tok, "content");
+        const char *s = tp_tokenizer_config_token(t, names[k]);
         int32_t id = s ? tp_tokenizer_token_id(t, s) : -1;
         if (id < 0) post_fail(t, "tokenizer_config.json: %s is not a token", names[k]);
         else if (k == 0) push_id(&t->prefix, &t->n_prefix, id);
         else push_id(&t->suffix, &t->n_suffix, id);
-        jv_free(tok);
     }
 }
 

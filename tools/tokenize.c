@@ -278,30 +278,22 @@ static uint64_t splitmix(uint64_t *s) {
 
 static const char *bos_text(const tp_tokenizer *t, tp_template tmpl) {
     if (tmpl != TP_TEMPLATE_DEEPSEEK_R1 && tmpl != TP_TEMPLATE_LLAMA3) return "";
-    static char buf[256];
-    jv cfg = tp_tokenizer_config(t);
-    jv bos = jv_get_kind(cfg) == JV_KIND_OBJECT ? jv_object_get(cfg, jv_string("bos_token")) : (jv_free(cfg), jv_null());
-    if (jv_get_kind(bos) == JV_KIND_OBJECT) bos = jv_object_get(bos, jv_string("content"));
-    const char *dflt = tmpl == TP_TEMPLATE_LLAMA3 ? "<|begin_of_text|>"
-                                                  : "<\xEF\xBD\x9C" "begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>";
-    snprintf(buf, sizeof buf, "%s", jv_get_kind(bos) == JV_KIND_STRING ? jv_string_value(bos) : dflt);
-    jv_free(bos);
-    return buf;
+    const char *bos = tp_tokenizer_config_token(t, "bos_token");
+    if (bos) return bos;
+    return tmpl == TP_TEMPLATE_LLAMA3 ? "<|begin_of_text|>"
+                                      : "<\xEF\xBD\x9C" "begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>";
 }
 
+// Packing pads with tokenizer_config.json's pad token, else its EOS, else id 0.
 static int32_t pad_id(const tp_tokenizer *t, long long forced) {
     if (forced >= 0) return (int32_t)forced;
-    jv cfg = tp_tokenizer_config(t);
-    int32_t id = -1;
     const char *keys[] = {"pad_token", "eos_token"};
-    for (int k = 0; k < 2 && id < 0 && jv_get_kind(cfg) == JV_KIND_OBJECT; k++) {
-        jv v = jv_object_get(jv_copy(cfg), jv_string(keys[k]));
-        if (jv_get_kind(v) == JV_KIND_OBJECT) v = jv_object_get(v, jv_string("content"));
-        if (jv_get_kind(v) == JV_KIND_STRING) id = tp_tokenizer_token_id(t, jv_string_value(v));
-        jv_free(v);
+    for (int k = 0; k < 2; k++) {
+        const char *s = tp_tokenizer_config_token(t, keys[k]);
+        int32_t id = s ? tp_tokenizer_token_id(t, s) : -1;
+        if (id >= 0) return id;
     }
-    jv_free(cfg);
-    return id >= 0 ? id : 0;
+    return 0;
 }
 
 typedef struct {
