@@ -398,15 +398,9 @@ static int encode_normalized(const tp_tokenizer *t, tp_tok_state *st, const char
                              tp_err *err) {
     if (t->n_norms == 0 && t->norm_trie.count == 0) return encode_pretok(t, st, s, n, out, err);
     if (tp_tok_normalize(t, s, n, &st->norm, &st->norm_tmp, err) < 0) return -1;
-    // The normalised text lives in st->norm until this segment is done; nothing
-    // below normalises again, so it is not overwritten.
-    tp_buf text = st->norm;
-    st->norm = (tp_buf){0};
-    int rc = t->norm_trie.count ? split_added(t, st, &t->norm_trie, text.data, text.len, encode_pretok, out, err)
-                                : encode_pretok(t, st, text.data, text.len, out, err);
-    tp_buf_free(&st->norm);
-    st->norm = text;
-    return rc;
+    // st->norm holds this segment until it is encoded: nothing below normalises again.
+    return t->norm_trie.count ? split_added(t, st, &t->norm_trie, st->norm.data, st->norm.len, encode_pretok, out, err)
+                              : encode_pretok(t, st, st->norm.data, st->norm.len, out, err);
 }
 
 int tp_tokenizer_encode(const tp_tokenizer *t, tp_tok_state *st, const char *text, size_t n, bool add_special,
