@@ -46,24 +46,26 @@ int tp_tok_char_byte(uint32_t cp) {
     return cp < 324 ? char_byte[cp] : -1;
 }
 
-// Appends the bytes a byte-level string stands for; characters outside the
-// alphabet stand for their own UTF-8 (as HF's ByteLevel decoder treats them).
-// Returns true when every character was in the alphabet.
-static bool byte_level_decode(const char *s, size_t n, tp_buf *out) {
-    bool pure = true;
-    size_t i = 0;
+// Writes the bytes a byte-level string stands for to out, which has room for n:
+// the bytes are never longer than the string. Characters outside the alphabet
+// stand for their own UTF-8 (as HF's ByteLevel decoder treats them) and make the
+// token impure. Returns the number of bytes.
+static size_t byte_level_decode(const char *s, size_t n, char *out, bool *pure) {
+    size_t i = 0, w = 0;
+    *pure = true;
     while (i < n) {
         uint32_t cp;
         int len = tp_utf8_next((const unsigned char *)s + i, &cp);
         if (cp < 324 && char_byte[cp] >= 0) {
-            tp_buf_putc(out, (char)char_byte[cp]);
+            out[w++] = (char)char_byte[cp];
         } else {
-            tp_buf_append(out, s + i, (size_t)len);
-            pure = false;
+            memcpy(out + w, s + i, (size_t)len);
+            w += (size_t)len;
+            *pure = false;
         }
         i += (size_t)len;
     }
-    return pure;
+    return w;
 }
 
 uint64_t tp_tok_hash_bytes(const void *p, size_t n) {
@@ -120,6 +122,9 @@ static int scan_fail(scanner *sc, const char *fmt, ...) {
 }
 
 static void ws(scanner *sc) {
+    // Pretty-printed files (all of HF's) are ~40% indentation: skip it 8 spaces at a time.
+    static const char spaces[8] = "        ";
+    while (sc->n - sc->i >= 8 && memcmp(sc->s + sc->i, spaces, 8) == 0) sc->i += 8;
     while (sc->i < sc->n) {
         char c = sc->s[sc->i];
         if (c != ' ' && c != '\n' && c != '\r' && c != '\t') break;
@@ -457,8 +462,7 @@ static void vhash_insert(tp_tokenizer *t, int32_t id, uint32_t h) {
     t->vhash[i] = (vocab_slot){id, h};
 }
 
-int32_t tp_tok_vocab_lookup(const tp_tokenizer *t, const char *s, size_t n) {
-    uint32_t h = (uint32_t)tp_tok_hash_bytes(s, n);
+static int32_t vocab_lookup_hashed(const tp_tokenizer *t, const char *s, size_t n, uint32_t h) {
     for (uint32_t i = h & t->vmask;; i = (i + 1) & t->vmask) {
         const vocab_slot *v = &t->vhash[i];
         if (v->id < 0) return -1;
@@ -467,6 +471,10 @@ int32_t tp_tok_vocab_lookup(const tp_tokenizer *t, const char *s, size_t n) {
             if (b->len == n && memcmp(t->bytes.data + b->off, s, n) == 0) return v->id;
         }
     }
+}
+
+int32_t tp_tok_vocab_lookup(const tp_tokenizer *t, const char *s, size_t n) {
+    return vocab_lookup_hashed(t, s, n, (uint32_t)tp_tok_hash_bytes(s, n));
 }
 
 static void mhash_insert(tp_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t new_id) {
@@ -480,6 +488,14 @@ static void mhash_insert(tp_tokenizer *t, int32_t a, int32_t b, int32_t rank, in
     }
 }
 
+static const char *clip(const char *s, uint32_t n, int *len) {
+    *len = (int)(n > 100 ? 100 : n);
+    return s;
+}
+
+// The table building is split so that OpenMP threads share the work that needs no
+// order (decoding, hashing, looking up: most of the load time) and one thread does
+// what must happen in file order (duplicate checks, inserts, the first error).
 static int build_vocab(tp_tokenizer *t, parsed *p, int32_t max_id, tp_err *err) {
     t->vocab_size = max_id + 1;
     t->tok = tp_xcalloc((size_t)t->vocab_size, sizeof *t->tok);
@@ -489,33 +505,41 @@ static int build_vocab(tp_tokenizer *t, parsed *p, int32_t max_id, tp_err *err) 
     t->vmask = cap - 1;
     t->vhash = tp_xmalloc(cap * sizeof *t->vhash);
     for (uint32_t i = 0; i < cap; i++) t->vhash[i].id = -1;
-    tp_buf bytes = {0};
-    tp_buf_reserve(&bytes, p->strings.len);
+    // Each token decodes into the place of its own byte-level string in a buffer as
+    // large as all strings, so the threads need no offsets from each other.
+    tp_buf_reserve(&t->bytes, p->strings.len + 1);
+    t->bytes.len = p->strings.len;
+    uint32_t *len = tp_xmalloc((p->n_vocab + 1) * sizeof *len), *hash = tp_xmalloc((p->n_vocab + 1) * sizeof *hash);
+    uint8_t *pure = tp_xmalloc(p->n_vocab + 1);
+    const vocab_entry *vocab = p->vocab;
+#pragma omp parallel for schedule(static)
     for (size_t k = 0; k < p->n_vocab; k++) {
-        const vocab_entry *v = &p->vocab[k];
+        bool is_pure;
+        len[k] = (uint32_t)byte_level_decode(p->strings.data + vocab[k].off, vocab[k].len, t->bytes.data + vocab[k].off,
+                                             &is_pure);
+        pure[k] = is_pure;
+        hash[k] = (uint32_t)tp_tok_hash_bytes(t->bytes.data + vocab[k].off, len[k]);
+    }
+    int rc = 0, n;
+    for (size_t k = 0; k < p->n_vocab && rc == 0; k++) {
+        const vocab_entry *v = &vocab[k];
+        const char *text = clip(p->strings.data + v->off, v->len, &n);
         if (t->flags[v->id] & TOK_PRESENT) {
-            tp_err_set(err, "vocab: id %d is given to two tokens (\"%.*s\" and another)", v->id,
-                       (int)(v->len > 100 ? 100 : v->len), p->strings.data + v->off);
-                tp_buf_free(&bytes);
-            return -1;
+            tp_err_set(err, "vocab: id %d is given to two tokens (\"%.*s\" and another)", v->id, n, text);
+            rc = -1;
+        } else if (pure[k] && vocab_lookup_hashed(t, t->bytes.data + v->off, len[k], hash[k]) >= 0) {
+            tp_err_set(err, "vocab: token \"%.*s\" appears twice", n, text);
+            rc = -1;
+        } else {
+            t->tok[v->id] = (tok_bytes){v->off, len[k]};
+            t->flags[v->id] = TOK_PRESENT | (pure[k] ? TOK_PURE : 0);
+            if (pure[k]) vhash_insert(t, v->id, hash[k]);
         }
-        size_t off = bytes.len;
-        bool pure = byte_level_decode(p->strings.data + v->off, v->len, &bytes);
-        t->tok[v->id] = (tok_bytes){(uint32_t)off, (uint32_t)(bytes.len - off)};
-        t->flags[v->id] = TOK_PRESENT | (pure ? TOK_PURE : 0);
     }
-    t->bytes = bytes;
-    for (size_t k = 0; k < p->n_vocab; k++) {
-        int32_t id = p->vocab[k].id;
-        if (!(t->flags[id] & TOK_PURE)) continue;
-        const tok_bytes *b = &t->tok[id];
-        if (tp_tok_vocab_lookup(t, t->bytes.data + b->off, b->len) >= 0) {
-            tp_err_set(err, "vocab: token \"%.*s\" appears twice", (int)(p->vocab[k].len > 100 ? 100 : p->vocab[k].len),
-                       p->strings.data + p->vocab[k].off);
-            return -1;
-        }
-        vhash_insert(t, id, (uint32_t)tp_tok_hash_bytes(t->bytes.data + b->off, b->len));
-    }
+    free(len);
+    free(hash);
+    free(pure);
+    if (rc < 0) return -1;
     for (int b = 0; b < 256; b++) {
         char c = (char)b;
         t->byte_id[b] = tp_tok_vocab_lookup(t, &c, 1);
@@ -523,17 +547,11 @@ static int build_vocab(tp_tokenizer *t, parsed *p, int32_t max_id, tp_err *err) 
     return 0;
 }
 
-static int resolve_part(const tp_tokenizer *t, const parsed *p, size_t k, uint32_t off, uint32_t len, tp_buf *tmp,
-                        int32_t *id, tp_err *err) {
-    tmp->len = 0;
-    bool pure = byte_level_decode(p->strings.data + off, len, tmp);
-    *id = pure ? tp_tok_vocab_lookup(t, tmp->data, tmp->len) : -1;
-    if (*id < 0) {
-        tp_err_set(err, "merges[%zu]: \"%.*s\" is not a byte-level token of the vocabulary", k,
-                   (int)(len > 100 ? 100 : len), p->strings.data + off);
-        return -1;
-    }
-    return 0;
+// The pure token a byte-level merge part names, or -1.
+static int32_t merge_part(const tp_tokenizer *t, const char *s, uint32_t n, char *tmp) {
+    bool pure;
+    size_t len = byte_level_decode(s, n, tmp, &pure);
+    return pure ? tp_tok_vocab_lookup(t, tmp, len) : -1;
 }
 
 static int build_merges(tp_tokenizer *t, parsed *p, tp_err *err) {
@@ -542,29 +560,47 @@ static int build_merges(tp_tokenizer *t, parsed *p, tp_err *err) {
     t->mmask = cap - 1;
     t->mhash = tp_xmalloc(cap * sizeof *t->mhash);
     for (uint64_t i = 0; i < cap; i++) t->mhash[i].key = MERGE_EMPTY;
-    tp_buf tmp = {0};
-    int rc = 0;
-    for (size_t k = 0; k < p->n_merges && rc == 0; k++) {
-        const merge_entry *m = &p->merges[k];
-        int32_t a, b;
-        if (resolve_part(t, p, k, m->a_off, m->a_len, &tmp, &a, err) < 0 ||
-            resolve_part(t, p, k, m->b_off, m->b_len, &tmp, &b, err) < 0) {
-            rc = -1;
-            break;
+    int32_t(*ids)[3] = tp_xmalloc((p->n_merges + 1) * sizeof *ids);  // left, right, merged; -1: not found
+    const merge_entry *merges = p->merges;
+#pragma omp parallel
+    {
+        tp_buf tmp = {0};
+#pragma omp for schedule(static)
+        for (size_t k = 0; k < p->n_merges; k++) {
+            const merge_entry *m = &merges[k];
+            tp_buf_reserve(&tmp, m->a_len > m->b_len ? m->a_len : m->b_len);
+            int32_t a = merge_part(t, p->strings.data + m->a_off, m->a_len, tmp.data);
+            int32_t b = merge_part(t, p->strings.data + m->b_off, m->b_len, tmp.data);
+            int32_t merged = -1;
+            if (a >= 0 && b >= 0) {
+                tmp.len = 0;
+                tp_buf_append(&tmp, t->bytes.data + t->tok[a].off, t->tok[a].len);
+                tp_buf_append(&tmp, t->bytes.data + t->tok[b].off, t->tok[b].len);
+                merged = tp_tok_vocab_lookup(t, tmp.data, tmp.len);
+            }
+            ids[k][0] = a;
+            ids[k][1] = b;
+            ids[k][2] = merged;
         }
-        tmp.len = 0;
-        tp_buf_append(&tmp, t->bytes.data + t->tok[a].off, t->tok[a].len);
-        tp_buf_append(&tmp, t->bytes.data + t->tok[b].off, t->tok[b].len);
-        int32_t merged = tp_tok_vocab_lookup(t, tmp.data, tmp.len);
-        if (merged < 0) {
+        tp_buf_free(&tmp);
+    }
+    int rc = 0, n;
+    for (size_t k = 0; k < p->n_merges && rc == 0; k++) {
+        const merge_entry *m = &merges[k];
+        if (ids[k][0] < 0 || ids[k][1] < 0) {
+            bool left = ids[k][0] < 0;
+            const char *part = clip(p->strings.data + (left ? m->a_off : m->b_off), left ? m->a_len : m->b_len, &n);
+            tp_err_set(err, "merges[%zu]: \"%.*s\" is not a byte-level token of the vocabulary", k, n, part);
+            rc = -1;
+        } else if (ids[k][2] < 0) {
             tp_err_set(err, "merges[%zu]: \"%.*s\" + \"%.*s\" makes a token that is not in the vocabulary", k,
                        (int)m->a_len, p->strings.data + m->a_off, (int)m->b_len, p->strings.data + m->b_off);
             rc = -1;
-            break;
+        } else {
+            mhash_insert(t, ids[k][0], ids[k][1], (int32_t)k, ids[k][2]);
         }
-        mhash_insert(t, a, b, (int32_t)k, merged);
     }
-    tp_buf_free(&tmp);
+    free(ids);
     return rc;
 }
 
@@ -734,7 +770,9 @@ static int build_added_tries(tp_tokenizer *t, tp_err *err) {
         }
         // Decoding an added token goes through the ByteLevel decoder, as in HF.
         size_t off = t->bytes.len;
-        byte_level_decode(a->content, a->len, &t->bytes);
+        bool pure;
+        tp_buf_reserve(&t->bytes, a->len);
+        t->bytes.len += byte_level_decode(a->content, a->len, t->bytes.data + off, &pure);
         t->tok[a->id] = (tok_bytes){(uint32_t)off, (uint32_t)(t->bytes.len - off)};
         t->flags[a->id] = (uint8_t)((t->flags[a->id] & TOK_PURE) | TOK_PRESENT | TOK_ADDED | (a->special ? TOK_SPECIAL : 0));
     }

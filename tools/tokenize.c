@@ -644,6 +644,7 @@ int main(int argc, char **argv) {
     options o = {.threads = 0, .pad_id = -1, .mask = TP_MASK_ASSISTANT};
     parse_options(argc, argv, &o);
     if (o.threads <= 0) o.threads = omp_get_num_procs();
+    omp_set_num_threads(o.threads);  // -j bounds the tokenizer load's threads too
     double start = tp_now();
     tp_err err;
     stats s = {0};

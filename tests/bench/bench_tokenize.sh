@@ -3,7 +3,8 @@
 # its Python binding) on the same ~21 MB of JSONL text, in one run on this machine.
 # HF runs single-threaded (RAYON_NUM_THREADS=1: encode in a loop, and encode_batch)
 # and with all threads (encode_batch); tokenize runs end to end (load, JSON parsing,
-# output) with -j 1 and -j $(nproc). Prints medians of 3 runs and the ratios.
+# output) with -j 1 and -j $(nproc), and $(nproc) independent -j 1 processes on
+# parts of the text as the ceiling for -j. Prints medians of 3 runs and the ratios.
 # Needs the reference venv (tests/ref/setup-venv.sh); without it, prints tokenize only.
 set -u
 cd "$(dirname "$0")/../.."
@@ -28,10 +29,24 @@ cat "$TMP/one.jsonl" "$TMP/one.jsonl" "$TMP/one.jsonl" >"$TMP/text.jsonl"
 MB=$(jq -j '.text' "$TMP/text.jsonl" | wc -c | awk '{printf "%.1f", $1 / 1e6}')
 echo "tokenize bench: $(wc -l <"$TMP/text.jsonl") documents, $MB MB of text, $(nproc) cores, median of $RUNS"
 
+# The same text cut into $(nproc) parts: independent single-threaded processes on them
+# (each loading its own tokenizer) are the most a -j $(nproc) run could hope for here.
+NP=$(nproc)
+split -n "l/$NP" -d "$TMP/text.jsonl" "$TMP/part."
+
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-time_tk() {  # time_tk TOKENIZER THREADS -> seconds
+time_tk() {  # time_tk TOKENIZER THREADS [INPUT] -> seconds
     for _ in $(seq "$RUNS"); do
-        s=$(date +%s.%N); "$TK" -q -t "$1" -e -j "$2" "$TMP/text.jsonl" >/dev/null; e=$(date +%s.%N)
+        s=$(date +%s.%N); "$TK" -q -t "$1" -e -j "$2" "${3:-$TMP/text.jsonl}" >/dev/null; e=$(date +%s.%N)
+        echo "$e - $s" | bc -l
+    done | median
+}
+time_parts() {  # time_parts TOKENIZER -> seconds for $NP concurrent -j1 processes, one per part
+    for _ in $(seq "$RUNS"); do
+        s=$(date +%s.%N)
+        for p in "$TMP"/part.*; do "$TK" -q -t "$1" -e -j 1 "$p" >/dev/null & done
+        wait
+        e=$(date +%s.%N)
         echo "$e - $s" | bc -l
     done | median
 }
@@ -39,9 +54,15 @@ time_tk() {  # time_tk TOKENIZER THREADS -> seconds
 for name in qwen3 llama3 deepseek-v3; do
     dir=tests/fixtures/tokenizer/$name
     tk1=$(time_tk "$dir" 1)
-    tkn=$(time_tk "$dir" "$(nproc)")
+    tkn=$(time_tk "$dir" "$NP")
+    parts=$(time_parts "$dir")
+    load1=$(time_tk "$dir" 1 /dev/null)
+    loadn=$(time_tk "$dir" "$NP" /dev/null)
     printf '%-12s tokenize -j1 %6.2f s %6.1f MB/s   -j%s %6.2f s %6.1f MB/s   scaling %.2fx\n' "$name" "$tk1" \
-        "$(echo "$MB / $tk1" | bc -l)" "$(nproc)" "$tkn" "$(echo "$MB / $tkn" | bc -l)" "$(echo "$tk1 / $tkn" | bc -l)"
+        "$(echo "$MB / $tk1" | bc -l)" "$NP" "$tkn" "$(echo "$MB / $tkn" | bc -l)" "$(echo "$tk1 / $tkn" | bc -l)"
+    printf '%-12s %s independent -j1 processes on %s parts: %6.2f s (-j%s takes %.2fx their time); load %.3f s (-j1), %.3f s (-j%s); scaling without the load %.2fx\n' \
+        "" "$NP" "$NP" "$parts" "$NP" "$(echo "$tkn / $parts" | bc -l)" "$load1" "$loadn" "$NP" \
+        "$(echo "($tk1 - $load1) / ($tkn - $loadn)" | bc -l)"
     if [ -x "$PY" ]; then
         zstd -dc "$dir/tokenizer.json.zst" >"$TMP/tokenizer.json"
         RAYON_NUM_THREADS=1 "$PY" tests/bench/hf_tokenize.py "$TMP/tokenizer.json" "$TMP/text.jsonl" "$RUNS" >"$TMP/hf1"

@@ -186,11 +186,49 @@ static void test_token_lookup_and_errors(void) {
     tp_tokenizer_free(t);
 }
 
+// A tokenizer.json with this vocabulary and these merges, byte-level pre-tokenizer.
+static tp_tokenizer *tiny(const char *vocab, const char *merges, tp_err *err) {
+    char json[1024];
+    snprintf(json, sizeof json,
+             "{\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true},"
+             " \"decoder\": {\"type\": \"ByteLevel\"},"
+             " \"model\": {\"type\": \"BPE\", \"vocab\": %s, \"merges\": %s}}",
+             vocab, merges);
+    return tp_tokenizer_from_json(json, strlen(json), "tiny.json", jv_null(), err);
+}
+
+// The tables are built by several threads; errors must still name the first bad entry in file order.
+static void test_table_errors(void) {
+    tp_err err;
+    tp_tokenizer *t = tiny("{\"a\": 0, \"b\": 1, \"ab\": 2, \"ba\": 3}", "[\"a b\", [\"b\", \"a\"]]", &err);
+    CHECK_MSG(t, "%s", err.msg);
+    if (t) {
+        tp_tok_state *st = tp_tok_state_new(t);
+        tp_ids ids = {0};
+        CHECK(tp_tokenizer_encode(t, st, "abba", 4, false, &ids, &err) == 0);
+        CHECK(ids.count == 2 && ids.ids[0] == 2 && ids.ids[1] == 3);
+        tp_ids_free(&ids);
+        tp_tok_state_free(st);
+        tp_tokenizer_free(t);
+    }
+    CHECK(!tiny("{\"a\": 0, \"b\": 0}", "[]", &err));
+    CHECK_CONTAINS(err.msg, "vocab: id 0 is given to two tokens (\"b\" and another)");
+    CHECK(!tiny("{\"a\": 0, \"b\": 1, \"a\": 2}", "[]", &err));
+    CHECK_CONTAINS(err.msg, "vocab: token \"a\" appears twice");
+    CHECK(!tiny("{\"a\": 0, \"b\": 1, \"ab\": 2}", "[\"a b\", \"a c\", \"x b\"]", &err));
+    CHECK_CONTAINS(err.msg, "merges[1]: \"c\" is not a byte-level token of the vocabulary");
+    CHECK(!tiny("{\"a\": 0, \"b\": 1, \"ab\": 2}", "[\"a b\", \"b a\", \"a c\"]", &err));
+    CHECK_CONTAINS(err.msg, "merges[1]: \"b\" + \"a\" makes a token that is not in the vocabulary");
+    CHECK(!tiny("{\"a\": 0, \"b\": 1}", "[\"x b\", \"a y\"]", &err));
+    CHECK_CONTAINS(err.msg, "merges[0]: \"x\" is not a byte-level token");
+}
+
 int main(void) {
     C = load_corpus();
     CHECK(C.n >= 5000);
     RUN(test_fast_pretokenizers_recognised);
     RUN(test_token_lookup_and_errors);
+    RUN(test_table_errors);
     RUN(test_qwen3_matches_hf);
     RUN(test_llama3_matches_hf);
     RUN(test_deepseek_v3_matches_hf);
