@@ -1,13 +1,79 @@
 // ops.h — the op interface the model core calls (CPU implementation in cpu/).
 //
 // Every op has a CUDA twin in cuda/ with the same arguments on device memory;
-// tests compare the two. Shapes: B×T rows flattened to N, C channels.
+// tests compare the two. Conventions:
+//   N = tokens (B rows × T positions, flattened), C = channels, all fp32, row-major.
+//   Backward ops ACCUMULATE (+=) into parameter gradients, so gradient accumulation
+//   over micro-batches is free; they also accumulate into activation gradients
+//   (dx +=) because a residual stream receives gradients from two branches.
+//   Callers zero what must start at zero.
+// Packed rows: a row of T positions holds several sequences back to back. seg_start[n]
+// is the flat index (0..N-1) of the first token of token n's sequence, so token n
+// attends to keys seg_start[n]..n only: no attention across samples in a row.
 #ifndef TP_OPS_H
 #define TP_OPS_H
 
-// RMSNorm forward, as Llama/Qwen compute it in fp32:
+#include <stdbool.h>
+#include <stdint.h>
+
+// ---- embedding ----
+// out[n,:] = table[ids[n],:]      ids [N], table [V, C] -> out [N, C]
+void embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C);
+// dtable[ids[n],:] += dout[n,:]   (serial over n per channel block: ids repeat)
+void embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int C);
+
+// ---- RMSNorm, as Llama/Qwen compute it ----
 //   rstd[n] = 1 / sqrt(mean_c(x[n,c]^2) + eps);  out[n,c] = x[n,c] * rstd[n] * weight[c]
 // x [N, C], weight [C] -> out [N, C], rstd [N] (kept for the backward pass; may be NULL).
+// Qwen3's per-head q/k norm is the same op over N*heads rows of C = head_dim.
 void rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight, int N, int C, float eps);
+// dx [N, C] += ..., dweight [C] += ...; from dout [N, C], x, weight, rstd of the forward pass.
+void rmsnorm_backward(float *dx, float *dweight, const float *dout, const float *x, const float *weight,
+                      const float *rstd, int N, int C);
+
+// ---- linear: out = x · W^T (+ bias), W in nn.Linear layout [OC, IC] ----
+// x [N, IC], W [OC, IC], bias [OC] or NULL -> out [N, OC] (overwritten)
+void linear_forward(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC);
+// dx [N, IC] += dout · W (skipped when dx is NULL); dW [OC, IC] += dout^T · x; dbias [OC] += sum_n dout (if non-NULL)
+void linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x, const float *weight,
+                     int N, int IC, int OC);
+
+// ---- rotary position embedding, HF half-rotation layout ----
+// inv_freq [HD/2] (llama3 scaling already applied by the caller). For each head h and
+// i < HD/2, with a = pos[n] * inv_freq[i]:
+//   x1 = x[n,h,i], x2 = x[n,h,i+HD/2]
+//   x[n,h,i] = x1 cos a - x2 sin a;  x[n,h,i+HD/2] = x2 cos a + x1 sin a
+// x [N, H, HD] in place; pos [N].
+void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
+// The inverse rotation (rotation by -a) applied to a gradient, in place: dx = R^T dout.
+void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
+
+// ---- causal attention over packed rows, native GQA ----
+// q [N, NH, HD], k [N, KVH, HD], v [N, KVH, HD]; query head h reads kv head h / (NH/KVH).
+// out [N, NH, HD] = softmax(q k^T * scale over keys seg_start[n]..n) v
+// lse [N, NH] = log-sum-exp of the scaled scores (kept: the backward pass recomputes the
+// probabilities from it instead of storing [NH, T, T] of them).
+void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                       const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
+// dq [N, NH, HD], dk, dv [N, KVH, HD] += gradients, from dout [N, NH, HD] and the forward's out, lse.
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                        const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
+                        int KVH, int HD, float scale);
+
+// ---- SwiGLU: out = silu(gate) * up ----
+// gate, up [N, F] -> out [N, F]
+void swiglu_forward(float *out, const float *gate, const float *up, long n);
+// dgate, dup [N, F] (overwritten) from dout [N, F]
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n);
+
+// ---- elementwise ----
+void add_inplace(float *x, const float *y, long n);  // x += y
+
+// ---- cross-entropy on a chunk of logits, fused with its gradient ----
+// logits [n, V] are replaced by dloss/dlogits * scale = (softmax - onehot(target)) * scale
+// for rows with target >= 0, and by zeros for rows with target < 0 (not counted).
+// Returns the sum over counted rows of -log softmax(logits)[target] (in double).
+// Run over chunks of tokens so a 151,936-token vocabulary never needs [N, V] floats.
+double crossentropy_forward_backward(float *logits, const int32_t *target, int n, int V, float scale);
 
 #endif
