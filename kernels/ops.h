@@ -69,6 +69,12 @@ void swiglu_backward(float *dgate, float *dup, const float *dout, const float *g
 // ---- elementwise ----
 void add_inplace(float *x, const float *y, long n);  // x += y
 
+// ---- row gather / scatter (the tokens that need logits) ----
+// out[i,:] = x[idx[i],:]        x [N, C], idx [n] -> out [n, C]
+void gather_rows(float *out, const float *x, const int32_t *idx, int n, int C);
+// dx[idx[i],:] += dout[i,:]     idx distinct; dout [n, C] -> dx [N, C]
+void scatter_add_rows(float *dx, const float *dout, const int32_t *idx, int n, int C);
+
 // ---- cross-entropy on a chunk of logits, fused with its gradient ----
 // logits [n, V] are replaced by dloss/dlogits * scale = (softmax - onehot(target)) * scale
 // for rows with target >= 0, and by zeros for rows with target < 0 (not counted).

@@ -1,4 +1,5 @@
 #include "input.h"
+#include "buf.h"
 #include "fileio.h"
 
 #include <archive.h>
@@ -475,4 +476,21 @@ void tp_input_close(tp_input *in) {
     free(in->ar_block);
     free(in->name);
     free(in);
+}
+
+int tp_input_read_all(const char *path, tp_buf *out, tp_err *err) {
+    tp_input *in = tp_input_open(path, err);
+    if (!in) return -1;
+    for (;;) {
+        tp_buf_reserve(out, 1 << 20);
+        ssize_t got = tp_input_read(in, out->data + out->len, out->cap - out->len, err);
+        if (got < 0) {
+            tp_input_close(in);
+            return -1;
+        }
+        if (got == 0) break;
+        out->len += (size_t)got;
+    }
+    tp_input_close(in);
+    return 0;
 }

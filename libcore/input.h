@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "buf.h"
 #include "error.h"
 
 typedef struct tp_input tp_input;
@@ -38,5 +39,7 @@ const char *tp_input_name(const tp_input *in);  // for messages: path, "ARCHIVE/
 uint64_t tp_input_offset(const tp_input *in);   // bytes delivered so far
 const char *tp_input_format(const tp_input *in); // "plain", "gzip", "tar/gzip", "zip", ...
 void tp_input_close(tp_input *in);
+// Reads a whole file (decompressed, as tp_input_open sees it), appending to out.
+int tp_input_read_all(const char *path, tp_buf *out, tp_err *err);
 
 #endif

@@ -910,23 +910,6 @@ static int check_decoder(jv spec, tp_err *err) {
 
 // ---- files ----
 
-static int read_all(const char *path, tp_buf *out, tp_err *err) {
-    tp_input *in = tp_input_open(path, err);
-    if (!in) return -1;
-    for (;;) {
-        tp_buf_reserve(out, 1 << 20);
-        ssize_t got = tp_input_read(in, out->data + out->len, out->cap - out->len, err);
-        if (got < 0) {
-            tp_input_close(in);
-            return -1;
-        }
-        if (got == 0) break;
-        out->len += (size_t)got;
-    }
-    tp_input_close(in);
-    return 0;
-}
-
 static bool is_file(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
@@ -949,7 +932,7 @@ static int load_config(tp_tokenizer *t, const char *dir, tp_err *err) {
     char *path = find_in_dir(dir, "tokenizer_config.json");
     if (!path) return 0;
     tp_buf text = {0};
-    int rc = read_all(path, &text, err);
+    int rc = tp_input_read_all(path, &text, err);
     if (rc == 0) {
         jv v;
         rc = tp_json_parse(text.data, text.len, &v, err);
@@ -1057,7 +1040,7 @@ tp_tokenizer *tp_tokenizer_load(const char *path, tp_err *err) {
     t->path = file;
     t->config = jv_null();
     tp_buf text = {0};
-    int rc = read_all(file, &text, err);
+    int rc = tp_input_read_all(file, &text, err);
     if (rc == 0) rc = load_config(t, dir, err);
     if (rc == 0) rc = load_text(t, text.data ? text.data : "", text.len, file, err);
     tp_buf_free(&text);
