@@ -1,0 +1,57 @@
+// swiglu.c — the Llama/Qwen MLP's gate: out = silu(gate) * up, silu(g) = g · sigmoid(g).
+#include "ops.h"
+
+void exp_shift_inplace(float *x, float shift, long n);  // x := exp(x - shift), elementwise.c
+
+// The loops also run as AVX2 and AVX-512 code chosen at run time (the build targets plain
+// x86-64); the arithmetic is the same in every lane, so every variant gives the same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+enum { CHUNK = 1 << 12 };  // elements per OpenMP work item: 16 KiB a tensor, in L1
+
+// sigmoid(g) = 1 / (1 + exp(-g)); exp(-g) is computed into the output first (an exp
+// that overflows to inf gives sigmoid 0, as it should).
+VECTOR_CLONES static void forward_chunk(float *restrict out, const float *restrict gate, const float *restrict up,
+                                        long n) {
+#pragma omp simd
+    for (long i = 0; i < n; i++) out[i] = -gate[i];
+    exp_shift_inplace(out, 0, n);
+#pragma omp simd
+    for (long i = 0; i < n; i++) out[i] = gate[i] * (1.0f / (1.0f + out[i])) * up[i];
+}
+
+// d silu(g)/dg = sig + g sig (1 - sig)
+VECTOR_CLONES static void backward_chunk(float *restrict dgate, float *restrict dup, const float *restrict dout,
+                                         const float *restrict gate, const float *restrict up, long n) {
+#pragma omp simd
+    for (long i = 0; i < n; i++) dgate[i] = -gate[i];
+    exp_shift_inplace(dgate, 0, n);
+#pragma omp simd
+    for (long i = 0; i < n; i++) {
+        float g = gate[i], d = dout[i], sig = 1.0f / (1.0f + dgate[i]);
+        dup[i] = d * g * sig;
+        dgate[i] = d * up[i] * sig * (1.0f + g * (1.0f - sig));
+    }
+}
+
+void swiglu_forward(float *out, const float *gate, const float *up, long n) {
+    long chunks = (n + CHUNK - 1) / CHUNK;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+    for (long c = 0; c < chunks; c++) {
+        long i = c * CHUNK;
+        forward_chunk(out + i, gate + i, up + i, n - i < CHUNK ? n - i : CHUNK);
+    }
+}
+
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n) {
+    long chunks = (n + CHUNK - 1) / CHUNK;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+    for (long c = 0; c < chunks; c++) {
+        long i = c * CHUNK;
+        backward_chunk(dgate + i, dup + i, dout + i, gate + i, up + i, n - i < CHUNK ? n - i : CHUNK);
+    }
+}
