@@ -83,10 +83,10 @@ test: all
 # Fuzzing: clang + libFuzzer, the library rebuilt with coverage instrumentation.
 FUZZ_BUILD := build/fuzz
 FUZZ_CFLAGS := $(CFLAGS_BASE) -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-FUZZ_LIB_OBJS := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(wildcard libcore/*.c))
+FUZZ_LIB_OBJS := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(wildcard libcore/*.c) $(wildcard kernels/cpu/*.c))
 FUZZERS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
 
-$(FUZZ_BUILD)/obj/%.o: %.c $(wildcard libcore/*.h)
+$(FUZZ_BUILD)/obj/%.o: %.c $(wildcard libcore/*.h kernels/*.h kernels/cpu/*.h)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -c $< -o $@
 

@@ -6,6 +6,7 @@
 // matrix products on per-thread scratch (tile_mm). Threads take independent units that
 // write disjoint outputs, and each output is summed in a fixed order, so results are
 // bit-identical for any number of threads (and, see VECTOR_CLONES, any instruction set).
+#include "cpu_ops.h"
 #include "ops.h"
 #include "error.h"
 
@@ -15,18 +16,6 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-
-void exp_shift_inplace(float *x, float shift, long n);  // x := exp(x - shift), elementwise.c
-
-// The tile loops also run as AVX2 and AVX-512 code chosen at run time: the build targets
-// plain x86-64 (SSE2), a quarter of what these CPUs do per cycle. In ISO C mode GCC fuses
-// no multiply-add, every element is summed in the same order in every variant, and row
-// sums keep 16 fixed partial sums, so all variants give the same bits.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
 
 enum { BQ = 64, BK = 64, LANES = 16 };  // BK: a multiple of LANES
 

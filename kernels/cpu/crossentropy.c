@@ -1,20 +1,11 @@
 // crossentropy.c — softmax cross-entropy over a chunk of logits, fused with its gradient:
 // the logits are overwritten by dloss/dlogits, so the [n, V] buffer is the only one.
+#include "cpu_ops.h"
 #include "ops.h"
 
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
-
-void exp_shift_inplace(float *x, float shift, long n);  // x := exp(x - shift), elementwise.c
-
-// The row loop also runs as AVX2 and AVX-512 code chosen at run time (the build targets
-// plain x86-64); its sums keep LANES fixed partial sums, so every variant gives the same bits.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
 
 enum { LANES = 16, ROWS = 64 };
 

@@ -1,5 +1,6 @@
 // elementwise.c — add_inplace, and the vectorised exp that softmax, cross-entropy and
 // SwiGLU share.
+#include "cpu_ops.h"
 #include "ops.h"
 
 #include <math.h>
@@ -53,16 +54,6 @@ static inline float exp_approx(float x) {
     memcpy(&y, &yb, sizeof y);
     return y;
 }
-
-// Also compiled for AVX2 and AVX-512, chosen at run time: the build targets plain x86-64.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
-
-// x [n] := exp(x - shift). Not in ops.h: the CPU ops that need it declare it.
-void exp_shift_inplace(float *x, float shift, long n);
 
 VECTOR_CLONES void exp_shift_inplace(float *x, float shift, long n) {
 #pragma omp simd

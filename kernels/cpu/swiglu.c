@@ -1,15 +1,6 @@
 // swiglu.c — the Llama/Qwen MLP's gate: out = silu(gate) * up, silu(g) = g · sigmoid(g).
+#include "cpu_ops.h"
 #include "ops.h"
-
-void exp_shift_inplace(float *x, float shift, long n);  // x := exp(x - shift), elementwise.c
-
-// The loops also run as AVX2 and AVX-512 code chosen at run time (the build targets plain
-// x86-64); the arithmetic is the same in every lane, so every variant gives the same bits.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
 
 enum { CHUNK = 1 << 12 };  // elements per OpenMP work item: 16 KiB a tensor, in L1
 

