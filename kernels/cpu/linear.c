@@ -1,0 +1,43 @@
+// linear.c — nn.Linear forward and backward on tp_sgemm (W in [OC, IC] layout).
+#include "cpu/gemm.h"
+#include "ops.h"
+
+#include <stddef.h>
+#include <string.h>
+
+// out [N, OC] = x [N, IC] · W [OC, IC]^T (+ bias [OC] on every row)
+void linear_forward(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC) {
+    if (N <= 0 || OC <= 0) return;
+    if (bias) {  // the bias rows first, then the product accumulates onto them (beta = 1)
+#pragma omp parallel for schedule(static) if ((long)N * OC > 1 << 16)
+        for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, sizeof(float) * (size_t)OC);
+    }
+    tp_sgemm(false, true, N, OC, IC, 1.0f, x, IC, weight, IC, bias ? 1.0f : 0.0f, out, OC);
+}
+
+enum { BIAS_BLOCK = 256 };
+
+// dbias [OC] += sum over n of dout [N, OC]. Blocks of columns per thread, rows summed in
+// order in double, so the result does not depend on the thread count.
+static void bias_grad(float *dbias, const float *dout, int N, int OC) {
+    int blocks = (OC + BIAS_BLOCK - 1) / BIAS_BLOCK;
+#pragma omp parallel for schedule(static) if ((long)N * OC > 1 << 16)
+    for (int b = 0; b < blocks; b++) {
+        int o0 = b * BIAS_BLOCK, w = OC - o0 < BIAS_BLOCK ? OC - o0 : BIAS_BLOCK;
+        double acc[BIAS_BLOCK] = {0};
+        for (int n = 0; n < N; n++) {
+            const float *row = dout + (size_t)n * OC + o0;
+            for (int o = 0; o < w; o++) acc[o] += row[o];
+        }
+        for (int o = 0; o < w; o++) dbias[o0 + o] += (float)acc[o];
+    }
+}
+
+// dx [N, IC] += dout [N, OC] · W [OC, IC]; dW [OC, IC] += dout^T · x [N, IC]; dbias [OC] += sum_n dout.
+void linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x, const float *weight,
+                     int N, int IC, int OC) {
+    if (N <= 0 || OC <= 0 || IC <= 0) return;
+    if (dx) tp_sgemm(false, false, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dx, IC);
+    if (dweight) tp_sgemm(true, false, OC, IC, N, 1.0f, dout, OC, x, IC, 1.0f, dweight, IC);
+    if (dbias) bias_grad(dbias, dout, N, OC);
+}
