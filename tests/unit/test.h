@@ -92,6 +92,12 @@ static inline const char *test_tmpdir(void) {
     return mkdtemp(dir);
 }
 
+static inline void test_rmdir(const char *dir) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
 static inline void test_write_file(const char *path, const void *data, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(data, 1, n, f) != n) { perror(path); exit(2); }

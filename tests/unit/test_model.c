@@ -338,17 +338,15 @@ static void check_converted(const char *dir, tp_dtype dtype) {
 }
 
 static void test_bf16_sharded_and_f16(void) {
-    char dir[] = "/tmp/test_model_XXXXXX";
-    if (!mkdtemp(dir)) abort();
-    char sub[600], cmd[700];
+    const char *dir = test_tmpdir();
+    char sub[600];
     snprintf(sub, sizeof sub, "%s/bf16", dir);
     write_converted(sub, TP_BF16, true);
     check_converted(sub, TP_BF16);
     snprintf(sub, sizeof sub, "%s/f16", dir);
     write_converted(sub, TP_F16, false);
     check_converted(sub, TP_F16);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    CHECK(system(cmd) == 0);
+    test_rmdir(dir);
 }
 
 static void expect_load_error(const char *dir, const char *fragment) {
@@ -360,8 +358,7 @@ static void expect_load_error(const char *dir, const char *fragment) {
 }
 
 static void test_bad_weights(void) {
-    char dir[] = "/tmp/test_model_XXXXXX";
-    if (!mkdtemp(dir)) abort();
+    const char *dir = test_tmpdir();
     char sub[600], cmd[700];
     snprintf(sub, sizeof sub, "%s/missing", dir);
     write_variant(sub, "model.layers.0.mlp.down_proj.weight", NULL, false, NULL);
@@ -380,8 +377,7 @@ static void test_bad_weights(void) {
     snprintf(cmd, sizeof cmd, "truncate -s -100 %s/model.safetensors", sub);
     CHECK(system(cmd) == 0);
     expect_load_error(sub, "model.safetensors");
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    CHECK(system(cmd) == 0);
+    test_rmdir(dir);
 }
 
 static void expect_config_error(const char *patch, const char *fragment) {
