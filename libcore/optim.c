@@ -97,7 +97,9 @@ static double sum_squares(const float *g, size_t n) {
 
 double tp_clip_grad_norm(tp_model *m, double max_norm) {
     double norm = sqrt(sum_squares(m->g, m->n_floats));
-    if (max_norm > 0 && norm > max_norm) {
+    // torch's rule exactly: scale whenever max_norm / (norm + 1e-6) < 1, which includes
+    // norms a hair below max_norm.
+    if (max_norm > 0 && max_norm / (norm + 1e-6) < 1.0) {
         float scale = (float)(max_norm / (norm + 1e-6));
 #pragma omp parallel for schedule(static) if (m->n_floats > 1 << 15)
         for (size_t i = 0; i < m->n_floats; i++) m->g[i] *= scale;

@@ -52,7 +52,7 @@ int tp_adamw_save(const tp_adamw *opt, const tp_model *m, const char *path, tp_e
 int tp_adamw_load(tp_adamw *opt, tp_model *m, const char *path, tp_err *err);
 
 // The L2 norm of all gradients together (in double), and clip_grad_norm_'s scaling: when
-// max_norm > 0 and the norm exceeds it, gradients are multiplied by max_norm / (norm + 1e-6).
+// max_norm > 0, gradients are multiplied by max_norm / (norm + 1e-6) if that is below 1.
 // Returns the norm before clipping.
 double tp_clip_grad_norm(tp_model *m, double max_norm);
 

@@ -95,7 +95,10 @@ static void test_clip_grad_norm(void) {
     memset(m->g, 0, n * sizeof *m->g);
     m->g[0] = 3, m->g[n - 1] = -4;
     CHECK(tp_clip_grad_norm(m, 0) == 5.0 && m->g[0] == 3 && m->g[n - 1] == -4);  // 0: no clipping
-    CHECK(tp_clip_grad_norm(m, 5.0) == 5.0 && m->g[0] == 3 && m->g[n - 1] == -4);  // at the limit: kept
+    // At the limit torch still scales, by max_norm / (norm + 1e-6) < 1; well below it, nothing.
+    CHECK(tp_clip_grad_norm(m, 5.0) == 5.0 && fabs(m->g[0] - 3 * 5.0 / (5 + 1e-6)) <= 3e-7 && m->g[0] != 3);
+    m->g[0] = 3, m->g[n - 1] = -4;
+    CHECK(tp_clip_grad_norm(m, 5.1) == 5.0 && m->g[0] == 3 && m->g[n - 1] == -4);
     CHECK(tp_clip_grad_norm(m, 4.9) == 5.0);  // just above: clipped
     CHECK_MSG(fabs(m->g[0] - 3 * 4.9 / (5 + 1e-6)) <= 1e-6, "clipped to %.9g", m->g[0]);
     m->g[0] = 3, m->g[n - 1] = -4;
