@@ -11,77 +11,30 @@
 #include "model.h"
 #include "safetensors.h"
 #include "tensor_stream.h"
+#include "model_fixture.h"
 #include "test.h"
 
 #define FIX "tests/fixtures/model/"
 
 static const char *CASES[] = {"qwen2-tied", "qwen3", "llama3", "llama3-tied"};
 
-typedef struct fixture {
-    tp_stream_reader *r;
-    const tp_record *rec;
-    int B, T;
-    int32_t *ids, *pos, *seg;
-    uint8_t *mask;
-    tp_batch batch;
-} fixture;
+typedef model_fixture fixture;
 
-static const tp_tensor *want(const fixture *f, const char *name) {
-    const tp_tensor *t = tp_record_find(f->rec, name);
-    CHECK_MSG(t, "fixture has no %s", name);
-    return t;
-}
+static const tp_tensor *want(const fixture *f, const char *name) { return fixture_tensor(f, name); }
 
 static void copy_i32(int32_t *dst, const tp_tensor *t, size_t n) {
-    for (size_t i = 0; i < n; i++) dst[i] = (int32_t)tp_tensor_get(t->data, t->dtype, i);
+    for (size_t i = 0; i < n; i++) dst[i] = (int32_t)fixture_at(t, i);
 }
 
 static int fixture_open(fixture *f, const char *name) {
     char path[256];
     snprintf(path, sizeof path, FIX "%s/expected.safetensors.zst", name);
-    tp_err err;
-    memset(f, 0, sizeof *f);
-    f->r = tp_stream_open(path, &err);
-    CHECK_MSG(f->r, "%s", err.msg);
-    if (!f->r) return -1;
-    int got = tp_stream_next(f->r, &f->rec, &err);
-    CHECK_MSG(got == 1, "%s", got < 0 ? err.msg : "empty fixture");
-    if (got != 1) return -1;
-    const tp_tensor *ids = want(f, "input_ids"), *pos = want(f, "position_ids"), *starts = want(f, "seq_starts"),
-                    *mask = want(f, "loss_mask");
-    if (!ids || !pos || !starts || !mask) return -1;
-    f->B = (int)ids->shape[0], f->T = (int)ids->shape[1];
-    size_t N = (size_t)f->B * f->T;
-    f->ids = malloc(N * 4), f->pos = malloc(N * 4), f->seg = malloc(N * 4), f->mask = malloc(N);
-    copy_i32(f->ids, ids, N);
-    copy_i32(f->pos, pos, N);
-    for (size_t i = 0; i < N; i++) f->mask[i] = (uint8_t)tp_tensor_get(mask->data, mask->dtype, i);
-    int S = (int)starts->shape[1];
-    int32_t *st = malloc((size_t)f->B * S * 4);
-    copy_i32(st, starts, (size_t)f->B * S);
-    const int32_t *rows[16];
-    int count[16];
-    for (int r = 0; r < f->B; r++) rows[r] = st + r * S, count[r] = S;
-    CHECK(tp_batch_seg_start(f->seg, f->B, f->T, rows, count) == 0);
-    free(st);
-    f->batch = (tp_batch){f->B, f->T, f->ids, f->pos, f->seg, f->mask};
-    return 0;
+    return model_fixture_open(f, path);
 }
 
-static void fixture_close(fixture *f) {
-    tp_stream_close(f->r);
-    free(f->ids), free(f->pos), free(f->seg), free(f->mask);
-}
+static void fixture_close(fixture *f) { model_fixture_close(f); }
 
-// ||a - b|| / ||b|| over n floats of a tensor of any float dtype b.
-static double rel_l2(const float *a, const tp_tensor *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double r = tp_tensor_get(b->data, b->dtype, i), d = a[i] - r;
-        num += d * d, den += r * r;
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
+static double rel_l2(const float *a, const tp_tensor *b, size_t n) { return fixture_rel_l2(a, b, n); }
 
 // max |a - b| / max |b|
 static double rel_max(const float *a, const tp_tensor *b, size_t n) {

@@ -9,6 +9,7 @@
 #include "model.h"
 #include "optim.h"
 #include "tensor_stream.h"
+#include "model_fixture.h"
 #include "test.h"
 
 #define MODELS "tests/fixtures/model/"
@@ -177,19 +178,11 @@ static void test_adamw_update(void) {
 // Five steps of training against the float64 PyTorch oracle.
 
 typedef struct sft_fixture {
-    tp_stream_reader *r;
-    const tp_record *rec;
+    model_fixture base;  // base.rec: the record
     jv hyper;
-    int32_t *ids, *pos, *seg;
-    uint8_t *mask;
-    tp_batch batch;
 } sft_fixture;
 
-static const tp_tensor *want(const sft_fixture *f, const char *name) {
-    const tp_tensor *t = tp_record_find(f->rec, name);
-    CHECK_MSG(t, "fixture has no %s", name);
-    return t;
-}
+static const tp_tensor *want(const sft_fixture *f, const char *name) { return fixture_tensor(&f->base, name); }
 
 static double hyper(const sft_fixture *f, const char *key) {
     jv v = tp_json_get(f->hyper, key);
@@ -199,56 +192,25 @@ static double hyper(const sft_fixture *f, const char *key) {
     return d;
 }
 
-static double at(const tp_tensor *t, uint64_t i) { return tp_tensor_get(t->data, t->dtype, i); }
+static double at(const tp_tensor *t, uint64_t i) { return fixture_at(t, i); }
 
 static int sft_open(sft_fixture *f, const char *name) {
     char path[256];
     snprintf(path, sizeof path, SFT "adamw5-%s.safetensors.zst", name);
     tp_err err;
-    memset(f, 0, sizeof *f);
     f->hyper = jv_null();
-    f->r = tp_stream_open(path, &err);
-    CHECK_MSG(f->r, "%s", err.msg);
-    if (!f->r) return -1;
-    int got = tp_stream_next(f->r, &f->rec, &err);
-    CHECK_MSG(got == 1, "%s", got < 0 ? err.msg : "empty fixture");
-    if (got != 1) return -1;
-    const char *text = tp_json_get_string(tp_stream_metadata(f->r), "hyperparameters");
+    if (model_fixture_open(&f->base, path) < 0) return -1;
+    const char *text = tp_json_get_string(tp_stream_metadata(f->base.r), "hyperparameters");
     CHECK_MSG(text && tp_json_parse(text, strlen(text), &f->hyper, &err) == 0, "%s: no hyperparameters", path);
-    const tp_tensor *ids = want(f, "input_ids"), *pos = want(f, "position_ids"), *starts = want(f, "seq_starts"),
-                    *mask = want(f, "loss_mask");
-    if (!ids || !pos || !starts || !mask || jv_get_kind(f->hyper) != JV_KIND_OBJECT) return -1;
-    int B = (int)ids->shape[0], T = (int)ids->shape[1], S = (int)starts->shape[1];
-    size_t N = (size_t)B * T;
-    f->ids = malloc(N * 4), f->pos = malloc(N * 4), f->seg = malloc(N * 4), f->mask = malloc(N);
-    for (size_t i = 0; i < N; i++)
-        f->ids[i] = (int32_t)at(ids, i), f->pos[i] = (int32_t)at(pos, i), f->mask[i] = (uint8_t)at(mask, i);
-    int32_t *st = malloc((size_t)B * S * 4);
-    for (size_t i = 0; i < (size_t)B * S; i++) st[i] = (int32_t)at(starts, i);
-    const int32_t *rows[16];
-    int count[16];
-    CHECK(B <= 16);
-    for (int r = 0; r < B && r < 16; r++) rows[r] = st + r * S, count[r] = S;
-    CHECK(tp_batch_seg_start(f->seg, B, T, rows, count) == 0);
-    free(st);
-    f->batch = (tp_batch){B, T, f->ids, f->pos, f->seg, f->mask};
-    return 0;
+    return jv_get_kind(f->hyper) == JV_KIND_OBJECT ? 0 : -1;
 }
 
 static void sft_close(sft_fixture *f) {
-    tp_stream_close(f->r);
+    model_fixture_close(&f->base);
     jv_free(f->hyper);
-    free(f->ids), free(f->pos), free(f->seg), free(f->mask);
 }
 
-static double rel_l2(const float *a, const tp_tensor *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double r = at(b, i), d = a[i] - r;
-        num += d * d, den += r * r;
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
+static double rel_l2(const float *a, const tp_tensor *b, size_t n) { return fixture_rel_l2(a, b, n); }
 
 // Per tensor ||p - p_ref|| / ||p_ref|| of every parameter against param.<prefix><name>;
 // returns the worst, its name in *worst_name, and how many exceed tol in *over.
@@ -322,7 +284,7 @@ static void check_training(const char *name) {
     char clipped[64] = "";
     for (int s = 0; s < 5; s++) {
         tp_model_zero_grad(m);
-        CHECK_MSG(tp_model_forward_backward(m, &f.batch, 0.0f, &loss, &err) == 0, "%s", err.msg);
+        CHECK_MSG(tp_model_forward_backward(m, &f.base.batch, 0.0f, &loss, &err) == 0, "%s", err.msg);
         double mean = loss.sum / (double)loss.count, norm = tp_clip_grad_norm(m, max_norm), lr = tp_lr_at(&sched, s);
         double rl = at(loss_t, s), rn = at(norm_t, s), rlr = at(lr_t, s);
         e_loss = fmax(e_loss, fabs(mean - rl) / rl), e_norm = fmax(e_norm, fabs(norm - rn) / rn);
@@ -333,7 +295,7 @@ static void check_training(const char *name) {
         if (norm > max_norm) snprintf(clipped + strlen(clipped), sizeof clipped - strlen(clipped), " %d", s + 1);
         tp_adamw_update(&opt, m, lr);
     }
-    CHECK_MSG(tp_model_forward(m, &f.batch, &loss, NULL, 0, NULL, &err) == 0, "%s", err.msg);
+    CHECK_MSG(tp_model_forward(m, &f.base.batch, &loss, NULL, 0, NULL, &err) == 0, "%s", err.msg);
     double mean = loss.sum / (double)loss.count, rf = at(final_t, 0), e_final = fabs(mean - rf) / rf;
     CHECK_MSG(e_final <= 1e-5, "%s: loss after 5 updates %.9g, torch %.9g", name, mean, rf);
     const char *worst_name;
