@@ -1,5 +1,5 @@
 #!/bin/sh
-# Model core speed: one forward+backward step of a Qwen3-shaped model (8 layers, hidden
+# Model core speed: one training step (forward, backward, gradient clipping, AdamW) of a Qwen3-shaped model (8 layers, hidden
 # 512, 8 query / 4 KV heads, head_dim 64, intermediate 1408, vocab 32,000) on B=4 rows of
 # T=512 tokens, thinkpipe (CPU backend) against PyTorch eager (transformers, fp32, same
 # thread count) in one run on this machine. Prints medians, peak RSS and the ratios.

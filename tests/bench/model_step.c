@@ -1,4 +1,4 @@
-// Forward+backward throughput of the model core on a Qwen3-shaped model, for
+// Training-step throughput (forward, backward, clipping, AdamW) of the model core on a Qwen3-shaped model, for
 // tests/bench/bench_model.sh (which runs PyTorch on the same model beside it).
 //   model_step CONFIG.json B T STEPS  -> prints "tokens/s X" and the median step time
 #include <stdio.h>
@@ -9,6 +9,7 @@
 #include "input.h"
 #include "json.h"
 #include "model.h"
+#include "optim.h"
 #include "progress.h"
 
 static int cmp_double(const void *a, const void *b) {
@@ -49,6 +50,8 @@ int main(int argc, char **argv) {
         mask[i] = 1;
     }
     tp_batch b = {B, T, ids, pos, seg, mask};
+    tp_adamw opt;
+    tp_adamw_init(&opt, m, 0.9, 0.999, 1e-8, 0.1);
     double *times = malloc((size_t)steps * sizeof *times);
     tp_loss loss;
     for (int k = -1; k < steps; k++) {  // one warm-up step
@@ -58,12 +61,15 @@ int main(int argc, char **argv) {
             fprintf(stderr, "model_step: %s\n", err.msg);
             return 1;
         }
+        tp_clip_grad_norm(m, 1.0);
+        tp_adamw_update(&opt, m, 1e-4);
         if (k >= 0) times[k] = tp_now() - t0;
     }
     qsort(times, (size_t)steps, sizeof *times, cmp_double);
     double med = times[steps / 2];
     printf("thinkpipe step %.3f s tokens/s %.1f loss %.4f params %zu gemm %s\n", med, N / med, loss.sum / loss.count,
            m->n_floats, tp_sgemm_backend());
+    tp_adamw_free(&opt);
     tp_model_free(m);
     free(ids), free(pos), free(seg), free(mask), free(times);
     tp_buf_free(&text);
