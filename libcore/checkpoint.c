@@ -18,7 +18,7 @@
 #include "safetensors.h"
 
 // Removes a checkpoint directory: its files, then itself (our checkpoints hold no subdirectories).
-static int remove_tree(const char *dir) {
+int tp_checkpoint_remove(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) return errno == ENOENT ? 0 : -1;
     struct dirent *e;
@@ -42,7 +42,7 @@ int tp_checkpoint_begin(tp_checkpoint *c, const char *dir, tp_err *err) {
         free(c->dir), free(c->tmp);
         return -1;
     }
-    remove_tree(c->tmp);  // left by an earlier crash of a process with our pid
+    tp_checkpoint_remove(c->tmp);  // left by an earlier crash of a process with our pid
     if (mkdir(c->tmp, 0755) < 0) {
         tp_err_set(err, "%s: %s", c->tmp, strerror(errno));
         free(c->dir), free(c->tmp);
@@ -80,9 +80,9 @@ int tp_checkpoint_commit(tp_checkpoint *c, tp_err *err) {
         char *slash = strrchr(parent, '/');
         sync_dir(slash ? (slash == parent ? "/" : (*slash = 0, parent)) : ".");
         free(parent);
-        if (old) remove_tree(old);
+        if (old) tp_checkpoint_remove(old);
     } else {
-        remove_tree(c->tmp);
+        tp_checkpoint_remove(c->tmp);
     }
     free(old), free(c->dir), free(c->tmp);
     return rc;
@@ -122,13 +122,13 @@ int tp_checkpoint_commit_files(tp_checkpoint *c, tp_err *err) {
     if (d) closedir(d);
     if (rc == 0 && has_config) rc = move_file(c->tmp, c->dir, "config.json", err);
     if (rc == 0) sync_dir(c->dir);
-    remove_tree(c->tmp);
+    tp_checkpoint_remove(c->tmp);
     free(c->dir), free(c->tmp);
     return rc;
 }
 
 void tp_checkpoint_abort(tp_checkpoint *c) {
-    remove_tree(c->tmp);
+    tp_checkpoint_remove(c->tmp);
     free(c->dir), free(c->tmp);
 }
 

@@ -21,6 +21,9 @@ void tp_checkpoint_abort(tp_checkpoint *c);                // removes the tempor
 // whole; a reader that finds the new config.json finds the new weights.
 int tp_checkpoint_commit_files(tp_checkpoint *c, tp_err *err);  // frees c either way
 
+// Removes a checkpoint directory (its files, then itself); 0 when it is gone.
+int tp_checkpoint_remove(const char *dir);
+
 // config.json (the loaded config, torch_dtype set to dtype) and model.safetensors (every
 // parameter in dtype: F32, BF16 or F16; no lm_head.weight when tied), into dir.
 int tp_model_save(const tp_model *m, const char *dir, tp_dtype dtype, tp_err *err);

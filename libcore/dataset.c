@@ -42,9 +42,12 @@ static int add_record(tp_dataset *d, caps *c, const char *name, const tp_record 
     if (pos && !int_tensor(pos, T, true)) return fail(err, name, rec, "position_ids must be an integer tensor [T]");
     if (starts && (!int_tensor(starts, 0, false) || starts->shape[0] < 1))
         return fail(err, name, rec, "seq_starts must be a non-empty 1-D integer tensor");
+    size_t had = c->tokens;
     grow((void **)&d->ids, &c->tokens, d->tokens + (size_t)T, sizeof *d->ids);
-    d->pos = tp_xrealloc(d->pos, c->tokens * sizeof *d->pos);
-    d->mask = tp_xrealloc(d->mask, c->tokens);
+    if (c->tokens != had) {  // positions and mask share the token capacity
+        d->pos = tp_xrealloc(d->pos, c->tokens * sizeof *d->pos);
+        d->mask = tp_xrealloc(d->mask, c->tokens);
+    }
     size_t S = starts ? (size_t)starts->shape[0] : 1;
     grow((void **)&d->starts, &c->starts, d->n_starts_total + S, sizeof *d->starts);
     grow((void **)&d->samples, &c->samples, d->n + 1, sizeof *d->samples);

@@ -11,6 +11,7 @@
 #include "json.h"
 #include "model.h"
 #include "model_impl.h"
+#include "rng.h"
 #include "safetensors.h"
 
 // ---- config.json ----
@@ -323,19 +324,6 @@ tp_model *tp_model_new(jv config, tp_err *err) {
 
 // ---- random initialisation ----
 
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-// Standard normal by Box-Muller from two 53-bit uniforms in (0, 1].
-static double normal(uint64_t *s) {
-    double u1 = ((splitmix64(s) >> 11) + 1) * 0x1.0p-53, u2 = (splitmix64(s) >> 11) * 0x1.0p-53;
-    return sqrt(-2 * log(u1)) * cos(2 * M_PI * u2);
-}
-
 void tp_model_init_weights(tp_model *m, uint64_t seed) {
     for (int i = 0; i < m->n_params; i++) {
         const tp_param *p = &m->params[i];
@@ -346,7 +334,7 @@ void tp_model_init_weights(tp_model *m, uint64_t seed) {
             switch (p->kind) {
             case TP_PARAM_NORM: w[k] = 1.0f; break;
             case TP_PARAM_BIAS: w[k] = 0.0f; break;
-            default: w[k] = (float)(normal(&s) * m->cfg.initializer_range); break;
+            default: w[k] = (float)(tp_normal(&s) * m->cfg.initializer_range); break;
             }
         }
     }

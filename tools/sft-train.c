@@ -20,6 +20,7 @@
 #include "model.h"
 #include "optim.h"
 #include "progress.h"
+#include "rng.h"
 #include "tokenizer.h"
 
 static const char usage[] =
@@ -140,24 +141,12 @@ typedef struct run_state {
 static volatile sig_atomic_t stop_signal;
 static void on_signal(int sig) { stop_signal = sig; }
 
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 // The record order of an epoch: a Fisher-Yates shuffle seeded by (seed, epoch), so a
 // resumed run sees the same order without saving it.
 static void epoch_order(size_t *order, size_t n, uint64_t seed, int64_t epoch) {
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + (uint64_t)epoch;
     for (size_t i = 0; i < n; i++) order[i] = i;
-    for (size_t i = n; i > 1; i--) {
-        size_t j = (size_t)(splitmix64(&s) % i);
-        size_t t = order[i - 1];
-        order[i - 1] = order[j];
-        order[j] = t;
-    }
+    tp_shuffle(order, n, sizeof *order, &s);
 }
 
 typedef struct trainer {
@@ -245,10 +234,7 @@ static void save_checkpoint(trainer *t) {
     t->kept = tp_xrealloc(t->kept, (size_t)(t->n_kept + 1) * sizeof *t->kept);
     t->kept[t->n_kept++] = dir;
     while (t->o->keep && t->n_kept > t->o->keep) {
-        char *cmd;  // our own checkpoint directory: flat, named by us
-        if (asprintf(&cmd, "rm -rf -- '%s'", t->kept[0]) >= 0 && !strchr(t->kept[0], '\'') && system(cmd) != 0)
-            tp_warn("could not remove %s", t->kept[0]);
-        free(cmd);
+        if (tp_checkpoint_remove(t->kept[0]) < 0) tp_warn("could not remove %s", t->kept[0]);
         free(t->kept[0]);
         memmove(t->kept, t->kept + 1, (size_t)--t->n_kept * sizeof *t->kept);
     }

@@ -14,6 +14,7 @@
 #include "jsonl.h"
 #include "pack.h"
 #include "progress.h"
+#include "rng.h"
 #include "tensor_stream.h"
 #include "tokenizer.h"
 #include "unicode.h"
@@ -267,13 +268,6 @@ typedef struct {
     size_t n;
 } sample;
 
-static uint64_t splitmix(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 // ---- modes ----
 
 static const char *bos_text(const tp_tokenizer *t, tp_template tmpl) {
@@ -494,12 +488,7 @@ static void run_template(char **files, int nfiles, const options *o, context *c,
     run_batches(files, nfiles, c, s, &out);
     if (o->shuffle) {
         uint64_t rng = (uint64_t)o->seed;
-        for (size_t i = n_kept; i > 1; i--) {
-            size_t j = (size_t)(splitmix(&rng) % i);
-            sample t = kept[i - 1];
-            kept[i - 1] = kept[j];
-            kept[j] = t;
-        }
+        tp_shuffle(kept, n_kept, sizeof *kept, &rng);
         for (size_t i = 0; i < n_kept; i++) {
             if (emit_sample(&k, pp, kept[i].ids, kept[i].mask, kept[i].n, &err) < 0) tp_die_err(&err);
             free(kept[i].ids);

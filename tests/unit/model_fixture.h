@@ -67,6 +67,16 @@ static inline void model_fixture_close(model_fixture *f) {
     free(f->ids), free(f->pos), free(f->seg), free(f->mask);
 }
 
+// A model directory that must load (a failed check otherwise; NULL then).
+static inline tp_model *fixture_load_model(const char *dir, const char *name) {
+    char path[512];
+    snprintf(path, sizeof path, "%s%s", dir, name);
+    tp_err err;
+    tp_model *m = tp_model_load(path, &err);
+    CHECK_MSG(m, "%s", err.msg);
+    return m;
+}
+
 // ||a - b|| / ||b|| over n floats against a reference tensor of any float dtype.
 static inline double fixture_rel_l2(const float *a, const tp_tensor *b, size_t n) {
     double num = 0, den = 0;

@@ -46,14 +46,7 @@ static double rel_max(const float *a, const tp_tensor *b, size_t n) {
     return den > 0 ? num / den : num;
 }
 
-static tp_model *load_case(const char *name) {
-    char path[256];
-    snprintf(path, sizeof path, FIX "%s", name);
-    tp_err err;
-    tp_model *m = tp_model_load(path, &err);
-    CHECK_MSG(m, "%s", err.msg);
-    return m;
-}
+static tp_model *load_case(const char *name) { return fixture_load_model(FIX, name); }
 
 static void check_case(const char *name) {
     fixture f;

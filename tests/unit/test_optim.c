@@ -237,14 +237,7 @@ static double param_errors(const sft_fixture *f, const tp_model *m, const char *
     return worst;
 }
 
-static tp_model *load_model(const char *name) {
-    char path[256];
-    snprintf(path, sizeof path, MODELS "%s", name);
-    tp_err err;
-    tp_model *m = tp_model_load(path, &err);
-    CHECK_MSG(m, "%s", err.msg);
-    return m;
-}
+static tp_model *load_model(const char *name) { return fixture_load_model(MODELS, name); }
 
 static void adamw_from_fixture(tp_adamw *opt, const sft_fixture *f, const tp_model *m, tp_lr_schedule *sched) {
     *sched = (tp_lr_schedule){TP_SCHEDULE_COSINE, hyper(f, "lr"), hyper(f, "min_lr"), (int64_t)hyper(f, "warmup"),
