@@ -36,7 +36,9 @@ ifneq ($(NVCC),)
   NVCCFLAGS   := -O2 -std=c++17 -Ilibcore -Ikernels $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
                  -Xcompiler -Wall,-Wextra,-Werror
   CFLAGS      += -DTP_HAVE_CUDA -I$(CUDA_HOME)/include
-  LDLIBS      += -L$(CUDA_HOME)/lib64 -lcudart_static -lrt -ldl -lpthread -lstdc++
+  # cuBLAS is linked dynamically (its static library is hundreds of MB); the rpath finds it
+  # where the toolkit is, LD_LIBRARY_PATH elsewhere (tests/gpu-check.sh looks for it).
+  LDLIBS      += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -lrt -ldl -lpthread -lstdc++
 endif
 
 LIB_SRCS  := $(wildcard libcore/*.c) $(wildcard kernels/cpu/*.c)

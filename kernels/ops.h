@@ -14,6 +14,7 @@
 #define TP_OPS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 // ---- embedding ----
@@ -81,5 +82,14 @@ void scatter_add_rows(float *dx, const float *dout, const int32_t *idx, int n, i
 // Returns the sum over counted rows of -log softmax(logits)[target] (in double).
 // Run over chunks of tokens so a 151,936-token vocabulary never needs [N, V] floats.
 double crossentropy_forward_backward(float *logits, const int32_t *target, int n, int V, float scale);
+
+// ---- optimizer ----
+// AdamW on one tensor of n parameters, in float with torch's single-tensor order:
+//   p *= decay_factor; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g²; p -= step_size · m / (sqrt(v) / bc2_sqrt + eps)
+void adamw_span(float *p, const float *g, float *m, float *v, size_t n, float decay_factor, float b1, float b2,
+                float step_size, float bc2_sqrt, float eps);
+// Σ x² in double, in fixed blocks added in a fixed order (the same bits for any thread count).
+double sum_squares(const float *x, size_t n);
+void scale_inplace(float *x, size_t n, float s);  // x *= s
 
 #endif

@@ -4,10 +4,14 @@
 //   out = h + down_proj(silu(gate_proj(ln2(h))) * up_proj(ln2(h)))
 // and the head: logits = lm_head(norm(x_L)), cross-entropy on the targets, computed a
 // chunk of tokens at a time so [N, V] logits never exist.
+//
+// Every op and buffer goes through the model's backend (backend.h): the same code runs on
+// the CPU and, with device memory, on a GPU.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "model.h"
 #include "model_impl.h"
 #include "ops.h"
@@ -25,6 +29,7 @@ typedef struct layer_acts {
 } layer_acts;
 
 struct tp_activations {
+    const tp_backend *be;  // whose memory the buffers are
     int N;          // capacity in tokens
     int n_slots;    // layers with stored activations: L, or 1 when recomputing
     float *res;     // residual stream at each layer's input and the last output [L+1, N, C]
@@ -34,11 +39,31 @@ struct tp_activations {
     float *dres, *dln, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dgate, *dup, *dact, *dlnf;
     // head, one chunk of tokens at a time
     int chunk;
-    int32_t *rows, *target;  // [N]
+    int32_t *rows, *target;  // [N], host: the flat index of each target token's predictor, the target
     float *xg, *dxg, *logits;  // [chunk, C], [chunk, C], [chunk, V]
+    // The batch's integers where the backend reads them: on a device, copies in dev_ints
+    // (ids, pos, seg, rows, target: [N] each); on the cpu, the host arrays themselves.
+    int32_t *dev_ints;
+    const int32_t *ids, *pos, *seg, *rows_b, *target_b;
+    size_t bytes;     // allocated, for out-of-memory messages
+    bool failed;      // an allocation failed
 };
 
-static float *falloc(size_t n) { return tp_xmalloc((n ? n : 1) * sizeof(float)); }
+const tp_backend *tp_model_backend(const tp_model *m) { return m->be ? m->be : tp_backend_cpu(); }
+
+// n floats of the backend's memory; a failure is remembered and reported by the caller
+// with the total asked for.
+static float *falloc(tp_activations *a, size_t n) {
+    size_t bytes = (n ? n : 1) * sizeof(float);
+    a->bytes += bytes;
+    float *p = a->be->alloc(bytes);
+    if (!p) a->failed = true;
+    return p;
+}
+
+static void bfree(const tp_backend *be, void *p) {
+    if (p) be->free(p);
+}
 
 void tp_activations_free(tp_activations *a) {
     if (!a) return;
@@ -46,20 +71,21 @@ void tp_activations_free(tp_activations *a) {
         layer_acts *l = &a->slot[s];
         float *bufs[] = {l->ln1, l->rstd1, l->q_raw, l->q_rstd, l->k_raw, l->k_rstd, l->q, l->k, l->v,
                          l->att, l->lse, l->mid, l->ln2, l->rstd2, l->gate, l->up, l->act};
-        for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+        for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) bfree(a->be, bufs[i]);
     }
     float *bufs[] = {a->res, a->lnf, a->rstdf, a->dres, a->dln, a->dq, a->dk, a->dv, a->dq_raw, a->dk_raw,
                      a->datt, a->dgate, a->dup, a->dact, a->dlnf, a->xg, a->dxg, a->logits};
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) bfree(a->be, bufs[i]);
+    bfree(a->be, a->dev_ints);
     free(a->slot);
     free(a->rows);
     free(a->target);
     free(a);
 }
 
-// Logits of about 8M floats (32 MB) per chunk: 55 tokens of Qwen's 151,936 vocabulary.
-static int head_chunk(int V, int N) {
-    int c = (1 << 23) / V;
+// Logits of the backend's chunk size (cpu: 8M floats, 55 tokens of Qwen's 151,936 vocabulary).
+static int head_chunk(const tp_backend *be, int V, int N) {
+    int c = (int)(be->head_chunk_floats / (size_t)V);
     if (c < 16) c = 16;
     return c < N ? c : N;
 }
@@ -69,27 +95,33 @@ static tp_activations *activations_new(const tp_model *m, int N) {
     size_t C = (size_t)c->hidden_size, F = (size_t)c->intermediate_size, n = (size_t)N;
     size_t Q = (size_t)c->num_heads * c->head_dim, KV = (size_t)c->num_kv_heads * c->head_dim;
     tp_activations *a = tp_xcalloc(1, sizeof *a);
+    a->be = tp_model_backend(m);
     a->N = N;
     a->n_slots = m->recompute ? 1 : c->num_layers;
-    a->res = falloc((size_t)(c->num_layers + 1) * n * C);
+    a->res = falloc(a, (size_t)(c->num_layers + 1) * n * C);
     a->slot = tp_xcalloc((size_t)a->n_slots, sizeof *a->slot);
     for (int s = 0; s < a->n_slots; s++) {
         layer_acts *l = &a->slot[s];
-        l->ln1 = falloc(n * C), l->rstd1 = falloc(n);
+        l->ln1 = falloc(a, n * C), l->rstd1 = falloc(a, n);
         if (c->qk_norm) {
-            l->q_raw = falloc(n * Q), l->q_rstd = falloc(n * (size_t)c->num_heads);
-            l->k_raw = falloc(n * KV), l->k_rstd = falloc(n * (size_t)c->num_kv_heads);
+            l->q_raw = falloc(a, n * Q), l->q_rstd = falloc(a, n * (size_t)c->num_heads);
+            l->k_raw = falloc(a, n * KV), l->k_rstd = falloc(a, n * (size_t)c->num_kv_heads);
         }
-        l->q = falloc(n * Q), l->k = falloc(n * KV), l->v = falloc(n * KV);
-        l->att = falloc(n * Q), l->lse = falloc(n * (size_t)c->num_heads);
-        l->mid = falloc(n * C);
-        l->ln2 = falloc(n * C), l->rstd2 = falloc(n);
-        l->gate = falloc(n * F), l->up = falloc(n * F), l->act = falloc(n * F);
+        l->q = falloc(a, n * Q), l->k = falloc(a, n * KV), l->v = falloc(a, n * KV);
+        l->att = falloc(a, n * Q), l->lse = falloc(a, n * (size_t)c->num_heads);
+        l->mid = falloc(a, n * C);
+        l->ln2 = falloc(a, n * C), l->rstd2 = falloc(a, n);
+        l->gate = falloc(a, n * F), l->up = falloc(a, n * F), l->act = falloc(a, n * F);
     }
-    a->lnf = falloc(n * C), a->rstdf = falloc(n);
-    a->chunk = head_chunk(c->vocab_size, N);
+    a->lnf = falloc(a, n * C), a->rstdf = falloc(a, n);
+    a->chunk = head_chunk(a->be, c->vocab_size, N);
     a->rows = tp_xmalloc(n * sizeof *a->rows), a->target = tp_xmalloc(n * sizeof *a->target);
-    a->xg = falloc((size_t)a->chunk * C), a->logits = falloc((size_t)a->chunk * (size_t)c->vocab_size);
+    if (a->be->device) {
+        a->bytes += 5 * n * sizeof(int32_t);
+        a->dev_ints = a->be->alloc(5 * n * sizeof(int32_t));
+        if (!a->dev_ints) a->failed = true;
+    }
+    a->xg = falloc(a, (size_t)a->chunk * C), a->logits = falloc(a, (size_t)a->chunk * (size_t)c->vocab_size);
     return a;
 }
 
@@ -97,66 +129,112 @@ static void activations_grad_buffers(tp_activations *a, const tp_model_config *c
     if (a->dres) return;
     size_t C = (size_t)c->hidden_size, F = (size_t)c->intermediate_size, n = (size_t)a->N;
     size_t Q = (size_t)c->num_heads * c->head_dim, KV = (size_t)c->num_kv_heads * c->head_dim;
-    a->dres = falloc(n * C), a->dln = falloc(n * C), a->dlnf = falloc(n * C);
-    a->dxg = falloc((size_t)a->chunk * C);
-    a->dq = falloc(n * Q), a->dk = falloc(n * KV), a->dv = falloc(n * KV), a->datt = falloc(n * Q);
-    if (c->qk_norm) a->dq_raw = falloc(n * Q), a->dk_raw = falloc(n * KV);
-    a->dgate = falloc(n * F), a->dup = falloc(n * F), a->dact = falloc(n * F);
+    a->dres = falloc(a, n * C), a->dln = falloc(a, n * C), a->dlnf = falloc(a, n * C);
+    a->dxg = falloc(a, (size_t)a->chunk * C);
+    a->dq = falloc(a, n * Q), a->dk = falloc(a, n * KV), a->dv = falloc(a, n * KV), a->datt = falloc(a, n * Q);
+    if (c->qk_norm) a->dq_raw = falloc(a, n * Q), a->dk_raw = falloc(a, n * KV);
+    a->dgate = falloc(a, n * F), a->dup = falloc(a, n * F), a->dact = falloc(a, n * F);
+}
+
+static int out_of_memory(const tp_model *m, tp_activations *a, int N, tp_err *err) {
+    const tp_backend *be = tp_model_backend(m);
+    tp_err_set(err,
+               "out of %s memory: activations for %d tokens need %.2f GiB (%.2f GiB free); "
+               "try a smaller --micro-batch or --batch-tokens, or --recompute",
+               be->device ? "device" : "host", N, (double)a->bytes / (1 << 30), (double)be->free_bytes() / (1 << 30));
+    return -1;
 }
 
 // Activations for N tokens (reallocated when N grows or the recompute setting changed).
-static tp_activations *activations_for(tp_model *m, int N) {
+static tp_activations *activations_for(tp_model *m, int N, bool grads, tp_err *err) {
     tp_activations *a = m->acts;
-    if (a && a->N >= N && a->n_slots == (m->recompute ? 1 : m->cfg.num_layers)) return a;
-    tp_activations_free(a);
-    return m->acts = activations_new(m, N);
+    if (!(a && a->N >= N && a->n_slots == (m->recompute ? 1 : m->cfg.num_layers) && a->be == tp_model_backend(m))) {
+        tp_activations_free(a);
+        a = m->acts = activations_new(m, N);
+    }
+    if (grads) activations_grad_buffers(a, &m->cfg);
+    if (a->failed) {
+        out_of_memory(m, a, N, err);
+        tp_activations_free(a);
+        m->acts = NULL;
+        return NULL;
+    }
+    return a;
 }
 
-static void zero(float *p, size_t n) { memset(p, 0, n * sizeof *p); }
+// The batch's integers where the backend reads them (see tp_activations.ids).
+static void bind_batch(tp_activations *a, const tp_batch *b, int N) {
+    if (!a->be->device) {
+        a->ids = b->input_ids, a->pos = b->position_ids, a->seg = b->seg_start;
+        a->rows_b = a->rows, a->target_b = a->target;
+        return;
+    }
+    size_t bytes = (size_t)N * sizeof(int32_t);
+    int32_t *d = a->dev_ints;
+    a->be->upload(d, b->input_ids, bytes);
+    a->be->upload(d + a->N, b->position_ids, bytes);
+    a->be->upload(d + 2 * (size_t)a->N, b->seg_start, bytes);
+    a->ids = d, a->pos = d + a->N, a->seg = d + 2 * (size_t)a->N;
+    a->rows_b = d + 3 * (size_t)a->N, a->target_b = d + 4 * (size_t)a->N;
+}
+
+// The targets found on the host, copied to where the backend reads them.
+static void bind_targets(tp_activations *a, int n_t) {
+    if (a->be->device && n_t > 0) {
+        a->be->upload((void *)a->rows_b, a->rows, (size_t)n_t * sizeof(int32_t));
+        a->be->upload((void *)a->target_b, a->target, (size_t)n_t * sizeof(int32_t));
+    }
+}
+
+static void zero(const tp_backend *be, float *p, size_t n) { be->memzero(p, n * sizeof *p); }
 
 // ---- forward ----
 
-static void layer_forward(const tp_model *m, int l, layer_acts *a, const float *x, float *out, const tp_batch *b, int N) {
+static void layer_forward(const tp_model *m, int l, layer_acts *a, const tp_activations *s, const float *x, float *out,
+                          int N) {
+    const tp_backend *be = s->be;
     const tp_model_config *c = &m->cfg;
     const tp_layer_tensors *w = &m->W.layers[l];
     int C = c->hidden_size, F = c->intermediate_size, NH = c->num_heads, KVH = c->num_kv_heads, HD = c->head_dim;
     int Q = NH * HD, KV = KVH * HD;
     float eps = (float)c->rms_norm_eps;
-    rmsnorm_forward(a->ln1, a->rstd1, x, w->ln1, N, C, eps);
+    const float *inv_freq = m->dev_inv_freq ? m->dev_inv_freq : m->inv_freq;
+    be->rmsnorm_forward(a->ln1, a->rstd1, x, w->ln1, N, C, eps);
     if (c->qk_norm) {
-        linear_forward(a->q_raw, a->ln1, w->wq, w->bq, N, C, Q);
-        linear_forward(a->k_raw, a->ln1, w->wk, w->bk, N, C, KV);
-        rmsnorm_forward(a->q, a->q_rstd, a->q_raw, w->q_norm, N * NH, HD, eps);
-        rmsnorm_forward(a->k, a->k_rstd, a->k_raw, w->k_norm, N * KVH, HD, eps);
+        be->linear_forward(a->q_raw, a->ln1, w->wq, w->bq, N, C, Q);
+        be->linear_forward(a->k_raw, a->ln1, w->wk, w->bk, N, C, KV);
+        be->rmsnorm_forward(a->q, a->q_rstd, a->q_raw, w->q_norm, N * NH, HD, eps);
+        be->rmsnorm_forward(a->k, a->k_rstd, a->k_raw, w->k_norm, N * KVH, HD, eps);
     } else {
-        linear_forward(a->q, a->ln1, w->wq, w->bq, N, C, Q);
-        linear_forward(a->k, a->ln1, w->wk, w->bk, N, C, KV);
+        be->linear_forward(a->q, a->ln1, w->wq, w->bq, N, C, Q);
+        be->linear_forward(a->k, a->ln1, w->wk, w->bk, N, C, KV);
     }
-    linear_forward(a->v, a->ln1, w->wv, w->bv, N, C, KV);
-    rope_forward(a->q, b->position_ids, m->inv_freq, N, NH, HD);
-    rope_forward(a->k, b->position_ids, m->inv_freq, N, KVH, HD);
-    attention_forward(a->att, a->lse, a->q, a->k, a->v, b->seg_start, N, NH, KVH, HD, 1.0f / sqrtf((float)HD));
-    linear_forward(a->mid, a->att, w->wo, w->bo, N, Q, C);
-    add_inplace(a->mid, x, (long)N * C);
-    rmsnorm_forward(a->ln2, a->rstd2, a->mid, w->ln2, N, C, eps);
-    linear_forward(a->gate, a->ln2, w->w_gate, NULL, N, C, F);
-    linear_forward(a->up, a->ln2, w->w_up, NULL, N, C, F);
-    swiglu_forward(a->act, a->gate, a->up, (long)N * F);
-    linear_forward(out, a->act, w->w_down, NULL, N, F, C);
-    add_inplace(out, a->mid, (long)N * C);
+    be->linear_forward(a->v, a->ln1, w->wv, w->bv, N, C, KV);
+    be->rope_forward(a->q, s->pos, inv_freq, N, NH, HD);
+    be->rope_forward(a->k, s->pos, inv_freq, N, KVH, HD);
+    be->attention_forward(a->att, a->lse, a->q, a->k, a->v, s->seg, N, NH, KVH, HD, 1.0f / sqrtf((float)HD));
+    be->linear_forward(a->mid, a->att, w->wo, w->bo, N, Q, C);
+    be->add_inplace(a->mid, x, (long)N * C);
+    be->rmsnorm_forward(a->ln2, a->rstd2, a->mid, w->ln2, N, C, eps);
+    be->linear_forward(a->gate, a->ln2, w->w_gate, NULL, N, C, F);
+    be->linear_forward(a->up, a->ln2, w->w_up, NULL, N, C, F);
+    be->swiglu_forward(a->act, a->gate, a->up, (long)N * F);
+    be->linear_forward(out, a->act, w->w_down, NULL, N, F, C);
+    be->add_inplace(out, a->mid, (long)N * C);
 }
 
 static layer_acts *slot_of(tp_activations *a, int l) { return &a->slot[a->n_slots == 1 ? 0 : l]; }
 
 // Embedding, every layer and the final norm; the residual stream of layer l's input is
 // a->res[l], the final normalised hidden state a->lnf.
-static void trunk_forward(tp_model *m, tp_activations *a, const tp_batch *b, int N) {
+static void trunk_forward(tp_model *m, tp_activations *a, int N) {
     const tp_model_config *c = &m->cfg;
     size_t NC = (size_t)N * c->hidden_size;
-    embedding_forward(a->res, b->input_ids, m->W.embed, N, c->hidden_size);
+    a->be->embedding_forward(a->res, a->ids, m->W.embed, N, c->hidden_size);
     for (int l = 0; l < c->num_layers; l++)
-        layer_forward(m, l, slot_of(a, l), a->res + l * NC, a->res + (l + 1) * NC, b, N);
-    rmsnorm_forward(a->lnf, a->rstdf, a->res + c->num_layers * NC, m->W.norm, N, c->hidden_size, (float)c->rms_norm_eps);
+        layer_forward(m, l, slot_of(a, l), a, a->res + l * NC, a->res + (l + 1) * NC, N);
+    a->be->rmsnorm_forward(a->lnf, a->rstdf, a->res + c->num_layers * NC, m->W.norm, N, c->hidden_size,
+                           (float)c->rms_norm_eps);
 }
 
 // Flat indices of the tokens that are predicted targets, and the target each predicts.
@@ -195,95 +273,126 @@ static int check_batch(const tp_model *m, const tp_batch *b, tp_err *err) {
     return 0;
 }
 
+// Reports the backend's first error since the last check (a failed launch, say).
+static int backend_check(const tp_backend *be, tp_err *err) {
+    char msg[512];
+    if (be->sync(msg, sizeof msg) == 0) return 0;
+    tp_err_set(err, "%s backend: %s", be->name, msg);
+    return -1;
+}
+
+// Logits [n_out, V] (host) of the tokens out_rows (host), or of all N when out_rows is NULL,
+// a chunk of rows at a time.
+static void head_logits(tp_model *m, tp_activations *a, const int32_t *out_rows, int n_out, float *logits, int N) {
+    const tp_backend *be = a->be;
+    int C = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    if (!out_rows) {
+        for (int i = 0; i < N; i++) a->rows[i] = i;
+        out_rows = a->rows, n_out = N;
+    }
+    int32_t *idx = be->device ? (int32_t *)a->rows_b : NULL;
+    for (int i = 0; i < n_out; i += a->chunk) {
+        int n = n_out - i < a->chunk ? n_out - i : a->chunk;
+        if (idx) be->upload(idx, out_rows + i, (size_t)n * sizeof *idx);
+        be->gather_rows(a->xg, a->lnf, idx ? idx : out_rows + i, n, C);
+        float *dst = be->device ? a->logits : logits + (size_t)i * V;
+        be->linear_forward(dst, a->xg, m->W.lm_head, NULL, n, C, V);
+        if (be->device) be->download(logits + (size_t)i * V, a->logits, (size_t)n * V * sizeof(float));
+    }
+}
+
 int tp_model_forward(tp_model *m, const tp_batch *b, tp_loss *loss, const int32_t *out_rows, int n_out, float *logits,
                      tp_err *err) {
     if (check_batch(m, b, err) < 0) return -1;
     int N = b->B * b->T, C = m->cfg.hidden_size, V = m->cfg.vocab_size;
-    tp_activations *a = activations_for(m, N);
-    trunk_forward(m, a, b, N);
-    if (logits) {
-        if (!out_rows) {
-            linear_forward(logits, a->lnf, m->W.lm_head, NULL, N, C, V);
-        } else {
-            for (int i = 0; i < n_out; i += a->chunk) {
-                int n = n_out - i < a->chunk ? n_out - i : a->chunk;
-                gather_rows(a->xg, a->lnf, out_rows + i, n, C);
-                linear_forward(logits + (size_t)i * V, a->xg, m->W.lm_head, NULL, n, C, V);
+    if (out_rows)
+        for (int i = 0; i < n_out; i++)
+            if (out_rows[i] < 0 || out_rows[i] >= N) {
+                tp_err_set(err, "forward: output row %d is outside the batch (%d tokens)", out_rows[i], N);
+                return -1;
             }
-        }
-    }
+    tp_activations *a = activations_for(m, N, false, err);
+    if (!a) return -1;
+    const tp_backend *be = a->be;
+    bind_batch(a, b, N);
+    trunk_forward(m, a, N);
+    if (logits) head_logits(m, a, out_rows, n_out, logits, N);
     if (loss) {
         *loss = (tp_loss){0, 0};
         int n_t = collect_targets(b, a->rows, a->target);
+        bind_targets(a, n_t);
         for (int i = 0; i < n_t; i += a->chunk) {
             int n = n_t - i < a->chunk ? n_t - i : a->chunk;
-            gather_rows(a->xg, a->lnf, a->rows + i, n, C);
-            linear_forward(a->logits, a->xg, m->W.lm_head, NULL, n, C, V);
-            loss->sum += crossentropy_forward_backward(a->logits, a->target + i, n, V, 0.0f);
+            be->gather_rows(a->xg, a->lnf, a->rows_b + i, n, C);
+            be->linear_forward(a->logits, a->xg, m->W.lm_head, NULL, n, C, V);
+            loss->sum += be->crossentropy_forward_backward(a->logits, a->target_b + i, n, V, 0.0f);
         }
         loss->count = n_t;
     }
-    return 0;
+    return backend_check(be, err);
 }
 
 // ---- backward ----
 
 // dres holds d/d(out) of layer l on entry and d/d(x) on return.
-static void layer_backward(tp_model *m, int l, layer_acts *a, tp_activations *s, const float *x, const tp_batch *b,
-                           int N) {
+static void layer_backward(tp_model *m, int l, layer_acts *a, tp_activations *s, const float *x, int N) {
+    const tp_backend *be = s->be;
     const tp_model_config *c = &m->cfg;
     const tp_layer_tensors *w = &m->W.layers[l];
     tp_layer_tensors *g = &m->G.layers[l];
     int C = c->hidden_size, F = c->intermediate_size, NH = c->num_heads, KVH = c->num_kv_heads, HD = c->head_dim;
     int Q = NH * HD, KV = KVH * HD;
     size_t n = (size_t)N;
+    const float *inv_freq = m->dev_inv_freq ? m->dev_inv_freq : m->inv_freq;
     // MLP: out = mid + down(act)
-    zero(s->dact, n * F);
-    linear_backward(s->dact, g->w_down, NULL, s->dres, a->act, w->w_down, N, F, C);
-    swiglu_backward(s->dgate, s->dup, s->dact, a->gate, a->up, (long)N * F);
-    zero(s->dln, n * C);
-    linear_backward(s->dln, g->w_gate, NULL, s->dgate, a->ln2, w->w_gate, N, C, F);
-    linear_backward(s->dln, g->w_up, NULL, s->dup, a->ln2, w->w_up, N, C, F);
-    rmsnorm_backward(s->dres, g->ln2, s->dln, a->mid, w->ln2, a->rstd2, N, C);  // dres: d/d(mid)
+    zero(be, s->dact, n * F);
+    be->linear_backward(s->dact, g->w_down, NULL, s->dres, a->act, w->w_down, N, F, C);
+    be->swiglu_backward(s->dgate, s->dup, s->dact, a->gate, a->up, (long)N * F);
+    zero(be, s->dln, n * C);
+    be->linear_backward(s->dln, g->w_gate, NULL, s->dgate, a->ln2, w->w_gate, N, C, F);
+    be->linear_backward(s->dln, g->w_up, NULL, s->dup, a->ln2, w->w_up, N, C, F);
+    be->rmsnorm_backward(s->dres, g->ln2, s->dln, a->mid, w->ln2, a->rstd2, N, C);  // dres: d/d(mid)
     // attention: mid = x + o(att)
-    zero(s->datt, n * Q);
-    linear_backward(s->datt, g->wo, g->bo, s->dres, a->att, w->wo, N, Q, C);
-    zero(s->dq, n * Q), zero(s->dk, n * KV), zero(s->dv, n * KV);
-    attention_backward(s->dq, s->dk, s->dv, s->datt, a->att, a->lse, a->q, a->k, a->v, b->seg_start, N, NH, KVH, HD,
-                       1.0f / sqrtf((float)HD));
-    rope_backward(s->dq, b->position_ids, m->inv_freq, N, NH, HD);
-    rope_backward(s->dk, b->position_ids, m->inv_freq, N, KVH, HD);
+    zero(be, s->datt, n * Q);
+    be->linear_backward(s->datt, g->wo, g->bo, s->dres, a->att, w->wo, N, Q, C);
+    zero(be, s->dq, n * Q), zero(be, s->dk, n * KV), zero(be, s->dv, n * KV);
+    be->attention_backward(s->dq, s->dk, s->dv, s->datt, a->att, a->lse, a->q, a->k, a->v, s->seg, N, NH, KVH, HD,
+                           1.0f / sqrtf((float)HD));
+    be->rope_backward(s->dq, s->pos, inv_freq, N, NH, HD);
+    be->rope_backward(s->dk, s->pos, inv_freq, N, KVH, HD);
     float *dq = s->dq, *dk = s->dk;
     if (c->qk_norm) {
-        zero(s->dq_raw, n * Q), zero(s->dk_raw, n * KV);
-        rmsnorm_backward(s->dq_raw, g->q_norm, s->dq, a->q_raw, w->q_norm, a->q_rstd, N * NH, HD);
-        rmsnorm_backward(s->dk_raw, g->k_norm, s->dk, a->k_raw, w->k_norm, a->k_rstd, N * KVH, HD);
+        zero(be, s->dq_raw, n * Q), zero(be, s->dk_raw, n * KV);
+        be->rmsnorm_backward(s->dq_raw, g->q_norm, s->dq, a->q_raw, w->q_norm, a->q_rstd, N * NH, HD);
+        be->rmsnorm_backward(s->dk_raw, g->k_norm, s->dk, a->k_raw, w->k_norm, a->k_rstd, N * KVH, HD);
         dq = s->dq_raw, dk = s->dk_raw;
     }
-    zero(s->dln, n * C);
-    linear_backward(s->dln, g->wq, g->bq, dq, a->ln1, w->wq, N, C, Q);
-    linear_backward(s->dln, g->wk, g->bk, dk, a->ln1, w->wk, N, C, KV);
-    linear_backward(s->dln, g->wv, g->bv, s->dv, a->ln1, w->wv, N, C, KV);
-    rmsnorm_backward(s->dres, g->ln1, s->dln, x, w->ln1, a->rstd1, N, C);  // dres: d/d(x)
+    zero(be, s->dln, n * C);
+    be->linear_backward(s->dln, g->wq, g->bq, dq, a->ln1, w->wq, N, C, Q);
+    be->linear_backward(s->dln, g->wk, g->bk, dk, a->ln1, w->wk, N, C, KV);
+    be->linear_backward(s->dln, g->wv, g->bv, s->dv, a->ln1, w->wv, N, C, KV);
+    be->rmsnorm_backward(s->dres, g->ln1, s->dln, x, w->ln1, a->rstd1, N, C);  // dres: d/d(x)
 }
 
 // Logits, loss and their gradient a chunk of target tokens at a time; leaves d/d(lnf) in a->dlnf.
 static void head_forward_backward(tp_model *m, tp_activations *a, const tp_batch *b, float loss_scale, tp_loss *loss,
                                   int N) {
+    const tp_backend *be = a->be;
     int C = m->cfg.hidden_size, V = m->cfg.vocab_size;
-    zero(a->dlnf, (size_t)N * C);
+    zero(be, a->dlnf, (size_t)N * C);
     int n_t = collect_targets(b, a->rows, a->target);
+    bind_targets(a, n_t);
     if (loss_scale == 0.0f) loss_scale = n_t ? 1.0f / (float)n_t : 0.0f;
     *loss = (tp_loss){0, n_t};
     for (int i = 0; i < n_t; i += a->chunk) {
         int n = n_t - i < a->chunk ? n_t - i : a->chunk;
-        gather_rows(a->xg, a->lnf, a->rows + i, n, C);
-        linear_forward(a->logits, a->xg, m->W.lm_head, NULL, n, C, V);
-        loss->sum += crossentropy_forward_backward(a->logits, a->target + i, n, V, loss_scale);
+        be->gather_rows(a->xg, a->lnf, a->rows_b + i, n, C);
+        be->linear_forward(a->logits, a->xg, m->W.lm_head, NULL, n, C, V);
+        loss->sum += be->crossentropy_forward_backward(a->logits, a->target_b + i, n, V, loss_scale);
         // a->logits now holds d/d(logits)
-        zero(a->dxg, (size_t)n * C);
-        linear_backward(a->dxg, m->G.lm_head, NULL, a->logits, a->xg, m->W.lm_head, n, C, V);
-        scatter_add_rows(a->dlnf, a->dxg, a->rows + i, n, C);
+        zero(be, a->dxg, (size_t)n * C);
+        be->linear_backward(a->dxg, m->G.lm_head, NULL, a->logits, a->xg, m->W.lm_head, n, C, V);
+        be->scatter_add_rows(a->dlnf, a->dxg, a->rows_b + i, n, C);
     }
 }
 
@@ -293,33 +402,97 @@ int tp_model_forward_backward(tp_model *m, const tp_batch *b, float loss_scale, 
         return -1;
     }
     if (check_batch(m, b, err) < 0) return -1;
-    if (!m->g) tp_model_zero_grad(m);
+    if (m->dev_w && !m->dev_g) {
+        tp_err_set(err, "backward: the model was moved to the device without gradients");
+        return -1;
+    }
+    if (!tp_model_grads(m)) tp_model_zero_grad(m);
     const tp_model_config *c = &m->cfg;
     int N = b->B * b->T, C = c->hidden_size;
     size_t NC = (size_t)N * C;
-    tp_activations *a = activations_for(m, N);
-    activations_grad_buffers(a, c);
-    trunk_forward(m, a, b, N);
+    tp_activations *a = activations_for(m, N, true, err);
+    if (!a) return -1;
+    const tp_backend *be = a->be;
+    bind_batch(a, b, N);
+    trunk_forward(m, a, N);
     head_forward_backward(m, a, b, loss_scale, loss, N);
-    zero(a->dres, NC);
-    rmsnorm_backward(a->dres, m->G.norm, a->dlnf, a->res + c->num_layers * NC, m->W.norm, a->rstdf, N, C);
+    zero(be, a->dres, NC);
+    be->rmsnorm_backward(a->dres, m->G.norm, a->dlnf, a->res + c->num_layers * NC, m->W.norm, a->rstdf, N, C);
     for (int l = c->num_layers - 1; l >= 0; l--) {
         layer_acts *s = slot_of(a, l);
         // Recomputing refills the one shared slot from the stored layer input.
-        if (m->recompute) layer_forward(m, l, s, a->res + l * NC, a->res + (l + 1) * NC, b, N);
-        layer_backward(m, l, s, a, a->res + l * NC, b, N);
+        if (m->recompute) layer_forward(m, l, s, a, a->res + l * NC, a->res + (l + 1) * NC, N);
+        layer_backward(m, l, s, a, a->res + l * NC, N);
     }
-    embedding_backward(m->G.embed, a->dres, b->input_ids, N, C);
-    return 0;
+    be->embedding_backward(m->G.embed, a->dres, a->ids, N, C);
+    return backend_check(be, err);
 }
 
 void tp_model_zero_grad(tp_model *m) {
+    if (m->dev_w) {  // on a device the gradients were allocated with the model (tp_model_use_backend)
+        if (m->dev_g) m->be->memzero(m->dev_g, m->n_floats * sizeof(float));
+        return;
+    }
     if (!m->g) {
         m->g = tp_xcalloc(m->n_floats ? m->n_floats : 1, sizeof *m->g);
         tp_model_bind(m, m->g, &m->G);
         return;
     }
-    zero(m->g, m->n_floats);
+    memset(m->g, 0, m->n_floats * sizeof *m->g);
+}
+
+float *tp_model_weights(tp_model *m) { return m->dev_w ? m->dev_w : m->w; }
+float *tp_model_grads(tp_model *m) { return m->dev_w ? m->dev_g : m->g; }
+
+static void free_device(tp_model *m) {
+    if (!m->be) return;
+    bfree(m->be, m->dev_w), bfree(m->be, m->dev_g), bfree(m->be, m->dev_inv_freq);
+    m->dev_w = m->dev_g = m->dev_inv_freq = NULL;
+}
+
+int tp_model_use_backend(tp_model *m, const tp_backend *be, bool train, tp_err *err) {
+    if (tp_model_backend(m)->device) tp_model_pull(m, m->dev_g != NULL);
+    tp_activations_free(m->acts);
+    m->acts = NULL;
+    free_device(m);
+    m->be = be;
+    tp_model_bind(m, m->w, &m->W);
+    if (m->g) tp_model_bind(m, m->g, &m->G);
+    if (!be->device) return 0;
+    size_t bytes = m->n_floats * sizeof(float), half = (size_t)(m->cfg.head_dim / 2) * sizeof(float);
+    m->dev_w = be->alloc(bytes);
+    m->dev_inv_freq = be->alloc(half);
+    if (train) m->dev_g = be->alloc(bytes);
+    if (!m->dev_w || !m->dev_inv_freq || (train && !m->dev_g)) {
+        free_device(m);
+        size_t want = bytes * (train ? 2 : 1);
+        tp_err_set(err, "out of device memory: the model's %zu parameters need %.2f GiB%s (%.2f GiB free)",
+                   m->n_floats, (double)want / (1 << 30), train ? " with their gradients" : "",
+                   (double)be->free_bytes() / (1 << 30));
+        m->be = NULL;
+        return -1;
+    }
+    be->upload(m->dev_w, m->w, bytes);
+    be->upload(m->dev_inv_freq, m->inv_freq, half);
+    tp_model_bind(m, m->dev_w, &m->W);
+    if (train) {
+        be->memzero(m->dev_g, bytes);
+        tp_model_bind(m, m->dev_g, &m->G);
+    }
+    return backend_check(be, err);
+}
+
+void tp_model_pull(tp_model *m, bool grads) {
+    if (!m->dev_w) return;
+    m->be->download(m->w, m->dev_w, m->n_floats * sizeof(float));
+    if (grads && m->dev_g) {
+        if (!m->g) m->g = tp_xcalloc(m->n_floats ? m->n_floats : 1, sizeof *m->g);
+        m->be->download(m->g, m->dev_g, m->n_floats * sizeof(float));
+    }
+}
+
+void tp_model_push(tp_model *m) {
+    if (m->dev_w) m->be->upload(m->dev_w, m->w, m->n_floats * sizeof(float));
 }
 
 int tp_batch_seg_start(int32_t *seg_start, int B, int T, const int32_t *const *starts, const int *count) {
@@ -345,5 +518,6 @@ void tp_model_free(tp_model *m) {
     free(m->inv_freq);
     free(m->load_note);
     tp_activations_free(m->acts);
+    free_device(m);
     free(m);
 }

@@ -92,6 +92,7 @@ typedef struct tp_batch {
 int tp_batch_seg_start(int32_t *seg_start, int B, int T, const int32_t *const *starts, const int *count);
 
 typedef struct tp_activations tp_activations;
+struct tp_backend;
 
 typedef struct tp_model {
     tp_model_config cfg;
@@ -105,7 +106,12 @@ typedef struct tp_model {
     float *inv_freq;  // RoPE frequencies [HD/2], llama3 scaling applied
     bool recompute;   // keep only each layer's input; recompute the rest during backward
     tp_activations *acts;
-    char *load_note;  // what the loader wants said (e.g. a GGUF's tokenizer metadata), or NULL
+    char *load_note;
+    // Where forward and backward run (tp_model_use_backend); NULL means the cpu backend.
+    // On a device backend W, G and the optimizer work on dev_w / dev_g, and w, g are
+    // host copies refreshed by tp_model_pull / tp_model_push.
+    const struct tp_backend *be;
+    float *dev_w, *dev_g, *dev_inv_freq;  // what the loader wants said (e.g. a GGUF's tokenizer metadata), or NULL
 } tp_model;
 
 // A model with the config's shapes and zeroed parameters (tp_model_init_weights fills them).
@@ -135,5 +141,18 @@ int tp_model_forward(tp_model *m, const tp_batch *b, tp_loss *loss, const int32_
 // of the global batch gives the mean over its targets.
 int tp_model_forward_backward(tp_model *m, const tp_batch *b, float loss_scale, tp_loss *loss, tp_err *err);
 void tp_model_zero_grad(tp_model *m);
+
+// Moves the model to backend be (tp_backend_named): on a device, allocates and uploads the
+// weights (and the gradients when train is set). Fails with the sizes asked for and what
+// is free when the device is out of memory.
+int tp_model_use_backend(tp_model *m, const struct tp_backend *be, bool train, tp_err *err);
+const struct tp_backend *tp_model_backend(const tp_model *m);
+// The buffers the backend computes on: m->w / m->g on the cpu, dev_w / dev_g on a device.
+float *tp_model_weights(tp_model *m);
+float *tp_model_grads(tp_model *m);
+// Device to host: the weights into m->w, and the gradients into m->g (allocated) when grads.
+void tp_model_pull(tp_model *m, bool grads);
+// Host to device: m->w into the device weights (after loading an optimizer state, say).
+void tp_model_push(tp_model *m);
 
 #endif

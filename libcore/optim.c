@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "error.h"
 #include "json.h"
 #include "safetensors.h"
@@ -36,73 +37,52 @@ void tp_adamw_init(tp_adamw *opt, const tp_model *m, double beta1, double beta2,
     memset(opt, 0, sizeof *opt);
     opt->beta1 = beta1, opt->beta2 = beta2, opt->eps = eps, opt->weight_decay = weight_decay;
     opt->n = m->n_floats;
-    opt->m = tp_xcalloc(opt->n ? opt->n : 1, sizeof *opt->m);
-    opt->v = tp_xcalloc(opt->n ? opt->n : 1, sizeof *opt->v);
+    opt->be = tp_model_backend(m);
+    size_t bytes = (opt->n ? opt->n : 1) * sizeof(float);
+    opt->m = opt->be->alloc(bytes);
+    opt->v = opt->be->alloc(bytes);
+    if (!opt->m || !opt->v) {  // host: malloc failing is fatal everywhere; device: say how much
+        if (!opt->be->device) abort();
+        tp_die("out of device memory: AdamW's moments need %.2f GiB (%.2f GiB free); try a smaller model or "
+               "--device cpu", 2.0 * (double)bytes / (1 << 30), (double)opt->be->free_bytes() / (1 << 30));
+    }
+    opt->be->memzero(opt->m, bytes);
+    opt->be->memzero(opt->v, bytes);
     opt->decay = tp_xcalloc((size_t)m->n_params + 1, 1);
     for (int i = 0; i < m->n_params; i++)
         opt->decay[i] = m->params[i].kind == TP_PARAM_MATRIX || m->params[i].kind == TP_PARAM_EMBEDDING;
 }
 
 void tp_adamw_free(tp_adamw *opt) {
-    free(opt->m);
-    free(opt->v);
+    if (opt->be) {
+        if (opt->m) opt->be->free(opt->m);
+        if (opt->v) opt->be->free(opt->v);
+    }
     free(opt->decay);
     memset(opt, 0, sizeof *opt);
-}
-
-// The update of n parameters; the arithmetic order follows torch's single-tensor AdamW in
-// float: decay first, then the moments, then the step with bias corrections.
-static void adamw_span(float *restrict p, const float *restrict g, float *restrict m, float *restrict v, size_t n,
-                       float decay_factor, float b1, float b2, float step_size, float bc2_sqrt, float eps) {
-#pragma omp parallel for schedule(static) if (n > 1 << 15)
-    for (size_t i = 0; i < n; i++) {
-        float pi = p[i] * decay_factor;
-        float mi = b1 * m[i] + (1.0f - b1) * g[i];
-        float vi = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
-        m[i] = mi, v[i] = vi;
-        p[i] = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
-    }
 }
 
 void tp_adamw_update(tp_adamw *opt, tp_model *model, double lr) {
     opt->step++;
     double bc1 = 1.0 - pow(opt->beta1, (double)opt->step), bc2 = 1.0 - pow(opt->beta2, (double)opt->step);
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    float *w = tp_model_weights(model), *g = tp_model_grads(model);
     for (int i = 0; i < model->n_params; i++) {
         const tp_param *p = &model->params[i];
         float decay_factor = opt->decay[i] ? (float)(1.0 - lr * opt->weight_decay) : 1.0f;
-        adamw_span(model->w + p->offset, model->g + p->offset, opt->m + p->offset, opt->v + p->offset, p->numel,
-                   decay_factor, (float)opt->beta1, (float)opt->beta2, step_size, bc2_sqrt, (float)opt->eps);
+        opt->be->adamw_span(w + p->offset, g + p->offset, opt->m + p->offset, opt->v + p->offset, p->numel,
+                            decay_factor, (float)opt->beta1, (float)opt->beta2, step_size, bc2_sqrt, (float)opt->eps);
     }
-}
-
-// Sum of squares in fixed blocks added in a fixed order: the same bits for any thread
-// count and every run (an OpenMP reduction may combine partial sums in any order).
-static double sum_squares(const float *g, size_t n) {
-    enum { BLOCK = 1 << 16 };
-    size_t nb = (n + BLOCK - 1) / BLOCK;
-    double *part = tp_xcalloc(nb ? nb : 1, sizeof *part);
-#pragma omp parallel for schedule(static) if (nb > 1)
-    for (size_t b = 0; b < nb; b++) {
-        size_t end = (b + 1) * BLOCK < n ? (b + 1) * BLOCK : n;
-        double s = 0;
-        for (size_t i = b * BLOCK; i < end; i++) s += (double)g[i] * g[i];
-        part[b] = s;
-    }
-    double sum = 0;
-    for (size_t b = 0; b < nb; b++) sum += part[b];
-    free(part);
-    return sum;
 }
 
 double tp_clip_grad_norm(tp_model *m, double max_norm) {
-    double norm = sqrt(sum_squares(m->g, m->n_floats));
+    const tp_backend *be = tp_model_backend(m);
+    float *g = tp_model_grads(m);
+    double norm = sqrt(be->sum_squares(g, m->n_floats));
     // torch's rule exactly: scale whenever max_norm / (norm + 1e-6) < 1, which includes
     // norms a hair below max_norm.
     if (max_norm > 0 && max_norm / (norm + 1e-6) < 1.0) {
-        float scale = (float)(max_norm / (norm + 1e-6));
-#pragma omp parallel for schedule(static) if (m->n_floats > 1 << 15)
-        for (size_t i = 0; i < m->n_floats; i++) m->g[i] *= scale;
+        be->scale(g, m->n_floats, (float)(max_norm / (norm + 1e-6)));
     }
     return norm;
 }
@@ -113,7 +93,15 @@ int tp_adamw_save(const tp_adamw *opt, const tp_model *m, const char *path, tp_e
     int n = m->n_params * 3;
     tp_tensor_ref *refs = tp_xcalloc((size_t)n, sizeof *refs);
     char **names = tp_xcalloc((size_t)n, sizeof *names);
-    const float *base[3] = {m->w, opt->m, opt->v};
+    // On a device the state is copied to the host first.
+    float *host_m = opt->m, *host_v = opt->v;
+    if (opt->be->device) {
+        tp_model_pull((tp_model *)m, false);
+        host_m = tp_xmalloc(opt->n * sizeof(float) + 1), host_v = tp_xmalloc(opt->n * sizeof(float) + 1);
+        opt->be->download(host_m, opt->m, opt->n * sizeof(float));
+        opt->be->download(host_v, opt->v, opt->n * sizeof(float));
+    }
+    const float *base[3] = {m->w, host_m, host_v};
     for (int k = 0; k < 3; k++)
         for (int i = 0; i < m->n_params; i++) {
             const tp_param *p = &m->params[i];
@@ -128,6 +116,7 @@ int tp_adamw_save(const tp_adamw *opt, const tp_model *m, const char *path, tp_e
     jv_free(meta);
     for (int j = 0; j < n; j++) free(names[j]);
     free(names), free(refs);
+    if (opt->be->device) free(host_m), free(host_v);
     return rc;
 }
 
@@ -135,7 +124,9 @@ int tp_adamw_load(tp_adamw *opt, tp_model *m, const char *path, tp_err *err) {
     tp_safetensors *st = tp_safetensors_open(path, err);
     if (!st) return -1;
     int rc = 0;
-    float *base[3] = {m->w, opt->m, opt->v};
+    float *host_m = opt->m, *host_v = opt->v;
+    if (opt->be->device) host_m = tp_xmalloc(opt->n * sizeof(float) + 1), host_v = tp_xmalloc(opt->n * sizeof(float) + 1);
+    float *base[3] = {m->w, host_m, host_v};
     for (int k = 0; k < 3 && rc == 0; k++)
         for (int i = 0; i < m->n_params && rc == 0; i++) {
             const tp_param *p = &m->params[i];
@@ -159,5 +150,13 @@ int tp_adamw_load(tp_adamw *opt, tp_model *m, const char *path, tp_err *err) {
     }
     if (rc == 0) opt->step = s;
     tp_safetensors_close(st);
+    if (opt->be->device) {
+        if (rc == 0) {
+            opt->be->upload(opt->m, host_m, opt->n * sizeof(float));
+            opt->be->upload(opt->v, host_v, opt->n * sizeof(float));
+            tp_model_push(m);
+        }
+        free(host_m), free(host_v);
+    }
     return rc;
 }

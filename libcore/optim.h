@@ -32,7 +32,8 @@ const char *tp_schedule_name(tp_schedule s);
 typedef struct tp_adamw {
     double beta1, beta2, eps, weight_decay;
     int64_t step;  // updates done
-    float *m, *v;  // moments [n_floats], laid out like the parameters
+    float *m, *v;  // moments [n_floats], laid out like the parameters, in the backend's memory
+    const struct tp_backend *be;  // the model's backend when tp_adamw_init ran
     size_t n;
     uint8_t *decay;  // [n_params]: 1 where weight decay applies (matrices and embeddings; not norms or biases)
 } tp_adamw;
@@ -44,6 +45,7 @@ void tp_adamw_free(tp_adamw *opt);
 //   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 void tp_adamw_update(tp_adamw *opt, tp_model *m, double lr);
 
+// The model must already be on its backend (tp_model_use_backend) when tp_adamw_init runs.
 // optimizer.safetensors: for every parameter NAME, "master.NAME" (the fp32 weights, so a
 // resumed run continues from exactly these values whatever dtype the model was saved in),
 // "exp_avg.NAME" and "exp_avg_sq.NAME"; __metadata__ {"step": "N"}. Load checks that every

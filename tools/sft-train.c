@@ -17,6 +17,7 @@
 #include "input.h"
 #include "json.h"
 #include "jsonl.h"
+#include "backend.h"
 #include "model.h"
 #include "optim.h"
 #include "progress.h"
@@ -40,6 +41,7 @@ static const char usage[] =
     "      --eps X (1e-8)  --max-grad-norm X (1.0; 0: off)  --seed N (42)\n"
     "      --eval FILE  --eval-every N  --save-every N (0: final only)  --keep N (all)\n"
     "      --save-dtype f32|bf16|f16 (the input model's)  --metrics FILE (stdout)\n"
+    "      --device cpu|cuda|auto (auto)  --matmul fp32|tf32|bf16 (cuda: bf16)\n"
     "  -j, --threads N  --progress  -q, --quiet  -h, --help  --version\n"
     "SIGINT/SIGTERM save a checkpoint and exit 1. Exit: 0 ok, 1 error, 2 usage error.\n"
     "See sft-train(1).\n";
@@ -47,11 +49,11 @@ static const char usage[] =
 enum {
     OPT_INIT = 0x100, OPT_TOKENIZER, OPT_RESUME, OPT_LR, OPT_SCHEDULE, OPT_WARMUP, OPT_MIN_LR, OPT_EPOCHS, OPT_STEPS,
     OPT_MICRO, OPT_ACCUM, OPT_LOSS_NORM, OPT_RECOMPUTE, OPT_WD, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_CLIP, OPT_SEED,
-    OPT_EVAL, OPT_EVAL_EVERY, OPT_SAVE_EVERY, OPT_KEEP, OPT_SAVE_DTYPE, OPT_METRICS,
+    OPT_EVAL, OPT_EVAL_EVERY, OPT_SAVE_EVERY, OPT_KEEP, OPT_SAVE_DTYPE, OPT_METRICS, OPT_DEVICE, OPT_MATMUL,
 };
 
 typedef struct options {
-    const char *model, *init, *tokenizer, *output, *resume, *eval, *metrics, *save_dtype;
+    const char *model, *init, *tokenizer, *output, *resume, *eval, *metrics, *save_dtype, *device, *matmul;
     const char *data[64];
     int n_data;
     tp_lr_schedule sched;
@@ -76,6 +78,7 @@ static void parse_options(int argc, char **argv, options *o) {
         {"eval", required_argument, NULL, OPT_EVAL}, {"eval-every", required_argument, NULL, OPT_EVAL_EVERY},
         {"save-every", required_argument, NULL, OPT_SAVE_EVERY}, {"keep", required_argument, NULL, OPT_KEEP},
         {"save-dtype", required_argument, NULL, OPT_SAVE_DTYPE}, {"metrics", required_argument, NULL, OPT_METRICS},
+        {"device", required_argument, NULL, OPT_DEVICE}, {"matmul", required_argument, NULL, OPT_MATMUL},
         {"threads", required_argument, NULL, 'j'}, TP_CLI_COMMON_LONGOPTS, {0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:d:o:j:" TP_CLI_COMMON_SHORTOPTS, longopts, NULL)) != -1) {
@@ -116,6 +119,12 @@ static void parse_options(int argc, char **argv, options *o) {
         case OPT_KEEP: o->keep = tp_cli_int("--keep", optarg, 1, INT32_MAX); break;
         case OPT_SAVE_DTYPE: o->save_dtype = optarg; break;
         case OPT_METRICS: o->metrics = optarg; break;
+        case OPT_DEVICE: o->device = optarg; break;
+        case OPT_MATMUL:
+            if (strcmp(optarg, "fp32") && strcmp(optarg, "tf32") && strcmp(optarg, "bf16"))
+                tp_die_usage("--matmul: fp32, tf32 or bf16");
+            o->matmul = optarg;
+            break;
         case 'j': o->threads = tp_cli_int("--threads", optarg, 1, 4096); break;
         default: tp_cli_common(c, usage);
         }
@@ -216,6 +225,7 @@ static void save(trainer *t, const char *dir, bool final) {
     if (tp_checkpoint_begin(&c, dir, &err) < 0) tp_die_err(&err);
     char *opt_path;
     if (asprintf(&opt_path, "%s/optimizer.safetensors", c.tmp) < 0) abort();
+    tp_model_pull(t->m, false);  // a device's weights into the host copy that is written
     if (tp_model_save(t->m, c.tmp, t->save_dtype, &err) < 0 || (t->files_src && tp_copy_model_files(t->files_src, c.tmp, &err) < 0) ||
         (with_state && tp_adamw_save(&t->opt, t->m, opt_path, &err) < 0)) {
         tp_checkpoint_abort(&c);
@@ -355,6 +365,16 @@ static void load_model(trainer *t) {
     }
     t->m->recompute = o->recompute;
     t->save_dtype = parse_dtype(o->save_dtype, t->m->cfg.dtype);
+    const tp_backend *be = tp_backend_named(o->device ? o->device : "auto", &err);
+    if (!be) tp_die_err(&err);
+    tp_backend_set_matmul(be, o->matmul ? o->matmul : be->device ? "bf16" : "fp32");
+    if (tp_model_use_backend(t->m, be, true, &err) < 0) tp_die_err(&err);
+    if (!tp_cli.quiet) {
+        char desc[256];
+        tp_backend_describe(be, desc, sizeof desc);
+        tp_info("device %s%s%s", desc, be->device ? ", matrix products in " : "",
+                be->device ? (o->matmul ? o->matmul : "bf16") : "");
+    }
     tp_adamw_init(&t->opt, t->m, o->beta1, o->beta2, o->eps, o->wd);
 }
 

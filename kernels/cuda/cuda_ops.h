@@ -1,20 +1,70 @@
-// cuda_ops.h — the CUDA twins of ops.h, callable from C. Pointers are device memory.
+// cuda_ops.h — the CUDA twins of ops.h, callable from C. Every pointer is device memory
+// unless said otherwise; every op has exactly its CPU twin's contract (shapes, +=
+// accumulation, what is overwritten), computes in fp32, and is deterministic for a fixed
+// launch configuration (no atomics in any reduction). Ops return nothing; the first
+// failed launch or call is kept and reported by cuda_take_error().
 #ifndef TP_CUDA_OPS_H
 #define TP_CUDA_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-// Number of usable CUDA devices; 0 when there is no GPU or no driver.
-int cuda_device_count(void);
-// Name and compute capability of device 0 into buf; returns 0 or -1.
-int cuda_device_describe(char *buf, int cap);
+// ---- device and errors ----
+int cuda_device_count(void);                   // usable devices; 0 without a GPU or driver
+int cuda_device_describe(char *buf, int cap);  // "NAME (sm_XY, N GiB)" of device 0; 0 or -1
+// Synchronizes, then returns 0, or -1 with the first error since the last call
+// ("kernels/cuda/x.cu:12: an illegal memory access was encountered") in err.
+int cuda_take_error(char *err, int cap);
 
-// Same contract as rmsnorm_forward() in ops.h. One warp per row.
-// Returns 0, or -1 with the CUDA error text in err (cap bytes) when the launch fails.
-int cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight, int N, int C, float eps,
-                         char *err, int err_cap);
+// ---- memory ----
+void *cuda_alloc(size_t bytes);  // NULL when the device is out of memory (nothing noted)
+void cuda_free(void *p);
+void cuda_memzero(void *p, size_t bytes);
+void cuda_upload(void *dst, const void *host_src, size_t bytes);
+void cuda_download(void *host_dst, const void *src, size_t bytes);
+void cuda_copy(void *dst, const void *src, size_t bytes);  // device to device
+size_t cuda_free_bytes(void);                             // free device memory now
+
+// ---- matrix products: precision of linear_* ----
+// "fp32": CUDA cores, full fp32 (the default; matches the CPU to 1e-6);
+// "tf32" or "bf16": tensor cores on fp32 data, inputs rounded to tf32 / bf16, fp32 sums.
+// Returns 0, or -1 for an unknown name.
+int cuda_set_matmul_precision(const char *name);
+
+// ---- the ops of ops.h ----
+void cuda_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C);
+void cuda_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int C);
+void cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight, int N, int C, float eps);
+void cuda_rmsnorm_backward(float *dx, float *dweight, const float *dout, const float *x, const float *weight,
+                           const float *rstd, int N, int C);
+void cuda_linear_forward(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC);
+void cuda_linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
+                          const float *weight, int N, int IC, int OC);
+void cuda_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
+void cuda_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
+void cuda_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                            const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
+void cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                             const float *q, const float *k, const float *v, const int32_t *seg_start, int N,
+                             int NH, int KVH, int HD, float scale);
+void cuda_swiglu_forward(float *out, const float *gate, const float *up, long n);
+void cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n);
+void cuda_add_inplace(float *x, const float *y, long n);
+void cuda_gather_rows(float *out, const float *x, const int32_t *idx, int n, int C);
+void cuda_scatter_add_rows(float *dx, const float *dout, const int32_t *idx, int n, int C);
+// Returns the loss sum (synchronizes: the per-row losses are added on the host in row order).
+double cuda_crossentropy_forward_backward(float *logits, const int32_t *target, int n, int V, float scale);
+
+// ---- optimizer ----
+// AdamW on one parameter tensor, torch's single-tensor arithmetic (see kernels/cpu/optim_ops.c).
+void cuda_adamw_span(float *p, const float *g, float *m, float *v, size_t n, float decay_factor, float b1, float b2,
+                     float step_size, float bc2_sqrt, float eps);
+double cuda_sum_squares(const float *x, size_t n);  // in double, fixed order; synchronizes
+void cuda_scale(float *x, size_t n, float s);       // x *= s
 
 #ifdef __cplusplus
 }

@@ -1,52 +1,101 @@
-// RMSNorm forward on the GPU: one warp per row, fp32 accumulation.
+// rmsnorm.cu — RMSNorm forward and backward, and the deterministic column sums that
+// the weight and bias gradients of several ops need.
+#include "cuda/cuda_common.h"
 #include "cuda/cuda_ops.h"
+#include "cuda/reduce.h"
 
-#include <cstdio>
-#include <cuda_runtime.h>
-
-static int report(cudaError_t e, char *err, int cap) {
-    if (e == cudaSuccess) return 0;
-    if (err && cap > 0) snprintf(err, (size_t)cap, "%s", cudaGetErrorString(e));
-    return -1;
-}
-
-extern "C" int cuda_device_count(void) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
-        cudaGetLastError();  // clear the sticky "no driver" error
-        return 0;
-    }
-    return n;
-}
-
-extern "C" int cuda_device_describe(char *buf, int cap) {
-    cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return -1;
-    snprintf(buf, (size_t)cap, "%s (sm_%d%d, %.0f GiB)", prop.name, prop.major, prop.minor,
-             (double)prop.totalGlobalMem / (1 << 30));
-    return 0;
-}
-
+// One warp per row: rows are at most a few thousand channels, so a warp's 32 lanes
+// stride the row and a shuffle tree finishes the sum.
 __global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *x, const float *weight, int N, int C,
                                        float eps) {
-    int warps_per_block = blockDim.x / 32;
-    int row = blockIdx.x * warps_per_block + threadIdx.x / 32;
-    int lane = threadIdx.x % 32;
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
     const float *xr = x + (size_t)row * C;
     float sum = 0.f;
     for (int c = lane; c < C; c += 32) sum += xr[c] * xr[c];
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    sum = warp_sum(sum);
     float s = rsqrtf(sum / C + eps);
     float *o = out + (size_t)row * C;
     for (int c = lane; c < C; c += 32) o[c] = xr[c] * s * weight[c];
     if (rstd && lane == 0) rstd[row] = s;
 }
 
-extern "C" int cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight, int N, int C,
-                                    float eps, char *err, int err_cap) {
-    const int block = 256, rows_per_block = block / 32;
-    int grid = (N + rows_per_block - 1) / rows_per_block;
-    if (grid > 0) rmsnorm_forward_kernel<<<grid, block>>>(out, rstd, x, weight, N, C, eps);
-    return report(cudaGetLastError(), err, err_cap);
+// dx[n,:] += r·(dout·w) - r³·(Σ dout·w·x / C)·x, the dot product in double as on the CPU.
+__global__ void rmsnorm_backward_dx_kernel(float *dx, const float *dout, const float *x, const float *weight,
+                                           const float *rstd, int N, int C) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float *xr = x + (size_t)row * C, *dr = dout + (size_t)row * C;
+    double dot = 0;
+    for (int c = lane; c < C; c += 32) dot += (double)dr[c] * weight[c] * xr[c];
+    dot = warp_sum_d(dot);
+    float r = rstd[row];
+    float kx = (float)((double)r * r * r * dot / C);
+    float *dxr = dx + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) dxr[c] += r * (dr[c] * weight[c]) - kx * xr[c];
+}
+
+static unsigned row_blocks(int N) { return cuda_blocks(N, 256 / 32); }
+
+extern "C" void cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight, int N, int C,
+                                     float eps) {
+    if (N <= 0) return;
+    rmsnorm_forward_kernel<<<row_blocks(N), 256, 0, cuda_stream()>>>(out, rstd, x, weight, N, C, eps);
+    CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void cuda_rmsnorm_backward(float *dx, float *dweight, const float *dout, const float *x,
+                                      const float *weight, const float *rstd, int N, int C) {
+    if (N <= 0) return;
+    if (dx) {
+        rmsnorm_backward_dx_kernel<<<row_blocks(N), 256, 0, cuda_stream()>>>(dx, dout, x, weight, rstd, N, C);
+        CUDA_LAUNCH_CHECK();
+    }
+    if (dweight) cuda_column_sum(dweight, dout, x, rstd, N, C);
+}
+
+// ---- column sums ----
+
+enum { COL_TX = 32, COL_TY = 8, ROWS_PER_PART = 256 };
+
+// partial[p, c] = Σ over rows n of part p of a[n,c] (· b[n,c] · r[n] when b is given), in
+// double. Block (32, 8): lanes take consecutive columns (coalesced), the 8 row groups are
+// added in a fixed order through shared memory.
+__global__ void column_partial_kernel(double *partial, const float *a, const float *b, const float *r, int N, int C) {
+    __shared__ double acc[COL_TY][COL_TX];
+    int c = blockIdx.x * COL_TX + threadIdx.x, p = blockIdx.y;
+    int n0 = p * ROWS_PER_PART, n1 = min(N, n0 + ROWS_PER_PART);
+    double s = 0;
+    if (c < C)
+        for (int n = n0 + threadIdx.y; n < n1; n += COL_TY) {
+            double v = a[(size_t)n * C + c];
+            if (b) v *= (double)b[(size_t)n * C + c] * r[n];
+            s += v;
+        }
+    acc[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        for (int y = 1; y < COL_TY; y++) s += acc[y][threadIdx.x];
+        partial[(size_t)p * C + c] = s;
+    }
+}
+
+__global__ void column_finish_kernel(float *out, const double *partial, int parts, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double s = 0;
+    for (int p = 0; p < parts; p++) s += partial[(size_t)p * C + c];
+    out[c] += (float)s;
+}
+
+void cuda_column_sum(float *out, const float *a, const float *b, const float *r, int N, int C) {
+    if (N <= 0 || C <= 0) return;
+    int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART;
+    double *partial = (double *)cuda_scratch(SCRATCH_COLSUM, (size_t)parts * C * sizeof(double));
+    if (!partial) return;
+    dim3 grid(cuda_blocks(C, COL_TX), parts), block(COL_TX, COL_TY);
+    column_partial_kernel<<<grid, block, 0, cuda_stream()>>>(partial, a, b, r, N, C);
+    CUDA_LAUNCH_CHECK();
+    column_finish_kernel<<<cuda_blocks(C, 256), 256, 0, cuda_stream()>>>(out, partial, parts, C);
+    CUDA_LAUNCH_CHECK();
 }

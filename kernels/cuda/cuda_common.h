@@ -1,0 +1,48 @@
+// cuda_common.h — what every CUDA kernel file shares (C++ side only, not installed).
+//
+// Errors: every launch and runtime call goes through CUDA_CHECK / CUDA_LAUNCH_CHECK,
+// which keep the FIRST failure (file:line and CUDA's text) in a process-wide slot.
+// The ops themselves return nothing, like their CPU twins; callers ask
+// cuda_take_error() (through tp_backend.sync) at the points where they can report.
+#ifndef TP_CUDA_COMMON_H
+#define TP_CUDA_COMMON_H
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+void cuda_note_error(cudaError_t e, const char *file, int line);
+void cuda_note_message(const char *msg, const char *file, int line);
+
+#define CUDA_CHECK(call)                                                   \
+    do {                                                                   \
+        cudaError_t e_ = (call);                                           \
+        if (e_ != cudaSuccess) cuda_note_error(e_, __FILE__, __LINE__);    \
+    } while (0)
+#define CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+// The stream every op runs on (the legacy default stream for now: ops run in call order).
+static inline cudaStream_t cuda_stream(void) { return 0; }
+
+static inline unsigned cuda_blocks(long n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+
+// Scratch device memory owned by one op (grown, never shrunk, freed at exit). The ops
+// run on one host thread, in stream order, so a slot is never in use twice at once.
+// Returns NULL (and notes the error) when the allocation fails.
+void *cuda_scratch(int slot, size_t bytes);
+enum { SCRATCH_EMBEDDING = 0, SCRATCH_COLSUM, SCRATCH_ATTENTION, SCRATCH_CE, SCRATCH_NORM, SCRATCH_COUNT };
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+#endif

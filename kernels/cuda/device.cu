@@ -1,0 +1,99 @@
+// device.cu — the device, memory, scratch buffers and the first-error slot.
+#include "cuda/cuda_common.h"
+#include "cuda/cuda_ops.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+static char first_error[512];
+
+void cuda_note_message(const char *msg, const char *file, int line) {
+    if (first_error[0]) return;  // the first failure explains the rest
+    snprintf(first_error, sizeof first_error, "%s:%d: %s", file, line, msg);
+}
+
+void cuda_note_error(cudaError_t e, const char *file, int line) { cuda_note_message(cudaGetErrorString(e), file, line); }
+
+extern "C" int cuda_take_error(char *err, int cap) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    if (!first_error[0]) return 0;
+    if (err && cap > 0) snprintf(err, (size_t)cap, "%s", first_error);
+    first_error[0] = 0;
+    return -1;
+}
+
+extern "C" int cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();  // clear the sticky "no driver" error
+        return 0;
+    }
+    return n;
+}
+
+extern "C" int cuda_device_describe(char *buf, int cap) {
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return -1;
+    snprintf(buf, (size_t)cap, "%s (sm_%d%d, %.0f GiB)", prop.name, prop.major, prop.minor,
+             (double)prop.totalGlobalMem / (1 << 30));
+    return 0;
+}
+
+extern "C" void *cuda_alloc(size_t bytes) {
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
+        cudaGetLastError();  // an out-of-memory answer is the caller's to report, with sizes
+        return NULL;
+    }
+    return p;
+}
+
+extern "C" void cuda_free(void *p) {
+    if (p) CUDA_CHECK(cudaFree(p));
+}
+
+extern "C" void cuda_memzero(void *p, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cuda_stream()));
+}
+
+extern "C" void cuda_upload(void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+
+extern "C" void cuda_download(void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+extern "C" void cuda_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream()));
+}
+
+extern "C" size_t cuda_free_bytes(void) {
+    size_t free_b = 0, total = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
+    return free_b;
+}
+
+static struct {
+    void *p;
+    size_t bytes;
+} scratch[SCRATCH_COUNT];
+
+void *cuda_scratch(int slot, size_t bytes) {
+    if (scratch[slot].bytes >= bytes && scratch[slot].p) return scratch[slot].p;
+    // Work queued on the old buffer must finish before it is freed.
+    CUDA_CHECK(cudaDeviceSynchronize());
+    if (scratch[slot].p) CUDA_CHECK(cudaFree(scratch[slot].p));
+    scratch[slot].p = NULL, scratch[slot].bytes = 0;
+    size_t want = bytes + bytes / 4;  // room to grow without a reallocation per call
+    if (cudaMalloc(&scratch[slot].p, want ? want : 1) != cudaSuccess) {
+        cudaGetLastError();
+        char msg[128];
+        snprintf(msg, sizeof msg, "out of device memory for %zu bytes of scratch", want);
+        cuda_note_message(msg, __FILE__, __LINE__);
+        return NULL;
+    }
+    scratch[slot].bytes = want;
+    return scratch[slot].p;
+}

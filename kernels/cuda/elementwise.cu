@@ -1,0 +1,193 @@
+// elementwise.cu — the ops that touch each element once: embedding, RoPE, SwiGLU,
+// residual add, row gather/scatter.
+#include "cuda/cuda_common.h"
+#include "cuda/cuda_ops.h"
+
+#include <cstdlib>
+#include <cstring>
+
+enum { THREADS = 256 };
+
+// ---- embedding ----
+
+__global__ void embedding_forward_kernel(float *out, const int32_t *ids, const float *table, int N, int C) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)N * C) return;
+    long n = i / C, c = i % C;
+    out[i] = table[(size_t)ids[n] * C + c];
+}
+
+extern "C" void cuda_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C) {
+    if (N <= 0) return;
+    embedding_forward_kernel<<<cuda_blocks((long)N * C, THREADS), THREADS, 0, cuda_stream()>>>(out, ids, table, N, C);
+    CUDA_LAUNCH_CHECK();
+}
+
+// One block column per distinct token id: its rows of dout are added in increasing n,
+// the same order as the CPU, with no atomics (an id may appear thousands of times).
+// order [N] lists token positions grouped by id; start [U+1] bounds id u's group.
+__global__ void embedding_backward_kernel(float *dtable, const float *dout, const int32_t *uniq, const int32_t *start,
+                                          const int32_t *order, int C) {
+    int u = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float *row = dtable + (size_t)uniq[u] * C + c;
+    float acc = *row;
+    for (int k = start[u]; k < start[u + 1]; k++) acc += dout[(size_t)order[k] * C + c];
+    *row = acc;
+}
+
+// The grouping is a counting sort of the ids on the host: N ids are a few KB to copy,
+// and a stable sort keeps positions in increasing order within a group.
+extern "C" void cuda_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int C) {
+    if (N <= 0) return;
+    int32_t *h_ids = (int32_t *)malloc(sizeof(int32_t) * (size_t)N * 3 + sizeof(int32_t));
+    if (!h_ids) abort();
+    cuda_download(h_ids, ids, sizeof(int32_t) * (size_t)N);
+    int32_t max_id = 0;
+    for (int n = 0; n < N; n++) max_id = h_ids[n] > max_id ? h_ids[n] : max_id;
+    int32_t *count = (int32_t *)calloc((size_t)max_id + 2, sizeof(int32_t));
+    if (!count) abort();
+    for (int n = 0; n < N; n++) count[h_ids[n] + 1]++;
+    for (int32_t v = 0; v <= max_id; v++) count[v + 1] += count[v];  // count[v]: first slot of id v
+    int32_t *order = h_ids + N, *packed = h_ids + 2 * N;  // packed: uniq [U], then start [U+1]
+    int32_t *fill = (int32_t *)malloc(sizeof(int32_t) * ((size_t)max_id + 1));
+    if (!fill) abort();
+    memcpy(fill, count, sizeof(int32_t) * ((size_t)max_id + 1));
+    for (int n = 0; n < N; n++) order[fill[h_ids[n]]++] = n;
+    int U = 0;
+    for (int32_t v = 0; v <= max_id; v++)
+        if (count[v + 1] > count[v]) U++;
+    int32_t *dev = (int32_t *)cuda_scratch(SCRATCH_EMBEDDING, sizeof(int32_t) * ((size_t)N + 2 * (size_t)U + 1));
+    if (dev) {
+        int32_t *uniq = packed, *start = (int32_t *)malloc(sizeof(int32_t) * ((size_t)U + 1));
+        if (!start) abort();
+        int u = 0;
+        for (int32_t v = 0; v <= max_id; v++)
+            if (count[v + 1] > count[v]) uniq[u] = v, start[u] = count[v], u++;
+        start[U] = N;
+        // device layout: order [N] | uniq [U] | start [U+1]
+        cuda_upload(dev, order, sizeof(int32_t) * (size_t)N);
+        cuda_upload(dev + N, uniq, sizeof(int32_t) * (size_t)U);
+        cuda_upload(dev + N + U, start, sizeof(int32_t) * ((size_t)U + 1));
+        dim3 grid(U, cuda_blocks(C, THREADS));
+        embedding_backward_kernel<<<grid, THREADS, 0, cuda_stream()>>>(dtable, dout, dev + N, dev + N + U, dev, C);
+        CUDA_LAUNCH_CHECK();
+        // The uploads above are synchronous, but the kernel reads scratch: nothing may
+        // reuse the host arrays after this point, and they are freed only now.
+        free(start);
+    }
+    free(fill), free(count), free(h_ids);
+}
+
+// ---- RoPE ----
+
+// One thread per (token, head, i < HD/2); the angle is the fp32 product pos · inv_freq,
+// as on the CPU and in transformers.
+__global__ void rope_kernel(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD, float sign) {
+    int half = HD / 2;
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)N * H * half) return;
+    int f = (int)(i % half);
+    long nh = i / half;
+    int n = (int)(nh / H);
+    float a = (float)pos[n] * inv_freq[f];
+    float cs = cosf(a), sn = sign * sinf(a);
+    float *x1 = x + nh * HD + f, *x2 = x1 + half;
+    float a1 = *x1, a2 = *x2;
+    *x1 = a1 * cs - a2 * sn;
+    *x2 = a2 * cs + a1 * sn;
+}
+
+static void rope(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD, float sign) {
+    long n = (long)N * H * (HD / 2);
+    if (n <= 0) return;
+    rope_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream()>>>(x, pos, inv_freq, N, H, HD, sign);
+    CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void cuda_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD) {
+    rope(x, pos, inv_freq, N, H, HD, 1.0f);
+}
+
+extern "C" void cuda_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD) {
+    rope(dx, pos, inv_freq, N, H, HD, -1.0f);
+}
+
+// ---- SwiGLU ----
+
+__global__ void swiglu_forward_kernel(float *out, const float *gate, const float *up, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = gate[i];
+    out[i] = g * (1.0f / (1.0f + expf(-g))) * up[i];
+}
+
+__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                                       long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = gate[i], d = dout[i], sig = 1.0f / (1.0f + expf(-g));
+    dup[i] = d * g * sig;
+    dgate[i] = d * up[i] * sig * (1.0f + g * (1.0f - sig));
+}
+
+extern "C" void cuda_swiglu_forward(float *out, const float *gate, const float *up, long n) {
+    if (n <= 0) return;
+    swiglu_forward_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream()>>>(out, gate, up, n);
+    CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                                     long n) {
+    if (n <= 0) return;
+    swiglu_backward_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream()>>>(dgate, dup, dout, gate, up, n);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ---- residual add, gather, scatter, scale ----
+
+__global__ void add_kernel(float *x, const float *y, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+extern "C" void cuda_add_inplace(float *x, const float *y, long n) {
+    if (n <= 0) return;
+    add_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream()>>>(x, y, n);
+    CUDA_LAUNCH_CHECK();
+}
+
+__global__ void gather_kernel(float *out, const float *x, const int32_t *idx, int n, int C) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)n * C) return;
+    out[i] = x[(size_t)idx[i / C] * C + i % C];
+}
+
+__global__ void scatter_add_kernel(float *dx, const float *dout, const int32_t *idx, int n, int C) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)n * C) return;
+    dx[(size_t)idx[i / C] * C + i % C] += dout[i];  // idx distinct: no two threads share a target
+}
+
+extern "C" void cuda_gather_rows(float *out, const float *x, const int32_t *idx, int n, int C) {
+    if (n <= 0) return;
+    gather_kernel<<<cuda_blocks((long)n * C, THREADS), THREADS, 0, cuda_stream()>>>(out, x, idx, n, C);
+    CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void cuda_scatter_add_rows(float *dx, const float *dout, const int32_t *idx, int n, int C) {
+    if (n <= 0) return;
+    scatter_add_kernel<<<cuda_blocks((long)n * C, THREADS), THREADS, 0, cuda_stream()>>>(dx, dout, idx, n, C);
+    CUDA_LAUNCH_CHECK();
+}
+
+__global__ void scale_kernel(float *x, size_t n, float s) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= s;
+}
+
+extern "C" void cuda_scale(float *x, size_t n, float s) {
+    if (!n) return;
+    scale_kernel<<<cuda_blocks((long)n, THREADS), THREADS, 0, cuda_stream()>>>(x, n, s);
+    CUDA_LAUNCH_CHECK();
+}

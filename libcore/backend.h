@@ -1,0 +1,72 @@
+// backend.h — where the model core computes: the ops of kernels/ops.h and the memory
+// they work on, as one table per backend, so model code is written once.
+//
+//   cpu   host memory, kernels/cpu (fp32; GEMMs through oneDNN/OpenBLAS)
+//   cuda  device memory, kernels/cuda (fp32 storage; matrix products in fp32, tf32 or bf16)
+//
+// Pointers handed to a backend's ops are that backend's memory: host pointers for cpu,
+// device pointers for cuda. Host code moves data with upload/download.
+#ifndef TP_BACKEND_H
+#define TP_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+typedef struct tp_backend {
+    const char *name;
+    bool device;  // its memory is not the host's
+    // Logits of the output head are computed this many floats at a time (a chunk of
+    // tokens × the vocabulary), so [tokens, 151936] logits never exist at once.
+    size_t head_chunk_floats;
+
+    void *(*alloc)(size_t bytes);  // NULL when out of memory
+    void (*free)(void *p);
+    void (*memzero)(void *p, size_t bytes);
+    void (*upload)(void *dst, const void *host_src, size_t bytes);
+    void (*download)(void *host_dst, const void *src, size_t bytes);
+    // Waits for queued work; 0, or -1 with the first error since the last call in err.
+    int (*sync)(char *err, int cap);
+    size_t (*free_bytes)(void);  // memory still free on the device; 0 when unknown
+
+    // The ops, with the contracts of kernels/ops.h.
+    void (*embedding_forward)(float *out, const int32_t *ids, const float *table, int N, int C);
+    void (*embedding_backward)(float *dtable, const float *dout, const int32_t *ids, int N, int C);
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *x, const float *weight, int N, int C, float eps);
+    void (*rmsnorm_backward)(float *dx, float *dweight, const float *dout, const float *x, const float *weight,
+                             const float *rstd, int N, int C);
+    void (*linear_forward)(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC);
+    void (*linear_backward)(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
+                            const float *weight, int N, int IC, int OC);
+    void (*rope_forward)(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
+    void (*rope_backward)(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
+    void (*attention_forward)(float *out, float *lse, const float *q, const float *k, const float *v,
+                              const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
+    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                               const float *lse, const float *q, const float *k, const float *v,
+                               const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
+    void (*swiglu_forward)(float *out, const float *gate, const float *up, long n);
+    void (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n);
+    void (*add_inplace)(float *x, const float *y, long n);
+    void (*gather_rows)(float *out, const float *x, const int32_t *idx, int n, int C);
+    void (*scatter_add_rows)(float *dx, const float *dout, const int32_t *idx, int n, int C);
+    double (*crossentropy_forward_backward)(float *logits, const int32_t *target, int n, int V, float scale);
+    void (*adamw_span)(float *p, const float *g, float *m, float *v, size_t n, float decay_factor, float b1, float b2,
+                       float step_size, float bc2_sqrt, float eps);
+    double (*sum_squares)(const float *x, size_t n);
+    void (*scale)(float *x, size_t n, float s);
+} tp_backend;
+
+const tp_backend *tp_backend_cpu(void);
+// "cpu", "cuda" or "auto" (cuda when this build has it and a GPU is present, else cpu).
+// NULL with a message when the backend cannot be used here (no GPU, a CPU-only build).
+const tp_backend *tp_backend_named(const char *name, tp_err *err);
+// Sets the precision of the cuda backend's matrix products: "fp32", "tf32" or "bf16".
+// The cpu backend computes in fp32 whatever is asked. -1 for an unknown name.
+int tp_backend_set_matmul(const tp_backend *be, const char *precision);
+// One line naming the backend and its device, e.g. "cuda: NVIDIA H100 80GB HBM3 (sm_90, 79 GiB)".
+void tp_backend_describe(const tp_backend *be, char *buf, int cap);
+
+#endif

@@ -1,0 +1,220 @@
+// The model core on the cuda backend against the cpu backend, on the tiny transformers
+// fixtures: logits, loss and every parameter's gradient (fp32 matrix products: 1e-4;
+// bf16: within bf16 tolerance), AdamW training steps, determinism, recomputation, and
+// the out-of-memory message. Skipped without a GPU.
+#include "backend.h"
+#include "cuda_test.h"
+#include "model.h"
+#include "model_fixture.h"
+#include "optim.h"
+
+#define FIX "tests/fixtures/model/"
+static const char *CASES[] = {"qwen3", "qwen2-tied", "llama3", "llama3-tied"};
+
+#ifdef TP_HAVE_CUDA
+static const tp_backend *cuda(void) {
+    tp_err err;
+    const tp_backend *be = tp_backend_named("cuda", &err);
+    CHECK_MSG(be, "%s", err.msg);
+    return be;
+}
+
+static double rel_l2(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - b[i];
+        num += d * d, den += (double)b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+typedef struct pair {
+    tp_model *cpu, *gpu;
+    model_fixture f;
+} pair;
+
+static int pair_open(pair *p, const char *name, bool train) {
+    memset(p, 0, sizeof *p);
+    char path[256];
+    snprintf(path, sizeof path, FIX "%s/expected.safetensors.zst", name);
+    if (model_fixture_open(&p->f, path) < 0) return -1;
+    p->cpu = fixture_load_model(FIX, name), p->gpu = fixture_load_model(FIX, name);
+    if (!p->cpu || !p->gpu) return -1;
+    tp_err err;
+    int rc = tp_model_use_backend(p->gpu, cuda(), train, &err);
+    CHECK_MSG(rc == 0, "%s", err.msg);
+    return rc;
+}
+
+static void pair_close(pair *p) {
+    tp_model_free(p->cpu), tp_model_free(p->gpu);
+    model_fixture_close(&p->f);
+}
+
+// Logits of every token, loss and all gradients; tol is max-relative for fp32 products
+// and relative-L2 per tensor for bf16 ones (bf16 rounds each product's inputs to 8 bits).
+static void compare_case(const char *name, const char *precision, double tol) {
+    pair p;
+    CHECK(tp_backend_set_matmul(cuda(), precision) == 0);
+    if (pair_open(&p, name, true) == 0) {
+        bool bf16 = strcmp(precision, "fp32") != 0;
+        tp_err err;
+        int N = p.f.B * p.f.T, V = p.cpu->cfg.vocab_size;
+        float *lc = malloc((size_t)N * V * 4), *lg = malloc((size_t)N * V * 4);
+        CHECK(tp_model_forward(p.cpu, &p.f.batch, NULL, NULL, 0, lc, &err) == 0);
+        int rc = tp_model_forward(p.gpu, &p.f.batch, NULL, NULL, 0, lg, &err);
+        CHECK_MSG(rc == 0, "%s", err.msg);
+        double e = bf16 ? rel_l2(lg, lc, (size_t)N * V) : max_rel(lg, lc, (size_t)N * V);
+        CHECK_MSG(e <= tol, "%s %s: logits differ by %.3g", name, precision, e);
+        double worst = e;
+        tp_loss a, b;
+        tp_model_zero_grad(p.cpu), tp_model_zero_grad(p.gpu);
+        CHECK(tp_model_forward_backward(p.cpu, &p.f.batch, 0, &a, &err) == 0);
+        rc = tp_model_forward_backward(p.gpu, &p.f.batch, 0, &b, &err);
+        CHECK_MSG(rc == 0, "%s", err.msg);
+        CHECK(a.count == b.count && a.count > 0);
+        CHECK_MSG(fabs(a.sum - b.sum) <= (bf16 ? tol : 1e-5) * fabs(a.sum), "%s: loss %.9g vs %.9g", name, b.sum, a.sum);
+        tp_model_pull(p.gpu, true);
+        for (int i = 0; i < p.cpu->n_params; i++) {
+            const tp_param *q = &p.cpu->params[i];
+            const float *gg = p.gpu->g + q->offset, *gc = p.cpu->g + q->offset;
+            double d = bf16 ? rel_l2(gg, gc, q->numel) : max_rel(gg, gc, q->numel);
+            CHECK_MSG(d <= tol, "%s %s: gradient of %s differs by %.3g", name, precision, q->name, d);
+            if (d > worst) worst = d;
+        }
+        printf("# %s %s: logits and gradients within %.3g of the cpu\n", name, precision, worst);
+        free(lc), free(lg);
+    }
+    pair_close(&p);
+    CHECK(tp_backend_set_matmul(cuda(), "fp32") == 0);
+    CHECK_CUDA_OK();
+}
+
+static void test_fp32_matches_cpu(void) {
+    NEED_GPU();
+    for (size_t i = 0; i < sizeof CASES / sizeof *CASES; i++) compare_case(CASES[i], "fp32", 1e-4);
+}
+
+static void test_bf16_within_tolerance(void) {
+    NEED_GPU();
+    for (size_t i = 0; i < sizeof CASES / sizeof *CASES; i++) compare_case(CASES[i], "bf16", 3e-2);
+}
+
+// Five AdamW steps with clipping and a cosine schedule on both backends.
+static void test_training_steps_match(void) {
+    NEED_GPU();
+    pair p;
+    if (pair_open(&p, "qwen3", true) == 0) {
+        tp_adamw oc, og;
+        tp_adamw_init(&oc, p.cpu, 0.9, 0.95, 1e-8, 0.1), tp_adamw_init(&og, p.gpu, 0.9, 0.95, 1e-8, 0.1);
+        tp_lr_schedule s = {TP_SCHEDULE_COSINE, 1e-3, 1e-4, 1, 5};
+        tp_err err;
+        for (int step = 0; step < 5; step++) {
+            tp_loss a, b;
+            tp_model_zero_grad(p.cpu), tp_model_zero_grad(p.gpu);
+            CHECK(tp_model_forward_backward(p.cpu, &p.f.batch, 0, &a, &err) == 0);
+            CHECK(tp_model_forward_backward(p.gpu, &p.f.batch, 0, &b, &err) == 0);
+            double na = tp_clip_grad_norm(p.cpu, 0.5), nb = tp_clip_grad_norm(p.gpu, 0.5);
+            CHECK_MSG(fabs(a.sum - b.sum) <= 1e-5 * fabs(a.sum), "step %d: loss %.9g vs %.9g", step, b.sum, a.sum);
+            CHECK_MSG(fabs(na - nb) <= 1e-5 * na, "step %d: grad norm %.9g vs %.9g", step, nb, na);
+            tp_adamw_update(&oc, p.cpu, tp_lr_at(&s, step)), tp_adamw_update(&og, p.gpu, tp_lr_at(&s, step));
+        }
+        tp_model_pull(p.gpu, false);
+        double e = rel_l2(p.gpu->w, p.cpu->w, p.cpu->n_floats);
+        CHECK_MSG(e <= 1e-4, "parameters after 5 steps differ by %.3g (relative L2)", e);
+        printf("# 5 AdamW steps: parameters within %.3g (relative L2) of the cpu\n", e);
+        tp_adamw_free(&oc), tp_adamw_free(&og);
+    }
+    pair_close(&p);
+    CHECK_CUDA_OK();
+}
+
+// The same batch twice gives the same bits, and recomputing activations changes nothing.
+static void test_deterministic_and_recompute(void) {
+    NEED_GPU();
+    pair p;
+    if (pair_open(&p, "llama3", true) == 0) {
+        tp_err err;
+        size_t bytes = p.gpu->n_floats * sizeof(float);
+        float *g[3];
+        double loss[3];
+        for (int run = 0; run < 3; run++) {
+            p.gpu->recompute = run == 2;
+            tp_loss l;
+            tp_model_zero_grad(p.gpu);
+            CHECK(tp_model_forward_backward(p.gpu, &p.f.batch, 0, &l, &err) == 0);
+            tp_model_pull(p.gpu, true);
+            g[run] = malloc(bytes);
+            memcpy(g[run], p.gpu->g, bytes);
+            loss[run] = l.sum;
+        }
+        CHECK(loss[0] == loss[1] && memcmp(g[0], g[1], bytes) == 0);
+        CHECK(loss[0] == loss[2] && memcmp(g[0], g[2], bytes) == 0);
+        for (int run = 0; run < 3; run++) free(g[run]);
+    }
+    pair_close(&p);
+    CHECK_CUDA_OK();
+}
+
+// Activations that cannot fit: a message with the sizes and a hint, no crash, and the
+// model still works afterwards.
+static void test_out_of_memory_message(void) {
+    NEED_GPU();
+    pair p;
+    if (pair_open(&p, "qwen3", true) == 0) {
+        int T = 1 << 24;  // ~15 KB of activations a token: 240 GB
+        int32_t *ids = calloc((size_t)T, 4), *pos = malloc((size_t)T * 4), *seg = calloc((size_t)T, 4);
+        uint8_t *mask = calloc((size_t)T, 1);
+        for (int t = 0; t < T; t++) pos[t] = t % 4096;
+        tp_batch big = {1, T, ids, pos, seg, mask};
+        tp_err err;
+        tp_loss l;
+        CHECK(tp_model_forward_backward(p.gpu, &big, 0, &l, &err) == -1);
+        CHECK_CONTAINS(err.msg, "out of device memory");
+        CHECK_CONTAINS(err.msg, "--micro-batch");
+        printf("# %s\n", err.msg);
+        tp_model_zero_grad(p.gpu);
+        CHECK(tp_model_forward_backward(p.gpu, &p.f.batch, 0, &l, &err) == 0);
+        free(ids), free(pos), free(seg), free(mask);
+    }
+    pair_close(&p);
+    CHECK_CUDA_OK();
+}
+#endif
+
+// Without CUDA (or a GPU), asking for it by name fails with a message; auto gives the cpu.
+static void test_device_selection(void) {
+    tp_err err;
+    const tp_backend *be = tp_backend_named("auto", &err);
+    CHECK(be != NULL);
+    CHECK(tp_backend_named("tpu", &err) == NULL);
+    CHECK_CONTAINS(err.msg, "unknown device");
+#ifdef TP_HAVE_CUDA
+    if (cuda_device_count() > 0) {
+        CHECK_STR(be->name, "cuda");
+        return;
+    }
+#endif
+    CHECK_STR(be->name, "cpu");
+    CHECK(tp_backend_named("cuda", &err) == NULL);
+    CHECK_CONTAINS(err.msg, "cuda");
+}
+
+#ifndef TP_HAVE_CUDA
+static void test_no_cuda(void) { NEED_GPU(); }
+#endif
+
+int main(void) {
+    (void)CASES;
+    RUN(test_device_selection);
+#ifdef TP_HAVE_CUDA
+    RUN(test_fp32_matches_cpu);
+    RUN(test_bf16_within_tolerance);
+    RUN(test_training_steps_match);
+    RUN(test_deterministic_and_recompute);
+    RUN(test_out_of_memory_message);
+#else
+    RUN(test_no_cuda);
+#endif
+    return TEST_SUMMARY();
+}

@@ -1,0 +1,242 @@
+// The CUDA ops against their CPU twins (kernels/ops.h) on fresh random inputs: fp32
+// within 1e-5 relative, matrix products in bf16 within 1e-2. Outputs start as NaN so an
+// element a kernel never writes fails; accumulating outputs start at the same random
+// values on both sides. Skipped without a GPU. (Attention: test_cuda_attention.c.)
+#include "cuda_test.h"
+#include "ops.h"
+
+#ifdef TP_HAVE_CUDA
+static double worst_seen;
+
+// Compares device buffer d [n] with host reference ref; tol relative to max |ref|.
+static void expect_close(const char *what, const float *d, const float *ref, size_t n, double tol) {
+    float *got = host_of(d, n);
+    double e = max_rel(got, ref, n);
+    if (e > worst_seen) worst_seen = e;
+    CHECK_MSG(e <= tol, "%s: max rel err %.3g > %.1g", what, e, tol);
+    free(got);
+}
+
+static float *rnd(size_t n) {
+    float *p = malloc(n * sizeof *p + 4);
+    fill_uniform(p, n, -2, 2);
+    return p;
+}
+
+static void test_embedding(void) {
+    NEED_GPU();
+    int V = 1000, C = 96, N = 500;
+    int32_t *ids = malloc(N * sizeof *ids);
+    for (int n = 0; n < N; n++) ids[n] = n % 7 == 0 ? (int32_t)(test_rand() % V) : (int32_t)(test_rand() % 40);
+    float *table = rnd((size_t)V * C), *out = malloc((size_t)N * C * 4), *dout = rnd((size_t)N * C);
+    float *dtable = rnd((size_t)V * C);
+    int32_t *d_ids = dev_copy(ids, N * sizeof *ids);
+    float *d_table = dev_copy(table, (size_t)V * C * 4), *d_out = dev_poisoned((size_t)N * C);
+    float *d_dout = dev_copy(dout, (size_t)N * C * 4), *d_dtable = dev_copy(dtable, (size_t)V * C * 4);
+    embedding_forward(out, ids, table, N, C);
+    cuda_embedding_forward(d_out, d_ids, d_table, N, C);
+    expect_close("embedding forward", d_out, out, (size_t)N * C, 0);
+    embedding_backward(dtable, dout, ids, N, C);
+    cuda_embedding_backward(d_dtable, d_dout, d_ids, N, C);
+    expect_close("embedding backward", d_dtable, dtable, (size_t)V * C, 1e-6);
+    CHECK_CUDA_OK();
+    free(ids), free(table), free(out), free(dout), free(dtable);
+    cuda_free(d_ids), cuda_free(d_table), cuda_free(d_out), cuda_free(d_dout), cuda_free(d_dtable);
+}
+
+static void test_rmsnorm(void) {
+    NEED_GPU();
+    const int shapes[][2] = {{37, 896}, {1200, 128}, {5, 1}, {3, 4097}};
+    for (int s = 0; s < 4; s++) {
+        int N = shapes[s][0], C = shapes[s][1];
+        size_t nc = (size_t)N * C;
+        float *x = rnd(nc), *w = rnd(C), *out = malloc(nc * 4), *rstd = malloc(N * 4);
+        float *dout = rnd(nc), *dx = rnd(nc), *dw = rnd(C);
+        float *d_x = dev_copy(x, nc * 4), *d_w = dev_copy(w, C * 4), *d_out = dev_poisoned(nc), *d_rstd = dev_poisoned(N);
+        float *d_dout = dev_copy(dout, nc * 4), *d_dx = dev_copy(dx, nc * 4), *d_dw = dev_copy(dw, C * 4);
+        rmsnorm_forward(out, rstd, x, w, N, C, 1e-6f);
+        cuda_rmsnorm_forward(d_out, d_rstd, d_x, d_w, N, C, 1e-6f);
+        expect_close("rmsnorm forward", d_out, out, nc, 1e-5);
+        expect_close("rmsnorm rstd", d_rstd, rstd, N, 1e-5);
+        rmsnorm_backward(dx, dw, dout, x, w, rstd, N, C);
+        cuda_rmsnorm_backward(d_dx, d_dw, d_dout, d_x, d_w, d_rstd, N, C);
+        expect_close("rmsnorm backward dx", d_dx, dx, nc, 1e-5);
+        expect_close("rmsnorm backward dweight", d_dw, dw, C, 1e-5);
+        CHECK_CUDA_OK();
+        free(x), free(w), free(out), free(rstd), free(dout), free(dx), free(dw);
+        cuda_free(d_x), cuda_free(d_w), cuda_free(d_out), cuda_free(d_rstd), cuda_free(d_dout), cuda_free(d_dx),
+            cuda_free(d_dw);
+    }
+}
+
+static void linear_case(int N, int IC, int OC, bool bias, const char *precision, double tol) {
+    CHECK(cuda_set_matmul_precision(precision) == 0);
+    size_t nx = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;
+    float *x = rnd(nx), *w = rnd(nw), *b = bias ? rnd(OC) : NULL, *out = malloc(no * 4);
+    float *dout = rnd(no), *dx = rnd(nx), *dw = rnd(nw), *db = rnd(OC);
+    float *d_x = dev_copy(x, nx * 4), *d_w = dev_copy(w, nw * 4), *d_b = bias ? dev_copy(b, OC * 4) : NULL;
+    float *d_out = dev_poisoned(no), *d_dout = dev_copy(dout, no * 4), *d_dx = dev_copy(dx, nx * 4);
+    float *d_dw = dev_copy(dw, nw * 4), *d_db = dev_copy(db, OC * 4);
+    char what[96];
+    linear_forward(out, x, w, b, N, IC, OC);
+    cuda_linear_forward(d_out, d_x, d_w, d_b, N, IC, OC);
+    snprintf(what, sizeof what, "linear forward %dx%dx%d %s", N, IC, OC, precision);
+    expect_close(what, d_out, out, no, tol);
+    linear_backward(dx, dw, bias ? db : NULL, dout, x, w, N, IC, OC);
+    cuda_linear_backward(d_dx, d_dw, bias ? d_db : NULL, d_dout, d_x, d_w, N, IC, OC);
+    snprintf(what, sizeof what, "linear backward dx %dx%dx%d %s", N, IC, OC, precision);
+    expect_close(what, d_dx, dx, nx, tol);
+    snprintf(what, sizeof what, "linear backward dweight %dx%dx%d %s", N, IC, OC, precision);
+    expect_close(what, d_dw, dw, nw, tol);
+    if (bias) expect_close("linear backward dbias", d_db, db, OC, tol);
+    CHECK_CUDA_OK();
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+    free(x), free(w), free(b), free(out), free(dout), free(dx), free(dw), free(db);
+    cuda_free(d_x), cuda_free(d_w), cuda_free(d_b), cuda_free(d_out), cuda_free(d_dout), cuda_free(d_dx),
+        cuda_free(d_dw), cuda_free(d_db);
+}
+
+static void test_linear(void) {
+    NEED_GPU();
+    linear_case(70, 96, 200, true, "fp32", 1e-5);
+    linear_case(333, 896, 128, false, "fp32", 1e-5);
+    linear_case(1, 64, 1000, true, "fp32", 1e-5);
+    linear_case(333, 896, 128, true, "bf16", 1e-2);
+    linear_case(512, 1536, 256, false, "tf32", 5e-3);
+    CHECK(cuda_set_matmul_precision("fp16?") == -1);
+}
+
+static void test_rope(void) {
+    NEED_GPU();
+    int N = 50, H = 3, HD = 64;
+    size_t n = (size_t)N * H * HD;
+    int32_t *pos = malloc(N * 4);
+    for (int i = 0; i < N; i++) pos[i] = (int32_t)(test_rand() % 5000);
+    float inv[32];
+    for (int i = 0; i < HD / 2; i++) inv[i] = (float)pow(1e6, -2.0 * i / HD);
+    float *x = rnd(n);
+    int32_t *d_pos = dev_copy(pos, N * 4);
+    float *d_inv = dev_copy(inv, sizeof inv), *d_x = dev_copy(x, n * 4);
+    rope_forward(x, pos, inv, N, H, HD);
+    cuda_rope_forward(d_x, d_pos, d_inv, N, H, HD);
+    expect_close("rope forward", d_x, x, n, 1e-5);
+    rope_backward(x, pos, inv, N, H, HD);
+    cuda_rope_backward(d_x, d_pos, d_inv, N, H, HD);
+    expect_close("rope backward", d_x, x, n, 1e-5);
+    CHECK_CUDA_OK();
+    free(pos), free(x);
+    cuda_free(d_pos), cuda_free(d_inv), cuda_free(d_x);
+}
+
+static void test_swiglu_add_rows(void) {
+    NEED_GPU();
+    long n = 10007;
+    float *g = rnd(n), *u = rnd(n), *out = malloc(n * 4), *dout = rnd(n), *dg = malloc(n * 4), *du = malloc(n * 4);
+    g[0] = -100, g[1] = 100;  // exp overflow at both ends
+    float *d_g = dev_copy(g, n * 4), *d_u = dev_copy(u, n * 4), *d_out = dev_poisoned(n), *d_dout = dev_copy(dout, n * 4);
+    float *d_dg = dev_poisoned(n), *d_du = dev_poisoned(n);
+    swiglu_forward(out, g, u, n);
+    cuda_swiglu_forward(d_out, d_g, d_u, n);
+    expect_close("swiglu forward", d_out, out, n, 1e-5);
+    swiglu_backward(dg, du, dout, g, u, n);
+    cuda_swiglu_backward(d_dg, d_du, d_dout, d_g, d_u, n);
+    expect_close("swiglu backward dgate", d_dg, dg, n, 1e-5);
+    expect_close("swiglu backward dup", d_du, du, n, 1e-5);
+    add_inplace(out, u, n);
+    cuda_add_inplace(d_out, d_u, n);
+    expect_close("add_inplace", d_out, out, n, 1e-6);
+
+    int N = 300, C = 33, k = 57;
+    int32_t idx[57];
+    for (int i = 0; i < k; i++) idx[i] = (int32_t)((i * 97 + 11) % N);  // distinct: 97 and 300 are coprime
+    float *x = rnd((size_t)N * C), *rows = malloc((size_t)k * C * 4), *drows = rnd((size_t)k * C), *dx = rnd((size_t)N * C);
+    int32_t *d_idx = dev_copy(idx, sizeof idx);
+    float *d_x = dev_copy(x, (size_t)N * C * 4), *d_rows = dev_poisoned((size_t)k * C);
+    float *d_drows = dev_copy(drows, (size_t)k * C * 4), *d_dx = dev_copy(dx, (size_t)N * C * 4);
+    gather_rows(rows, x, idx, k, C);
+    cuda_gather_rows(d_rows, d_x, d_idx, k, C);
+    expect_close("gather_rows", d_rows, rows, (size_t)k * C, 0);
+    scatter_add_rows(dx, drows, idx, k, C);
+    cuda_scatter_add_rows(d_dx, d_drows, d_idx, k, C);
+    expect_close("scatter_add_rows", d_dx, dx, (size_t)N * C, 1e-6);
+    CHECK_CUDA_OK();
+    free(g), free(u), free(out), free(dout), free(dg), free(du), free(x), free(rows), free(drows), free(dx);
+    cuda_free(d_g), cuda_free(d_u), cuda_free(d_out), cuda_free(d_dout), cuda_free(d_dg), cuda_free(d_du);
+    cuda_free(d_idx), cuda_free(d_x), cuda_free(d_rows), cuda_free(d_drows), cuda_free(d_dx);
+}
+
+static void test_crossentropy(void) {
+    NEED_GPU();
+    const int shapes[][2] = {{20, 5000}, {3, 151936}, {64, 257}};
+    for (int s = 0; s < 3; s++) {
+        int n = shapes[s][0], V = shapes[s][1];
+        size_t nv = (size_t)n * V;
+        float *logits = malloc(nv * 4);
+        fill_uniform(logits, nv, -8, 8);
+        logits[5] = 30;  // one row with a confident prediction
+        int32_t *t = malloc(n * 4);
+        for (int i = 0; i < n; i++) t[i] = i % 5 == 3 ? -1 : (int32_t)(test_rand() % V);
+        t[0] = 5;
+        float *d_logits = dev_copy(logits, nv * 4);
+        int32_t *d_t = dev_copy(t, n * 4);
+        double ref = crossentropy_forward_backward(logits, t, n, V, 0.05f);
+        double got = cuda_crossentropy_forward_backward(d_logits, d_t, n, V, 0.05f);
+        CHECK_MSG(fabs(got - ref) <= 1e-5 * fabs(ref), "crossentropy loss %.10g vs %.10g", got, ref);
+        expect_close("crossentropy gradient", d_logits, logits, nv, 1e-5);
+        CHECK_CUDA_OK();
+        free(logits), free(t);
+        cuda_free(d_logits), cuda_free(d_t);
+    }
+}
+
+static void test_optimizer_ops(void) {
+    NEED_GPU();
+    size_t n = 200003;
+    float *p = rnd(n), *m = calloc(n, 4), *v = calloc(n, 4), *g = rnd(n);
+    float *d_p = dev_copy(p, n * 4), *d_m = dev_copy(m, n * 4), *d_v = dev_copy(v, n * 4), *d_g = dev_copy(g, n * 4);
+    for (int step = 1; step <= 3; step++) {
+        float bc1 = 1 - powf(0.9f, step), bc2 = 1 - powf(0.95f, step);
+        adamw_span(p, g, m, v, n, 0.999f, 0.9f, 0.95f, 1e-3f / bc1, sqrtf(bc2), 1e-8f);
+        cuda_adamw_span(d_p, d_g, d_m, d_v, n, 0.999f, 0.9f, 0.95f, 1e-3f / bc1, sqrtf(bc2), 1e-8f);
+    }
+    expect_close("adamw params", d_p, p, n, 1e-6);
+    expect_close("adamw exp_avg", d_m, m, n, 1e-6);
+    expect_close("adamw exp_avg_sq", d_v, v, n, 1e-6);
+    double ref = sum_squares(g, n), got = cuda_sum_squares(d_g, n);
+    CHECK_MSG(fabs(got - ref) <= 1e-12 * ref, "sum_squares %.17g vs %.17g", got, ref);
+    scale_inplace(g, n, 0.3f);
+    cuda_scale(d_g, n, 0.3f);
+    expect_close("scale", d_g, g, n, 0);
+    CHECK_CUDA_OK();
+    free(p), free(m), free(v), free(g);
+    cuda_free(d_p), cuda_free(d_m), cuda_free(d_v), cuda_free(d_g);
+}
+
+static void test_out_of_memory_is_null(void) {
+    NEED_GPU();
+    void *p = cuda_alloc((size_t)1 << 50);  // a petabyte
+    CHECK(p == NULL);
+    CHECK_CUDA_OK();  // asking is not an error that poisons later work
+    char name[256];
+    if (cuda_device_describe(name, sizeof name) == 0)
+        printf("# cuda ops on %s: worst max rel err %.3g (fp32 and bf16 cases)\n", name, worst_seen);
+}
+#else
+static void test_no_cuda(void) { NEED_GPU(); }
+#endif
+
+int main(void) {
+#ifdef TP_HAVE_CUDA
+    RUN(test_embedding);
+    RUN(test_rmsnorm);
+    RUN(test_linear);
+    RUN(test_rope);
+    RUN(test_swiglu_add_rows);
+    RUN(test_crossentropy);
+    RUN(test_optimizer_ops);
+    RUN(test_out_of_memory_is_null);
+#else
+    RUN(test_no_cuda);
+#endif
+    return TEST_SUMMARY();
+}
