@@ -1,21 +1,84 @@
 #!/bin/sh
-# make gpu-check: the one prepared run for a lent GPU machine. Builds for the
-# card, runs every test (the CUDA ones compare against their CPU twins), runs the
-# benchmarks, and prints a short table — also written to $OUT/gpu-check.txt when
-# $OUT is set. Keep it well under the device time a session is lent.
+# make gpu-check: the one prepared run for a lent GPU machine. Runs every CUDA test
+# against its CPU twin, sft-train on the GPU against the CPU, then the GPU benchmarks
+# against PyTorch + transformers on the same card, and prints a short table — also
+# written to $OUT/gpu-check.txt when $OUT is set. Uses the binaries of tests/gpu-bundle.sh
+# in .gpu/ when they are there (the lent machines lack our build dependencies), else builds.
+# Each step has its own time limit so the whole run stays under about 6 minutes.
 set -u
 cd "$(dirname "$0")/.."
-out=${OUT:-build}/gpu-check.txt
-mkdir -p "$(dirname "$out")"
+ROOT=$PWD
+OUTDIR=${OUT:-build}
+mkdir -p "$OUTDIR"
+out=$OUTDIR/gpu-check.txt
+log=$OUTDIR/gpu-check.log
+: >"$log"
+arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '.')
+if [ -x .gpu/bin/sft-train ]; then
+    B=$ROOT/.gpu
+    [ -d .gpu/lib ] || tar -C .gpu -xJf .gpu/lib.tar.xz
+else
+    make -j"$(nproc)" BUILD=build/gpu CUDA_ARCHS="${arch:-90}" all >>"$log" 2>&1 || { echo "build failed"; tail -n 30 "$log"; exit 1; }
+    B=$ROOT/build/gpu
+fi
+# cuBLAS from the toolkit or from PyTorch's wheels; carried libraries only fill gaps.
+cublas=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 2>/dev/null | while read -r d; do
+    [ -e "$d/libcublas.so.13" ] && echo "$d"; done | head -n 1)
+[ -n "$cublas" ] || cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null)
+export LD_LIBRARY_PATH="${cublas:-}:${LD_LIBRARY_PATH:-}:$B/lib"
+export PATH="$PATH:$B/bin"
+row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$out"; }
 {
     echo "gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
-    arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '.')
-    make -j"$(nproc)" CUDA_ARCHS="${arch:-90}" all >/dev/null 2>build/gpu-build.log || { echo "build failed:"; tail -n 30 build/gpu-build.log; }
-    echo "== tests (CUDA vs CPU twins included)"
-    BUILD=build/release NVCC="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" CUDA_ARCHS="${arch:-90}" \
-        sh tests/run.sh 2>&1 | grep -E '^(cuda|test_|tests:|not ok|skip|#)' 
-    for t in build/release/tests/test_*; do "$t" 2>/dev/null | grep '^# cuda'; done
-    echo "== benchmarks"
-    make bench 2>&1 | tail -n 20
-} 2>&1 | tee "$out"
+    echo "binaries: $B; cublas: ${cublas:-not found}"
+} | tee "$out"
+
+echo "== CUDA tests against the CPU twins" | tee -a "$out"
+for t in "$B"/tests/test_cuda_*; do
+    name=$(basename "$t")
+    timeout 180 "$t" >"$OUTDIR/$name.txt" 2>&1
+    rc=$?
+    cat "$OUTDIR/$name.txt" >>"$log"
+    row "$name" "rc=$rc $(tail -n 1 "$OUTDIR/$name.txt" | sed 's/^# //')"
+    grep -E '^(not ok|skip)|^# ' "$OUTDIR/$name.txt" | grep -v ' passed, ' | sed 's/^/    /' | tee -a "$out"
+done
+BIN=$B/bin timeout 240 sh tests/cli/test_sft_train_cuda.sh >"$OUTDIR/cli.txt" 2>&1
+rc=$?
+cat "$OUTDIR/cli.txt" >>"$log"
+row "test_sft_train_cuda" "rc=$rc $(grep -c '^ok' "$OUTDIR/cli.txt") ok, $(grep -c '^not ok' "$OUTDIR/cli.txt") failed"
+grep -E '^(not ok|skip|#)|^  ' "$OUTDIR/cli.txt" | head -n 30 | sed 's/^/    /' | tee -a "$out"
+
+echo "== SFT step, seq 2048, thinkpipe (fp32 master, bf16 products) vs transformers + torch AdamW (bf16 autocast, SDPA)" |
+    tee -a "$out"
+cfgdir=$(mktemp -d)
+cat >"$cfgdir/qwen2.5-0.5b.json" <<'JSON'
+{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896,
+ "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+ "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true,
+ "hidden_act": "silu", "torch_dtype": "bfloat16"}
+JSON
+cat >"$cfgdir/qwen2.5-1.5b.json" <<'JSON'
+{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 1536,
+ "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+ "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true,
+ "hidden_act": "silu", "torch_dtype": "bfloat16"}
+JSON
+field() { echo "$1" | tr ' ' '\n' | awk -v k="$2" 'prev == k { print; exit } { prev = $0 }'; }
+for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
+    set -- $shape
+    cfg=$cfgdir/$1.json
+    tp=$(timeout 150 "$B/bench/model_step" "$cfg" "$2" 2048 3 --device cuda --matmul bf16 2>>"$log" | tail -n 1)
+    pt=$(PYTHONUNBUFFERED=1 timeout 150 python3 tests/bench/torch_gpu_step.py "$cfg" "$2" 2048 3 2>>"$log" | tail -n 1)
+    echo "$1 B=$2: thinkpipe: ${tp:-failed}" >>"$log"
+    echo "$1 B=$2: torch: ${pt:-failed}" >>"$log"
+    row "$1 B=$2 T=2048 thinkpipe" "$(field "$tp" tokens/s) tok/s, $(field "$tp" devmem_mb) MB, MFU $(field "$tp" mfu)"
+    row "$1 B=$2 T=2048 torch" "$(field "$pt" tokens/s) tok/s, $(field "$pt" devmem_mb) MB, MFU $(field "$pt" mfu)"
+    a=$(field "$tp" tokens/s) b=$(field "$pt" tokens/s) ma=$(field "$tp" devmem_mb) mb=$(field "$pt" devmem_mb)
+    if [ -n "$a" ] && [ -n "$b" ]; then
+        row "$1 ratio thinkpipe/torch" "$(awk -v a="$a" -v b="$b" -v ma="$ma" -v mb="$mb" \
+            'BEGIN { printf "tokens/s %.2fx, memory %.2fx", a / b, ma / mb }')"
+    fi
+done
+rm -rf "$cfgdir"
+echo "== done; full log in $log" | tee -a "$out"

@@ -1,0 +1,250 @@
+// CUDA attention against its CPU twin (kernels/cpu/attention.c): the forward pass (out,
+// lse) and the backward pass (dq, dk, dv accumulated into), on one sequence, packed rows
+// of several sequences, GQA and plain multi-head shapes and every head size up to 128.
+// Skipped without CUDA or without a GPU.
+#include "ops.h"
+#include "test.h"
+#ifdef TP_HAVE_CUDA
+#include "cuda/cuda_ops.h"
+#include <cuda_runtime_api.h>
+#endif
+
+#include <stdint.h>
+#include <time.h>
+
+#ifdef TP_HAVE_CUDA
+// Uniform in [-2, 2], never exactly zero (a zero could hide an unread element).
+static void fill(float *p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float x;
+        do x = (float)(test_uniform() * 4 - 2);
+        while (x == 0.0f);
+        p[i] = x;
+    }
+}
+
+// max |a - b| / max |b|; NaN anywhere in a (an unwritten, poisoned element) gives NaN,
+// which fails every <= comparison.
+static double max_rel_err(const float *a, const float *b, size_t n) {
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(b[i]));
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]) / (scale > 0 ? scale : 1);
+        if (d != d) return d;
+        worst = fmax(worst, d);
+    }
+    return worst;
+}
+
+static void *dev_alloc(size_t bytes) {
+    void *p = cuda_alloc(bytes);
+    CHECK_MSG(p != NULL, "cuda_alloc(%zu) failed", bytes);
+    return p;
+}
+
+static void *dev_from(const void *host, size_t bytes) {
+    void *p = dev_alloc(bytes);
+    if (p) cuda_upload(p, host, bytes);
+    return p;
+}
+
+// cuda_take_error after a GPU phase: 0, or the first error's message.
+static void check_gpu(const char *phase, const char *name) {
+    char err[512] = "";
+    int rc = cuda_take_error(err, sizeof err);
+    CHECK_MSG(rc == 0, "%s of case %s: %s", phase, name, err);
+}
+
+struct attn_case {
+    const char *name;
+    int NH, KVH, HD;
+    int lens[8];  // sequence lengths packed along N, ended by 0
+};
+
+static double worst_fwd, worst_bwd;
+
+static void run_case(const struct attn_case *c) {
+    int N = 0, nseq = 0;
+    while (c->lens[nseq]) N += c->lens[nseq++];
+    const int NH = c->NH, KVH = c->KVH, HD = c->HD;
+    const float scale = 1.0f / sqrtf((float)HD);
+    const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD, nl = (size_t)N * NH;
+    const size_t bq = nq * sizeof(float), bkv = nkv * sizeof(float), bl = nl * sizeof(float);
+
+    int32_t *seg = malloc(sizeof(int32_t) * (size_t)N);
+    for (int s = 0, n = 0; s < nseq; s++)
+        for (int t = 0, first = n; t < c->lens[s]; t++) seg[n++] = first;
+    float *q = malloc(bq), *k = malloc(bkv), *v = malloc(bkv), *dout = malloc(bq);
+    float *out_ref = malloc(bq), *lse_ref = malloc(bl), *out_got = malloc(bq), *lse_got = malloc(bl);
+    float *dq0 = malloc(bq), *dk0 = malloc(bkv), *dv0 = malloc(bkv);
+    float *dq_ref = malloc(bq), *dk_ref = malloc(bkv), *dv_ref = malloc(bkv);
+    float *dq_got = malloc(bq), *dk_got = malloc(bkv), *dv_got = malloc(bkv);
+    float *dq_again = malloc(bq), *dk_again = malloc(bkv), *dv_again = malloc(bkv);
+    fill(q, nq), fill(k, nkv), fill(v, nkv), fill(dout, nq);
+    fill(dq0, nq), fill(dk0, nkv), fill(dv0, nkv);
+
+    // ---- forward ----
+    attention_forward(out_ref, lse_ref, q, k, v, seg, N, NH, KVH, HD, scale);
+    float *d_q = dev_from(q, bq), *d_k = dev_from(k, bkv), *d_v = dev_from(v, bkv);
+    int32_t *d_seg = dev_from(seg, sizeof(int32_t) * (size_t)N);
+    float *d_out = dev_alloc(bq), *d_lse = dev_alloc(bl), *d_dout = dev_from(dout, bq);
+    float *d_dq = dev_alloc(bq), *d_dk = dev_alloc(bkv), *d_dv = dev_alloc(bkv);
+    if (!d_q || !d_k || !d_v || !d_seg || !d_out || !d_lse || !d_dout || !d_dq || !d_dk || !d_dv) goto done;
+    cudaMemset(d_out, 0xff, bq);  // NaN poison: an element the kernel forgets fails the comparison
+    cudaMemset(d_lse, 0xff, bl);
+    cuda_attention_forward(d_out, d_lse, d_q, d_k, d_v, d_seg, N, NH, KVH, HD, scale);
+    check_gpu("forward", c->name);
+    cuda_download(out_got, d_out, bq);
+    cuda_download(lse_got, d_lse, bl);
+    check_gpu("forward download", c->name);
+    double e_out = max_rel_err(out_got, out_ref, nq), e_lse = max_rel_err(lse_got, lse_ref, nl);
+    CHECK_MSG(e_out <= 1e-5, "case %s: out max rel err %.3g", c->name, e_out);
+    CHECK_MSG(e_lse <= 1e-5, "case %s: lse max rel err %.3g", c->name, e_lse);
+    worst_fwd = fmax(worst_fwd, fmax(e_out, e_lse));
+
+    // ---- backward, from the CPU's out and lse; the gradients start from dq0, dk0, dv0 ----
+    memcpy(dq_ref, dq0, bq), memcpy(dk_ref, dk0, bkv), memcpy(dv_ref, dv0, bkv);
+    attention_backward(dq_ref, dk_ref, dv_ref, dout, out_ref, lse_ref, q, k, v, seg, N, NH, KVH, HD, scale);
+    cuda_upload(d_out, out_ref, bq);
+    cuda_upload(d_lse, lse_ref, bl);
+    for (int pass = 0; pass < 2; pass++) {  // twice: the result must not change by a bit
+        cuda_upload(d_dq, dq0, bq), cuda_upload(d_dk, dk0, bkv), cuda_upload(d_dv, dv0, bkv);
+        cuda_attention_backward(d_dq, d_dk, d_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, d_seg, N, NH, KVH, HD,
+                                scale);
+        check_gpu("backward", c->name);
+        cuda_download(pass ? dq_again : dq_got, d_dq, bq);
+        cuda_download(pass ? dk_again : dk_got, d_dk, bkv);
+        cuda_download(pass ? dv_again : dv_got, d_dv, bkv);
+        check_gpu("backward download", c->name);
+    }
+    double e_dq = max_rel_err(dq_got, dq_ref, nq), e_dk = max_rel_err(dk_got, dk_ref, nkv);
+    double e_dv = max_rel_err(dv_got, dv_ref, nkv);
+    CHECK_MSG(e_dq <= 1e-5, "case %s: dq max rel err %.3g", c->name, e_dq);
+    CHECK_MSG(e_dk <= 1e-5, "case %s: dk max rel err %.3g", c->name, e_dk);
+    CHECK_MSG(e_dv <= 1e-5, "case %s: dv max rel err %.3g", c->name, e_dv);
+    CHECK_MSG(!memcmp(dq_got, dq_again, bq) && !memcmp(dk_got, dk_again, bkv) && !memcmp(dv_got, dv_again, bkv),
+              "case %s: the backward pass is not deterministic", c->name);
+    worst_bwd = fmax(worst_bwd, fmax(e_dq, fmax(e_dk, e_dv)));
+
+done:
+    cuda_free(d_q), cuda_free(d_k), cuda_free(d_v), cuda_free(d_seg), cuda_free(d_out), cuda_free(d_lse);
+    cuda_free(d_dout), cuda_free(d_dq), cuda_free(d_dk), cuda_free(d_dv);
+    check_gpu("free", c->name);
+    free(seg), free(q), free(k), free(v), free(dout), free(out_ref), free(lse_ref), free(out_got), free(lse_got);
+    free(dq0), free(dk0), free(dv0), free(dq_ref), free(dk_ref), free(dv_ref), free(dq_got), free(dk_got);
+    free(dv_got), free(dq_again), free(dk_again), free(dv_again);
+}
+#endif
+
+static void test_cuda_matches_cpu(void) {
+#ifndef TP_HAVE_CUDA
+    SKIP("built without CUDA (nvcc not found)");
+#else
+    if (cuda_device_count() == 0) SKIP("no GPU on this machine");
+    static const struct attn_case cases[] = {
+        {"one sequence", 4, 2, 64, {300}},
+        {"packed rows", 8, 2, 128, {50, 100, 50, 200, 7, 193}},  // 3 rows of T = 200
+        {"hd16", 2, 1, 16, {65}},
+        {"hd32 no gqa, length-1 sequences", 6, 6, 32, {1, 40, 1, 1, 70, 1, 23}},
+        {"long", 2, 1, 64, {1237, 811}},
+    };
+    worst_fwd = worst_bwd = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
+    char name[256];
+    if (cuda_device_describe(name, sizeof name) == 0)
+        printf("# cuda attention on %s: max rel err fwd %.3g bwd %.3g\n", name, worst_fwd, worst_bwd);
+#endif
+}
+
+// N == 0 does nothing (the pointers are never touched); an unsupported head size is
+// reported through cuda_take_error rather than computed wrong.
+static void test_cuda_edges(void) {
+#ifndef TP_HAVE_CUDA
+    SKIP("built without CUDA (nvcc not found)");
+#else
+    if (cuda_device_count() == 0) SKIP("no GPU on this machine");
+    char err[512] = "";
+    cuda_attention_forward(NULL, NULL, NULL, NULL, NULL, NULL, 0, 4, 2, 64, 0.125f);
+    cuda_attention_backward(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 4, 2, 64, 0.125f);
+    CHECK_MSG(cuda_take_error(err, sizeof err) == 0, "N = 0: %s", err);
+    float *buf = dev_alloc(sizeof(float) * 4 * 48);
+    int32_t *seg = dev_alloc(sizeof(int32_t) * 4);
+    if (buf && seg) {
+        cuda_memzero(seg, sizeof(int32_t) * 4);
+        cuda_attention_forward(buf, buf, buf, buf, buf, seg, 4, 1, 1, 48, 0.125f);
+        err[0] = 0;
+        CHECK(cuda_take_error(err, sizeof err) == -1);
+        CHECK_CONTAINS(err, "head_dim");
+    }
+    cuda_free(buf), cuda_free(seg);
+    CHECK_MSG(cuda_take_error(err, sizeof err) == 0, "%s", err);
+#endif
+}
+
+#ifdef TP_HAVE_CUDA
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+// Seconds per call of the forward (bwd = 0) or backward pass, best of 3 after a warm-up.
+static double time_attention(int bwd, float *const *b, const int32_t *seg, int N, int NH, int KVH, int HD) {
+    double best = 1e30;
+    for (int rep = 0; rep < 4; rep++) {
+        double t0 = now_s();
+        if (bwd) cuda_attention_backward(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], seg, N, NH, KVH, HD, 0.1f);
+        else cuda_attention_forward(b[4], b[5], b[6], b[7], b[8], seg, N, NH, KVH, HD, 0.1f);
+        char err[512] = "";
+        CHECK_MSG(cuda_take_error(err, sizeof err) == 0, "%s", err);
+        if (rep) best = fmin(best, now_s() - t0);
+    }
+    return best;
+}
+#endif
+
+// Not a check, a record: the speed of one causal sequence of 8192 tokens and of the same
+// tokens packed as 16 sequences of 512 (which must cost far less), in useful TFLOP/s
+// (2 matrix products forward, 5 backward, over the keys each query sees).
+static void test_cuda_speed(void) {
+#ifndef TP_HAVE_CUDA
+    SKIP("built without CUDA (nvcc not found)");
+#else
+    if (cuda_device_count() == 0) SKIP("no GPU on this machine");
+    const int N = 8192, NH = 8, KVH = 2, HD = 128;
+    const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD;
+    // b: dq, dk, dv, dout, out, lse, q, k, v
+    const size_t sizes[9] = {nq, nkv, nkv, nq, nq, (size_t)N * NH, nq, nkv, nkv};
+    float *b[9] = {0}, *host = malloc(sizeof(float) * nq);
+    int32_t *seg = malloc(sizeof(int32_t) * (size_t)N), *d_seg = dev_alloc(sizeof(int32_t) * (size_t)N);
+    fill(host, nq);
+    int ok = d_seg != NULL;
+    for (int i = 0; i < 9; i++) {
+        b[i] = dev_alloc(sizeof(float) * sizes[i]);
+        if (b[i]) cuda_upload(b[i], host, sizeof(float) * sizes[i]);
+        ok = ok && b[i];
+    }
+    for (int pass = 0; ok && pass < 2; pass++) {
+        const int len = pass ? 512 : N;
+        for (int n = 0; n < N; n++) seg[n] = n / len * len;
+        cuda_upload(d_seg, seg, sizeof(int32_t) * (size_t)N);
+        // The forward pass first: the backward pass needs its lse (finite probabilities).
+        double tf = time_attention(0, b, d_seg, N, NH, KVH, HD), tb = time_attention(1, b, d_seg, N, NH, KVH, HD);
+        double pairs = (double)N / len * len * (len + 1) / 2;  // (query, key) pairs
+        double flop = pairs * NH * HD * 2;                      // one matrix product
+        printf("# cuda attention speed, N=%d NH=%d KVH=%d HD=%d, sequences of %d: fwd %.2f ms %.1f TFLOP/s, "
+               "bwd %.2f ms %.1f TFLOP/s\n",
+               N, NH, KVH, HD, len, tf * 1e3, 2 * flop / tf * 1e-12, tb * 1e3, 5 * flop / tb * 1e-12);
+    }
+    for (int i = 0; i < 9; i++) cuda_free(b[i]);
+    cuda_free(d_seg);
+    free(host), free(seg);
+#endif
+}
+
+int main(void) {
+    RUN(test_cuda_matches_cpu);
+    RUN(test_cuda_edges);
+    RUN(test_cuda_speed);
+    return TEST_SUMMARY();
+}
