@@ -85,6 +85,114 @@ static const tp_backend CUDA = {
     .sum_squares = cuda_sum_squares,
     .scale = cuda_scale,
 };
+
+// TP_PROFILE=1: the same ops, each timed on the device (a table goes to stderr at exit).
+#define PROF(name, call)                                 \
+    do {                                                 \
+        static int op_ = -2;                             \
+        if (op_ == -2) op_ = cuda_profile_op(name);      \
+        cuda_profile_begin();                            \
+        call;                                            \
+        cuda_profile_end(op_);                           \
+    } while (0)
+
+static void p_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C) {
+    PROF("embedding_forward", cuda_embedding_forward(out, ids, table, N, C));
+}
+static void p_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int C) {
+    PROF("embedding_backward", cuda_embedding_backward(dtable, dout, ids, N, C));
+}
+static void p_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps) {
+    PROF("rmsnorm_forward", cuda_rmsnorm_forward(out, rstd, x, w, N, C, eps));
+}
+static void p_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                               const float *rstd, int N, int C) {
+    PROF("rmsnorm_backward", cuda_rmsnorm_backward(dx, dw, dout, x, w, rstd, N, C));
+}
+static void p_linear_forward(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC) {
+    PROF("linear_forward", cuda_linear_forward(out, x, w, b, N, IC, OC));
+}
+static void p_linear_backward(float *dx, float *dw, float *db, const float *dout, const float *x, const float *w, int N,
+                              int IC, int OC) {
+    PROF("linear_backward", cuda_linear_backward(dx, dw, db, dout, x, w, N, IC, OC));
+}
+static void p_rope_forward(float *x, const int32_t *pos, const float *f, int N, int H, int HD) {
+    PROF("rope", cuda_rope_forward(x, pos, f, N, H, HD));
+}
+static void p_rope_backward(float *x, const int32_t *pos, const float *f, int N, int H, int HD) {
+    PROF("rope", cuda_rope_backward(x, pos, f, N, H, HD));
+}
+static void p_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                                const int32_t *seg, int N, int NH, int KVH, int HD, float scale) {
+    PROF("attention_forward", cuda_attention_forward(out, lse, q, k, v, seg, N, NH, KVH, HD, scale));
+}
+static void p_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                                 const float *q, const float *k, const float *v, const int32_t *seg, int N, int NH,
+                                 int KVH, int HD, float scale) {
+    PROF("attention_backward",
+         cuda_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, seg, N, NH, KVH, HD, scale));
+}
+static void p_swiglu_forward(float *out, const float *g, const float *u, long n) {
+    PROF("swiglu_forward", cuda_swiglu_forward(out, g, u, n));
+}
+static void p_swiglu_backward(float *dg, float *du, const float *dout, const float *g, const float *u, long n) {
+    PROF("swiglu_backward", cuda_swiglu_backward(dg, du, dout, g, u, n));
+}
+static void p_add_inplace(float *x, const float *y, long n) { PROF("add_inplace", cuda_add_inplace(x, y, n)); }
+static void p_gather_rows(float *out, const float *x, const int32_t *idx, int n, int C) {
+    PROF("gather/scatter_rows", cuda_gather_rows(out, x, idx, n, C));
+}
+static void p_scatter_add_rows(float *dx, const float *dout, const int32_t *idx, int n, int C) {
+    PROF("gather/scatter_rows", cuda_scatter_add_rows(dx, dout, idx, n, C));
+}
+static double p_crossentropy(float *logits, const int32_t *t, int n, int V, float scale) {
+    double r;
+    PROF("crossentropy", r = cuda_crossentropy_forward_backward(logits, t, n, V, scale));
+    return r;
+}
+static void p_adamw_span(float *p, const float *g, float *m, float *v, size_t n, float df, float b1, float b2,
+                         float ss, float bc2, float eps) {
+    PROF("adamw", cuda_adamw_span(p, g, m, v, n, df, b1, b2, ss, bc2, eps));
+}
+static double p_sum_squares(const float *x, size_t n) {
+    double r;
+    PROF("grad_norm", r = cuda_sum_squares(x, n));
+    return r;
+}
+static void p_scale(float *x, size_t n, float s) { PROF("grad_clip_scale", cuda_scale(x, n, s)); }
+static void p_memzero(void *p, size_t bytes) { PROF("memzero", cuda_memzero(p, bytes)); }
+
+static const tp_backend CUDA_PROFILED = {
+    .name = "cuda",
+    .device = true,
+    .head_chunk_floats = (size_t)1 << 26,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .memzero = p_memzero,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .sync = cuda_take_error,
+    .free_bytes = cuda_free_bytes,
+    .embedding_forward = p_embedding_forward,
+    .embedding_backward = p_embedding_backward,
+    .rmsnorm_forward = p_rmsnorm_forward,
+    .rmsnorm_backward = p_rmsnorm_backward,
+    .linear_forward = p_linear_forward,
+    .linear_backward = p_linear_backward,
+    .rope_forward = p_rope_forward,
+    .rope_backward = p_rope_backward,
+    .attention_forward = p_attention_forward,
+    .attention_backward = p_attention_backward,
+    .swiglu_forward = p_swiglu_forward,
+    .swiglu_backward = p_swiglu_backward,
+    .add_inplace = p_add_inplace,
+    .gather_rows = p_gather_rows,
+    .scatter_add_rows = p_scatter_add_rows,
+    .crossentropy_forward_backward = p_crossentropy,
+    .adamw_span = p_adamw_span,
+    .sum_squares = p_sum_squares,
+    .scale = p_scale,
+};
 #endif
 
 const tp_backend *tp_backend_named(const char *name, tp_err *err) {
@@ -94,7 +202,10 @@ const tp_backend *tp_backend_named(const char *name, tp_err *err) {
         return NULL;
     }
 #ifdef TP_HAVE_CUDA
-    if (cuda_device_count() > 0) return &CUDA;
+    if (cuda_device_count() > 0) {
+        const char *prof = getenv("TP_PROFILE");
+        return prof && *prof && strcmp(prof, "0") ? &CUDA_PROFILED : &CUDA;
+    }
     if (!strcmp(name, "auto")) return &CPU;
     tp_err_set(err, "--device cuda: no CUDA GPU is visible (no device, or no driver); use --device cpu");
 #else
@@ -107,7 +218,7 @@ const tp_backend *tp_backend_named(const char *name, tp_err *err) {
 int tp_backend_set_matmul(const tp_backend *be, const char *precision) {
     if (strcmp(precision, "fp32") && strcmp(precision, "tf32") && strcmp(precision, "bf16")) return -1;
 #ifdef TP_HAVE_CUDA
-    if (be == &CUDA) return cuda_set_matmul_precision(precision);
+    if (be == &CUDA || be == &CUDA_PROFILED) return cuda_set_matmul_precision(precision);
 #endif
     (void)be;
     return 0;
@@ -116,7 +227,7 @@ int tp_backend_set_matmul(const tp_backend *be, const char *precision) {
 void tp_backend_describe(const tp_backend *be, char *buf, int cap) {
 #ifdef TP_HAVE_CUDA
     char dev[200];
-    if (be == &CUDA && cuda_device_describe(dev, sizeof dev) == 0) {
+    if (be->device && cuda_device_describe(dev, sizeof dev) == 0) {
         snprintf(buf, (size_t)cap, "cuda: %s", dev);
         return;
     }

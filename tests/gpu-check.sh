@@ -26,7 +26,7 @@ cublas=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 2>/dev/null | while
     [ -e "$d/libcublas.so.13" ] && echo "$d"; done | head -n 1)
 [ -n "$cublas" ] || cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null)
 export LD_LIBRARY_PATH="${cublas:-}:${LD_LIBRARY_PATH:-}:$B/lib"
-export PATH="$PATH:$B/bin"
+export PATH="$B/bin:$PATH"  # our jq with our libjq
 row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$out"; }
 {
     echo "gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -51,19 +51,7 @@ grep -E '^(not ok|skip|#)|^  ' "$OUTDIR/cli.txt" | head -n 30 | sed 's/^/    /' 
 
 echo "== SFT step, seq 2048, thinkpipe (fp32 master, bf16 products) vs transformers + torch AdamW (bf16 autocast, SDPA)" |
     tee -a "$out"
-cfgdir=$(mktemp -d)
-cat >"$cfgdir/qwen2.5-0.5b.json" <<'JSON'
-{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896,
- "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
- "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true,
- "hidden_act": "silu", "torch_dtype": "bfloat16"}
-JSON
-cat >"$cfgdir/qwen2.5-1.5b.json" <<'JSON'
-{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 1536,
- "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
- "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true,
- "hidden_act": "silu", "torch_dtype": "bfloat16"}
-JSON
+cfgdir=tests/bench/configs  # Qwen2.5 shapes, random weights
 field() { echo "$1" | tr ' ' '\n' | awk -v k="$2" 'prev == k { print; exit } { prev = $0 }'; }
 for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
     set -- $shape
@@ -80,5 +68,4 @@ for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
             'BEGIN { printf "tokens/s %.2fx, memory %.2fx", a / b, ma / mb }')"
     fi
 done
-rm -rf "$cfgdir"
 echo "== done; full log in $log" | tee -a "$out"

@@ -21,6 +21,10 @@ void cuda_note_message(const char *msg, const char *file, int line);
     } while (0)
 #define CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
 
+// True when cuda_set_matmul_precision("bf16") is in effect: ops with a tensor-core path
+// (matrix products, attention) round their inputs to bf16 and accumulate in fp32.
+bool cuda_matmul_bf16(void);
+
 // The stream every op runs on (the legacy default stream for now: ops run in call order).
 static inline cudaStream_t cuda_stream(void) { return 0; }
 

@@ -66,6 +66,11 @@ void cuda_adamw_span(float *p, const float *g, float *m, float *v, size_t n, flo
 double cuda_sum_squares(const float *x, size_t n);  // in double, fixed order; synchronizes
 void cuda_scale(float *x, size_t n, float s);       // x *= s
 
+// ---- profiling (profile.cu; used by the profiled table in libcore/backend.c) ----
+int cuda_profile_op(const char *name);  // a slot for the op (name: a string literal)
+void cuda_profile_begin(void);
+void cuda_profile_end(int op);  // waits for the op and adds its device time
+
 #ifdef __cplusplus
 }
 #endif

@@ -53,6 +53,8 @@ extern "C" int cuda_set_matmul_precision(const char *name) {
     return 0;
 }
 
+bool cuda_matmul_bf16(void) { return compute == CUBLAS_COMPUTE_32F_FAST_16BF; }
+
 static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc) {
     if (!ready() || m <= 0 || n <= 0) return;

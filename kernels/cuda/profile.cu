@@ -1,0 +1,56 @@
+// profile.cu — where the device time goes, op by op (TP_PROFILE=1 in the environment).
+//
+// Each op of the cuda backend is bracketed by two CUDA events; the stop event is waited
+// for, so the ops run one at a time (a profiled run is slower) but each one's time is its
+// own. At exit a table of calls, milliseconds and shares goes to stderr.
+#include "cuda/cuda_common.h"
+#include "cuda/cuda_ops.h"
+
+#include <cstdio>
+#include <cstdlib>
+
+enum { MAX_OPS = 64 };
+static struct {
+    const char *name;
+    long calls;
+    double ms;
+} ops[MAX_OPS];
+static int n_ops;
+static cudaEvent_t start_ev, stop_ev;
+static bool ready;
+
+static void report(void) {
+    double total = 0;
+    for (int i = 0; i < n_ops; i++) total += ops[i].ms;
+    fprintf(stderr, "TP_PROFILE: device time by op (%.1f ms in all)\n", total);
+    for (int i = 0; i < n_ops; i++)
+        if (ops[i].calls)
+            fprintf(stderr, "  %-32s %8ld calls %10.2f ms %5.1f%%\n", ops[i].name, ops[i].calls, ops[i].ms,
+                    total > 0 ? 100 * ops[i].ms / total : 0);
+}
+
+extern "C" int cuda_profile_op(const char *name) {
+    for (int i = 0; i < n_ops; i++)
+        if (ops[i].name == name) return i;
+    if (n_ops == MAX_OPS) return -1;
+    ops[n_ops].name = name;
+    return n_ops++;
+}
+
+extern "C" void cuda_profile_begin(void) {
+    if (!ready) {
+        CUDA_CHECK(cudaEventCreate(&start_ev));
+        CUDA_CHECK(cudaEventCreate(&stop_ev));
+        atexit(report);
+        ready = true;
+    }
+    CUDA_CHECK(cudaEventRecord(start_ev, cuda_stream()));
+}
+
+extern "C" void cuda_profile_end(int op) {
+    CUDA_CHECK(cudaEventRecord(stop_ev, cuda_stream()));
+    CUDA_CHECK(cudaEventSynchronize(stop_ev));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start_ev, stop_ev));
+    if (op >= 0) ops[op].calls++, ops[op].ms += ms;
+}
