@@ -34,7 +34,14 @@ static inline unsigned cuda_blocks(long n, int threads) { return (unsigned)((n +
 // run on one host thread, in stream order, so a slot is never in use twice at once.
 // Returns NULL (and notes the error) when the allocation fails.
 void *cuda_scratch(int slot, size_t bytes);
-enum { SCRATCH_EMBEDDING = 0, SCRATCH_COLSUM, SCRATCH_ATTENTION, SCRATCH_CE, SCRATCH_NORM, SCRATCH_COUNT };
+enum {
+    SCRATCH_EMBEDDING = 0, SCRATCH_COLSUM, SCRATCH_ATTENTION, SCRATCH_CE, SCRATCH_NORM, SCRATCH_BF16_A, SCRATCH_BF16_B,
+    SCRATCH_COUNT
+};
+
+// Bumped whenever device memory may have been rewritten from outside the ops (uploads,
+// copies) or weights were updated (AdamW): caches derived from weights compare it.
+extern unsigned long cuda_weights_version;
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);

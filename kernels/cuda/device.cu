@@ -7,6 +7,7 @@
 #include <cstring>
 
 static char first_error[512];
+unsigned long cuda_weights_version = 1;
 
 void cuda_note_message(const char *msg, const char *file, int line) {
     if (first_error[0]) return;  // the first failure explains the rest
@@ -58,6 +59,7 @@ extern "C" void cuda_memzero(void *p, size_t bytes) {
 }
 
 extern "C" void cuda_upload(void *dst, const void *src, size_t bytes) {
+    cuda_weights_version++;
     if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
 }
 
@@ -66,6 +68,7 @@ extern "C" void cuda_download(void *dst, const void *src, size_t bytes) {
 }
 
 extern "C" void cuda_copy(void *dst, const void *src, size_t bytes) {
+    cuda_weights_version++;
     if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream()));
 }
 
