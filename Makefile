@@ -41,6 +41,14 @@ ifneq ($(NVCC),)
   LDLIBS      += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -lrt -ldl -lpthread -lstdc++
 endif
 
+# MPI (data parallelism across processes): built in when OpenMPI's pkg-config file is
+# there; only the programs that use it link it.
+MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null)
+MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null)
+ifneq ($(MPI_LIBS),)
+  CFLAGS += -DTP_HAVE_MPI
+endif
+
 LIB_SRCS  := $(wildcard libcore/*.c) $(wildcard kernels/cpu/*.c)
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o) $(CUDA_OBJS)
 LIB       := $(BUILD)/libthinkpipe.a
@@ -70,6 +78,14 @@ $(LIB): $(LIB_OBJS)
 $(BUILD)/bin/%: tools/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS) $(LDSAN)
+
+$(BUILD)/bin/sft-train: tools/sft-train.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS) $(MPI_LIBS) $(LDSAN)
+
+$(BUILD)/obj/libcore/dist.o: libcore/dist.c libcore/dist.h libcore/error.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(MPI_CFLAGS) -c $< -o $@
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/test.h $(LIB)
 	@mkdir -p $(dir $@)

@@ -18,6 +18,7 @@
 #include "json.h"
 #include "jsonl.h"
 #include "backend.h"
+#include "dist.h"
 #include "model.h"
 #include "optim.h"
 #include "progress.h"
@@ -148,6 +149,7 @@ typedef struct run_state {
 } run_state;
 
 static volatile sig_atomic_t stop_signal;
+static bool stopping;  // agreed by all ranks after an update: a signal reached one of them
 static void on_signal(int sig) { stop_signal = sig; }
 
 // The record order of an epoch: a Fisher-Yates shuffle seeded by (seed, epoch), so a
@@ -171,6 +173,7 @@ typedef struct trainer {
     tp_jsonl_writer *metrics;
     char **kept;
     int n_kept;
+    tp_dist dist;  // ranks under mpirun; rank 0 writes metrics and checkpoints
 } trainer;
 
 static double eval_loss(trainer *t) {
@@ -178,7 +181,9 @@ static double eval_loss(trainer *t) {
     int micro = (int)t->o->micro;
     size_t *idx = tp_xmalloc((size_t)micro * sizeof *idx);
     tp_err err;
-    for (size_t i = 0; i < t->eval.n; i += (size_t)micro) {
+    // Ranks take turns by micro-batch; the sums are added across ranks below.
+    size_t stride = (size_t)micro * (size_t)t->dist.world;
+    for (size_t i = (size_t)micro * (size_t)t->dist.rank; i < t->eval.n; i += stride) {
         int n = 0;
         for (; n < micro && i + (size_t)n < t->eval.n; n++) idx[n] = i + (size_t)n;
         tp_dataset_batch(&t->eval, idx, n, 0, &t->buf);
@@ -187,7 +192,9 @@ static double eval_loss(trainer *t) {
         sum.sum += l.sum, sum.count += l.count;
     }
     free(idx);
-    return sum.count ? sum.sum / (double)sum.count : NAN;
+    double both[2] = {sum.sum, (double)sum.count};
+    tp_dist_sum_f64(&t->dist, both, 2);
+    return both[1] > 0 ? both[0] / both[1] : NAN;
 }
 
 static void write_trainer_state(const trainer *t, const char *dir) {
@@ -238,6 +245,7 @@ static void save(trainer *t, const char *dir, bool final) {
 }
 
 static void save_checkpoint(trainer *t) {
+    if (t->dist.rank != 0) return;  // every rank holds the same weights; one writes them
     char *dir;
     if (asprintf(&dir, "%s/checkpoint-%lld", t->o->output, (long long)t->st.step) < 0) abort();
     save(t, dir, false);
@@ -265,13 +273,30 @@ static int next_batch(trainer *t, size_t *idx, int want) {
     return n;
 }
 
+// Sums the gradients of all ranks (each computed its share of the update's records).
+// On a device they travel through the host; NCCL on the device is the GPU's way.
+static void sum_gradients(trainer *t) {
+    if (t->dist.world == 1) return;
+    tp_model *m = t->m;
+    const tp_backend *be = tp_model_backend(m);
+    tp_model_pull(m, true);
+    tp_dist_sum_f32(&t->dist, m->g, m->n_floats);
+    if (be->device) be->upload(tp_model_grads(m), m->g, m->n_floats * sizeof(float));
+}
+
+// One update: the next micro × accum × world records in the epoch order (the same on
+// every rank), rank r taking the r-th share; the loss is normalised over the whole
+// update's targets, which every rank knows from the dataset without communicating.
 static void train_step(trainer *t, double start) {
     const options *o = t->o;
-    int per_update = (int)(o->micro * o->accum);
-    size_t *idx = tp_xmalloc((size_t)per_update * sizeof *idx);
-    int n = next_batch(t, idx, per_update);
+    int world = t->dist.world, per_update = (int)(o->micro * o->accum) * world;
+    size_t *all = tp_xmalloc((size_t)per_update * sizeof *all);
+    int n_all = next_batch(t, all, per_update);
     uint64_t targets = 0, tokens = 0;
-    for (int i = 0; i < n; i++) targets += t->data.samples[idx[i]].targets, tokens += t->data.samples[idx[i]].len;
+    for (int i = 0; i < n_all; i++) targets += t->data.samples[all[i]].targets, tokens += t->data.samples[all[i]].len;
+    int share = (n_all + world - 1) / world, first = share * t->dist.rank;
+    int n = n_all - first < share ? (n_all - first > 0 ? n_all - first : 0) : share;
+    size_t *idx = all + (first < n_all ? first : n_all);
     tp_model_zero_grad(t->m);
     tp_loss total = {0, 0};
     double seq_loss = 0;
@@ -283,7 +308,7 @@ static void train_step(trainer *t, double start) {
         float scale;
         if (o->sequence_norm) {
             uint32_t c = t->data.samples[idx[i]].targets;
-            scale = c ? 1.0f / ((float)c * (float)n) : 0.0f;
+            scale = c ? 1.0f / ((float)c * (float)n_all) : 0.0f;
         } else {
             scale = targets ? 1.0f / (float)targets : 0.0f;
         }
@@ -294,6 +319,14 @@ static void train_step(trainer *t, double start) {
         if (o->sequence_norm && l.count) seq_loss += l.sum / (double)l.count, n_seq++;
         i += k;
     }
+    sum_gradients(t);
+    // Loss statistics of all ranks, and whether any rank was asked to stop (so all stop
+    // after the same update instead of waiting for each other forever).
+    double stats[5] = {total.sum, (double)total.count, seq_loss, (double)n_seq, stop_signal ? 1.0 : 0.0};
+    tp_dist_sum_f64(&t->dist, stats, 5);
+    total.sum = stats[0], total.count = (int64_t)stats[1], seq_loss = stats[2], n_seq = (int)stats[3];
+    stopping = stats[4] > 0;
+    if (stopping && !stop_signal) stop_signal = SIGTERM;
     double norm = tp_clip_grad_norm(t->m, o->clip);
     double lr = tp_lr_at(&o->sched, t->st.step);
     tp_adamw_update(&t->opt, t->m, lr);
@@ -313,9 +346,9 @@ static void train_step(trainer *t, double start) {
     bool last = t->st.step >= o->sched.total;
     if (t->eval.n && ((o->eval_every && t->st.step % o->eval_every == 0) || last))
         line = jv_object_set(line, jv_string("eval_loss"), jv_number(eval_loss(t)));
-    if (tp_jsonl_write(t->metrics, line, &err) < 0) tp_die_err(&err);
+    if (t->dist.rank == 0 && tp_jsonl_write(t->metrics, line, &err) < 0) tp_die_err(&err);
     jv_free(line);
-    free(idx);
+    free(all);
 }
 
 static tp_dtype parse_dtype(const char *s, tp_dtype dflt) {
@@ -413,35 +446,43 @@ static void resume_state(trainer *t) {
 
 int main(int argc, char **argv) {
     tp_cli_init(argc, argv);
+    trainer t = {0};
+    tp_err err;
+    if (tp_dist_init(&t.dist, &argc, &argv, &err) < 0) tp_die_err(&err);
     options o = {.sched = {.kind = TP_SCHEDULE_LINEAR, .lr = 2e-5}, .epochs = 1, .micro = 1, .accum = 1, .seed = 42,
                  .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .clip = 1.0};
     parse_options(argc, argv, &o);
     if (o.threads) omp_set_num_threads((int)o.threads);
-    trainer t = {.o = &o};
-    tp_err err;
+    t.o = &o;
+    if (t.dist.rank != 0) tp_cli.quiet = true;  // one voice: rank 0's
     load_model(&t);
     if (tp_dataset_load(&t.data, o.data, o.n_data, t.m->cfg.vocab_size, &err) < 0) tp_die_err(&err);
     if (o.eval && tp_dataset_load(&t.eval, (const char *[]){o.eval}, 1, t.m->cfg.vocab_size, &err) < 0) tp_die_err(&err);
     check_tokenizer(&t);
-    int64_t per_update = o.micro * o.accum, per_epoch = ((int64_t)t.data.n + per_update - 1) / per_update;
+    int64_t per_update = o.micro * o.accum * t.dist.world, per_epoch = ((int64_t)t.data.n + per_update - 1) / per_update;
     o.sched.total = o.steps ? o.steps : o.epochs * per_epoch;
     t.order = tp_xmalloc(t.data.n * sizeof *t.order);
     if (o.resume) resume_state(&t);
     epoch_order(t.order, t.data.n, (uint64_t)o.seed, t.st.epoch);
-    if (mkdir(o.output, 0755) < 0 && errno != EEXIST) tp_die("%s: %s", o.output, strerror(errno));
-    t.metrics = o.metrics ? tp_jsonl_writer_open(o.metrics, o.resume != NULL, &err) : tp_jsonl_writer_fd(STDOUT_FILENO, "<stdout>");
-    if (!t.metrics) tp_die_err(&err);
+    if (t.dist.rank == 0) {
+        if (mkdir(o.output, 0755) < 0 && errno != EEXIST) tp_die("%s: %s", o.output, strerror(errno));
+        t.metrics = o.metrics ? tp_jsonl_writer_open(o.metrics, o.resume != NULL, &err)
+                              : tp_jsonl_writer_fd(STDOUT_FILENO, "<stdout>");
+        if (!t.metrics) tp_die_err(&err);
+    }
     if (!tp_cli.quiet)
-        tp_info("%s, %zu parameters; %zu records, %zu tokens, %llu targets; %lld updates of %lld records from step %lld",
+        tp_info("%s, %zu parameters; %zu records, %zu tokens, %llu targets; %lld updates of %lld records from step %lld"
+                "%s%d%s",
                 tp_arch_name(t.m->cfg.arch), t.m->n_floats, t.data.n, t.data.tokens, (unsigned long long)t.data.targets,
-                (long long)o.sched.total, (long long)per_update, (long long)t.st.step);
+                (long long)o.sched.total, (long long)per_update, (long long)t.st.step,
+                t.dist.world > 1 ? "; " : "", t.dist.world, t.dist.world > 1 ? " ranks" : "");
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     tp_progress progress;
     tp_progress_start(&progress, "steps", (uint64_t)o.sched.total);
     double start = tp_now();
-    while (t.st.step < o.sched.total && !stop_signal) {
+    while (t.st.step < o.sched.total && !stopping) {
         train_step(&t, start);
         tp_progress_update(&progress, (uint64_t)t.st.step);
         if (o.save_every && t.st.step % o.save_every == 0 && t.st.step < o.sched.total) {
@@ -451,13 +492,15 @@ int main(int argc, char **argv) {
     }
     tp_progress_finish(&progress);
     t.st.elapsed += tp_now() - start;
-    if (tp_jsonl_writer_close(t.metrics, &err) < 0) tp_die_err(&err);
-    if (stop_signal) {
-        tp_warn("%s: saving a checkpoint and stopping", strsignal(stop_signal));
+    if (t.metrics && tp_jsonl_writer_close(t.metrics, &err) < 0) tp_die_err(&err);
+    if (stopping) {
+        if (t.dist.rank == 0) tp_warn("%s: saving a checkpoint and stopping", strsignal(stop_signal));
         save_checkpoint(&t);
+        tp_dist_finalize(&t.dist);
         return 1;
     }
-    save(&t, o.output, true);
+    if (t.dist.rank == 0) save(&t, o.output, true);
+    tp_dist_finalize(&t.dist);
     tp_adamw_free(&t.opt);
     tp_dataset_free(&t.data);
     tp_dataset_free(&t.eval);
