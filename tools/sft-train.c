@@ -35,7 +35,7 @@ static const char usage[] =
     "      --resume DIR            continue from a checkpoint, exactly\n"
     "      --lr X (2e-5)  --schedule constant|linear|cosine (linear)  --warmup N (0)\n"
     "      --min-lr X (0)  --epochs N (1)  --steps N (overrides --epochs)\n"
-    "      --micro-batch N (1)  --grad-accum N (1)  --recompute\n"
+    "      --micro-batch N (1) | --batch-tokens N  --grad-accum N (1)  --recompute\n"
     "      --loss-norm token|sequence  mean over the update's target tokens (token),\n"
     "                              or the mean of each record's mean (sequence)\n"
     "      --weight-decay X (0, not on norms/biases)  --beta1 X (0.9)  --beta2 X (0.999)\n"
@@ -49,7 +49,7 @@ static const char usage[] =
 
 enum {
     OPT_INIT = 0x100, OPT_TOKENIZER, OPT_RESUME, OPT_LR, OPT_SCHEDULE, OPT_WARMUP, OPT_MIN_LR, OPT_EPOCHS, OPT_STEPS,
-    OPT_MICRO, OPT_ACCUM, OPT_LOSS_NORM, OPT_RECOMPUTE, OPT_WD, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_CLIP, OPT_SEED,
+    OPT_MICRO, OPT_ACCUM, OPT_BATCH_TOKENS, OPT_LOSS_NORM, OPT_RECOMPUTE, OPT_WD, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_CLIP, OPT_SEED,
     OPT_EVAL, OPT_EVAL_EVERY, OPT_SAVE_EVERY, OPT_KEEP, OPT_SAVE_DTYPE, OPT_METRICS, OPT_DEVICE, OPT_MATMUL,
 };
 
@@ -58,8 +58,8 @@ typedef struct options {
     const char *data[64];
     int n_data;
     tp_lr_schedule sched;
-    long long epochs, steps, micro, accum, eval_every, save_every, keep, seed, threads;
-    bool sequence_norm, recompute;
+    long long epochs, steps, micro, accum, batch_tokens, eval_every, save_every, keep, seed, threads;
+    bool sequence_norm, recompute, micro_given;
     double wd, beta1, beta2, eps, clip;
 } options;
 
@@ -72,6 +72,7 @@ static void parse_options(int argc, char **argv, options *o) {
         {"warmup", required_argument, NULL, OPT_WARMUP}, {"min-lr", required_argument, NULL, OPT_MIN_LR},
         {"epochs", required_argument, NULL, OPT_EPOCHS}, {"steps", required_argument, NULL, OPT_STEPS},
         {"micro-batch", required_argument, NULL, OPT_MICRO}, {"grad-accum", required_argument, NULL, OPT_ACCUM},
+        {"batch-tokens", required_argument, NULL, OPT_BATCH_TOKENS},
         {"loss-norm", required_argument, NULL, OPT_LOSS_NORM}, {"recompute", no_argument, NULL, OPT_RECOMPUTE},
         {"weight-decay", required_argument, NULL, OPT_WD}, {"beta1", required_argument, NULL, OPT_BETA1},
         {"beta2", required_argument, NULL, OPT_BETA2}, {"eps", required_argument, NULL, OPT_EPS},
@@ -101,7 +102,8 @@ static void parse_options(int argc, char **argv, options *o) {
         case OPT_MIN_LR: o->sched.min_lr = tp_cli_double("--min-lr", optarg, 0, 10); break;
         case OPT_EPOCHS: o->epochs = tp_cli_int("--epochs", optarg, 1, 1000000); break;
         case OPT_STEPS: o->steps = tp_cli_int("--steps", optarg, 1, INT32_MAX); break;
-        case OPT_MICRO: o->micro = tp_cli_int("--micro-batch", optarg, 1, 65536); break;
+        case OPT_MICRO: o->micro = tp_cli_int("--micro-batch", optarg, 1, 65536), o->micro_given = true; break;
+        case OPT_BATCH_TOKENS: o->batch_tokens = tp_cli_int("--batch-tokens", optarg, 1, INT32_MAX); break;
         case OPT_ACCUM: o->accum = tp_cli_int("--grad-accum", optarg, 1, 65536); break;
         case OPT_LOSS_NORM:
             if (strcmp(optarg, "token") && strcmp(optarg, "sequence")) tp_die_usage("--loss-norm: token or sequence");
@@ -138,6 +140,7 @@ static void parse_options(int argc, char **argv, options *o) {
     if (o->save_dtype && strcmp(o->save_dtype, "f32") && strcmp(o->save_dtype, "bf16") && strcmp(o->save_dtype, "f16"))
         tp_die_usage("--save-dtype: f32, bf16 or f16");
     if (o->sched.min_lr > o->sched.lr) tp_die_usage("--min-lr must not exceed --lr");
+    if (o->batch_tokens && o->micro_given) tp_die_usage("give --micro-batch or --batch-tokens, not both");
 }
 
 // ---- the run's state, saved in trainer_state.json ----
@@ -160,6 +163,20 @@ static void epoch_order(size_t *order, size_t n, uint64_t seed, int64_t epoch) {
     tp_shuffle(order, n, sizeof *order, &s);
 }
 
+// Where the data stream stands: the epoch, the next record of its order, and the order.
+typedef struct cursor {
+    int64_t epoch, pos;
+    size_t *order;  // [records]
+} cursor;
+
+// One update's records in epoch order, cut into micro-batches: rec [n], mb [n_mb + 1]
+// (micro-batch j is rec[mb[j]] .. rec[mb[j+1]-1]).
+typedef struct update {
+    size_t *rec;
+    int n, cap;
+    int *mb, n_mb;
+} update;
+
 typedef struct trainer {
     options *o;
     tp_model *m;
@@ -174,11 +191,15 @@ typedef struct trainer {
     char **kept;
     int n_kept;
     tp_dist dist;  // ranks under mpirun; rank 0 writes metrics and checkpoints
+    update upd;  // the current update's records
 } trainer;
 
 static double eval_loss(trainer *t) {
     tp_loss sum = {0, 0};
+    // With --batch-tokens, as many records as surely fit: the budget over the longest.
     int micro = (int)t->o->micro;
+    if (t->o->batch_tokens) micro = (int)(t->o->batch_tokens / (t->eval.max_len ? t->eval.max_len : 1));
+    if (micro < 1) micro = 1;
     size_t *idx = tp_xmalloc((size_t)micro * sizeof *idx);
     tp_err err;
     // Ranks take turns by micro-batch; the sums are added across ranks below.
@@ -258,19 +279,67 @@ static void save_checkpoint(trainer *t) {
     }
 }
 
-// The records of the next update, advancing through epochs as needed.
-static int next_batch(trainer *t, size_t *idx, int want) {
+// Appends the next micro-batch to u: --micro-batch records, or with --batch-tokens as many
+// as fit padded to the longest (a longer record goes alone). 0 when the epoch ended and
+// the update already has records: an update never spans two epochs.
+static int next_micro(const trainer *t, cursor *c, update *u) {
+    const options *o = t->o;
+    const tp_dataset *d = &t->data;
     int n = 0;
-    while (n < want) {
-        if ((size_t)t->st.pos >= t->data.n) {
-            t->st.epoch++;
-            t->st.pos = 0;
-            epoch_order(t->order, t->data.n, (uint64_t)t->o->seed, t->st.epoch);
-            if (n > 0) break;  // an update never spans two epochs
+    uint64_t longest = 0;
+    for (;;) {
+        if ((size_t)c->pos >= d->n) {
+            if (u->n > 0 || n > 0) break;
+            c->epoch++, c->pos = 0;
+            epoch_order(c->order, d->n, (uint64_t)o->seed, c->epoch);
         }
-        idx[n++] = t->order[t->st.pos++];
+        size_t r = c->order[c->pos];
+        if (o->batch_tokens) {
+            uint64_t l = d->samples[r].len > longest ? d->samples[r].len : longest;
+            if (n > 0 && (uint64_t)(n + 1) * l > (uint64_t)o->batch_tokens) break;
+            longest = l;
+        } else if (n == o->micro) {
+            break;
+        }
+        if (u->n == u->cap) u->cap = u->cap ? 2 * u->cap : 64, u->rec = tp_xrealloc(u->rec, (size_t)u->cap * sizeof *u->rec);
+        u->rec[u->n++] = r, n++, c->pos++;
     }
     return n;
+}
+
+// The next update: grad-accum × world micro-batches (fewer at the end of an epoch).
+static void next_update(const trainer *t, cursor *c, update *u) {
+    int want = (int)t->o->accum * t->dist.world;
+    u->n = 0, u->n_mb = 0;
+    u->mb = tp_xrealloc(u->mb, (size_t)(want + 1) * sizeof *u->mb);
+    u->mb[0] = 0;
+    while (u->n_mb < want && next_micro(t, c, u) > 0) u->mb[++u->n_mb] = u->n;
+}
+
+// Updates in the first `epochs` epochs, walking the same orders training will.
+static int64_t updates_in_epochs(const trainer *t, int64_t epochs) {
+    cursor c = {0, 0, tp_xmalloc(t->data.n * sizeof(size_t))};
+    epoch_order(c.order, t->data.n, (uint64_t)t->o->seed, 0);
+    update u = {0};
+    int64_t count = 0;
+    for (;;) {
+        next_update(t, &c, &u);
+        if (c.epoch >= epochs) break;  // this update belongs to the next epoch
+        count++;
+    }
+    free(c.order), free(u.rec), free(u.mb);
+    return count;
+}
+
+// "8 records" or "4 x 2 micro-batches of <= 4096 tokens", for the log.
+static const char *per_update_text(const trainer *t, char *buf, size_t cap) {
+    const options *o = t->o;
+    long long mbs = o->accum * t->dist.world;
+    if (o->batch_tokens)
+        snprintf(buf, cap, "%lld micro-batches of <= %lld tokens", mbs, o->batch_tokens);
+    else
+        snprintf(buf, cap, "%lld records", mbs * o->micro);
+    return buf;
 }
 
 // Sums the gradients of all ranks (each computed its share of the update's records).
@@ -289,35 +358,39 @@ static void sum_gradients(trainer *t) {
 // update's targets, which every rank knows from the dataset without communicating.
 static void train_step(trainer *t, double start) {
     const options *o = t->o;
-    int world = t->dist.world, per_update = (int)(o->micro * o->accum) * world;
-    size_t *all = tp_xmalloc((size_t)per_update * sizeof *all);
-    int n_all = next_batch(t, all, per_update);
+    int world = t->dist.world;
+    cursor c = {t->st.epoch, t->st.pos, t->order};
+    next_update(t, &c, &t->upd);
+    t->st.epoch = c.epoch, t->st.pos = c.pos;
+    const update *u = &t->upd;
     uint64_t targets = 0, tokens = 0;
-    for (int i = 0; i < n_all; i++) targets += t->data.samples[all[i]].targets, tokens += t->data.samples[all[i]].len;
-    int share = (n_all + world - 1) / world, first = share * t->dist.rank;
-    int n = n_all - first < share ? (n_all - first > 0 ? n_all - first : 0) : share;
-    size_t *idx = all + (first < n_all ? first : n_all);
+    for (int i = 0; i < u->n; i++) targets += t->data.samples[u->rec[i]].targets, tokens += t->data.samples[u->rec[i]].len;
+    // Rank r computes the r-th share of the micro-batches.
+    int share = (u->n_mb + world - 1) / world, mb0 = share * t->dist.rank;
+    int mb1 = mb0 + share < u->n_mb ? mb0 + share : u->n_mb;
     tp_model_zero_grad(t->m);
     tp_loss total = {0, 0};
     double seq_loss = 0;
     int n_seq = 0;
     tp_err err;
-    for (int i = 0; i < n;) {
-        // Sequence norm: each record alone, weighted 1/(its targets * records).
-        int k = o->sequence_norm ? 1 : (n - i < (int)o->micro ? n - i : (int)o->micro);
-        float scale;
-        if (o->sequence_norm) {
-            uint32_t c = t->data.samples[idx[i]].targets;
-            scale = c ? 1.0f / ((float)c * (float)n_all) : 0.0f;
-        } else {
-            scale = targets ? 1.0f / (float)targets : 0.0f;
+    for (int j = mb0; j < mb1; j++) {
+        for (int i = u->mb[j]; i < u->mb[j + 1];) {
+            // Sequence norm: each record alone, weighted 1/(its targets * records).
+            int k = o->sequence_norm ? 1 : u->mb[j + 1] - i;
+            float scale;
+            if (o->sequence_norm) {
+                uint32_t cnt = t->data.samples[u->rec[i]].targets;
+                scale = cnt ? 1.0f / ((float)cnt * (float)u->n) : 0.0f;
+            } else {
+                scale = targets ? 1.0f / (float)targets : 0.0f;
+            }
+            tp_dataset_batch(&t->data, u->rec + i, k, 0, &t->buf);
+            tp_loss l;
+            if (tp_model_forward_backward(t->m, &t->buf.batch, scale, &l, &err) < 0) tp_die_err(&err);
+            total.sum += l.sum, total.count += l.count;
+            if (o->sequence_norm && l.count) seq_loss += l.sum / (double)l.count, n_seq++;
+            i += k;
         }
-        tp_dataset_batch(&t->data, idx + i, k, 0, &t->buf);
-        tp_loss l;
-        if (tp_model_forward_backward(t->m, &t->buf.batch, scale, &l, &err) < 0) tp_die_err(&err);
-        total.sum += l.sum, total.count += l.count;
-        if (o->sequence_norm && l.count) seq_loss += l.sum / (double)l.count, n_seq++;
-        i += k;
     }
     sum_gradients(t);
     // Loss statistics of all ranks, and whether any rank was asked to stop (so all stop
@@ -348,7 +421,6 @@ static void train_step(trainer *t, double start) {
         line = jv_object_set(line, jv_string("eval_loss"), jv_number(eval_loss(t)));
     if (t->dist.rank == 0 && tp_jsonl_write(t->metrics, line, &err) < 0) tp_die_err(&err);
     jv_free(line);
-    free(all);
 }
 
 static tp_dtype parse_dtype(const char *s, tp_dtype dflt) {
@@ -459,9 +531,8 @@ int main(int argc, char **argv) {
     if (tp_dataset_load(&t.data, o.data, o.n_data, t.m->cfg.vocab_size, &err) < 0) tp_die_err(&err);
     if (o.eval && tp_dataset_load(&t.eval, (const char *[]){o.eval}, 1, t.m->cfg.vocab_size, &err) < 0) tp_die_err(&err);
     check_tokenizer(&t);
-    int64_t per_update = o.micro * o.accum * t.dist.world, per_epoch = ((int64_t)t.data.n + per_update - 1) / per_update;
-    o.sched.total = o.steps ? o.steps : o.epochs * per_epoch;
     t.order = tp_xmalloc(t.data.n * sizeof *t.order);
+    o.sched.total = o.steps ? o.steps : updates_in_epochs(&t, o.epochs);
     if (o.resume) resume_state(&t);
     epoch_order(t.order, t.data.n, (uint64_t)o.seed, t.st.epoch);
     if (t.dist.rank == 0) {
@@ -470,12 +541,14 @@ int main(int argc, char **argv) {
                               : tp_jsonl_writer_fd(STDOUT_FILENO, "<stdout>");
         if (!t.metrics) tp_die_err(&err);
     }
+    char per_update[96], ranks[32] = "";
+    if (t.dist.world > 1) snprintf(ranks, sizeof ranks, "; %d ranks", t.dist.world);
     if (!tp_cli.quiet)
-        tp_info("%s, %zu parameters; %zu records, %zu tokens, %llu targets; %lld updates of %lld records from step %lld"
-                "%s%d%s",
+        tp_info("%s, %zu parameters; %zu records, %zu tokens, %llu targets; %lld updates of %s from step %lld"
+                "%s",
                 tp_arch_name(t.m->cfg.arch), t.m->n_floats, t.data.n, t.data.tokens, (unsigned long long)t.data.targets,
-                (long long)o.sched.total, (long long)per_update, (long long)t.st.step,
-                t.dist.world > 1 ? "; " : "", t.dist.world, t.dist.world > 1 ? " ranks" : "");
+                (long long)o.sched.total, per_update_text(&t, per_update, sizeof per_update), (long long)t.st.step,
+                ranks);
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
@@ -505,6 +578,7 @@ int main(int argc, char **argv) {
     tp_dataset_free(&t.data);
     tp_dataset_free(&t.eval);
     tp_batch_buf_free(&t.buf);
+    free(t.upd.rec), free(t.upd.mb);
     for (int i = 0; i < t.n_kept; i++) free(t.kept[i]);
     free(t.kept);
     free(t.order);

@@ -44,7 +44,7 @@ jq -e 'has("step") and has("epoch") and has("loss") and has("lr") and has("grad_
 # after its checkpoint at step 6, and resumed from its newest checkpoint, print the same
 # loss, lr and grad norm, and end with the same weights.
 OPTS="-d $TMP/train.stream --lr 3e-3 --schedule cosine --warmup 2 --micro-batch 4 --grad-accum 2 --steps 40
-      --save-every 3 --weight-decay 0.1 --seed 3 -j 2"
+      --save-every 3 --weight-decay 0.1 --seed 3 -j 2 --device cpu"
 # shellcheck disable=SC2086
 "$ST" -q --init "$CFG" --tokenizer "$TINY" $OPTS -o "$TMP/whole" >"$TMP/whole.jsonl"
 # shellcheck disable=SC2086
@@ -62,6 +62,29 @@ jq -c "select(.step > $last_ckpt) | [.step, .loss, .lr, .grad_norm, .tokens, .ep
 jq -c '[.step, .loss, .lr, .grad_norm, .tokens, .epoch]' "$TMP/stdout" >"$TMP/b"
 [ -s "$TMP/a" ] && same resume-bit-identical "$TMP/a" "$TMP/b"
 same resume-same-weights "$TMP/whole/model.safetensors" "$TMP/killed/model.safetensors"
+
+# --batch-tokens: micro-batches filled up to N padded tokens. N = 1 puts each record alone,
+# which is exactly --micro-batch 1; a budget above the whole set makes one micro-batch an
+# epoch, so --epochs 2 is 2 updates.
+BT="--init $CFG --tokenizer $TINY -d $TMP/eval.stream --lr 3e-3 --grad-accum 4 --seed 5 -q --device cpu"
+# shellcheck disable=SC2086
+"$ST" $BT --batch-tokens 1 -o "$TMP/bt1" >"$TMP/bt1.jsonl"
+# shellcheck disable=SC2086
+"$ST" $BT --micro-batch 1 -o "$TMP/mb1" >"$TMP/mb1.jsonl"
+jq -c '[.step, .loss, .grad_norm, .tokens]' "$TMP/bt1.jsonl" >"$TMP/a"
+jq -c '[.step, .loss, .grad_norm, .tokens]' "$TMP/mb1.jsonl" >"$TMP/b"
+[ "$(wc -l <"$TMP/a")" -eq 25 ] && same batch-tokens-1-is-micro-batch-1 "$TMP/a" "$TMP/b" || not_ok batch-tokens-1-is-micro-batch-1
+# shellcheck disable=SC2086
+"$ST" $BT --grad-accum 1 --batch-tokens 10000000 --epochs 2 -o "$TMP/btall" >"$TMP/btall.jsonl"
+[ "$(wc -l <"$TMP/btall.jsonl")" -eq 2 ] && [ "$(jq -s '.[0].tokens' "$TMP/btall.jsonl")" -gt 10000 ] &&
+    ok batch-tokens-whole-epoch || not_ok batch-tokens-whole-epoch
+# A budget of 2,000 tokens: each update's tokens fit in 4 micro-batches of <= 2000 padded tokens,
+# and they are many records each (--micro-batch 1 would give ~650 tokens an update).
+# shellcheck disable=SC2086
+"$ST" $BT --batch-tokens 2000 -o "$TMP/bt2k" >"$TMP/bt2k.jsonl"
+jq -s -e 'length >= 3 and .[0].tokens > 4000 and ([.[0].tokens] + [range(1; length) as $i | .[$i].tokens - .[$i - 1].tokens] | all(. <= 8000))' \
+    "$TMP/bt2k.jsonl" >/dev/null && ok batch-tokens-budget || not_ok batch-tokens-budget
+expect batch-tokens-or-micro-batch 2 "not both" "$ST" $BT --batch-tokens 10 --micro-batch 2 -o "$TMP/e"
 
 # Bad input: clear messages, nothing written over.
 expect empty-stream 1 "no records" "$ST" --init "$CFG" -d /dev/null -o "$TMP/e"
