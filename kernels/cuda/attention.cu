@@ -18,6 +18,7 @@
 // __syncwarp between them). Products with an HD-wide operand give each thread the same
 // 4 rows and HD/16 columns: tx*VW .. tx*VW+VW-1 in each group of 16*VW (VW = 4 floats
 // when HD >= 64), so shared-memory reads are float4 and bank-conflict free.
+#include "cuda/attention_tc.h"
 #include "cuda/cuda_common.h"
 #include "cuda/cuda_ops.h"
 
@@ -514,6 +515,8 @@ bool heads_ok(int NH, int KVH) {
 extern "C" void cuda_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                        const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
     if (N <= 0 || !heads_ok(NH, KVH)) return;
+    // bf16 matrix products: the tensor-core path (attention_tc.cu) for HD 64 and 128.
+    if (cuda_matmul_bf16() && attention_tc_forward(out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale)) return;
     switch (HD) {
     case 16: launch_forward<16>(out, lse, q, k, v, seg_start, N, NH, KVH, scale); break;
     case 32: launch_forward<32>(out, lse, q, k, v, seg_start, N, NH, KVH, scale); break;
@@ -533,6 +536,9 @@ extern "C" void cuda_attention_backward(float *dq, float *dk, float *dv, const f
         cuda_note_message("attention backward: head_dim must be 16, 32, 64 or 128", __FILE__, __LINE__);
         return;
     }
+    if (cuda_matmul_bf16() &&
+        attention_tc_backward(dq, dk, dv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale))
+        return;
     // D [N, NH] = rowsum(dout ∘ out), in the op's scratch slot.
     const long rows = (long)N * NH;
     float *D = (float *)cuda_scratch(SCRATCH_ATTENTION, sizeof(float) * (size_t)rows);

@@ -1,6 +1,8 @@
 // CUDA attention against its CPU twin (kernels/cpu/attention.c): the forward pass (out,
 // lse) and the backward pass (dq, dk, dv accumulated into), on one sequence, packed rows
-// of several sequences, GQA and plain multi-head shapes and every head size up to 128.
+// of several sequences, GQA and plain multi-head shapes and every head size up to 128;
+// in fp32 (the default) and again in bf16 matmul mode, where head sizes 64 and 128 take
+// the tensor-core path (attention_tc.cu) and the others stay on fp32.
 // Skipped without CUDA or without a GPU.
 #include "ops.h"
 #include "test.h"
@@ -36,6 +38,19 @@ static double max_rel_err(const float *a, const float *b, size_t n) {
     return worst;
 }
 
+// The same for the increments got - base against ref - base, relative to their own
+// largest value: the random starting values of dq, dk, dv cannot hide an error.
+static double max_rel_inc_err(const float *got, const float *ref, const float *base, size_t n) {
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs((double)ref[i] - base[i]));
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs(((double)got[i] - base[i]) - ((double)ref[i] - base[i])) / (scale > 0 ? scale : 1);
+        if (d != d) return d;
+        worst = fmax(worst, d);
+    }
+    return worst;
+}
+
 static void *dev_alloc(size_t bytes) {
     void *p = cuda_alloc(bytes);
     CHECK_MSG(p != NULL, "cuda_alloc(%zu) failed", bytes);
@@ -61,9 +76,11 @@ struct attn_case {
     int lens[8];  // sequence lengths packed along N, ended by 0
 };
 
-static double worst_fwd, worst_bwd;
+static double worst_fwd, worst_bwd, worst_fwd_tc, worst_bwd_tc;
 
-static void run_case(const struct attn_case *c) {
+// tc: run in bf16 matmul mode (the caller sets it): tolerance 1e-2 instead of 1e-5 where
+// the tensor-core path takes the head size, plus the increment check at 2e-2.
+static void run_case(const struct attn_case *c, int tc) {
     int N = 0, nseq = 0;
     while (c->lens[nseq]) N += c->lens[nseq++];
     const int NH = c->NH, KVH = c->KVH, HD = c->HD;
@@ -80,6 +97,10 @@ static void run_case(const struct attn_case *c) {
     float *dq_ref = malloc(bq), *dk_ref = malloc(bkv), *dv_ref = malloc(bkv);
     float *dq_got = malloc(bq), *dk_got = malloc(bkv), *dv_got = malloc(bkv);
     float *dq_again = malloc(bq), *dk_again = malloc(bkv), *dv_again = malloc(bkv);
+    float *out_again = malloc(bq), *lse_again = malloc(bl);
+    const int on_tc = tc && (HD == 64 || HD == 128);
+    const double tol = on_tc ? 1e-2 : 1e-5, tol_inc = 2e-2;
+    const char *mode = !tc ? "fp32" : on_tc ? "bf16 tensor cores" : "bf16 mode, fp32 path";
     fill(q, nq), fill(k, nkv), fill(v, nkv), fill(dout, nq);
     fill(dq0, nq), fill(dk0, nkv), fill(dv0, nkv);
 
@@ -90,17 +111,22 @@ static void run_case(const struct attn_case *c) {
     float *d_out = dev_alloc(bq), *d_lse = dev_alloc(bl), *d_dout = dev_from(dout, bq);
     float *d_dq = dev_alloc(bq), *d_dk = dev_alloc(bkv), *d_dv = dev_alloc(bkv);
     if (!d_q || !d_k || !d_v || !d_seg || !d_out || !d_lse || !d_dout || !d_dq || !d_dk || !d_dv) goto done;
-    cudaMemset(d_out, 0xff, bq);  // NaN poison: an element the kernel forgets fails the comparison
-    cudaMemset(d_lse, 0xff, bl);
-    cuda_attention_forward(d_out, d_lse, d_q, d_k, d_v, d_seg, N, NH, KVH, HD, scale);
-    check_gpu("forward", c->name);
-    cuda_download(out_got, d_out, bq);
-    cuda_download(lse_got, d_lse, bl);
-    check_gpu("forward download", c->name);
+    for (int pass = 0; pass < 2; pass++) {  // twice: the result must not change by a bit
+        cudaMemset(d_out, 0xff, bq);  // NaN poison: an element the kernel forgets fails the comparison
+        cudaMemset(d_lse, 0xff, bl);
+        cuda_attention_forward(d_out, d_lse, d_q, d_k, d_v, d_seg, N, NH, KVH, HD, scale);
+        check_gpu("forward", c->name);
+        cuda_download(pass ? out_again : out_got, d_out, bq);
+        cuda_download(pass ? lse_again : lse_got, d_lse, bl);
+        check_gpu("forward download", c->name);
+    }
     double e_out = max_rel_err(out_got, out_ref, nq), e_lse = max_rel_err(lse_got, lse_ref, nl);
-    CHECK_MSG(e_out <= 1e-5, "case %s: out max rel err %.3g", c->name, e_out);
-    CHECK_MSG(e_lse <= 1e-5, "case %s: lse max rel err %.3g", c->name, e_lse);
-    worst_fwd = fmax(worst_fwd, fmax(e_out, e_lse));
+    CHECK_MSG(e_out <= tol, "case %s (%s): out max rel err %.3g", c->name, mode, e_out);
+    CHECK_MSG(e_lse <= tol, "case %s (%s): lse max rel err %.3g", c->name, mode, e_lse);
+    CHECK_MSG(!memcmp(out_got, out_again, bq) && !memcmp(lse_got, lse_again, bl),
+              "case %s (%s): the forward pass is not deterministic", c->name, mode);
+    if (on_tc) worst_fwd_tc = fmax(worst_fwd_tc, fmax(e_out, e_lse));
+    else worst_fwd = fmax(worst_fwd, fmax(e_out, e_lse));
 
     // ---- backward, from the CPU's out and lse; the gradients start from dq0, dk0, dv0 ----
     memcpy(dq_ref, dq0, bq), memcpy(dk_ref, dk0, bkv), memcpy(dv_ref, dv0, bkv);
@@ -119,12 +145,24 @@ static void run_case(const struct attn_case *c) {
     }
     double e_dq = max_rel_err(dq_got, dq_ref, nq), e_dk = max_rel_err(dk_got, dk_ref, nkv);
     double e_dv = max_rel_err(dv_got, dv_ref, nkv);
-    CHECK_MSG(e_dq <= 1e-5, "case %s: dq max rel err %.3g", c->name, e_dq);
-    CHECK_MSG(e_dk <= 1e-5, "case %s: dk max rel err %.3g", c->name, e_dk);
-    CHECK_MSG(e_dv <= 1e-5, "case %s: dv max rel err %.3g", c->name, e_dv);
+    CHECK_MSG(e_dq <= tol, "case %s (%s): dq max rel err %.3g", c->name, mode, e_dq);
+    CHECK_MSG(e_dk <= tol, "case %s (%s): dk max rel err %.3g", c->name, mode, e_dk);
+    CHECK_MSG(e_dv <= tol, "case %s (%s): dv max rel err %.3g", c->name, mode, e_dv);
     CHECK_MSG(!memcmp(dq_got, dq_again, bq) && !memcmp(dk_got, dk_again, bkv) && !memcmp(dv_got, dv_again, bkv),
-              "case %s: the backward pass is not deterministic", c->name);
-    worst_bwd = fmax(worst_bwd, fmax(e_dq, fmax(e_dk, e_dv)));
+              "case %s (%s): the backward pass is not deterministic", c->name, mode);
+    if (on_tc) {
+        double i_dq = max_rel_inc_err(dq_got, dq_ref, dq0, nq), i_dk = max_rel_inc_err(dk_got, dk_ref, dk0, nkv);
+        double i_dv = max_rel_inc_err(dv_got, dv_ref, dv0, nkv);
+        CHECK_MSG(i_dq <= tol_inc, "case %s (%s): dq increment max rel err %.3g", c->name, mode, i_dq);
+        CHECK_MSG(i_dk <= tol_inc, "case %s (%s): dk increment max rel err %.3g", c->name, mode, i_dk);
+        CHECK_MSG(i_dv <= tol_inc, "case %s (%s): dv increment max rel err %.3g", c->name, mode, i_dv);
+        worst_bwd_tc = fmax(worst_bwd_tc, fmax(fmax(e_dq, fmax(e_dk, e_dv)), fmax(i_dq, fmax(i_dk, i_dv))));
+        if (getenv("TP_ATTN_VERBOSE"))
+            printf("# %s [%s]: out %.3g lse %.3g dq %.3g dk %.3g dv %.3g, increments dq %.3g dk %.3g dv %.3g\n",
+                   c->name, mode, e_out, e_lse, e_dq, e_dk, e_dv, i_dq, i_dk, i_dv);
+    } else {
+        worst_bwd = fmax(worst_bwd, fmax(e_dq, fmax(e_dk, e_dv)));
+    }
 
 done:
     cuda_free(d_q), cuda_free(d_k), cuda_free(d_v), cuda_free(d_seg), cuda_free(d_out), cuda_free(d_lse);
@@ -132,7 +170,7 @@ done:
     check_gpu("free", c->name);
     free(seg), free(q), free(k), free(v), free(dout), free(out_ref), free(lse_ref), free(out_got), free(lse_got);
     free(dq0), free(dk0), free(dv0), free(dq_ref), free(dk_ref), free(dv_ref), free(dq_got), free(dk_got);
-    free(dv_got), free(dq_again), free(dk_again), free(dv_again);
+    free(dv_got), free(dq_again), free(dk_again), free(dv_again), free(out_again), free(lse_again);
 }
 #endif
 
@@ -147,12 +185,21 @@ static void test_cuda_matches_cpu(void) {
         {"hd16", 2, 1, 16, {65}},
         {"hd32 no gqa, length-1 sequences", 6, 6, 32, {1, 40, 1, 1, 70, 1, 23}},
         {"long", 2, 1, 64, {1237, 811}},
+        {"hd128 gqa 3, packed", 6, 2, 128, {129, 64, 1, 190}},
+        {"hd64 gqa 7, packed", 14, 2, 64, {100, 33, 250}},
     };
-    worst_fwd = worst_bwd = 0;
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
+    worst_fwd = worst_bwd = worst_fwd_tc = worst_bwd_tc = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        run_case(&cases[i], 0);
+        // bf16 mode for the tensor-core path; fp32 again right after, whatever happened
+        CHECK(cuda_set_matmul_precision("bf16") == 0);
+        run_case(&cases[i], 1);
+        CHECK(cuda_set_matmul_precision("fp32") == 0);
+    }
     char name[256];
     if (cuda_device_describe(name, sizeof name) == 0)
-        printf("# cuda attention on %s: max rel err fwd %.3g bwd %.3g\n", name, worst_fwd, worst_bwd);
+        printf("# cuda attention on %s: max rel err fwd %.3g bwd %.3g; tensor cores (bf16) fwd %.3g bwd %.3g\n",
+               name, worst_fwd, worst_bwd, worst_fwd_tc, worst_bwd_tc);
 #endif
 }
 
@@ -190,28 +237,25 @@ static double now_s(void) {
 
 // Seconds per call of the forward (bwd = 0) or backward pass, best of 3 after a warm-up.
 static double time_attention(int bwd, float *const *b, const int32_t *seg, int N, int NH, int KVH, int HD) {
+    const float scale = 1.0f / sqrtf((float)HD);
     double best = 1e30;
     for (int rep = 0; rep < 4; rep++) {
         double t0 = now_s();
-        if (bwd) cuda_attention_backward(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], seg, N, NH, KVH, HD, 0.1f);
-        else cuda_attention_forward(b[4], b[5], b[6], b[7], b[8], seg, N, NH, KVH, HD, 0.1f);
+        if (bwd) cuda_attention_backward(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], seg, N, NH, KVH, HD, scale);
+        else cuda_attention_forward(b[4], b[5], b[6], b[7], b[8], seg, N, NH, KVH, HD, scale);
         char err[512] = "";
         CHECK_MSG(cuda_take_error(err, sizeof err) == 0, "%s", err);
         if (rep) best = fmin(best, now_s() - t0);
     }
     return best;
 }
-#endif
 
 // Not a check, a record: the speed of one causal sequence of 8192 tokens and of the same
-// tokens packed as 16 sequences of 512 (which must cost far less), in useful TFLOP/s
-// (2 matrix products forward, 5 backward, over the keys each query sees).
-static void test_cuda_speed(void) {
-#ifndef TP_HAVE_CUDA
-    SKIP("built without CUDA (nvcc not found)");
-#else
-    if (cuda_device_count() == 0) SKIP("no GPU on this machine");
-    const int N = 8192, NH = 8, KVH = 2, HD = 128;
+// tokens packed as 16 sequences of 512 (which must cost far less), and of the attention
+// shapes of Qwen2.5-0.5B (4 rows of 2048, NH=14 KVH=2 HD=64) and Qwen2.5-1.5B (2 rows of
+// 2048, NH=12 KVH=2 HD=128), each on the fp32 path and in bf16 mode (tensor cores), in
+// useful TFLOP/s (2 matrix products forward, 5 backward, over the keys each query sees).
+static void speed_case(int N, int NH, int KVH, int HD, int len) {
     const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD;
     // b: dq, dk, dv, dout, out, lse, q, k, v
     const size_t sizes[9] = {nq, nkv, nkv, nq, nq, (size_t)N * NH, nq, nkv, nkv};
@@ -224,21 +268,35 @@ static void test_cuda_speed(void) {
         if (b[i]) cuda_upload(b[i], host, sizeof(float) * sizes[i]);
         ok = ok && b[i];
     }
-    for (int pass = 0; ok && pass < 2; pass++) {
-        const int len = pass ? 512 : N;
-        for (int n = 0; n < N; n++) seg[n] = n / len * len;
-        cuda_upload(d_seg, seg, sizeof(int32_t) * (size_t)N);
+    for (int n = 0; n < N; n++) seg[n] = n / len * len;
+    if (ok) cuda_upload(d_seg, seg, sizeof(int32_t) * (size_t)N);
+    for (int tc = 0; ok && tc < 2; tc++) {
+        CHECK(cuda_set_matmul_precision(tc ? "bf16" : "fp32") == 0);
         // The forward pass first: the backward pass needs its lse (finite probabilities).
         double tf = time_attention(0, b, d_seg, N, NH, KVH, HD), tb = time_attention(1, b, d_seg, N, NH, KVH, HD);
+        CHECK(cuda_set_matmul_precision("fp32") == 0);
         double pairs = (double)N / len * len * (len + 1) / 2;  // (query, key) pairs
         double flop = pairs * NH * HD * 2;                      // one matrix product
-        printf("# cuda attention speed, N=%d NH=%d KVH=%d HD=%d, sequences of %d: fwd %.2f ms %.1f TFLOP/s, "
+        printf("# cuda attention speed [%s], N=%d NH=%d KVH=%d HD=%d, sequences of %d: fwd %.2f ms %.1f TFLOP/s, "
                "bwd %.2f ms %.1f TFLOP/s\n",
-               N, NH, KVH, HD, len, tf * 1e3, 2 * flop / tf * 1e-12, tb * 1e3, 5 * flop / tb * 1e-12);
+               tc ? "bf16 tensor cores" : "fp32", N, NH, KVH, HD, len, tf * 1e3, 2 * flop / tf * 1e-12, tb * 1e3,
+               5 * flop / tb * 1e-12);
     }
     for (int i = 0; i < 9; i++) cuda_free(b[i]);
     cuda_free(d_seg);
     free(host), free(seg);
+}
+#endif
+
+static void test_cuda_speed(void) {
+#ifndef TP_HAVE_CUDA
+    SKIP("built without CUDA (nvcc not found)");
+#else
+    if (cuda_device_count() == 0) SKIP("no GPU on this machine");
+    speed_case(8192, 8, 2, 128, 8192);
+    speed_case(8192, 8, 2, 128, 512);
+    speed_case(4 * 2048, 14, 2, 64, 2048);
+    speed_case(2 * 2048, 12, 2, 128, 2048);
 #endif
 }
 

@@ -1,0 +1,21 @@
+// attention_tc.h — the bf16 tensor-core path of causal attention (attention_tc.cu), used by
+// cuda_attention_forward / cuda_attention_backward (attention.cu) when the backend's matrix
+// products are in bf16 mode. Same contract as ops.h (fp32 tensors in device memory; the
+// backward pass accumulates into dq, dk, dv); inside, tiles are rounded to bf16 and
+// multiplied on tensor cores with fp32 sums, softmax statistics stay fp32.
+//
+// Each returns false, having done nothing, when it cannot take the call (HD other than 64
+// or 128, or a tensor not 16-byte aligned): the caller then runs the fp32 path.
+// The caller has already checked N > 0 and NH % KVH == 0.
+#ifndef TP_CUDA_ATTENTION_TC_H
+#define TP_CUDA_ATTENTION_TC_H
+
+#include <stdint.h>
+
+bool attention_tc_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                          const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
+bool attention_tc_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                           const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
+                           int KVH, int HD, float scale);
+
+#endif
