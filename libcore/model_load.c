@@ -329,12 +329,21 @@ void tp_model_init_weights(tp_model *m, uint64_t seed) {
         const tp_param *p = &m->params[i];
         float *w = m->w + p->offset;
         // Each tensor has its own stream, so adding a tensor does not change the others.
-        uint64_t s = seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(i + 1));
-        for (size_t k = 0; k < p->numel; k++) {
-            switch (p->kind) {
-            case TP_PARAM_NORM: w[k] = 1.0f; break;
-            case TP_PARAM_BIAS: w[k] = 0.0f; break;
-            default: w[k] = (float)(tp_normal(&s) * m->cfg.initializer_range); break;
+        uint64_t s0 = seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(i + 1));
+        // Pieces of the tensor's stream in parallel (two draws a normal): the same values
+        // as one thread, minutes faster for billions of weights.
+        enum { PIECE = 1 << 16 };
+        size_t pieces = (p->numel + PIECE - 1) / PIECE;
+#pragma omp parallel for schedule(static) if (pieces > 1)
+        for (size_t c = 0; c < pieces; c++) {
+            uint64_t s = tp_splitmix64_skip(s0, 2 * (uint64_t)c * PIECE);
+            size_t end = (c + 1) * PIECE < p->numel ? (c + 1) * PIECE : p->numel;
+            for (size_t k = c * PIECE; k < end; k++) {
+                switch (p->kind) {
+                case TP_PARAM_NORM: w[k] = 1.0f; break;
+                case TP_PARAM_BIAS: w[k] = 0.0f; break;
+                default: w[k] = (float)(tp_normal(&s) * m->cfg.initializer_range); break;
+                }
             }
         }
     }

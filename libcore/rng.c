@@ -10,6 +10,8 @@ uint64_t tp_splitmix64(uint64_t *s) {
     return z ^ (z >> 31);
 }
 
+uint64_t tp_splitmix64_skip(uint64_t state, uint64_t n) { return state + n * 0x9E3779B97F4A7C15ull; }
+
 double tp_normal(uint64_t *s) {
     double u1 = ((tp_splitmix64(s) >> 11) + 1) * 0x1.0p-53, u2 = (tp_splitmix64(s) >> 11) * 0x1.0p-53;
     return sqrt(-2 * log(u1)) * cos(2 * M_PI * u2);

@@ -11,6 +11,9 @@
 uint64_t tp_splitmix64(uint64_t *state);
 // Standard normal (Box-Muller from two 53-bit uniforms).
 double tp_normal(uint64_t *state);
+// The state after n more draws of tp_splitmix64 (it only adds a constant each draw), so
+// a long stream can be cut into pieces generated in parallel with the same values.
+uint64_t tp_splitmix64_skip(uint64_t state, uint64_t n);
 // Fisher-Yates shuffle of n elements of size bytes each (from the last element down).
 void tp_shuffle(void *base, size_t n, size_t size, uint64_t *state);
 
