@@ -37,13 +37,13 @@ row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$out"; }
 echo "== CUDA tests against the CPU twins" | tee -a "$out"
 for t in "$B"/tests/test_cuda_*; do
     name=$(basename "$t")
-    timeout 180 "$t" >"$OUTDIR/$name.txt" 2>&1
+    timeout 90 "$t" >"$OUTDIR/$name.txt" 2>&1
     rc=$?
     cat "$OUTDIR/$name.txt" >>"$log"
     row "$name" "rc=$rc $(tail -n 1 "$OUTDIR/$name.txt" | sed 's/^# //')"
     grep -E '^(not ok|skip)|^# ' "$OUTDIR/$name.txt" | grep -v ' passed, ' | sed 's/^/    /' | tee -a "$out"
 done
-BIN=$B/bin timeout 240 sh tests/cli/test_sft_train_cuda.sh >"$OUTDIR/cli.txt" 2>&1
+BIN=$B/bin timeout 120 sh tests/cli/test_sft_train_cuda.sh >"$OUTDIR/cli.txt" 2>&1
 rc=$?
 cat "$OUTDIR/cli.txt" >>"$log"
 row "test_sft_train_cuda" "rc=$rc $(grep -c '^ok' "$OUTDIR/cli.txt") ok, $(grep -c '^not ok' "$OUTDIR/cli.txt") failed"
@@ -56,8 +56,8 @@ field() { echo "$1" | tr ' ' '\n' | awk -v k="$2" 'prev == k { print; exit } { p
 for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
     set -- $shape
     cfg=$cfgdir/$1.json
-    tp=$(timeout 150 "$B/bench/model_step" "$cfg" "$2" 2048 3 --device cuda --matmul bf16 2>>"$log" | tail -n 1)
-    pt=$(PYTHONUNBUFFERED=1 timeout 150 python3 tests/bench/torch_gpu_step.py "$cfg" "$2" 2048 3 2>>"$log" | tail -n 1)
+    tp=$(timeout 90 "$B/bench/model_step" "$cfg" "$2" 2048 3 --device cuda --matmul bf16 2>>"$log" | tail -n 1)
+    pt=$(PYTHONUNBUFFERED=1 timeout 90 python3 tests/bench/torch_gpu_step.py "$cfg" "$2" 2048 3 2>>"$log" | tail -n 1)
     echo "$1 B=$2: thinkpipe: ${tp:-failed}" >>"$log"
     echo "$1 B=$2: torch: ${pt:-failed}" >>"$log"
     row "$1 B=$2 T=2048 thinkpipe" "$(field "$tp" tokens/s) tok/s, $(field "$tp" devmem_mb) MB, MFU $(field "$tp" mfu)"
@@ -68,4 +68,7 @@ for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
             'BEGIN { printf "tokens/s %.2fx, memory %.2fx", a / b, ma / mb }')"
     fi
 done
+echo "== where the device time goes (TP_PROFILE=1, qwen2.5-0.5b B=4 T=2048, 2 steps + warm-up)" | tee -a "$out"
+TP_PROFILE=1 timeout 60 "$B/bench/model_step" "$cfgdir/qwen2.5-0.5b.json" 4 2048 2 --device cuda --matmul bf16 2>&1 |
+    grep -E 'TP_PROFILE|calls|thinkpipe' | tee -a "$out"
 echo "== done; full log in $log" | tee -a "$out"
