@@ -101,6 +101,12 @@ static const __nv_bfloat16 *weight_bf16(const float *w, size_t n) {
     return c->bf;
 }
 
+// The bf16 operand last converted into scratch B, still valid for the next product that
+// reads the same buffer (linear_backward's two products share dout).
+static const float *scratch_b_src;
+static size_t scratch_b_n;
+static unsigned long scratch_b_version;
+
 static const __nv_bfloat16 *operand_bf16(int slot, const float *x, size_t n, bool is_weight) {
     const __nv_bfloat16 *b = is_weight ? weight_bf16(x, n) : NULL;
     if (b) return b;
@@ -110,11 +116,20 @@ static const __nv_bfloat16 *operand_bf16(int slot, const float *x, size_t n, boo
 }
 
 // C = op(A) op(B) (+ beta C) in bf16 operands; sizes as cuBLAS counts them.
+// reuse_b: B is unchanged since the previous product converted it (same buffer, nothing
+// written in between), so scratch B still holds its bf16 copy.
 static void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
-                      bool a_weight, const float *B, int ldb, bool b_weight, float beta, float *C, int ldc) {
+                      bool a_weight, const float *B, int ldb, bool b_weight, float beta, float *C, int ldc,
+                      bool reuse_b) {
     size_t na = (size_t)lda * (ta == CUBLAS_OP_N ? k : m), nb = (size_t)ldb * (tb == CUBLAS_OP_N ? n : k);
     const __nv_bfloat16 *a = operand_bf16(SCRATCH_BF16_A, A, na, a_weight);
-    const __nv_bfloat16 *b = operand_bf16(SCRATCH_BF16_B, B, nb, b_weight);
+    const __nv_bfloat16 *b;
+    if (reuse_b && !b_weight && scratch_b_src == B && scratch_b_n == nb && scratch_b_version == cuda_weights_version) {
+        b = (const __nv_bfloat16 *)cuda_scratch(SCRATCH_BF16_B, nb * sizeof(__nv_bfloat16));
+    } else {
+        b = operand_bf16(SCRATCH_BF16_B, B, nb, b_weight);
+        scratch_b_src = b_weight ? NULL : B, scratch_b_n = nb, scratch_b_version = cuda_weights_version;
+    }
     if (!a || !b) return;  // noted by cuda_scratch
     const float alpha = 1.0f;
     CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &beta, C,
@@ -123,10 +138,11 @@ static void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, 
 
 // a_weight / b_weight: which operand is a weight matrix (its bf16 copy is cached).
 static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
-                 bool a_weight, const float *B, int ldb, bool b_weight, float beta, float *C, int ldc) {
+                 bool a_weight, const float *B, int ldb, bool b_weight, float beta, float *C, int ldc,
+                 bool reuse_b) {
     if (!ready() || m <= 0 || n <= 0) return;
     if (compute == CUBLAS_COMPUTE_32F_FAST_16BF) {
-        gemm_bf16(ta, tb, m, n, k, A, lda, a_weight, B, ldb, b_weight, beta, C, ldc);
+        gemm_bf16(ta, tb, m, n, k, A, lda, a_weight, B, ldb, b_weight, beta, C, ldc, reuse_b);
         return;
     }
     const float alpha = 1.0f;
@@ -142,7 +158,7 @@ __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
 extern "C" void cuda_linear_forward(float *out, const float *x, const float *weight, const float *bias, int N, int IC,
                                     int OC) {
     if (N <= 0) return;
-    gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, weight, IC, true, x, IC, false, 0.0f, out, OC);
+    gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, weight, IC, true, x, IC, false, 0.0f, out, OC, false);
     if (bias) {
         add_bias_kernel<<<cuda_blocks((long)N * OC, 256), 256, 0, cuda_stream()>>>(out, bias, N, OC);
         CUDA_LAUNCH_CHECK();
@@ -152,7 +168,8 @@ extern "C" void cuda_linear_forward(float *out, const float *x, const float *wei
 extern "C" void cuda_linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
                                      const float *weight, int N, int IC, int OC) {
     if (N <= 0) return;
-    if (dx) gemm(CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC, weight, IC, true, dout, OC, false, 1.0f, dx, IC);
-    gemm(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, x, IC, false, dout, OC, false, 1.0f, dweight, IC);
+    // dout is B of both products: converted to bf16 once (dx, written by the first, is not dout).
+    if (dx) gemm(CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC, weight, IC, true, dout, OC, false, 1.0f, dx, IC, false);
+    gemm(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, x, IC, false, dout, OC, false, 1.0f, dweight, IC, dx != NULL);
     if (dbias) cuda_column_sum(dbias, dout, NULL, NULL, N, OC);
 }
