@@ -213,8 +213,9 @@ static void sft_close(sft_fixture *f) {
 static double rel_l2(const float *a, const tp_tensor *b, size_t n) { return fixture_rel_l2(a, b, n); }
 
 // Per tensor ||p - p_ref|| / ||p_ref|| of every parameter against param.<prefix><name>;
-// returns the worst, its name in *worst_name, and how many exceed tol in *over.
-static double param_errors(const sft_fixture *f, const tp_model *m, const char *prefix, double tol,
+// returns the worst, its name in *worst_name, and how many exceed their tolerance in *over:
+// tol, or with torch32 twice float32 PyTorch's own error on that tensor where that is larger.
+static double param_errors(const sft_fixture *f, const tp_model *m, const char *prefix, double tol, bool torch32,
                            const char **worst_name, int *over) {
     double worst = 0;
     int checked = 0;
@@ -225,11 +226,19 @@ static double param_errors(const sft_fixture *f, const tp_model *m, const char *
         snprintf(pname, sizeof pname, "%s%s", prefix, p->name);
         const tp_tensor *ref = want(f, pname);
         if (!ref || tp_tensor_numel(ref) != p->numel) continue;
-        double e = rel_l2(m->w + p->offset, ref, p->numel);
+        double e = rel_l2(m->w + p->offset, ref, p->numel), allowed = tol;
+        if (torch32) {
+            snprintf(pname, sizeof pname, "torch32_err.%s", p->name);
+            const tp_tensor *t32 = want(f, pname);
+            if (t32 && 2 * at(t32, 0) > allowed) {
+                allowed = 2 * at(t32, 0);
+                printf("#   %s%s: relative error %.3g (float32 PyTorch: %.3g)\n", prefix, p->name, e, at(t32, 0));
+            }
+        }
         if (e > worst) worst = e, *worst_name = p->name;
-        if (e > tol) {
+        if (e > allowed) {
             (*over)++;
-            printf("#   %s%s: relative error %.3g\n", prefix, p->name, e);
+            printf("#   %s%s: relative error %.3g, allowed %.3g\n", prefix, p->name, e, allowed);
         }
         checked++;
     }
@@ -247,10 +256,11 @@ static void adamw_from_fixture(tp_adamw *opt, const sft_fixture *f, const tp_mod
 
 // The training run: tp_model_forward_backward, tp_clip_grad_norm, tp_lr_at, tp_adamw_update.
 // Checked every step: the loss before the update and the gradient norm within 1e-5 relative,
-// the learning rate within 1e-12; then the loss after the last update within 1e-5. The
-// parameters are printed, not checked: a float32 run cannot follow the float64 trajectory to
-// 1e-5 in every tensor (PyTorch's own float32 run misses it too; see make_sft_fixtures.py), so
-// the optimizer's parameters are checked to 1e-5 on given gradients below.
+// the learning rate within 1e-12; then the loss after the last update within 1e-5, and (qwen3)
+// every parameter within 1e-5 relative (L2 over the tensor) of the float64 oracle, or twice
+// PyTorch float32's own error where that misses 1e-5. Some tensors have gradient elements near
+// zero that float32 cannot resolve and Adam turns into lr-sized steps (make_sft_fixtures.py);
+// the optimizer alone is checked to 1e-5 on given gradients below.
 static void check_training(const char *name) {
     sft_fixture f;
     tp_model *m = NULL;
@@ -293,9 +303,14 @@ static void check_training(const char *name) {
     CHECK_MSG(e_final <= 1e-5, "%s: loss after 5 updates %.9g, torch %.9g", name, mean, rf);
     const char *worst_name;
     int over;
-    double worst = param_errors(&f, m, "param.", 1e-5, &worst_name, &over);
+    double worst = param_errors(&f, m, "param.", 1e-5, true, &worst_name, &over);
+    // qwen3: every tensor within 1e-5 (PyTorch float32 too). qwen2-tied is printed, not
+    // checked: its v_proj (1.02e-5) and k_proj biases (6e-5, 1.2e-4; PyTorch float32 1.0e-4,
+    // 4.6e-5) carry the near-zero-gradient noise described above.
+    if (!strcmp(name, "qwen3"))
+        CHECK_MSG(over == 0, "%s: %d parameters beyond their tolerance after 5 training updates", name, over);
     printf("# %s training: clipped on steps%s; worst relative error of the 5 losses %.2g, final loss %.2g, grad "
-           "norms %.2g, lr %.2g (absolute); parameters (not checked) worst %.2g (%s), %d beyond 1e-5\n",
+           "norms %.2g, lr %.2g (absolute); parameters worst %.2g (%s), %d beyond tolerance\n",
            name, clipped, e_loss, e_final, e_norm, e_lr, worst, worst_name, over);
     tp_adamw_free(&opt);
     tp_model_free(m);
@@ -355,7 +370,7 @@ static void check_given(const char *name) {
         }
         const char *worst_name;
         int over;
-        double worst = param_errors(&f, m, "given.param.", 1e-5, &worst_name, &over);
+        double worst = param_errors(&f, m, "given.param.", 1e-5, false, &worst_name, &over);
         CHECK_MSG(over == 0, "%s: %d parameters beyond 1e-5 relative after 5 updates on given gradients", name, over);
         printf("# %s given gradients: clipped on steps%s; worst relative error: grad norms %.2g, parameters %.2g (%s)\n",
                name, clipped, e_norm, worst, worst_name);
