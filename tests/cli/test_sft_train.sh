@@ -86,6 +86,17 @@ jq -s -e 'length >= 3 and .[0].tokens > 4000 and ([.[0].tokens] + [range(1; leng
     "$TMP/bt2k.jsonl" >/dev/null && ok batch-tokens-budget || not_ok batch-tokens-budget
 expect batch-tokens-or-micro-batch 2 "not both" "$ST" $BT --batch-tokens 10 --micro-batch 2 -o "$TMP/e"
 
+# A progress line on stderr when it is a terminal (script(1) gives the run a pseudo-terminal),
+# none when it is not.
+if command -v script >/dev/null 2>&1; then
+    script -qc "$ST --init $CFG --tokenizer $TINY -d $TMP/eval.stream -o $TMP/tty --steps 5 --device cpu --metrics $TMP/tty.jsonl" \
+        "$TMP/typescript" >/dev/null 2>&1
+    grep -q '5/5 steps' "$TMP/typescript" && ok progress-on-a-terminal || not_ok progress-on-a-terminal
+    "$ST" --init "$CFG" --tokenizer "$TINY" -d "$TMP/eval.stream" -o "$TMP/notty" --steps 5 --device cpu \
+        --metrics "$TMP/notty.jsonl" 2>"$TMP/notty.err"
+    grep -q 'steps' "$TMP/notty.err" && not_ok no-progress-when-not-a-terminal || ok no-progress-when-not-a-terminal
+fi
+
 # Bad input: clear messages, nothing written over.
 expect empty-stream 1 "no records" "$ST" --init "$CFG" -d /dev/null -o "$TMP/e"
 sed 's/"vocab_size": 400/"vocab_size": 300/' "$CFG" >"$TMP/small.json"
