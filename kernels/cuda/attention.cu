@@ -20,6 +20,7 @@
 // when HD >= 64), so shared-memory reads are float4 and bank-conflict free.
 #include "cuda/attention_tc.h"
 #include "cuda/cuda_common.h"
+#include "cuda/packed_rows.h"
 #include "cuda/cuda_ops.h"
 
 #include <climits>
@@ -60,27 +61,6 @@ __device__ __forceinline__ float row_max(float v) {
 __device__ __forceinline__ float row_sum(float v) {
     for (int o = 8; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
-}
-
-// The first key token i may see, clamped to [0, i] so that malformed input cannot index
-// out of bounds (seg_start NULL: one sequence, as on the CPU).
-__device__ __forceinline__ int first_key(const int32_t *seg_start, int i) {
-    if (!seg_start) return 0;
-    int s = seg_start[i];
-    return s < 0 ? 0 : (s > i ? i : s);
-}
-
-// One past the last query that can see key j: the end of j's sequence, i.e. the first
-// i > j with seg_start[i] > j (seg_start is non-decreasing), or N.
-__device__ int sequence_end(const int32_t *seg_start, int j, int N) {
-    if (!seg_start) return N;
-    int lo = j + 1, hi = N;
-    while (lo < hi) {
-        int mid = lo + (hi - lo) / 2;
-        if (seg_start[mid] > j) hi = mid;
-        else lo = mid + 1;
-    }
-    return lo;
 }
 
 // dst [64][S] := rows r0 .. r0+63 of head `head` of src [*, heads, HD]; rows >= rend are

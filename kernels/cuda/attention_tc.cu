@@ -26,6 +26,7 @@
 // its last key's sequence, and a warp skips any key (query) tile none of its rows can see.
 #include "cuda/attention_tc.h"
 #include "cuda/cuda_common.h"
+#include "cuda/packed_rows.h"
 
 #include <cuda_bf16.h>
 #include <mma.h>
@@ -75,25 +76,6 @@ __device__ AccLayout acc_layout(float *scratch) {
     for (int e = 0; e < AccLayout::NE; e++) L.w[e >> 2] |= ((unsigned)f.x[e] & 255u) << ((e & 3) * 8);
     __syncwarp();  // every lane has read scratch before its owner reuses it
     return L;
-}
-
-// The first key token i may see, clamped to [0, i] (seg_start NULL: one sequence).
-__device__ __forceinline__ int first_key(const int32_t *seg_start, int i) {
-    if (!seg_start) return 0;
-    int s = seg_start[i];
-    return s < 0 ? 0 : (s > i ? i : s);
-}
-
-// One past the last query that can see key j: the first i > j with seg_start[i] > j, or N.
-__device__ int sequence_end(const int32_t *seg_start, int j, int N) {
-    if (!seg_start) return N;
-    int lo = j + 1, hi = N;
-    while (lo < hi) {
-        int mid = lo + (hi - lo) / 2;
-        if (seg_start[mid] > j) hi = mid;
-        else lo = mid + 1;
-    }
-    return lo;
 }
 
 __device__ __forceinline__ void st_bf16x4(bf16 *p, float4 v) {
