@@ -61,6 +61,13 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
                         int KVH, int HD, float scale);
 
+// ---- attention of new tokens against a KV cache (generation) ----
+// For each of n tokens: q [n, NH, HD]; k[i], v[i] point at its sequence's cached keys and
+// values, len[i] rows of KVH*HD floats (the token's own included, causal by construction).
+// out [n, NH, HD] = softmax(q k^T * scale) v over those rows.
+void attention_decode(float *out, const float *q, const float *const *k, const float *const *v, const int32_t *len,
+                      int n, int NH, int KVH, int HD, float scale);
+
 // ---- SwiGLU: out = silu(gate) * up ----
 // gate, up [N, F] -> out [N, F]
 void swiglu_forward(float *out, const float *gate, const float *up, long n);

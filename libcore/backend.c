@@ -40,6 +40,7 @@ static const tp_backend CPU = {
     .rope_backward = rope_backward,
     .attention_forward = attention_forward,
     .attention_backward = attention_backward,
+    .attention_decode = attention_decode,
     .swiglu_forward = swiglu_forward,
     .swiglu_backward = swiglu_backward,
     .add_inplace = add_inplace,

@@ -47,6 +47,9 @@ typedef struct tp_backend {
     void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *out,
                                const float *lse, const float *q, const float *k, const float *v,
                                const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
+    // NULL where the backend has no generation kernel yet (cuda).
+    void (*attention_decode)(float *out, const float *q, const float *const *k, const float *const *v,
+                             const int32_t *len, int n, int NH, int KVH, int HD, float scale);
     void (*swiglu_forward)(float *out, const float *gate, const float *up, long n);
     void (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n);
     void (*add_inplace)(float *x, const float *y, long n);

@@ -165,6 +165,51 @@ int tp_chat_from_record(jv rec, const char *prompt, tp_chat *out, tp_err *err) {
     return rc;
 }
 
+static bool has_field(jv rec, const char *key) {
+    jv v = tp_json_get(rec, key);
+    bool has = jv_get_kind(v) != JV_KIND_INVALID && jv_get_kind(v) != JV_KIND_NULL;
+    jv_free(v);
+    return has;
+}
+
+int tp_chat_from_problem(jv rec, const char *prompt, const char *system, tp_chat *out, tp_err *err) {
+    memset(out, 0, sizeof *out);
+    jv messages = tp_json_get(rec, "messages");
+    int rc = 0;
+    bool bad = false;
+    if (jv_get_kind(messages) != JV_KIND_INVALID && jv_get_kind(messages) != JV_KIND_NULL) {
+        tp_chat m;
+        memset(&m, 0, sizeof m);
+        rc = from_messages(messages, &m, err);
+        if (rc == 0) {
+            if (system && !(m.count > 0 && strcmp(m.messages[0].role, "system") == 0))
+                add_message(out, "system", tp_xstrdup(system), NULL);
+            for (int i = 0; i < m.count; i++) {
+                add_message(out, m.messages[i].role, m.messages[i].content, m.messages[i].reasoning);
+                free(m.messages[i].role);
+            }
+            free(m.messages);
+        }
+    } else if (!has_field(rec, "problem")) {
+        tp_err_set(err, "a problem needs \"problem\" (a string) or \"messages\"");
+        rc = -1;
+    } else {
+        char *problem = str_field(rec, "problem", true, "", err, &bad);
+        char *own = bad ? NULL : str_field(rec, "system", false, "", err, &bad);
+        if (bad) {
+            free(problem), free(own);
+            rc = -1;
+        } else {
+            if (own || system) add_message(out, "system", own ? own : tp_xstrdup(system), NULL);
+            add_message(out, "user", fill_prompt(prompt ? prompt : TP_DEFAULT_PROMPT, problem), NULL);
+            free(problem);
+        }
+    }
+    jv_free(messages);
+    if (rc < 0) tp_chat_free(out);
+    return rc;
+}
+
 void tp_chat_free(tp_chat *c) {
     for (int i = 0; i < c->count; i++) {
         free(c->messages[i].role);
@@ -396,4 +441,50 @@ int tp_chat_render_text(tp_template t, const tp_chat *chat, const char *bos, tp_
     tp_buf_putc(&r->text, 0);  // keep the text NUL-terminated for callers; not counted
     r->text.len--;
     return 0;
+}
+
+int tp_chat_render_prompt(tp_template t, const tp_chat *chat, const char *bos, tp_chat_render *r, tp_err *err) {
+    if (tp_chat_render_text(t, chat, bos, r, err) < 0) return -1;
+    static const char *const GEN[TP_TEMPLATE_COUNT] = {
+        [TP_TEMPLATE_CHATML] = "<|im_start|>assistant\n",
+        [TP_TEMPLATE_QWEN3] = "<|im_start|>assistant\n",
+        [TP_TEMPLATE_DEEPSEEK_R1] = "<\xEF\xBD\x9C" "Assistant\xEF\xBD\x9C><think>\n",
+        [TP_TEMPLATE_LLAMA3] = "",  // render_llama3 already ends with the assistant header
+        [TP_TEMPLATE_NEMO] = "<extra_id_1>Assistant\n",
+    };
+    put(r, GEN[t]);
+    tp_buf_putc(&r->text, 0);
+    r->text.len--;
+    return 0;
+}
+
+const char *tp_template_end_of_turn(tp_template t) {
+    static const char *const EOT[TP_TEMPLATE_COUNT] = {
+        [TP_TEMPLATE_CHATML] = "<|im_end|>",
+        [TP_TEMPLATE_QWEN3] = "<|im_end|>",
+        [TP_TEMPLATE_DEEPSEEK_R1] = "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>",
+        [TP_TEMPLATE_LLAMA3] = "<|eot_id|>",
+        [TP_TEMPLATE_NEMO] = "<extra_id_1>",
+    };
+    return EOT[t];
+}
+
+const char *tp_template_bos(tp_template t, const tp_tokenizer *tok) {
+    if (t != TP_TEMPLATE_DEEPSEEK_R1 && t != TP_TEMPLATE_LLAMA3) return "";
+    const char *bos = tp_tokenizer_config_token(tok, "bos_token");
+    if (bos) return bos;
+    return t == TP_TEMPLATE_LLAMA3 ? "<|begin_of_text|>"
+                                   : "<\xEF\xBD\x9C" "begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>";
+}
+
+int tp_template_resolve(const char *name, const tp_tokenizer *tok, tp_err *err) {
+    if (strcmp(name, "auto") == 0) {
+        jv cfg = tp_tokenizer_config(tok);
+        int tm = tp_template_auto(cfg, err);
+        jv_free(cfg);
+        return tm;
+    }
+    int tm = tp_template_parse(name);
+    if (tm < 0) tp_err_set(err, "unknown template \"%s\" (chatml, qwen3, deepseek-r1, llama3, nemo, auto)", name);
+    return tm;
 }

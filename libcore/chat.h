@@ -50,6 +50,11 @@ typedef struct {
 // NULL for TP_DEFAULT_PROMPT. Errors name the field ("messages[2].content must be a string").
 int tp_chat_from_record(jv record, const char *prompt, tp_chat *out, tp_err *err);
 void tp_chat_free(tp_chat *c);
+// A prompt to continue: {"messages": [...]} as they are, or {"problem"} as one user turn
+// through the prompt template ({problem} replaced; NULL: TP_DEFAULT_PROMPT). system, when
+// not NULL, is prepended unless the record has its own ("system" field or a first system
+// message).
+int tp_chat_from_problem(jv record, const char *prompt, const char *system, tp_chat *out, tp_err *err);
 
 typedef struct {
     size_t start, end;  // bytes of the rendered text
@@ -65,6 +70,20 @@ typedef struct {
 // Renders chat with the template into r (cleared first). bos is the BOS token text
 // for templates that start with it (deepseek-r1, llama3).
 int tp_chat_render_text(tp_template t, const tp_chat *chat, const char *bos, tp_chat_render *r, tp_err *err);
+// The same, then the template's generation prompt (add_generation_prompt=True): the text a
+// model continues. chatml/qwen3 "<|im_start|>assistant\n", deepseek-r1 "<｜Assistant｜><think>\n"
+// (the R1-Distill template of 2025), llama3's assistant header (which its rendering always
+// ends with), nemo "<extra_id_1>Assistant\n".
+int tp_chat_render_prompt(tp_template t, const tp_chat *chat, const char *bos, tp_chat_render *r, tp_err *err);
+// The token text that ends an assistant turn: "<|im_end|>", "<｜end▁of▁sentence｜>",
+// "<|eot_id|>", or for nemo the next turn's "<extra_id_1>".
+const char *tp_template_end_of_turn(tp_template t);
+// The BOS text the deepseek-r1 and llama3 templates start with (tokenizer_config.json's
+// bos_token, else the family's), "" for the others.
+const char *tp_template_bos(tp_template t, const tp_tokenizer *tok);
+// "auto" (from tokenizer_config.json's chat_template) or a template name; -1 with a
+// message otherwise.
+int tp_template_resolve(const char *name, const tp_tokenizer *tok, tp_err *err);
 void tp_chat_render_free(tp_chat_render *r);
 
 // Normalises every message's text with the tokenizer's normaliser (NFC for Qwen),

@@ -332,6 +332,39 @@ int tp_model_forward(tp_model *m, const tp_batch *b, tp_loss *loss, const int32_
     return backend_check(be, err);
 }
 
+int tp_model_logprobs(tp_model *m, const tp_batch *b, const int32_t *rows, const int32_t *targets, int n,
+                      float temperature, double *out, tp_err *err) {
+    if (check_batch(m, b, err) < 0) return -1;
+    int N = b->B * b->T, C = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    if (n > N || temperature <= 0) {
+        tp_err_set(err, "logprobs: %d rows for %d tokens, temperature %g", n, N, temperature);
+        return -1;
+    }
+    for (int i = 0; i < n; i++)
+        if (rows[i] < 0 || rows[i] >= N || targets[i] < 0 || targets[i] >= V) {
+            tp_err_set(err, "logprobs: row %d or target %d out of range", rows[i], targets[i]);
+            return -1;
+        }
+    tp_activations *a = activations_for(m, N, false, err);
+    if (!a) return -1;
+    const tp_backend *be = a->be;
+    bind_batch(a, b, N);
+    trunk_forward(m, a, N);
+    memcpy(a->rows, rows, (size_t)n * sizeof *rows);
+    memcpy(a->target, targets, (size_t)n * sizeof *targets);
+    bind_targets(a, n);
+    for (int i = 0; i < n; i += a->chunk) {
+        int k = n - i < a->chunk ? n - i : a->chunk;
+        be->gather_rows(a->xg, a->lnf, a->rows_b + i, k, C);
+        be->linear_forward(a->logits, a->xg, m->W.lm_head, NULL, k, C, V);
+        if (temperature != 1.0f) be->scale(a->logits, (size_t)k * V, 1.0f / temperature);
+        // One row at a time through the loss op: -loss is the row's log-probability.
+        for (int r = 0; r < k; r++)
+            out[i + r] = -be->crossentropy_forward_backward(a->logits + (size_t)r * V, a->target_b + i + r, 1, V, 0.0f);
+    }
+    return backend_check(be, err);
+}
+
 // ---- backward ----
 
 // dres holds d/d(out) of layer l on entry and d/d(x) on return.

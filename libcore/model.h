@@ -136,6 +136,11 @@ typedef struct tp_loss {
 // out_rows is NULL (n_out ignored). Activations for a backward pass are not kept.
 int tp_model_forward(tp_model *m, const tp_batch *b, tp_loss *loss, const int32_t *out_rows, int n_out,
                      float *logits, tp_err *err);
+// Log-probabilities log softmax(logits / temperature)[targets[i]] at the flat rows rows[i]
+// (row r predicts the token after it) into out [n]: the training forward's arithmetic, so a
+// policy's log-probs are the same bits in rollout and in grpo-step for the same batch.
+int tp_model_logprobs(tp_model *m, const tp_batch *b, const int32_t *rows, const int32_t *targets, int n,
+                      float temperature, double *out, tp_err *err);
 // Forward and backward: accumulates loss_scale * d(loss sum)/d(params) into m->g (call
 // tp_model_zero_grad first; micro-batches of one step accumulate). loss_scale = 1/count
 // of the global batch gives the mean over its targets.

@@ -270,14 +270,6 @@ typedef struct {
 
 // ---- modes ----
 
-static const char *bos_text(const tp_tokenizer *t, tp_template tmpl) {
-    if (tmpl != TP_TEMPLATE_DEEPSEEK_R1 && tmpl != TP_TEMPLATE_LLAMA3) return "";
-    const char *bos = tp_tokenizer_config_token(t, "bos_token");
-    if (bos) return bos;
-    return tmpl == TP_TEMPLATE_LLAMA3 ? "<|begin_of_text|>"
-                                      : "<\xEF\xBD\x9C" "begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>";
-}
-
 // Packing pads with tokenizer_config.json's pad token, else its EOS, else id 0.
 static int32_t pad_id(const tp_tokenizer *t, long long forced) {
     if (forced >= 0) return (int32_t)forced;
@@ -662,15 +654,13 @@ int main(int argc, char **argv) {
         run_batches(files, nfiles, &c, &s, &out);
         if (tp_jsonl_writer_close(jw, &err) < 0) tp_die_err(&err);
     } else {
-        jv cfg = tp_tokenizer_config(t);
-        int tm = strcmp(o.template_name, "auto") == 0 ? tp_template_auto(cfg, &err) : tp_template_parse(o.template_name);
-        jv_free(cfg);
+        int tm = tp_template_resolve(o.template_name, t, &err);
         if (tm < 0 && strcmp(o.template_name, "auto") == 0) tp_die_err(&err);
-        if (tm < 0) tp_die_usage("unknown template \"%s\" (chatml, qwen3, deepseek-r1, llama3, nemo, auto)", o.template_name);
+        if (tm < 0) tp_die_usage("%s", err.msg);
         if (strcmp(o.template_name, "auto") == 0 && !tp_cli.quiet)
             tp_info("template auto: %s (from tokenizer_config.json's chat_template)", tp_template_name((tp_template)tm));
         c.tmpl = (tp_template)tm;
-        c.bos = bos_text(t, c.tmpl);
+        c.bos = tp_template_bos(c.tmpl, t);
         run_template(files, nfiles, &o, &c, &s);
     }
     double secs = tp_now() - start;

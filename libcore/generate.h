@@ -1,0 +1,35 @@
+// generate.h — running the model token by token with a KV cache: prefill and decode for
+// many sequences at once (batched matrix products), as rollout and serve need.
+//
+// The cache has n_slots slots of cap tokens each; a sequence lives in one slot. Calls
+// process a list of (slot, token) pairs in order: a prompt is many pairs of one slot, a
+// decode step one pair for each running slot. Each token attends to its slot's cached
+// tokens and itself, so prefill and decode share one code path.
+#ifndef TP_GENERATE_H
+#define TP_GENERATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "model.h"
+
+typedef struct tp_generator tp_generator;
+
+// A cache of n_slots x cap tokens for m (cpu backend for now). Fails with the size asked
+// for when it cannot be allocated.
+tp_generator *tp_generator_new(tp_model *m, int n_slots, int cap, tp_err *err);
+void tp_generator_free(tp_generator *g);
+size_t tp_kv_bytes_per_token(const tp_model *m);  // keys and values of one token, all layers
+int tp_generator_len(const tp_generator *g, int slot);  // tokens cached in slot
+void tp_generator_reset(tp_generator *g, int slot);     // empties slot
+// dst := the first n tokens of src (n < 0: all of them): n samples share one prompt's prefill.
+void tp_generator_copy(tp_generator *g, int dst, int src, int n);
+
+// Appends token[i] to slot[i]'s sequence for i = 0..n-1 (a slot may appear several times:
+// its tokens in order) and writes the logits [n_out, V] of the tokens at out_idx[0..n_out-1]
+// (indices into the n pairs). -1 when a slot would exceed its capacity.
+int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t *token, int n_out, const int *out_idx,
+                         float *logits, tp_err *err);
+
+#endif

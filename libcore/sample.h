@@ -1,0 +1,29 @@
+// sample.h — the next token from a row of logits: greedy, or temperature, top-k, top-p
+// and min-p in transformers' order (TemperatureLogitsWarper, TopK, TopP, MinP), drawn with
+// the sequence's own splitmix64 stream so a seed gives the same tokens however sequences
+// are batched.
+#ifndef TP_SAMPLE_H
+#define TP_SAMPLE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct tp_sampler {
+    bool greedy;         // argmax (the first of equal maxima, as torch.argmax)
+    double temperature;  // > 0 (0 means greedy)
+    int top_k;           // keep the k largest (0: all)
+    double top_p;        // keep the smallest most-likely set with mass >= top_p (1: all)
+    double min_p;        // keep tokens with p >= min_p * max p (0: all)
+} tp_sampler;
+
+// Scratch for one row of V logits (reused across calls, grown as needed).
+typedef struct tp_sample_scratch {
+    float *p;
+    int32_t *idx;
+    int cap;
+} tp_sample_scratch;
+
+int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng, tp_sample_scratch *scratch);
+void tp_sample_scratch_free(tp_sample_scratch *scratch);
+
+#endif

@@ -1,0 +1,76 @@
+#!/bin/sh
+# rollout: samples completions with a KV cache from a tiny model trained here on worked
+# additions; same command, same output; log-probs equal --score's (the on-policy ratio is
+# exactly 1); stops, lengths and groups; clear errors.
+. "$(dirname "$0")/lib.sh"
+RO="$BIN/rollout"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+TINY="$ROOT/tests/fixtures/tokenizer/tiny/bpe.json"
+CFG="$ROOT/samples/configs/tiny-qwen3.json"
+
+expect help 0 "" "$RO" --help
+[ "$(wc -l <"$TMP/stdout")" -le 24 ] && ok help-fits-a-screen || not_ok help-fits-a-screen
+expect version 0 "" "$RO" --version
+expect no-model 2 "-m MODEL is required" "$RO"
+expect batch-too-small 2 "must hold" "$RO" -m x -n 8 --max-batch 4
+
+sh "$ROOT/samples/addition/make.sh" 400 1 >"$TMP/add.jsonl"
+"$BIN/tokenize" -q -t "$TINY" --template chatml "$TMP/add.jsonl" -o "$TMP/add.stream"
+"$BIN/sft-train" -q --init "$CFG" --tokenizer "$TINY" -d "$TMP/add.stream" -o "$TMP/model" --lr 3e-3 \
+    --schedule cosine --warmup 10 --micro-batch 8 --epochs 2 --seed 7 --device cpu >/dev/null
+printf '%s\n' '{"id":"a","messages":[{"role":"user","content":"What is 123+456?"}],"answer":"579"}' \
+    '{"id":"b","messages":[{"role":"user","content":"What is 905+88?"}],"answer":"993"}' \
+    '{"messages":[{"role":"user","content":"What is 31+12?"}]}' >"$TMP/probs.jsonl"
+RUN="-m $TMP/model --template chatml --max-new-tokens 40"
+
+# shellcheck disable=SC2086
+expect samples 0 "3 problems, 12 samples" "$RO" $RUN -n 4 --temperature 0.9 --top-p 0.95 --seed 5 "$TMP/probs.jsonl"
+cp "$TMP/stdout" "$TMP/a.jsonl"
+# shellcheck disable=SC2086
+"$RO" -q $RUN -n 4 --temperature 0.9 --top-p 0.95 --seed 5 "$TMP/probs.jsonl" >"$TMP/b.jsonl"
+same same-command-same-output "$TMP/a.jsonl" "$TMP/b.jsonl"
+# shellcheck disable=SC2086
+"$RO" -q $RUN -n 4 --temperature 0.9 --top-p 0.95 --seed 6 "$TMP/probs.jsonl" >"$TMP/c.jsonl"
+cmp -s "$TMP/a.jsonl" "$TMP/c.jsonl" && not_ok another-seed-other-samples || ok another-seed-other-samples
+jq -s -e '[.[].group] == ["a","a","a","a","b","b","b","b","line-3","line-3","line-3","line-3"] and
+          [.[].sample] == [0,1,2,3,0,1,2,3,0,1,2,3] and ([.[].id] | unique | length) == 12 and
+          (group_by(.group) | all(map(.prompt_tokens) | unique | length == 1)) and
+          all(.[]; (.tokens | length) == (.logprobs | length) and (.logprobs | all(. <= 0)) and
+              (.finish_reason == "stop" or .finish_reason == "length")) and .[0].answer == "579"' \
+    "$TMP/a.jsonl" >/dev/null && ok record-fields || not_ok record-fields
+
+# --score with the same model and temperature gives the same bits: GRPO's ratio is exactly 1.
+"$RO" -q --score -m "$TMP/model" --temperature 0.9 --field again "$TMP/a.jsonl" >"$TMP/scored.jsonl"
+jq -s -e 'length == 12 and all(.[]; .logprobs == .again)' "$TMP/scored.jsonl" >/dev/null &&
+    ok score-equals-rollout-logprobs || not_ok score-equals-rollout-logprobs
+"$RO" -q --score -m "$TMP/model" "$TMP/a.jsonl" | jq -s -e 'all(.[]; .ref_logprobs | length > 0)' >/dev/null &&
+    ok score-default-field || not_ok score-default-field
+
+# Greedy: the same tokens whatever the batch size or sample count.
+# shellcheck disable=SC2086
+"$RO" -q $RUN --greedy -n 2 "$TMP/probs.jsonl" | jq -c '.tokens' >"$TMP/g1"
+# shellcheck disable=SC2086
+"$RO" -q $RUN --greedy -n 1 --max-batch 1 "$TMP/probs.jsonl" | jq -c '.tokens' >"$TMP/g2"
+[ "$(sed -n '1p' "$TMP/g1")" = "$(sed -n '1p' "$TMP/g2")" ] && [ "$(sed -n '3p' "$TMP/g1")" = "$(sed -n '2p' "$TMP/g2")" ] &&
+    ok greedy-batch-independent || not_ok greedy-batch-independent
+
+# Stops and lengths.
+# shellcheck disable=SC2086
+"$RO" -q $RUN --greedy --stop "+0" "$TMP/probs.jsonl" >"$TMP/stop.jsonl"
+jq -s -e 'all(.[]; .finish_reason == "stop" and (.text | contains("+0") | not))' "$TMP/stop.jsonl" >/dev/null &&
+    ok stop-string || not_ok stop-string
+# shellcheck disable=SC2086
+"$RO" -q $RUN --max-new-tokens 5 "$TMP/probs.jsonl" |
+    jq -s -e 'all(.[]; .finish_reason == "length" and (.tokens | length) == 5)' >/dev/null &&
+    ok max-new-tokens || not_ok max-new-tokens
+
+# Bad input.
+echo '{"id":"x","question":"?"}' >"$TMP/bad.jsonl"
+expect no-problem-field 1 "bad.jsonl:1:" "$RO" $RUN "$TMP/bad.jsonl"
+expect prompt-too-long 1 "does not fit --max-len 8" "$RO" $RUN --max-len 8 "$TMP/probs.jsonl"
+mkdir -p "$TMP/notok" && cp "$TMP/model/config.json" "$TMP/model/model.safetensors" "$TMP/notok/"
+expect no-tokenizer 1 "the model's tokenizer" "$RO" -m "$TMP/notok" "$TMP/probs.jsonl"
+expect no-chat-template 1 "--template NAME" "$RO" -m "$TMP/model" "$TMP/probs.jsonl"
+echo '{"prompt_tokens":[1,2],"tokens":[5,99999]}' >"$TMP/badscore.jsonl"
+expect score-bad-token 1 "badscore.jsonl:1: \"tokens\"[1] is not a token id" "$RO" --score -m "$TMP/model" "$TMP/badscore.jsonl"
+finish

@@ -1,0 +1,236 @@
+// Generation: the KV-cache forward against the training forward, shared prefill, batched
+// decode, the sampler's distribution and filters, training-path log-probs, and greedy
+// generation against transformers' generate() (tests/fixtures/generate, from
+// tests/ref/make_generate_fixtures.py).
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "generate.h"
+#include "json.h"
+#include "model.h"
+#include "model_fixture.h"
+#include "rng.h"
+#include "sample.h"
+#include "test.h"
+
+#define FIX "tests/fixtures/model/"
+static const char *CASES[] = {"qwen3", "qwen2-tied", "llama3", "llama3-tied"};
+
+static double max_rel(const float *a, const float *b, size_t n) {
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(b[i]));
+    for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs((double)a[i] - b[i]));
+    return worst / (scale > 0 ? scale : 1);
+}
+
+// Logits of every position of one sequence by the training forward.
+static float *full_logits(tp_model *m, const int32_t *ids, int T) {
+    int32_t *pos = malloc((size_t)T * 4), *seg = calloc((size_t)T, 4);
+    for (int t = 0; t < T; t++) pos[t] = t;
+    tp_batch b = {1, T, ids, pos, seg, NULL};
+    float *out = malloc((size_t)T * m->cfg.vocab_size * 4);
+    tp_err err;
+    CHECK_MSG(tp_model_forward(m, &b, NULL, NULL, 0, out, &err) == 0, "%s", err.msg);
+    free(pos), free(seg);
+    return out;
+}
+
+// Prefill 20 tokens, then decode 20 one at a time: every step's logits equal the full
+// forward's at that position; a copied slot and a batched step give the same logits.
+static void test_cache_matches_training_forward(void) {
+    for (size_t c = 0; c < sizeof CASES / sizeof *CASES; c++) {
+        tp_model *m = fixture_load_model(FIX, CASES[c]);
+        if (!m) continue;
+        int T = 40, V = m->cfg.vocab_size;
+        int32_t ids[40];
+        for (int t = 0; t < T; t++) ids[t] = (int32_t)(test_rand() % (unsigned)V);
+        float *ref = full_logits(m, ids, T);
+        tp_err err;
+        tp_generator *g = tp_generator_new(m, 3, 64, &err);
+        CHECK_MSG(g, "%s", err.msg);
+        if (!g) continue;
+        int slot0[20] = {0}, last = 19;
+        float *lg = malloc((size_t)3 * V * 4);
+        CHECK(tp_generator_forward(g, 20, slot0, ids, 1, &last, lg, &err) == 0);
+        double worst = max_rel(lg, ref + (size_t)19 * V, (size_t)V);
+        tp_generator_copy(g, 1, 0, -1);  // slot 1 shares the prompt
+        for (int t = 20; t < T; t++) {
+            int slots[2] = {0, 1}, outs[2] = {0, 1};
+            int32_t tok[2] = {ids[t], ids[t]};
+            CHECK(tp_generator_forward(g, 2, slots, tok, 2, outs, lg, &err) == 0);
+            worst = fmax(worst, max_rel(lg, ref + (size_t)t * V, (size_t)V));
+            worst = fmax(worst, max_rel(lg + V, ref + (size_t)t * V, (size_t)V));
+        }
+        CHECK_MSG(worst <= 1e-5, "%s: cache logits differ from the training forward by %.3g", CASES[c], worst);
+        CHECK(tp_generator_len(g, 0) == T && tp_generator_len(g, 1) == T);
+        int over = 0, s2 = 2;
+        for (int t = 0; t < 64; t++) over = over || tp_generator_forward(g, 1, &s2, ids, 0, NULL, NULL, &err) < 0;
+        CHECK(!over);
+        CHECK(tp_generator_forward(g, 1, &s2, ids, 0, NULL, NULL, &err) == -1);  // the 65th token
+        CHECK_CONTAINS(err.msg, "exceed");
+        printf("# %s: KV-cache logits within %.2g of the training forward\n", CASES[c], worst);
+        free(ref), free(lg);
+        tp_generator_free(g);
+        tp_model_free(m);
+    }
+}
+
+// tp_model_logprobs is log_softmax(logits / T) of the training forward.
+static void test_logprobs(void) {
+    tp_model *m = fixture_load_model(FIX, "qwen3");
+    if (!m) return;
+    int T = 30, V = m->cfg.vocab_size;
+    int32_t ids[30], rows[29], tg[29];
+    for (int t = 0; t < T; t++) ids[t] = (int32_t)(test_rand() % (unsigned)V);
+    for (int t = 0; t + 1 < T; t++) rows[t] = t, tg[t] = ids[t + 1];
+    float *ref = full_logits(m, ids, T);
+    int32_t pos[30], seg[30] = {0};
+    for (int t = 0; t < T; t++) pos[t] = t;
+    tp_batch b = {1, T, ids, pos, seg, NULL};
+    double lp[29];
+    tp_err err;
+    for (int k = 0; k < 2; k++) {
+        float temp = k ? 0.7f : 1.0f;
+        CHECK_MSG(tp_model_logprobs(m, &b, rows, tg, T - 1, temp, lp, &err) == 0, "%s", err.msg);
+        for (int t = 0; t + 1 < T; t++) {
+            const float *z = ref + (size_t)t * V;
+            double mx = -INFINITY, s = 0;
+            for (int j = 0; j < V; j++) mx = fmax(mx, z[j] / temp);
+            for (int j = 0; j < V; j++) s += exp(z[j] / temp - mx);
+            double want = z[tg[t]] / temp - mx - log(s);
+            CHECK_MSG(fabs(lp[t] - want) <= 1e-5 * fmax(1, fabs(want)), "t %d: %.9g vs %.9g", t, lp[t], want);
+        }
+    }
+    CHECK(tp_model_logprobs(m, &b, rows, tg, T - 1, 0.0f, lp, &err) == -1);
+    free(ref);
+    tp_model_free(m);
+}
+
+static void test_sampler(void) {
+    enum { V = 6, DRAWS = 200000 };
+    const float logits[V] = {1.0f, 2.0f, 0.5f, 2.0f, -1.0f, 0.0f};
+    tp_sample_scratch sc = {0};
+    uint64_t rng = 7;
+    tp_sampler greedy = {.greedy = true, .temperature = 1, .top_p = 1};
+    CHECK(tp_sample(&greedy, logits, V, &rng, &sc) == 1);  // the first of the two maxima
+    // Temperature 0.5: frequencies follow softmax(logits / 0.5).
+    tp_sampler s = {.temperature = 0.5, .top_p = 1};
+    int count[V] = {0};
+    for (int i = 0; i < DRAWS; i++) count[tp_sample(&s, logits, V, &rng, &sc)]++;
+    double z = 0, p[V];
+    for (int j = 0; j < V; j++) z += exp(logits[j] / 0.5);
+    for (int j = 0; j < V; j++) {
+        p[j] = exp(logits[j] / 0.5) / z;
+        double sd = sqrt(p[j] * (1 - p[j]) / DRAWS);
+        CHECK_MSG(fabs((double)count[j] / DRAWS - p[j]) <= 5 * sd + 1e-9, "token %d: %.5f vs %.5f", j,
+                  (double)count[j] / DRAWS, p[j]);
+    }
+    // top-k 2 keeps tokens 1 and 3 (equal); top-p 0.5 at T=1 keeps {1, 3} too (0.37 + 0.37 >= 0.5,
+    // 0.37 alone is not); min-p 0.5 keeps p >= 0.5 p_max: tokens 1, 3 (token 0 has e^-1 = 0.37).
+    tp_sampler filters[3] = {{.temperature = 1, .top_k = 2, .top_p = 1}, {.temperature = 1, .top_p = 0.5},
+                             {.temperature = 1, .top_p = 1, .min_p = 0.5}};
+    for (int f = 0; f < 3; f++) {
+        int seen[V] = {0};
+        for (int i = 0; i < 20000; i++) seen[tp_sample(&filters[f], logits, V, &rng, &sc)]++;
+        CHECK_MSG(seen[1] > 9000 && seen[3] > 9000 && seen[1] + seen[3] == 20000, "filter %d: %d %d", f, seen[1],
+                  seen[3]);
+    }
+    // The same seed, the same tokens.
+    uint64_t a = 99, b = 99;
+    for (int i = 0; i < 100; i++) CHECK(tp_sample(&s, logits, V, &a, &sc) == tp_sample(&s, logits, V, &b, &sc));
+    tp_sample_scratch_free(&sc);
+}
+
+// Greedy decoding equals transformers' generate(do_sample=False) token for token (the
+// fixtures keep every step's top-2 margin >= 1e-3 on the tiny models), and the training
+// path's log-probs of those tokens are within 1e-4 of transformers'.
+static void generate_case(const char *name, tp_model *m) {
+    char path[256];
+    snprintf(path, sizeof path, "tests/fixtures/generate/%s.jsonl", name);
+    FILE *f = fopen(path, "r");
+    CHECK_MSG(f, "%s: missing", path);
+    if (!f) return;
+    char *line = NULL;
+    size_t cap = 0;
+    int V = m->cfg.vocab_size, prompts = 0;
+    double worst_lp = 0;
+    tp_err err;
+    tp_sample_scratch sc = {0};
+    tp_sampler greedy = {.greedy = true, .temperature = 1, .top_p = 1};
+    while (getline(&line, &cap, f) > 0) {
+        jv rec;
+        if (tp_json_parse(line, strlen(line), &rec, &err) < 0) break;
+        jv jp = jv_object_get(jv_copy(rec), jv_string("prompt")), jt = jv_object_get(jv_copy(rec), jv_string("tokens"));
+        jv jl = jv_object_get(jv_copy(rec), jv_string("logprobs"));
+        int P = jv_array_length(jv_copy(jp)), G = jv_array_length(jv_copy(jt));
+        int32_t *all = malloc(sizeof(int32_t) * (size_t)(P + G));
+        for (int i = 0; i < P; i++) all[i] = (int32_t)jv_number_value(jv_array_get(jv_copy(jp), i));
+        tp_generator *g = tp_generator_new(m, 1, P + G + 1, &err);
+        int *slots = calloc((size_t)(P + G), sizeof(int)), last = P - 1, zero = 0;
+        float *lg = malloc((size_t)V * 4);
+        CHECK(g && tp_generator_forward(g, P, slots, all, 1, &last, lg, &err) == 0);
+        int agree = 0;
+        for (int t = 0; t < G; t++) {
+            int32_t tok = tp_sample(&greedy, lg, V, NULL, &sc), want = (int32_t)jv_number_value(jv_array_get(jv_copy(jt), t));
+            if (tok != want) break;
+            agree++;
+            all[P + t] = tok;
+            if (t + 1 < G) CHECK(tp_generator_forward(g, 1, &zero, &tok, 1, &zero, lg, &err) == 0);
+        }
+        CHECK_MSG(agree == G, "%s prompt %d: greedy tokens agree for %d of %d", name, prompts, agree, G);
+        if (agree == G) {
+            int32_t *pos = malloc(sizeof(int32_t) * (size_t)(P + G)), *seg = calloc((size_t)(P + G), 4);
+            int32_t *rows = malloc(sizeof(int32_t) * (size_t)G);
+            for (int i = 0; i < P + G; i++) pos[i] = i;
+            for (int t = 0; t < G; t++) rows[t] = P - 1 + t;
+            tp_batch b = {1, P + G, all, pos, seg, NULL};
+            double *lp = malloc(sizeof(double) * (size_t)G);
+            CHECK(tp_model_logprobs(m, &b, rows, all + P, G, 1.0f, lp, &err) == 0);
+            for (int t = 0; t < G; t++)
+                worst_lp = fmax(worst_lp, fabs(lp[t] - jv_number_value(jv_array_get(jv_copy(jl), t))));
+            free(pos), free(seg), free(rows), free(lp);
+        }
+        prompts++;
+        free(all), free(slots), free(lg);
+        tp_generator_free(g);
+        jv_free(jp), jv_free(jt), jv_free(jl), jv_free(rec);
+    }
+    free(line);
+    fclose(f);
+    tp_sample_scratch_free(&sc);
+    CHECK(prompts == 3);
+    CHECK_MSG(worst_lp <= 1e-4, "%s: log-probs differ from transformers' by %.3g", name, worst_lp);
+    printf("# %s: %d prompts, 64 greedy tokens each equal to transformers; log-probs within %.2g\n", name, prompts,
+           worst_lp);
+}
+
+static void test_greedy_matches_transformers(void) {
+    for (size_t c = 0; c < sizeof CASES / sizeof *CASES; c++) {
+        tp_model *m = fixture_load_model(FIX, CASES[c]);
+        if (m) generate_case(CASES[c], m);
+        tp_model_free(m);
+    }
+}
+
+static void test_smollm2_greedy(void) {
+    char path[512];
+    if (!test_find_smollm2(path, sizeof path)) SKIP("SmolLM2-135M-Instruct GGUF not found");
+    FILE *f = fopen("tests/fixtures/generate/smollm2.jsonl", "r");
+    if (!f) SKIP("no tests/fixtures/generate/smollm2.jsonl");
+    fclose(f);
+    tp_err err;
+    tp_model *m = tp_model_load(path, &err);
+    CHECK_MSG(m, "%s", err.msg);
+    if (m) generate_case("smollm2", m);
+    tp_model_free(m);
+}
+
+int main(void) {
+    RUN(test_cache_matches_training_forward);
+    RUN(test_logprobs);
+    RUN(test_sampler);
+    RUN(test_greedy_matches_transformers);
+    RUN(test_smollm2_greedy);
+    return TEST_SUMMARY();
+}

@@ -1,0 +1,478 @@
+// rollout — sample n completions per problem with the model core and a KV cache, or
+// (--score) add a model's log-probs to given completions. See rollout(1).
+#include <getopt.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "chat.h"
+#include "cli.h"
+#include "error.h"
+#include "generate.h"
+#include "json.h"
+#include "jsonl.h"
+#include "model.h"
+#include "progress.h"
+#include "rng.h"
+#include "sample.h"
+#include "tokenizer.h"
+
+static const char usage[] =
+    "Usage: rollout -m MODEL [-n N] [OPTIONS] [FILE...]\n"
+    "Sample completions for problem JSONL ({\"id\",\"problem\"} or {\"messages\"}); completion JSONL out.\n"
+    "  -m, --model DIR|FILE.gguf   the policy (tokenizer files beside it)\n"
+    "  -n N (1)                    samples per problem (one shared prefill)\n"
+    "      --template NAME (auto)  chatml qwen3 deepseek-r1 llama3 nemo auto\n"
+    "      --system TEXT  --prompt TEXT (\"{problem}\\nPlease reason step by step, ...\")\n"
+    "      --temperature X (1.0)  --top-k N (0: off)  --top-p X (1.0)  --min-p X (0)\n"
+    "      --greedy  --seed N (42)  --stop STRING (repeatable)\n"
+    "      --max-new-tokens N (1024)  --max-len N (prompt + completion; model's, <= 4096)\n"
+    "      --max-batch N (max(16, n))  sequences decoded together\n"
+    "      --score            add log-probs of given completions (prompt_tokens, tokens)\n"
+    "      --field NAME       --score's field (ref_logprobs)\n"
+    "  -o, --output FILE  -j, --threads N  --progress  -q, --quiet  -h, --help  --version\n"
+    "Exit: 0 ok, 1 error, 2 usage error. See rollout(1).\n";
+
+enum { OPT_TEMPLATE = 0x100, OPT_SYSTEM, OPT_PROMPT, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_GREEDY, OPT_SEED,
+       OPT_STOP, OPT_MAX_NEW, OPT_MAX_LEN, OPT_MAX_BATCH, OPT_SCORE, OPT_FIELD };
+
+typedef struct options {
+    const char *model, *template_name, *system, *prompt, *output, *field;
+    const char *stop[16];
+    int n_stop;
+    tp_sampler sampler;
+    long long n, seed, max_new, max_len, max_batch, threads;
+    bool score;
+} options;
+
+static void parse_options(int argc, char **argv, options *o) {
+    static const struct option longopts[] = {
+        {"model", required_argument, NULL, 'm'}, {"template", required_argument, NULL, OPT_TEMPLATE},
+        {"system", required_argument, NULL, OPT_SYSTEM}, {"prompt", required_argument, NULL, OPT_PROMPT},
+        {"temperature", required_argument, NULL, OPT_TEMP}, {"top-k", required_argument, NULL, OPT_TOPK},
+        {"top-p", required_argument, NULL, OPT_TOPP}, {"min-p", required_argument, NULL, OPT_MINP},
+        {"greedy", no_argument, NULL, OPT_GREEDY}, {"seed", required_argument, NULL, OPT_SEED},
+        {"stop", required_argument, NULL, OPT_STOP}, {"max-new-tokens", required_argument, NULL, OPT_MAX_NEW},
+        {"max-len", required_argument, NULL, OPT_MAX_LEN}, {"max-batch", required_argument, NULL, OPT_MAX_BATCH},
+        {"score", no_argument, NULL, OPT_SCORE}, {"field", required_argument, NULL, OPT_FIELD},
+        {"output", required_argument, NULL, 'o'}, {"threads", required_argument, NULL, 'j'},
+        TP_CLI_COMMON_LONGOPTS, {0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "m:n:o:j:" TP_CLI_COMMON_SHORTOPTS, longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': o->model = optarg; break;
+        case 'n': o->n = tp_cli_int("-n", optarg, 1, 4096); break;
+        case OPT_TEMPLATE: o->template_name = optarg; break;
+        case OPT_SYSTEM: o->system = optarg; break;
+        case OPT_PROMPT: o->prompt = optarg; break;
+        case OPT_TEMP: o->sampler.temperature = tp_cli_double("--temperature", optarg, 0, 100); break;
+        case OPT_TOPK: o->sampler.top_k = (int)tp_cli_int("--top-k", optarg, 0, 1 << 30); break;
+        case OPT_TOPP: o->sampler.top_p = tp_cli_double("--top-p", optarg, 1e-9, 1); break;
+        case OPT_MINP: o->sampler.min_p = tp_cli_double("--min-p", optarg, 0, 1); break;
+        case OPT_GREEDY: o->sampler.greedy = true; break;
+        case OPT_SEED: o->seed = tp_cli_int("--seed", optarg, 0, INT64_MAX); break;
+        case OPT_STOP:
+            if (o->n_stop == 16) tp_die_usage("at most 16 --stop strings");
+            if (!*optarg) tp_die_usage("--stop: an empty string");
+            o->stop[o->n_stop++] = optarg;
+            break;
+        case OPT_MAX_NEW: o->max_new = tp_cli_int("--max-new-tokens", optarg, 1, 1 << 24); break;
+        case OPT_MAX_LEN: o->max_len = tp_cli_int("--max-len", optarg, 2, 1 << 24); break;
+        case OPT_MAX_BATCH: o->max_batch = tp_cli_int("--max-batch", optarg, 1, 65536); break;
+        case OPT_SCORE: o->score = true; break;
+        case OPT_FIELD: o->field = optarg; break;
+        case 'o': o->output = optarg; break;
+        case 'j': o->threads = tp_cli_int("--threads", optarg, 1, 4096); break;
+        default: tp_cli_common(c, usage);
+        }
+    }
+    if (!o->model) tp_die_usage("-m MODEL is required");
+    if (o->sampler.temperature == 0) o->sampler.greedy = true;
+    if (!o->max_batch) o->max_batch = o->n > 16 ? o->n : 16;
+    if (o->max_batch < o->n) tp_die_usage("--max-batch (%lld) must hold the %lld samples of a problem", o->max_batch, o->n);
+}
+
+// ---- state ----
+
+typedef struct sample {
+    tp_ids tokens;
+    int slot;
+    uint64_t rng;
+    const char *finish;  // NULL while running, "stop" or "length"
+    size_t text_len;     // bytes of stop-free text (set when a stop string ends it)
+    bool cut;            // a stop string ended it: text is cut at text_len
+} sample;
+
+typedef struct group {
+    jv rec;
+    char *id;
+    tp_ids prompt;
+    sample *s;  // [n]
+    int done;
+} group;
+
+typedef struct rollout {
+    options *o;
+    tp_model *m;
+    tp_tokenizer *tok;
+    tp_tok_state *tst;
+    tp_template tmpl;
+    tp_generator *gen;
+    int V, cap;
+    int32_t *eos;  // token ids that end a sample
+    int n_eos;
+    bool *slot_used;
+    group **queue;  // admitted groups in input order
+    int q_head, q_len, q_cap;
+    tp_sample_scratch sc;
+    tp_jsonl_writer *out;
+    uint64_t groups, samples, tokens;
+} rollout;
+
+static void add_eos(rollout *r, int32_t id) {
+    if (id < 0) return;
+    for (int i = 0; i < r->n_eos; i++)
+        if (r->eos[i] == id) return;
+    r->eos = tp_xrealloc(r->eos, (size_t)(r->n_eos + 1) * sizeof *r->eos);
+    r->eos[r->n_eos++] = id;
+}
+
+// EOS from config.json (a number or a list), tokenizer_config.json, and the template's end of turn.
+static void find_eos(rollout *r) {
+    jv e = jv_object_get(jv_copy(r->m->config_json), jv_string("eos_token_id"));
+    if (jv_get_kind(e) == JV_KIND_NUMBER) add_eos(r, (int32_t)jv_number_value(e));
+    if (jv_get_kind(e) == JV_KIND_ARRAY)
+        for (int i = 0; i < jv_array_length(jv_copy(e)); i++) {
+            jv x = jv_array_get(jv_copy(e), i);
+            if (jv_get_kind(x) == JV_KIND_NUMBER) add_eos(r, (int32_t)jv_number_value(x));
+            jv_free(x);
+        }
+    jv_free(e);
+    const char *s = tp_tokenizer_config_token(r->tok, "eos_token");
+    if (s) add_eos(r, tp_tokenizer_token_id(r->tok, s));
+    const char *eot = tp_template_end_of_turn(r->tmpl);
+    int32_t id = tp_tokenizer_token_id(r->tok, eot);
+    // A tokenizer without the template's end-of-turn token spells it in pieces: a stop string then.
+    if (id >= 0) add_eos(r, id);
+    else if (r->o->n_stop < 16) r->o->stop[r->o->n_stop++] = eot;
+}
+
+static int free_slot(rollout *r) {
+    for (int i = 0; i < (int)r->o->max_batch; i++)
+        if (!r->slot_used[i]) return r->slot_used[i] = true, i;
+    return -1;
+}
+
+static int free_slots(const rollout *r) {
+    int n = 0;
+    for (int i = 0; i < (int)r->o->max_batch; i++) n += !r->slot_used[i];
+    return n;
+}
+
+static char *group_id(jv rec, uint64_t line) {
+    jv id = jv_object_get(jv_copy(rec), jv_string("id"));
+    char *s;
+    if (jv_get_kind(id) == JV_KIND_STRING) s = tp_xstrdup(jv_string_value(id));
+    else if (jv_get_kind(id) == JV_KIND_NUMBER) {
+        jv d = jv_dump_string(jv_copy(id), 0);
+        s = tp_xstrdup(jv_string_value(d));
+        jv_free(d);
+    } else if (asprintf(&s, "line-%llu", (unsigned long long)line) < 0) abort();
+    jv_free(id);
+    return s;
+}
+
+// ---- stopping ----
+
+static bool is_eos(const rollout *r, int32_t t) {
+    for (int i = 0; i < r->n_eos; i++)
+        if (r->eos[i] == t) return true;
+    return false;
+}
+
+// After token t was appended to sample s: does it end here, and why.
+static void check_stop(rollout *r, group *g, sample *s, int32_t t) {
+    if (is_eos(r, t)) {
+        s->finish = "stop";
+    } else if (r->o->n_stop) {
+        tp_buf text = {0};
+        tp_err err;
+        if (tp_tokenizer_decode(r->tok, s->tokens.ids, s->tokens.count, true, &text, &err) == 0) {
+            for (int k = 0; k < r->o->n_stop && !s->finish; k++) {
+                const char *at = memmem(text.data, text.len, r->o->stop[k], strlen(r->o->stop[k]));
+                if (at) s->finish = "stop", s->cut = true, s->text_len = (size_t)(at - text.data);
+            }
+        }
+        tp_buf_free(&text);
+    }
+    if (!s->finish && ((long long)s->tokens.count >= r->o->max_new || (int)(g->prompt.count + s->tokens.count) >= r->cap))
+        s->finish = "length";
+    if (s->finish) {
+        r->slot_used[s->slot] = false;
+        g->done++;
+    }
+}
+
+// ---- admitting a problem: render, encode, prefill once, share ----
+
+static void admit(rollout *r, jv rec, const char *where, uint64_t line) {
+    tp_err err;
+    tp_chat chat;
+    if (tp_chat_from_problem(rec, r->o->prompt, r->o->system, &chat, &err) < 0) tp_die("%s:%llu: %s", where, (unsigned long long)line, err.msg);
+    tp_chat_normalize(&chat, r->tok);
+    tp_chat_render rr = {0};
+    if (tp_chat_render_prompt(r->tmpl, &chat, tp_template_bos(r->tmpl, r->tok), &rr, &err) < 0) tp_die_err(&err);
+    group *g = tp_xcalloc(1, sizeof *g);
+    g->rec = rec, g->id = group_id(rec, line);
+    if (tp_tokenizer_encode(r->tok, r->tst, rr.text.data, rr.text.len, false, &g->prompt, &err) < 0)
+        tp_die("%s:%llu: %s", where, (unsigned long long)line, err.msg);
+    tp_chat_render_free(&rr);
+    tp_chat_free(&chat);
+    int P = (int)g->prompt.count;
+    if (P + 1 > r->cap)
+        tp_die("%s:%llu: the prompt of %d tokens does not fit --max-len %d (room for at least one new token)", where,
+               (unsigned long long)line, P, r->cap);
+    int n = (int)r->o->n;
+    g->s = tp_xcalloc((size_t)n, sizeof *g->s);
+    int first = free_slot(r), last = P - 1;
+    int *slots = tp_xmalloc((size_t)P * sizeof *slots);
+    for (int i = 0; i < P; i++) slots[i] = first;
+    float *logits = tp_xmalloc((size_t)r->V * sizeof *logits);
+    tp_generator_reset(r->gen, first);
+    if (tp_generator_forward(r->gen, P, slots, g->prompt.ids, 1, &last, logits, &err) < 0) tp_die_err(&err);
+    for (int k = 0; k < n; k++) {
+        sample *s = &g->s[k];
+        s->slot = k == 0 ? first : free_slot(r);
+        if (k > 0) tp_generator_copy(r->gen, s->slot, first, P);
+        // each sample its own stream: (seed, problem number, sample) -> the same tokens however batched
+        s->rng = tp_splitmix64_skip((uint64_t)r->o->seed * 0x9E3779B97F4A7C15ull ^ (r->groups << 20), (uint64_t)k * 977);
+        for (int w = 0; w < 4; w++) tp_splitmix64(&s->rng);
+        int32_t t = tp_sample(&r->o->sampler, logits, r->V, &s->rng, &r->sc);
+        tp_ids_push(&s->tokens, t);
+        check_stop(r, g, s, t);
+    }
+    free(slots), free(logits);
+    if (r->q_len == r->q_cap) r->q_cap = r->q_cap ? 2 * r->q_cap : 16, r->queue = tp_xrealloc(r->queue, (size_t)r->q_cap * sizeof *r->queue);
+    r->queue[r->q_len++] = g;
+    r->groups++;
+}
+
+// One decode step for every running sample.
+static void decode_step(rollout *r) {
+    int n = 0, cap = (int)r->o->max_batch;
+    int *slots = tp_xmalloc((size_t)cap * sizeof *slots), *outs = tp_xmalloc((size_t)cap * sizeof *outs);
+    int32_t *tok = tp_xmalloc((size_t)cap * sizeof *tok);
+    sample **who = tp_xmalloc((size_t)cap * sizeof *who);
+    group **of = tp_xmalloc((size_t)cap * sizeof *of);
+    for (int q = r->q_head; q < r->q_len; q++)
+        for (int k = 0; k < (int)r->o->n; k++) {
+            sample *s = &r->queue[q]->s[k];
+            if (s->finish || n == cap) continue;
+            slots[n] = s->slot, tok[n] = s->tokens.ids[s->tokens.count - 1], outs[n] = n, who[n] = s, of[n] = r->queue[q];
+            n++;
+        }
+    if (n > 0) {
+        float *logits = tp_xmalloc((size_t)n * r->V * sizeof *logits);
+        tp_err err;
+        if (tp_generator_forward(r->gen, n, slots, tok, n, outs, logits, &err) < 0) tp_die_err(&err);
+        for (int i = 0; i < n; i++) {
+            int32_t t = tp_sample(&r->o->sampler, logits + (size_t)i * r->V, r->V, &who[i]->rng, &r->sc);
+            tp_ids_push(&who[i]->tokens, t);
+            check_stop(r, of[i], who[i], t);
+        }
+        r->tokens += (uint64_t)n;
+        free(logits);
+    }
+    free(slots), free(outs), free(tok), free(who), free(of);
+}
+
+// ---- output ----
+
+static jv ids_json(const int32_t *ids, size_t n) {
+    jv a = jv_array_sized((int)n);
+    for (size_t i = 0; i < n; i++) a = jv_array_append(a, jv_number(ids[i]));
+    return a;
+}
+
+// The policy's log-probs of tokens after prompt, by the training forward over the one
+// sequence alone (what grpo-step computes), at temperature temp.
+static jv score(tp_model *m, const int32_t *prompt, int P, const int32_t *tokens, int G, float temp) {
+    int T = P + G;
+    int32_t *ids = tp_xmalloc((size_t)T * sizeof *ids), *pos = tp_xmalloc((size_t)T * sizeof *pos);
+    int32_t *seg = tp_xcalloc((size_t)T, sizeof *seg), *rows = tp_xmalloc((size_t)(G ? G : 1) * sizeof *rows);
+    memcpy(ids, prompt, (size_t)P * sizeof *ids);
+    memcpy(ids + P, tokens, (size_t)G * sizeof *ids);
+    for (int t = 0; t < T; t++) pos[t] = t;
+    for (int t = 0; t < G; t++) rows[t] = P - 1 + t;
+    double *lp = tp_xmalloc((size_t)(G ? G : 1) * sizeof *lp);
+    tp_batch b = {1, T, ids, pos, seg, NULL};
+    tp_err err;
+    if (G > 0 && tp_model_logprobs(m, &b, rows, tokens, G, temp, lp, &err) < 0) tp_die_err(&err);
+    jv a = jv_array_sized(G);
+    for (int t = 0; t < G; t++) a = jv_array_append(a, jv_number(lp[t]));
+    free(ids), free(pos), free(seg), free(rows), free(lp);
+    return a;
+}
+
+static float score_temperature(const options *o) { return o->sampler.greedy ? 1.0f : (float)o->sampler.temperature; }
+
+static void emit_group(rollout *r, group *g) {
+    tp_err err;
+    for (int k = 0; k < (int)r->o->n; k++) {
+        sample *s = &g->s[k];
+        tp_buf text = {0};
+        if (tp_tokenizer_decode(r->tok, s->tokens.ids, s->tokens.count, true, &text, &err) < 0) tp_die_err(&err);
+        if (s->cut && s->text_len < text.len) text.len = s->text_len;
+        char *sid;
+        if (asprintf(&sid, "%s/%d", g->id, k) < 0) abort();
+        jv line = jv_copy(g->rec);
+        line = jv_object_set(line, jv_string("id"), jv_string(sid));
+        line = jv_object_set(line, jv_string("group"), jv_string(g->id));
+        line = jv_object_set(line, jv_string("sample"), jv_number(k));
+        line = jv_object_set(line, jv_string("prompt_tokens"), ids_json(g->prompt.ids, g->prompt.count));
+        line = jv_object_set(line, jv_string("tokens"), ids_json(s->tokens.ids, s->tokens.count));
+        line = jv_object_set(line, jv_string("logprobs"), score(r->m, g->prompt.ids, (int)g->prompt.count, s->tokens.ids,
+                                                                   (int)s->tokens.count, score_temperature(r->o)));
+        line = jv_object_set(line, jv_string("text"), jv_string_sized(text.data, (int)text.len));
+        line = jv_object_set(line, jv_string("finish_reason"), jv_string(s->finish));
+        if (tp_jsonl_write(r->out, line, &err) < 0) tp_die_err(&err);
+        jv_free(line);
+        free(sid);
+        tp_buf_free(&text);
+        tp_ids_free(&s->tokens);
+        r->samples++;
+    }
+    jv_free(g->rec);
+    free(g->id), free(g->s);
+    tp_ids_free(&g->prompt);
+    free(g);
+}
+
+// Groups leave in input order, each once all its samples finished.
+static void emit_ready(rollout *r) {
+    while (r->q_head < r->q_len && r->queue[r->q_head]->done == (int)r->o->n) emit_group(r, r->queue[r->q_head++]);
+}
+
+// ---- modes ----
+
+static void run_generate(rollout *r, char **files, int nfiles) {
+    tp_err err;
+    tp_progress progress;
+    tp_progress_start(&progress, "problems", 0);
+    for (int f = 0; f < (nfiles ? nfiles : 1); f++) {
+        const char *path = nfiles ? files[f] : "-";
+        tp_jsonl_reader *in = tp_jsonl_open(path, NULL, &err);
+        if (!in) tp_die_err(&err);
+        for (;;) {
+            while (free_slots(r) < (int)r->o->n) decode_step(r), emit_ready(r);
+            jv rec;
+            int got = tp_jsonl_next(in, &rec, &err);
+            if (got < 0) tp_die_err(&err);
+            if (got == 0) break;
+            if (jv_get_kind(rec) != JV_KIND_OBJECT) tp_die("%s:%llu: a problem must be a JSON object", path, (unsigned long long)tp_jsonl_line(in));
+            admit(r, rec, path, tp_jsonl_line(in));
+            emit_ready(r);
+            tp_progress_update(&progress, r->groups);
+        }
+        tp_jsonl_close(in);
+    }
+    while (r->q_head < r->q_len) decode_step(r), emit_ready(r);
+    tp_progress_finish(&progress);
+}
+
+static const int32_t *int_array(jv a, const char *name, const char *where, uint64_t line, int *n, int V) {
+    if (jv_get_kind(a) != JV_KIND_ARRAY) tp_die("%s:%llu: \"%s\" must be an array of token ids", where, (unsigned long long)line, name);
+    *n = jv_array_length(jv_copy(a));
+    int32_t *ids = tp_xmalloc((size_t)(*n ? *n : 1) * sizeof *ids);
+    for (int i = 0; i < *n; i++) {
+        jv x = jv_array_get(jv_copy(a), i);
+        double v = jv_get_kind(x) == JV_KIND_NUMBER ? jv_number_value(x) : -1;
+        jv_free(x);
+        if (v < 0 || v >= V || v != (int32_t)v)
+            tp_die("%s:%llu: \"%s\"[%d] is not a token id of this model (vocabulary %d)", where, (unsigned long long)line, name, i, V);
+        ids[i] = (int32_t)v;
+    }
+    return ids;
+}
+
+static void run_score(rollout *r, char **files, int nfiles) {
+    tp_err err;
+    const char *field = r->o->field ? r->o->field : "ref_logprobs";
+    for (int f = 0; f < (nfiles ? nfiles : 1); f++) {
+        const char *path = nfiles ? files[f] : "-";
+        tp_jsonl_reader *in = tp_jsonl_open(path, NULL, &err);
+        if (!in) tp_die_err(&err);
+        jv rec;
+        int got;
+        while ((got = tp_jsonl_next(in, &rec, &err)) == 1) {
+            uint64_t line = tp_jsonl_line(in);
+            int P, G;
+            jv jp = jv_object_get(jv_copy(rec), jv_string("prompt_tokens")), jt = jv_object_get(jv_copy(rec), jv_string("tokens"));
+            const int32_t *p = int_array(jp, "prompt_tokens", path, line, &P, r->V);
+            const int32_t *t = int_array(jt, "tokens", path, line, &G, r->V);
+            if (P < 1) tp_die("%s:%llu: \"prompt_tokens\" is empty", path, (unsigned long long)line);
+            rec = jv_object_set(rec, jv_string(field), score(r->m, p, P, t, G, score_temperature(r->o)));
+            if (tp_jsonl_write(r->out, rec, &err) < 0) tp_die_err(&err);
+            jv_free(rec), jv_free(jp), jv_free(jt);
+            free((void *)p), free((void *)t);
+            r->samples++;
+        }
+        if (got < 0) tp_die_err(&err);
+        tp_jsonl_close(in);
+    }
+}
+
+int main(int argc, char **argv) {
+    tp_cli_init(argc, argv);
+    options o = {.n = 1, .seed = 42, .max_new = 1024, .template_name = "auto",
+                 .sampler = {.temperature = 1.0, .top_p = 1.0}};
+    parse_options(argc, argv, &o);
+    if (o.threads) omp_set_num_threads((int)o.threads);
+    tp_err err;
+    rollout r = {.o = &o};
+    double start = tp_now();
+    r.m = tp_model_load(o.model, &err);
+    if (!r.m) tp_die_err(&err);
+    r.V = r.m->cfg.vocab_size;
+    r.out = o.output ? tp_jsonl_writer_open(o.output, false, &err) : tp_jsonl_writer_fd(STDOUT_FILENO, "<stdout>");
+    if (!r.out) tp_die_err(&err);
+    if (o.score) {
+        run_score(&r, argv + optind, argc - optind);
+    } else {
+        r.tok = tp_tokenizer_load(o.model, &err);
+        if (!r.tok) tp_die("%s: the model's tokenizer: %s", o.model, err.msg);
+        int tm = tp_template_resolve(o.template_name, r.tok, &err);
+        if (tm < 0) tp_die("%s (--template NAME picks one)", err.msg);
+        r.tmpl = (tp_template)tm;
+        r.tst = tp_tok_state_new(r.tok);
+        find_eos(&r);
+        int model_len = r.m->cfg.max_position_embeddings < 4096 ? r.m->cfg.max_position_embeddings : 4096;
+        r.cap = (int)(o.max_len ? o.max_len : model_len);
+        r.gen = tp_generator_new(r.m, (int)o.max_batch, r.cap, &err);
+        if (!r.gen) tp_die("%s; try a smaller --max-batch or --max-len", err.msg);
+        r.slot_used = tp_xcalloc((size_t)o.max_batch, sizeof *r.slot_used);
+        if (!tp_cli.quiet)
+            tp_info("%s, template %s, %lld sequences x %d tokens of KV cache (%.1f KiB a token, %.2f GiB)",
+                    tp_arch_name(r.m->cfg.arch), tp_template_name(r.tmpl), o.max_batch, r.cap,
+                    (double)tp_kv_bytes_per_token(r.m) / 1024,
+                    (double)tp_kv_bytes_per_token(r.m) * (double)o.max_batch * r.cap / (1 << 30));
+        run_generate(&r, argv + optind, argc - optind);
+    }
+    if (tp_jsonl_writer_close(r.out, &err) < 0) tp_die_err(&err);
+    double secs = tp_now() - start;
+    if (!tp_cli.quiet) {
+        if (o.score) tp_info("%llu completions scored, %.2f s", (unsigned long long)r.samples, secs);
+        else
+            tp_info("%llu problems, %llu samples, %llu decode tokens, %.2f s (%.1f tokens/s)", (unsigned long long)r.groups,
+                    (unsigned long long)r.samples, (unsigned long long)r.tokens, secs, secs > 0 ? r.tokens / secs : 0);
+    }
+    tp_generator_free(r.gen);
+    tp_tok_state_free(r.tst);
+    tp_tokenizer_free(r.tok);
+    tp_model_free(r.m);
+    tp_sample_scratch_free(&r.sc);
+    free(r.eos), free(r.slot_used), free(r.queue);
+    return 0;
+}
