@@ -19,7 +19,9 @@ struct tp_generator {
     // per-call scratch for up to `room` tokens
     int room;
     float *x, *ln, *rstd, *q_raw, *k_raw, *q, *kk, *vv, *att, *mid, *gate, *up, *act, *qr, *kr, *xg;
-    int32_t *pos, *klen;
+    int32_t *pos, *klen, *seg;
+    float *lse;
+    bool fresh;  // every token of this call starts or continues a slot that was empty: prompts
     const float **kp, **vp;
 };
 
@@ -53,7 +55,7 @@ void tp_generator_free(tp_generator *g) {
     float *bufs[] = {g->k, g->v, g->x, g->ln, g->rstd, g->q_raw, g->k_raw, g->q, g->kk, g->vv, g->att, g->mid,
                      g->gate, g->up, g->act, g->qr, g->kr, g->xg};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
-    free(g->len), free(g->pos), free(g->klen), free(g->kp), free(g->vp);
+    free(g->len), free(g->pos), free(g->klen), free(g->kp), free(g->vp), free(g->seg), free(g->lse);
     free(g);
 }
 
@@ -85,6 +87,7 @@ static void grow(tp_generator *g, int n) {
                       N * F, N * F, N * F, N, N * c->num_heads, N * c->num_kv_heads};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) *bufs[i] = tp_xrealloc(*bufs[i], sizes[i] * sizeof(float));
     g->pos = tp_xrealloc(g->pos, N * sizeof *g->pos), g->klen = tp_xrealloc(g->klen, N * sizeof *g->klen);
+    g->seg = tp_xrealloc(g->seg, N * sizeof *g->seg), g->lse = tp_xrealloc(g->lse, N * c->num_heads * sizeof *g->lse);
     g->kp = tp_xrealloc(g->kp, N * sizeof *g->kp), g->vp = tp_xrealloc(g->vp, N * sizeof *g->vp);
     g->room = n;
 }
@@ -113,7 +116,12 @@ static void layer(tp_generator *g, int l, int n, const int *slot) {
         memcpy(kv_at(g, g->v, slot[i], l, g->pos[i]), g->vv + (size_t)i * KV, (size_t)KV * sizeof(float));
         g->kp[i] = kv_at(g, g->k, slot[i], l, 0), g->vp[i] = kv_at(g, g->v, slot[i], l, 0);
     }
-    be->attention_decode(g->att, g->q, g->kp, g->vp, g->klen, n, NH, KVH, HD, 1.0f / sqrtf((float)HD));
+    // Whole prompts: the training forward's flash attention over packed rows; otherwise each
+    // token against its slot's cache.
+    if (g->fresh)
+        be->attention_forward(g->att, g->lse, g->q, g->kk, g->vv, g->seg, n, NH, KVH, HD, 1.0f / sqrtf((float)HD));
+    else
+        be->attention_decode(g->att, g->q, g->kp, g->vp, g->klen, n, NH, KVH, HD, 1.0f / sqrtf((float)HD));
     be->linear_forward(g->mid, g->att, w->wo, w->bo, n, Q, C);
     be->add_inplace(g->mid, g->x, (long)n * C);
     be->rmsnorm_forward(g->ln, g->rstd, g->mid, w->ln2, n, C, eps);
@@ -139,6 +147,8 @@ int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t 
             return -1;
         }
         g->pos[i] = g->len[slot[i]] + seen[slot[i]]++;
+        // fresh: the slot was empty and its tokens in this call are consecutive
+        g->seg[i] = g->pos[i] == 0 ? i : (i > 0 && slot[i - 1] == slot[i] ? g->seg[i - 1] : -1);
         g->klen[i] = g->pos[i] + 1;
         if (g->pos[i] >= g->cap) {
             free(seen);
@@ -146,6 +156,8 @@ int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t 
             return -1;
         }
     }
+    g->fresh = true;
+    for (int i = 0; i < n && g->fresh; i++) g->fresh = g->seg[i] >= 0 && g->pos[i] == i - g->seg[i];
     g->be->embedding_forward(g->x, token, m->W.embed, n, c->hidden_size);
     for (int l = 0; l < c->num_layers; l++) layer(g, l, n, slot);
     for (int i = 0; i < n; i++) g->len[slot[i]] = g->pos[i] + 1 > g->len[slot[i]] ? g->pos[i] + 1 : g->len[slot[i]];

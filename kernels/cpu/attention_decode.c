@@ -7,13 +7,15 @@
 #include <stdlib.h>
 
 // One (token, head): scores over the cached keys, softmax with the max subtracted, then
-// the weighted sum of values, all in float with keys in order.
-static void one_head(float *out, const float *q, const float *k, const float *v, int len, int kv_stride, int HD,
+// the weighted sum of values, all in float with keys in order (the dot products in SIMD
+// lanes: generation's log-probs come from the training forward, not from here).
+VECTOR_CLONES static void one_head(float *out, const float *q, const float *k, const float *v, int len, int kv_stride, int HD,
                      float scale, float *scores) {
     float mx = -INFINITY;
     for (int j = 0; j < len; j++) {
         const float *kj = k + (size_t)j * kv_stride;
         float s = 0;
+#pragma omp simd reduction(+ : s)
         for (int d = 0; d < HD; d++) s += q[d] * kj[d];
         s *= scale;
         scores[j] = s;
@@ -26,6 +28,7 @@ static void one_head(float *out, const float *q, const float *k, const float *v,
     for (int j = 0; j < len; j++) {
         const float *vj = v + (size_t)j * kv_stride;
         float p = scores[j] * inv;
+#pragma omp simd
         for (int d = 0; d < HD; d++) out[d] += p * vj[d];
     }
 }

@@ -1,0 +1,73 @@
+// Generation speed of the model core's KV-cache engine (libcore/generate.h) on a model of
+// the given config with random weights, for tests/bench/bench_generate.sh (which runs
+// transformers' generate beside it): prefill of B prompts of P tokens, then D greedy
+// decode steps of B sequences together.
+//   gen_step CONFIG.json B P D -> "thinkpipe gen batch B prefill_tok/s X decode_tok/s Y kv_bytes_per_token Z"
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "generate.h"
+#include "input.h"
+#include "json.h"
+#include "model.h"
+#include "progress.h"
+#include "sample.h"
+
+int main(int argc, char **argv) {
+    if (argc != 5) {
+        fprintf(stderr, "usage: gen_step CONFIG.json B P D\n");
+        return 2;
+    }
+    int B = atoi(argv[2]), P = atoi(argv[3]), D = atoi(argv[4]);
+    tp_err err;
+    tp_buf text = {0};
+    jv cfg;
+    if (tp_input_read_all(argv[1], &text, &err) < 0 || tp_json_parse(text.data, text.len, &cfg, &err) < 0) {
+        fprintf(stderr, "gen_step: %s\n", err.msg);
+        return 1;
+    }
+    tp_model *m = tp_model_new(cfg, &err);
+    if (!m) {
+        fprintf(stderr, "gen_step: %s\n", err.msg);
+        return 1;
+    }
+    tp_model_init_weights(m, 1);
+    int V = m->cfg.vocab_size;
+    tp_generator *g = tp_generator_new(m, B, P + D + 1, &err);
+    if (!g) {
+        fprintf(stderr, "gen_step: %s\n", err.msg);
+        return 1;
+    }
+    int *slot = malloc(sizeof(int) * (size_t)B * P), *out = malloc(sizeof(int) * (size_t)B);
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * P);
+    float *logits = malloc(sizeof(float) * (size_t)B * V);
+    uint64_t s = 42;
+    for (int i = 0; i < B * P; i++) slot[i] = i / P, tok[i] = (int32_t)((s = s * 6364136223846793005ull + 1) >> 40) % V;
+    for (int b = 0; b < B; b++) out[b] = b * P + P - 1;
+    double t0 = tp_now();
+    if (tp_generator_forward(g, B * P, slot, tok, B, out, logits, &err) < 0) {
+        fprintf(stderr, "gen_step: %s\n", err.msg);
+        return 1;
+    }
+    double prefill = tp_now() - t0;
+    tp_sample_scratch sc = {0};
+    tp_sampler greedy = {.greedy = true, .temperature = 1, .top_p = 1};
+    for (int b = 0; b < B; b++) slot[b] = b, out[b] = b;
+    t0 = tp_now();
+    for (int d = 0; d < D; d++) {
+        for (int b = 0; b < B; b++) tok[b] = tp_sample(&greedy, logits + (size_t)b * V, V, NULL, &sc);
+        if (tp_generator_forward(g, B, slot, tok, B, out, logits, &err) < 0) {
+            fprintf(stderr, "gen_step: %s\n", err.msg);
+            return 1;
+        }
+    }
+    double decode = tp_now() - t0;
+    printf("thinkpipe gen batch %d prefill_tok/s %.1f decode_tok/s %.1f kv_bytes_per_token %zu\n", B,
+           B * P / prefill, (double)B * D / decode, tp_kv_bytes_per_token(m));
+    tp_sample_scratch_free(&sc);
+    free(slot), free(out), free(tok), free(logits);
+    tp_generator_free(g);
+    tp_model_free(m);
+    tp_buf_free(&text);
+    return 0;
+}

@@ -1,0 +1,34 @@
+"""transformers peer for tests/bench/bench_generate.sh: prefill and greedy decode of a random-initialised model
+of the same config with model.generate (KV cache, fp32, eager CPU, same threads).
+    torch_generate.py CONFIG.json B P D -> "torch gen batch B prefill_tok/s X decode_tok/s Y"
+Prefill is timed as generate(max_new_tokens=1); decode as (generate(D+1 tokens) - that) / (B * D)."""
+import json
+import os
+import sys
+import time
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+cfg_path, B, P, D = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+torch.manual_seed(1)
+config = AutoConfig.for_model(**{k: v for k, v in json.load(open(cfg_path)).items() if k not in ("architectures", "torch_dtype")})
+model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
+ids = torch.randint(0, config.vocab_size, (B, P))
+mask = torch.ones_like(ids)
+
+
+def run(new):
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new, min_new_tokens=new,
+                       eos_token_id=None, pad_token_id=0)
+    return time.perf_counter() - t0
+
+
+run(2)  # warm-up
+t1 = run(1)
+tD = run(D + 1)
+print(f"torch gen batch {B} prefill_tok/s {B * P / t1:.1f} decode_tok/s {B * D / max(tD - t1, 1e-9):.1f} "
+      f"torch {torch.__version__}")
