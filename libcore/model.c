@@ -301,6 +301,16 @@ static void head_logits(tp_model *m, tp_activations *a, const int32_t *out_rows,
     }
 }
 
+// Activations for the batch, filled by the forward pass up to the final norm (no grads).
+static tp_activations *run_trunk(tp_model *m, const tp_batch *b, tp_err *err) {
+    int N = b->B * b->T;
+    tp_activations *a = activations_for(m, N, false, err);
+    if (!a) return NULL;
+    bind_batch(a, b, N);
+    trunk_forward(m, a, N);
+    return a;
+}
+
 int tp_model_forward(tp_model *m, const tp_batch *b, tp_loss *loss, const int32_t *out_rows, int n_out, float *logits,
                      tp_err *err) {
     if (check_batch(m, b, err) < 0) return -1;
@@ -311,11 +321,9 @@ int tp_model_forward(tp_model *m, const tp_batch *b, tp_loss *loss, const int32_
                 tp_err_set(err, "forward: output row %d is outside the batch (%d tokens)", out_rows[i], N);
                 return -1;
             }
-    tp_activations *a = activations_for(m, N, false, err);
+    tp_activations *a = run_trunk(m, b, err);
     if (!a) return -1;
     const tp_backend *be = a->be;
-    bind_batch(a, b, N);
-    trunk_forward(m, a, N);
     if (logits) head_logits(m, a, out_rows, n_out, logits, N);
     if (loss) {
         *loss = (tp_loss){0, 0};
@@ -345,11 +353,9 @@ int tp_model_logprobs(tp_model *m, const tp_batch *b, const int32_t *rows, const
             tp_err_set(err, "logprobs: row %d or target %d out of range", rows[i], targets[i]);
             return -1;
         }
-    tp_activations *a = activations_for(m, N, false, err);
+    tp_activations *a = run_trunk(m, b, err);
     if (!a) return -1;
     const tp_backend *be = a->be;
-    bind_batch(a, b, N);
-    trunk_forward(m, a, N);
     memcpy(a->rows, rows, (size_t)n * sizeof *rows);
     memcpy(a->target, targets, (size_t)n * sizeof *targets);
     bind_targets(a, n);

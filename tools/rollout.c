@@ -155,8 +155,14 @@ static void find_eos(rollout *r) {
     const char *eot = tp_template_end_of_turn(r->tmpl);
     int32_t id = tp_tokenizer_token_id(r->tok, eot);
     // A tokenizer without the template's end-of-turn token spells it in pieces: a stop string then.
-    if (id >= 0) add_eos(r, id);
-    else if (r->o->n_stop < 16) r->o->stop[r->o->n_stop++] = eot;
+    if (id >= 0) {
+        add_eos(r, id);
+    } else {
+        if (!tp_cli.quiet)
+            tp_warn("the tokenizer has no %s token: template %s may not be this model's (stopping on the text)", eot,
+                    tp_template_name(r->tmpl));
+        if (r->o->n_stop < 16) r->o->stop[r->o->n_stop++] = eot;
+    }
 }
 
 static int free_slot(rollout *r) {
