@@ -10,13 +10,12 @@
 #include "chat.h"
 #include "cli.h"
 #include "error.h"
+#include "engine.h"
 #include "generate.h"
 #include "json.h"
 #include "jsonl.h"
 #include "model.h"
 #include "progress.h"
-#include "rng.h"
-#include "sample.h"
 #include "tokenizer.h"
 
 static const char usage[] =
@@ -40,7 +39,7 @@ enum { OPT_TEMPLATE = 0x100, OPT_SYSTEM, OPT_PROMPT, OPT_TEMP, OPT_TOPK, OPT_TOP
 
 typedef struct options {
     const char *model, *template_name, *system, *prompt, *output, *field;
-    const char *stop[16];
+    const char *stop[16];  // --stop (the engine adds the end of turn when it is not a token)
     int n_stop;
     tp_sampler sampler;
     long long n, seed, max_new, max_len, max_batch, threads;
@@ -96,22 +95,10 @@ static void parse_options(int argc, char **argv, options *o) {
 
 // ---- state ----
 
-typedef struct sample {
-    tp_ids tokens;
-    int slot;
-    uint64_t rng;
-    const char *finish;  // NULL while running, "stop" or "length"
-    size_t text_len;     // bytes of stop-free text (set when a stop string ends it)
-    bool cut;            // a stop string ended it: text is cut at text_len
-} sample;
-
-typedef struct group {
+typedef struct problem {
     jv rec;
     char *id;
-    tp_ids prompt;
-    sample *s;  // [n]
-    int done;
-} group;
+} problem;
 
 typedef struct rollout {
     options *o;
@@ -119,16 +106,13 @@ typedef struct rollout {
     tp_tokenizer *tok;
     tp_tok_state *tst;
     tp_template tmpl;
-    tp_generator *gen;
-    int V, cap;
+    tp_engine_opts eo;
+    tp_engine *engine;
     int32_t *eos;  // token ids that end a sample
     int n_eos;
-    bool *slot_used;
-    group **queue;  // admitted groups in input order
-    int q_head, q_len, q_cap;
-    tp_sample_scratch sc;
     tp_jsonl_writer *out;
     uint64_t groups, samples, tokens;
+    int V;
 } rollout;
 
 static void add_eos(rollout *r, int32_t id) {
@@ -161,20 +145,8 @@ static void find_eos(rollout *r) {
         if (!tp_cli.quiet)
             tp_warn("the tokenizer has no %s token: template %s may not be this model's (stopping on the text)", eot,
                     tp_template_name(r->tmpl));
-        if (r->o->n_stop < 16) r->o->stop[r->o->n_stop++] = eot;
+        r->eo.stop[r->eo.n_stop++] = eot;
     }
-}
-
-static int free_slot(rollout *r) {
-    for (int i = 0; i < (int)r->o->max_batch; i++)
-        if (!r->slot_used[i]) return r->slot_used[i] = true, i;
-    return -1;
-}
-
-static int free_slots(const rollout *r) {
-    int n = 0;
-    for (int i = 0; i < (int)r->o->max_batch; i++) n += !r->slot_used[i];
-    return n;
 }
 
 static char *group_id(jv rec, uint64_t line) {
@@ -190,108 +162,19 @@ static char *group_id(jv rec, uint64_t line) {
     return s;
 }
 
-// ---- stopping ----
-
-static bool is_eos(const rollout *r, int32_t t) {
-    for (int i = 0; i < r->n_eos; i++)
-        if (r->eos[i] == t) return true;
-    return false;
-}
-
-// After token t was appended to sample s: does it end here, and why.
-static void check_stop(rollout *r, group *g, sample *s, int32_t t) {
-    if (is_eos(r, t)) {
-        s->finish = "stop";
-    } else if (r->o->n_stop) {
-        tp_buf text = {0};
-        tp_err err;
-        if (tp_tokenizer_decode(r->tok, s->tokens.ids, s->tokens.count, true, &text, &err) == 0) {
-            for (int k = 0; k < r->o->n_stop && !s->finish; k++) {
-                const char *at = memmem(text.data, text.len, r->o->stop[k], strlen(r->o->stop[k]));
-                if (at) s->finish = "stop", s->cut = true, s->text_len = (size_t)(at - text.data);
-            }
-        }
-        tp_buf_free(&text);
-    }
-    if (!s->finish && ((long long)s->tokens.count >= r->o->max_new || (int)(g->prompt.count + s->tokens.count) >= r->cap))
-        s->finish = "length";
-    if (s->finish) {
-        r->slot_used[s->slot] = false;
-        g->done++;
-    }
-}
-
-// ---- admitting a problem: render, encode, prefill once, share ----
-
-static void admit(rollout *r, jv rec, const char *where, uint64_t line) {
+// A problem's prompt: chat, template, generation prompt, token ids.
+static void encode_prompt(rollout *r, jv rec, const char *where, uint64_t line, tp_ids *ids) {
     tp_err err;
     tp_chat chat;
-    if (tp_chat_from_problem(rec, r->o->prompt, r->o->system, &chat, &err) < 0) tp_die("%s:%llu: %s", where, (unsigned long long)line, err.msg);
+    if (tp_chat_from_problem(rec, r->o->prompt, r->o->system, &chat, &err) < 0)
+        tp_die("%s:%llu: %s", where, (unsigned long long)line, err.msg);
     tp_chat_normalize(&chat, r->tok);
     tp_chat_render rr = {0};
-    if (tp_chat_render_prompt(r->tmpl, &chat, tp_template_bos(r->tmpl, r->tok), &rr, &err) < 0) tp_die_err(&err);
-    group *g = tp_xcalloc(1, sizeof *g);
-    g->rec = rec, g->id = group_id(rec, line);
-    if (tp_tokenizer_encode(r->tok, r->tst, rr.text.data, rr.text.len, false, &g->prompt, &err) < 0)
+    if (tp_chat_render_prompt(r->tmpl, &chat, tp_template_bos(r->tmpl, r->tok), &rr, &err) < 0 ||
+        tp_tokenizer_encode(r->tok, r->tst, rr.text.data, rr.text.len, false, ids, &err) < 0)
         tp_die("%s:%llu: %s", where, (unsigned long long)line, err.msg);
     tp_chat_render_free(&rr);
     tp_chat_free(&chat);
-    int P = (int)g->prompt.count;
-    if (P + 1 > r->cap)
-        tp_die("%s:%llu: the prompt of %d tokens does not fit --max-len %d (room for at least one new token)", where,
-               (unsigned long long)line, P, r->cap);
-    int n = (int)r->o->n;
-    g->s = tp_xcalloc((size_t)n, sizeof *g->s);
-    int first = free_slot(r), last = P - 1;
-    int *slots = tp_xmalloc((size_t)P * sizeof *slots);
-    for (int i = 0; i < P; i++) slots[i] = first;
-    float *logits = tp_xmalloc((size_t)r->V * sizeof *logits);
-    tp_generator_reset(r->gen, first);
-    if (tp_generator_forward(r->gen, P, slots, g->prompt.ids, 1, &last, logits, &err) < 0) tp_die_err(&err);
-    for (int k = 0; k < n; k++) {
-        sample *s = &g->s[k];
-        s->slot = k == 0 ? first : free_slot(r);
-        if (k > 0) tp_generator_copy(r->gen, s->slot, first, P);
-        // each sample its own stream: (seed, problem number, sample) -> the same tokens however batched
-        s->rng = tp_splitmix64_skip((uint64_t)r->o->seed * 0x9E3779B97F4A7C15ull ^ (r->groups << 20), (uint64_t)k * 977);
-        for (int w = 0; w < 4; w++) tp_splitmix64(&s->rng);
-        int32_t t = tp_sample(&r->o->sampler, logits, r->V, &s->rng, &r->sc);
-        tp_ids_push(&s->tokens, t);
-        check_stop(r, g, s, t);
-    }
-    free(slots), free(logits);
-    if (r->q_len == r->q_cap) r->q_cap = r->q_cap ? 2 * r->q_cap : 16, r->queue = tp_xrealloc(r->queue, (size_t)r->q_cap * sizeof *r->queue);
-    r->queue[r->q_len++] = g;
-    r->groups++;
-}
-
-// One decode step for every running sample.
-static void decode_step(rollout *r) {
-    int n = 0, cap = (int)r->o->max_batch;
-    int *slots = tp_xmalloc((size_t)cap * sizeof *slots), *outs = tp_xmalloc((size_t)cap * sizeof *outs);
-    int32_t *tok = tp_xmalloc((size_t)cap * sizeof *tok);
-    sample **who = tp_xmalloc((size_t)cap * sizeof *who);
-    group **of = tp_xmalloc((size_t)cap * sizeof *of);
-    for (int q = r->q_head; q < r->q_len; q++)
-        for (int k = 0; k < (int)r->o->n; k++) {
-            sample *s = &r->queue[q]->s[k];
-            if (s->finish || n == cap) continue;
-            slots[n] = s->slot, tok[n] = s->tokens.ids[s->tokens.count - 1], outs[n] = n, who[n] = s, of[n] = r->queue[q];
-            n++;
-        }
-    if (n > 0) {
-        float *logits = tp_xmalloc((size_t)n * r->V * sizeof *logits);
-        tp_err err;
-        if (tp_generator_forward(r->gen, n, slots, tok, n, outs, logits, &err) < 0) tp_die_err(&err);
-        for (int i = 0; i < n; i++) {
-            int32_t t = tp_sample(&r->o->sampler, logits + (size_t)i * r->V, r->V, &who[i]->rng, &r->sc);
-            tp_ids_push(&who[i]->tokens, t);
-            check_stop(r, of[i], who[i], t);
-        }
-        r->tokens += (uint64_t)n;
-        free(logits);
-    }
-    free(slots), free(outs), free(tok), free(who), free(of);
 }
 
 // ---- output ----
@@ -324,44 +207,48 @@ static jv score(tp_model *m, const int32_t *prompt, int P, const int32_t *tokens
 
 static float score_temperature(const options *o) { return o->sampler.greedy ? 1.0f : (float)o->sampler.temperature; }
 
-static void emit_group(rollout *r, group *g) {
+static void emit(rollout *r, tp_request *q) {
+    problem *p = q->user;
     tp_err err;
-    for (int k = 0; k < (int)r->o->n; k++) {
-        sample *s = &g->s[k];
-        tp_buf text = {0};
-        if (tp_tokenizer_decode(r->tok, s->tokens.ids, s->tokens.count, true, &text, &err) < 0) tp_die_err(&err);
-        if (s->cut && s->text_len < text.len) text.len = s->text_len;
+    tp_buf text = {0};
+    for (int k = 0; k < q->n; k++) {
+        tp_sample_out *s = &q->s[k];
+        if (tp_engine_text(r->engine, s, &text, &err) < 0) tp_die_err(&err);
         char *sid;
-        if (asprintf(&sid, "%s/%d", g->id, k) < 0) abort();
-        jv line = jv_copy(g->rec);
+        if (asprintf(&sid, "%s/%d", p->id, k) < 0) abort();
+        jv line = jv_copy(p->rec);
         line = jv_object_set(line, jv_string("id"), jv_string(sid));
-        line = jv_object_set(line, jv_string("group"), jv_string(g->id));
+        line = jv_object_set(line, jv_string("group"), jv_string(p->id));
         line = jv_object_set(line, jv_string("sample"), jv_number(k));
-        line = jv_object_set(line, jv_string("prompt_tokens"), ids_json(g->prompt.ids, g->prompt.count));
+        line = jv_object_set(line, jv_string("prompt_tokens"), ids_json(q->prompt.ids, q->prompt.count));
         line = jv_object_set(line, jv_string("tokens"), ids_json(s->tokens.ids, s->tokens.count));
-        line = jv_object_set(line, jv_string("logprobs"), score(r->m, g->prompt.ids, (int)g->prompt.count, s->tokens.ids,
+        line = jv_object_set(line, jv_string("logprobs"), score(r->m, q->prompt.ids, (int)q->prompt.count, s->tokens.ids,
                                                                    (int)s->tokens.count, score_temperature(r->o)));
         line = jv_object_set(line, jv_string("text"), jv_string_sized(text.data, (int)text.len));
         line = jv_object_set(line, jv_string("finish_reason"), jv_string(s->finish));
         if (tp_jsonl_write(r->out, line, &err) < 0) tp_die_err(&err);
         jv_free(line);
         free(sid);
-        tp_buf_free(&text);
-        tp_ids_free(&s->tokens);
         r->samples++;
     }
-    jv_free(g->rec);
-    free(g->id), free(g->s);
-    tp_ids_free(&g->prompt);
-    free(g);
+    tp_buf_free(&text);
+    jv_free(p->rec);
+    free(p->id), free(p);
+    tp_request_free(q);
 }
 
-// Groups leave in input order, each once all its samples finished.
+// Problems leave in input order, each once all its samples finished.
 static void emit_ready(rollout *r) {
-    while (r->q_head < r->q_len && r->queue[r->q_head]->done == (int)r->o->n) emit_group(r, r->queue[r->q_head++]);
+    for (tp_request *q; (q = tp_engine_next_done(r->engine));) emit(r, q);
 }
 
-// ---- modes ----
+static void step(rollout *r) {
+    tp_err err;
+    int n = tp_engine_step(r->engine, &err);
+    if (n < 0) tp_die_err(&err);
+    r->tokens += (uint64_t)n;
+    emit_ready(r);
+}
 
 static void run_generate(rollout *r, char **files, int nfiles) {
     tp_err err;
@@ -372,19 +259,27 @@ static void run_generate(rollout *r, char **files, int nfiles) {
         tp_jsonl_reader *in = tp_jsonl_open(path, NULL, &err);
         if (!in) tp_die_err(&err);
         for (;;) {
-            while (free_slots(r) < (int)r->o->n) decode_step(r), emit_ready(r);
+            while (!tp_engine_has_room(r->engine)) step(r);
             jv rec;
             int got = tp_jsonl_next(in, &rec, &err);
             if (got < 0) tp_die_err(&err);
             if (got == 0) break;
-            if (jv_get_kind(rec) != JV_KIND_OBJECT) tp_die("%s:%llu: a problem must be a JSON object", path, (unsigned long long)tp_jsonl_line(in));
-            admit(r, rec, path, tp_jsonl_line(in));
+            uint64_t line = tp_jsonl_line(in);
+            if (jv_get_kind(rec) != JV_KIND_OBJECT) tp_die("%s:%llu: a problem must be a JSON object", path, (unsigned long long)line);
+            problem *p = tp_xcalloc(1, sizeof *p);
+            p->rec = rec, p->id = group_id(rec, line);
+            tp_ids ids = {0};
+            encode_prompt(r, rec, path, line, &ids);
+            if (tp_engine_submit(r->engine, ids.ids, (int)ids.count, p, &err) < 0)
+                tp_die("%s:%llu: %s", path, (unsigned long long)line, err.msg);
+            tp_ids_free(&ids);
+            r->groups++;
             emit_ready(r);
             tp_progress_update(&progress, r->groups);
         }
         tp_jsonl_close(in);
     }
-    while (r->q_head < r->q_len) decode_step(r), emit_ready(r);
+    while (tp_engine_busy(r->engine)) step(r);
     tp_progress_finish(&progress);
 }
 
@@ -453,17 +348,20 @@ int main(int argc, char **argv) {
         if (tm < 0) tp_die("%s (--template NAME picks one)", err.msg);
         r.tmpl = (tp_template)tm;
         r.tst = tp_tok_state_new(r.tok);
-        find_eos(&r);
         int model_len = r.m->cfg.max_position_embeddings < 4096 ? r.m->cfg.max_position_embeddings : 4096;
-        r.cap = (int)(o.max_len ? o.max_len : model_len);
-        r.gen = tp_generator_new(r.m, (int)o.max_batch, r.cap, &err);
-        if (!r.gen) tp_die("%s; try a smaller --max-batch or --max-len", err.msg);
-        r.slot_used = tp_xcalloc((size_t)o.max_batch, sizeof *r.slot_used);
+        r.eo = (tp_engine_opts){.sampler = o.sampler, .n = (int)o.n, .max_batch = (int)o.max_batch,
+                                .max_len = (int)(o.max_len ? o.max_len : model_len), .max_new = (int)o.max_new,
+                                .seed = (uint64_t)o.seed};
+        for (int i = 0; i < o.n_stop; i++) r.eo.stop[r.eo.n_stop++] = o.stop[i];
+        find_eos(&r);
+        r.eo.eos = r.eos, r.eo.n_eos = r.n_eos;
+        r.engine = tp_engine_new(r.m, r.tok, &r.eo, &err);
+        if (!r.engine) tp_die("%s; try a smaller --max-batch or --max-len", err.msg);
         if (!tp_cli.quiet)
             tp_info("%s, template %s, %lld sequences x %d tokens of KV cache (%.1f KiB a token, %.2f GiB)",
-                    tp_arch_name(r.m->cfg.arch), tp_template_name(r.tmpl), o.max_batch, r.cap,
+                    tp_arch_name(r.m->cfg.arch), tp_template_name(r.tmpl), o.max_batch, r.eo.max_len,
                     (double)tp_kv_bytes_per_token(r.m) / 1024,
-                    (double)tp_kv_bytes_per_token(r.m) * (double)o.max_batch * r.cap / (1 << 30));
+                    (double)tp_kv_bytes_per_token(r.m) * (double)o.max_batch * r.eo.max_len / (1 << 30));
         run_generate(&r, argv + optind, argc - optind);
     }
     if (tp_jsonl_writer_close(r.out, &err) < 0) tp_die_err(&err);
@@ -474,11 +372,10 @@ int main(int argc, char **argv) {
             tp_info("%llu problems, %llu samples, %llu decode tokens, %.2f s (%.1f tokens/s)", (unsigned long long)r.groups,
                     (unsigned long long)r.samples, (unsigned long long)r.tokens, secs, secs > 0 ? r.tokens / secs : 0);
     }
-    tp_generator_free(r.gen);
+    tp_engine_free(r.engine);
     tp_tok_state_free(r.tst);
     tp_tokenizer_free(r.tok);
     tp_model_free(r.m);
-    tp_sample_scratch_free(&r.sc);
-    free(r.eos), free(r.slot_used), free(r.queue);
+    free(r.eos);
     return 0;
 }

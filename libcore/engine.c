@@ -1,0 +1,177 @@
+// engine.c — the sampling loop (engine.h) on the KV-cache generator.
+#include "engine.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "generate.h"
+#include "rng.h"
+
+struct tp_engine {
+    tp_model *m;
+    const tp_tokenizer *tok;
+    tp_engine_opts o;
+    tp_generator *gen;
+    int V;
+    bool *slot_used;      // [max_batch]
+    tp_request **queue;   // submitted, not yet handed back, in order
+    int head, len, cap;
+    uint64_t submitted;
+    tp_sample_scratch sc;
+    float *logits;        // [max_batch, V]
+};
+
+tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_opts *o, tp_err *err) {
+    if (o->n < 1 || o->max_batch < o->n || o->max_len < 2 || o->max_new < 1) {
+        tp_err_set(err, "engine: %d samples, %d slots, %d tokens a slot, %d new tokens", o->n, o->max_batch, o->max_len,
+                   o->max_new);
+        return NULL;
+    }
+    tp_engine *e = tp_xcalloc(1, sizeof *e);
+    e->m = m, e->tok = tok, e->o = *o, e->V = m->cfg.vocab_size;
+    e->gen = tp_generator_new(m, o->max_batch, o->max_len, err);
+    if (!e->gen) {
+        free(e);
+        return NULL;
+    }
+    e->slot_used = tp_xcalloc((size_t)o->max_batch, sizeof *e->slot_used);
+    e->logits = tp_xmalloc((size_t)o->max_batch * e->V * sizeof *e->logits);
+    return e;
+}
+
+void tp_engine_free(tp_engine *e) {
+    if (!e) return;
+    for (int q = e->head; q < e->len; q++) tp_request_free(e->queue[q]);
+    tp_generator_free(e->gen);
+    tp_sample_scratch_free(&e->sc);
+    free(e->slot_used), free(e->queue), free(e->logits);
+    free(e);
+}
+
+void tp_request_free(tp_request *r) {
+    if (!r) return;
+    for (int k = 0; k < r->n; k++) tp_ids_free(&r->s[k].tokens);
+    tp_ids_free(&r->prompt);
+    free(r->s);
+    free(r);
+}
+
+static int take_slot(tp_engine *e) {
+    for (int i = 0; i < e->o.max_batch; i++)
+        if (!e->slot_used[i]) return e->slot_used[i] = true, i;
+    return -1;
+}
+
+bool tp_engine_has_room(const tp_engine *e) {
+    int n = 0;
+    for (int i = 0; i < e->o.max_batch; i++) n += !e->slot_used[i];
+    return n >= e->o.n;
+}
+
+bool tp_engine_busy(const tp_engine *e) { return e->head < e->len; }
+
+int tp_engine_text(const tp_engine *e, const tp_sample_out *s, tp_buf *out, tp_err *err) {
+    out->len = 0;
+    if (tp_tokenizer_decode(e->tok, s->tokens.ids, s->tokens.count, true, out, err) < 0) return -1;
+    if (s->cut && s->text_len < out->len) out->len = s->text_len;
+    return 0;
+}
+
+static bool is_eos(const tp_engine *e, int32_t t) {
+    for (int i = 0; i < e->o.n_eos; i++)
+        if (e->o.eos[i] == t) return true;
+    return false;
+}
+
+// After a token was appended: does the sample end here, and why.
+static void check_stop(tp_engine *e, tp_request *r, tp_sample_out *s) {
+    int32_t t = s->tokens.ids[s->tokens.count - 1];
+    if (is_eos(e, t)) {
+        s->finish = "stop";
+    } else if (e->o.n_stop) {
+        tp_buf text = {0};
+        tp_err err;
+        if (tp_tokenizer_decode(e->tok, s->tokens.ids, s->tokens.count, true, &text, &err) == 0)
+            for (int k = 0; k < e->o.n_stop && !s->finish; k++) {
+                const char *at = memmem(text.data, text.len, e->o.stop[k], strlen(e->o.stop[k]));
+                if (at) s->finish = "stop", s->cut = true, s->text_len = (size_t)(at - text.data);
+            }
+        tp_buf_free(&text);
+    }
+    if (!s->finish && ((int)s->tokens.count >= e->o.max_new || (int)(r->prompt.count + s->tokens.count) >= e->o.max_len))
+        s->finish = "length";
+    if (s->finish) {
+        e->slot_used[s->slot] = false;
+        r->done++;
+    }
+}
+
+static void draw(tp_engine *e, tp_request *r, tp_sample_out *s, const float *logits) {
+    tp_ids_push(&s->tokens, tp_sample(&e->o.sampler, logits, e->V, &s->rng, &e->sc));
+    check_stop(e, r, s);
+}
+
+int tp_engine_submit(tp_engine *e, const int32_t *prompt, int P, void *user, tp_err *err) {
+    if (P < 1 || P + 1 > e->o.max_len) {
+        tp_err_set(err, "the prompt of %d tokens does not fit --max-len %d (room for at least one new token)", P,
+                   e->o.max_len);
+        return -1;
+    }
+    if (!tp_engine_has_room(e)) {
+        tp_err_set(err, "engine: no room for %d samples", e->o.n);
+        return -1;
+    }
+    tp_request *r = tp_xcalloc(1, sizeof *r);
+    r->user = user, r->index = e->submitted, r->n = e->o.n;
+    for (int i = 0; i < P; i++) tp_ids_push(&r->prompt, prompt[i]);
+    r->s = tp_xcalloc((size_t)r->n, sizeof *r->s);
+    int first = take_slot(e), last = P - 1;
+    int *slots = tp_xmalloc((size_t)P * sizeof *slots);
+    for (int i = 0; i < P; i++) slots[i] = first;
+    tp_generator_reset(e->gen, first);
+    int rc = tp_generator_forward(e->gen, P, slots, r->prompt.ids, 1, &last, e->logits, err);
+    free(slots);
+    if (rc < 0) {
+        e->slot_used[first] = false;
+        tp_request_free(r);
+        return -1;
+    }
+    for (int k = 0; k < r->n; k++) {
+        tp_sample_out *s = &r->s[k];
+        s->slot = k == 0 ? first : take_slot(e);
+        if (k > 0) tp_generator_copy(e->gen, s->slot, first, P);  // one prefill, shared
+        // (seed, request, sample): the same tokens however requests are batched
+        s->rng = tp_splitmix64_skip(e->o.seed * 0x9E3779B97F4A7C15ull ^ (e->submitted << 20), (uint64_t)k * 977);
+        for (int w = 0; w < 4; w++) tp_splitmix64(&s->rng);
+        draw(e, r, s, e->logits);
+    }
+    if (e->len == e->cap) e->cap = e->cap ? 2 * e->cap : 16, e->queue = tp_xrealloc(e->queue, (size_t)e->cap * sizeof *e->queue);
+    e->queue[e->len++] = r;
+    e->submitted++;
+    return 0;
+}
+
+int tp_engine_step(tp_engine *e, tp_err *err) {
+    int cap = e->o.max_batch, n = 0;
+    int *slots = tp_xmalloc((size_t)cap * sizeof *slots), *outs = tp_xmalloc((size_t)cap * sizeof *outs);
+    int32_t *tok = tp_xmalloc((size_t)cap * sizeof *tok);
+    tp_sample_out **who = tp_xmalloc((size_t)cap * sizeof *who);
+    tp_request **of = tp_xmalloc((size_t)cap * sizeof *of);
+    for (int q = e->head; q < e->len; q++)
+        for (int k = 0; k < e->queue[q]->n; k++) {
+            tp_sample_out *s = &e->queue[q]->s[k];
+            if (s->finish || n == cap) continue;
+            slots[n] = s->slot, outs[n] = n, tok[n] = s->tokens.ids[s->tokens.count - 1];
+            who[n] = s, of[n] = e->queue[q];
+            n++;
+        }
+    int rc = n > 0 ? tp_generator_forward(e->gen, n, slots, tok, n, outs, e->logits, err) : 0;
+    for (int i = 0; rc == 0 && i < n; i++) draw(e, of[i], who[i], e->logits + (size_t)i * e->V);
+    free(slots), free(outs), free(tok), free(who), free(of);
+    return rc < 0 ? -1 : n;
+}
+
+tp_request *tp_engine_next_done(tp_engine *e) {
+    if (e->head < e->len && e->queue[e->head]->done == e->queue[e->head]->n) return e->queue[e->head++];
+    return NULL;
+}

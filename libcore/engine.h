@@ -1,0 +1,71 @@
+// engine.h — the sampling loop behind rollout (and serve): requests of n samples each,
+// one shared prefill per request, running samples decoded together, stops, and requests
+// handed back in the order they came in.
+//
+//   tp_engine *e = tp_engine_new(model, tokenizer, &opts, &err);
+//   while (more input) {
+//       while (!tp_engine_has_room(e)) tp_engine_step(e, &err), drain(e);
+//       tp_engine_submit(e, prompt_ids, n_prompt, user, &err);
+//   }
+//   while (tp_engine_busy(e)) tp_engine_step(e, &err), drain(e);
+//   drain: for (tp_request *r; (r = tp_engine_next_done(e));) { use r; tp_request_free(r); }
+#ifndef TP_ENGINE_H
+#define TP_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "model.h"
+#include "sample.h"
+#include "tokenizer.h"
+
+typedef struct tp_engine_opts {
+    tp_sampler sampler;
+    int n;             // samples per request
+    int max_batch;     // KV-cache slots: sequences decoded together (>= n)
+    int max_len;       // prompt + completion tokens a slot holds
+    int max_new;       // completion tokens at most
+    uint64_t seed;     // sample k of the r-th request draws from its own stream of (seed, r, k)
+    const char *stop[17];  // stop strings (the text ends before the first found)
+    int n_stop;
+    const int32_t *eos;  // token ids that end a sample (kept in its tokens)
+    int n_eos;
+} tp_engine_opts;
+
+typedef struct tp_sample_out {
+    tp_ids tokens;
+    const char *finish;  // "stop" or "length" once finished, NULL while running
+    bool cut;            // a stop string ended it: the text is cut at text_len bytes
+    size_t text_len;
+    int slot;
+    uint64_t rng;
+} tp_sample_out;
+
+typedef struct tp_request {
+    void *user;     // the caller's
+    uint64_t index; // submission order (0, 1, ...)
+    tp_ids prompt;
+    int n, done;
+    tp_sample_out *s;  // [n]
+} tp_request;
+
+typedef struct tp_engine tp_engine;
+
+tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_opts *opts, tp_err *err);
+void tp_engine_free(tp_engine *e);
+bool tp_engine_has_room(const tp_engine *e);  // slots for one more request's n samples
+bool tp_engine_busy(const tp_engine *e);      // requests not yet handed back
+// Prefills the prompt once, shares it with the n samples and draws their first tokens.
+// -1 when the prompt leaves no room for a new token within max_len.
+int tp_engine_submit(tp_engine *e, const int32_t *prompt, int n_prompt, void *user, tp_err *err);
+// One decode step of every running sample; returns the tokens decoded.
+int tp_engine_step(tp_engine *e, tp_err *err);
+// The oldest request, once all its samples finished (NULL otherwise); the caller frees it.
+tp_request *tp_engine_next_done(tp_engine *e);
+void tp_request_free(tp_request *r);
+// Decoded text of a finished sample (special tokens skipped, cut at a stop string) into out.
+int tp_engine_text(const tp_engine *e, const tp_sample_out *s, tp_buf *out, tp_err *err);
+
+#endif
