@@ -22,9 +22,8 @@ struct tp_engine {
 };
 
 tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_opts *o, tp_err *err) {
-    if (o->n < 1 || o->max_batch < o->n || o->max_len < 2 || o->max_new < 1) {
-        tp_err_set(err, "engine: %d samples, %d slots, %d tokens a slot, %d new tokens", o->n, o->max_batch, o->max_len,
-                   o->max_new);
+    if (o->max_batch < 1 || o->max_len < 2) {
+        tp_err_set(err, "engine: %d slots of %d tokens", o->max_batch, o->max_len);
         return NULL;
     }
     tp_engine *e = tp_xcalloc(1, sizeof *e);
@@ -62,10 +61,10 @@ static int take_slot(tp_engine *e) {
     return -1;
 }
 
-bool tp_engine_has_room(const tp_engine *e) {
+bool tp_engine_has_room(const tp_engine *e, int want) {
     int n = 0;
     for (int i = 0; i < e->o.max_batch; i++) n += !e->slot_used[i];
-    return n >= e->o.n;
+    return n >= want;
 }
 
 bool tp_engine_busy(const tp_engine *e) { return e->head < e->len; }
@@ -84,21 +83,25 @@ static bool is_eos(const tp_engine *e, int32_t t) {
 }
 
 // After a token was appended: does the sample end here, and why.
+static void stop_at(tp_sample_out *s, const tp_buf *text, const char *stop) {
+    const char *at = stop ? memmem(text->data, text->len, stop, strlen(stop)) : NULL;
+    if (at && !s->finish) s->finish = "stop", s->cut = true, s->text_len = (size_t)(at - text->data);
+}
+
 static void check_stop(tp_engine *e, tp_request *r, tp_sample_out *s) {
     int32_t t = s->tokens.ids[s->tokens.count - 1];
     if (is_eos(e, t)) {
         s->finish = "stop";
-    } else if (e->o.n_stop) {
+    } else if (r->o.n_stop || e->o.stop) {
         tp_buf text = {0};
         tp_err err;
-        if (tp_tokenizer_decode(e->tok, s->tokens.ids, s->tokens.count, true, &text, &err) == 0)
-            for (int k = 0; k < e->o.n_stop && !s->finish; k++) {
-                const char *at = memmem(text.data, text.len, e->o.stop[k], strlen(e->o.stop[k]));
-                if (at) s->finish = "stop", s->cut = true, s->text_len = (size_t)(at - text.data);
-            }
+        if (tp_tokenizer_decode(e->tok, s->tokens.ids, s->tokens.count, true, &text, &err) == 0) {
+            for (int k = 0; k < r->o.n_stop; k++) stop_at(s, &text, r->o.stop[k]);
+            stop_at(s, &text, e->o.stop);
+        }
         tp_buf_free(&text);
     }
-    if (!s->finish && ((int)s->tokens.count >= e->o.max_new || (int)(r->prompt.count + s->tokens.count) >= e->o.max_len))
+    if (!s->finish && ((int)s->tokens.count >= r->o.max_new || (int)(r->prompt.count + s->tokens.count) >= e->o.max_len))
         s->finish = "length";
     if (s->finish) {
         e->slot_used[s->slot] = false;
@@ -107,22 +110,22 @@ static void check_stop(tp_engine *e, tp_request *r, tp_sample_out *s) {
 }
 
 static void draw(tp_engine *e, tp_request *r, tp_sample_out *s, const float *logits) {
-    tp_ids_push(&s->tokens, tp_sample(&e->o.sampler, logits, e->V, &s->rng, &e->sc));
+    tp_ids_push(&s->tokens, tp_sample(&r->o.sampler, logits, e->V, &s->rng, &e->sc));
     check_stop(e, r, s);
 }
 
-int tp_engine_submit(tp_engine *e, const int32_t *prompt, int P, void *user, tp_err *err) {
+int tp_engine_submit(tp_engine *e, const int32_t *prompt, int P, const tp_request_opts *ro, void *user, tp_err *err) {
     if (P < 1 || P + 1 > e->o.max_len) {
         tp_err_set(err, "the prompt of %d tokens does not fit --max-len %d (room for at least one new token)", P,
                    e->o.max_len);
         return -1;
     }
-    if (!tp_engine_has_room(e)) {
-        tp_err_set(err, "engine: no room for %d samples", e->o.n);
+    if (ro->n < 1 || ro->n > e->o.max_batch || ro->max_new < 1 || !tp_engine_has_room(e, ro->n)) {
+        tp_err_set(err, "engine: no room for %d samples (%d slots)", ro->n, e->o.max_batch);
         return -1;
     }
     tp_request *r = tp_xcalloc(1, sizeof *r);
-    r->user = user, r->index = e->submitted, r->n = e->o.n;
+    r->user = user, r->index = e->submitted, r->n = ro->n, r->o = *ro;
     for (int i = 0; i < P; i++) tp_ids_push(&r->prompt, prompt[i]);
     r->s = tp_xcalloc((size_t)r->n, sizeof *r->s);
     int first = take_slot(e), last = P - 1;
@@ -140,8 +143,8 @@ int tp_engine_submit(tp_engine *e, const int32_t *prompt, int P, void *user, tp_
         tp_sample_out *s = &r->s[k];
         s->slot = k == 0 ? first : take_slot(e);
         if (k > 0) tp_generator_copy(e->gen, s->slot, first, P);  // one prefill, shared
-        // (seed, request, sample): the same tokens however requests are batched
-        s->rng = tp_splitmix64_skip(e->o.seed * 0x9E3779B97F4A7C15ull ^ (e->submitted << 20), (uint64_t)k * 977);
+        // (seed, sample): the same tokens however requests are batched
+        s->rng = tp_splitmix64_skip(ro->seed * 0x9E3779B97F4A7C15ull, (uint64_t)k * 977);
         for (int w = 0; w < 4; w++) tp_splitmix64(&s->rng);
         draw(e, r, s, e->logits);
     }
@@ -174,4 +177,22 @@ int tp_engine_step(tp_engine *e, tp_err *err) {
 tp_request *tp_engine_next_done(tp_engine *e) {
     if (e->head < e->len && e->queue[e->head]->done == e->queue[e->head]->n) return e->queue[e->head++];
     return NULL;
+}
+
+void tp_engine_cancel(tp_engine *e, tp_request *r) {
+    for (int k = 0; k < r->n; k++)
+        if (!r->s[k].finish) {
+            r->s[k].finish = "abort";
+            e->slot_used[r->s[k].slot] = false;
+            r->done++;
+        }
+}
+
+void tp_engine_remove(tp_engine *e, tp_request *r) {
+    for (int q = e->head; q < e->len; q++)
+        if (e->queue[q] == r) {
+            memmove(e->queue + q, e->queue + q + 1, (size_t)(e->len - q - 1) * sizeof *e->queue);
+            e->len--;
+            return;
+        }
 }

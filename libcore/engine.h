@@ -4,8 +4,8 @@
 //
 //   tp_engine *e = tp_engine_new(model, tokenizer, &opts, &err);
 //   while (more input) {
-//       while (!tp_engine_has_room(e)) tp_engine_step(e, &err), drain(e);
-//       tp_engine_submit(e, prompt_ids, n_prompt, user, &err);
+//       while (!tp_engine_has_room(e, ro.n)) tp_engine_step(e, &err), drain(e);
+//       tp_engine_submit(e, prompt_ids, n_prompt, &ro, user, &err);
 //   }
 //   while (tp_engine_busy(e)) tp_engine_step(e, &err), drain(e);
 //   drain: for (tp_request *r; (r = tp_engine_next_done(e));) { use r; tp_request_free(r); }
@@ -21,18 +21,25 @@
 #include "sample.h"
 #include "tokenizer.h"
 
+// The engine's: the cache and what ends every sample.
 typedef struct tp_engine_opts {
-    tp_sampler sampler;
-    int n;             // samples per request
-    int max_batch;     // KV-cache slots: sequences decoded together (>= n)
+    int max_batch;     // KV-cache slots: sequences decoded together
     int max_len;       // prompt + completion tokens a slot holds
-    int max_new;       // completion tokens at most
-    uint64_t seed;     // sample k of the r-th request draws from its own stream of (seed, r, k)
-    const char *stop[17];  // stop strings (the text ends before the first found)
-    int n_stop;
     const int32_t *eos;  // token ids that end a sample (kept in its tokens)
     int n_eos;
+    const char *stop;    // a stop string for every request (a template's end of turn that the
+                         // tokenizer spells in pieces), or NULL
 } tp_engine_opts;
+
+// A request's: how many samples, how they are drawn and when they end.
+typedef struct tp_request_opts {
+    tp_sampler sampler;
+    int n;             // samples (<= max_batch)
+    int max_new;       // completion tokens at most
+    uint64_t seed;     // sample k draws from its own stream of (seed, k)
+    const char *stop[16];  // stop strings (the text ends before the first found)
+    int n_stop;
+} tp_request_opts;
 
 typedef struct tp_sample_out {
     tp_ids tokens;
@@ -46,6 +53,7 @@ typedef struct tp_sample_out {
 typedef struct tp_request {
     void *user;     // the caller's
     uint64_t index; // submission order (0, 1, ...)
+    tp_request_opts o;
     tp_ids prompt;
     int n, done;
     tp_sample_out *s;  // [n]
@@ -55,15 +63,20 @@ typedef struct tp_engine tp_engine;
 
 tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_opts *opts, tp_err *err);
 void tp_engine_free(tp_engine *e);
-bool tp_engine_has_room(const tp_engine *e);  // slots for one more request's n samples
+bool tp_engine_has_room(const tp_engine *e, int n);  // free slots for a request of n samples
 bool tp_engine_busy(const tp_engine *e);      // requests not yet handed back
 // Prefills the prompt once, shares it with the n samples and draws their first tokens.
 // -1 when the prompt leaves no room for a new token within max_len.
-int tp_engine_submit(tp_engine *e, const int32_t *prompt, int n_prompt, void *user, tp_err *err);
+int tp_engine_submit(tp_engine *e, const int32_t *prompt, int n_prompt, const tp_request_opts *ro, void *user,
+                     tp_err *err);
 // One decode step of every running sample; returns the tokens decoded.
 int tp_engine_step(tp_engine *e, tp_err *err);
 // The oldest request, once all its samples finished (NULL otherwise); the caller frees it.
 tp_request *tp_engine_next_done(tp_engine *e);
+// Ends r's running samples (finish "abort": a client went away) and frees their slots.
+void tp_engine_cancel(tp_engine *e, tp_request *r);
+// Takes a finished request out of the engine, wherever it is in the order; the caller frees it.
+void tp_engine_remove(tp_engine *e, tp_request *r);
 void tp_request_free(tp_request *r);
 // Decoded text of a finished sample (special tokens skipped, cut at a stop string) into out.
 int tp_engine_text(const tp_engine *e, const tp_sample_out *s, tp_buf *out, tp_err *err);

@@ -16,6 +16,7 @@
 #include "jsonl.h"
 #include "model.h"
 #include "progress.h"
+#include "rng.h"
 #include "tokenizer.h"
 
 static const char usage[] =
@@ -39,7 +40,7 @@ enum { OPT_TEMPLATE = 0x100, OPT_SYSTEM, OPT_PROMPT, OPT_TEMP, OPT_TOPK, OPT_TOP
 
 typedef struct options {
     const char *model, *template_name, *system, *prompt, *output, *field;
-    const char *stop[16];  // --stop (the engine adds the end of turn when it is not a token)
+    const char *stop[16];  // --stop
     int n_stop;
     tp_sampler sampler;
     long long n, seed, max_new, max_len, max_batch, threads;
@@ -107,6 +108,7 @@ typedef struct rollout {
     tp_tok_state *tst;
     tp_template tmpl;
     tp_engine_opts eo;
+    tp_request_opts ro;
     tp_engine *engine;
     int32_t *eos;  // token ids that end a sample
     int n_eos;
@@ -145,7 +147,7 @@ static void find_eos(rollout *r) {
         if (!tp_cli.quiet)
             tp_warn("the tokenizer has no %s token: template %s may not be this model's (stopping on the text)", eot,
                     tp_template_name(r->tmpl));
-        r->eo.stop[r->eo.n_stop++] = eot;
+        r->eo.stop = eot;
     }
 }
 
@@ -259,7 +261,7 @@ static void run_generate(rollout *r, char **files, int nfiles) {
         tp_jsonl_reader *in = tp_jsonl_open(path, NULL, &err);
         if (!in) tp_die_err(&err);
         for (;;) {
-            while (!tp_engine_has_room(r->engine)) step(r);
+            while (!tp_engine_has_room(r->engine, r->ro.n)) step(r);
             jv rec;
             int got = tp_jsonl_next(in, &rec, &err);
             if (got < 0) tp_die_err(&err);
@@ -270,7 +272,10 @@ static void run_generate(rollout *r, char **files, int nfiles) {
             p->rec = rec, p->id = group_id(rec, line);
             tp_ids ids = {0};
             encode_prompt(r, rec, path, line, &ids);
-            if (tp_engine_submit(r->engine, ids.ids, (int)ids.count, p, &err) < 0)
+            // each problem its own streams: (seed, problem number)
+            tp_request_opts ro = r->ro;
+            ro.seed = tp_splitmix64_skip(r->ro.seed * 0x9E3779B97F4A7C15ull, r->groups + 1);
+            if (tp_engine_submit(r->engine, ids.ids, (int)ids.count, &ro, p, &err) < 0)
                 tp_die("%s:%llu: %s", path, (unsigned long long)line, err.msg);
             tp_ids_free(&ids);
             r->groups++;
@@ -349,10 +354,9 @@ int main(int argc, char **argv) {
         r.tmpl = (tp_template)tm;
         r.tst = tp_tok_state_new(r.tok);
         int model_len = r.m->cfg.max_position_embeddings < 4096 ? r.m->cfg.max_position_embeddings : 4096;
-        r.eo = (tp_engine_opts){.sampler = o.sampler, .n = (int)o.n, .max_batch = (int)o.max_batch,
-                                .max_len = (int)(o.max_len ? o.max_len : model_len), .max_new = (int)o.max_new,
-                                .seed = (uint64_t)o.seed};
-        for (int i = 0; i < o.n_stop; i++) r.eo.stop[r.eo.n_stop++] = o.stop[i];
+        r.eo = (tp_engine_opts){.max_batch = (int)o.max_batch, .max_len = (int)(o.max_len ? o.max_len : model_len)};
+        r.ro = (tp_request_opts){.sampler = o.sampler, .n = (int)o.n, .max_new = (int)o.max_new, .seed = (uint64_t)o.seed};
+        for (int i = 0; i < o.n_stop; i++) r.ro.stop[r.ro.n_stop++] = o.stop[i];
         find_eos(&r);
         r.eo.eos = r.eos, r.eo.n_eos = r.n_eos;
         r.engine = tp_engine_new(r.m, r.tok, &r.eo, &err);
