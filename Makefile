@@ -83,6 +83,11 @@ $(BUILD)/bin/sft-train: tools/sft-train.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS) $(MPI_LIBS) $(LDSAN)
 
+# serve: HTTP from libmicrohttpd (Debian's).
+$(BUILD)/bin/serve: tools/serve.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS) -lmicrohttpd -lpthread $(LDSAN)
+
 $(BUILD)/obj/libcore/dist.o: libcore/dist.c libcore/dist.h libcore/error.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(MPI_CFLAGS) -c $< -o $@

@@ -90,14 +90,14 @@ static void stop_at(tp_sample_out *s, const tp_buf *text, const char *stop) {
 
 static void check_stop(tp_engine *e, tp_request *r, tp_sample_out *s) {
     int32_t t = s->tokens.ids[s->tokens.count - 1];
-    if (is_eos(e, t)) {
+    if (!r->o.ignore_eos && is_eos(e, t)) {
         s->finish = "stop";
-    } else if (r->o.n_stop || e->o.stop) {
+    } else if (r->o.n_stop || (e->o.stop && !r->o.ignore_eos)) {
         tp_buf text = {0};
         tp_err err;
         if (tp_tokenizer_decode(e->tok, s->tokens.ids, s->tokens.count, true, &text, &err) == 0) {
             for (int k = 0; k < r->o.n_stop; k++) stop_at(s, &text, r->o.stop[k]);
-            stop_at(s, &text, e->o.stop);
+            if (!r->o.ignore_eos) stop_at(s, &text, e->o.stop);
         }
         tp_buf_free(&text);
     }
@@ -114,15 +114,16 @@ static void draw(tp_engine *e, tp_request *r, tp_sample_out *s, const float *log
     check_stop(e, r, s);
 }
 
-int tp_engine_submit(tp_engine *e, const int32_t *prompt, int P, const tp_request_opts *ro, void *user, tp_err *err) {
+tp_request *tp_engine_submit(tp_engine *e, const int32_t *prompt, int P, const tp_request_opts *ro, void *user,
+                             tp_err *err) {
     if (P < 1 || P + 1 > e->o.max_len) {
         tp_err_set(err, "the prompt of %d tokens does not fit --max-len %d (room for at least one new token)", P,
                    e->o.max_len);
-        return -1;
+        return NULL;
     }
     if (ro->n < 1 || ro->n > e->o.max_batch || ro->max_new < 1 || !tp_engine_has_room(e, ro->n)) {
         tp_err_set(err, "engine: no room for %d samples (%d slots)", ro->n, e->o.max_batch);
-        return -1;
+        return NULL;
     }
     tp_request *r = tp_xcalloc(1, sizeof *r);
     r->user = user, r->index = e->submitted, r->n = ro->n, r->o = *ro;
@@ -137,7 +138,7 @@ int tp_engine_submit(tp_engine *e, const int32_t *prompt, int P, const tp_reques
     if (rc < 0) {
         e->slot_used[first] = false;
         tp_request_free(r);
-        return -1;
+        return NULL;
     }
     for (int k = 0; k < r->n; k++) {
         tp_sample_out *s = &r->s[k];
@@ -151,7 +152,7 @@ int tp_engine_submit(tp_engine *e, const int32_t *prompt, int P, const tp_reques
     if (e->len == e->cap) e->cap = e->cap ? 2 * e->cap : 16, e->queue = tp_xrealloc(e->queue, (size_t)e->cap * sizeof *e->queue);
     e->queue[e->len++] = r;
     e->submitted++;
-    return 0;
+    return r;
 }
 
 int tp_engine_step(tp_engine *e, tp_err *err) {

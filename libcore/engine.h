@@ -5,7 +5,7 @@
 //   tp_engine *e = tp_engine_new(model, tokenizer, &opts, &err);
 //   while (more input) {
 //       while (!tp_engine_has_room(e, ro.n)) tp_engine_step(e, &err), drain(e);
-//       tp_engine_submit(e, prompt_ids, n_prompt, &ro, user, &err);
+//       if (!tp_engine_submit(e, prompt_ids, n_prompt, &ro, user, &err)) fail;
 //   }
 //   while (tp_engine_busy(e)) tp_engine_step(e, &err), drain(e);
 //   drain: for (tp_request *r; (r = tp_engine_next_done(e));) { use r; tp_request_free(r); }
@@ -39,6 +39,7 @@ typedef struct tp_request_opts {
     uint64_t seed;     // sample k draws from its own stream of (seed, k)
     const char *stop[16];  // stop strings (the text ends before the first found)
     int n_stop;
+    bool ignore_eos;   // only max_new, max_len and stop strings end it (vLLM's ignore_eos)
 } tp_request_opts;
 
 typedef struct tp_sample_out {
@@ -66,9 +67,10 @@ void tp_engine_free(tp_engine *e);
 bool tp_engine_has_room(const tp_engine *e, int n);  // free slots for a request of n samples
 bool tp_engine_busy(const tp_engine *e);      // requests not yet handed back
 // Prefills the prompt once, shares it with the n samples and draws their first tokens.
-// -1 when the prompt leaves no room for a new token within max_len.
-int tp_engine_submit(tp_engine *e, const int32_t *prompt, int n_prompt, const tp_request_opts *ro, void *user,
-                     tp_err *err);
+// Fails when the prompt leaves no room for a new token within max_len.
+// Returns the request (the engine's until it is handed back), or NULL with the reason.
+tp_request *tp_engine_submit(tp_engine *e, const int32_t *prompt, int n_prompt, const tp_request_opts *ro,
+                             void *user, tp_err *err);
 // One decode step of every running sample; returns the tokens decoded.
 int tp_engine_step(tp_engine *e, tp_err *err);
 // The oldest request, once all its samples finished (NULL otherwise); the caller frees it.
