@@ -275,7 +275,7 @@ static void run_generate(rollout *r, char **files, int nfiles) {
             // each problem its own streams: (seed, problem number)
             tp_request_opts ro = r->ro;
             ro.seed = tp_splitmix64_skip(r->ro.seed * 0x9E3779B97F4A7C15ull, r->groups + 1);
-            if (tp_engine_submit(r->engine, ids.ids, (int)ids.count, &ro, p, &err) < 0)
+            if (!tp_engine_submit(r->engine, ids.ids, (int)ids.count, &ro, p, &err))
                 tp_die("%s:%llu: %s", path, (unsigned long long)line, err.msg);
             tp_ids_free(&ids);
             r->groups++;
