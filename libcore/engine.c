@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat.h"
 #include "generate.h"
 #include "rng.h"
 
@@ -196,4 +197,31 @@ void tp_engine_remove(tp_engine *e, tp_request *r) {
             e->len--;
             return;
         }
+}
+
+static void add_id(int32_t *ids, int *n, int cap, int32_t id) {
+    if (id < 0 || *n >= cap) return;
+    for (int i = 0; i < *n; i++)
+        if (ids[i] == id) return;
+    ids[(*n)++] = id;
+}
+
+int tp_engine_eos(const tp_model *m, const tp_tokenizer *tok, int tmpl, int32_t *ids, int cap, const char **stop) {
+    int n = 0;
+    jv e = jv_object_get(jv_copy(m->config_json), jv_string("eos_token_id"));
+    if (jv_get_kind(e) == JV_KIND_NUMBER) add_id(ids, &n, cap, (int32_t)jv_number_value(e));
+    if (jv_get_kind(e) == JV_KIND_ARRAY)
+        for (int i = 0; i < jv_array_length(jv_copy(e)); i++) {
+            jv x = jv_array_get(jv_copy(e), i);
+            if (jv_get_kind(x) == JV_KIND_NUMBER) add_id(ids, &n, cap, (int32_t)jv_number_value(x));
+            jv_free(x);
+        }
+    jv_free(e);
+    const char *s = tp_tokenizer_config_token(tok, "eos_token");
+    if (s) add_id(ids, &n, cap, tp_tokenizer_token_id(tok, s));
+    const char *eot = tp_template_end_of_turn((tp_template)tmpl);
+    int32_t id = tp_tokenizer_token_id(tok, eot);
+    add_id(ids, &n, cap, id);
+    *stop = id >= 0 ? NULL : eot;
+    return n;
 }

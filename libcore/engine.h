@@ -62,6 +62,12 @@ typedef struct tp_request {
 
 typedef struct tp_engine tp_engine;
 
+// What ends a sample of model m rendered with template tmpl: config.json's eos_token_id (a
+// number or a list), tokenizer_config.json's eos_token and the template's end-of-turn token,
+// into ids (at most cap; returns the count). When the tokenizer spells the end of turn in
+// pieces, *stop is set to its text (a stop string then), else NULL.
+int tp_engine_eos(const tp_model *m, const tp_tokenizer *tok, int tmpl, int32_t *ids, int cap, const char **stop);
+
 tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_opts *opts, tp_err *err);
 void tp_engine_free(tp_engine *e);
 bool tp_engine_has_room(const tp_engine *e, int n);  // free slots for a request of n samples

@@ -110,45 +110,22 @@ typedef struct rollout {
     tp_engine_opts eo;
     tp_request_opts ro;
     tp_engine *engine;
-    int32_t *eos;  // token ids that end a sample
+    int32_t eos[16];  // token ids that end a sample
     int n_eos;
     tp_jsonl_writer *out;
     uint64_t groups, samples, tokens;
     int V;
 } rollout;
 
-static void add_eos(rollout *r, int32_t id) {
-    if (id < 0) return;
-    for (int i = 0; i < r->n_eos; i++)
-        if (r->eos[i] == id) return;
-    r->eos = tp_xrealloc(r->eos, (size_t)(r->n_eos + 1) * sizeof *r->eos);
-    r->eos[r->n_eos++] = id;
-}
-
-// EOS from config.json (a number or a list), tokenizer_config.json, and the template's end of turn.
+// What ends a sample; a template whose end of turn the tokenizer lacks is probably not this
+// model's: said, and its text becomes a stop string.
 static void find_eos(rollout *r) {
-    jv e = jv_object_get(jv_copy(r->m->config_json), jv_string("eos_token_id"));
-    if (jv_get_kind(e) == JV_KIND_NUMBER) add_eos(r, (int32_t)jv_number_value(e));
-    if (jv_get_kind(e) == JV_KIND_ARRAY)
-        for (int i = 0; i < jv_array_length(jv_copy(e)); i++) {
-            jv x = jv_array_get(jv_copy(e), i);
-            if (jv_get_kind(x) == JV_KIND_NUMBER) add_eos(r, (int32_t)jv_number_value(x));
-            jv_free(x);
-        }
-    jv_free(e);
-    const char *s = tp_tokenizer_config_token(r->tok, "eos_token");
-    if (s) add_eos(r, tp_tokenizer_token_id(r->tok, s));
-    const char *eot = tp_template_end_of_turn(r->tmpl);
-    int32_t id = tp_tokenizer_token_id(r->tok, eot);
-    // A tokenizer without the template's end-of-turn token spells it in pieces: a stop string then.
-    if (id >= 0) {
-        add_eos(r, id);
-    } else {
-        if (!tp_cli.quiet)
-            tp_warn("the tokenizer has no %s token: template %s may not be this model's (stopping on the text)", eot,
-                    tp_template_name(r->tmpl));
-        r->eo.stop = eot;
-    }
+    const char *stop;
+    r->n_eos = tp_engine_eos(r->m, r->tok, r->tmpl, r->eos, (int)(sizeof r->eos / sizeof *r->eos), &stop);
+    if (stop && !tp_cli.quiet)
+        tp_warn("the tokenizer has no %s token: template %s may not be this model's (stopping on the text)", stop,
+                tp_template_name(r->tmpl));
+    r->eo.stop = stop;
 }
 
 static char *group_id(jv rec, uint64_t line) {
@@ -380,6 +357,5 @@ int main(int argc, char **argv) {
     tp_tok_state_free(r.tst);
     tp_tokenizer_free(r.tok);
     tp_model_free(r.m);
-    free(r.eos);
     return 0;
 }

@@ -648,19 +648,11 @@ int main(int argc, char **argv) {
     if (tm < 0) tp_die("%s (--template NAME picks one)", err.msg);
     S.tmpl = (tp_template)tm;
     if (!S.o.max_len) S.o.max_len = S.m->cfg.max_position_embeddings < 4096 ? S.m->cfg.max_position_embeddings : 4096;
-    // what ends a sample: config/tokenizer EOS and the template's end of turn
-    int32_t eos[8];
-    int n_eos = 0;
-    jv e = jv_object_get(jv_copy(S.m->config_json), jv_string("eos_token_id"));
-    if (jv_get_kind(e) == JV_KIND_NUMBER) eos[n_eos++] = (int32_t)jv_number_value(e);
-    jv_free(e);
-    const char *eos_text = tp_tokenizer_config_token(S.tok, "eos_token");
-    int32_t id = eos_text ? tp_tokenizer_token_id(S.tok, eos_text) : -1;
-    if (id >= 0) eos[n_eos++] = id;
-    const char *eot = tp_template_end_of_turn(S.tmpl);
-    id = tp_tokenizer_token_id(S.tok, eot);
-    if (id >= 0) eos[n_eos++] = id;
-    S.eot_stop = id >= 0 ? NULL : eot;
+    int32_t eos[16];
+    int n_eos = tp_engine_eos(S.m, S.tok, S.tmpl, eos, 16, &S.eot_stop);
+    if (S.eot_stop && !tp_cli.quiet)
+        tp_warn("the tokenizer has no %s token: template %s may not be this model's (stopping on the text)",
+                S.eot_stop, tp_template_name(S.tmpl));
     tp_engine_opts eo = {.max_batch = (int)S.o.max_batch, .max_len = (int)S.o.max_len, .eos = eos, .n_eos = n_eos,
                          .stop = S.eot_stop};
     S.engine = tp_engine_new(S.m, S.tok, &eo, &err);
