@@ -87,6 +87,7 @@ static void on_signal(int sig) { (void)sig, stopping = 1; }
 
 static void job_free(job *j) {
     if (!j) return;
+    for (int i = 0; i < j->ro.n_stop; i++) free((char *)j->ro.stop[i]);  // copied from the request
     if (j->req) tp_request_free(j->req);
     tp_ids_free(&j->prompt);
     tp_buf_free(&j->body);
@@ -479,7 +480,6 @@ static job *parse_request(const char *body, size_t len, bool chat, char *msg, si
     tp_tok_state_free(st);
     if (bad) {
         if (bad != msg) snprintf(msg, cap, "%s", bad);
-        for (int i = 0; i < j->ro.n_stop; i++) free((char *)j->ro.stop[i]);
         job_free(j);
         return NULL;
     }
@@ -581,7 +581,6 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
     pthread_mutex_lock(&S.lock);
     if (k->j) {
         if (k->j->state == 2) {
-            for (int i = 0; i < k->j->ro.n_stop; i++) free((char *)k->j->ro.stop[i]);
             job_free(k->j);
         } else {
             k->j->abandoned = true;
