@@ -447,12 +447,6 @@ __global__ void __launch_bounds__(THREADS, HD <= 64 ? 2 : 1)
 
 // ---- launches ----
 
-// Above 48 KB of dynamic shared memory a kernel must opt in, once per kernel.
-template <typename Kernel> void allow_smem(Kernel kernel, size_t bytes, bool *done) {
-    if (*done) return;
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    *done = true;
-}
 
 template <int HD>
 void launch_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *seg_start,
@@ -492,6 +486,12 @@ bool heads_ok(int NH, int KVH) {
 
 }  // namespace
 
+void attention_row_dot(float *D, const float *dout, const float *out, long rows, int HD) {
+    const int threads = 256, warps = threads / 32;
+    attention_backward_d_kernel<<<cuda_blocks(rows, warps), threads, 0, cuda_stream()>>>(D, dout, out, rows, HD);
+    CUDA_LAUNCH_CHECK();
+}
+
 extern "C" void cuda_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                        const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
     if (N <= 0 || !heads_ok(NH, KVH)) return;
@@ -523,9 +523,7 @@ extern "C" void cuda_attention_backward(float *dq, float *dk, float *dv, const f
     const long rows = (long)N * NH;
     float *D = (float *)cuda_scratch(SCRATCH_ATTENTION, sizeof(float) * (size_t)rows);
     if (!D) return;
-    const int warps = THREADS / 32;
-    attention_backward_d_kernel<<<cuda_blocks(rows, warps), THREADS, 0, cuda_stream()>>>(D, dout, out, rows, HD);
-    CUDA_LAUNCH_CHECK();
+    attention_row_dot(D, dout, out, rows, HD);
     switch (HD) {
     case 16: launch_backward<16>(dq, dk, dv, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale); break;
     case 32: launch_backward<32>(dq, dk, dv, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale); break;

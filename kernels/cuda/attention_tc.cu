@@ -282,20 +282,6 @@ __global__ void __launch_bounds__(THREADS, 2)
 
 // ---- backward ----
 
-// D [rows] = rowsum(dout ∘ out) over HD, one warp per row, summed in double (as the fp32
-// path does): the difference dP - D cancels nearly equal values.
-__global__ void attention_tc_d_kernel(float *__restrict__ D, const float *__restrict__ dout,
-                                      const float *__restrict__ out, long rows, int HD) {
-    long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    int lane = threadIdx.x % 32;
-    if (row >= rows) return;  // the whole warp
-    const float *a = dout + row * HD, *o = out + row * HD;
-    double sum = 0.0;
-    for (int d = lane; d < HD; d += 32) sum += (double)a[d] * o[d];
-    sum = warp_sum_d(sum);
-    if (lane == 0) D[row] = (float)sum;
-}
-
 // Shared memory of the dq kernel, in bytes.
 template <int HD> struct DqSmem {
     static constexpr int LD = HD + 8;
@@ -581,13 +567,6 @@ __global__ void attention_tc_reduce_kernel(float *__restrict__ dk, float *__rest
 
 // ---- launches ----
 
-// Above 48 KB of dynamic shared memory a kernel must opt in, once per kernel.
-template <typename Kernel> void allow_smem(Kernel kernel, size_t bytes, bool *done) {
-    if (*done) return;
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    *done = true;
-}
-
 template <int HD>
 void launch_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *seg_start,
                     int N, int NH, int KVH, float scale) {
@@ -647,9 +626,7 @@ bool attention_tc_backward(float *dq, float *dk, float *dv, const float *dout, c
     float *D = (float *)cuda_scratch(SCRATCH_ATTENTION, sizeof(float) * (dwords + 2 * part));
     if (!D) return true;  // the failure is noted; the fp32 path would fail the same way
     float *pk = D + dwords, *pv = pk + part;
-    const int warps = 256 / 32;
-    attention_tc_d_kernel<<<cuda_blocks((long)rows, warps), 256, 0, cuda_stream()>>>(D, dout, out, (long)rows, HD);
-    CUDA_LAUNCH_CHECK();
+    attention_row_dot(D, dout, out, (long)rows, HD);
     if (HD == 64) launch_backward<64>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale);
     else launch_backward<128>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale);
     return true;

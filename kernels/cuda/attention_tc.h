@@ -18,4 +18,8 @@ bool attention_tc_backward(float *dq, float *dk, float *dv, const float *dout, c
                            const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
                            int KVH, int HD, float scale);
 
+// D [rows] = rowsum(dout ∘ out) over HD (rows = N·NH), in double per row: the backward
+// pass of both paths needs it (attention.cu).
+void attention_row_dot(float *D, const float *dout, const float *out, long rows, int HD);
+
 #endif

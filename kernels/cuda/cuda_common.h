@@ -43,6 +43,13 @@ enum {
 // copies) or weights were updated (AdamW): caches derived from weights compare it.
 extern unsigned long cuda_weights_version;
 
+// Above 48 KB of dynamic shared memory a kernel must opt in, once per kernel.
+template <typename Kernel> void allow_smem(Kernel kernel, size_t bytes, bool *done) {
+    if (*done) return;
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    *done = true;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
