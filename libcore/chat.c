@@ -488,3 +488,16 @@ int tp_template_resolve(const char *name, const tp_tokenizer *tok, tp_err *err) 
     if (tm < 0) tp_err_set(err, "unknown template \"%s\" (chatml, qwen3, deepseek-r1, llama3, nemo, auto)", name);
     return tm;
 }
+
+int tp_chat_prompt_ids(const tp_tokenizer *tok, tp_tok_state *st, tp_template t, jv record, const char *prompt,
+                       const char *system, tp_ids *ids, tp_err *err) {
+    tp_chat chat;
+    if (tp_chat_from_problem(record, prompt, system, &chat, err) < 0) return -1;
+    tp_chat_normalize(&chat, tok);
+    tp_chat_render r = {0};
+    int rc = tp_chat_render_prompt(t, &chat, tp_template_bos(t, tok), &r, err);
+    if (rc == 0) rc = tp_tokenizer_encode(tok, st, r.text.data, r.text.len, false, ids, err);
+    tp_chat_render_free(&r);
+    tp_chat_free(&chat);
+    return rc < 0 ? -1 : 0;
+}

@@ -75,6 +75,10 @@ int tp_chat_render_text(tp_template t, const tp_chat *chat, const char *bos, tp_
 // (the R1-Distill template of 2025), llama3's assistant header (which its rendering always
 // ends with), nemo "<extra_id_1>Assistant\n".
 int tp_chat_render_prompt(tp_template t, const tp_chat *chat, const char *bos, tp_chat_render *r, tp_err *err);
+// A problem or messages record (tp_chat_from_problem) as the token ids a model continues:
+// normalised, rendered with t and its generation prompt, tokenized in one piece. Appends to ids.
+int tp_chat_prompt_ids(const tp_tokenizer *tok, tp_tok_state *st, tp_template t, jv record, const char *prompt,
+                       const char *system, tp_ids *ids, tp_err *err);
 // The token text that ends an assistant turn: "<|im_end|>", "<｜end▁of▁sentence｜>",
 // "<|eot_id|>", or for nemo the next turn's "<extra_id_1>".
 const char *tp_template_end_of_turn(tp_template t);

@@ -144,16 +144,8 @@ static char *group_id(jv rec, uint64_t line) {
 // A problem's prompt: chat, template, generation prompt, token ids.
 static void encode_prompt(rollout *r, jv rec, const char *where, uint64_t line, tp_ids *ids) {
     tp_err err;
-    tp_chat chat;
-    if (tp_chat_from_problem(rec, r->o->prompt, r->o->system, &chat, &err) < 0)
+    if (tp_chat_prompt_ids(r->tok, r->tst, r->tmpl, rec, r->o->prompt, r->o->system, ids, &err) < 0)
         tp_die("%s:%llu: %s", where, (unsigned long long)line, err.msg);
-    tp_chat_normalize(&chat, r->tok);
-    tp_chat_render rr = {0};
-    if (tp_chat_render_prompt(r->tmpl, &chat, tp_template_bos(r->tmpl, r->tok), &rr, &err) < 0 ||
-        tp_tokenizer_encode(r->tok, r->tst, rr.text.data, rr.text.len, false, ids, &err) < 0)
-        tp_die("%s:%llu: %s", where, (unsigned long long)line, err.msg);
-    tp_chat_render_free(&rr);
-    tp_chat_free(&chat);
 }
 
 // ---- output ----

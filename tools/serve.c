@@ -445,20 +445,9 @@ static job *parse_request(const char *body, size_t len, bool chat, char *msg, si
         jv msgs = tp_json_get(req, "messages");
         if (jv_get_kind(msgs) != JV_KIND_ARRAY || jv_array_length(jv_copy(msgs)) == 0) bad = "messages must be a non-empty array";
         jv_free(msgs);
-        tp_chat c;
-        if (!bad && tp_chat_from_problem(req, NULL, NULL, &c, &err) < 0) {
+        if (!bad && tp_chat_prompt_ids(S.tok, st, S.tmpl, req, NULL, NULL, &j->prompt, &err) < 0) {
             snprintf(msg, cap, "%s", err.msg);
             bad = msg;
-        } else if (!bad) {
-            tp_chat_normalize(&c, S.tok);
-            tp_chat_render rr = {0};
-            if (tp_chat_render_prompt(S.tmpl, &c, tp_template_bos(S.tmpl, S.tok), &rr, &err) < 0 ||
-                tp_tokenizer_encode(S.tok, st, rr.text.data, rr.text.len, false, &j->prompt, &err) < 0) {
-                snprintf(msg, cap, "%s", err.msg);
-                bad = msg;
-            }
-            tp_chat_render_free(&rr);
-            tp_chat_free(&c);
         }
     } else if (!bad) {
         jv p = tp_json_get(req, "prompt");
