@@ -62,11 +62,12 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         int KVH, int HD, float scale);
 
 // ---- attention of new tokens against a KV cache (generation) ----
-// For each of n tokens: q [n, NH, HD]; k[i], v[i] point at its sequence's cached keys and
-// values, len[i] rows of KVH*HD floats (the token's own included, causal by construction).
+// The cache is rows of KVH*HD floats (one token's keys, or values, of one layer). For each
+// of n tokens: q [n, NH, HD]; its sequence's keys are rows row0[i] .. row0[i]+len[i]-1 of
+// k, its values the same rows of v (the token's own included: causal by construction).
 // out [n, NH, HD] = softmax(q k^T * scale) v over those rows.
-void attention_decode(float *out, const float *q, const float *const *k, const float *const *v, const int32_t *len,
-                      int n, int NH, int KVH, int HD, float scale);
+void attention_decode(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
+                      const int32_t *len, int n, int NH, int KVH, int HD, float scale);
 
 // ---- SwiGLU: out = silu(gate) * up ----
 // gate, up [N, F] -> out [N, F]
@@ -82,6 +83,29 @@ void add_inplace(float *x, const float *y, long n);  // x += y
 void gather_rows(float *out, const float *x, const int32_t *idx, int n, int C);
 // dx[idx[i],:] += dout[i,:]     idx distinct; dout [n, C] -> dx [N, C]
 void scatter_add_rows(float *dx, const float *dout, const int32_t *idx, int n, int C);
+// dst [.., C]: row idx[i] := src row i (distinct idx; how new keys and values enter the cache)
+void scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int C);
+
+// ---- sampling the next token of n sequences ----
+// Per row of logits [n, V] (host arrays: params, token; the device op synchronizes):
+//   greedy: the smallest index of the maximum logit. Otherwise, with z = logit * inv_temperature
+//   (a float product) and mx = max z, a token j is kept when all hold:
+//     z_j >= mx - 30                       (below that a token's mass is < e^-30 of the best's)
+//     top_k > 0: z_j >= the top_k-th largest z (ties with it kept, as transformers does)
+//     top_p < 1: z_j >= t_p, the largest z value t such that the mass of the kept tokens
+//                with z >= t is >= top_p x the mass of the tokens kept by the rules above
+//     min_p > 0: exp(z_j - mx) >= min_p  (the best token is always kept)
+//   with masses w_j = exp(z_j - mx) summed in double (the cuda twin: in 2^-40 fixed point);
+//   token = the first kept j, in index order, whose running mass exceeds u x the kept mass
+//   (the last kept token when rounding leaves none).
+typedef struct sample_params {
+    float inv_temperature;
+    int top_k;
+    float top_p, min_p;
+    double u;  // uniform in [0, 1)
+    int greedy;
+} sample_params;
+void sample_rows(int32_t *token, const float *logits, const sample_params *params, int n, int V);
 
 // ---- cross-entropy on a chunk of logits, fused with its gradient ----
 // logits [n, V] are replaced by dloss/dlogits * scale = (softmax - onehot(target)) * scale

@@ -28,6 +28,7 @@ static const tp_backend CPU = {
     .memzero = host_memzero,
     .upload = host_copy,
     .download = host_copy,
+    .copy = host_copy,
     .sync = host_sync,
     .free_bytes = host_free_bytes,
     .embedding_forward = embedding_forward,
@@ -46,6 +47,8 @@ static const tp_backend CPU = {
     .add_inplace = add_inplace,
     .gather_rows = gather_rows,
     .scatter_add_rows = scatter_add_rows,
+    .scatter_rows = scatter_rows,
+    .sample_rows = sample_rows,
     .crossentropy_forward_backward = crossentropy_forward_backward,
     .adamw_span = adamw_span,
     .sum_squares = sum_squares,
@@ -64,6 +67,7 @@ static const tp_backend CUDA = {
     .memzero = cuda_memzero,
     .upload = cuda_upload,
     .download = cuda_download,
+    .copy = cuda_copy,
     .sync = cuda_take_error,
     .free_bytes = cuda_free_bytes,
     .embedding_forward = cuda_embedding_forward,
@@ -81,6 +85,9 @@ static const tp_backend CUDA = {
     .add_inplace = cuda_add_inplace,
     .gather_rows = cuda_gather_rows,
     .scatter_add_rows = cuda_scatter_add_rows,
+    .attention_decode = cuda_attention_decode,
+    .scatter_rows = cuda_scatter_rows,
+    .sample_rows = cuda_sample_rows,
     .crossentropy_forward_backward = cuda_crossentropy_forward_backward,
     .adamw_span = cuda_adamw_span,
     .sum_squares = cuda_sum_squares,
@@ -160,6 +167,16 @@ static double p_sum_squares(const float *x, size_t n) {
     PROF("grad_norm", r = cuda_sum_squares(x, n));
     return r;
 }
+static void p_attention_decode(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
+                               const int32_t *len, int n, int NH, int KVH, int HD, float scale) {
+    PROF("attention_decode", cuda_attention_decode(out, q, k, v, row0, len, n, NH, KVH, HD, scale));
+}
+static void p_scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int C) {
+    PROF("gather/scatter_rows", cuda_scatter_rows(dst, src, idx, n, C));
+}
+static void p_sample_rows(int32_t *token, const float *logits, const struct sample_params *params, int n, int V) {
+    PROF("sample", cuda_sample_rows(token, logits, params, n, V));
+}
 static void p_scale(float *x, size_t n, float s) { PROF("grad_clip_scale", cuda_scale(x, n, s)); }
 static void p_memzero(void *p, size_t bytes) { PROF("memzero", cuda_memzero(p, bytes)); }
 
@@ -172,6 +189,7 @@ static const tp_backend CUDA_PROFILED = {
     .memzero = p_memzero,
     .upload = cuda_upload,
     .download = cuda_download,
+    .copy = cuda_copy,
     .sync = cuda_take_error,
     .free_bytes = cuda_free_bytes,
     .embedding_forward = p_embedding_forward,
@@ -189,6 +207,9 @@ static const tp_backend CUDA_PROFILED = {
     .add_inplace = p_add_inplace,
     .gather_rows = p_gather_rows,
     .scatter_add_rows = p_scatter_add_rows,
+    .attention_decode = p_attention_decode,
+    .scatter_rows = p_scatter_rows,
+    .sample_rows = p_sample_rows,
     .crossentropy_forward_backward = p_crossentropy,
     .adamw_span = p_adamw_span,
     .sum_squares = p_sum_squares,

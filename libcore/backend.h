@@ -15,6 +15,8 @@
 
 #include "error.h"
 
+struct sample_params;  // kernels/ops.h
+
 typedef struct tp_backend {
     const char *name;
     bool device;  // its memory is not the host's
@@ -27,6 +29,7 @@ typedef struct tp_backend {
     void (*memzero)(void *p, size_t bytes);
     void (*upload)(void *dst, const void *host_src, size_t bytes);
     void (*download)(void *host_dst, const void *src, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes);  // within the backend's memory
     // Waits for queued work; 0, or -1 with the first error since the last call in err.
     int (*sync)(char *err, int cap);
     size_t (*free_bytes)(void);  // memory still free on the device; 0 when unknown
@@ -47,14 +50,16 @@ typedef struct tp_backend {
     void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *out,
                                const float *lse, const float *q, const float *k, const float *v,
                                const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
-    // NULL where the backend has no generation kernel yet (cuda).
-    void (*attention_decode)(float *out, const float *q, const float *const *k, const float *const *v,
+    void (*attention_decode)(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
                              const int32_t *len, int n, int NH, int KVH, int HD, float scale);
     void (*swiglu_forward)(float *out, const float *gate, const float *up, long n);
     void (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n);
     void (*add_inplace)(float *x, const float *y, long n);
     void (*gather_rows)(float *out, const float *x, const int32_t *idx, int n, int C);
     void (*scatter_add_rows)(float *dx, const float *dout, const int32_t *idx, int n, int C);
+    void (*scatter_rows)(float *dst, const float *src, const int32_t *idx, int n, int C);
+    // token and params are host arrays (ops.h); synchronizes.
+    void (*sample_rows)(int32_t *token, const float *logits, const struct sample_params *params, int n, int V);
     double (*crossentropy_forward_backward)(float *logits, const int32_t *target, int n, int V, float scale);
     void (*adamw_span)(float *p, const float *g, float *m, float *v, size_t n, float decay_factor, float b1, float b2,
                        float step_size, float bc2_sqrt, float eps);

@@ -2,9 +2,13 @@
 #include "dist.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #ifdef TP_HAVE_MPI
 #include <mpi.h>
+#endif
+#ifdef TP_HAVE_CUDA
+#include "cuda/cuda_ops.h"
 #endif
 
 static bool launched_by_mpirun(void) {
@@ -12,7 +16,7 @@ static bool launched_by_mpirun(void) {
 }
 
 int tp_dist_init(tp_dist *d, int *argc, char ***argv, tp_err *err) {
-    *d = (tp_dist){0, 1, false};
+    *d = (tp_dist){.rank = 0, .world = 1};
     if (!launched_by_mpirun()) return 0;
 #ifdef TP_HAVE_MPI
     if (MPI_Init(argc, argv) != MPI_SUCCESS) {
@@ -22,6 +26,10 @@ int tp_dist_init(tp_dist *d, int *argc, char ***argv, tp_err *err) {
     d->mpi = true;
     MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &d->world);
+#ifdef TP_HAVE_CUDA
+    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    if (d->world > 1) cuda_select_device(local ? atoi(local) : d->rank);
+#endif
     return 0;
 #else
     (void)argc, (void)argv;
@@ -57,7 +65,40 @@ void tp_dist_sum_f64(const tp_dist *d, double *x, size_t n) {
 #endif
 }
 
+int tp_dist_use_gpus(tp_dist *d, char *version, int cap, tp_err *err) {
+    const char *force = getenv("TP_NCCL");
+    if (d->world == 1 && !(force && !strcmp(force, "1"))) return 0;
+#ifdef TP_HAVE_CUDA
+    cuda_nccl_id id;
+    memset(&id, 0, sizeof id);
+    if (d->rank == 0 && cuda_nccl_unique_id(&id, err->msg, sizeof err->msg) < 0) return -1;
+#ifdef TP_HAVE_MPI
+    if (d->world > 1) MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
+#endif
+    if (cuda_nccl_init(d->rank, d->world, &id, version, cap, err->msg, sizeof err->msg) < 0) return -1;
+    d->nccl = true;
+    return 1;
+#else
+    (void)version, (void)cap;
+    tp_err_set(err, "NCCL: this build has no CUDA support");
+    return -1;
+#endif
+}
+
+int tp_dist_sum_device_f32(const tp_dist *d, float *x, size_t n, tp_err *err) {
+#ifdef TP_HAVE_CUDA
+    if (d->nccl) return cuda_nccl_sum_f32(x, n, err->msg, sizeof err->msg);
+#endif
+    (void)x, (void)n;
+    tp_err_set(err, "NCCL is not in use");
+    return -1;
+}
+
 void tp_dist_finalize(tp_dist *d) {
+#ifdef TP_HAVE_CUDA
+    if (d->nccl) cuda_nccl_finalize();
+#endif
+    d->nccl = false;
 #ifdef TP_HAVE_MPI
     if (d->mpi) MPI_Finalize();
 #endif

@@ -4,8 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "chat.h"
 #include "generate.h"
+#include "ops.h"
 #include "rng.h"
 
 struct tp_engine {
@@ -19,7 +21,10 @@ struct tp_engine {
     int head, len, cap;
     uint64_t submitted;
     tp_sample_scratch sc;
-    float *logits;        // [max_batch, V]
+    float *logits;        // [max_batch, V] host rows (cpu backend)
+    bool on_device;       // logits stay on the device and are sampled there
+    sample_params *params;  // [max_batch]
+    int32_t *drawn;         // [max_batch]
 };
 
 tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_opts *o, tp_err *err) {
@@ -35,7 +40,10 @@ tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_o
         return NULL;
     }
     e->slot_used = tp_xcalloc((size_t)o->max_batch, sizeof *e->slot_used);
-    e->logits = tp_xmalloc((size_t)o->max_batch * e->V * sizeof *e->logits);
+    e->on_device = tp_model_backend(m)->device;
+    if (!e->on_device) e->logits = tp_xmalloc((size_t)o->max_batch * e->V * sizeof *e->logits);
+    e->params = tp_xmalloc((size_t)o->max_batch * sizeof *e->params);
+    e->drawn = tp_xmalloc((size_t)o->max_batch * sizeof *e->drawn);
     return e;
 }
 
@@ -44,7 +52,7 @@ void tp_engine_free(tp_engine *e) {
     for (int q = e->head; q < e->len; q++) tp_request_free(e->queue[q]);
     tp_generator_free(e->gen);
     tp_sample_scratch_free(&e->sc);
-    free(e->slot_used), free(e->queue), free(e->logits);
+    free(e->slot_used), free(e->queue), free(e->logits), free(e->params), free(e->drawn);
     free(e);
 }
 
@@ -110,9 +118,42 @@ static void check_stop(tp_engine *e, tp_request *r, tp_sample_out *s) {
     }
 }
 
-static void draw(tp_engine *e, tp_request *r, tp_sample_out *s, const float *logits) {
-    tp_ids_push(&s->tokens, tp_sample(&r->o.sampler, logits, e->V, &s->rng, &e->sc));
-    check_stop(e, r, s);
+// The sampling chain of ops.h's sample_rows for one sample: u comes from the sample's own
+// stream, drawn once a token as tp_sample does.
+static sample_params device_params(const tp_sampler *sm, uint64_t *rng) {
+    sample_params p = {.inv_temperature = sm->temperature > 0 ? (float)(1.0 / sm->temperature) : 1.0f,
+                       .top_k = sm->top_k, .top_p = (float)sm->top_p, .min_p = (float)sm->min_p,
+                       .greedy = sm->greedy || sm->temperature <= 0};
+    if (!p.greedy) p.u = (double)(tp_splitmix64(rng) >> 11) * 0x1.0p-53;
+    return p;
+}
+
+// The next token of samples who[0..n-1] (of requests of[i]) from the last forward's logits:
+// row i for sample i, or row 0 for all of them when shared (the n samples of one prompt).
+static int draw(tp_engine *e, int n, tp_request **of, tp_sample_out **who, bool shared, tp_err *err) {
+    if (e->on_device) {
+        const float *logits = tp_generator_logits(e->gen);
+        for (int i = 0; i < n; i++) e->params[i] = device_params(&of[i]->o.sampler, &who[i]->rng);
+        const tp_backend *be = tp_model_backend(e->m);
+        if (shared)
+            for (int i = 0; i < n; i++) be->sample_rows(e->drawn + i, logits, e->params + i, 1, e->V);
+        else
+            be->sample_rows(e->drawn, logits, e->params, n, e->V);
+        char msg[sizeof err->msg];
+        if (be->sync(msg, sizeof msg) < 0) {
+            tp_err_set(err, "sampling: %s", msg);
+            return -1;
+        }
+    } else {
+        for (int i = 0; i < n; i++)
+            e->drawn[i] = tp_sample(&of[i]->o.sampler, e->logits + (shared ? 0 : (size_t)i * e->V), e->V,
+                                    &who[i]->rng, &e->sc);
+    }
+    for (int i = 0; i < n; i++) {
+        tp_ids_push(&who[i]->tokens, e->drawn[i]);
+        check_stop(e, of[i], who[i]);
+    }
+    return 0;
 }
 
 tp_request *tp_engine_submit(tp_engine *e, const int32_t *prompt, int P, const tp_request_opts *ro, void *user,
@@ -141,6 +182,8 @@ tp_request *tp_engine_submit(tp_engine *e, const int32_t *prompt, int P, const t
         tp_request_free(r);
         return NULL;
     }
+    tp_request **of = tp_xmalloc((size_t)r->n * sizeof *of);
+    tp_sample_out **who = tp_xmalloc((size_t)r->n * sizeof *who);
     for (int k = 0; k < r->n; k++) {
         tp_sample_out *s = &r->s[k];
         s->slot = k == 0 ? first : take_slot(e);
@@ -148,7 +191,14 @@ tp_request *tp_engine_submit(tp_engine *e, const int32_t *prompt, int P, const t
         // (seed, sample): the same tokens however requests are batched
         s->rng = tp_splitmix64_skip(ro->seed * 0x9E3779B97F4A7C15ull, (uint64_t)k * 977);
         for (int w = 0; w < 4; w++) tp_splitmix64(&s->rng);
-        draw(e, r, s, e->logits);
+        of[k] = r, who[k] = s;
+    }
+    rc = draw(e, r->n, of, who, true, err);
+    free(of), free(who);
+    if (rc < 0) {
+        for (int k = 0; k < r->n; k++) e->slot_used[r->s[k].slot] = false;
+        tp_request_free(r);
+        return NULL;
     }
     if (e->len == e->cap) e->cap = e->cap ? 2 * e->cap : 16, e->queue = tp_xrealloc(e->queue, (size_t)e->cap * sizeof *e->queue);
     e->queue[e->len++] = r;
@@ -171,7 +221,7 @@ int tp_engine_step(tp_engine *e, tp_err *err) {
             n++;
         }
     int rc = n > 0 ? tp_generator_forward(e->gen, n, slots, tok, n, outs, e->logits, err) : 0;
-    for (int i = 0; rc == 0 && i < n; i++) draw(e, of[i], who[i], e->logits + (size_t)i * e->V);
+    if (rc == 0 && n > 0) rc = draw(e, n, of, who, false, err);
     free(slots), free(outs), free(tok), free(who), free(of);
     return rc < 0 ? -1 : n;
 }

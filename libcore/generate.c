@@ -1,48 +1,66 @@
 // generate.c — KV-cache forward passes (generate.h). One layer for n new tokens:
 //   h = x + o_proj(attention over the cache(rope(norm_qk(q)), cache += rope(norm_qk(k)), v))
 //   out = h + down_proj(silu(gate_proj(ln2(h))) * up_proj(ln2(h)))
-// the same ops, in the same order, as model.c's training forward.
+// the same ops, in the same order, as model.c's training forward, through the model's
+// backend: on a GPU the cache, the activations and the logits stay in device memory and
+// each call uploads only its small integer arrays.
 #include "generate.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
 
+// The per-call integer arrays, host side and one backend copy: [IDS_COUNT][room].
+enum { IDS_TOKEN, IDS_POS, IDS_KLEN, IDS_SEG, IDS_ROW0, IDS_KVROW, IDS_OUT, IDS_COUNT };
+
 struct tp_generator {
     tp_model *m;
     const tp_backend *be;
     int n_slots, cap, L, KV;  // KV = KVH * HD floats a token, a layer
-    float *k, *v;             // [n_slots][L][cap][KV]
+    float *k, *v;             // backend [n_slots][L][cap][KV]
     int *len;                 // [n_slots]
-    // per-call scratch for up to `room` tokens
-    int room;
-    float *x, *ln, *rstd, *q_raw, *k_raw, *q, *kk, *vv, *att, *mid, *gate, *up, *act, *qr, *kr, *xg;
-    int32_t *pos, *klen, *seg;
-    float *lse;
+    // per-call scratch (backend memory) for up to `room` tokens and `room_out` logit rows
+    int room, room_out;
+    float *x, *ln, *rstd, *q_raw, *k_raw, *q, *kk, *vv, *att, *mid, *gate, *up, *act, *qr, *kr, *xg, *lse;
+    float *logits, *last_logits;
+    int32_t *ids, *dev_ids;  // host / backend [IDS_COUNT * room]
     bool fresh;  // every token of this call starts or continues a slot that was empty: prompts
-    const float **kp, **vp;
 };
 
 size_t tp_kv_bytes_per_token(const tp_model *m) {
     return 2 * sizeof(float) * (size_t)m->cfg.num_layers * (size_t)m->cfg.num_kv_heads * (size_t)m->cfg.head_dim;
 }
 
+static void bfree(const tp_backend *be, void *p) {
+    if (p) be->free(p);
+}
+
+static double gib(size_t bytes) { return (double)bytes / (1 << 30); }
+
 tp_generator *tp_generator_new(tp_model *m, int n_slots, int cap, tp_err *err) {
     const tp_backend *be = tp_model_backend(m);
-    if (be->device || !be->attention_decode) {
-        tp_err_set(err, "generation runs on the cpu backend for now (%s has no KV-cache kernels yet)", be->name);
-        return NULL;
-    }
     tp_generator *g = tp_xcalloc(1, sizeof *g);
     g->m = m, g->be = be, g->n_slots = n_slots, g->cap = cap, g->L = m->cfg.num_layers;
     g->KV = m->cfg.num_kv_heads * m->cfg.head_dim;
-    size_t floats = (size_t)n_slots * g->L * (size_t)cap * g->KV;
-    g->k = malloc(floats * sizeof(float) + 1), g->v = malloc(floats * sizeof(float) + 1);
+    // Cache rows are addressed by int32 row numbers (slot * L * cap + layer * cap + position).
+    if ((double)n_slots * g->L * cap >= 2147483647.0) {
+        tp_err_set(err, "a KV cache of %d sequences x %d tokens x %d layers is too many rows (< 2^31)", n_slots, cap,
+                   g->L);
+        free(g);
+        return NULL;
+    }
+    size_t bytes = (size_t)n_slots * g->L * (size_t)cap * g->KV * sizeof(float);
+    g->k = be->alloc(bytes), g->v = be->alloc(bytes);
     if (!g->k || !g->v) {
-        tp_err_set(err, "out of memory: a KV cache of %d sequences x %d tokens needs %.2f GiB", n_slots, cap,
-                   2.0 * (double)floats * sizeof(float) / (1 << 30));
+        if (be->device)
+            tp_err_set(err, "out of device memory: a KV cache of %d sequences x %d tokens needs %.2f GiB (%.2f GiB free); "
+                       "try a smaller --max-batch or --max-len", n_slots, cap, 2 * gib(bytes), gib(be->free_bytes()));
+        else
+            tp_err_set(err, "out of memory: a KV cache of %d sequences x %d tokens needs %.2f GiB", n_slots, cap,
+                       2 * gib(bytes));
         tp_generator_free(g);
         return NULL;
     }
@@ -50,49 +68,98 @@ tp_generator *tp_generator_new(tp_model *m, int n_slots, int cap, tp_err *err) {
     return g;
 }
 
+enum { N_SCRATCH = 17 };
+static void scratch_list(tp_generator *g, float **out[N_SCRATCH]) {
+    float **bufs[N_SCRATCH] = {&g->x,  &g->ln, &g->mid, &g->xg,  &g->q_raw, &g->q,  &g->att, &g->k_raw, &g->kk,
+                               &g->vv, &g->gate, &g->up, &g->act, &g->rstd, &g->qr, &g->kr,  &g->lse};
+    memcpy(out, bufs, sizeof bufs);
+}
+
+static void free_scratch(tp_generator *g) {
+    float **bufs[N_SCRATCH];
+    scratch_list(g, bufs);
+    for (int i = 0; i < N_SCRATCH; i++) bfree(g->be, *bufs[i]), *bufs[i] = NULL;
+    bfree(g->be, g->dev_ids), g->dev_ids = NULL;
+    free(g->ids), g->ids = NULL;
+    g->room = 0;
+}
+
 void tp_generator_free(tp_generator *g) {
     if (!g) return;
-    float *bufs[] = {g->k, g->v, g->x, g->ln, g->rstd, g->q_raw, g->k_raw, g->q, g->kk, g->vv, g->att, g->mid,
-                     g->gate, g->up, g->act, g->qr, g->kr, g->xg};
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
-    free(g->len), free(g->pos), free(g->klen), free(g->kp), free(g->vp), free(g->seg), free(g->lse);
+    free_scratch(g);
+    bfree(g->be, g->logits), bfree(g->be, g->k), bfree(g->be, g->v);
+    free(g->len);
     free(g);
 }
 
 int tp_generator_len(const tp_generator *g, int slot) { return g->len[slot]; }
 void tp_generator_reset(tp_generator *g, int slot) { g->len[slot] = 0; }
 
-static float *kv_at(const tp_generator *g, float *base, int slot, int layer, int t) {
-    return base + (((size_t)slot * g->L + layer) * g->cap + t) * g->KV;
+// Row number of (slot, layer 0, position t); layer l's rows start l * cap rows further.
+static int32_t kv_row(const tp_generator *g, int slot, int t) { return (int32_t)((size_t)slot * g->L * g->cap + t); }
+static float *layer_base(const tp_generator *g, float *cache, int layer) {
+    return cache + (size_t)layer * g->cap * g->KV;
 }
 
 void tp_generator_copy(tp_generator *g, int dst, int src, int count) {
     if (count < 0 || count > g->len[src]) count = g->len[src];
     size_t n = (size_t)count * g->KV * sizeof(float);
     for (int l = 0; l < g->L; l++) {
-        memcpy(kv_at(g, g->k, dst, l, 0), kv_at(g, g->k, src, l, 0), n);
-        memcpy(kv_at(g, g->v, dst, l, 0), kv_at(g, g->v, src, l, 0), n);
+        size_t to = (size_t)kv_row(g, dst, 0) * g->KV, from = (size_t)kv_row(g, src, 0) * g->KV;
+        g->be->copy(layer_base(g, g->k, l) + to, layer_base(g, g->k, l) + from, n);
+        g->be->copy(layer_base(g, g->v, l) + to, layer_base(g, g->v, l) + from, n);
     }
     g->len[dst] = count;
 }
 
-static void grow(tp_generator *g, int n) {
-    if (n <= g->room) return;
+static int out_of_memory(tp_generator *g, const char *what, size_t bytes, tp_err *err) {
+    tp_err_set(err, "out of %smemory: %s need %.2f GiB%s", g->be->device ? "device " : "", what, gib(bytes),
+               g->be->device ? "; try a smaller --max-batch" : "");
+    return -1;
+}
+
+static int grow(tp_generator *g, int n, tp_err *err) {
+    if (n <= g->room) return 0;
+    free_scratch(g);
     const tp_model_config *c = &g->m->cfg;
     size_t N = (size_t)n, C = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
     size_t Q = (size_t)c->num_heads * c->head_dim, KV = (size_t)g->KV;
-    float **bufs[] = {&g->x, &g->ln, &g->mid, &g->xg, &g->q_raw, &g->q, &g->att, &g->k_raw, &g->kk, &g->vv,
-                      &g->gate, &g->up, &g->act, &g->rstd, &g->qr, &g->kr};
-    size_t sizes[] = {N * C, N * C, N * C, N * C, N * Q, N * Q, N * Q, N * KV, N * KV, N * KV,
-                      N * F, N * F, N * F, N, N * c->num_heads, N * c->num_kv_heads};
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) *bufs[i] = tp_xrealloc(*bufs[i], sizes[i] * sizeof(float));
-    g->pos = tp_xrealloc(g->pos, N * sizeof *g->pos), g->klen = tp_xrealloc(g->klen, N * sizeof *g->klen);
-    g->seg = tp_xrealloc(g->seg, N * sizeof *g->seg), g->lse = tp_xrealloc(g->lse, N * c->num_heads * sizeof *g->lse);
-    g->kp = tp_xrealloc(g->kp, N * sizeof *g->kp), g->vp = tp_xrealloc(g->vp, N * sizeof *g->vp);
+    size_t sizes[N_SCRATCH] = {N * C, N * C, N * C,  N * C,  N * Q, N * Q, N * Q, N * KV, N * KV, N * KV,
+                               N * F, N * F, N * F, N, N * c->num_heads, N * c->num_kv_heads, N * c->num_heads};
+    float **bufs[N_SCRATCH];
+    scratch_list(g, bufs);
+    size_t total = 0;
+    bool ok = true;
+    for (int i = 0; i < N_SCRATCH; i++) {
+        total += sizes[i] * sizeof(float);
+        ok = ok && (*bufs[i] = g->be->alloc(sizes[i] * sizeof(float)));
+    }
+    g->ids = tp_xmalloc(IDS_COUNT * N * sizeof *g->ids);
+    g->dev_ids = g->be->alloc(IDS_COUNT * N * sizeof *g->ids);
+    if (!ok || !g->dev_ids) {
+        free_scratch(g);
+        char what[80];
+        snprintf(what, sizeof what, "activations for %d tokens", n);
+        return out_of_memory(g, what, total, err);
+    }
     g->room = n;
+    return 0;
 }
 
-static void layer(tp_generator *g, int l, int n, const int *slot) {
+static int grow_logits(tp_generator *g, int n_out, tp_err *err) {
+    if (n_out <= g->room_out) return 0;
+    bfree(g->be, g->logits);
+    size_t bytes = (size_t)n_out * g->m->cfg.vocab_size * sizeof(float);
+    g->logits = g->be->alloc(bytes);
+    g->room_out = g->logits ? n_out : 0;
+    char what[80];
+    snprintf(what, sizeof what, "logits of %d tokens", n_out);
+    return g->logits ? 0 : out_of_memory(g, what, bytes, err);
+}
+
+static int32_t *ids(const tp_generator *g, int32_t *base, int which) { return base + (size_t)which * g->room; }
+
+static void layer(tp_generator *g, int l, int n) {
     const tp_backend *be = g->be;
     const tp_model *m = g->m;
     const tp_model_config *c = &m->cfg;
@@ -100,6 +167,8 @@ static void layer(tp_generator *g, int l, int n, const int *slot) {
     int C = c->hidden_size, F = c->intermediate_size, NH = c->num_heads, KVH = c->num_kv_heads, HD = c->head_dim;
     int Q = NH * HD, KV = g->KV;
     float eps = (float)c->rms_norm_eps;
+    const float *inv_freq = m->dev_inv_freq ? m->dev_inv_freq : m->inv_freq;
+    const int32_t *pos = ids(g, g->dev_ids, IDS_POS);
     be->rmsnorm_forward(g->ln, g->rstd, g->x, w->ln1, n, C, eps);
     float *q = c->qk_norm ? g->q_raw : g->q, *k = c->qk_norm ? g->k_raw : g->kk;
     be->linear_forward(q, g->ln, w->wq, w->bq, n, C, Q);
@@ -109,19 +178,20 @@ static void layer(tp_generator *g, int l, int n, const int *slot) {
         be->rmsnorm_forward(g->q, g->qr, g->q_raw, w->q_norm, n * NH, HD, eps);
         be->rmsnorm_forward(g->kk, g->kr, g->k_raw, w->k_norm, n * KVH, HD, eps);
     }
-    be->rope_forward(g->q, g->pos, m->inv_freq, n, NH, HD);
-    be->rope_forward(g->kk, g->pos, m->inv_freq, n, KVH, HD);
-    for (int i = 0; i < n; i++) {  // into the cache, then every token attends to its slot's prefix
-        memcpy(kv_at(g, g->k, slot[i], l, g->pos[i]), g->kk + (size_t)i * KV, (size_t)KV * sizeof(float));
-        memcpy(kv_at(g, g->v, slot[i], l, g->pos[i]), g->vv + (size_t)i * KV, (size_t)KV * sizeof(float));
-        g->kp[i] = kv_at(g, g->k, slot[i], l, 0), g->vp[i] = kv_at(g, g->v, slot[i], l, 0);
-    }
-    // Whole prompts: the training forward's flash attention over packed rows; otherwise each
-    // token against its slot's cache.
+    be->rope_forward(g->q, pos, inv_freq, n, NH, HD);
+    be->rope_forward(g->kk, pos, inv_freq, n, KVH, HD);
+    // Into the cache, then every token attends to its slot's prefix. Whole prompts: the
+    // training forward's flash attention over packed rows; otherwise each token against
+    // its slot's cache.
+    float *kc = layer_base(g, g->k, l), *vc = layer_base(g, g->v, l);
+    be->scatter_rows(kc, g->kk, ids(g, g->dev_ids, IDS_KVROW), n, KV);
+    be->scatter_rows(vc, g->vv, ids(g, g->dev_ids, IDS_KVROW), n, KV);
+    float scale = 1.0f / sqrtf((float)HD);
     if (g->fresh)
-        be->attention_forward(g->att, g->lse, g->q, g->kk, g->vv, g->seg, n, NH, KVH, HD, 1.0f / sqrtf((float)HD));
+        be->attention_forward(g->att, g->lse, g->q, g->kk, g->vv, ids(g, g->dev_ids, IDS_SEG), n, NH, KVH, HD, scale);
     else
-        be->attention_decode(g->att, g->q, g->kp, g->vp, g->klen, n, NH, KVH, HD, 1.0f / sqrtf((float)HD));
+        be->attention_decode(g->att, g->q, kc, vc, ids(g, g->dev_ids, IDS_ROW0), ids(g, g->dev_ids, IDS_KLEN), n,
+                             NH, KVH, HD, scale);
     be->linear_forward(g->mid, g->att, w->wo, w->bo, n, Q, C);
     be->add_inplace(g->mid, g->x, (long)n * C);
     be->rmsnorm_forward(g->ln, g->rstd, g->mid, w->ln2, n, C, eps);
@@ -132,43 +202,73 @@ static void layer(tp_generator *g, int l, int n, const int *slot) {
     be->add_inplace(g->x, g->mid, (long)n * C);
 }
 
+// Fills the call's integer arrays (positions after what each slot holds, in call order).
+static int plan(tp_generator *g, int n, const int *slot, const int32_t *token, int n_out, const int *out_idx,
+                tp_err *err) {
+    int *seen = tp_xcalloc((size_t)g->n_slots, sizeof *seen);
+    int32_t *pos = ids(g, g->ids, IDS_POS), *seg = ids(g, g->ids, IDS_SEG);
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (slot[i] < 0 || slot[i] >= g->n_slots || token[i] < 0 || token[i] >= g->m->cfg.vocab_size) {
+            rc = -1, tp_err_set(err, "generate: bad slot %d or token %d", slot[i], token[i]);
+            break;
+        }
+        pos[i] = g->len[slot[i]] + seen[slot[i]]++;
+        if (pos[i] >= g->cap) {
+            rc = -1, tp_err_set(err, "generate: sequence in slot %d would exceed %d tokens", slot[i], g->cap);
+            break;
+        }
+        ids(g, g->ids, IDS_TOKEN)[i] = token[i];
+        // fresh: the slot was empty and its tokens in this call are consecutive
+        seg[i] = pos[i] == 0 ? i : (i > 0 && slot[i - 1] == slot[i] ? seg[i - 1] : -1);
+        ids(g, g->ids, IDS_KLEN)[i] = pos[i] + 1;
+        ids(g, g->ids, IDS_ROW0)[i] = kv_row(g, slot[i], 0);
+        ids(g, g->ids, IDS_KVROW)[i] = kv_row(g, slot[i], pos[i]);
+    }
+    for (int i = 0; i < n_out && rc == 0; i++) {
+        if (out_idx[i] < 0 || out_idx[i] >= n) rc = -1, tp_err_set(err, "generate: logits of pair %d of %d", out_idx[i], n);
+        else ids(g, g->ids, IDS_OUT)[i] = out_idx[i];
+    }
+    free(seen);
+    if (rc < 0) return -1;
+    g->fresh = true;
+    for (int i = 0; i < n && g->fresh; i++) g->fresh = seg[i] >= 0 && pos[i] == i - seg[i];
+    return 0;
+}
+
 int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t *token, int n_out, const int *out_idx,
                          float *logits, tp_err *err) {
     const tp_model *m = g->m;
     const tp_model_config *c = &m->cfg;
+    const tp_backend *be = g->be;
     if (n <= 0) return 0;
-    grow(g, n);
-    // Positions: after what the slot holds, in call order.
-    int *seen = tp_xcalloc((size_t)g->n_slots, sizeof *seen);
-    for (int i = 0; i < n; i++) {
-        if (slot[i] < 0 || slot[i] >= g->n_slots || token[i] < 0 || token[i] >= c->vocab_size) {
-            free(seen);
-            tp_err_set(err, "generate: bad slot %d or token %d", slot[i], token[i]);
-            return -1;
-        }
-        g->pos[i] = g->len[slot[i]] + seen[slot[i]]++;
-        // fresh: the slot was empty and its tokens in this call are consecutive
-        g->seg[i] = g->pos[i] == 0 ? i : (i > 0 && slot[i - 1] == slot[i] ? g->seg[i - 1] : -1);
-        g->klen[i] = g->pos[i] + 1;
-        if (g->pos[i] >= g->cap) {
-            free(seen);
-            tp_err_set(err, "generate: sequence in slot %d would exceed %d tokens", slot[i], g->cap);
-            return -1;
-        }
-    }
-    g->fresh = true;
-    for (int i = 0; i < n && g->fresh; i++) g->fresh = g->seg[i] >= 0 && g->pos[i] == i - g->seg[i];
-    g->be->embedding_forward(g->x, token, m->W.embed, n, c->hidden_size);
-    for (int l = 0; l < c->num_layers; l++) layer(g, l, n, slot);
-    for (int i = 0; i < n; i++) g->len[slot[i]] = g->pos[i] + 1 > g->len[slot[i]] ? g->pos[i] + 1 : g->len[slot[i]];
-    free(seen);
+    if (n_out > n) n_out = n;
+    if (grow(g, n, err) < 0 || plan(g, n, slot, token, n_out, out_idx, err) < 0) return -1;
+    be->upload(g->dev_ids, g->ids, IDS_COUNT * (size_t)g->room * sizeof *g->ids);
+    be->embedding_forward(g->x, ids(g, g->dev_ids, IDS_TOKEN), m->W.embed, n, c->hidden_size);
+    for (int l = 0; l < c->num_layers; l++) layer(g, l, n);
+    const int32_t *pos = ids(g, g->ids, IDS_POS);
+    for (int i = 0; i < n; i++) g->len[slot[i]] = pos[i] + 1 > g->len[slot[i]] ? pos[i] + 1 : g->len[slot[i]];
     if (n_out > 0) {
-        int32_t *rows = tp_xmalloc((size_t)n_out * sizeof *rows);
-        for (int i = 0; i < n_out; i++) rows[i] = out_idx[i];
-        g->be->gather_rows(g->xg, g->x, rows, n_out, c->hidden_size);
-        g->be->rmsnorm_forward(g->ln, g->rstd, g->xg, m->W.norm, n_out, c->hidden_size, (float)c->rms_norm_eps);
-        g->be->linear_forward(logits, g->ln, m->W.lm_head, NULL, n_out, c->hidden_size, c->vocab_size);
-        free(rows);
+        // On the cpu the caller's buffer is written directly; on a device the logits stay
+        // there (tp_generator_logits) and are copied out only when asked for.
+        float *dst = logits && !be->device ? logits : NULL;
+        if (!dst) {
+            if (grow_logits(g, n_out, err) < 0) return -1;
+            dst = g->logits;
+        }
+        be->gather_rows(g->xg, g->x, ids(g, g->dev_ids, IDS_OUT), n_out, c->hidden_size);
+        be->rmsnorm_forward(g->ln, g->rstd, g->xg, m->W.norm, n_out, c->hidden_size, (float)c->rms_norm_eps);
+        be->linear_forward(dst, g->ln, m->W.lm_head, NULL, n_out, c->hidden_size, c->vocab_size);
+        g->last_logits = dst;
+        if (logits && dst != logits) be->download(logits, dst, (size_t)n_out * c->vocab_size * sizeof *logits);
+    }
+    char msg[sizeof err->msg];
+    if (be->sync(msg, sizeof msg) < 0) {
+        tp_err_set(err, "generate: %s", msg);
+        return -1;
     }
     return 0;
 }
+
+const float *tp_generator_logits(const tp_generator *g) { return g->last_logits; }

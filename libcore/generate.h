@@ -16,8 +16,8 @@
 
 typedef struct tp_generator tp_generator;
 
-// A cache of n_slots x cap tokens for m (cpu backend for now). Fails with the size asked
-// for when it cannot be allocated.
+// A cache of n_slots x cap tokens for m, in the memory of m's backend (tp_model_backend).
+// Fails with the size asked for when it cannot be allocated.
 tp_generator *tp_generator_new(tp_model *m, int n_slots, int cap, tp_err *err);
 void tp_generator_free(tp_generator *g);
 size_t tp_kv_bytes_per_token(const tp_model *m);  // keys and values of one token, all layers
@@ -28,8 +28,11 @@ void tp_generator_copy(tp_generator *g, int dst, int src, int n);
 
 // Appends token[i] to slot[i]'s sequence for i = 0..n-1 (a slot may appear several times:
 // its tokens in order) and writes the logits [n_out, V] of the tokens at out_idx[0..n_out-1]
-// (indices into the n pairs). -1 when a slot would exceed its capacity.
+// (indices into the n pairs) into logits (host memory) when it is not NULL. -1 when a slot
+// would exceed its capacity, or with the backend's first error.
 int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t *token, int n_out, const int *out_idx,
                          float *logits, tp_err *err);
+// Where the last call's logits [n_out, V] are, in the backend's memory (valid until the next call).
+const float *tp_generator_logits(const tp_generator *g);
 
 #endif

@@ -8,6 +8,7 @@
 // Every op and buffer goes through the model's backend (backend.h): the same code runs on
 // the CPU and, with device memory, on a GPU.
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -519,6 +520,22 @@ int tp_model_use_backend(tp_model *m, const tp_backend *be, bool train, tp_err *
         tp_model_bind(m, m->dev_g, &m->G);
     }
     return backend_check(be, err);
+}
+
+int tp_model_place(tp_model *m, const char *device, const char *matmul, bool train, char *desc, int cap,
+                   tp_err *err) {
+    const tp_backend *be = tp_backend_named(device ? device : "auto", err);
+    if (!be) return -1;
+    if (!matmul) matmul = be->device ? "bf16" : "fp32";
+    if (tp_backend_set_matmul(be, matmul) < 0) {
+        tp_err_set(err, "--matmul %s: fp32, tf32 or bf16", matmul);
+        return -1;
+    }
+    if (tp_model_use_backend(m, be, train, err) < 0) return -1;
+    char dev[200];
+    tp_backend_describe(be, dev, sizeof dev);
+    snprintf(desc, (size_t)cap, "%s%s%s", dev, be->device ? ", matrix products in " : "", be->device ? matmul : "");
+    return 0;
 }
 
 void tp_model_pull(tp_model *m, bool grads) {

@@ -152,6 +152,12 @@ void tp_model_zero_grad(tp_model *m);
 // is free when the device is out of memory.
 int tp_model_use_backend(tp_model *m, const struct tp_backend *be, bool train, tp_err *err);
 const struct tp_backend *tp_model_backend(const tp_model *m);
+// The --device / --matmul options of the programs: the backend named by device ("cpu",
+// "cuda", "auto"; NULL: auto) with matrix products in matmul (NULL: bf16 on a GPU, fp32 on
+// the cpu), then tp_model_use_backend. desc gets one line for the log, e.g. "cuda: NVIDIA
+// H100 80GB HBM3 (sm_90, 79 GiB), matrix products in bf16".
+int tp_model_place(tp_model *m, const char *device, const char *matmul, bool train, char *desc, int cap,
+                   tp_err *err);
 // The buffers the backend computes on: m->w / m->g on the cpu, dev_w / dev_g on a device.
 float *tp_model_weights(tp_model *m);
 float *tp_model_grads(tp_model *m);

@@ -5,6 +5,7 @@
 # written to $OUT/gpu-check.txt when $OUT is set. Uses the binaries of tests/gpu-bundle.sh
 # in .gpu/ when they are there (the lent machines lack our build dependencies), else builds.
 # Each step has its own time limit so the whole run stays under about 6 minutes.
+# CUDA_TESTS="test_cuda_x ..." and CLI_TESTS="test_y ..." run only those; SKIP_SFT_BENCH=1 leaves out the SFT step benchmarks and the profile (when device time is short).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,17 +26,22 @@ fi
 cublas=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 2>/dev/null | while read -r d; do
     [ -e "$d/libcublas.so.13" ] && echo "$d"; done | head -n 1)
 [ -n "$cublas" ] || cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null)
-export LD_LIBRARY_PATH="${cublas:-}:${LD_LIBRARY_PATH:-}:$B/lib"
+# NCCL (loaded at run time by sft-train): the toolkit's, else PyTorch's wheel's.
+nccl=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 /usr/lib/x86_64-linux-gnu 2>/dev/null | while read -r d; do
+    [ -e "$d/libnccl.so.2" ] && echo "$d"; done | head -n 1)
+[ -n "$nccl" ] || nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
+export LD_LIBRARY_PATH="${cublas:-}:${nccl:-}:${LD_LIBRARY_PATH:-}:$B/lib"
 export PATH="$B/bin:$PATH"  # our jq with our libjq
 row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$out"; }
 {
     echo "gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
-    echo "binaries: $B; cublas: ${cublas:-not found}"
+    echo "binaries: $B; cublas: ${cublas:-not found}; nccl: ${nccl:-not found}"
 } | tee "$out"
 
 echo "== CUDA tests against the CPU twins" | tee -a "$out"
-for t in "$B"/tests/test_cuda_*; do
+for t in ${CUDA_TESTS:-"$B"/tests/test_cuda_*}; do
+    [ -x "$t" ] || t=$B/tests/$t
     name=$(basename "$t")
     timeout 90 "$t" >"$OUTDIR/$name.txt" 2>&1
     rc=$?
@@ -43,16 +49,19 @@ for t in "$B"/tests/test_cuda_*; do
     row "$name" "rc=$rc $(tail -n 1 "$OUTDIR/$name.txt" | sed 's/^# //')"
     grep -E '^(not ok|skip)|^# ' "$OUTDIR/$name.txt" | grep -v ' passed, ' | sed 's/^/    /' | tee -a "$out"
 done
-BIN=$B/bin timeout 120 sh tests/cli/test_sft_train_cuda.sh >"$OUTDIR/cli.txt" 2>&1
-rc=$?
-cat "$OUTDIR/cli.txt" >>"$log"
-row "test_sft_train_cuda" "rc=$rc $(grep -c '^ok' "$OUTDIR/cli.txt") ok, $(grep -c '^not ok' "$OUTDIR/cli.txt") failed"
-grep -E '^(not ok|skip|#)|^  ' "$OUTDIR/cli.txt" | head -n 30 | sed 's/^/    /' | tee -a "$out"
+for t in ${CLI_TESTS:-test_sft_train_cuda test_rollout_cuda}; do
+    BIN=$B/bin timeout 150 sh tests/cli/$t.sh >"$OUTDIR/$t.txt" 2>&1
+    rc=$?
+    cat "$OUTDIR/$t.txt" >>"$log"
+    row "$t" "rc=$rc $(grep -c '^ok' "$OUTDIR/$t.txt") ok, $(grep -c '^not ok' "$OUTDIR/$t.txt") failed"
+    grep -E '^(not ok|skip|#)|^  ' "$OUTDIR/$t.txt" | head -n 30 | sed 's/^/    /' | tee -a "$out"
+done
 
-echo "== SFT step, seq 2048, thinkpipe (fp32 master, bf16 products) vs transformers + torch AdamW (bf16 autocast, SDPA)" |
-    tee -a "$out"
 cfgdir=tests/bench/configs  # Qwen2.5 shapes, random weights
 field() { echo "$1" | tr ' ' '\n' | awk -v k="$2" 'prev == k { print; exit } { prev = $0 }'; }
+if [ "${SKIP_SFT_BENCH:-0}" != 1 ]; then
+echo "== SFT step, seq 2048, thinkpipe (fp32 master, bf16 products) vs transformers + torch AdamW (bf16 autocast, SDPA)" |
+    tee -a "$out"
 for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
     set -- $shape
     cfg=$cfgdir/$1.json
@@ -68,7 +77,36 @@ for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
             'BEGIN { printf "tokens/s %.2fx, memory %.2fx", a / b, ma / mb }')"
     fi
 done
+fi
+echo "== decode, qwen2.5-0.5b shape: thinkpipe engine (bf16 products) vs transformers generate (bf16, SDPA)" | tee -a "$out"
+for b in "$B"/bench/bench_cuda_decode "$B"/bench/bench_cuda_sample; do
+    [ -x "$b" ] && timeout 60 "$b" 2>>"$log" | sed 's/^/    /' | tee -a "$out"
+done
+cfg=$cfgdir/qwen2.5-0.5b.json
+for spec in "1 1 --greedy" "64 8" "256 8"; do
+    set -- $spec
+    tp=$(timeout 120 "$B/bench/engine_bench" "$cfg" "$1" "$2" 128 128 --device cuda ${3:-} 2>>"$log" | tail -n 1)
+    echo "engine $spec: ${tp:-failed}" >>"$log"
+    row "decode batch $1 (groups of $2) thinkpipe" "$(field "$tp" tok/s) tok/s (steps alone $(field "$tp" decode_tok/s))"
+    [ "$1" = 1 ] && row "  batch 1 vs bandwidth roofline" "$(awk -v a="$(field "$tp" decode_tok/s)" \
+        -v r="$(field "$tp" roofline_tok/s)" -v w="$(field "$tp" weights_gb)" -v c="$(field "$tp" copy_gb/s)" \
+        'BEGIN { if (r > 0) printf "%.1f%% of %.0f tok/s (%.2f GB of weights, copy %.0f GB/s)", 100 * a / r, r, w, c }')"
+    eval "tp_$1=\$(field \"\$tp\" tok/s)"
+done
+# one after the other on the card: the same GPU, never both at once
+PYTHONUNBUFFERED=1 timeout 240 python3 tests/bench/torch_gpu_generate.py "$cfg" 1:1:128:128:greedy 64:8:128:128 \
+    256:8:128:128 >"$OUTDIR/torch_generate.txt" 2>>"$log"
+cat "$OUTDIR/torch_generate.txt" >>"$log"
+for n in 1 64 256; do
+    pt=$(grep "batch $n " "$OUTDIR/torch_generate.txt" | tail -n 1)
+    a=$(eval echo "\${tp_$n:-}") b=$(field "$pt" tok/s)
+    row "decode batch $n transformers" "${b:-failed} tok/s"
+    [ -n "$a" ] && [ -n "$b" ] && row "decode batch $n ratio thinkpipe/transformers" \
+        "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2fx", a / b }')"
+done
+[ "${SKIP_SFT_BENCH:-0}" = 1 ] || {
 echo "== where the device time goes (TP_PROFILE=1, qwen2.5-0.5b B=4 T=2048, 2 steps + warm-up)" | tee -a "$out"
 TP_PROFILE=1 timeout 60 "$B/bench/model_step" "$cfgdir/qwen2.5-0.5b.json" 4 2048 2 --device cuda --matmul bf16 2>&1 |
     grep -E 'TP_PROFILE|calls|thinkpipe' | tee -a "$out"
+}
 echo "== done; full log in $log" | tee -a "$out"

@@ -32,14 +32,16 @@ static const char usage[] =
     "      --max-batch N (max(16, n))  sequences decoded together\n"
     "      --score            add log-probs of given completions (prompt_tokens, tokens)\n"
     "      --field NAME       --score's field (ref_logprobs)\n"
+    "      --device cpu|cuda|auto (auto)  --matmul fp32|tf32|bf16 (cuda: bf16)\n"
     "  -o, --output FILE  -j, --threads N  --progress  -q, --quiet  -h, --help  --version\n"
     "Exit: 0 ok, 1 error, 2 usage error. See rollout(1).\n";
 
 enum { OPT_TEMPLATE = 0x100, OPT_SYSTEM, OPT_PROMPT, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_GREEDY, OPT_SEED,
-       OPT_STOP, OPT_MAX_NEW, OPT_MAX_LEN, OPT_MAX_BATCH, OPT_SCORE, OPT_FIELD };
+       OPT_STOP, OPT_MAX_NEW, OPT_MAX_LEN, OPT_MAX_BATCH, OPT_SCORE, OPT_FIELD,
+       OPT_DEVICE, OPT_MATMUL };
 
 typedef struct options {
-    const char *model, *template_name, *system, *prompt, *output, *field;
+    const char *model, *template_name, *system, *prompt, *output, *field, *device, *matmul;
     const char *stop[16];  // --stop
     int n_stop;
     tp_sampler sampler;
@@ -57,6 +59,7 @@ static void parse_options(int argc, char **argv, options *o) {
         {"stop", required_argument, NULL, OPT_STOP}, {"max-new-tokens", required_argument, NULL, OPT_MAX_NEW},
         {"max-len", required_argument, NULL, OPT_MAX_LEN}, {"max-batch", required_argument, NULL, OPT_MAX_BATCH},
         {"score", no_argument, NULL, OPT_SCORE}, {"field", required_argument, NULL, OPT_FIELD},
+        {"device", required_argument, NULL, OPT_DEVICE}, {"matmul", required_argument, NULL, OPT_MATMUL},
         {"output", required_argument, NULL, 'o'}, {"threads", required_argument, NULL, 'j'},
         TP_CLI_COMMON_LONGOPTS, {0}};
     int c;
@@ -64,6 +67,12 @@ static void parse_options(int argc, char **argv, options *o) {
         switch (c) {
         case 'm': o->model = optarg; break;
         case 'n': o->n = tp_cli_int("-n", optarg, 1, 4096); break;
+        case OPT_DEVICE: o->device = optarg; break;
+        case OPT_MATMUL:
+            if (strcmp(optarg, "fp32") && strcmp(optarg, "tf32") && strcmp(optarg, "bf16"))
+                tp_die_usage("--matmul: fp32, tf32 or bf16");
+            o->matmul = optarg;
+            break;
         case OPT_TEMPLATE: o->template_name = optarg; break;
         case OPT_SYSTEM: o->system = optarg; break;
         case OPT_PROMPT: o->prompt = optarg; break;
@@ -311,6 +320,9 @@ int main(int argc, char **argv) {
     r.m = tp_model_load(o.model, &err);
     if (!r.m) tp_die_err(&err);
     r.V = r.m->cfg.vocab_size;
+    char desc[300];
+    if (tp_model_place(r.m, o.device, o.matmul, false, desc, sizeof desc, &err) < 0) tp_die_err(&err);
+    if (!tp_cli.quiet) tp_info("device %s", desc);
     r.out = o.output ? tp_jsonl_writer_open(o.output, false, &err) : tp_jsonl_writer_fd(STDOUT_FILENO, "<stdout>");
     if (!r.out) tp_die_err(&err);
     if (o.score) {

@@ -33,14 +33,15 @@ static const char usage[] =
     "      --reasoning-parser think  <think> text goes to reasoning_content\n"
     "      --served-model-name NAME (the model path's last part)\n"
     "      --max-batch N (16)  --max-len N (model's, <= 4096)  --max-tokens N (1024)\n"
+    "      --device cpu|cuda|auto (auto)  --matmul fp32|tf32|bf16 (cuda: bf16)\n"
     "  -j, --threads N  -q, --quiet  -h, --help  --version\n"
     "Exit: 0 stopped by SIGINT/SIGTERM, 1 error, 2 usage error. See serve(1).\n";
 
 enum { OPT_HOST = 0x100, OPT_PORT, OPT_KEY, OPT_TEMPLATE, OPT_REASONING, OPT_NAME, OPT_MAX_BATCH, OPT_MAX_LEN,
-       OPT_MAX_TOKENS };
+       OPT_MAX_TOKENS, OPT_DEVICE, OPT_MATMUL };
 
 typedef struct options {
-    const char *model, *host, *key_env, *template_name, *name;
+    const char *model, *host, *key_env, *template_name, *name, *device, *matmul;
     long long port, max_batch, max_len, max_tokens, threads;
     bool think;
 } options;
@@ -588,6 +589,7 @@ static void parse_options(int argc, char **argv, options *o) {
         {"template", required_argument, NULL, OPT_TEMPLATE}, {"reasoning-parser", required_argument, NULL, OPT_REASONING},
         {"served-model-name", required_argument, NULL, OPT_NAME}, {"max-batch", required_argument, NULL, OPT_MAX_BATCH},
         {"max-len", required_argument, NULL, OPT_MAX_LEN}, {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
+        {"device", required_argument, NULL, OPT_DEVICE}, {"matmul", required_argument, NULL, OPT_MATMUL},
         {"threads", required_argument, NULL, 'j'}, TP_CLI_COMMON_LONGOPTS, {0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:j:" TP_CLI_COMMON_SHORTOPTS, longopts, NULL)) != -1) {
@@ -602,6 +604,12 @@ static void parse_options(int argc, char **argv, options *o) {
             o->think = true;
             break;
         case OPT_NAME: o->name = optarg; break;
+        case OPT_DEVICE: o->device = optarg; break;
+        case OPT_MATMUL:
+            if (strcmp(optarg, "fp32") && strcmp(optarg, "tf32") && strcmp(optarg, "bf16"))
+                tp_die_usage("--matmul: fp32, tf32 or bf16");
+            o->matmul = optarg;
+            break;
         case OPT_MAX_BATCH: o->max_batch = tp_cli_int("--max-batch", optarg, 1, 65536); break;
         case OPT_MAX_LEN: o->max_len = tp_cli_int("--max-len", optarg, 2, 1 << 24); break;
         case OPT_MAX_TOKENS: o->max_tokens = tp_cli_int("--max-tokens", optarg, 1, 1 << 24); break;
@@ -630,6 +638,9 @@ int main(int argc, char **argv) {
     }
     S.m = tp_model_load(S.o.model, &err);
     if (!S.m) tp_die_err(&err);
+    char desc[300];
+    if (tp_model_place(S.m, S.o.device, S.o.matmul, false, desc, sizeof desc, &err) < 0) tp_die_err(&err);
+    if (!tp_cli.quiet) tp_info("device %s", desc);
     S.tok = tp_tokenizer_load(S.o.model, &err);
     if (!S.tok) tp_die("%s: the model's tokenizer: %s", S.o.model, err.msg);
     int tm = tp_template_resolve(S.o.template_name, S.tok, &err);

@@ -342,12 +342,14 @@ static const char *per_update_text(const trainer *t, char *buf, size_t cap) {
     return buf;
 }
 
-// Sums the gradients of all ranks (each computed its share of the update's records).
-// On a device they travel through the host; NCCL on the device is the GPU's way.
+// Sums the gradients of all ranks (each computed its share of the update's records):
+// on GPUs with NCCL, device to device; otherwise through the host with MPI.
 static void sum_gradients(trainer *t) {
-    if (t->dist.world == 1) return;
     tp_model *m = t->m;
     const tp_backend *be = tp_model_backend(m);
+    tp_err err;
+    if (t->dist.nccl && tp_dist_sum_device_f32(&t->dist, tp_model_grads(m), m->n_floats, &err) < 0) tp_die_err(&err);
+    if (t->dist.nccl || t->dist.world == 1) return;
     tp_model_pull(m, true);
     tp_dist_sum_f32(&t->dist, m->g, m->n_floats);
     if (be->device) be->upload(tp_model_grads(m), m->g, m->n_floats * sizeof(float));
@@ -470,16 +472,9 @@ static void load_model(trainer *t) {
     }
     t->m->recompute = o->recompute;
     t->save_dtype = parse_dtype(o->save_dtype, t->m->cfg.dtype);
-    const tp_backend *be = tp_backend_named(o->device ? o->device : "auto", &err);
-    if (!be) tp_die_err(&err);
-    tp_backend_set_matmul(be, o->matmul ? o->matmul : be->device ? "bf16" : "fp32");
-    if (tp_model_use_backend(t->m, be, true, &err) < 0) tp_die_err(&err);
-    if (!tp_cli.quiet) {
-        char desc[256];
-        tp_backend_describe(be, desc, sizeof desc);
-        tp_info("device %s%s%s", desc, be->device ? ", matrix products in " : "",
-                be->device ? (o->matmul ? o->matmul : "bf16") : "");
-    }
+    char desc[300];
+    if (tp_model_place(t->m, o->device, o->matmul, true, desc, sizeof desc, &err) < 0) tp_die_err(&err);
+    if (!tp_cli.quiet) tp_info("device %s", desc);
     tp_adamw_init(&t->opt, t->m, o->beta1, o->beta2, o->eps, o->wd);
 }
 
@@ -528,6 +523,12 @@ int main(int argc, char **argv) {
     t.o = &o;
     if (t.dist.rank != 0) tp_cli.quiet = true;  // one voice: rank 0's
     load_model(&t);
+    if (tp_model_backend(t.m)->device) {
+        char version[32];
+        int rc = tp_dist_use_gpus(&t.dist, version, sizeof version, &err);
+        if (rc < 0) tp_die_err(&err);
+        if (rc > 0 && !tp_cli.quiet) tp_info("gradients summed on the GPUs with NCCL %s", version);
+    }
     if (tp_dataset_load(&t.data, o.data, o.n_data, t.m->cfg.vocab_size, &err) < 0) tp_die_err(&err);
     if (o.eval && tp_dataset_load(&t.eval, (const char *[]){o.eval}, 1, t.m->cfg.vocab_size, &err) < 0) tp_die_err(&err);
     check_tokenizer(&t);

@@ -33,8 +33,8 @@ VECTOR_CLONES static void one_head(float *out, const float *q, const float *k, c
     }
 }
 
-void attention_decode(float *out, const float *q, const float *const *k, const float *const *v, const int32_t *len,
-                      int n, int NH, int KVH, int HD, float scale) {
+void attention_decode(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
+                      const int32_t *len, int n, int NH, int KVH, int HD, float scale) {
     int group = NH / KVH, kv_stride = KVH * HD, max_len = 0;
     for (int i = 0; i < n; i++) max_len = len[i] > max_len ? len[i] : max_len;
 #pragma omp parallel
@@ -44,9 +44,9 @@ void attention_decode(float *out, const float *q, const float *const *k, const f
 #pragma omp for schedule(dynamic, 1) collapse(2)
         for (int i = 0; i < n; i++)
             for (int h = 0; h < NH; h++) {
-                int kvh = h / group;
-                one_head(out + ((size_t)i * NH + h) * HD, q + ((size_t)i * NH + h) * HD, k[i] + (size_t)kvh * HD,
-                         v[i] + (size_t)kvh * HD, len[i], kv_stride, HD, scale, scores);
+                size_t at = (size_t)row0[i] * kv_stride + (size_t)(h / group) * HD;
+                one_head(out + ((size_t)i * NH + h) * HD, q + ((size_t)i * NH + h) * HD, k + at, v + at, len[i],
+                         kv_stride, HD, scale, scores);
             }
         free(scores);
     }

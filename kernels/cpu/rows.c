@@ -16,3 +16,7 @@ void scatter_add_rows(float *dx, const float *dout, const int32_t *idx, int n, i
         for (int c = 0; c < C; c++) d[c] += s[c];
     }
 }
+
+void scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int C) {
+    for (int i = 0; i < n; i++) memcpy(dst + (size_t)idx[i] * C, src + (size_t)i * C, (size_t)C * sizeof *dst);
+}

@@ -36,6 +36,7 @@ static inline unsigned cuda_blocks(long n, int threads) { return (unsigned)((n +
 void *cuda_scratch(int slot, size_t bytes);
 enum {
     SCRATCH_EMBEDDING = 0, SCRATCH_COLSUM, SCRATCH_ATTENTION, SCRATCH_CE, SCRATCH_NORM, SCRATCH_BF16_A, SCRATCH_BF16_B,
+    SCRATCH_DECODE, SCRATCH_SAMPLE,
     SCRATCH_COUNT
 };
 

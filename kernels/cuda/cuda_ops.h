@@ -56,6 +56,14 @@ void cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const flo
 void cuda_add_inplace(float *x, const float *y, long n);
 void cuda_gather_rows(float *out, const float *x, const int32_t *idx, int n, int C);
 void cuda_scatter_add_rows(float *dx, const float *dout, const int32_t *idx, int n, int C);
+
+// ---- generation (decode.cu, sample.cu) ----
+void cuda_scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int C);
+void cuda_attention_decode(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
+                           const int32_t *len, int n, int NH, int KVH, int HD, float scale);
+// token and params: host arrays (the contract of ops.h's sample_rows); synchronizes.
+struct sample_params;
+void cuda_sample_rows(int32_t *token, const float *logits, const struct sample_params *params, int n, int V);
 // Returns the loss sum (synchronizes: the per-row losses are added on the host in row order).
 double cuda_crossentropy_forward_backward(float *logits, const int32_t *target, int n, int V, float scale);
 
@@ -65,6 +73,17 @@ void cuda_adamw_span(float *p, const float *g, float *m, float *v, size_t n, flo
                      float step_size, float bc2_sqrt, float eps);
 double cuda_sum_squares(const float *x, size_t n);  // in double, fixed order; synchronizes
 void cuda_scale(float *x, size_t n, float s);       // x *= s
+
+// ---- across GPUs (collective.cu; NCCL loaded at first use) ----
+typedef struct cuda_nccl_id {
+    char internal[128];  // ncclUniqueId: rank 0 makes it, every rank must receive it
+} cuda_nccl_id;
+int cuda_select_device(int local_rank);  // device local_rank % count for this process; -1 without one
+int cuda_nccl_unique_id(cuda_nccl_id *id, char *err, int cap);
+// Joins rank of world; version gets NCCL's ("2.28.3"). 0, or -1 with a message in err.
+int cuda_nccl_init(int rank, int world, const cuda_nccl_id *id, char *version, int vcap, char *err, int cap);
+int cuda_nccl_sum_f32(float *x, size_t n, char *err, int cap);  // in place on every rank; synchronizes
+void cuda_nccl_finalize(void);
 
 // ---- profiling (profile.cu; used by the profiled table in libcore/backend.c) ----
 int cuda_profile_op(const char *name);  // a slot for the op (name: a string literal)

@@ -20,7 +20,8 @@ OPTS="-d $TMP/train.stream --lr 3e-3 --schedule cosine --warmup 2 --micro-batch 
 if ! "$ST" $INIT $OPTS --steps 1 --device cuda -o "$TMP/probe" >/dev/null 2>"$TMP/probe.err"; then
     if grep -qE "no CUDA GPU is visible|no CUDA support" "$TMP/probe.err"; then
         ok no-gpu-is-a-clear-error
-        for t in loss-curve-fp32 loss-curve-bf16 resume-on-gpu-exact gpu-checkpoint-continues-on-cpu; do
+        for t in loss-curve-fp32 loss-curve-bf16 resume-on-gpu-exact gpu-checkpoint-continues-on-cpu \
+            nccl-world-of-one-same-updates; do
             echo "skip - $t: no GPU on this machine"
         done
         finish
@@ -66,4 +67,17 @@ jq -c 'select(.step > 10) | {step, loss, lr, grad_norm}' "$TMP/fp32.jsonl" >"$TM
 "$ST" $OPTS --device cpu --resume "$TMP/fp32/checkpoint-10" -o "$TMP/oncpu" >"$TMP/oncpu.jsonl" 2>"$TMP/err"
 jq -c 'select(.step > 10)' "$TMP/fp32.jsonl" >"$TMP/tail_full.jsonl"
 close gpu-checkpoint-continues-on-cpu "$TMP/oncpu.jsonl" "$TMP/tail_full.jsonl" 1e-4
+
+# TP_NCCL=1: the gradients of a one-GPU run go through NCCL's all-reduce (a world of one):
+# the same updates, bit for bit, and the log names NCCL.
+LOUD=$(echo "$OPTS" | sed 's/ -q//')
+# shellcheck disable=SC2086
+TP_NCCL=1 "$ST" $INIT $LOUD --device cuda --matmul bf16 -o "$TMP/nccl" 2>"$TMP/nccl.err" |
+    jq -c '{step, loss, grad_norm}' >"$TMP/nccl.jsonl"
+echo "# $(grep -o 'NCCL [0-9.]*' "$TMP/nccl.err")" >&2
+jq -c '{step, loss, grad_norm}' "$TMP/bf16.jsonl" >"$TMP/bf16.short"
+if [ -s "$TMP/nccl.jsonl" ] && cmp -s "$TMP/nccl.jsonl" "$TMP/bf16.short" && grep -q "with NCCL" "$TMP/nccl.err"; then ok nccl-world-of-one-same-updates; else
+    not_ok nccl-world-of-one-same-updates
+    head -n 5 "$TMP/nccl.err" >&2
+fi
 finish

@@ -1,0 +1,432 @@
+// decode.cu — the kernels of KV-cache generation: new keys and values into the cache
+// (scatter_rows) and the attention of new tokens against it (attention_decode).
+//
+// attention_decode reads the whole cache of every sequence once per step, so it is
+// bound by memory bandwidth: the design keeps each cache byte read from DRAM once and
+// spends the rest on registers and shared memory.
+//
+// One block of 4 warps per (token i, kv head, group of <= 8 query heads, key chunk). The
+// query heads of a kv head share its keys and values, so a block computes all of them
+// at once: per tile of 32 keys, lane j loads key j (float4 loads of its row) and takes
+// its dot product with every query head of the group (q in shared memory, read as
+// broadcasts), then an online softmax per head in fp32 (the max over the tile by warp
+// shuffles), then P·V with lanes owning HD/32 dims each and the probabilities read as
+// float4 broadcasts from a per-warp [G][32] buffer. The warps of a block take every 4th
+// tile of the chunk, each with its own (max, sum, acc); they are merged through shared
+// memory in warp order at the end.
+//
+// Per tile, the first value rows are loaded before the scores are computed, so their
+// latency overlaps the keys': each warp keeps 16-32 KB in flight.
+//
+// Key chunks (flash-decoding): with few (token, kv head) pairs the blocks would not fill
+// the GPU, so each sequence's keys are split into up to nsplit chunks (a multiple of 128
+// keys each, the size a function of len[i] and nsplit alone); every chunk's block
+// writes its partial (max, sum, acc) to scratch and a second kernel merges them in chunk
+// order. nsplit depends only on n, KVH, NH and the GPU, so the result is deterministic
+// for those (a token's result may differ in the last bits when n changes).
+#include "cuda/cuda_common.h"
+#include "cuda/cuda_ops.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+
+namespace {
+
+constexpr int WARPS = 4;               // per block; warp w takes key tiles w, w + 4, ...
+constexpr int VALUE_REGS = 80;         // registers for value rows and accumulators, see value_batch
+constexpr int BLOCKS_PER_SM = 4;       // split over keys until there are this many blocks per SM
+constexpr int THREADS = WARPS * 32;
+constexpr int CHUNK_ALIGN = THREADS;   // keys per chunk come in multiples of one tile per warp
+constexpr int MAX_G = 8;               // query heads per block
+constexpr int MAX_SPLIT = 1024;
+__host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
+
+// Keys per chunk of a sequence of len keys split nsplit ways (a multiple of CHUNK_ALIGN).
+__device__ __forceinline__ int chunk_keys(int len, int nsplit) {
+    int per = (len + nsplit - 1) / nsplit;
+    return (per + CHUNK_ALIGN - 1) / CHUNK_ALIGN * CHUNK_ALIGN;
+}
+
+// The HD/32 dims a lane owns in P·V: groups of VW consecutive floats, lane-interleaved
+// so a warp's loads of one row are coalesced: element c*VW + e of lane is dim
+// (c*32 + lane)*VW + e.
+template <int HD> struct Dims {
+    static constexpr int DPL = HD / 32;
+    static constexpr int VW = DPL % 4 == 0 ? 4 : DPL % 2 == 0 ? 2 : 1;
+};
+
+template <int HD> __device__ __forceinline__ void load_dims(float (&r)[HD / 32], const float *row, int lane) {
+    constexpr int VW = Dims<HD>::VW;
+#pragma unroll
+    for (int c = 0; c < HD / 32 / VW; c++) {
+        const float *p = row + (c * 32 + lane) * VW;
+        if constexpr (VW == 4) {
+            float4 t = __ldg(reinterpret_cast<const float4 *>(p));
+            r[c * 4] = t.x, r[c * 4 + 1] = t.y, r[c * 4 + 2] = t.z, r[c * 4 + 3] = t.w;
+        } else if constexpr (VW == 2) {
+            float2 t = __ldg(reinterpret_cast<const float2 *>(p));
+            r[c * 2] = t.x, r[c * 2 + 1] = t.y;
+        } else {
+            r[c] = __ldg(p);
+        }
+    }
+}
+
+template <int HD> __device__ __forceinline__ void store_dims(float *row, const float (&r)[HD / 32], int lane) {
+    constexpr int VW = Dims<HD>::VW;
+#pragma unroll
+    for (int c = 0; c < HD / 32 / VW; c++)
+#pragma unroll
+        for (int e = 0; e < VW; e++) row[(c * 32 + lane) * VW + e] = r[c * VW + e];
+}
+
+// Value rows loaded at once in P·V: 32 (a whole tile) while they and the accumulators
+// fit in VALUE_REGS registers, else 16 or 8 (more spills: the keys' loads are hoisted too).
+template <int HD, int G> __host__ __device__ constexpr int value_batch() {
+    return (32 + G) * (HD / 32) <= VALUE_REGS ? 32 : (16 + G) * (HD / 32) <= VALUE_REGS ? 16 : 8;
+}
+
+// Rows 0 .. VB-1 from row (stride floats apart) into vv, zeros from row `valid` on.
+template <int HD, int VB>
+__device__ __forceinline__ void load_values(float (&vv)[VB][HD / 32], const float *row, size_t stride, int valid,
+                                            int lane) {
+#pragma unroll
+    for (int e = 0; e < VB; e++) {
+        if (e < valid) {
+            load_dims<HD>(vv[e], row + e * stride, lane);
+        } else {
+#pragma unroll
+            for (int d = 0; d < HD / 32; d++) vv[e][d] = 0;
+        }
+    }
+}
+
+// Shared memory of one block, in floats: the main loop's q [G][HD] and p [WARPS][G][32],
+// reused after it for the warps' acc [WARPS][G][HD]; then (max, sum) [WARPS][G][2].
+template <int HD, int G> struct Smem {
+    static constexpr int LOOP = G * HD + WARPS * G * 32;
+    static constexpr int MERGE = WARPS * G * HD;
+    static constexpr int UNION = cmax(LOOP, MERGE);
+    static constexpr int TOTAL = UNION + WARPS * G * 2;
+};
+
+// grid (n, KVH * HG, nsplit), THREADS threads. Block (i, y, c): kv head y / HG, query
+// heads kvh*group + (y % HG)*8 .. + nh - 1 (nh <= G), keys of chunk c of token i.
+// nsplit == 1: writes out [n, NH, HD]. Otherwise writes part_acc [n, NH, nsplit, HD]
+// (unnormalized, relative to the chunk's max) and part_ml [n, NH, nsplit, 2] (max, sum)
+// for the chunks that hold keys.
+// Minimum 1 block per SM, said explicitly: ptxas then keeps more of a tile's loads in
+// flight (HD 64, G 8: 246 registers, not 182), which was 1.2x faster on an H200 than the
+// extra resident blocks the default allows.
+template <int HD, int G>
+__global__ void __launch_bounds__(THREADS, 1) decode_kernel(float *__restrict__ out, float *__restrict__ part_acc,
+                                                         float *__restrict__ part_ml, const float *__restrict__ q,
+                                                         const float *__restrict__ k, const float *__restrict__ v,
+                                                         const int32_t *__restrict__ row0,
+                                                         const int32_t *__restrict__ len, int NH, int KVH, int HG,
+                                                         int nsplit, float scale) {
+    __shared__ __align__(16) float smem[Smem<HD, G>::TOTAL];
+    constexpr int DPL = HD / 32, VB = value_batch<HD, G>();
+    const int i = blockIdx.x, kvh = blockIdx.y / HG, hg = blockIdx.y % HG, c = blockIdx.z;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int group = NH / KVH, h0 = kvh * group + hg * MAX_G, nh = min(MAX_G, group - hg * MAX_G);
+    const int n_len = len[i], chunk = chunk_keys(n_len, nsplit);
+    const int begin = c * chunk, end = min(n_len, begin + chunk);
+    const size_t kv_stride = (size_t)KVH * HD;
+    const float *kbase = k + (size_t)row0[i] * kv_stride + (size_t)kvh * HD;
+    const float *vbase = v + (size_t)row0[i] * kv_stride + (size_t)kvh * HD;
+
+    if (begin >= end) {  // a chunk past this token's keys: nothing to merge (whole block returns)
+        if (nsplit == 1)  // len <= 0: the CPU twin writes zeros
+            for (int x = threadIdx.x; x < nh * HD; x += THREADS) out[((size_t)i * NH + h0) * HD + x] = 0;
+        return;
+    }
+
+    float *sq = smem;                      // [G][HD]
+    float *sp = smem + G * HD + warp * G * 32;  // this warp's [G][32]
+    const float *qi = q + ((size_t)i * NH + h0) * HD;
+    for (int x = threadIdx.x; x < G * HD; x += THREADS) sq[x] = x < nh * HD ? qi[x] : 0.0f;
+    __syncthreads();
+
+    float m[G], l[G], acc[G][DPL];
+#pragma unroll
+    for (int h = 0; h < G; h++) {
+        m[h] = -INFINITY, l[h] = 0;
+#pragma unroll
+        for (int d = 0; d < DPL; d++) acc[h][d] = 0;
+    }
+
+    const float4 *sq4 = reinterpret_cast<const float4 *>(sq);
+    for (int t0 = begin + warp * 32; t0 < end; t0 += THREADS) {
+        const int cnt = min(32, end - t0);  // keys in this tile
+        // The first VB value rows are loaded before the scores need them: their latency
+        // overlaps the keys' (with HD <= 64 that is the whole tile: one round trip).
+        float vv[VB][DPL];
+        load_values<HD, VB>(vv, vbase + (size_t)t0 * kv_stride, kv_stride, cnt, lane);
+        // Scores: lane j owns key t0 + j, whole dot products (no shuffles); a batch of
+        // 8 float4 is one 128-byte line of the key's row.
+        const int j = t0 + lane;
+        float s[G];
+#pragma unroll
+        for (int h = 0; h < G; h++) s[h] = 0;
+        if (j < end) {
+            const float4 *kr = reinterpret_cast<const float4 *>(kbase + (size_t)j * kv_stride);
+#pragma unroll
+            for (int b = 0; b < HD / 4; b += 8) {
+                float4 kk[8];
+#pragma unroll
+                for (int e = 0; e < 8; e++) kk[e] = __ldg(kr + b + e);
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+#pragma unroll
+                    for (int h = 0; h < G; h++) {
+                        float4 qq = sq4[h * (HD / 4) + b + e];
+                        s[h] += qq.x * kk[e].x + qq.y * kk[e].y + qq.z * kk[e].z + qq.w * kk[e].w;
+                    }
+            }
+        }
+        // Online softmax: lane 0's key is always in range, so the new max is finite.
+#pragma unroll
+        for (int h = 0; h < G; h++) {
+            float sc = j < end ? s[h] * scale : -INFINITY;
+            float mn = fmaxf(m[h], warp_max(sc));
+            float corr = expf(m[h] - mn);  // 0 on the first tile (m = -inf)
+            float p = expf(sc - mn);       // 0 past the end
+            l[h] = l[h] * corr + p;        // this lane's share of the sum, added up at the end
+            m[h] = mn;
+#pragma unroll
+            for (int d = 0; d < DPL; d++) acc[h][d] *= corr;
+            sp[h * 32 + lane] = p;
+        }
+        __syncwarp();
+        // P·V, VB value rows at a time, the probabilities as float4 broadcasts.
+#pragma unroll
+        for (int jb = 0; jb < 32; jb += VB) {
+            if (jb >= cnt) break;
+            if (jb > 0) load_values<HD, VB>(vv, vbase + (size_t)(t0 + jb) * kv_stride, kv_stride, cnt - jb, lane);
+#pragma unroll
+            for (int h = 0; h < G; h++)
+#pragma unroll
+                for (int e4 = 0; e4 < VB; e4 += 4) {
+                    float4 p4 = *reinterpret_cast<const float4 *>(sp + h * 32 + jb + e4);
+                    const float pe[4] = {p4.x, p4.y, p4.z, p4.w};
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+#pragma unroll
+                        for (int d = 0; d < DPL; d++) acc[h][d] += pe[e] * vv[e4 + e][d];
+                }
+        }
+        __syncwarp();  // sp is rewritten by the next tile
+    }
+
+    // Merge the warps in warp order. A warp without keys has m = -inf, l = 0, acc = 0.
+#pragma unroll
+    for (int h = 0; h < G; h++) l[h] = warp_sum(l[h]);
+    __syncthreads();  // every warp is done with q and p: their space becomes acc
+    float *sacc = smem;                               // [WARPS][G][HD]
+    float *sml = smem + Smem<HD, G>::UNION;           // [WARPS][G][2]
+#pragma unroll
+    for (int h = 0; h < G; h++) store_dims<HD>(sacc + (warp * G + h) * HD, acc[h], lane);
+    if (lane == 0)
+#pragma unroll
+        for (int h = 0; h < G; h++) sml[(warp * G + h) * 2] = m[h], sml[(warp * G + h) * 2 + 1] = l[h];
+    __syncthreads();
+    for (int x = threadIdx.x; x < nh * HD; x += THREADS) {
+        const int h = x / HD, d = x % HD;
+        float M = -INFINITY, L = 0, A = 0;
+        for (int w = 0; w < WARPS; w++) M = fmaxf(M, sml[(w * G + h) * 2]);
+        for (int w = 0; w < WARPS; w++) {
+            float mw = sml[(w * G + h) * 2];
+            float f = mw == -INFINITY ? 0.0f : expf(mw - M);
+            L += sml[(w * G + h) * 2 + 1] * f;
+            A += sacc[(w * G + h) * HD + d] * f;
+        }
+        const size_t row = (size_t)i * NH + h0 + h;  // (token, query head)
+        if (nsplit == 1) {
+            out[row * HD + d] = A / L;
+        } else {
+            part_acc[(row * nsplit + c) * HD + d] = A;
+            if (d == 0) part_ml[(row * nsplit + c) * 2] = M, part_ml[(row * nsplit + c) * 2 + 1] = L;
+        }
+    }
+}
+
+// One warp per (token, query head): merges the chunks that hold keys, in chunk order.
+// grid ceil(n*NH / WARPS), THREADS threads.
+__global__ void decode_merge_kernel(float *__restrict__ out, const float *__restrict__ part_acc,
+                                    const float *__restrict__ part_ml, const int32_t *__restrict__ len, int n, int NH,
+                                    int HD, int nsplit) {
+    const long row = (long)blockIdx.x * WARPS + threadIdx.x / 32;  // (token, query head)
+    const int lane = threadIdx.x % 32;
+    if (row >= (long)n * NH) return;
+    const int n_len = len[row / NH];
+    const int nc = n_len > 0 ? (n_len + chunk_keys(n_len, nsplit) - 1) / chunk_keys(n_len, nsplit) : 0;
+    const float *ml = part_ml + (size_t)row * nsplit * 2;
+    const float *acc = part_acc + (size_t)row * nsplit * HD;
+    float M = -INFINITY, L = 0;
+    for (int c = 0; c < nc; c++) M = fmaxf(M, ml[c * 2]);
+    for (int c = 0; c < nc; c++) L += ml[c * 2 + 1] * expf(ml[c * 2] - M);
+    for (int d = lane; d < HD; d += 32) {
+        float A = 0;
+        for (int c = 0; c < nc; c++) A += acc[(size_t)c * HD + d] * expf(ml[c * 2] - M);
+        out[(size_t)row * HD + d] = nc ? A / L : 0.0f;
+    }
+}
+
+// Chunks per sequence: enough blocks for BLOCKS_PER_SM per SM (at 200-250 registers a
+// thread, 2 are resident at a time; more chunks cost more partial results than they
+// gain: on an H200, 4 beat 8 and 16 for n 64..512, len 512..2048).
+int pick_split(int n, int KVH, int HG) {
+    static int sms;
+    if (!sms) {
+        int dev = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        if (sms <= 0) sms = 132;
+    }
+    long base = (long)n * KVH * HG, target = (long)BLOCKS_PER_SM * sms;
+    if (base >= target) return 1;
+    long s = (target + base - 1) / base;
+    return (int)(s < MAX_SPLIT ? s : MAX_SPLIT);
+}
+
+template <int HD, int G>
+void launch_decode(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
+                   const int32_t *len, int n, int NH, int KVH, float scale) {
+    const int group = NH / KVH, HG = (group + MAX_G - 1) / MAX_G;
+    const int nsplit = pick_split(n, KVH, HG);
+    float *part_acc = NULL, *part_ml = NULL;
+    if (nsplit > 1) {
+        size_t rows = (size_t)n * NH * nsplit;
+        part_acc = (float *)cuda_scratch(SCRATCH_DECODE, sizeof(float) * rows * (HD + 2));
+        if (!part_acc) return;
+        part_ml = part_acc + rows * HD;
+    }
+    dim3 grid((unsigned)n, (unsigned)(KVH * HG), (unsigned)nsplit);
+    decode_kernel<HD, G><<<grid, THREADS, 0, cuda_stream()>>>(out, part_acc, part_ml, q, k, v, row0, len, NH, KVH,
+                                                             HG, nsplit, scale);
+    CUDA_LAUNCH_CHECK();
+    if (nsplit > 1) {
+        decode_merge_kernel<<<cuda_blocks((long)n * NH, WARPS), THREADS, 0, cuda_stream()>>>(out, part_acc, part_ml,
+                                                                                            len, n, NH, HD, nsplit);
+        CUDA_LAUNCH_CHECK();
+    }
+}
+
+// G: the query heads per block rounded up to 1, 2, 4 or 8 (the extra heads compute on
+// zeros and are not written).
+template <int HD>
+void launch_hd(float *out, const float *q, const float *k, const float *v, const int32_t *row0, const int32_t *len,
+               int n, int NH, int KVH, float scale) {
+    int g = NH / KVH < MAX_G ? NH / KVH : MAX_G;
+    if (g <= 1) launch_decode<HD, 1>(out, q, k, v, row0, len, n, NH, KVH, scale);
+    else if (g <= 2) launch_decode<HD, 2>(out, q, k, v, row0, len, n, NH, KVH, scale);
+    else if (g <= 4) launch_decode<HD, 4>(out, q, k, v, row0, len, n, NH, KVH, scale);
+    else launch_decode<HD, 8>(out, q, k, v, row0, len, n, NH, KVH, scale);
+}
+
+bool misaligned(const void *p) { return ((uintptr_t)p & 15) != 0; }
+
+// ---- any head dim up to 256 (the tiny test models have 8 or 16) or unaligned buffers ----
+// One warp per (token, query head), keys 32 at a time: lane j scores key t0 + j, an online
+// softmax over the tile, then P·V with lane owning dims lane, lane + 32, ... Simple rather
+// than fast: real models take the kernel above. grid ceil(n*NH / WARPS), THREADS threads.
+__global__ void decode_any_kernel(float *__restrict__ out, const float *__restrict__ q, const float *__restrict__ k,
+                                  const float *__restrict__ v, const int32_t *__restrict__ row0,
+                                  const int32_t *__restrict__ len, int n, int NH, int KVH, int HD, float scale) {
+    __shared__ float sp[WARPS][32];
+    const long row = (long)blockIdx.x * WARPS + threadIdx.x / 32;  // (token, query head)
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= (long)n * NH) return;
+    const int i = (int)(row / NH), h = (int)(row % NH), kvh = h / (NH / KVH), n_len = len[i];
+    const size_t kv_stride = (size_t)KVH * HD;
+    const float *qi = q + (size_t)row * HD;
+    const float *kb = k + (size_t)row0[i] * kv_stride + (size_t)kvh * HD;
+    const float *vb = v + (size_t)row0[i] * kv_stride + (size_t)kvh * HD;
+    float m = -INFINITY, l = 0, acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int t0 = 0; t0 < n_len; t0 += 32) {
+        const int j = t0 + lane;
+        float s = -INFINITY;
+        if (j < n_len) {
+            float dot = 0;
+            for (int d = 0; d < HD; d++) dot += qi[d] * kb[(size_t)j * kv_stride + d];
+            s = dot * scale;
+        }
+        const float mn = fmaxf(m, warp_max(s));  // finite: key t0 is in range
+        const float corr = expf(m - mn), p = j < n_len ? expf(s - mn) : 0.0f;
+        l = l * corr + warp_sum(p);
+        m = mn;
+#pragma unroll
+        for (int r = 0; r < 8; r++) acc[r] *= corr;
+        sp[warp][lane] = p;
+        __syncwarp();
+        const int cnt = min(32, n_len - t0);
+        for (int e = 0; e < cnt; e++) {
+            const float pe = sp[warp][e];
+            const float *vr = vb + (size_t)(t0 + e) * kv_stride;
+#pragma unroll
+            for (int r = 0; r < 8; r++)
+                if (lane + 32 * r < HD) acc[r] += pe * vr[lane + 32 * r];
+        }
+        __syncwarp();  // sp is rewritten by the next tile
+    }
+#pragma unroll
+    for (int r = 0; r < 8; r++)
+        if (lane + 32 * r < HD) out[(size_t)row * HD + lane + 32 * r] = n_len > 0 ? acc[r] / l : 0.0f;
+}
+
+// ---- scatter_rows: one block per row, float4 copies when the rows allow ----
+
+template <bool VEC>
+__global__ void scatter_rows_kernel(float *__restrict__ dst, const float *__restrict__ src,
+                                    const int32_t *__restrict__ idx, int C) {
+    const int i = blockIdx.x;
+    float *d = dst + (size_t)idx[i] * C;
+    const float *s = src + (size_t)i * C;
+    if (VEC) {
+        for (int c = threadIdx.x; c < C / 4; c += blockDim.x)
+            reinterpret_cast<float4 *>(d)[c] = reinterpret_cast<const float4 *>(s)[c];
+    } else {
+        for (int c = threadIdx.x; c < C; c += blockDim.x) d[c] = s[c];
+    }
+}
+
+}  // namespace
+
+extern "C" void cuda_scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int C) {
+    if (n <= 0 || C <= 0) return;
+    bool vec = C % 4 == 0 && !misaligned(dst) && !misaligned(src);
+    int per = vec ? C / 4 : C, threads = per >= 256 ? 256 : (per + 31) / 32 * 32;
+    if (vec) scatter_rows_kernel<true><<<(unsigned)n, threads, 0, cuda_stream()>>>(dst, src, idx, C);
+    else scatter_rows_kernel<false><<<(unsigned)n, threads, 0, cuda_stream()>>>(dst, src, idx, C);
+    CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void cuda_attention_decode(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
+                                      const int32_t *len, int n, int NH, int KVH, int HD, float scale) {
+    if (n <= 0) return;
+    if (KVH <= 0 || NH % KVH != 0 || HD < 1 || HD > 256) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "attention_decode: unsupported shape NH %d KVH %d HD %d (HD: up to 256)", NH, KVH,
+                 HD);
+        cuda_note_message(msg, __FILE__, __LINE__);
+        return;
+    }
+    if (HD % 32 != 0 || misaligned(out) || misaligned(q) || misaligned(k) || misaligned(v)) {
+        decode_any_kernel<<<cuda_blocks((long)n * NH, WARPS), THREADS, 0, cuda_stream()>>>(out, q, k, v, row0, len, n,
+                                                                                        NH, KVH, HD, scale);
+        CUDA_LAUNCH_CHECK();
+        return;
+    }
+    switch (HD) {
+    case 32: launch_hd<32>(out, q, k, v, row0, len, n, NH, KVH, scale); break;
+    case 64: launch_hd<64>(out, q, k, v, row0, len, n, NH, KVH, scale); break;
+    case 96: launch_hd<96>(out, q, k, v, row0, len, n, NH, KVH, scale); break;
+    case 128: launch_hd<128>(out, q, k, v, row0, len, n, NH, KVH, scale); break;
+    case 160: launch_hd<160>(out, q, k, v, row0, len, n, NH, KVH, scale); break;
+    case 192: launch_hd<192>(out, q, k, v, row0, len, n, NH, KVH, scale); break;
+    case 224: launch_hd<224>(out, q, k, v, row0, len, n, NH, KVH, scale); break;
+    case 256: launch_hd<256>(out, q, k, v, row0, len, n, NH, KVH, scale); break;
+    }
+}
