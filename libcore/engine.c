@@ -17,6 +17,7 @@ struct tp_engine {
     tp_generator *gen;
     int V;
     bool *slot_used;      // [max_batch]
+    int waiting;          // samples whose first token is drawn, waiting for a slot
     tp_request **queue;   // submitted, not yet handed back, in order
     int head, len, cap;
     uint64_t submitted;
@@ -70,10 +71,48 @@ static int take_slot(tp_engine *e) {
     return -1;
 }
 
-bool tp_engine_has_room(const tp_engine *e, int want) {
-    int n = 0;
-    for (int i = 0; i < e->o.max_batch; i++) n += !e->slot_used[i];
-    return n >= want;
+bool tp_engine_can_submit(const tp_engine *e) {
+    if (e->waiting > 0) return false;  // earlier requests' samples take free slots first
+    for (int i = 0; i < e->o.max_batch; i++)
+        if (!e->slot_used[i]) return true;
+    return false;
+}
+
+int tp_engine_waiting(const tp_engine *e) { return e->waiting; }
+
+// A sample of r ended: its slot goes straight to a sibling still waiting for one (cut back
+// to the prompt, which every sibling shares), else it is free.
+static void release(tp_engine *e, tp_request *r, tp_sample_out *s) {
+    if (s->slot < 0) {  // it ended on its first token, before it had a slot
+        e->waiting--;
+        return;
+    }
+    for (int k = 0; k < r->n; k++) {
+        tp_sample_out *w = &r->s[k];
+        if (w->slot < 0 && !w->finish) {
+            tp_generator_truncate(e->gen, s->slot, (int)r->prompt.count);
+            w->slot = s->slot, s->slot = -1;
+            e->waiting--;
+            return;
+        }
+    }
+    e->slot_used[s->slot] = false;
+    s->slot = -1;
+}
+
+// Waiting samples of r take free slots, copying the prompt from a sibling that has one.
+static void admit(tp_engine *e, tp_request *r) {
+    int src = -1;
+    for (int k = 0; k < r->n && src < 0; k++) src = r->s[k].slot;
+    for (int k = 0; k < r->n && src >= 0 && e->waiting > 0; k++) {
+        tp_sample_out *w = &r->s[k];
+        if (w->slot >= 0 || w->finish) continue;
+        int slot = take_slot(e);
+        if (slot < 0) return;
+        tp_generator_copy(e->gen, slot, src, (int)r->prompt.count);  // one prefill, shared
+        w->slot = slot;
+        e->waiting--;
+    }
 }
 
 bool tp_engine_busy(const tp_engine *e) { return e->head < e->len; }
@@ -113,7 +152,7 @@ static void check_stop(tp_engine *e, tp_request *r, tp_sample_out *s) {
     if (!s->finish && ((int)s->tokens.count >= r->o.max_new || (int)(r->prompt.count + s->tokens.count) >= e->o.max_len))
         s->finish = "length";
     if (s->finish) {
-        e->slot_used[s->slot] = false;
+        release(e, r, s);
         r->done++;
     }
 }
@@ -163,8 +202,8 @@ tp_request *tp_engine_submit(tp_engine *e, const int32_t *prompt, int P, const t
                    e->o.max_len);
         return NULL;
     }
-    if (ro->n < 1 || ro->n > e->o.max_batch || ro->max_new < 1 || !tp_engine_has_room(e, ro->n)) {
-        tp_err_set(err, "engine: no room for %d samples (%d slots)", ro->n, e->o.max_batch);
+    if (ro->n < 1 || ro->max_new < 1 || !tp_engine_can_submit(e)) {
+        tp_err_set(err, "engine: no free slot for a new request (%d slots)", e->o.max_batch);
         return NULL;
     }
     tp_request *r = tp_xcalloc(1, sizeof *r);
@@ -182,24 +221,30 @@ tp_request *tp_engine_submit(tp_engine *e, const int32_t *prompt, int P, const t
         tp_request_free(r);
         return NULL;
     }
+    // Every sample's first token comes from the prompt's logits now; sample 0 has the
+    // prompt's slot, the others copy it when slots are free (now or as samples end).
     tp_request **of = tp_xmalloc((size_t)r->n * sizeof *of);
     tp_sample_out **who = tp_xmalloc((size_t)r->n * sizeof *who);
     for (int k = 0; k < r->n; k++) {
         tp_sample_out *s = &r->s[k];
-        s->slot = k == 0 ? first : take_slot(e);
-        if (k > 0) tp_generator_copy(e->gen, s->slot, first, P);  // one prefill, shared
+        s->slot = k == 0 ? first : -1;
         // (seed, sample): the same tokens however requests are batched
         s->rng = tp_splitmix64_skip(ro->seed * 0x9E3779B97F4A7C15ull, (uint64_t)k * 977);
         for (int w = 0; w < 4; w++) tp_splitmix64(&s->rng);
         of[k] = r, who[k] = s;
     }
+    e->waiting += r->n - 1;
     rc = draw(e, r->n, of, who, true, err);
     free(of), free(who);
     if (rc < 0) {
-        for (int k = 0; k < r->n; k++) e->slot_used[r->s[k].slot] = false;
+        for (int k = 0; k < r->n; k++) {
+            if (r->s[k].slot >= 0) e->slot_used[r->s[k].slot] = false;
+            else if (!r->s[k].finish) e->waiting--;
+        }
         tp_request_free(r);
         return NULL;
     }
+    admit(e, r);
     if (e->len == e->cap) e->cap = e->cap ? 2 * e->cap : 16, e->queue = tp_xrealloc(e->queue, (size_t)e->cap * sizeof *e->queue);
     e->queue[e->len++] = r;
     e->submitted++;
@@ -212,10 +257,11 @@ int tp_engine_step(tp_engine *e, tp_err *err) {
     int32_t *tok = tp_xmalloc((size_t)cap * sizeof *tok);
     tp_sample_out **who = tp_xmalloc((size_t)cap * sizeof *who);
     tp_request **of = tp_xmalloc((size_t)cap * sizeof *of);
+    for (int q = e->head; q < e->len && e->waiting > 0; q++) admit(e, e->queue[q]);
     for (int q = e->head; q < e->len; q++)
         for (int k = 0; k < e->queue[q]->n; k++) {
             tp_sample_out *s = &e->queue[q]->s[k];
-            if (s->finish || n == cap) continue;
+            if (s->finish || s->slot < 0 || n == cap) continue;
             slots[n] = s->slot, outs[n] = n, tok[n] = s->tokens.ids[s->tokens.count - 1];
             who[n] = s, of[n] = e->queue[q];
             n++;
@@ -235,7 +281,9 @@ void tp_engine_cancel(tp_engine *e, tp_request *r) {
     for (int k = 0; k < r->n; k++)
         if (!r->s[k].finish) {
             r->s[k].finish = "abort";
-            e->slot_used[r->s[k].slot] = false;
+            if (r->s[k].slot >= 0) e->slot_used[r->s[k].slot] = false;
+            else e->waiting--;
+            r->s[k].slot = -1;
             r->done++;
         }
 }

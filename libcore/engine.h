@@ -1,10 +1,12 @@
 // engine.h — the sampling loop behind rollout (and serve): requests of n samples each,
 // one shared prefill per request, running samples decoded together, stops, and requests
-// handed back in the order they came in.
+// handed back in the order they came in. Batching is continuous by sample: a request
+// starts when one slot is free; its other samples (first tokens already drawn) copy the
+// prompt's cache into slots as they free up, before any newer request starts.
 //
 //   tp_engine *e = tp_engine_new(model, tokenizer, &opts, &err);
 //   while (more input) {
-//       while (!tp_engine_has_room(e, ro.n)) tp_engine_step(e, &err), drain(e);
+//       while (!tp_engine_can_submit(e)) tp_engine_step(e, &err), drain(e);
 //       if (!tp_engine_submit(e, prompt_ids, n_prompt, &ro, user, &err)) fail;
 //   }
 //   while (tp_engine_busy(e)) tp_engine_step(e, &err), drain(e);
@@ -34,7 +36,7 @@ typedef struct tp_engine_opts {
 // A request's: how many samples, how they are drawn and when they end.
 typedef struct tp_request_opts {
     tp_sampler sampler;
-    int n;             // samples (<= max_batch)
+    int n;             // samples (any number: those without a slot wait for one)
     int max_new;       // completion tokens at most
     uint64_t seed;     // sample k draws from its own stream of (seed, k)
     const char *stop[16];  // stop strings (the text ends before the first found)
@@ -47,7 +49,7 @@ typedef struct tp_sample_out {
     const char *finish;  // "stop" or "length" once finished, NULL while running
     bool cut;            // a stop string ended it: the text is cut at text_len bytes
     size_t text_len;
-    int slot;
+    int slot;            // its KV-cache slot; -1 while waiting for one, and once finished
     uint64_t rng;
 } tp_sample_out;
 
@@ -70,10 +72,13 @@ int tp_engine_eos(const tp_model *m, const tp_tokenizer *tok, int tmpl, int32_t 
 
 tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_opts *opts, tp_err *err);
 void tp_engine_free(tp_engine *e);
-bool tp_engine_has_room(const tp_engine *e, int n);  // free slots for a request of n samples
+// A free slot, and no sample of an earlier request waiting for one.
+bool tp_engine_can_submit(const tp_engine *e);
+int tp_engine_waiting(const tp_engine *e);  // samples waiting for a slot
 bool tp_engine_busy(const tp_engine *e);      // requests not yet handed back
-// Prefills the prompt once, shares it with the n samples and draws their first tokens.
-// Fails when the prompt leaves no room for a new token within max_len.
+// Prefills the prompt once, draws the n samples' first tokens and gives the samples the
+// free slots (copies of the prompt's cache). Fails when the prompt leaves no room for a
+// new token within max_len, or when !tp_engine_can_submit.
 // Returns the request (the engine's until it is handed back), or NULL with the reason.
 tp_request *tp_engine_submit(tp_engine *e, const int32_t *prompt, int n_prompt, const tp_request_opts *ro,
                              void *user, tp_err *err);

@@ -94,6 +94,9 @@ void tp_generator_free(tp_generator *g) {
 
 int tp_generator_len(const tp_generator *g, int slot) { return g->len[slot]; }
 void tp_generator_reset(tp_generator *g, int slot) { g->len[slot] = 0; }
+void tp_generator_truncate(tp_generator *g, int slot, int n) {
+    if (n >= 0 && n < g->len[slot]) g->len[slot] = n;
+}
 
 // Row number of (slot, layer 0, position t); layer l's rows start l * cap rows further.
 static int32_t kv_row(const tp_generator *g, int slot, int t) { return (int32_t)((size_t)slot * g->L * g->cap + t); }

@@ -23,6 +23,7 @@ void tp_generator_free(tp_generator *g);
 size_t tp_kv_bytes_per_token(const tp_model *m);  // keys and values of one token, all layers
 int tp_generator_len(const tp_generator *g, int slot);  // tokens cached in slot
 void tp_generator_reset(tp_generator *g, int slot);     // empties slot
+void tp_generator_truncate(tp_generator *g, int slot, int n);  // keeps its first n tokens
 // dst := the first n tokens of src (n < 0: all of them): n samples share one prompt's prefill.
 void tp_generator_copy(tp_generator *g, int dst, int src, int n);
 

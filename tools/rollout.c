@@ -29,7 +29,7 @@ static const char usage[] =
     "      --temperature X (1.0)  --top-k N (0: off)  --top-p X (1.0)  --min-p X (0)\n"
     "      --greedy  --seed N (42)  --stop STRING (repeatable)\n"
     "      --max-new-tokens N (1024)  --max-len N (prompt + completion; model's, <= 4096)\n"
-    "      --max-batch N (max(16, n))  sequences decoded together\n"
+    "      --max-batch N (max(16, n))  sequences decoded together (samples beyond wait)\n"
     "      --score            add log-probs of given completions (prompt_tokens, tokens)\n"
     "      --field NAME       --score's field (ref_logprobs)\n"
     "      --device cpu|cuda|auto (auto)  --matmul fp32|tf32|bf16 (cuda: bf16)\n"
@@ -100,7 +100,6 @@ static void parse_options(int argc, char **argv, options *o) {
     if (!o->model) tp_die_usage("-m MODEL is required");
     if (o->sampler.temperature == 0) o->sampler.greedy = true;
     if (!o->max_batch) o->max_batch = o->n > 16 ? o->n : 16;
-    if (o->max_batch < o->n) tp_die_usage("--max-batch (%lld) must hold the %lld samples of a problem", o->max_batch, o->n);
 }
 
 // ---- state ----
@@ -239,7 +238,7 @@ static void run_generate(rollout *r, char **files, int nfiles) {
         tp_jsonl_reader *in = tp_jsonl_open(path, NULL, &err);
         if (!in) tp_die_err(&err);
         for (;;) {
-            while (!tp_engine_has_room(r->engine, r->ro.n)) step(r);
+            while (!tp_engine_can_submit(r->engine)) step(r);
             jv rec;
             int got = tp_jsonl_next(in, &rec, &err);
             if (got < 0) tp_die_err(&err);

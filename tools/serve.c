@@ -101,7 +101,7 @@ static void engine_loop(void) {
     tp_err err;
     pthread_mutex_lock(&S.lock);
     while (!stopping) {
-        while (S.queue_head && (S.queue_head->abandoned || tp_engine_has_room(S.engine, S.queue_head->ro.n))) {
+        while (S.queue_head && (S.queue_head->abandoned || tp_engine_can_submit(S.engine))) {
             job *j = S.queue_head;
             S.queue_head = j->next;
             if (!S.queue_head) S.queue_tail = NULL;

@@ -12,7 +12,6 @@ expect help 0 "" "$RO" --help
 [ "$(wc -l <"$TMP/stdout")" -le 24 ] && ok help-fits-a-screen || not_ok help-fits-a-screen
 expect version 0 "" "$RO" --version
 expect no-model 2 "-m MODEL is required" "$RO"
-expect batch-too-small 2 "must hold" "$RO" -m x -n 8 --max-batch 4
 
 sh "$ROOT/samples/addition/make.sh" 400 1 >"$TMP/add.jsonl"
 "$BIN/tokenize" -q -t "$TINY" --template chatml "$TMP/add.jsonl" -o "$TMP/add.stream"
@@ -45,6 +44,14 @@ jq -s -e 'length == 12 and all(.[]; .logprobs == .again)' "$TMP/scored.jsonl" >/
     ok score-equals-rollout-logprobs || not_ok score-equals-rollout-logprobs
 "$RO" -q --score -m "$TMP/model" "$TMP/a.jsonl" | jq -s -e 'all(.[]; .ref_logprobs | length > 0)' >/dev/null &&
     ok score-default-field || not_ok score-default-field
+
+# Continuous batching by sample: 6 samples a problem through 4 slots (samples wait for
+# slots as others end) give the tokens of 16 slots.
+# shellcheck disable=SC2086
+"$RO" -q $RUN -n 6 --max-batch 4 --temperature 0.9 --seed 5 "$TMP/probs.jsonl" | jq -c '[.group, .sample, .tokens]' >"$TMP/w4"
+# shellcheck disable=SC2086
+"$RO" -q $RUN -n 6 --max-batch 16 --temperature 0.9 --seed 5 "$TMP/probs.jsonl" | jq -c '[.group, .sample, .tokens]' >"$TMP/w16"
+[ "$(wc -l <"$TMP/w4")" -eq 18 ] && cmp -s "$TMP/w4" "$TMP/w16" && ok samples-wait-for-slots || not_ok samples-wait-for-slots
 
 # Greedy: the same tokens whatever the batch size or sample count.
 # shellcheck disable=SC2086

@@ -155,7 +155,7 @@ static void run_engine(tp_model *m, uint64_t seed, tp_ids *out) {
     int32_t prompt[3][5] = {{1, 2, 3, 4, 5}, {9, 8, 7, 6, 5}, {11, 12, 13, 14, 15}};
     int submitted = 0, done = 0;
     while (done < 3) {
-        while (submitted < 3 && tp_engine_has_room(e, 4))
+        while (submitted < 3 && tp_engine_can_submit(e))
             CHECK_MSG(tp_engine_submit(e, prompt[submitted++], 5, &ro, NULL, &err), "%s", err.msg);
         CHECK_MSG(tp_engine_step(e, &err) >= 0, "%s", err.msg);
         tp_request *r;
