@@ -141,12 +141,24 @@ static void check_stop(tp_engine *e, tp_request *r, tp_sample_out *s) {
     if (!r->o.ignore_eos && is_eos(e, t)) {
         s->finish = "stop";
     } else if (r->o.n_stop || (e->o.stop && !r->o.ignore_eos)) {
+        // A stop string completed by this token lies within the last few tokens' text (a
+        // token is at least a byte): that window is searched, and only a hit pays for
+        // decoding the whole text, where the cut is placed. Linear in the completion.
+        const char *stops[17];
+        int n = 0;
+        size_t longest = 0;
+        for (int k = 0; k < r->o.n_stop; k++) stops[n++] = r->o.stop[k];
+        if (e->o.stop && !r->o.ignore_eos) stops[n++] = e->o.stop;
+        for (int k = 0; k < n; k++) longest = strlen(stops[k]) > longest ? strlen(stops[k]) : longest;
+        size_t count = s->tokens.count, window = longest + 8, from = count > window ? count - window : 0;
         tp_buf text = {0};
         tp_err err;
-        if (tp_tokenizer_decode(e->tok, s->tokens.ids, s->tokens.count, true, &text, &err) == 0) {
-            for (int k = 0; k < r->o.n_stop; k++) stop_at(s, &text, r->o.stop[k]);
-            if (!r->o.ignore_eos) stop_at(s, &text, e->o.stop);
-        }
+        bool hit = false;
+        if (tp_tokenizer_decode(e->tok, s->tokens.ids + from, count - from, true, &text, &err) == 0)
+            for (int k = 0; k < n && !hit; k++) hit = memmem(text.data, text.len, stops[k], strlen(stops[k])) != NULL;
+        if (hit && from > 0) text.len = 0;  // (decode appends)
+        if (hit && (from == 0 || tp_tokenizer_decode(e->tok, s->tokens.ids, count, true, &text, &err) == 0))
+            for (int k = 0; k < n; k++) stop_at(s, &text, stops[k]);
         tp_buf_free(&text);
     }
     if (!s->finish && ((int)s->tokens.count >= r->o.max_new || (int)(r->prompt.count + s->tokens.count) >= e->o.max_len))
