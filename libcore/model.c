@@ -341,12 +341,29 @@ int tp_model_forward(tp_model *m, const tp_batch *b, tp_loss *loss, const int32_
     return backend_check(be, err);
 }
 
-int tp_model_logprobs(tp_model *m, const tp_batch *b, const int32_t *rows, const int32_t *targets, int n,
-                      float temperature, double *out, tp_err *err) {
+// The k most likely tokens of one row of logits (already divided by the temperature) and
+// their log-probs, best first (ties: the smaller id).
+static void row_top(const float *z, int V, int k, int32_t *ids, double *lp) {
+    double mx = -INFINITY, sum = 0;
+    for (int j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
+    for (int j = 0; j < V; j++) sum += exp((double)z[j] - mx);
+    double lse = mx + log(sum);
+    int have = 0;
+    for (int j = 0; j < V; j++) {
+        if (have == k && z[j] <= z[ids[k - 1]]) continue;
+        int at = have < k ? have++ : k - 1;
+        while (at > 0 && z[j] > z[ids[at - 1]]) ids[at] = ids[at - 1], at--;
+        ids[at] = j;
+    }
+    for (int i = 0; i < have; i++) lp[i] = (double)z[ids[i]] - lse;
+}
+
+int tp_model_logprobs_top(tp_model *m, const tp_batch *b, const int32_t *rows, const int32_t *targets, int n,
+                          float temperature, double *out, int k, int32_t *top_ids, double *top_lp, tp_err *err) {
     if (check_batch(m, b, err) < 0) return -1;
     int N = b->B * b->T, C = m->cfg.hidden_size, V = m->cfg.vocab_size;
-    if (n > N || temperature <= 0) {
-        tp_err_set(err, "logprobs: %d rows for %d tokens, temperature %g", n, N, temperature);
+    if (n > N || temperature <= 0 || k < 0 || k > V) {
+        tp_err_set(err, "logprobs: %d rows for %d tokens, temperature %g, %d top tokens", n, N, temperature, k);
         return -1;
     }
     for (int i = 0; i < n; i++)
@@ -360,16 +377,29 @@ int tp_model_logprobs(tp_model *m, const tp_batch *b, const int32_t *rows, const
     memcpy(a->rows, rows, (size_t)n * sizeof *rows);
     memcpy(a->target, targets, (size_t)n * sizeof *targets);
     bind_targets(a, n);
+    float *host = k > 0 && be->device ? tp_xmalloc((size_t)a->chunk * V * sizeof *host) : NULL;
     for (int i = 0; i < n; i += a->chunk) {
-        int k = n - i < a->chunk ? n - i : a->chunk;
-        be->gather_rows(a->xg, a->lnf, a->rows_b + i, k, C);
-        be->linear_forward(a->logits, a->xg, m->W.lm_head, NULL, k, C, V);
-        if (temperature != 1.0f) be->scale(a->logits, (size_t)k * V, 1.0f / temperature);
+        int rows_now = n - i < a->chunk ? n - i : a->chunk;
+        be->gather_rows(a->xg, a->lnf, a->rows_b + i, rows_now, C);
+        be->linear_forward(a->logits, a->xg, m->W.lm_head, NULL, rows_now, C, V);
+        if (temperature != 1.0f) be->scale(a->logits, (size_t)rows_now * V, 1.0f / temperature);
+        if (k > 0) {  // before the loss op overwrites the logits with its gradient
+            const float *z = a->logits;
+            if (host) be->download(host, a->logits, (size_t)rows_now * V * sizeof *host), z = host;
+            for (int r = 0; r < rows_now; r++)
+                row_top(z + (size_t)r * V, V, k, top_ids + (size_t)(i + r) * k, top_lp + (size_t)(i + r) * k);
+        }
         // One row at a time through the loss op: -loss is the row's log-probability.
-        for (int r = 0; r < k; r++)
+        for (int r = 0; r < rows_now; r++)
             out[i + r] = -be->crossentropy_forward_backward(a->logits + (size_t)r * V, a->target_b + i + r, 1, V, 0.0f);
     }
+    free(host);
     return backend_check(be, err);
+}
+
+int tp_model_logprobs(tp_model *m, const tp_batch *b, const int32_t *rows, const int32_t *targets, int n,
+                      float temperature, double *out, tp_err *err) {
+    return tp_model_logprobs_top(m, b, rows, targets, n, temperature, out, 0, NULL, NULL, err);
 }
 
 // ---- backward ----

@@ -141,6 +141,10 @@ int tp_model_forward(tp_model *m, const tp_batch *b, tp_loss *loss, const int32_
 // policy's log-probs are the same bits in rollout and in grpo-step for the same batch.
 int tp_model_logprobs(tp_model *m, const tp_batch *b, const int32_t *rows, const int32_t *targets, int n,
                       float temperature, double *out, tp_err *err);
+// The same, and the k most likely tokens at each row with their log-probs (best first) into
+// top_ids, top_lp [n, k] (OpenAI's top_logprobs).
+int tp_model_logprobs_top(tp_model *m, const tp_batch *b, const int32_t *rows, const int32_t *targets, int n,
+                          float temperature, double *out, int k, int32_t *top_ids, double *top_lp, tp_err *err);
 // Forward and backward: accumulates loss_scale * d(loss sum)/d(params) into m->g (call
 // tp_model_zero_grad first; micro-batches of one step accumulate). loss_scale = 1/count
 // of the global batch gives the mean over its targets.

@@ -27,7 +27,7 @@ static const char usage[] =
     "An OpenAI-compatible server: POST /v1/chat/completions, POST /v1/completions,\n"
     "GET /v1/models, GET /health.\n"
     "  -m, --model DIR|FILE.gguf    the model (tokenizer files beside it)\n"
-    "      --host ADDR (127.0.0.1)  --port N (8000; 0: any free port, printed)\n"
+    "      --host ADDR (127.0.0.1; IPv4 or IPv6)  --port N (8000; 0: any free port, printed)\n"
     "      --api-key-env NAME       require \"Authorization: Bearer $NAME\"\n"
     "      --template NAME (auto)   chatml qwen3 deepseek-r1 llama3 nemo auto\n"
     "      --reasoning-parser think  <think> text goes to reasoning_content\n"
@@ -50,7 +50,9 @@ typedef struct options {
 
 typedef struct job {
     // the request, fixed once queued
-    bool chat, stream;
+    bool chat, stream, include_usage;
+    bool logprobs;  // the sampled tokens' log-probs in the answer
+    int top;        // and the top most likely tokens at each position
     tp_ids prompt;
     tp_request_opts ro;
     char id[48];
@@ -225,6 +227,74 @@ static jv envelope(const job *j, const char *object) {
     return jv_object_set(o, jv_string("model"), jv_string(S.o.name));
 }
 
+// A token's text and bytes (special tokens as they are written).
+static jv token_json(jv o, int32_t id, tp_buf *piece) {
+    tp_err err;
+    piece->len = 0;
+    if (tp_tokenizer_decode(S.tok, &id, 1, false, piece, &err) < 0) piece->len = 0;
+    jv bytes = jv_array();
+    for (size_t i = 0; i < piece->len; i++) bytes = jv_array_append(bytes, jv_number((unsigned char)piece->data[i]));
+    o = jv_object_set(o, jv_string("token"), jv_string_sized(piece->data, (int)piece->len));
+    return jv_object_set(o, jv_string("bytes"), bytes);
+}
+
+// The sampled tokens' log-probs under the model (temperature 1: vLLM's raw log-probs), by
+// the training forward over prompt and completion (under the lock: the engine waits), in
+// the chat API's shape ({"content": [{token, logprob, bytes, top_logprobs}]}) or the
+// completions API's ({tokens, token_logprobs, top_logprobs, text_offset}).
+static jv logprobs_json(const job *j, const tp_sample_out *s) {
+    int P = (int)j->prompt.count, G = (int)s->tokens.count, T = P + G, k = j->top;
+    if (G == 0) return j->chat ? jv_object_set(jv_object(), jv_string("content"), jv_array()) : jv_null();
+    int32_t *ids = tp_xmalloc(sizeof *ids * (size_t)T), *pos = tp_xmalloc(sizeof *pos * (size_t)T);
+    int32_t *seg = tp_xcalloc((size_t)T, sizeof *seg), *rows = tp_xmalloc(sizeof *rows * (size_t)G);
+    int32_t *top = tp_xmalloc(sizeof *top * (size_t)G * (k ? k : 1));
+    double *lp = tp_xmalloc(sizeof *lp * (size_t)G), *top_lp = tp_xmalloc(sizeof *top_lp * (size_t)G * (k ? k : 1));
+    memcpy(ids, j->prompt.ids, sizeof *ids * (size_t)P);
+    memcpy(ids + P, s->tokens.ids, sizeof *ids * (size_t)G);
+    for (int t = 0; t < T; t++) pos[t] = t;
+    for (int t = 0; t < G; t++) rows[t] = P - 1 + t;
+    tp_batch b = {1, T, ids, pos, seg, NULL};
+    tp_err err;
+    jv out;
+    if (tp_model_logprobs_top(S.m, &b, rows, ids + P, G, 1.0f, lp, k, top, top_lp, &err) < 0) {
+        tp_warn("%s: log-probs: %s", j->id, err.msg);
+        out = jv_null();
+    } else {
+        tp_buf piece = {0};
+        jv content = jv_array(), tokens = jv_array(), token_lp = jv_array(), tops = jv_array(), offsets = jv_array();
+        size_t offset = 0;
+        for (int t = 0; t < G; t++) {
+            jv e = jv_object_set(token_json(jv_object(), ids[P + t], &piece), jv_string("logprob"), jv_number(lp[t]));
+            tokens = jv_array_append(tokens, jv_string_sized(piece.data, (int)piece.len));
+            token_lp = jv_array_append(token_lp, jv_number(lp[t]));
+            offsets = jv_array_append(offsets, jv_number((double)offset));
+            offset += piece.len;
+            jv alt = jv_array(), alt_map = jv_object();
+            for (int i = 0; i < k; i++) {
+                jv a = token_json(jv_object(), top[(size_t)t * k + i], &piece);
+                alt = jv_array_append(alt, jv_object_set(a, jv_string("logprob"), jv_number(top_lp[(size_t)t * k + i])));
+                alt_map = jv_object_set(alt_map, jv_string_sized(piece.data, (int)piece.len),
+                                        jv_number(top_lp[(size_t)t * k + i]));
+            }
+            content = jv_array_append(content, jv_object_set(e, jv_string("top_logprobs"), alt));
+            tops = jv_array_append(tops, alt_map);
+        }
+        tp_buf_free(&piece);
+        if (j->chat) {
+            out = jv_object_set(jv_object(), jv_string("content"), content);
+            jv_free(tokens), jv_free(token_lp), jv_free(tops), jv_free(offsets);
+        } else {
+            jv_free(content);
+            out = jv_object_set(jv_object(), jv_string("tokens"), tokens);
+            out = jv_object_set(out, jv_string("token_logprobs"), token_lp);
+            out = jv_object_set(out, jv_string("top_logprobs"), k ? tops : (jv_free(tops), jv_null()));
+            out = jv_object_set(out, jv_string("text_offset"), offsets);
+        }
+    }
+    free(ids), free(pos), free(seg), free(rows), free(top), free(lp), free(top_lp);
+    return out;
+}
+
 // The whole answer of a finished job (under the lock).
 static jv final_json(const job *j) {
     jv choices = jv_array();
@@ -244,7 +314,7 @@ static jv final_json(const job *j) {
         } else {
             ch = jv_object_set(ch, jv_string("text"), jv_string_sized(text.data, (int)text.len));
         }
-        ch = jv_object_set(ch, jv_string("logprobs"), jv_null());
+        ch = jv_object_set(ch, jv_string("logprobs"), j->logprobs ? logprobs_json(j, s) : jv_null());
         ch = jv_object_set(ch, jv_string("finish_reason"), jv_string(s->finish));
         choices = jv_array_append(choices, ch);
     }
@@ -323,6 +393,11 @@ static void stream_news(job *j, tp_buf *out) {
     }
     tp_buf_free(&text);
     if (j->state == 2 && !j->sent_done) {
+        if (j->include_usage) {  // OpenAI's stream_options.include_usage: a last chunk with no choices
+            jv o = envelope(j, j->chat ? "chat.completion.chunk" : "text_completion");
+            o = jv_object_set(o, jv_string("choices"), jv_array());
+            sse(out, jv_object_set(o, jv_string("usage"), usage_json(j)));
+        }
         tp_buf_puts(out, "data: [DONE]\n\n");
         j->sent_done = true;
     }
@@ -424,6 +499,32 @@ static job *parse_request(const char *body, size_t len, bool chat, char *msg, si
     if (!bad && jv_get_kind(v) == JV_KIND_TRUE) j->stream = true;
     else if (!bad && jv_get_kind(v) != JV_KIND_FALSE && jv_get_kind(v) != JV_KIND_INVALID && jv_get_kind(v) != JV_KIND_NULL)
         bad = "stream must be a boolean";
+    jv_free(v);
+    // logprobs: chat's boolean (+ top_logprobs), or the completions API's count.
+    v = tp_json_get(req, "logprobs");
+    if (!bad && jv_get_kind(v) == JV_KIND_TRUE && chat) j->logprobs = true;
+    else if (!bad && jv_get_kind(v) == JV_KIND_NUMBER && !chat) {
+        double x = jv_number_value(v);
+        if (x < 0 || x > 20 || x != (int)x) bad = "logprobs must be an integer from 0 to 20";
+        else j->logprobs = true, j->top = (int)x;
+    } else if (!bad && jv_get_kind(v) != JV_KIND_FALSE && jv_get_kind(v) != JV_KIND_INVALID && jv_get_kind(v) != JV_KIND_NULL)
+        bad = chat ? "logprobs must be a boolean" : "logprobs must be an integer from 0 to 20";
+    jv_free(v);
+    v = tp_json_get(req, "top_logprobs");
+    if (!bad && chat && jv_get_kind(v) == JV_KIND_NUMBER) {
+        double x = jv_number_value(v);
+        if (x < 0 || x > 20 || x != (int)x) bad = "top_logprobs must be an integer from 0 to 20";
+        else if (!j->logprobs && x > 0) bad = "top_logprobs needs logprobs: true";
+        else j->top = (int)x;
+    }
+    jv_free(v);
+    if (!bad && j->logprobs && j->stream) bad = "logprobs with stream is not supported; ask without stream";
+    v = tp_json_get(req, "stream_options");
+    if (!bad && jv_get_kind(v) == JV_KIND_OBJECT) {
+        jv u = jv_object_get(jv_copy(v), jv_string("include_usage"));
+        j->include_usage = jv_get_kind(u) == JV_KIND_TRUE;
+        jv_free(u);
+    }
     jv_free(v);
     v = tp_json_get(req, "ignore_eos");
     if (!bad && jv_get_kind(v) == JV_KIND_TRUE) j->ro.ignore_eos = true;
@@ -657,10 +758,14 @@ int main(int argc, char **argv) {
     S.engine = tp_engine_new(S.m, S.tok, &eo, &err);
     if (!S.engine) tp_die("%s; try a smaller --max-batch or --max-len", err.msg);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)S.o.port)};
-    if (inet_pton(AF_INET, S.o.host, &addr.sin_addr) != 1) tp_die_usage("--host %s: not an IPv4 address", S.o.host);
+    struct sockaddr_in6 addr6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)S.o.port)};
+    bool v6 = inet_pton(AF_INET6, S.o.host, &addr6.sin6_addr) == 1;
+    if (!v6 && inet_pton(AF_INET, S.o.host, &addr.sin_addr) != 1)
+        tp_die_usage("--host %s: not an IPv4 or IPv6 address", S.o.host);
     struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                                                MHD_USE_POLL | MHD_USE_ERROR_LOG,
-                                            0, NULL, NULL, handle, NULL, MHD_OPTION_SOCK_ADDR, &addr,
+                                                MHD_USE_POLL | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0),
+                                            0, NULL, NULL, handle, NULL, MHD_OPTION_SOCK_ADDR,
+                                            v6 ? (struct sockaddr *)&addr6 : (struct sockaddr *)&addr,
                                             MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_END);
     if (!d) tp_die("cannot listen on %s:%lld (in use, or not allowed)", S.o.host, S.o.port);
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
@@ -668,8 +773,9 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
-    tp_info("%s (%s, template %s) on http://%s:%u%s", S.o.name, tp_arch_name(S.m->cfg.arch), tp_template_name(S.tmpl),
-            S.o.host, di ? di->port : (unsigned)S.o.port, S.api_key ? ", API key required" : "");
+    tp_info("%s (%s, template %s) on http://%s%s%s:%u%s", S.o.name, tp_arch_name(S.m->cfg.arch),
+            tp_template_name(S.tmpl), v6 ? "[" : "", S.o.host, v6 ? "]" : "", di ? di->port : (unsigned)S.o.port,
+            S.api_key ? ", API key required" : "");
     engine_loop();
     pthread_mutex_lock(&S.lock);
     pthread_cond_broadcast(&S.progress);

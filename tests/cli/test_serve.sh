@@ -67,6 +67,26 @@ jq -s -r '[.[].choices[0].delta.reasoning_content // empty] | add' "$TMP/chunks.
     echo "  whole:    $(jq -c '.choices[0].message' "$TMP/chat.json")" >&2
 }
 
+# Log-probs: the sampled tokens' (the training forward's, as rollout --score gives them at
+# temperature 1) and the top 3 at each step; the completions API's shape; usage at the end
+# of a stream on request; logprobs with stream is refused.
+post /v1/chat/completions "$(echo "$Q" | jq -c '. + {logprobs: true, top_logprobs: 3}')" >"$TMP/lp.json"
+"$BIN/rollout" -q --score -m "$TMP/model" --temperature 1 --field s "$TMP/ro.jsonl" >"$TMP/scored.jsonl"
+jq -e --slurpfile r "$TMP/scored.jsonl" '.choices[0].logprobs.content as $c | ($c | length) == .usage.completion_tokens and
+    ([$c[].logprob] == $r[0].s) and all($c[]; (.top_logprobs | length) == 3 and .top_logprobs[0].token == .token and
+    (.top_logprobs[0].logprob - .logprob | fabs) < 1e-6 and .top_logprobs[0].logprob >= .top_logprobs[1].logprob and
+    (.bytes | length) > 0)' "$TMP/lp.json" >/dev/null && ok chat-logprobs-equal-score || { not_ok chat-logprobs-equal-score; head -c 600 "$TMP/lp.json" >&2; }
+post /v1/completions '{"prompt":"What is 12+30?","max_tokens":8,"temperature":0,"logprobs":2}' | tee "$TMP/clp.json" |
+    jq -e '.choices[0].logprobs as $l | ($l.tokens | length) == .usage.completion_tokens and
+        ($l.token_logprobs | all(. <= 0)) and ($l.top_logprobs | all(length >= 1 and length <= 2)) and
+        ($l.text_offset | . == sort)' >/dev/null && ok completions-logprobs || { not_ok completions-logprobs; head -c 600 "$TMP/clp.json" >&2; }
+[ "$(code "$URL/v1/chat/completions" -d "$(echo "$Q" | jq -c '. + {logprobs: true, stream: true}')")" = 400 ] &&
+    ok stream-logprobs-400 || not_ok stream-logprobs-400
+curl -sN -m 60 "$URL/v1/chat/completions" -d "$(echo "$Q" | jq -c '. + {stream: true, stream_options: {include_usage: true}}')" |
+    grep '^data: {' | tail -n 1 | sed 's/^data: //' |
+    jq -e --slurpfile w "$TMP/chat.json" '.choices == [] and .usage == $w[0].usage' >/dev/null &&
+    ok stream-include-usage || not_ok stream-include-usage
+
 # n samples, seeds, text completions.
 S='{"messages":[{"role":"user","content":"What is 55+66?"}],"temperature":1.0,"n":3,"seed":11,"max_tokens":40}'
 post /v1/chat/completions "$S" | jq -c '[.choices[].message | .reasoning_content + .content]' >"$TMP/s1"
@@ -110,6 +130,18 @@ post /v1/chat/completions '{"messages":[{"role":"user","content":"What is 3+4?"}
 kill -TERM "$PID"
 wait "$PID"
 [ $? = 0 ] && ok sigterm-stops-cleanly || not_ok sigterm-stops-cleanly
+
+# IPv6 loopback, where the machine has it.
+start v6 --host ::1
+if [ -n "$URL" ]; then
+    [ "$(curl -s -g "$URL/health" | jq -r .status)" = ok ] && ok ipv6-loopback || not_ok ipv6-loopback
+    kill -TERM "$PID"
+    wait "$PID"
+else
+    kill -TERM "$PID" 2>/dev/null
+    wait "$PID" 2>/dev/null
+    echo "skip - ipv6-loopback: $(tail -n 1 "$TMP/v6.err")"
+fi
 
 # An API key from the environment: 401 without it, 200 with it, never printed.
 export THINKPIPE_TEST_KEY=sk-test-4f2a9

@@ -103,6 +103,27 @@ static void test_logprobs(void) {
         }
     }
     CHECK(tp_model_logprobs(m, &b, rows, tg, T - 1, 0.0f, lp, &err) == -1);
+    // top_logprobs: the 5 best tokens of each row, best first, with their log-probs
+    enum { K = 5 };
+    int32_t top[29 * K];
+    double top_lp[29 * K], lp2[29];
+    CHECK(tp_model_logprobs_top(m, &b, rows, tg, T - 1, 1.0f, lp2, K, top, top_lp, &err) == 0);
+    CHECK(tp_model_logprobs(m, &b, rows, tg, T - 1, 1.0f, lp, &err) == 0);
+    CHECK(!memcmp(lp2, lp, sizeof lp));  // the same log-probs of the targets as without top-k
+    for (int t = 0; t + 1 < T; t++) {
+        const float *z = ref + (size_t)t * V;
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j < V; j++) mx = fmax(mx, z[j]);
+        for (int j = 0; j < V; j++) sum += exp(z[j] - mx);
+        int better = 0;  // tokens strictly above the 5th best
+        for (int j = 0; j < V; j++) better += z[j] > z[top[t * K + K - 1]];
+        CHECK_MSG(better <= K - 1, "t %d: %d tokens beat the 5th best", t, better);
+        for (int i = 0; i < K; i++) {
+            double want = z[top[t * K + i]] - mx - log(sum);
+            CHECK(fabs(top_lp[t * K + i] - want) <= 1e-5 * fmax(1, fabs(want)));
+            if (i > 0) CHECK(top_lp[t * K + i] <= top_lp[t * K + i - 1]);
+        }
+    }
     free(ref);
     tp_model_free(m);
 }
