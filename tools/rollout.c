@@ -25,6 +25,7 @@ static const char usage[] =
     "  -m, --model DIR|FILE.gguf   the policy (tokenizer files beside it)\n"
     "  -n N (1)                    samples per problem (one shared prefill)\n"
     "      --template NAME (auto)  chatml qwen3 deepseek-r1 llama3 nemo auto\n"
+    "      --allow-template-mismatch  stop on the end-of-turn text the tokenizer lacks\n"
     "      --system TEXT  --prompt TEXT (\"{problem}\\nPlease reason step by step, ...\")\n"
     "      --temperature X (1.0)  --top-k N (0: off)  --top-p X (1.0)  --min-p X (0)\n"
     "      --greedy  --seed N (42)  --stop STRING (repeatable)\n"
@@ -38,7 +39,7 @@ static const char usage[] =
 
 enum { OPT_TEMPLATE = 0x100, OPT_SYSTEM, OPT_PROMPT, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_GREEDY, OPT_SEED,
        OPT_STOP, OPT_MAX_NEW, OPT_MAX_LEN, OPT_MAX_BATCH, OPT_SCORE, OPT_FIELD,
-       OPT_DEVICE, OPT_MATMUL };
+       OPT_DEVICE, OPT_MATMUL, OPT_MISMATCH };
 
 typedef struct options {
     const char *model, *template_name, *system, *prompt, *output, *field, *device, *matmul;
@@ -46,7 +47,7 @@ typedef struct options {
     int n_stop;
     tp_sampler sampler;
     long long n, seed, max_new, max_len, max_batch, threads;
-    bool score;
+    bool score, allow_mismatch;
 } options;
 
 static void parse_options(int argc, char **argv, options *o) {
@@ -60,6 +61,7 @@ static void parse_options(int argc, char **argv, options *o) {
         {"max-len", required_argument, NULL, OPT_MAX_LEN}, {"max-batch", required_argument, NULL, OPT_MAX_BATCH},
         {"score", no_argument, NULL, OPT_SCORE}, {"field", required_argument, NULL, OPT_FIELD},
         {"device", required_argument, NULL, OPT_DEVICE}, {"matmul", required_argument, NULL, OPT_MATMUL},
+        {"allow-template-mismatch", no_argument, NULL, OPT_MISMATCH},
         {"output", required_argument, NULL, 'o'}, {"threads", required_argument, NULL, 'j'},
         TP_CLI_COMMON_LONGOPTS, {0}};
     int c;
@@ -68,6 +70,7 @@ static void parse_options(int argc, char **argv, options *o) {
         case 'm': o->model = optarg; break;
         case 'n': o->n = tp_cli_int("-n", optarg, 1, 4096); break;
         case OPT_DEVICE: o->device = optarg; break;
+        case OPT_MISMATCH: o->allow_mismatch = true; break;
         case OPT_MATMUL:
             if (strcmp(optarg, "fp32") && strcmp(optarg, "tf32") && strcmp(optarg, "bf16"))
                 tp_die_usage("--matmul: fp32, tf32 or bf16");
@@ -130,6 +133,9 @@ typedef struct rollout {
 static void find_eos(rollout *r) {
     const char *stop;
     r->n_eos = tp_engine_eos(r->m, r->tok, r->tmpl, r->eos, (int)(sizeof r->eos / sizeof *r->eos), &stop);
+    if (stop && !r->o->allow_mismatch)
+        tp_die("the tokenizer has no %s token: template %s is not this model's (--template auto reads the model's; "
+               "--allow-template-mismatch stops on the text instead)", stop, tp_template_name(r->tmpl));
     if (stop && !tp_cli.quiet)
         tp_warn("the tokenizer has no %s token: template %s may not be this model's (stopping on the text)", stop,
                 tp_template_name(r->tmpl));

@@ -30,6 +30,7 @@ static const char usage[] =
     "      --host ADDR (127.0.0.1; IPv4 or IPv6)  --port N (8000; 0: any free port, printed)\n"
     "      --api-key-env NAME       require \"Authorization: Bearer $NAME\"\n"
     "      --template NAME (auto)   chatml qwen3 deepseek-r1 llama3 nemo auto\n"
+    "      --allow-template-mismatch  stop on the end-of-turn text the tokenizer lacks\n"
     "      --reasoning-parser think  <think> text goes to reasoning_content\n"
     "      --served-model-name NAME (the model path's last part)\n"
     "      --max-batch N (16)  --max-len N (model's, <= 4096)  --max-tokens N (1024)\n"
@@ -38,12 +39,12 @@ static const char usage[] =
     "Exit: 0 stopped by SIGINT/SIGTERM, 1 error, 2 usage error. See serve(1).\n";
 
 enum { OPT_HOST = 0x100, OPT_PORT, OPT_KEY, OPT_TEMPLATE, OPT_REASONING, OPT_NAME, OPT_MAX_BATCH, OPT_MAX_LEN,
-       OPT_MAX_TOKENS, OPT_DEVICE, OPT_MATMUL };
+       OPT_MAX_TOKENS, OPT_DEVICE, OPT_MATMUL, OPT_MISMATCH };
 
 typedef struct options {
     const char *model, *host, *key_env, *template_name, *name, *device, *matmul;
     long long port, max_batch, max_len, max_tokens, threads;
-    bool think;
+    bool think, allow_mismatch;
 } options;
 
 // ---- the shared state: one lock, the engine loop owns the engine ----
@@ -691,6 +692,7 @@ static void parse_options(int argc, char **argv, options *o) {
         {"served-model-name", required_argument, NULL, OPT_NAME}, {"max-batch", required_argument, NULL, OPT_MAX_BATCH},
         {"max-len", required_argument, NULL, OPT_MAX_LEN}, {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
         {"device", required_argument, NULL, OPT_DEVICE}, {"matmul", required_argument, NULL, OPT_MATMUL},
+        {"allow-template-mismatch", no_argument, NULL, OPT_MISMATCH},
         {"threads", required_argument, NULL, 'j'}, TP_CLI_COMMON_LONGOPTS, {0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:j:" TP_CLI_COMMON_SHORTOPTS, longopts, NULL)) != -1) {
@@ -706,6 +708,7 @@ static void parse_options(int argc, char **argv, options *o) {
             break;
         case OPT_NAME: o->name = optarg; break;
         case OPT_DEVICE: o->device = optarg; break;
+        case OPT_MISMATCH: o->allow_mismatch = true; break;
         case OPT_MATMUL:
             if (strcmp(optarg, "fp32") && strcmp(optarg, "tf32") && strcmp(optarg, "bf16"))
                 tp_die_usage("--matmul: fp32, tf32 or bf16");
@@ -750,6 +753,9 @@ int main(int argc, char **argv) {
     if (!S.o.max_len) S.o.max_len = S.m->cfg.max_position_embeddings < 4096 ? S.m->cfg.max_position_embeddings : 4096;
     int32_t eos[16];
     int n_eos = tp_engine_eos(S.m, S.tok, S.tmpl, eos, 16, &S.eot_stop);
+    if (S.eot_stop && !S.o.allow_mismatch)
+        tp_die("the tokenizer has no %s token: template %s is not this model's (--template auto reads the model's; "
+               "--allow-template-mismatch stops on the text instead)", S.eot_stop, tp_template_name(S.tmpl));
     if (S.eot_stop && !tp_cli.quiet)
         tp_warn("the tokenizer has no %s token: template %s may not be this model's (stopping on the text)",
                 S.eot_stop, tp_template_name(S.tmpl));

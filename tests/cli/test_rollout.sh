@@ -20,7 +20,8 @@ sh "$ROOT/samples/addition/make.sh" 400 1 >"$TMP/add.jsonl"
 printf '%s\n' '{"id":"a","messages":[{"role":"user","content":"What is 123+456?"}],"answer":"579"}' \
     '{"id":"b","messages":[{"role":"user","content":"What is 905+88?"}],"answer":"993"}' \
     '{"messages":[{"role":"user","content":"What is 31+12?"}]}' >"$TMP/probs.jsonl"
-RUN="-m $TMP/model --template chatml --max-new-tokens 40"
+# The tiny test tokenizer spells <|im_end|> in pieces: the mismatch is allowed on purpose.
+RUN="-m $TMP/model --template chatml --allow-template-mismatch --max-new-tokens 40"
 
 # shellcheck disable=SC2086
 expect samples 0 "3 problems, 12 samples" "$RO" $RUN -n 4 --temperature 0.9 --top-p 0.95 --seed 5 "$TMP/probs.jsonl"
@@ -78,6 +79,8 @@ expect prompt-too-long 1 "does not fit --max-len 8" "$RO" $RUN --max-len 8 "$TMP
 mkdir -p "$TMP/notok" && cp "$TMP/model/config.json" "$TMP/model/model.safetensors" "$TMP/notok/"
 expect no-tokenizer 1 "the model's tokenizer" "$RO" -m "$TMP/notok" "$TMP/probs.jsonl"
 expect no-chat-template 1 "--template NAME" "$RO" -m "$TMP/model" "$TMP/probs.jsonl"
+expect template-not-the-tokenizers 1 "the tokenizer has no <|im_end|> token: template chatml is not this model's" \
+    "$RO" -m "$TMP/model" --template chatml "$TMP/probs.jsonl"
 echo '{"prompt_tokens":[1,2],"tokens":[5,99999]}' >"$TMP/badscore.jsonl"
 expect score-bad-token 1 "badscore.jsonl:1: \"tokens\"[1] is not a token id" "$RO" --score -m "$TMP/model" "$TMP/badscore.jsonl"
 finish
