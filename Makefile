@@ -56,9 +56,11 @@ TOOLS     := $(patsubst tools/%.c,$(BUILD)/bin/%,$(wildcard tools/*.c))
 TEST_SRCS := $(wildcard tests/unit/test_*.c)
 TESTS     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 BENCHES   := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*.c))
+# Test servers (tests/server/): stand-ins for remote APIs, for the tests and the offline demo.
+SERVERS   := $(patsubst tests/server/%.c,$(BUILD)/tests/%,$(wildcard tests/server/*.c))
 
 .PHONY: all deps test fuzz bench install clean gpu-check
-all: $(LIB) $(TOOLS) $(TESTS) $(BENCHES)
+all: $(LIB) $(TOOLS) $(TESTS) $(BENCHES) $(SERVERS)
 
 deps:
 	@sh tests/deps.sh
@@ -88,6 +90,11 @@ $(BUILD)/bin/serve: tools/serve.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS) -lmicrohttpd -lpthread $(LDSAN)
 
+# cot-fetch: HTTP from libcurl, SHA-256 for its cache from OpenSSL (Debian's).
+$(BUILD)/bin/cot-fetch: tools/cot-fetch.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS) -lcurl -lcrypto $(LDSAN)
+
 $(BUILD)/obj/libcore/dist.o: libcore/dist.c libcore/dist.h libcore/error.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(MPI_CFLAGS) -c $< -o $@
@@ -95,6 +102,10 @@ $(BUILD)/obj/libcore/dist.o: libcore/dist.c libcore/dist.h libcore/error.h
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/test.h $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(LIB) $(LDLIBS) $(LDSAN)
+
+$(BUILD)/tests/%: tests/server/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS) -lmicrohttpd -lpthread $(LDSAN)
 
 $(BUILD)/bench/%: tests/bench/%.c $(LIB)
 	@mkdir -p $(dir $@)

@@ -448,7 +448,7 @@ int tp_chat_render_prompt(tp_template t, const tp_chat *chat, const char *bos, t
     static const char *const GEN[TP_TEMPLATE_COUNT] = {
         [TP_TEMPLATE_CHATML] = "<|im_start|>assistant\n",
         [TP_TEMPLATE_QWEN3] = "<|im_start|>assistant\n",
-        [TP_TEMPLATE_DEEPSEEK_R1] = "<\xEF\xBD\x9C" "Assistant\xEF\xBD\x9C><think>\n",
+        [TP_TEMPLATE_DEEPSEEK_R1] = ("<\xEF\xBD\x9C" "Assistant\xEF\xBD\x9C><think>\n"),
         [TP_TEMPLATE_LLAMA3] = "",  // render_llama3 already ends with the assistant header
         [TP_TEMPLATE_NEMO] = "<extra_id_1>Assistant\n",
     };
@@ -462,7 +462,7 @@ const char *tp_template_end_of_turn(tp_template t) {
     static const char *const EOT[TP_TEMPLATE_COUNT] = {
         [TP_TEMPLATE_CHATML] = "<|im_end|>",
         [TP_TEMPLATE_QWEN3] = "<|im_end|>",
-        [TP_TEMPLATE_DEEPSEEK_R1] = "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>",
+        [TP_TEMPLATE_DEEPSEEK_R1] = ("<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"),
         [TP_TEMPLATE_LLAMA3] = "<|eot_id|>",
         [TP_TEMPLATE_NEMO] = "<extra_id_1>",
     };

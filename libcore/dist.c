@@ -89,7 +89,7 @@ int tp_dist_sum_device_f32(const tp_dist *d, float *x, size_t n, tp_err *err) {
 #ifdef TP_HAVE_CUDA
     if (d->nccl) return cuda_nccl_sum_f32(x, n, err->msg, sizeof err->msg);
 #endif
-    (void)x, (void)n;
+    (void)d, (void)x, (void)n;
     tp_err_set(err, "NCCL is not in use");
     return -1;
 }

@@ -4,6 +4,7 @@
 set -eu
 PACKAGES="build-essential pkg-config libjq-dev libzstd-dev zlib1g-dev libarchive-dev
 libutf8proc-dev libonig-dev libdnnl2 libopenblas0-openmp libopenmpi-dev openmpi-bin libmicrohttpd-dev curl
+libcurl4-openssl-dev libssl-dev
 jq zstd xz-utils bzip2 lz4 zip tar groff-base man-db clang libclang-rt-14-dev"
 missing=""
 for p in $PACKAGES; do
