@@ -125,7 +125,7 @@ $(FUZZ_BUILD)/obj/%.o: %.c $(wildcard libcore/*.h kernels/*.h kernels/cpu/*.h)
 	clang $(FUZZ_CFLAGS) -c $< -o $@
 
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJS)
-	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ -o $@ -lonig -lutf8proc -ljq -larchive -lzstd -lz -lm -fopenmp
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ -o $@ -lonig -lutf8proc -ljq -larchive -lzstd -lz -lm -lcurl -fopenmp
 
 .SECONDARY: $(FUZZ_LIB_OBJS)
 fuzz: $(FUZZERS)

@@ -26,7 +26,7 @@ start() {  # start NAME ARGS...: a teacher on a free port; sets URL and PID
     "$TS" --port 0 --seed 3 --log "$TMP/$name.log" "$@" 2>"$TMP/$name.err" &
     PID=$!
     i=0
-    while ! grep -q 'http://' "$TMP/$name.err" && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+    while ! grep -qs 'http://' "$TMP/$name.err" && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
     URL=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$TMP/$name.err" | head -n 1)
 }
 stop() { kill -TERM "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; }
@@ -68,8 +68,9 @@ for fault in 429:0.3 500:0.3 503:0.3 drop:0.3 malformed:0.3 hang:0.2 slow:0.2 ke
 done
 
 # Resume: kill -9 in the middle of a slow run, rerun: every pair exactly once, same traces.
-start slow --token-delay-ms 20
-fetch "$TMP/resume.jsonl" -c 4 "$TMP/probs.jsonl" &
+start slow --token-delay-ms 4
+# (cot-fetch itself in the background, not a subshell: kill -9 must reach it)
+"$CF" -q --base-url "$URL/v1" --model teacher-r1 -n 2 -c 4 --seed 7 -o "$TMP/resume.jsonl" "$TMP/probs.jsonl" &
 cfpid=$!
 sleep 1.5
 kill -9 $cfpid 2>/dev/null
