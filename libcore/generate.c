@@ -12,9 +12,18 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cpu/linear_bf16.h"
 
 // The per-call integer arrays, host side and one backend copy: [IDS_COUNT][room].
 enum { IDS_TOKEN, IDS_POS, IDS_KLEN, IDS_SEG, IDS_ROW0, IDS_KVROW, IDS_OUT, IDS_COUNT };
+
+// bf16 copies of a layer's matrices (cpu decode: half the bytes to read per step).
+typedef struct w16_layer {
+    uint16_t *wq, *wk, *wv, *wo, *gate, *up, *down;
+} w16_layer;
+
+// The bf16 product is made for decode-sized calls; longer ones go in chunks of this many rows.
+enum { W16_MAX_ROWS = 64 };
 
 struct tp_generator {
     tp_model *m;
@@ -28,6 +37,8 @@ struct tp_generator {
     float *logits, *last_logits;
     int32_t *ids, *dev_ids;  // host / backend [IDS_COUNT * room]
     bool fresh;  // every token of this call starts or continues a slot that was empty: prompts
+    w16_layer *w16;   // [L] when tp_generator_bf16_weights was called, else NULL
+    uint16_t *head16;
 };
 
 size_t tp_kv_bytes_per_token(const tp_model *m) {
@@ -84,8 +95,59 @@ static void free_scratch(tp_generator *g) {
     g->room = 0;
 }
 
+static void free_w16(tp_generator *g) {
+    for (int l = 0; g->w16 && l < g->L; l++) {
+        w16_layer *w = &g->w16[l];
+        free(w->wq), free(w->wk), free(w->wv), free(w->wo), free(w->gate), free(w->up), free(w->down);
+    }
+    free(g->w16), free(g->head16);
+    g->w16 = NULL, g->head16 = NULL;
+}
+
+static uint16_t *to_bf16(const float *w, size_t n) {
+    uint16_t *h = tp_xmalloc(n * sizeof *h);
+    weights_to_bf16(h, w, n);
+    return h;
+}
+
+int tp_generator_bf16_weights(tp_generator *g, tp_err *err) {
+    if (g->be->device) {
+        tp_err_set(err, "bf16 decode weights are for the cpu backend (on a GPU, --matmul picks the products)");
+        return -1;
+    }
+    const tp_model *m = g->m;
+    const tp_model_config *c = &m->cfg;
+    size_t C = (size_t)c->hidden_size, F = (size_t)c->intermediate_size, Q = (size_t)c->num_heads * c->head_dim;
+    size_t KV = (size_t)g->KV;
+    free_w16(g);
+    g->w16 = tp_xcalloc((size_t)g->L, sizeof *g->w16);
+    for (int l = 0; l < g->L; l++) {
+        const tp_layer_tensors *w = &m->W.layers[l];
+        w16_layer *h = &g->w16[l];
+        h->wq = to_bf16(w->wq, Q * C), h->wk = to_bf16(w->wk, KV * C), h->wv = to_bf16(w->wv, KV * C);
+        h->wo = to_bf16(w->wo, C * Q), h->gate = to_bf16(w->w_gate, F * C), h->up = to_bf16(w->w_up, F * C);
+        h->down = to_bf16(w->w_down, C * F);
+    }
+    g->head16 = to_bf16(m->W.lm_head, (size_t)c->vocab_size * C);
+    return 0;
+}
+
+// out [n, OC] = x [n, IC] · W^T (+ b), through the bf16 copy when there is one.
+static void lin(const tp_generator *g, float *out, const float *x, const float *w, const uint16_t *w16, const float *b,
+                int n, int IC, int OC) {
+    if (!w16) {
+        g->be->linear_forward(out, x, w, b, n, IC, OC);
+        return;
+    }
+    for (int i = 0; i < n; i += W16_MAX_ROWS) {
+        int rows = n - i < W16_MAX_ROWS ? n - i : W16_MAX_ROWS;
+        linear_forward_w16(out + (size_t)i * OC, x + (size_t)i * IC, w16, b, rows, IC, OC);
+    }
+}
+
 void tp_generator_free(tp_generator *g) {
     if (!g) return;
+    free_w16(g);
     free_scratch(g);
     bfree(g->be, g->logits), bfree(g->be, g->k), bfree(g->be, g->v);
     free(g->len);
@@ -172,11 +234,12 @@ static void layer(tp_generator *g, int l, int n) {
     float eps = (float)c->rms_norm_eps;
     const float *inv_freq = m->dev_inv_freq ? m->dev_inv_freq : m->inv_freq;
     const int32_t *pos = ids(g, g->dev_ids, IDS_POS);
+    const w16_layer *h = g->w16 ? &g->w16[l] : &(w16_layer){0};
     be->rmsnorm_forward(g->ln, g->rstd, g->x, w->ln1, n, C, eps);
     float *q = c->qk_norm ? g->q_raw : g->q, *k = c->qk_norm ? g->k_raw : g->kk;
-    be->linear_forward(q, g->ln, w->wq, w->bq, n, C, Q);
-    be->linear_forward(k, g->ln, w->wk, w->bk, n, C, KV);
-    be->linear_forward(g->vv, g->ln, w->wv, w->bv, n, C, KV);
+    lin(g, q, g->ln, w->wq, h->wq, w->bq, n, C, Q);
+    lin(g, k, g->ln, w->wk, h->wk, w->bk, n, C, KV);
+    lin(g, g->vv, g->ln, w->wv, h->wv, w->bv, n, C, KV);
     if (c->qk_norm) {
         be->rmsnorm_forward(g->q, g->qr, g->q_raw, w->q_norm, n * NH, HD, eps);
         be->rmsnorm_forward(g->kk, g->kr, g->k_raw, w->k_norm, n * KVH, HD, eps);
@@ -195,13 +258,13 @@ static void layer(tp_generator *g, int l, int n) {
     else
         be->attention_decode(g->att, g->q, kc, vc, ids(g, g->dev_ids, IDS_ROW0), ids(g, g->dev_ids, IDS_KLEN), n,
                              NH, KVH, HD, scale);
-    be->linear_forward(g->mid, g->att, w->wo, w->bo, n, Q, C);
+    lin(g, g->mid, g->att, w->wo, h->wo, w->bo, n, Q, C);
     be->add_inplace(g->mid, g->x, (long)n * C);
     be->rmsnorm_forward(g->ln, g->rstd, g->mid, w->ln2, n, C, eps);
-    be->linear_forward(g->gate, g->ln, w->w_gate, NULL, n, C, F);
-    be->linear_forward(g->up, g->ln, w->w_up, NULL, n, C, F);
+    lin(g, g->gate, g->ln, w->w_gate, h->gate, NULL, n, C, F);
+    lin(g, g->up, g->ln, w->w_up, h->up, NULL, n, C, F);
     be->swiglu_forward(g->act, g->gate, g->up, (long)n * F);
-    be->linear_forward(g->x, g->act, w->w_down, NULL, n, F, C);
+    lin(g, g->x, g->act, w->w_down, h->down, NULL, n, F, C);
     be->add_inplace(g->x, g->mid, (long)n * C);
 }
 
@@ -262,7 +325,7 @@ int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t 
         }
         be->gather_rows(g->xg, g->x, ids(g, g->dev_ids, IDS_OUT), n_out, c->hidden_size);
         be->rmsnorm_forward(g->ln, g->rstd, g->xg, m->W.norm, n_out, c->hidden_size, (float)c->rms_norm_eps);
-        be->linear_forward(dst, g->ln, m->W.lm_head, NULL, n_out, c->hidden_size, c->vocab_size);
+        lin(g, dst, g->ln, m->W.lm_head, g->head16, NULL, n_out, c->hidden_size, c->vocab_size);
         g->last_logits = dst;
         if (logits && dst != logits) be->download(logits, dst, (size_t)n_out * c->vocab_size * sizeof *logits);
     }

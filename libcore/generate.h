@@ -20,6 +20,11 @@ typedef struct tp_generator tp_generator;
 // Fails with the size asked for when it cannot be allocated.
 tp_generator *tp_generator_new(tp_model *m, int n_slots, int cap, tp_err *err);
 void tp_generator_free(tp_generator *g);
+// cpu backend: keep bf16 copies of the weight matrices (2 bytes a parameter) and compute
+// with them from now on (decode steps read every weight once a step: half the bytes);
+// fp32 products on the widened weights, so generation is the model with its matrices
+// rounded to bf16. An error on a GPU.
+int tp_generator_bf16_weights(tp_generator *g, tp_err *err);
 size_t tp_kv_bytes_per_token(const tp_model *m);  // keys and values of one token, all layers
 int tp_generator_len(const tp_generator *g, int slot);  // tokens cached in slot
 void tp_generator_reset(tp_generator *g, int slot);     // empties slot

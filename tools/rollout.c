@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "chat.h"
 #include "cli.h"
 #include "error.h"
@@ -341,6 +342,8 @@ int main(int argc, char **argv) {
         r.tst = tp_tok_state_new(r.tok);
         int model_len = r.m->cfg.max_position_embeddings < 4096 ? r.m->cfg.max_position_embeddings : 4096;
         r.eo = (tp_engine_opts){.max_batch = (int)o.max_batch, .max_len = (int)(o.max_len ? o.max_len : model_len)};
+        // --matmul bf16 on the cpu: decode steps read bf16 copies of the weights
+        r.eo.bf16_weights = !tp_model_backend(r.m)->device && o.matmul && !strcmp(o.matmul, "bf16");
         r.ro = (tp_request_opts){.sampler = o.sampler, .n = (int)o.n, .max_new = (int)o.max_new, .seed = (uint64_t)o.seed};
         for (int i = 0; i < o.n_stop; i++) r.ro.stop[r.ro.n_stop++] = o.stop[i];
         find_eos(&r);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "backend.h"
 #include "chat.h"
 #include "cli.h"
 #include "engine.h"
@@ -760,7 +761,8 @@ int main(int argc, char **argv) {
         tp_warn("the tokenizer has no %s token: template %s may not be this model's (stopping on the text)",
                 S.eot_stop, tp_template_name(S.tmpl));
     tp_engine_opts eo = {.max_batch = (int)S.o.max_batch, .max_len = (int)S.o.max_len, .eos = eos, .n_eos = n_eos,
-                         .stop = S.eot_stop};
+                         .stop = S.eot_stop,
+                         .bf16_weights = !tp_model_backend(S.m)->device && S.o.matmul && !strcmp(S.o.matmul, "bf16")};
     S.engine = tp_engine_new(S.m, S.tok, &eo, &err);
     if (!S.engine) tp_die("%s; try a smaller --max-batch or --max-len", err.msg);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)S.o.port)};

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Generation speed: the KV-cache engine under rollout against transformers' generate on a
-# SmolLM2-135M-shaped model (random weights, fp32, same threads), prefill of 128-token
-# prompts and 64 greedy decode steps at batch 1, 8 and 64, in one run on this machine.
+# SmolLM2-135M-shaped model (random weights, same threads), prefill of 128-token prompts
+# and 64 greedy decode steps at batch 1, 8 and 64, in one run on this machine: fp32 against
+# fp32, then our bf16 weights (rollout --matmul bf16) against transformers in bfloat16.
 # Prints tokens/s, the ratios, and KV-cache bytes per token.
 set -u
 cd "$(dirname "$0")/../.."
@@ -12,12 +13,18 @@ P=${P:-128}
 D=${D:-64}
 THREADS=$(nproc)
 echo "generate bench: SmolLM2-135M shape, prompts of $P tokens, $D decode steps, $THREADS threads"
-for B in 1 8 64; do
-    tp=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/gen_step" "$CFG" "$B" "$P" "$D") || { echo "gen_step failed"; exit 1; }
-    echo "$tp"
-    [ -x "$PY" ] || continue
-    pt=$(THREADS=$THREADS "$PY" tests/bench/torch_generate.py "$CFG" "$B" "$P" "$D" 2>/dev/null) || { echo "torch failed"; continue; }
-    echo "$pt"
-    echo "$tp $pt" | awk '{ for (i = 1; i < NF; i++) { if ($i == "prefill_tok/s") p[++np] = $(i + 1); if ($i == "decode_tok/s") d[++nd] = $(i + 1) }
-        printf "ratio vs transformers, batch %s: decode %.2fx, prefill %.2fx\n", $4, d[1] / d[2], p[1] / p[2] }'
+for mode in fp32 bf16; do
+    for B in 1 8 64; do
+        tp=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/gen_step" "$CFG" "$B" "$P" "$D" $([ $mode = bf16 ] && echo bf16)) ||
+            { echo "gen_step failed"; exit 1; }
+        echo "$tp"
+        [ -x "$PY" ] || continue
+        dtype=float32
+        [ $mode = bf16 ] && dtype=bfloat16
+        pt=$(DTYPE=$dtype THREADS=$THREADS "$PY" tests/bench/torch_generate.py "$CFG" "$B" "$P" "$D" 2>/dev/null) ||
+            { echo "torch failed"; continue; }
+        echo "$pt"
+        echo "$tp $pt" | awk -v mode=$mode '{ for (i = 1; i < NF; i++) { if ($i == "prefill_tok/s") p[++np] = $(i + 1); if ($i == "decode_tok/s") d[++nd] = $(i + 1) }
+            printf "ratio vs transformers, %s, batch %s: decode %.2fx, prefill %.2fx\n", mode, $4, d[1] / d[2], p[1] / p[2] }'
+    done
 done

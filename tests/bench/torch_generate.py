@@ -1,5 +1,5 @@
 """transformers peer for tests/bench/bench_generate.sh: prefill and greedy decode of a random-initialised model
-of the same config with model.generate (KV cache, fp32, eager CPU, same threads).
+of the same config with model.generate (KV cache, eager CPU, same threads; fp32, or DTYPE=bfloat16).
     torch_generate.py CONFIG.json B P D -> "torch gen batch B prefill_tok/s X decode_tok/s Y"
 Prefill is timed as generate(max_new_tokens=1); decode as (generate(D+1 tokens) - that) / (B * D)."""
 import json
@@ -14,7 +14,8 @@ cfg_path, B, P, D = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.arg
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 torch.manual_seed(1)
 config = AutoConfig.for_model(**{k: v for k, v in json.load(open(cfg_path)).items() if k not in ("architectures", "torch_dtype")})
-model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
+dtype = getattr(torch, os.environ.get("DTYPE", "float32"))
+model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype).eval()
 ids = torch.randint(0, config.vocab_size, (B, P))
 mask = torch.ones_like(ids)
 
@@ -30,5 +31,5 @@ def run(new):
 run(2)  # warm-up
 t1 = run(1)
 tD = run(D + 1)
-print(f"torch gen batch {B} prefill_tok/s {B * P / t1:.1f} decode_tok/s {B * D / max(tD - t1, 1e-9):.1f} "
+print(f"torch gen{'' if dtype == torch.float32 else '-' + str(dtype).split('.')[-1]} batch {B} prefill_tok/s {B * P / t1:.1f} decode_tok/s {B * D / max(tD - t1, 1e-9):.1f} "
       f"torch {torch.__version__}")

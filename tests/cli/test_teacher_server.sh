@@ -25,7 +25,7 @@ start() {  # start NAME ARGS...: a server on a free port; sets URL and PID
     "$TS" --port 0 --seed 3 "$@" 2>"$TMP/$name.err" &
     PID=$!
     i=0
-    while ! grep -q 'listening on http://' "$TMP/$name.err" && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+    while ! grep -qs 'listening on http://' "$TMP/$name.err" && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
     URL=$(sed -n 's/.*listening on \(http:.*\)/\1/p' "$TMP/$name.err" | head -n 1)
 }
 stop() {  # stop NAME: SIGTERM, exit status 0

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/linear_bf16.h"
 #include "generate.h"
 #include "json.h"
 #include "model.h"
@@ -73,6 +74,59 @@ static void test_cache_matches_training_forward(void) {
         free(ref), free(lg);
         tp_generator_free(g);
         tp_model_free(m);
+    }
+}
+
+// Rounds x [n] to bf16 in place (the values a bf16 copy widens back to).
+static void round_bf16(float *x, size_t n) {
+    uint16_t *h = malloc(n * sizeof *h);
+    weights_to_bf16(h, x, n);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)h[i] << 16;
+        memcpy(&x[i], &u, sizeof u);
+    }
+    free(h);
+}
+
+// bf16 decode weights: prefill and decode through the bf16 copies give the logits of the
+// training forward of a model whose matrices were rounded to bf16 (fp32 products on the
+// same widened weights), and differ from the fp32 model's by bf16 rounding only.
+static void test_bf16_decode_weights(void) {
+    const char *untied[] = {"qwen3", "llama3"};  // (tied: the head is the fp32 embedding too)
+    for (int c = 0; c < 2; c++) {
+        tp_model *m = fixture_load_model(FIX, untied[c]), *r = fixture_load_model(FIX, untied[c]);
+        if (!m || !r) continue;
+        const tp_model_config *cfg = &r->cfg;
+        size_t C = (size_t)cfg->hidden_size, F = (size_t)cfg->intermediate_size;
+        size_t Q = (size_t)cfg->num_heads * cfg->head_dim, KV = (size_t)cfg->num_kv_heads * cfg->head_dim;
+        for (int l = 0; l < cfg->num_layers; l++) {
+            tp_layer_tensors *w = &r->W.layers[l];
+            round_bf16(w->wq, Q * C), round_bf16(w->wk, KV * C), round_bf16(w->wv, KV * C), round_bf16(w->wo, C * Q);
+            round_bf16(w->w_gate, F * C), round_bf16(w->w_up, F * C), round_bf16(w->w_down, C * F);
+        }
+        round_bf16(r->W.lm_head, (size_t)cfg->vocab_size * C);
+        int T = 30, V = cfg->vocab_size;
+        int32_t ids[30];
+        for (int t = 0; t < T; t++) ids[t] = (int32_t)(test_rand() % (unsigned)V);
+        float *ref = full_logits(r, ids, T), *fp32 = full_logits(m, ids, T), *lg = malloc((size_t)V * 4);
+        tp_err err;
+        tp_generator *g = tp_generator_new(m, 1, 64, &err);
+        CHECK(g && tp_generator_bf16_weights(g, &err) == 0);
+        int zero[10] = {0}, last = 9;
+        CHECK(tp_generator_forward(g, 10, zero, ids, 1, &last, lg, &err) == 0);
+        double worst = max_rel(lg, ref + (size_t)9 * V, (size_t)V), vs_fp32 = max_rel(lg, fp32 + (size_t)9 * V, (size_t)V);
+        for (int t = 10; t < T; t++) {
+            CHECK(tp_generator_forward(g, 1, zero, ids + t, 1, zero, lg, &err) == 0);
+            worst = fmax(worst, max_rel(lg, ref + (size_t)t * V, (size_t)V));
+            vs_fp32 = fmax(vs_fp32, max_rel(lg, fp32 + (size_t)t * V, (size_t)V));
+        }
+        CHECK_MSG(worst <= 1e-5 && vs_fp32 <= 5e-2 && vs_fp32 > 1e-4,
+                  "%s: bf16 weights %.3g from the rounded model, %.3g from fp32", untied[c], worst, vs_fp32);
+        printf("# %s: bf16 decode weights: logits within %.2g of the rounded model's forward, %.2g of fp32\n",
+               untied[c], worst, vs_fp32);
+        free(ref), free(fp32), free(lg);
+        tp_generator_free(g);
+        tp_model_free(m), tp_model_free(r);
     }
 }
 
@@ -250,6 +304,7 @@ static void test_smollm2_greedy(void) {
 int main(void) {
     RUN(test_cache_matches_training_forward);
     RUN(test_logprobs);
+    RUN(test_bf16_decode_weights);
     RUN(test_sampler);
     RUN(test_greedy_matches_transformers);
     RUN(test_smollm2_greedy);
