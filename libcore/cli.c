@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 tp_cli_state tp_cli;
 
@@ -59,4 +60,15 @@ double tp_cli_double(const char *option, const char *arg, double min, double max
     if (v < min || v > max)
         tp_die_usage("%s: %g is out of range [%g, %g]", option, v, min, max);
     return v;
+}
+
+const char *tp_cli_choice(const char *option, const char *arg, const char *choices) {
+    size_t n = strlen(arg);
+    for (const char *c = choices; *c;) {
+        const char *bar = strchr(c, '|');
+        size_t len = bar ? (size_t)(bar - c) : strlen(c);
+        if (len == n && !strncmp(c, arg, n)) return arg;
+        c += len + (bar != NULL);
+    }
+    tp_die_usage("%s: '%s' is not one of %s", option, arg, choices);
 }

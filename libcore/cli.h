@@ -38,5 +38,7 @@ void tp_cli_common(int opt, const char *usage);
 // Parses a whole-number option argument within [min, max]; a usage error otherwise.
 long long tp_cli_int(const char *option, const char *arg, long long min, long long max);
 double tp_cli_double(const char *option, const char *arg, double min, double max);
+// arg when it is one of choices ("fp32|tf32|bf16"), else a usage error naming them.
+const char *tp_cli_choice(const char *option, const char *arg, const char *choices);
 
 #endif

@@ -72,11 +72,7 @@ static void parse_options(int argc, char **argv, options *o) {
         case 'n': o->n = tp_cli_int("-n", optarg, 1, 4096); break;
         case OPT_DEVICE: o->device = optarg; break;
         case OPT_MISMATCH: o->allow_mismatch = true; break;
-        case OPT_MATMUL:
-            if (strcmp(optarg, "fp32") && strcmp(optarg, "tf32") && strcmp(optarg, "bf16"))
-                tp_die_usage("--matmul: fp32, tf32 or bf16");
-            o->matmul = optarg;
-            break;
+        case OPT_MATMUL: o->matmul = tp_cli_choice("--matmul", optarg, "fp32|tf32|bf16"); break;
         case OPT_TEMPLATE: o->template_name = optarg; break;
         case OPT_SYSTEM: o->system = optarg; break;
         case OPT_PROMPT: o->prompt = optarg; break;

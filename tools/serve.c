@@ -710,11 +710,7 @@ static void parse_options(int argc, char **argv, options *o) {
         case OPT_NAME: o->name = optarg; break;
         case OPT_DEVICE: o->device = optarg; break;
         case OPT_MISMATCH: o->allow_mismatch = true; break;
-        case OPT_MATMUL:
-            if (strcmp(optarg, "fp32") && strcmp(optarg, "tf32") && strcmp(optarg, "bf16"))
-                tp_die_usage("--matmul: fp32, tf32 or bf16");
-            o->matmul = optarg;
-            break;
+        case OPT_MATMUL: o->matmul = tp_cli_choice("--matmul", optarg, "fp32|tf32|bf16"); break;
         case OPT_MAX_BATCH: o->max_batch = tp_cli_int("--max-batch", optarg, 1, 65536); break;
         case OPT_MAX_LEN: o->max_len = tp_cli_int("--max-len", optarg, 2, 1 << 24); break;
         case OPT_MAX_TOKENS: o->max_tokens = tp_cli_int("--max-tokens", optarg, 1, 1 << 24); break;

@@ -123,11 +123,7 @@ static void parse_options(int argc, char **argv, options *o) {
         case OPT_SAVE_DTYPE: o->save_dtype = optarg; break;
         case OPT_METRICS: o->metrics = optarg; break;
         case OPT_DEVICE: o->device = optarg; break;
-        case OPT_MATMUL:
-            if (strcmp(optarg, "fp32") && strcmp(optarg, "tf32") && strcmp(optarg, "bf16"))
-                tp_die_usage("--matmul: fp32, tf32 or bf16");
-            o->matmul = optarg;
-            break;
+        case OPT_MATMUL: o->matmul = tp_cli_choice("--matmul", optarg, "fp32|tf32|bf16"); break;
         case 'j': o->threads = tp_cli_int("--threads", optarg, 1, 4096); break;
         default: tp_cli_common(c, usage);
         }

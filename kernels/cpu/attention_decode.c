@@ -15,6 +15,17 @@
 
 enum { MAX_GROUP = 64 };  // query heads per kv head handled together
 
+// Each of the G rows of scores s [G][len] := exp(s - its max); inv[h] := 1 / its sum.
+static void softmax_rows(float *s, int G, int len, float *inv) {
+    for (int h = 0; h < G; h++) {
+        float *sh = s + (size_t)h * len, mx = -INFINITY, sum = 0;
+        for (int j = 0; j < len; j++) mx = sh[j] > mx ? sh[j] : mx;
+        exp_shift_inplace(sh, mx, len);
+        for (int j = 0; j < len; j++) sum += sh[j];
+        inv[h] = 1.0f / sum;
+    }
+}
+
 // One (token, kv head) with its G query heads: each cached key and value row is read
 // once for all G heads (decode is bound by reading the cache). Scores in float with keys
 // in order, softmax with the max subtracted (exp vectorised), then the weighted sum of
@@ -32,13 +43,7 @@ VECTOR_CLONES static void one_group(float *out, const float *q, const float *k, 
         }
     }
     float inv[MAX_GROUP];
-    for (int h = 0; h < G; h++) {
-        float *sh = s + (size_t)h * len, mx = -INFINITY, sum = 0;
-        for (int j = 0; j < len; j++) mx = sh[j] > mx ? sh[j] : mx;
-        exp_shift_inplace(sh, mx, len);
-        for (int j = 0; j < len; j++) sum += sh[j];
-        inv[h] = 1.0f / sum;
-    }
+    softmax_rows(s, G, len, inv);
     memset(out, 0, sizeof(float) * (size_t)G * HD);
     for (int j = 0; j < len; j++) {
         const float *vj = v + (size_t)j * kv_stride;
@@ -73,13 +78,7 @@ static inline __attribute__((always_inline)) AVX512 void group_hd(float *out, co
         }
     }
     float inv[MAX_GROUP];
-    for (int h = 0; h < G; h++) {
-        float *sh = s + (size_t)h * len, mx = -INFINITY, sum = 0;
-        for (int j = 0; j < len; j++) mx = sh[j] > mx ? sh[j] : mx;
-        exp_shift_inplace(sh, mx, len);
-        for (int j = 0; j < len; j++) sum += sh[j];
-        inv[h] = 1.0f / sum;
-    }
+    softmax_rows(s, G, len, inv);
     // Heads in batches whose outputs fit 16 registers.
     const int per = 16 / C;
     for (int h0 = 0; h0 < G; h0 += per) {

@@ -12,6 +12,10 @@
 #define VECTOR_CLONES
 #endif
 
+// sum a[k] * b[k] over k < K, in 16 partial sums (a fixed order that vectorises without
+// -ffast-math).
+float dot16(const float *a, const float *b, int K);
+
 // x [n] := exp(x - shift), vectorisable (glibc's expf is a scalar call); 1.7 ulp at worst.
 void exp_shift_inplace(float *x, float shift, long n);
 

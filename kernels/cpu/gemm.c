@@ -194,8 +194,8 @@ const char *tp_sgemm_backend(void) {
 enum { JB = 256 };
 
 // Rows of B are contiguous in k: a dot product, with 16 partial sums so it vectorises
-// without -ffast-math.
-VECTOR_CLONES static float dot(const float *a, const float *b, int K) {
+// without -ffast-math (cpu_ops.h).
+VECTOR_CLONES float dot16(const float *a, const float *b, int K) {
     float acc[16] = {0};
     int k = 0;
     for (; k + 16 <= K; k += 16)
@@ -236,7 +236,7 @@ void tp_sgemm_fallback(bool trans_a, bool trans_b, int M, int N, int K, float al
                 packed = i;
             }
             if (trans_b) {
-                for (int j = 0; j < w; j++) acc[j] = dot(arow, B + (size_t)(j0 + j) * ldb, K);
+                for (int j = 0; j < w; j++) acc[j] = dot16(arow, B + (size_t)(j0 + j) * ldb, K);
             } else {
                 axpy_rows(acc, arow, B + j0, ldb, K, w);
             }

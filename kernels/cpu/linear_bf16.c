@@ -49,17 +49,6 @@ VECTOR_CLONES void weights_to_bf16(uint16_t *dst, const float *src, size_t n) {
 
 // ---- the portable path ----
 
-// 16 partial sums so it vectorises without -ffast-math (as tp_sgemm_fallback's dot).
-VECTOR_CLONES static float dot(const float *a, const float *b, int K) {
-    float acc[16] = {0};
-    int k = 0;
-    for (; k + 16 <= K; k += 16)
-        for (int l = 0; l < 16; l++) acc[l] += a[k + l] * b[k + l];
-    float s = 0;
-    for (; k < K; k++) s += a[k] * b[k];
-    for (int l = 0; l < 16; l++) s += acc[l];
-    return s;
-}
 
 VECTOR_CLONES static void widen(float *dst, const uint16_t *src, int n) {
     for (int i = 0; i < n; i++) {
@@ -79,7 +68,7 @@ void linear_forward_w16_portable(float *out, const float *x, const uint16_t *w, 
         for (int o = 0; o < OC; o++) {
             widen(row, w + (size_t)o * IC, IC);
             for (int n = 0; n < N; n++) {
-                float s = dot(x + (size_t)n * IC, row, IC);
+                float s = dot16(x + (size_t)n * IC, row, IC);
                 out[(size_t)n * OC + o] = bias ? s + bias[o] : s;
             }
         }

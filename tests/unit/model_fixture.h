@@ -77,6 +77,18 @@ static inline tp_model *fixture_load_model(const char *dir, const char *name) {
     return m;
 }
 
+// Logits [T, V] of every position of one sequence by the training forward (malloc'd).
+static inline float *fixture_logits(tp_model *m, const int32_t *ids, int T) {
+    int32_t *pos = malloc((size_t)T * 4), *seg = calloc((size_t)T, 4);
+    for (int t = 0; t < T; t++) pos[t] = t;
+    tp_batch b = {1, T, ids, pos, seg, NULL};
+    float *out = malloc((size_t)T * m->cfg.vocab_size * 4);
+    tp_err err;
+    CHECK_MSG(tp_model_forward(m, &b, NULL, NULL, 0, out, &err) == 0, "%s", err.msg);
+    free(pos), free(seg);
+    return out;
+}
+
 // ||a - b|| / ||b|| over n floats against a reference tensor of any float dtype.
 static inline double fixture_rel_l2(const float *a, const tp_tensor *b, size_t n) {
     double num = 0, den = 0;

@@ -31,13 +31,7 @@ static tp_model *on_gpu(const char *name, const char *matmul) {
 // Logits of every position of one sequence by the cpu's training forward.
 static float *cpu_logits(const char *name, const int32_t *ids, int T) {
     tp_model *m = fixture_load_model(FIX, name);
-    int32_t *pos = malloc((size_t)T * 4), *seg = calloc((size_t)T, 4);
-    for (int t = 0; t < T; t++) pos[t] = t;
-    tp_batch b = {1, T, ids, pos, seg, NULL};
-    float *out = malloc((size_t)T * m->cfg.vocab_size * 4);
-    tp_err err;
-    CHECK_MSG(tp_model_forward(m, &b, NULL, NULL, 0, out, &err) == 0, "%s", err.msg);
-    free(pos), free(seg);
+    float *out = fixture_logits(m, ids, T);
     tp_model_free(m);
     return out;
 }

@@ -25,17 +25,6 @@ static double max_rel(const float *a, const float *b, size_t n) {
     return worst / (scale > 0 ? scale : 1);
 }
 
-// Logits of every position of one sequence by the training forward.
-static float *full_logits(tp_model *m, const int32_t *ids, int T) {
-    int32_t *pos = malloc((size_t)T * 4), *seg = calloc((size_t)T, 4);
-    for (int t = 0; t < T; t++) pos[t] = t;
-    tp_batch b = {1, T, ids, pos, seg, NULL};
-    float *out = malloc((size_t)T * m->cfg.vocab_size * 4);
-    tp_err err;
-    CHECK_MSG(tp_model_forward(m, &b, NULL, NULL, 0, out, &err) == 0, "%s", err.msg);
-    free(pos), free(seg);
-    return out;
-}
 
 // Prefill 20 tokens, then decode 20 one at a time: every step's logits equal the full
 // forward's at that position; a copied slot and a batched step give the same logits.
@@ -46,7 +35,7 @@ static void test_cache_matches_training_forward(void) {
         int T = 40, V = m->cfg.vocab_size;
         int32_t ids[40];
         for (int t = 0; t < T; t++) ids[t] = (int32_t)(test_rand() % (unsigned)V);
-        float *ref = full_logits(m, ids, T);
+        float *ref = fixture_logits(m, ids, T);
         tp_err err;
         tp_generator *g = tp_generator_new(m, 3, 64, &err);
         CHECK_MSG(g, "%s", err.msg);
@@ -108,7 +97,7 @@ static void test_bf16_decode_weights(void) {
         int T = 30, V = cfg->vocab_size;
         int32_t ids[30];
         for (int t = 0; t < T; t++) ids[t] = (int32_t)(test_rand() % (unsigned)V);
-        float *ref = full_logits(r, ids, T), *fp32 = full_logits(m, ids, T), *lg = malloc((size_t)V * 4);
+        float *ref = fixture_logits(r, ids, T), *fp32 = fixture_logits(m, ids, T), *lg = malloc((size_t)V * 4);
         tp_err err;
         tp_generator *g = tp_generator_new(m, 1, 64, &err);
         CHECK(g && tp_generator_bf16_weights(g, &err) == 0);
@@ -138,7 +127,7 @@ static void test_logprobs(void) {
     int32_t ids[30], rows[29], tg[29];
     for (int t = 0; t < T; t++) ids[t] = (int32_t)(test_rand() % (unsigned)V);
     for (int t = 0; t + 1 < T; t++) rows[t] = t, tg[t] = ids[t + 1];
-    float *ref = full_logits(m, ids, T);
+    float *ref = fixture_logits(m, ids, T);
     int32_t pos[30], seg[30] = {0};
     for (int t = 0; t < T; t++) pos[t] = t;
     tp_batch b = {1, T, ids, pos, seg, NULL};
