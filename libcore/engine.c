@@ -24,8 +24,9 @@ struct tp_engine {
     tp_sample_scratch sc;
     float *logits;        // [max_batch, V] host rows (cpu backend)
     bool on_device;       // logits stay on the device and are sampled there
-    sample_params *params;  // [max_batch]
-    int32_t *drawn;         // [max_batch]
+    sample_params *params;  // [draw_cap]: a step's rows, or a new request's n samples
+    int32_t *drawn;         // [draw_cap]
+    int draw_cap;
 };
 
 tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_opts *o, tp_err *err) {
@@ -44,8 +45,9 @@ tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_o
     e->slot_used = tp_xcalloc((size_t)o->max_batch, sizeof *e->slot_used);
     e->on_device = tp_model_backend(m)->device;
     if (!e->on_device) e->logits = tp_xmalloc((size_t)o->max_batch * e->V * sizeof *e->logits);
-    e->params = tp_xmalloc((size_t)o->max_batch * sizeof *e->params);
-    e->drawn = tp_xmalloc((size_t)o->max_batch * sizeof *e->drawn);
+    e->draw_cap = o->max_batch;
+    e->params = tp_xmalloc((size_t)e->draw_cap * sizeof *e->params);
+    e->drawn = tp_xmalloc((size_t)e->draw_cap * sizeof *e->drawn);
     return e;
 }
 
@@ -183,6 +185,11 @@ static sample_params device_params(const tp_sampler *sm, uint64_t *rng) {
 // The next token of samples who[0..n-1] (of requests of[i]) from the last forward's logits:
 // row i for sample i, or row 0 for all of them when shared (the n samples of one prompt).
 static int draw(tp_engine *e, int n, tp_request **of, tp_sample_out **who, bool shared, tp_err *err) {
+    if (n > e->draw_cap) {  // a request of more samples than slots
+        e->draw_cap = n;
+        e->params = tp_xrealloc(e->params, (size_t)n * sizeof *e->params);
+        e->drawn = tp_xrealloc(e->drawn, (size_t)n * sizeof *e->drawn);
+    }
     if (e->on_device) {
         const float *logits = tp_generator_logits(e->gen);
         for (int i = 0; i < n; i++) e->params[i] = device_params(&of[i]->o.sampler, &who[i]->rng);

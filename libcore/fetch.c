@@ -229,8 +229,10 @@ static void completed(tp_fetch *f, CURLMsg *m) {
     CURL *e = m->easy_handle;
     tp_fetch_job *j = NULL;
     curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&j);
-    long status = 0;
+    long status = 0, connects = 0;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &connects);
+    f->stats.connections += (uint64_t)connects;
     CURLcode rc = m->data.result;
     curl_multi_remove_handle(f->multi, e);
     curl_easy_cleanup(e);

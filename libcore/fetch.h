@@ -57,6 +57,7 @@ typedef struct tp_fetch_job {
 
 typedef struct tp_fetch_stats {
     uint64_t started, retries, succeeded, failed;
+    uint64_t connections;  // new connections opened (the rest reused one)
     uint64_t prompt_tokens, completion_tokens;
 } tp_fetch_stats;
 

@@ -547,15 +547,16 @@ int main(int argc, char **argv) {
         draw_progress(&r, false);
     }
     draw_progress(&r, true);
+    if (r.in) tp_jsonl_close(r.in);  // (a budget stops before the input's end)
     if (tp_jsonl_writer_close(r.out, &err) < 0) tp_die_err(&err);
     if (r.failed && tp_jsonl_writer_close(r.failed, &err) < 0) tp_die_err(&err);
     const tp_fetch_stats *s = tp_fetch_stats_of(r.fetch);
     if (!tp_cli.quiet)
-        tp_info("%llu fetched, %llu from the cache, %llu already there, %llu failed%s; %llu retries; %llu + %llu "
-                "tokens, $%.4f; %.1f s",
+        tp_info("%llu fetched, %llu from the cache, %llu already there, %llu failed%s; %llu retries, %llu "
+                "connections; %llu + %llu tokens, $%.4f; %.1f s",
                 (unsigned long long)r.fetched, (unsigned long long)r.cached, (unsigned long long)r.skipped,
                 (unsigned long long)r.failures, r.failures && o.failed ? " (see --failed)" : "",
-                (unsigned long long)s->retries, (unsigned long long)s->prompt_tokens,
+                (unsigned long long)s->retries, (unsigned long long)s->connections, (unsigned long long)s->prompt_tokens,
                 (unsigned long long)s->completion_tokens, r.cost, tp_now() - r.start);
     int status = r.failures ? 1 : r.budget_hit ? 3 : 0;
     tp_fetch_free(r.fetch);

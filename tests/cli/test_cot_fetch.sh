@@ -47,6 +47,10 @@ jq -s -e 'all(.[]; (.reasoning | length) > 0 and .model == "teacher-r1" and (.re
     ([.[] | "\(.id)/\(.sample)"] | unique | length) == 80' "$TMP/clean.jsonl" >/dev/null &&
     ok trace-fields || not_ok trace-fields
 canon "$TMP/clean.jsonl" >"$TMP/clean.canon"
+# connections are reused: 80 requests, 16 in flight, at most 16 connections
+"$CF" --base-url "$URL/v1" --model teacher-r1 -n 2 -c 16 -o "$TMP/conn.jsonl" "$TMP/probs.jsonl" 2>"$TMP/conn.err"
+conns=$(sed -n 's/.* retries, \([0-9]*\) connections.*/\1/p' "$TMP/conn.err")
+[ -n "$conns" ] && [ "$conns" -le 16 ] && ok connections-reused || { not_ok connections-reused; cat "$TMP/conn.err" >&2; }
 fetch "$TMP/ns.jsonl" --no-stream "$TMP/probs.jsonl"
 canon "$TMP/ns.jsonl" | cmp -s - "$TMP/clean.canon" && ok no-stream-same-traces || not_ok no-stream-same-traces
 stop
@@ -128,6 +132,23 @@ if [ $rc = 0 ] && ! grep -rq "$TP_TEST_TEACHER_KEY" "$TMP/k1.jsonl" "$TMP/kf.jso
 else
     not_ok key-used-never-written
 fi
+
+# --rpm: 20 requests at 300 a minute (5 a second after a first second's worth) take over 2 s;
+# --progress draws the progress line; a {"messages"} record is answered.
+start limits
+head -n 10 "$TMP/probs.jsonl" >"$TMP/ten.jsonl"
+t0=$(date +%s.%N)
+fetch "$TMP/rpm.jsonl" --rpm 300 "$TMP/ten.jsonl"
+t1=$(date +%s.%N)
+awk -v a="$t0" -v b="$t1" 'BEGIN { exit !(b - a >= 2.0) }' && [ "$(wc -l <"$TMP/rpm.jsonl")" = 20 ] &&
+    ok rpm-limits-the-rate || { not_ok rpm-limits-the-rate; echo "  $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') s" >&2; }
+"$CF" --progress --base-url "$URL/v1" --model teacher-r1 -o "$TMP/prog.jsonl" "$TMP/ten.jsonl" 2>"$TMP/prog.err"
+grep -q "10/10 done, 0 in flight, 0 retries, .* tok/s, \$0.0000" "$TMP/prog.err" && ok progress-line || { not_ok progress-line; cat "$TMP/prog.err" >&2; }
+printf '%s\n' '{"id":"m1","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"What is 2+2?"}]}' |
+    "$CF" -q --base-url "$URL/v1" --model teacher-r1 -o "$TMP/msg.jsonl" --cache "$TMP/mc"
+stop
+jq -e '.id == "m1" and (.content | test("boxed\\{4\\}")) and (.messages | length) == 2' "$TMP/msg.jsonl" >/dev/null &&
+    ok messages-records || { not_ok messages-records; cat "$TMP/msg.jsonl" >&2; }
 
 # Inline <think> reasoning (a server without a reasoning parser) is normalised.
 start inline --reasoning inline
