@@ -23,10 +23,11 @@ struct tp_fetch {
     int in_flight;
     bool draining;
     tp_fetch_stats stats;
-    double tokens_at;   // request bucket: tokens available at time tokens_t
-    double bucket, bucket_t;
-    double tpm_window[60];  // tokens used in each of the last 60 seconds (ring by second)
-    long tpm_second;
+    // Token buckets refilled continuously (rate/60 a second, at most one second's worth):
+    // a request starts when its bucket is positive. Requests take 1 when they start;
+    // tokens are taken when an answer's usage arrives (the bucket may go below zero).
+    double bucket, bucket_t;          // requests
+    double tok_bucket, tok_bucket_t;  // tokens
     uint64_t jitter;    // splitmix state for the backoff jitter
 };
 
@@ -57,7 +58,8 @@ tp_fetch *tp_fetch_new(const tp_fetch_opts *o, tp_err *err) {
         free(h);
     }
     f->bucket = f->o.rpm > 0 ? (f->o.rpm < 1 ? 1 : f->o.rpm / 60 + 1) : 0;
-    f->bucket_t = tp_now();
+    f->tok_bucket = f->o.tpm / 60;
+    f->bucket_t = f->tok_bucket_t = tp_now();
     f->jitter = (uint64_t)(tp_now() * 1e9);
     return f;
 }
@@ -216,13 +218,22 @@ static void failed_attempt(tp_fetch *f, tp_fetch_job *j, bool retryable, const c
     f->stats.retries++;
 }
 
-static void use_tokens(tp_fetch *f, double tokens) {
-    long sec = (long)tp_now();
-    if (sec != f->tpm_second) {  // clear the seconds that passed
-        for (long s = f->tpm_second + 1; s <= sec && s <= f->tpm_second + 60; s++) f->tpm_window[s % 60] = 0;
-        f->tpm_second = sec;
+static void refill_buckets(tp_fetch *f, double now) {
+    if (f->o.rpm > 0) {
+        f->bucket += (now - f->bucket_t) * f->o.rpm / 60;
+        if (f->bucket > f->o.rpm / 60 + 1) f->bucket = f->o.rpm / 60 + 1;
     }
-    f->tpm_window[sec % 60] += tokens;
+    if (f->o.tpm > 0) {
+        f->tok_bucket += (now - f->tok_bucket_t) * f->o.tpm / 60;
+        if (f->tok_bucket > f->o.tpm / 60) f->tok_bucket = f->o.tpm / 60;
+    }
+    f->bucket_t = f->tok_bucket_t = now;
+}
+
+static void use_tokens(tp_fetch *f, double tokens) {
+    if (f->o.tpm <= 0) return;
+    refill_buckets(f, tp_now());
+    f->tok_bucket -= tokens;
 }
 
 static void completed(tp_fetch *f, CURLMsg *m) {
@@ -299,20 +310,8 @@ static void completed(tp_fetch *f, CURLMsg *m) {
 // ---- scheduling ----
 
 static bool rate_allows(tp_fetch *f, double now) {
-    if (f->o.rpm > 0) {
-        double cap = f->o.rpm / 60 + 1;
-        f->bucket += (now - f->bucket_t) * f->o.rpm / 60;
-        if (f->bucket > cap) f->bucket = cap;
-        f->bucket_t = now;
-        if (f->bucket < 1) return false;
-    }
-    if (f->o.tpm > 0) {
-        use_tokens(f, 0);
-        double used = 0;
-        for (int s = 0; s < 60; s++) used += f->tpm_window[s];
-        if (used >= f->o.tpm) return false;
-    }
-    return true;
+    refill_buckets(f, now);
+    return (f->o.rpm <= 0 || f->bucket >= 1) && (f->o.tpm <= 0 || f->tok_bucket > 0);
 }
 
 // Starts what may start now: retries whose time came first, then queued jobs.

@@ -142,6 +142,19 @@ fetch "$TMP/rpm.jsonl" --rpm 300 "$TMP/ten.jsonl"
 t1=$(date +%s.%N)
 awk -v a="$t0" -v b="$t1" 'BEGIN { exit !(b - a >= 2.0) }' && [ "$(wc -l <"$TMP/rpm.jsonl")" = 20 ] &&
     ok rpm-limits-the-rate || { not_ok rpm-limits-the-rate; echo "  $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') s" >&2; }
+# --tpm 6000 (100 tokens a second) with answers of ~250 tokens one at a time: 4 requests wait
+# for the tokens of the ones before; without it they take well under a second.
+head -n 2 "$TMP/probs.jsonl" >"$TMP/two.jsonl"
+t0=$(date +%s.%N)
+fetch "$TMP/tpm.jsonl" -c 1 --tpm 6000 "$TMP/two.jsonl"
+t1=$(date +%s.%N)
+tokens=$(jq -s '[.[0:3][].usage.total_tokens] | add' "$TMP/tpm.jsonl")
+awk -v a="$t0" -v b="$t1" -v t="$tokens" 'BEGIN { exit !(b - a >= (t - 100) / 100 * 0.9) }' &&
+    [ "$(wc -l <"$TMP/tpm.jsonl")" = 4 ] && ok tpm-limits-tokens ||
+    { not_ok tpm-limits-tokens; echo "  $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') s for $tokens tokens" >&2; }
+fetch "$TMP/param.jsonl" --param 'reasoning_effort="high"' --param 'max_tokens=9000' "$TMP/two.jsonl"
+jq -s -e 'length == 4 and all(.[]; .request.params.reasoning_effort == "high" and .request.params.max_tokens == 9000)' \
+    "$TMP/param.jsonl" >/dev/null && ok param-sent || not_ok param-sent
 "$CF" --progress --base-url "$URL/v1" --model teacher-r1 -o "$TMP/prog.jsonl" "$TMP/ten.jsonl" 2>"$TMP/prog.err"
 grep -q "10/10 done, 0 in flight, 0 retries, .* tok/s, \$0.0000" "$TMP/prog.err" && ok progress-line || { not_ok progress-line; cat "$TMP/prog.err" >&2; }
 printf '%s\n' '{"id":"m1","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"What is 2+2?"}]}' |
