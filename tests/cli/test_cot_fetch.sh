@@ -1,6 +1,6 @@
 #!/bin/sh
 # cot-fetch against the test teacher (tests/server/teacher-server.c): every fault the
-# teacher can inject (429 with Retry-After, 500, 503, hangs, slow streams, dropped and
+# teacher can inject (408, 409, 429 with Retry-After, 500, 503, hangs, slow streams, dropped and
 # malformed streams, keep-alive lines) still ends with every (id, sample) exactly once and
 # the same traces as a clean run; resume after kill -9; --failed; --cache; --budget; the
 # API key stays secret; inline <think> reasoning is normalised; streamed = not streamed.
@@ -56,7 +56,7 @@ canon "$TMP/ns.jsonl" | cmp -s - "$TMP/clean.canon" && ok no-stream-same-traces 
 stop
 
 # Every fault: the same traces in the end, with retries.
-for fault in 429:0.3 500:0.3 503:0.3 drop:0.3 malformed:0.3 hang:0.2 slow:0.2 keepalive:0.5; do
+for fault in 408:0.3 409:0.3 429:0.3 500:0.3 503:0.3 drop:0.3 malformed:0.3 hang:0.2 slow:0.2 keepalive:0.5; do
     kind=${fault%%:*}
     start "f-$kind" --faults "$fault" --max-faults 2 --hang-ms 4000
     fetch "$TMP/f-$kind.jsonl" --stall-timeout 1 --max-retries 5 "$TMP/probs.jsonl" 2>"$TMP/f-$kind.cf"

@@ -54,6 +54,7 @@
 // tried only while attempt < --max-faults (so a client that retries always gets through):
 //   429        status 429, "Retry-After: 1", an OpenAI rate_limit_error body
 //   500, 503   status 500 (server_error) or 503 (overloaded)
+//   408, 409   status 408 (request timeout) or 409 (conflict): retryable too
 //   hang       no bytes for --hang-ms, then the connection closes without a response
 //   drop       streamed: 20-80% of the chunks, then the connection closes abruptly (no [DONE],
 //              no end of the chunked body); not streamed: closed without any response
@@ -128,7 +129,7 @@ static const char usage[] =
     "Streams: OpenAI chat.completion.chunk events, a role delta, the reasoning and content in\n"
     "pieces of a few characters, a finish_reason chunk, a usage chunk when asked, data: [DONE].\n"
     "Faults: an attempt is the number of times the key was seen before. Failing kinds, only on\n"
-    "attempts below --max-faults: 429 (Retry-After: 1), 500, 503, hang (silence for --hang-ms,\n"
+    "attempts below --max-faults: 408, 409, 429 (Retry-After: 1), 500, 503, hang (silence for --hang-ms,\n"
     "then a close), drop (streamed: some chunks, then an abrupt close; else a close without any\n"
     "response), malformed (streamed: a data: line of broken JSON, then the end, no [DONE]; else\n"
     "the JSON body cut in half). On streams at any attempt, not failures: slow (300 ms between\n"
@@ -139,8 +140,8 @@ static const char usage[] =
 enum { OPT_HOST = 0x100, OPT_PORT, OPT_SEED, OPT_FAULTS, OPT_MAX_FAULTS, OPT_REASONING, OPT_DELAY, OPT_HANG,
        OPT_KEY, OPT_LOG };
 
-enum { F_NONE, F_429, F_500, F_503, F_HANG, F_DROP, F_MALFORMED, F_SLOW, F_KEEPALIVE, F_COUNT };
-static const char *const fault_names[F_COUNT] = {NULL, "429", "500", "503", "hang", "drop", "malformed", "slow",
+enum { F_NONE, F_408, F_409, F_429, F_500, F_503, F_HANG, F_DROP, F_MALFORMED, F_SLOW, F_KEEPALIVE, F_COUNT };
+static const char *const fault_names[F_COUNT] = {NULL, "408", "409", "429", "500", "503", "hang", "drop", "malformed", "slow",
                                                  "keepalive"};
 enum { R_FIELD, R_INLINE, R_MIXED };                  // --reasoning
 enum { P_REASONING_CONTENT, P_REASONING, P_INLINE };  // where one answer's reasoning goes
@@ -830,6 +831,12 @@ static enum MHD_Result chat(conn *k) {
     uint64_t n = atomic_fetch_add(&S.requests, 1);
     enum MHD_Result rc = MHD_NO;  // hang, and drop unstreamed: no response at all
     switch (k->fault) {
+    case F_408:
+        rc = send_error(k, 408, "timeout", NULL, "Request timed out; please retry.");
+        break;
+    case F_409:
+        rc = send_error(k, 409, "conflict", NULL, "A conflicting request is in progress; please retry.");
+        break;
     case F_429:
         rc = send_error(k, 429, "rate_limit_error", "rate_limit_exceeded", "Rate limit reached; please retry after 1s.");
         break;
@@ -962,7 +969,7 @@ static void parse_faults(const char *spec) {
         *colon = 0;
         int f = F_NONE + 1;
         while (f < F_COUNT && strcmp(tok, fault_names[f])) f++;
-        if (f == F_COUNT) tp_die_usage("--faults: unknown kind '%s' (429 500 503 hang drop malformed slow keepalive)", tok);
+        if (f == F_COUNT) tp_die_usage("--faults: unknown kind '%s' (408 409 429 500 503 hang drop malformed slow keepalive)", tok);
         for (int i = 0; i < S.n_order; i++)
             if (S.order[i] == f) tp_die_usage("--faults: %s given twice", tok);
         S.rate[f] = tp_cli_double("--faults", colon + 1, 0, 1);
