@@ -26,8 +26,8 @@ start() {  # start NAME ARGS...: a teacher on a free port; sets URL and PID
     "$TS" --port 0 --seed 3 --log "$TMP/$name.log" "$@" 2>"$TMP/$name.err" &
     PID=$!
     i=0
-    while ! grep -qs 'http://' "$TMP/$name.err" && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
-    URL=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$TMP/$name.err" | head -n 1)
+    while ! grep -qs 'listening on' "$TMP/$name.err" && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+    URL=$(sed -n 's/.*listening on \(https*:[^ ]*\).*/\1/p' "$TMP/$name.err" | head -n 1)
 }
 stop() { kill -TERM "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; }
 fetch() {  # fetch OUT ARGS...
@@ -162,6 +162,23 @@ printf '%s\n' '{"id":"m1","messages":[{"role":"system","content":"Be brief."},{"
 stop
 jq -e '.id == "m1" and (.content | test("boxed\\{4\\}")) and (.messages | length) == 2' "$TMP/msg.jsonl" >/dev/null &&
     ok messages-records || { not_ok messages-records; cat "$TMP/msg.jsonl" >&2; }
+
+# TLS: certificates are verified (a self-signed one is refused, for good: no retries), and
+# --cacert trusts a private CA.
+if openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$TMP/key.pem" -out "$TMP/cert.pem" >/dev/null 2>&1; then
+    start tls --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem"
+    case "$URL" in https://*) ;; *) not_ok tls-server-starts ;; esac
+    fetch "$TMP/tls0.jsonl" --failed "$TMP/tlsf.jsonl" "$TMP/two.jsonl" 2>/dev/null
+    rc=$?
+    [ $rc = 1 ] && [ ! -s "$TMP/tls0.jsonl" ] && jq -s -e 'length == 4 and all(.[]; .attempts == 1 and
+        (.error | test("certificate|SSL"; "i")))' "$TMP/tlsf.jsonl" >/dev/null && ok tls-verified || not_ok tls-verified
+    fetch "$TMP/tls1.jsonl" --cacert "$TMP/cert.pem" "$TMP/two.jsonl"
+    [ $? = 0 ] && [ "$(wc -l <"$TMP/tls1.jsonl")" = 4 ] && ok tls-cacert || not_ok tls-cacert
+    stop
+else
+    echo "skip - tls-verified: no openssl to make a certificate"
+fi
 
 # Inline <think> reasoning (a server without a reasoning parser) is normalised.
 start inline --reasoning inline

@@ -94,6 +94,7 @@
 #include "buf.h"
 #include "cli.h"
 #include "error.h"
+#include "input.h"
 #include "json.h"
 #include "rng.h"
 
@@ -103,6 +104,7 @@ static const char usage[] =
     "of arithmetic problems, deterministic, with faults on purpose. Prints\n"
     "\"teacher-server: listening on http://HOST:PORT\" on stderr; SIGINT/SIGTERM stop it.\n"
     "      --host ADDR (127.0.0.1; IPv4 or IPv6)  --port N (0: any free port)\n"
+    "      --tls-cert PEM --tls-key PEM  serve HTTPS (\"listening on https://...\")\n"
     "      --seed N (0)             mixed into every answer and fault\n"
     "      --reasoning MODE (field) field: message.reasoning_content; inline: \"<think>\\n...\\n\n"
     "                               </think>\\n\\n\" before the content; mixed: per answer one of\n"
@@ -138,7 +140,7 @@ static const char usage[] =
     "Exit: 0 stopped by SIGINT/SIGTERM, 1 error, 2 usage error.\n";
 
 enum { OPT_HOST = 0x100, OPT_PORT, OPT_SEED, OPT_FAULTS, OPT_MAX_FAULTS, OPT_REASONING, OPT_DELAY, OPT_HANG,
-       OPT_KEY, OPT_LOG };
+       OPT_KEY, OPT_LOG, OPT_TLS_CERT, OPT_TLS_KEY };
 
 enum { F_NONE, F_408, F_409, F_429, F_500, F_503, F_HANG, F_DROP, F_MALFORMED, F_SLOW, F_KEEPALIVE, F_COUNT };
 static const char *const fault_names[F_COUNT] = {NULL, "408", "409", "429", "500", "503", "hang", "drop", "malformed", "slow",
@@ -149,6 +151,7 @@ static const char *const model_default = "teacher-r1";
 
 static struct {
     const char *host, *key_env, *log_path;
+    tp_buf tls_cert, tls_key;  // PEM, with --tls-cert / --tls-key: HTTPS (libmicrohttpd's GnuTLS)
     long long port, max_faults, delay_ms, hang_ms;
     uint64_t seed;
     int reasoning;
@@ -988,6 +991,7 @@ static void parse_options(int argc, char **argv) {
         {"max-faults", required_argument, NULL, OPT_MAX_FAULTS}, {"reasoning", required_argument, NULL, OPT_REASONING},
         {"token-delay-ms", required_argument, NULL, OPT_DELAY}, {"hang-ms", required_argument, NULL, OPT_HANG},
         {"api-key-env", required_argument, NULL, OPT_KEY}, {"log", required_argument, NULL, OPT_LOG},
+        {"tls-cert", required_argument, NULL, OPT_TLS_CERT}, {"tls-key", required_argument, NULL, OPT_TLS_KEY},
         TP_CLI_COMMON_LONGOPTS, {0}};
     int c;
     while ((c = getopt_long(argc, argv, TP_CLI_COMMON_SHORTOPTS, longopts, NULL)) != -1) {
@@ -1001,6 +1005,14 @@ static void parse_options(int argc, char **argv) {
         case OPT_HANG: S.hang_ms = tp_cli_int("--hang-ms", optarg, 0, 3600000); break;
         case OPT_KEY: S.key_env = optarg; break;
         case OPT_LOG: S.log_path = optarg; break;
+        case OPT_TLS_CERT:
+        case OPT_TLS_KEY: {
+            tp_err err;
+            tp_buf *b = c == OPT_TLS_CERT ? &S.tls_cert : &S.tls_key;
+            if (tp_input_read_all(optarg, b, &err) < 0) tp_die_err(&err);
+            tp_buf_putc(b, 0);  // libmicrohttpd takes NUL-terminated PEM
+            break;
+        }
         case OPT_REASONING:
             if (!strcmp(optarg, "field")) S.reasoning = R_FIELD;
             else if (!strcmp(optarg, "inline")) S.reasoning = R_INLINE;
@@ -1048,17 +1060,23 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    bool tls = S.tls_cert.len > 0;
+    if (tls != (S.tls_key.len > 0)) tp_die_usage("--tls-cert and --tls-key go together");
+    if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+        tp_die("--tls-cert: this libmicrohttpd was built without TLS");
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL | MHD_USE_ERROR_LOG |
-            (v6 ? MHD_USE_IPv6 : 0),
+            (v6 ? MHD_USE_IPv6 : 0) | (tls ? MHD_USE_TLS : 0),
         0, NULL, NULL, handle, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,  // first, to see every message
         MHD_OPTION_SOCK_ADDR, v6 ? (struct sockaddr *)&addr6 : (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED,
         completed, NULL, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)4096, MHD_OPTION_THREAD_STACK_SIZE, (size_t)(512 << 10),
+        tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, S.tls_cert.data, MHD_OPTION_HTTPS_MEM_KEY, S.tls_key.data,
         MHD_OPTION_END);
     if (!d) tp_die("cannot listen on %s:%lld (in use, or not allowed)", S.host, S.port);
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    fprintf(stderr, "%s: listening on http://%s%s%s:%u\n", tp_program(), v6 ? "[" : "", S.host, v6 ? "]" : "",
+    fprintf(stderr, "%s: listening on %s://%s%s%s:%u\n", tp_program(), tls ? "https" : "http", v6 ? "[" : "", S.host,
+            v6 ? "]" : "",
             di ? di->port : (unsigned)S.port);
     fflush(stderr);
     while (!atomic_load(&stopping)) sigsuspend(&waiting);
