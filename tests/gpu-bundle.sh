@@ -19,6 +19,7 @@ strip .gpu/bin/* .gpu/tests/* .gpu/bench/*
 for f in .gpu/bin/* .gpu/tests/* .gpu/bench/*; do ldd "$f"; done | awk '$3 ~ /^\// { print $3 }' | sort -u |
     grep -vE '/(libc|libm|libpthread|libdl|librt|libgcc_s|libstdc\+\+|ld-linux[^/]*|libcublas|libcublasLt)\.so' |
     while read -r lib; do cp -L "$lib" .gpu/lib/; done
-# xz: ICU's data alone is 31 MB, and what travels to the device is limited to 64 MiB.
-tar -C .gpu -cJf .gpu/lib.tar.xz lib && rm -rf .gpu/lib
+# Everything in one xz archive: ICU's data alone is 31 MB, each CUDA binary ~7 MB, and what
+# travels to the device (with the working tree) is limited to 64 MiB. gpu-check unpacks it.
+tar -C .gpu -cJf .gpu/bundle.tar.xz bin tests bench lib && rm -rf .gpu/bin .gpu/tests .gpu/bench .gpu/lib
 du -sh .gpu

@@ -15,9 +15,9 @@ out=$OUTDIR/gpu-check.txt
 log=$OUTDIR/gpu-check.log
 : >"$log"
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '.')
-if [ -x .gpu/bin/sft-train ]; then
+if [ -f .gpu/bundle.tar.xz ]; then
     B=$ROOT/.gpu
-    [ -d .gpu/lib ] || tar -C .gpu -xJf .gpu/lib.tar.xz
+    [ -x .gpu/bin/sft-train ] || tar -C .gpu -xJf .gpu/bundle.tar.xz
 else
     make -j"$(nproc)" BUILD=build/gpu CUDA_ARCHS="${arch:-90}" all >>"$log" 2>&1 || { echo "build failed"; tail -n 30 "$log"; exit 1; }
     B=$ROOT/build/gpu
