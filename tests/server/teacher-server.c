@@ -833,21 +833,25 @@ static enum MHD_Result chat(conn *k) {
     k->fault = pick_fault(r.key, attempt, r.stream);
     uint64_t n = atomic_fetch_add(&S.requests, 1);
     enum MHD_Result rc = MHD_NO;  // hang, and drop unstreamed: no response at all
+    // The faults answered with an error status (429's Retry-After is send_error's).
+    static const struct {
+        unsigned status;
+        const char *type, *code, *message;
+    } ERRORS[F_COUNT] = {
+        [F_408] = {408, "timeout", NULL, "Request timed out; please retry."},
+        [F_409] = {409, "conflict", NULL, "A conflicting request is in progress; please retry."},
+        [F_429] = {429, "rate_limit_error", "rate_limit_exceeded", "Rate limit reached; please retry after 1s."},
+        [F_500] = {500, "server_error", NULL, "The server had an error while processing your request."},
+        [F_503] = {503, "server_error", "overloaded", "The engine is currently overloaded; please try again later."},
+    };
     switch (k->fault) {
     case F_408:
-        rc = send_error(k, 408, "timeout", NULL, "Request timed out; please retry.");
-        break;
     case F_409:
-        rc = send_error(k, 409, "conflict", NULL, "A conflicting request is in progress; please retry.");
-        break;
     case F_429:
-        rc = send_error(k, 429, "rate_limit_error", "rate_limit_exceeded", "Rate limit reached; please retry after 1s.");
-        break;
     case F_500:
-        rc = send_error(k, 500, "server_error", NULL, "The server had an error while processing your request.");
-        break;
     case F_503:
-        rc = send_error(k, 503, "server_error", "overloaded", "The engine is currently overloaded; please try again later.");
+        rc = send_error(k, ERRORS[k->fault].status, ERRORS[k->fault].type, ERRORS[k->fault].code,
+                        ERRORS[k->fault].message);
         break;
     case F_HANG: nap(k->c, S.hang_ms); break;
     case F_DROP:
