@@ -33,6 +33,16 @@ typedef struct tp_backend {
     // Waits for queued work; 0, or -1 with the first error since the last call in err.
     int (*sync)(char *err, int cap);
     size_t (*free_bytes)(void);  // memory still free on the device; 0 when unknown
+    // The weights were rewritten by upload: drop copies derived from them. NULL: none are kept.
+    void (*weights_changed)(void);
+    // CUDA graphs, NULL on backends without them (kernels/cuda/cuda_ops.h has the contract):
+    // ops between graph_begin and graph_end are recorded, then replayed by graph_launch while
+    // graph_epoch is unchanged.
+    int (*graph_begin)(void);
+    void *(*graph_end)(void);
+    void (*graph_launch)(void *graph);
+    void (*graph_free)(void *graph);
+    unsigned long (*graph_epoch)(void);
 
     // The ops, with the contracts of kernels/ops.h.
     void (*embedding_forward)(float *out, const int32_t *ids, const float *table, int N, int C);

@@ -17,6 +17,15 @@
 // The per-call integer arrays, host side and one backend copy: [IDS_COUNT][room].
 enum { IDS_TOKEN, IDS_POS, IDS_KLEN, IDS_SEG, IDS_ROW0, IDS_KVROW, IDS_OUT, IDS_COUNT };
 
+// A decode step recorded as a CUDA graph: the same n tokens and n_out logit rows, replayed
+// while the backend's epoch (scratch, weights) and the generator's buffers are unchanged.
+typedef struct step_graph {
+    int n, n_out;
+    unsigned long epoch, used;
+    void *exec;
+} step_graph;
+enum { MAX_GRAPHS = 32 };
+
 // bf16 copies of a layer's matrices (cpu decode: half the bytes to read per step).
 typedef struct w16_layer {
     uint16_t *wq, *wk, *wv, *wo, *gate, *up, *down;
@@ -39,6 +48,13 @@ struct tp_generator {
     bool fresh;  // every token of this call starts or continues a slot that was empty: prompts
     w16_layer *w16;   // [L] when tp_generator_bf16_weights was called, else NULL
     uint16_t *head16;
+    // Decode steps as graphs (backends that have them; TP_CUDA_GRAPHS=0 turns them off).
+    // A step shape is captured the second time it runs at the same epoch: the first, eager,
+    // run grows every scratch buffer and bf16 weight copy it needs.
+    bool graphs;
+    step_graph graph[MAX_GRAPHS];
+    int warm_n, warm_out;
+    unsigned long warm_epoch, clock, graph_launches;
 };
 
 size_t tp_kv_bytes_per_token(const tp_model *m) {
@@ -76,6 +92,8 @@ tp_generator *tp_generator_new(tp_model *m, int n_slots, int cap, tp_err *err) {
         return NULL;
     }
     g->len = tp_xcalloc((size_t)n_slots, sizeof *g->len);
+    const char *env = getenv("TP_CUDA_GRAPHS");
+    g->graphs = be->graph_begin && !(env && strcmp(env, "0") == 0);
     return g;
 }
 
@@ -86,7 +104,10 @@ static void scratch_list(tp_generator *g, float **out[N_SCRATCH]) {
     memcpy(out, bufs, sizeof bufs);
 }
 
+static void drop_graphs(tp_generator *g);
+
 static void free_scratch(tp_generator *g) {
+    drop_graphs(g);  // they point into the buffers
     float **bufs[N_SCRATCH];
     scratch_list(g, bufs);
     for (int i = 0; i < N_SCRATCH; i++) bfree(g->be, *bufs[i]), *bufs[i] = NULL;
@@ -145,8 +166,15 @@ static void lin(const tp_generator *g, float *out, const float *x, const float *
     }
 }
 
+static void drop_graphs(tp_generator *g) {
+    for (int i = 0; i < MAX_GRAPHS; i++)
+        if (g->graph[i].exec) g->be->graph_free(g->graph[i].exec), g->graph[i].exec = NULL;
+    g->warm_n = 0;
+}
+
 void tp_generator_free(tp_generator *g) {
     if (!g) return;
+    drop_graphs(g);
     free_w16(g);
     free_scratch(g);
     bfree(g->be, g->logits), bfree(g->be, g->k), bfree(g->be, g->v);
@@ -213,6 +241,7 @@ static int grow(tp_generator *g, int n, tp_err *err) {
 
 static int grow_logits(tp_generator *g, int n_out, tp_err *err) {
     if (n_out <= g->room_out) return 0;
+    drop_graphs(g);
     bfree(g->be, g->logits);
     size_t bytes = (size_t)n_out * g->m->cfg.vocab_size * sizeof(float);
     g->logits = g->be->alloc(bytes);
@@ -302,6 +331,62 @@ static int plan(tp_generator *g, int n, const int *slot, const int32_t *token, i
     return 0;
 }
 
+// The forward pass of the planned call: embedding, layers, then logits of n_out rows into dst.
+static void run_step(tp_generator *g, int n, int n_out, float *dst) {
+    const tp_model *m = g->m;
+    const tp_model_config *c = &m->cfg;
+    const tp_backend *be = g->be;
+    be->embedding_forward(g->x, ids(g, g->dev_ids, IDS_TOKEN), m->W.embed, n, c->hidden_size);
+    for (int l = 0; l < c->num_layers; l++) layer(g, l, n);
+    if (n_out <= 0) return;
+    be->gather_rows(g->xg, g->x, ids(g, g->dev_ids, IDS_OUT), n_out, c->hidden_size);
+    be->rmsnorm_forward(g->ln, g->rstd, g->xg, m->W.norm, n_out, c->hidden_size, (float)c->rms_norm_eps);
+    lin(g, dst, g->ln, m->W.lm_head, g->head16, NULL, n_out, c->hidden_size, c->vocab_size);
+}
+
+// A decode step through a graph: replayed when one of this shape and epoch exists,
+// captured when the same shape ran eagerly just before at this epoch, else run eagerly.
+// Every pointer the step reads is fixed (the per-call integers are uploaded into the same
+// buffer, the attention reads each sequence's length from it), so a replay is the step.
+static int graph_step(tp_generator *g, int n, int n_out, float *dst, tp_err *err) {
+    const tp_backend *be = g->be;
+    unsigned long epoch = be->graph_epoch();
+    step_graph *hit = NULL, *victim = &g->graph[0];
+    for (int i = 0; i < MAX_GRAPHS && !hit; i++) {
+        step_graph *s = &g->graph[i];
+        if (s->exec && s->n == n && s->n_out == n_out && s->epoch == epoch) hit = s;
+        if (!s->exec || (victim->exec && s->used < victim->used)) victim = s;
+    }
+    if (!hit && !(g->warm_n == n && g->warm_out == n_out && g->warm_epoch == epoch)) {
+        run_step(g, n, n_out, dst);
+        g->warm_n = n, g->warm_out = n_out, g->warm_epoch = be->graph_epoch();
+        return 0;
+    }
+    if (!hit) {
+        if (victim->exec) be->graph_free(victim->exec), victim->exec = NULL;
+        void *exec = NULL;
+        if (be->graph_begin() == 0) {
+            run_step(g, n, n_out, dst);
+            exec = be->graph_end();
+        }
+        if (!exec) {
+            char msg[sizeof err->msg];
+            be->sync(msg, sizeof msg);
+            tp_err_set(err, "generate: capturing a decode step as a CUDA graph failed (%s); TP_CUDA_GRAPHS=0 runs "
+                       "without graphs", msg);
+            return -1;
+        }
+        *victim = (step_graph){.n = n, .n_out = n_out, .epoch = epoch, .exec = exec};
+        hit = victim;
+    }
+    hit->used = ++g->clock;
+    be->graph_launch(hit->exec);
+    g->graph_launches++;
+    return 0;
+}
+
+unsigned long tp_generator_graph_launches(const tp_generator *g) { return g->graph_launches; }
+
 int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t *token, int n_out, const int *out_idx,
                          float *logits, tp_err *err) {
     const tp_model *m = g->m;
@@ -310,22 +395,19 @@ int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t 
     if (n <= 0) return 0;
     if (n_out > n) n_out = n;
     if (grow(g, n, err) < 0 || plan(g, n, slot, token, n_out, out_idx, err) < 0) return -1;
+    // On the cpu the caller's buffer is written directly; on a device the logits stay
+    // there (tp_generator_logits) and are copied out only when asked for.
+    float *dst = logits && !be->device ? logits : NULL;
+    if (n_out > 0 && !dst) {
+        if (grow_logits(g, n_out, err) < 0) return -1;
+        dst = g->logits;
+    }
     be->upload(g->dev_ids, g->ids, IDS_COUNT * (size_t)g->room * sizeof *g->ids);
-    be->embedding_forward(g->x, ids(g, g->dev_ids, IDS_TOKEN), m->W.embed, n, c->hidden_size);
-    for (int l = 0; l < c->num_layers; l++) layer(g, l, n);
+    if (!g->graphs || g->fresh) run_step(g, n, n_out, dst);
+    else if (graph_step(g, n, n_out, dst, err) < 0) return -1;
     const int32_t *pos = ids(g, g->ids, IDS_POS);
     for (int i = 0; i < n; i++) g->len[slot[i]] = pos[i] + 1 > g->len[slot[i]] ? pos[i] + 1 : g->len[slot[i]];
     if (n_out > 0) {
-        // On the cpu the caller's buffer is written directly; on a device the logits stay
-        // there (tp_generator_logits) and are copied out only when asked for.
-        float *dst = logits && !be->device ? logits : NULL;
-        if (!dst) {
-            if (grow_logits(g, n_out, err) < 0) return -1;
-            dst = g->logits;
-        }
-        be->gather_rows(g->xg, g->x, ids(g, g->dev_ids, IDS_OUT), n_out, c->hidden_size);
-        be->rmsnorm_forward(g->ln, g->rstd, g->xg, m->W.norm, n_out, c->hidden_size, (float)c->rms_norm_eps);
-        lin(g, dst, g->ln, m->W.lm_head, g->head16, NULL, n_out, c->hidden_size, c->vocab_size);
         g->last_logits = dst;
         if (logits && dst != logits) be->download(logits, dst, (size_t)n_out * c->vocab_size * sizeof *logits);
     }

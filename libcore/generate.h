@@ -40,5 +40,8 @@ int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t 
                          float *logits, tp_err *err);
 // Where the last call's logits [n_out, V] are, in the backend's memory (valid until the next call).
 const float *tp_generator_logits(const tp_generator *g);
+// How many calls ran as a replayed CUDA graph (decode steps on a GPU; 0 elsewhere, or with
+// TP_CUDA_GRAPHS=0 in the environment).
+unsigned long tp_generator_graph_launches(const tp_generator *g);
 
 #endif

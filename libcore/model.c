@@ -543,6 +543,7 @@ int tp_model_use_backend(tp_model *m, const tp_backend *be, bool train, tp_err *
         return -1;
     }
     be->upload(m->dev_w, m->w, bytes);
+    if (be->weights_changed) be->weights_changed();
     be->upload(m->dev_inv_freq, m->inv_freq, half);
     tp_model_bind(m, m->dev_w, &m->W);
     if (train) {
@@ -578,7 +579,9 @@ void tp_model_pull(tp_model *m, bool grads) {
 }
 
 void tp_model_push(tp_model *m) {
-    if (m->dev_w) m->be->upload(m->dev_w, m->w, m->n_floats * sizeof(float));
+    if (!m->dev_w) return;
+    m->be->upload(m->dev_w, m->w, m->n_floats * sizeof(float));
+    if (m->be->weights_changed) m->be->weights_changed();
 }
 
 int tp_batch_seg_start(int32_t *seg_start, int B, int T, const int32_t *const *starts, const int *count) {

@@ -92,6 +92,12 @@ for spec in "1 1 --greedy" "64 8" "256 8"; do
         -v r="$(field "$tp" roofline_tok/s)" -v w="$(field "$tp" weights_gb)" -v c="$(field "$tp" copy_gb/s)" \
         'BEGIN { if (r > 0) printf "%.1f%% of %.0f tok/s (%.2f GB of weights, copy %.0f GB/s)", 100 * a / r, r, w, c }')"
     eval "tp_$1=\$(field \"\$tp\" tok/s)"
+    # the same without CUDA graphs (every op launched from the host each step)
+    [ "$1" = 256 ] || {
+        ng=$(TP_CUDA_GRAPHS=0 timeout 120 "$B/bench/engine_bench" "$cfg" "$1" "$2" 128 128 --device cuda ${3:-} \
+            2>>"$log" | tail -n 1)
+        row "  same without CUDA graphs" "$(field "$ng" tok/s) tok/s (steps alone $(field "$ng" decode_tok/s))"
+    }
 done
 # one after the other on the card: the same GPU, never both at once
 PYTHONUNBUFFERED=1 timeout 240 python3 tests/bench/torch_gpu_generate.py "$cfg" 1:1:128:128:greedy 64:8:128:128 \

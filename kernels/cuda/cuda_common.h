@@ -25,8 +25,11 @@ void cuda_note_message(const char *msg, const char *file, int line);
 // (matrix products, attention) round their inputs to bf16 and accumulate in fp32.
 bool cuda_matmul_bf16(void);
 
-// The stream every op runs on (the legacy default stream for now: ops run in call order).
-static inline cudaStream_t cuda_stream(void) { return 0; }
+// The stream every op runs on: one stream, so ops run in call order. Not the legacy
+// default stream, because a CUDA graph can only be captured from another stream; it is
+// created blocking, so the synchronous copies (cudaMemcpy on the legacy stream) still
+// wait for it and it for them.
+cudaStream_t cuda_stream(void);
 
 static inline unsigned cuda_blocks(long n, int threads) { return (unsigned)((n + threads - 1) / threads); }
 
@@ -40,9 +43,12 @@ enum {
     SCRATCH_COUNT
 };
 
-// Bumped whenever device memory may have been rewritten from outside the ops (uploads,
-// copies) or weights were updated (AdamW): caches derived from weights compare it.
+// Bumped whenever the weights were rewritten (cuda_weights_changed after an upload, AdamW):
+// caches derived from weights (their bf16 copies) compare it.
 extern unsigned long cuda_weights_version;
+// Bumped whenever a buffer that captured graphs point into moves or goes stale (scratch
+// reallocated, weights rewritten): a graph captured at another epoch must not be replayed.
+extern unsigned long cuda_graph_epoch_now;
 
 // Above 48 KB of dynamic shared memory a kernel must opt in, once per kernel.
 template <typename Kernel> void allow_smem(Kernel kernel, size_t bytes, bool *done) {

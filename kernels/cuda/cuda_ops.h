@@ -28,6 +28,19 @@ void cuda_upload(void *dst, const void *host_src, size_t bytes);
 void cuda_download(void *host_dst, const void *src, size_t bytes);
 void cuda_copy(void *dst, const void *src, size_t bytes);  // device to device
 size_t cuda_free_bytes(void);                             // free device memory now
+// The weights were rewritten outside the ops (uploaded): drop what was derived from them.
+void cuda_weights_changed(void);
+
+// ---- CUDA graphs (a decode step recorded once, replayed with one launch) ----
+// Between cuda_graph_begin() and cuda_graph_end() ops are recorded, not run; end returns
+// the executable graph (NULL, error noted, when the capture failed). A graph stays valid
+// while cuda_graph_epoch() returns what it returned at the capture: scratch moved or
+// weights rewritten change it.
+int cuda_graph_begin(void);
+void *cuda_graph_end(void);
+void cuda_graph_launch(void *graph);
+void cuda_graph_free(void *graph);
+unsigned long cuda_graph_epoch(void);
 
 // ---- matrix products: precision of linear_* ----
 // "fp32": CUDA cores, full fp32 (the default; matches the CPU to 1e-6);

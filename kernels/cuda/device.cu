@@ -8,6 +8,20 @@
 
 static char first_error[512];
 unsigned long cuda_weights_version = 1;
+unsigned long cuda_graph_epoch_now = 1;
+
+cudaStream_t cuda_stream(void) {
+    static cudaStream_t stream;
+    static bool made;
+    if (!made) {
+        made = true;
+        // No device: ops will fail on their own launches; the legacy stream stands in.
+        if (cudaStreamCreateWithFlags(&stream, cudaStreamDefault) != cudaSuccess) cudaGetLastError(), stream = 0;
+    }
+    return stream;
+}
+
+extern "C" void cuda_weights_changed(void) { cuda_weights_version++, cuda_graph_epoch_now++; }
 
 void cuda_note_message(const char *msg, const char *file, int line) {
     if (first_error[0]) return;  // the first failure explains the rest
@@ -59,7 +73,6 @@ extern "C" void cuda_memzero(void *p, size_t bytes) {
 }
 
 extern "C" void cuda_upload(void *dst, const void *src, size_t bytes) {
-    cuda_weights_version++;
     if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
 }
 
@@ -68,7 +81,6 @@ extern "C" void cuda_download(void *dst, const void *src, size_t bytes) {
 }
 
 extern "C" void cuda_copy(void *dst, const void *src, size_t bytes) {
-    cuda_weights_version++;
     if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream()));
 }
 
@@ -85,6 +97,15 @@ static struct {
 
 void *cuda_scratch(int slot, size_t bytes) {
     if (scratch[slot].bytes >= bytes && scratch[slot].p) return scratch[slot].p;
+    // Never while a graph is being captured: the graph would point at the old buffer (and
+    // the synchronization below is not allowed then). The caller runs eagerly first.
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(cuda_stream(), &capturing));
+    if (capturing != cudaStreamCaptureStatusNone) {
+        cuda_note_message("scratch memory grew during a graph capture", __FILE__, __LINE__);
+        return NULL;
+    }
+    cuda_graph_epoch_now++;
     // Work queued on the old buffer must finish before it is freed.
     CUDA_CHECK(cudaDeviceSynchronize());
     if (scratch[slot].p) CUDA_CHECK(cudaFree(scratch[slot].p));
@@ -100,3 +121,39 @@ void *cuda_scratch(int slot, size_t bytes) {
     scratch[slot].bytes = want;
     return scratch[slot].p;
 }
+
+// ---- CUDA graphs: the ops between begin and end are recorded, not run ----
+
+extern "C" int cuda_graph_begin(void) {
+    cudaStream_t s = cuda_stream();
+    if (!s) return -1;
+    // Thread-local mode: an unsafe call (an allocation, a synchronous copy) made by this
+    // thread during the capture is an error instead of silently not being recorded.
+    cudaError_t e = cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+    if (e != cudaSuccess) {
+        cuda_note_error(e, __FILE__, __LINE__);
+        return -1;
+    }
+    return 0;
+}
+
+extern "C" void *cuda_graph_end(void) {
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t e = cudaStreamEndCapture(cuda_stream(), &graph);
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (e != cudaSuccess) {
+        cuda_note_error(e, __FILE__, __LINE__);
+        return NULL;
+    }
+    return exec;
+}
+
+extern "C" void cuda_graph_launch(void *exec) { CUDA_CHECK(cudaGraphLaunch((cudaGraphExec_t)exec, cuda_stream())); }
+
+extern "C" void cuda_graph_free(void *exec) {
+    if (exec) CUDA_CHECK(cudaGraphExecDestroy((cudaGraphExec_t)exec));
+}
+
+extern "C" unsigned long cuda_graph_epoch(void) { return cuda_graph_epoch_now; }

@@ -89,6 +89,7 @@ static const __nv_bfloat16 *weight_bf16(const float *w, size_t n) {
     if (!c) return NULL;
     if (c->n != n) {
         cuda_free(c->bf);
+        cuda_graph_epoch_now++;  // graphs that read the old copy are stale
         c->bf = (__nv_bfloat16 *)cuda_alloc(n * sizeof(__nv_bfloat16));
         c->n = c->bf ? n : 0;
         c->version = 0;

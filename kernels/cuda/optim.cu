@@ -20,7 +20,7 @@ __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_
 extern "C" void cuda_adamw_span(float *p, const float *g, float *m, float *v, size_t n, float decay_factor, float b1,
                                 float b2, float step_size, float bc2_sqrt, float eps) {
     if (!n) return;
-    cuda_weights_version++;
+    cuda_weights_changed();
     adamw_kernel<<<cuda_blocks((long)n, 256), 256, 0, cuda_stream()>>>(p, g, m, v, n, decay_factor, b1, b2, step_size,
                                                                        bc2_sqrt, eps);
     CUDA_LAUNCH_CHECK();

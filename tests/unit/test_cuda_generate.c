@@ -2,7 +2,9 @@
 // copied slot, a batched step) against the cpu's training forward, greedy decoding
 // against transformers' generate() (tests/fixtures/generate, which the cpu matches for
 // 64 tokens), and the engine's device sampling: the same seed gives the same tokens.
-// Matrix products in fp32 for the comparisons (bf16 is printed). Skipped without a GPU.
+// Matrix products in fp32 for the comparisons (bf16 is printed). Decode steps replayed as
+// CUDA graphs give the same bits as the same steps run op by op, also after the weights
+// change under them. Skipped without a GPU.
 #include "backend.h"
 #include "cuda_test.h"
 #include "engine.h"
@@ -66,6 +68,8 @@ static void cache_case(const char *name, const char *matmul, double tol) {
     CHECK(tp_generator_forward(g, 3, s3, ids + 3, 1, &o3, lg, &err) == 0);
     worst = fmax(worst, max_rel(lg, ref + (size_t)5 * V, (size_t)V));
     CHECK_MSG(worst <= tol, "%s (%s): cache logits differ from the cpu by %.3g", name, matmul, worst);
+    CHECK_MSG(getenv("TP_CUDA_GRAPHS") || tp_generator_graph_launches(g) >= 15, "%lu decode steps replayed as graphs",
+              tp_generator_graph_launches(g));
     printf("# %s, %s products: KV-cache logits on the GPU within %.2g of the cpu's training forward\n", name, matmul,
            worst);
     free(ref), free(lg);
@@ -179,7 +183,68 @@ static void test_engine_seeded(void) {
     tp_model_free(m);
     CHECK_CUDA_OK();
 }
+// Sets the model's weights to orig, scaled by 1 + 2^-6 (i % 7 - 3) when perturbed.
+static void set_weights(tp_model *m, const float *orig, bool perturbed) {
+    for (size_t i = 0; i < m->n_floats; i++)
+        m->w[i] = perturbed ? orig[i] * (1.0f + 0x1p-6f * (float)((int)(i % 7) - 3)) : orig[i];
+    tp_model_push(m);
+}
+
+// Logits [24][3][V] of 24 decode steps after prompts of 6 tokens in 3 slots: 3 tokens a
+// step for 8 steps, then 2 (a second graph shape); before step 16 the weights change
+// under the captured graphs (their bf16 copies must be remade, the graphs recaptured).
+static float *decode_run(tp_model *m, const float *orig, bool graphs, unsigned long *launches) {
+    if (graphs) unsetenv("TP_CUDA_GRAPHS");
+    else setenv("TP_CUDA_GRAPHS", "0", 1);
+    set_weights(m, orig, false);
+    int V = m->cfg.vocab_size, steps = 24;
+    tp_err err;
+    tp_generator *g = tp_generator_new(m, 3, 64, &err);
+    CHECK_MSG(g, "%s", err.msg);
+    unsetenv("TP_CUDA_GRAPHS");
+    float *all = calloc((size_t)steps * 3 * V, sizeof(float));
+    if (!g) return all;
+    for (int s = 0; s < 3; s++) {
+        int slot[6] = {s, s, s, s, s, s}, last = 5;
+        int32_t ids[6];
+        for (int t = 0; t < 6; t++) ids[t] = (int32_t)((s * 31 + t * 7) % V);
+        CHECK(tp_generator_forward(g, 6, slot, ids, 1, &last, NULL, &err) == 0);
+    }
+    for (int step = 0; step < steps; step++) {
+        if (step == 16) set_weights(m, orig, true);
+        int n = step < 8 ? 3 : 2, slots[3] = {0, 1, 2}, outs[3] = {0, 1, 2};
+        int32_t tok[3];
+        for (int i = 0; i < n; i++) tok[i] = (int32_t)((step * 13 + i * 5 + 1) % V);
+        CHECK_MSG(tp_generator_forward(g, n, slots, tok, n, outs, all + (size_t)step * 3 * V, &err) == 0, "%s",
+                  err.msg);
+    }
+    *launches = tp_generator_graph_launches(g);
+    tp_generator_free(g);
+    return all;
+}
+
+static void test_graphs_match_eager(void) {
+    NEED_GPU();
+    tp_model *m = on_gpu("qwen3", "bf16");
+    if (!m) return;
+    float *orig = malloc(m->n_floats * sizeof *orig);
+    memcpy(orig, m->w, m->n_floats * sizeof *orig);
+    unsigned long with = 0, without = 0;
+    float *a = decode_run(m, orig, true, &with), *b = decode_run(m, orig, false, &without);
+    // three runs of 8 steps at one shape and epoch, the first two of each eager (warm-up, capture)
+    CHECK_MSG(with == 18 && without == 0, "%lu and %lu steps replayed as graphs", with, without);
+    for (int step = 0; step < 24; step++) {
+        size_t row = (size_t)3 * m->cfg.vocab_size, bytes = (size_t)(step < 8 ? 3 : 2) * m->cfg.vocab_size * 4;
+        CHECK_MSG(!memcmp(a + step * row, b + step * row, bytes), "step %d: logits through graphs differ from op by op",
+                  step);
+    }
+    printf("# graphs: decode steps replayed as CUDA graphs give the eager steps' bits, also after new weights\n");
+    free(a), free(b), free(orig);
+    tp_model_free(m);
+    CHECK_CUDA_OK();
+}
 #else
+static void test_graphs_match_eager(void) { SKIP("built without CUDA"); }
 static void test_cache_matches_cpu(void) { SKIP("built without CUDA"); }
 static void test_greedy_matches_cpu(void) { SKIP("built without CUDA"); }
 static void test_engine_seeded(void) { SKIP("built without CUDA"); }
@@ -189,5 +254,6 @@ int main(void) {
     RUN(test_cache_matches_cpu);
     RUN(test_greedy_matches_cpu);
     RUN(test_engine_seeded);
+    RUN(test_graphs_match_eager);
     return TEST_SUMMARY();
 }
