@@ -28,6 +28,10 @@ void embedding_backward(float *dtable, const float *dout, const int32_t *ids, in
 // x [N, C], weight [C] -> out [N, C], rstd [N] (kept for the backward pass; may be NULL).
 // Qwen3's per-head q/k norm is the same op over N*heads rows of C = head_dim.
 void rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight, int N, int C, float eps);
+// The residual add and the norm after it in one pass: sum = a + b (a float add, as
+// add_inplace), then out = rmsnorm(sum) exactly as rmsnorm_forward. sum may alias a or b.
+void add_rmsnorm_forward(float *sum, float *out, float *rstd, const float *a, const float *b, const float *weight,
+                         int N, int C, float eps);
 // dx [N, C] += ..., dweight [C] += ...; from dout [N, C], x, weight, rstd of the forward pass.
 void rmsnorm_backward(float *dx, float *dweight, const float *dout, const float *x, const float *weight,
                       const float *rstd, int N, int C);
@@ -35,6 +39,11 @@ void rmsnorm_backward(float *dx, float *dweight, const float *dout, const float 
 // ---- linear: out = x · W^T (+ bias), W in nn.Linear layout [OC, IC] ----
 // x [N, IC], W [OC, IC], bias [OC] or NULL -> out [N, OC] (overwritten)
 void linear_forward(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC);
+// Several products of one input: out[i] [N, OC[i]] = x · weight[i]^T (+ bias[i], may be NULL)
+// for i < count, the same bits as count calls of linear_forward; a backend may share work
+// between them (the cuda one rounds x to bf16 once). No out[i] may alias x.
+void linear_forward_many(int count, float *const out[], const float *x, const float *const weight[],
+                         const float *const bias[], const int OC[], int N, int IC);
 // dx [N, IC] += dout · W (skipped when dx is NULL); dW [OC, IC] += dout^T · x; dbias [OC] += sum_n dout (if non-NULL)
 void linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x, const float *weight,
                      int N, int IC, int OC);

@@ -34,8 +34,10 @@ static const tp_backend CPU = {
     .embedding_forward = embedding_forward,
     .embedding_backward = embedding_backward,
     .rmsnorm_forward = rmsnorm_forward,
+    .add_rmsnorm_forward = add_rmsnorm_forward,
     .rmsnorm_backward = rmsnorm_backward,
     .linear_forward = linear_forward,
+    .linear_forward_many = linear_forward_many,
     .linear_backward = linear_backward,
     .rope_forward = rope_forward,
     .rope_backward = rope_backward,
@@ -79,8 +81,10 @@ static const tp_backend CUDA = {
     .embedding_forward = cuda_embedding_forward,
     .embedding_backward = cuda_embedding_backward,
     .rmsnorm_forward = cuda_rmsnorm_forward,
+    .add_rmsnorm_forward = cuda_add_rmsnorm_forward,
     .rmsnorm_backward = cuda_rmsnorm_backward,
     .linear_forward = cuda_linear_forward,
+    .linear_forward_many = cuda_linear_forward_many,
     .linear_backward = cuda_linear_backward,
     .rope_forward = cuda_rope_forward,
     .rope_backward = cuda_rope_backward,
@@ -119,12 +123,20 @@ static void p_embedding_backward(float *dtable, const float *dout, const int32_t
 static void p_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps) {
     PROF("rmsnorm_forward", cuda_rmsnorm_forward(out, rstd, x, w, N, C, eps));
 }
+static void p_add_rmsnorm_forward(float *sum, float *out, float *rstd, const float *a, const float *b, const float *w,
+                                  int N, int C, float eps) {
+    PROF("add_rmsnorm_forward", cuda_add_rmsnorm_forward(sum, out, rstd, a, b, w, N, C, eps));
+}
 static void p_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
                                const float *rstd, int N, int C) {
     PROF("rmsnorm_backward", cuda_rmsnorm_backward(dx, dw, dout, x, w, rstd, N, C));
 }
 static void p_linear_forward(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC) {
     PROF("linear_forward", cuda_linear_forward(out, x, w, b, N, IC, OC));
+}
+static void p_linear_forward_many(int count, float *const out[], const float *x, const float *const w[],
+                                  const float *const b[], const int OC[], int N, int IC) {
+    PROF("linear_forward", cuda_linear_forward_many(count, out, x, w, b, OC, N, IC));
 }
 static void p_linear_backward(float *dx, float *dw, float *db, const float *dout, const float *x, const float *w, int N,
                               int IC, int OC) {
@@ -202,8 +214,10 @@ static const tp_backend CUDA_PROFILED = {
     .embedding_forward = p_embedding_forward,
     .embedding_backward = p_embedding_backward,
     .rmsnorm_forward = p_rmsnorm_forward,
+    .add_rmsnorm_forward = p_add_rmsnorm_forward,
     .rmsnorm_backward = p_rmsnorm_backward,
     .linear_forward = p_linear_forward,
+    .linear_forward_many = p_linear_forward_many,
     .linear_backward = p_linear_backward,
     .rope_forward = p_rope_forward,
     .rope_backward = p_rope_backward,

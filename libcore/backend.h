@@ -48,9 +48,13 @@ typedef struct tp_backend {
     void (*embedding_forward)(float *out, const int32_t *ids, const float *table, int N, int C);
     void (*embedding_backward)(float *dtable, const float *dout, const int32_t *ids, int N, int C);
     void (*rmsnorm_forward)(float *out, float *rstd, const float *x, const float *weight, int N, int C, float eps);
+    void (*add_rmsnorm_forward)(float *sum, float *out, float *rstd, const float *a, const float *b,
+                                const float *weight, int N, int C, float eps);
     void (*rmsnorm_backward)(float *dx, float *dweight, const float *dout, const float *x, const float *weight,
                              const float *rstd, int N, int C);
     void (*linear_forward)(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC);
+    void (*linear_forward_many)(int count, float *const out[], const float *x, const float *const weight[],
+                                const float *const bias[], const int OC[], int N, int IC);
     void (*linear_backward)(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
                             const float *weight, int N, int IC, int OC);
     void (*rope_forward)(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);

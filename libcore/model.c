@@ -201,24 +201,20 @@ static void layer_forward(const tp_model *m, int l, layer_acts *a, const tp_acti
     float eps = (float)c->rms_norm_eps;
     const float *inv_freq = m->dev_inv_freq ? m->dev_inv_freq : m->inv_freq;
     be->rmsnorm_forward(a->ln1, a->rstd1, x, w->ln1, N, C, eps);
+    float *q = c->qk_norm ? a->q_raw : a->q, *k = c->qk_norm ? a->k_raw : a->k;
+    be->linear_forward_many(3, (float *[]){q, k, a->v}, a->ln1, (const float *[]){w->wq, w->wk, w->wv},
+                            (const float *[]){w->bq, w->bk, w->bv}, (int[]){Q, KV, KV}, N, C);
     if (c->qk_norm) {
-        be->linear_forward(a->q_raw, a->ln1, w->wq, w->bq, N, C, Q);
-        be->linear_forward(a->k_raw, a->ln1, w->wk, w->bk, N, C, KV);
         be->rmsnorm_forward(a->q, a->q_rstd, a->q_raw, w->q_norm, N * NH, HD, eps);
         be->rmsnorm_forward(a->k, a->k_rstd, a->k_raw, w->k_norm, N * KVH, HD, eps);
-    } else {
-        be->linear_forward(a->q, a->ln1, w->wq, w->bq, N, C, Q);
-        be->linear_forward(a->k, a->ln1, w->wk, w->bk, N, C, KV);
     }
-    be->linear_forward(a->v, a->ln1, w->wv, w->bv, N, C, KV);
     be->rope_forward(a->q, s->pos, inv_freq, N, NH, HD);
     be->rope_forward(a->k, s->pos, inv_freq, N, KVH, HD);
     be->attention_forward(a->att, a->lse, a->q, a->k, a->v, s->seg, N, NH, KVH, HD, 1.0f / sqrtf((float)HD));
     be->linear_forward(a->mid, a->att, w->wo, w->bo, N, Q, C);
-    be->add_inplace(a->mid, x, (long)N * C);
-    be->rmsnorm_forward(a->ln2, a->rstd2, a->mid, w->ln2, N, C, eps);
-    be->linear_forward(a->gate, a->ln2, w->w_gate, NULL, N, C, F);
-    be->linear_forward(a->up, a->ln2, w->w_up, NULL, N, C, F);
+    be->add_rmsnorm_forward(a->mid, a->ln2, a->rstd2, a->mid, x, w->ln2, N, C, eps);  // mid += x; ln2 = norm(mid)
+    be->linear_forward_many(2, (float *[]){a->gate, a->up}, a->ln2, (const float *[]){w->w_gate, w->w_up},
+                            (const float *[]){NULL, NULL}, (int[]){F, F}, N, C);
     be->swiglu_forward(a->act, a->gate, a->up, (long)N * F);
     be->linear_forward(out, a->act, w->w_down, NULL, N, F, C);
     be->add_inplace(out, a->mid, (long)N * C);

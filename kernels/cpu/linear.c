@@ -41,3 +41,8 @@ void linear_backward(float *dx, float *dweight, float *dbias, const float *dout,
     if (dweight) tp_sgemm(true, false, OC, IC, N, 1.0f, dout, OC, x, IC, 1.0f, dweight, IC);
     if (dbias) bias_grad(dbias, dout, N, OC);
 }
+
+void linear_forward_many(int count, float *const out[], const float *x, const float *const weight[],
+                         const float *const bias[], const int OC[], int N, int IC) {
+    for (int i = 0; i < count; i++) linear_forward(out[i], x, weight[i], bias[i], N, IC, OC[i]);
+}

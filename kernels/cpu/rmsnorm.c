@@ -3,17 +3,30 @@
 #include <math.h>
 #include <stddef.h>
 
+// One row: out = row * rstd * weight.
+static void norm_row(float *o, float *rstd, const float *row, const float *weight, int C, float eps) {
+    // Accumulate in double: C can be thousands and the CPU result is the reference.
+    double sum = 0;
+    for (int c = 0; c < C; c++) sum += (double)row[c] * row[c];
+    float s = (float)(1.0 / sqrt(sum / C + eps));
+    for (int c = 0; c < C; c++) o[c] = row[c] * s * weight[c];
+    if (rstd) *rstd = s;
+}
+
 void rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight, int N, int C, float eps) {
 #pragma omp parallel for schedule(static) if ((long)N * C > 1 << 16)
+    for (int n = 0; n < N; n++)
+        norm_row(out + (size_t)n * C, rstd ? rstd + n : NULL, x + (size_t)n * C, weight, C, eps);
+}
+
+void add_rmsnorm_forward(float *sum, float *out, float *rstd, const float *a, const float *b, const float *weight,
+                         int N, int C, float eps) {
+#pragma omp parallel for schedule(static) if ((long)N * C > 1 << 16)
     for (int n = 0; n < N; n++) {
-        const float *row = x + (size_t)n * C;
-        float *o = out + (size_t)n * C;
-        // Accumulate in double: C can be thousands and the CPU result is the reference.
-        double sum = 0;
-        for (int c = 0; c < C; c++) sum += (double)row[c] * row[c];
-        float s = (float)(1.0 / sqrt(sum / C + eps));
-        for (int c = 0; c < C; c++) o[c] = row[c] * s * weight[c];
-        if (rstd) rstd[n] = s;
+        float *s = sum + (size_t)n * C;
+        const float *ar = a + (size_t)n * C, *br = b + (size_t)n * C;
+        for (int c = 0; c < C; c++) s[c] = ar[c] + br[c];
+        norm_row(out + (size_t)n * C, rstd ? rstd + n : NULL, s, weight, C, eps);
     }
 }
 

@@ -52,9 +52,13 @@ int cuda_set_matmul_precision(const char *name);
 void cuda_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C);
 void cuda_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int C);
 void cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight, int N, int C, float eps);
+void cuda_add_rmsnorm_forward(float *sum, float *out, float *rstd, const float *a, const float *b, const float *weight,
+                              int N, int C, float eps);
 void cuda_rmsnorm_backward(float *dx, float *dweight, const float *dout, const float *x, const float *weight,
                            const float *rstd, int N, int C);
 void cuda_linear_forward(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC);
+void cuda_linear_forward_many(int count, float *const out[], const float *x, const float *const weight[],
+                              const float *const bias[], const int OC[], int N, int IC);
 void cuda_linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
                           const float *weight, int N, int IC, int OC);
 void cuda_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);

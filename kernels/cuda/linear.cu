@@ -166,6 +166,19 @@ extern "C" void cuda_linear_forward(float *out, const float *x, const float *wei
     }
 }
 
+extern "C" void cuda_linear_forward_many(int count, float *const out[], const float *x, const float *const weight[],
+                                         const float *const bias[], const int OC[], int N, int IC) {
+    if (N <= 0) return;
+    for (int i = 0; i < count; i++) {
+        // x is B of every product and nothing writes it in between: one bf16 copy serves all
+        gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC[i], N, IC, weight[i], IC, true, x, IC, false, 0.0f, out[i], OC[i], i > 0);
+        if (bias[i]) {
+            add_bias_kernel<<<cuda_blocks((long)N * OC[i], 256), 256, 0, cuda_stream()>>>(out[i], bias[i], N, OC[i]);
+            CUDA_LAUNCH_CHECK();
+        }
+    }
+}
+
 extern "C" void cuda_linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
                                      const float *weight, int N, int IC, int OC) {
     if (N <= 0) return;

@@ -20,6 +20,27 @@ __global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *x, 
     if (rstd && lane == 0) rstd[row] = s;
 }
 
+// sum = a + b, then rmsnorm_forward_kernel's arithmetic on sum (the same bits as the two
+// ops one after the other). Each lane reads back only what it wrote: sum may alias a or b.
+__global__ void add_rmsnorm_forward_kernel(float *sum, float *out, float *rstd, const float *a, const float *b,
+                                           const float *weight, int N, int C, float eps) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float *ar = a + (size_t)row * C, *br = b + (size_t)row * C;
+    float *sr = sum + (size_t)row * C;
+    float ss = 0.f;
+    for (int c = lane; c < C; c += 32) {
+        float v = ar[c] + br[c];
+        sr[c] = v;
+        ss += v * v;
+    }
+    ss = warp_sum(ss);
+    float s = rsqrtf(ss / C + eps);
+    float *o = out + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) o[c] = sr[c] * s * weight[c];
+    if (rstd && lane == 0) rstd[row] = s;
+}
+
 // dx[n,:] += r·(dout·w) - r³·(Σ dout·w·x / C)·x, the dot product in double as on the CPU.
 __global__ void rmsnorm_backward_dx_kernel(float *dx, const float *dout, const float *x, const float *weight,
                                            const float *rstd, int N, int C) {
@@ -41,6 +62,13 @@ extern "C" void cuda_rmsnorm_forward(float *out, float *rstd, const float *x, co
                                      float eps) {
     if (N <= 0) return;
     rmsnorm_forward_kernel<<<row_blocks(N), 256, 0, cuda_stream()>>>(out, rstd, x, weight, N, C, eps);
+    CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void cuda_add_rmsnorm_forward(float *sum, float *out, float *rstd, const float *a, const float *b,
+                                         const float *weight, int N, int C, float eps) {
+    if (N <= 0) return;
+    add_rmsnorm_forward_kernel<<<row_blocks(N), 256, 0, cuda_stream()>>>(sum, out, rstd, a, b, weight, N, C, eps);
     CUDA_LAUNCH_CHECK();
 }
 

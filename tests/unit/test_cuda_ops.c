@@ -69,6 +69,38 @@ static void test_rmsnorm(void) {
     }
 }
 
+// The fused residual add + norm against its CPU twin, and against the two CUDA ops it
+// replaces (the same bits: decode steps and training use either).
+static void test_add_rmsnorm(void) {
+    NEED_GPU();
+    const int shapes[][2] = {{37, 896}, {1, 1536}, {5, 1}, {300, 4097}};
+    for (int s = 0; s < 4; s++) {
+        int N = shapes[s][0], C = shapes[s][1];
+        size_t nc = (size_t)N * C;
+        float *a = rnd(nc), *b = rnd(nc), *w = rnd(C), *sum = malloc(nc * 4), *out = malloc(nc * 4);
+        float *rstd = malloc(N * 4);
+        float *d_a = dev_copy(a, nc * 4), *d_b = dev_copy(b, nc * 4), *d_w = dev_copy(w, C * 4);
+        float *d_sum = dev_poisoned(nc), *d_out = dev_poisoned(nc), *d_rstd = dev_poisoned(N);
+        float *d_sum2 = dev_copy(a, nc * 4), *d_out2 = dev_poisoned(nc), *d_rstd2 = dev_poisoned(N);
+        add_rmsnorm_forward(sum, out, rstd, a, b, w, N, C, 1e-6f);
+        cuda_add_rmsnorm_forward(d_sum, d_out, d_rstd, d_a, d_b, d_w, N, C, 1e-6f);
+        expect_close("add_rmsnorm sum", d_sum, sum, nc, 1e-6);
+        expect_close("add_rmsnorm out", d_out, out, nc, 1e-5);
+        expect_close("add_rmsnorm rstd", d_rstd, rstd, N, 1e-5);
+        cuda_add_inplace(d_sum2, d_b, (long)nc);
+        cuda_rmsnorm_forward(d_out2, d_rstd2, d_sum2, d_w, N, C, 1e-6f);
+        float *f1 = host_of(d_out, nc), *f2 = host_of(d_out2, nc), *s1 = host_of(d_sum, nc), *s2 = host_of(d_sum2, nc);
+        CHECK_MSG(!memcmp(f1, f2, nc * 4) && !memcmp(s1, s2, nc * 4), "N=%d C=%d: fused differs from add + rmsnorm",
+                  N, C);
+        cuda_add_rmsnorm_forward(d_a, d_out, NULL, d_a, d_b, d_w, N, C, 1e-6f);  // the sum over a
+        expect_close("add_rmsnorm in place", d_a, sum, nc, 1e-6);
+        CHECK_CUDA_OK();
+        free(a), free(b), free(w), free(sum), free(out), free(rstd), free(f1), free(f2), free(s1), free(s2);
+        cuda_free(d_a), cuda_free(d_b), cuda_free(d_w), cuda_free(d_sum), cuda_free(d_out), cuda_free(d_rstd);
+        cuda_free(d_sum2), cuda_free(d_out2), cuda_free(d_rstd2);
+    }
+}
+
 static void linear_case(int N, int IC, int OC, bool bias, const char *precision, double tol) {
     CHECK(cuda_set_matmul_precision(precision) == 0);
     size_t nx = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;
@@ -96,8 +128,43 @@ static void linear_case(int N, int IC, int OC, bool bias, const char *precision,
         cuda_free(d_dw), cuda_free(d_db);
 }
 
+// Three products of one input (q, k, v; one bias missing) against the CPU twin and, bit
+// for bit, against three cuda_linear_forward calls.
+static void linear_many_case(int N, int IC, const char *precision, double tol) {
+    CHECK(cuda_set_matmul_precision(precision) == 0);
+    const int OC[3] = {3 * IC / 2, IC / 4, IC / 4};
+    size_t nx = (size_t)N * IC;
+    float *x = rnd(nx), *d_x = dev_copy(x, nx * 4);
+    float *w[3], *b[3], *out[3], *d_w[3], *d_b[3], *d_out[3], *d_one[3];
+    for (int i = 0; i < 3; i++) {
+        size_t nw = (size_t)OC[i] * IC, no = (size_t)N * OC[i];
+        w[i] = rnd(nw), b[i] = i == 1 ? NULL : rnd(OC[i]), out[i] = malloc(no * 4);
+        d_w[i] = dev_copy(w[i], nw * 4), d_b[i] = b[i] ? dev_copy(b[i], OC[i] * 4) : NULL;
+        d_out[i] = dev_poisoned(no), d_one[i] = dev_poisoned(no);
+    }
+    linear_forward_many(3, out, x, (const float *const *)w, (const float *const *)b, OC, N, IC);
+    cuda_linear_forward_many(3, d_out, d_x, (const float *const *)d_w, (const float *const *)d_b, OC, N, IC);
+    for (int i = 0; i < 3; i++) cuda_linear_forward(d_one[i], d_x, d_w[i], d_b[i], N, IC, OC[i]);
+    for (int i = 0; i < 3; i++) {
+        size_t no = (size_t)N * OC[i];
+        char what[96];
+        snprintf(what, sizeof what, "linear forward many %d: %dx%dx%d %s", i, N, IC, OC[i], precision);
+        expect_close(what, d_out[i], out[i], no, tol);
+        float *many = host_of(d_out[i], no), *one = host_of(d_one[i], no);
+        CHECK_MSG(!memcmp(many, one, no * 4), "%s: differs from a single product", what);
+        free(many), free(one), free(w[i]), free(b[i]), free(out[i]);
+        cuda_free(d_w[i]), cuda_free(d_b[i]), cuda_free(d_out[i]), cuda_free(d_one[i]);
+    }
+    CHECK_CUDA_OK();
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+    free(x), cuda_free(d_x);
+}
+
 static void test_linear(void) {
     NEED_GPU();
+    linear_many_case(1, 896, "bf16", 1e-2);
+    linear_many_case(77, 256, "bf16", 1e-2);
+    linear_many_case(77, 256, "fp32", 1e-5);
     linear_case(70, 96, 200, true, "fp32", 1e-5);
     linear_case(333, 896, 128, false, "fp32", 1e-5);
     linear_case(1, 64, 1000, true, "fp32", 1e-5);
@@ -229,6 +296,7 @@ int main(void) {
 #ifdef TP_HAVE_CUDA
     RUN(test_embedding);
     RUN(test_rmsnorm);
+    RUN(test_add_rmsnorm);
     RUN(test_linear);
     RUN(test_rope);
     RUN(test_swiglu_add_rows);

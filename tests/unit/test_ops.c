@@ -154,6 +154,28 @@ static void rmsnorm_case(int N, int C) {
     free(xd), free(wd), free(dd), free(gx), free(gw);
 }
 
+// add_rmsnorm_forward is add_inplace then rmsnorm_forward, bit for bit, also when the sum
+// is written over one of its inputs.
+static void test_add_rmsnorm(void) {
+    const int shapes[][2] = {{7, 130}, {300, 576}, {1, 1}};
+    for (int s = 0; s < 3; s++) {
+        int N = shapes[s][0], C = shapes[s][1];
+        size_t nc = (size_t)N * C;
+        float *a = falloc(nc), *b = falloc(nc), *w = falloc(C), *ref_sum = falloc(nc), *ref_out = falloc(nc);
+        float *ref_rstd = falloc(N), *sum = falloc(nc), *out = falloc(nc), *rstd = falloc(N);
+        fill(a, nc, -2, 2), fill(b, nc, -2, 2), fill(w, C, 0.5, 1.5);
+        memcpy(ref_sum, a, nc * sizeof(float));
+        add_inplace(ref_sum, b, (long)nc);
+        rmsnorm_forward(ref_out, ref_rstd, ref_sum, w, N, C, 1e-6f);
+        add_rmsnorm_forward(sum, out, rstd, a, b, w, N, C, 1e-6f);
+        CHECK_MSG(!memcmp(sum, ref_sum, nc * 4) && !memcmp(out, ref_out, nc * 4) && !memcmp(rstd, ref_rstd, N * 4),
+                  "N=%d C=%d: fused differs from add + rmsnorm", N, C);
+        add_rmsnorm_forward(a, out, NULL, a, b, w, N, C, 1e-6f);  // sum over a
+        CHECK_MSG(!memcmp(a, ref_sum, nc * 4) && !memcmp(out, ref_out, nc * 4), "N=%d C=%d: in place", N, C);
+        free(a), free(b), free(w), free(ref_sum), free(ref_out), free(ref_rstd), free(sum), free(out), free(rstd);
+    }
+}
+
 static void test_rmsnorm_backward(void) {
     rmsnorm_case(5, 37);
     rmsnorm_case(3, 130);
@@ -631,6 +653,7 @@ int main(void) {
     RUN(test_exp);
     RUN(test_embedding);
     RUN(test_rmsnorm_backward);
+    RUN(test_add_rmsnorm);
     RUN(test_rope);
     RUN(test_swiglu);
     RUN(test_add_inplace);
