@@ -15,6 +15,28 @@ bool tp_ends_with(const char *s, const char *suffix) {
     return a >= b && !strcmp(s + a - b, suffix);
 }
 
+// The directory of a path (".", when it has no slash) and where its last name starts.
+static const char *last_name(const char *path, char *dir, size_t cap) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) return snprintf(dir, cap, "."), path;
+    snprintf(dir, cap, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    return slash + 1;
+}
+
+bool tp_same_file(const char *a, const char *b) {
+    bool dash_a = !strcmp(a, "-"), dash_b = !strcmp(b, "-");
+    if (dash_a || dash_b) return dash_a && dash_b;
+    struct stat sa, sb;
+    bool has_a = !stat(a, &sa), has_b = !stat(b, &sb);
+    if (has_a && has_b) return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino && S_ISREG(sa.st_mode);
+    if (has_a || has_b) return false;
+    // Neither exists yet: the same name in the same directory.
+    char dir_a[PATH_MAX], dir_b[PATH_MAX];
+    const char *name_a = last_name(a, dir_a, sizeof dir_a), *name_b = last_name(b, dir_b, sizeof dir_b);
+    if (strcmp(name_a, name_b) || stat(dir_a, &sa) || stat(dir_b, &sb)) return !strcmp(a, b);
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 int tp_output_open(const char *path, bool append, tp_err *err) {
     if (!strcmp(path, "-")) return STDOUT_FILENO;
     int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC), 0644);

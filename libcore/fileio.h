@@ -11,6 +11,13 @@
 // Whether the path (or any string) ends with suffix.
 bool tp_ends_with(const char *s, const char *suffix);
 
+// Whether a and b name the same file, so that writing one would destroy the other:
+// the same regular file by st_dev/st_ino (hard links, symlinks, "./x" and "x"), or, when
+// neither exists yet, the same name in the same directory. Two "-" are the same (one
+// standard stream); "-" is never the same as a path. Devices and pipes (/dev/null) can
+// be shared.
+bool tp_same_file(const char *a, const char *b);
+
 // Opens an output: "-" is stdout (fd 1). append: O_APPEND instead of O_TRUNC.
 // Returns the fd or -1 with err set.
 int tp_output_open(const char *path, bool append, tp_err *err);

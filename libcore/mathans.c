@@ -88,10 +88,11 @@ static bool at_nocase(const char *t, size_t len, size_t i, const char *lit) {
     return i + k <= len && !strncasecmp(t + i, lit, k);
 }
 
-// The last \boxed{...} / \fbox{...} with balanced braces; "\boxed 5" takes the next token.
-// A box that does not close is skipped for an earlier one; an earlier box still open where
-// that one starts cannot close after it either (its braces never balance there), so each
-// forward scan stops at the previous failure and the whole search stays linear.
+// The last \boxed{...} / \fbox{...} with balanced braces; "\boxed 5" takes the next token
+// ("\boxed $5$": the token inside the $). A box that does not close is skipped for an earlier
+// one; an earlier box still open where that one starts cannot close after it either (its
+// braces never balance there), so each forward scan stops at the previous failure and the
+// whole search stays linear. *out is written only when a box is found.
 static bool find_boxed(const char *t, size_t len, span *out) {
     size_t i = len, limit = len;
     while (i > 0) {
@@ -111,18 +112,24 @@ static bool find_boxed(const char *t, size_t len, span *out) {
                 }
                 if (t[k] == '{') open++;
                 else if (t[k] == '}' && --open == 0) {
-                    *out = trim(t, (span){j + 1, k});
-                    return out->b > out->a;
+                    span box = trim(t, (span){j + 1, k});
+                    if (box.b == box.a) return false;  // \boxed{}: the last box is empty
+                    *out = box;
+                    return true;
                 }
             }
             limit = j;  // unclosed (a cut-off text): look for an earlier box
             continue;
         }
-        if (j > i + cmd && j < len) {  // \boxed 5
+        if ((j > i + cmd || (j < len && t[j] == '$')) && j < len) {  // \boxed 5, \boxed $5$
+            if (t[j] == '$') j++;
             size_t k = j;
             while (k < len && !is_space((unsigned char)t[k]) && t[k] != '$') k++;
-            *out = trim(t, (span){j, k});
-            if (out->b > out->a) return true;
+            span box = trim(t, (span){j, k});
+            if (box.b > box.a) {
+                *out = box;
+                return true;
+            }
         }
     }
     return false;

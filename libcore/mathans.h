@@ -46,10 +46,14 @@ typedef enum tp_math_verdict { TP_MATH_DIFFERENT = 0, TP_MATH_EQUAL = 1, TP_MATH
 tp_math_verdict tp_math_equal(const char *pred, size_t plen, const char *gold, size_t glen);
 //
 // The rules, in short (math-verify's where it has one):
-//  - numbers are exact rationals (1,234 = 1234; 0.5 = \frac12 = 1/2; 2\frac12 = 5/2; 1.5e3 and
-//    1.5\times10^3 = 1500); irrational values (\sqrt2, \pi, \sin 1) and what overflows 124-bit
-//    integers are long doubles, equal within 1e-9 relative or 1e-12 absolute; an overflow from
-//    finite numbers is UNKNOWN, never equality;
+//  - numbers are exact rationals (1,234 = 1234 but 0,100 is a list; 0.5 = \frac12 = 1/2;
+//    2\frac12 = 5/2; 1.5e3 and 1.5\times10^3 = 1500); irrational values (\sqrt2, \pi, \sin 1) and
+//    what overflows 124-bit integers are long doubles, equal within 1e-9 relative or 1e-12
+//    absolute; an overflow from finite numbers is UNKNOWN, never equality, and so is a literal no
+//    long double holds (1e99999 is not \infty); two literals compare exactly whatever their size
+//    (123...012 != 123...013, 1e47 != 99...9);
+//  - i is the imaginary unit: + - * / and integer powers are complex (i^2 = -1, \frac1i = -i),
+//    anything else of a non-real value is UNKNOWN (\sqrt i, e^{i\pi}, relations);
 //  - a decimal literal against a value with no finite decimal (1/3, \sqrt2, \pi) is equal when both
 //    round to the same 6 decimals (0.333333 = 1/3); two finite decimals compare exactly;
 //  - 50\% = 0.5 = \frac12, and an integer percentage equals its number (50\% = 50);
@@ -57,11 +61,14 @@ tp_math_verdict tp_math_equal(const char *pred, size_t plen, const char *gold, s
 //    \text{Word} = Word (case-insensitive); "x = 5" = 5 (either side); relations compare as
 //    relations ("y = 2x+3" matches "2y = 4x+6", "x \le 3" matches "3 \ge x"), an inequality in
 //    one symbol as its interval ("x > 3" matches "(3, \infty)");
-//  - sets and bare lists are unordered ({1,2} = 2,1 = 1,2), tuples ordered, except that a gold
-//    tuple fixes the order of a pred list; intervals need the same brackets (an infinite end is
+//  - sets and bare lists are unordered ({1,2} = 2,1 = 1,2; "2 \text{ and } 3" and "2 or 3" are
+//    the list 2, 3, never a product), tuples ordered, except that a gold tuple fixes the order of
+//    a pred list (not of a pred \{set\}); intervals need the same brackets (an infinite end is
 //    open); unions are unordered; \pm a is the set {a, -a}; matrices compare by shape and entries;
-//  - symbols (lowercased) are evaluated at 3 rational points chosen by their names, the same on
-//    both sides: (x+1)^2 = x^2+2x+1 exactly, x+1 != y+1.
+//  - symbols (lowercased) are evaluated at 5 rational points chosen by their names, the same on
+//    both sides, each symbol negative at some: (x+1)^2 = x^2+2x+1 exactly, x+1 != y+1, |x| != x;
+//    points where both sides are undefined are skipped, one side undefined is UNKNOWN
+//    (\ln(x^2) against 2\ln x).
 
 // Extracts the answer of a whole solution text (modes, or tp_extract_default when modes is
 // NULL) and compares it with gold; gold may itself be a \boxed{} solution or "#### x".

@@ -2,11 +2,13 @@
 //
 // Numbers are exact rationals (__int128 numerator and denominator) as long as they fit;
 // what does not fit, and what is irrational (\sqrt2, \pi, \sin 1), is a long double compared
-// with a relative tolerance of 1e-9 (absolute 1e-12 near zero). Expressions with symbols are
-// evaluated at three points where every symbol is a small random-looking rational chosen
-// by its name (the same on both sides): a probabilistic identity test, exact where the
-// arithmetic is. Collections follow math-verify's rules: sets and bare lists are unordered,
-// tuples ordered, intervals need the same brackets, "x = 5" against "5" compares 5.
+// with a relative tolerance of 1e-9 (absolute 1e-12 near zero). Values are complex (i*i = -1),
+// though only + - * / and integer powers take a non-real operand (the rest cannot judge one).
+// Expressions with symbols are evaluated at five points where every symbol is a small
+// random-looking rational chosen by its name (the same on both sides), negative at two of
+// them (|x| is not x): a probabilistic identity test, exact where the arithmetic is.
+// Collections follow math-verify's rules: sets and bare lists are unordered, tuples ordered,
+// intervals need the same brackets, "x = 5" against "5" compares 5.
 #include "mathans.h"
 #include "mathans_impl.h"
 
@@ -14,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { NPOINTS = 3, MAX_ITEMS = 128, MAX_NESTING = 16 };
+enum { NPOINTS = 5, MAX_ITEMS = 128, MAX_NESTING = 16 };
 
 typedef struct mval {
     __int128 p, q;
@@ -33,22 +35,12 @@ static mval from_float(long double x) {
     return v;
 }
 
-static __int128 gcd128(__int128 a, __int128 b) {
-    if (a < 0) a = -a;
-    if (b < 0) b = -b;
-    while (b) {
-        __int128 r = a % b;
-        a = b, b = r;
-    }
-    return a;
-}
-
 static const __int128 LIMIT = (__int128)1 << 124;
 
 static mval from_ratio(__int128 p, __int128 q) {
     if (q == 0) return (mval){.bad = true};
     if (q < 0) p = -p, q = -q;
-    __int128 g = gcd128(p, q);
+    __int128 g = tp_math_gcd(p, q);
     if (g > 1) p /= g, q /= g;
     mval v = {.p = p, .q = q, .exact = true};
     v.x = (long double)p / (long double)q;
@@ -181,19 +173,104 @@ static long double func_value(int id, long double x, long double base, bool has_
     }
 }
 
+// ---- complex values ----
+
+// A complex value; im is exactly 0 for a real one, so real arithmetic stays as exact as before.
+typedef struct cval {
+    mval re, im;
+} cval;
+
+static cval real(mval v) { return (cval){v, {.q = 1, .exact = true}}; }
+static const cval C_BAD = {{.bad = true}, {.bad = true}};
+static bool c_bad(cval z) { return z.re.bad || z.im.bad; }
+static bool c_real(cval z) { return z.im.exact && z.im.p == 0; }
+
+static cval c_add(cval a, cval b) {
+    if (c_real(a) && c_real(b)) return real(v_add(a.re, b.re));
+    return (cval){v_add(a.re, b.re), v_add(a.im, b.im)};
+}
+static cval c_neg(cval a) { return (cval){v_neg(a.re), v_neg(a.im)}; }
+
+static cval c_mul(cval a, cval b) {
+    if (c_real(a) && c_real(b)) return real(v_mul(a.re, b.re));
+    return (cval){v_add(v_mul(a.re, b.re), v_neg(v_mul(a.im, b.im))), v_add(v_mul(a.re, b.im), v_mul(a.im, b.re))};
+}
+
+static cval c_inv(cval a) {
+    if (c_real(a)) return real(v_inv(a.re));
+    mval norm = v_add(v_mul(a.re, a.re), v_mul(a.im, a.im));  // 1/z = conj(z) / |z|^2
+    return (cval){v_div(a.re, norm), v_neg(v_div(a.im, norm))};
+}
+
+static cval c_div(cval a, cval b) { return c_mul(a, c_inv(b)); }
+
+// z^e: real powers as v_pow; a non-real base only to an integer power (by squaring).
+static cval c_pow(cval a, cval e) {
+    if (c_bad(a) || c_bad(e) || !c_real(e)) return C_BAD;
+    if (c_real(a)) return real(v_pow(a.re, e.re));
+    if (!e.re.exact || e.re.q != 1 || e.re.p > 4096 || e.re.p < -4096) return C_BAD;
+    __int128 n = e.re.p < 0 ? -e.re.p : e.re.p;
+    cval r = real(from_ratio(1, 1)), base = a;
+    for (; n && !c_bad(r); n >>= 1) {
+        if (n & 1) r = c_mul(r, base);
+        if (n > 1) base = c_mul(base, base);
+    }
+    return e.re.p < 0 ? c_inv(r) : r;
+}
+
 // ---- evaluation ----
 
-// A symbol's value at point pt: a rational in (0, 3) picked by hashing its name.
+// A symbol's value at point pt: a rational picked by hashing its name, never an integer (fewer
+// poles), of size under 3; positive at point 0, negative at point 1 (|x| = x, \sqrt{x^2} = x
+// and \ln(x^2) = 2\ln x hold at positive points only), of a sign picked by the hash at the
+// others, so that two symbols differ in sign somewhere too (|xy| = xy).
 static mval symbol_value(uint32_t h, int pt) {
-    static const int den[NPOINTS] = {7, 11, 13};
+    static const int den[NPOINTS] = {7, 11, 13, 17, 19};
     uint32_t m = (h ^ (uint32_t)(pt + 1) * 0x9E3779B9u) * 0x85EBCA6Bu;
     m ^= m >> 15;
     int num = 1 + (int)(m % (uint32_t)(3 * den[pt] - 1));
-    return from_ratio(num, den[pt]);
+    if (num % den[pt] == 0) num++;
+    bool negative = pt == 1 || (pt > 1 && (m >> 28) & 1);
+    return from_ratio(negative ? -num : num, den[pt]);
 }
 
-static mval eval(const mtree *t, int n, int pt, int pm) {
-    if (n < 0) return (mval){.bad = true};
+static mval eval_real(const mtree *t, int n, int pt, int pm);
+
+static cval eval(const mtree *t, int n, int pt, int pm) {
+    if (n < 0) return C_BAD;
+    const mnode *nd = &t->nd[n];
+    int a = nd->kid, b = a >= 0 ? t->nd[a].next : -1;
+    switch ((mop)nd->op) {
+    case M_IMAG: return (cval){from_ratio(0, 1), from_ratio(1, 1)};
+    case M_SUM: {
+        cval s = real(from_ratio(0, 1));
+        for (int k = a; k >= 0; k = t->nd[k].next) s = c_add(s, eval(t, k, pt, pm));
+        return s;
+    }
+    case M_PROD: {
+        cval s = real(from_ratio(1, 1));
+        for (int k = a; k >= 0; k = t->nd[k].next) s = c_mul(s, eval(t, k, pt, pm));
+        return s;
+    }
+    case M_NEG: return c_neg(eval(t, a, pt, pm));
+    case M_PM: return pm < 0 ? c_neg(eval(t, a, pt, pm)) : eval(t, a, pt, pm);
+    case M_DIV: return c_div(eval(t, a, pt, pm), eval(t, b, pt, pm));
+    case M_POW: return c_pow(eval(t, a, pt, pm), eval(t, b, pt, pm));
+    case M_PCT: return c_div(eval(t, a, pt, pm), real(from_ratio(100, 1)));
+    case M_ABS: {
+        cval z = eval(t, a, pt, pm);
+        if (c_bad(z) || c_real(z)) return real((z.re.exact ? z.re.p < 0 : z.re.x < 0) ? v_neg(z.re) : z.re);
+        return real(from_float(hypotl(z.re.x, z.im.x)));
+    }
+    default: return real(eval_real(t, n, pt, pm));
+    }
+}
+
+// A real operand: bad when it is not real (\sin i, i!, \lfloor i \rfloor cannot be judged).
+static mval real_part(cval z) { return c_bad(z) || !c_real(z) ? (mval){.bad = true} : z.re; }
+
+// The nodes whose value is real whenever their operands are.
+static mval eval_real(const mtree *t, int n, int pt, int pm) {
     const mnode *nd = &t->nd[n];
     int a = nd->kid, b = a >= 0 ? t->nd[a].next : -1;
     switch ((mop)nd->op) {
@@ -203,26 +280,12 @@ static mval eval(const mtree *t, int n, int pt, int pm) {
     case M_PI_CONST: return from_float(3.14159265358979323846264338327950288L);
     case M_EULER: return from_float(2.71828182845904523536028747135266250L);
     case M_INF: return from_float(INFINITY);
-    case M_SUM: {
-        mval s = from_ratio(0, 1);
-        for (int k = a; k >= 0; k = t->nd[k].next) s = v_add(s, eval(t, k, pt, pm));
-        return s;
-    }
-    case M_PROD: {
-        mval s = from_ratio(1, 1);
-        for (int k = a; k >= 0; k = t->nd[k].next) s = v_mul(s, eval(t, k, pt, pm));
-        return s;
-    }
-    case M_NEG: return v_neg(eval(t, a, pt, pm));
-    case M_PM: return pm < 0 ? v_neg(eval(t, a, pt, pm)) : eval(t, a, pt, pm);
-    case M_DIV: return v_div(eval(t, a, pt, pm), eval(t, b, pt, pm));
-    case M_POW: return v_pow(eval(t, a, pt, pm), eval(t, b, pt, pm));
     case M_ROOT: {
-        mval idx = b >= 0 ? eval(t, b, pt, pm) : from_ratio(2, 1);
-        return v_pow(eval(t, a, pt, pm), v_inv(idx));
+        mval idx = b >= 0 ? real_part(eval(t, b, pt, pm)) : from_ratio(2, 1);
+        return v_pow(real_part(eval(t, a, pt, pm)), v_inv(idx));
     }
     case M_FUNC: {
-        mval x = eval(t, a, pt, pm), base = b >= 0 ? eval(t, b, pt, pm) : from_ratio(10, 1);
+        mval x = real_part(eval(t, a, pt, pm)), base = b >= 0 ? real_part(eval(t, b, pt, pm)) : from_ratio(10, 1);
         int f = nd->sub;
         bool odd = f == F_SIN || f == F_TAN || f == F_ASIN || f == F_ATAN || f == F_SINH || f == F_TANH;
         if (x.exact && x.p == 0 && odd) return from_ratio(0, 1);  // sin 0 = 0 exactly, not 1e-20
@@ -230,15 +293,10 @@ static mval eval(const mtree *t, int n, int pt, int pm) {
         if (x.exact && x.p == 1 && x.q == 1 && (f == F_LN || f == F_LOG)) return from_ratio(0, 1);
         return float_result(func_value(nd->sub, x.x, base.x, b >= 0), x, base);
     }
-    case M_FACT: return v_factorial(eval(t, a, pt, pm));
-    case M_PCT: return v_div(eval(t, a, pt, pm), from_ratio(100, 1));
-    case M_ABS: {
-        mval x = eval(t, a, pt, pm);
-        return (x.exact ? x.p < 0 : x.x < 0) ? v_neg(x) : x;
-    }
+    case M_FACT: return v_factorial(real_part(eval(t, a, pt, pm)));
     case M_FLOOR:
     case M_CEIL: {
-        mval x = eval(t, a, pt, pm);
+        mval x = real_part(eval(t, a, pt, pm));
         if (x.bad || x.inf) return (mval){.bad = true};
         if (x.exact) {
             __int128 f = x.p / x.q;
@@ -248,7 +306,7 @@ static mval eval(const mtree *t, int n, int pt, int pm) {
         }
         return from_float(nd->op == M_FLOOR ? floorl(x.x) : ceill(x.x));
     }
-    case M_BINOM: return v_binom(eval(t, a, pt, pm), eval(t, b, pt, pm));
+    case M_BINOM: return v_binom(real_part(eval(t, a, pt, pm)), real_part(eval(t, b, pt, pm)));
     default: return (mval){.bad = true};  // collections and relations are not numbers
     }
 }
@@ -269,6 +327,27 @@ static bool int_literal(const mtree *t, int n, bool *pct, mval *v) {
     if (n < 0 || t->nd[n].op != M_NUM || !(t->nd[n].flags & NF_INTLIT) || !(t->nd[n].flags & NF_EXACT)) return false;
     *v = from_ratio(neg ? -t->nd[n].p : t->nd[n].p, 1);
     return true;
+}
+
+typedef struct side {
+    const mtree *t;
+    int n, pm;
+} side;
+
+// A number literal, maybe negated (*neg): its M_NUM node, or -1.
+static int plain_literal(const mtree *t, int n, bool *neg) {
+    *neg = false;
+    while (n >= 0 && t->nd[n].op == M_NEG) *neg = !*neg, n = t->nd[n].kid;
+    return n >= 0 && t->nd[n].op == M_NUM && t->nd[n].aux ? n : -1;
+}
+
+// Two literals, one too long for p/q (123456789012345678901234567890123456789012, 1e47):
+// compared by their texts, exactly, not as long doubles. -2 when this does not apply.
+static int literals_equal(side g, side p) {
+    bool gneg, pneg;
+    int a = plain_literal(g.t, g.n, &gneg), b = plain_literal(p.t, p.n, &pneg);
+    if (a < 0 || b < 0 || (g.t->nd[a].flags & p.t->nd[b].flags & NF_EXACT)) return -2;
+    return gneg == pneg && !strcmp(g.t->lits + g.t->nd[a].aux, p.t->lits + p.t->nd[b].aux);
 }
 
 // A rational with a finite decimal expansion (its denominator has no prime but 2 and 5).
@@ -292,24 +371,28 @@ static int values_equal(mval a, mval b, bool round6) {
     return d <= ABS_TOL || d <= REL_TOL * m;
 }
 
-typedef struct side {
-    const mtree *t;
-    int n, pm;
-} side;
+// Complex values: the real parts and the imaginary parts.
+static int cvalues_equal(cval a, cval b, bool round6) {
+    if (c_bad(a) || c_bad(b)) return -1;
+    int re = values_equal(a.re, b.re, round6), im = values_equal(a.im, b.im, round6);
+    return re == 0 || im == 0 ? 0 : re < 0 || im < 0 ? -1 : 1;
+}
 
 static int scalar_equal(side g, side p) {
     bool gp, pp;
     mval gi, pi;
     if (int_literal(g.t, g.n, &gp, &gi) && int_literal(p.t, p.n, &pp, &pi) && gp != pp)
         if (gi.p == pi.p) return 1;  // 9\% and 9 (math-verify's rule for integers)
+    int lit = literals_equal(g, p);
+    if (lit != -2) return lit;
     bool vars = (g.t->nd[g.n].flags | p.t->nd[p.n].flags) & NF_VARS;
     bool round6 = float_literal(g.t, g.n) || float_literal(p.t, p.n);
     int good = 0;
     for (int pt = 0; pt < (vars ? NPOINTS : 1); pt++) {
-        mval a = eval(g.t, g.n, pt, g.pm), b = eval(p.t, p.n, pt, p.pm);
-        if (a.bad && b.bad) continue;  // both undefined here (a pole): try the other points
-        int r = values_equal(a, b, round6);
-        if (r <= 0) return r;
+        cval a = eval(g.t, g.n, pt, g.pm), b = eval(p.t, p.n, pt, p.pm);
+        if (c_bad(a) && c_bad(b)) continue;  // both undefined here (a pole, \ln of a negative): try the others
+        int r = cvalues_equal(a, b, round6);
+        if (r <= 0) return r;  // one side undefined: cannot tell (\ln(x^2) against 2\ln x)
         good++;
     }
     return good ? 1 : -1;
@@ -435,11 +518,11 @@ static int last_operand(const mtree *t, int n) {
     return k;
 }
 
-// lhs - rhs of a one-link relation, or of first lhs - last rhs, at one point.
+// lhs - rhs of a one-link relation, or of first lhs - last rhs, at one point (bad when not real).
 static mval rel_difference(side s, int pt) {
     const mtree *t = s.t;
     int l = t->nd[s.n].kid, r = last_operand(t, s.n);
-    return v_add(eval(t, l, pt, s.pm), v_neg(eval(t, r, pt, s.pm)));
+    return real_part(c_add(eval(t, l, pt, s.pm), c_neg(eval(t, r, pt, s.pm))));
 }
 
 static int relation_op(const mtree *t, int n) {
@@ -477,9 +560,12 @@ static int relations_equal(side g, side p, int depth) {
     }
     long double ratio = 0;
     bool have_ratio = false;
+    int good = 0;
     for (int k = 0; k < NPOINTS; k++) {
         mval a = rel_difference(g, k), b = rel_difference(p, k);
+        if (a.bad && b.bad) continue;  // both undefined at this point
         if (a.bad || b.bad) return -1;
+        good++;
         bool az = a.exact ? a.p == 0 : fabsl(a.x) <= ABS_TOL, bz = b.exact ? b.p == 0 : fabsl(b.x) <= ABS_TOL;
         if (az || bz) {
             if (az != bz) return 0;
@@ -490,7 +576,7 @@ static int relations_equal(side g, side p, int depth) {
         if (!have_ratio) ratio = r, have_ratio = true;
         else if (fabsl(r - ratio) > REL_TOL * fabsl(ratio)) return 0;
     }
-    return 1;
+    return good ? 1 : -1;
 }
 
 // An inequality in one symbol as the interval it describes: x > 3 is (3, \infty), -1 <= x < 2 is
@@ -588,8 +674,11 @@ static int compare_collections(side g, side p, int depth) {
     as_items(g, a);
     as_items(p, b);
     if (a->overflow || b->overflow) return -1;
-    // A gold tuple fixes the order of a pred list; a gold set or list does not (math-verify's rule).
-    if (gop == M_TUPLE && (pop == M_TUPLE || pop == M_SET)) return ordered_equal(a, b, depth);
+    // A gold tuple fixes the order of a pred list (math-verify's rule), not of a pred set: \{2,1\}
+    // is \{1,2\}, so against (1,2) both compare as sets (math-verify's order-bound "\{1,2\} = (1,2)
+    // but \{2,1\} != (1,2)" depends on how the set is written). A gold set or list binds no order.
+    bool pset = pop == M_SET && !(pt->nd[p.n].flags & NF_BRACED);
+    if (gop == M_TUPLE && (pop == M_TUPLE || pset)) return ordered_equal(a, b, depth);
     if (pop == M_TUPLE && gop != M_SET) return ordered_equal(a, b, depth);
     return unordered_equal(a, b, depth);
 }

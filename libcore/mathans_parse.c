@@ -14,6 +14,7 @@
 //   postfix  := primary ('!' | '\%' | subscript)*
 #include "mathans.h"
 #include "mathans_impl.h"
+#include "unicode.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -78,6 +79,27 @@ static void leave(parser *P) { P->depth--; }
 static int peek(const parser *P) { return P->i < P->n ? (unsigned char)P->s[P->i] : 0; }
 static int peek_at(const parser *P, size_t k) { return P->i + k < P->n ? (unsigned char)P->s[P->i + k] : 0; }
 
+// The non-ASCII character at the cursor (0 for ASCII or bad UTF-8); its byte length in *len.
+static uint32_t peek_cp(const parser *P, size_t *len) {
+    uint32_t cp = 0;
+    int k = peek(P) >= 0x80 ? tp_utf8_decode((const unsigned char *)P->s + P->i, P->n - P->i, &cp) : 0;
+    *len = (size_t)k;
+    return k ? cp : 0;
+}
+
+static bool at_cp(const parser *P, uint32_t cp) {
+    size_t k;
+    return peek(P) >= 0x80 && peek_cp(P, &k) == cp;
+}
+
+// Accepts the character cp (U+00D7 ×, U+2212 −, ...).
+static bool accept_cp(parser *P, uint32_t cp) {
+    size_t k;
+    if (peek(P) < 0x80 || peek_cp(P, &k) != cp) return false;
+    P->i += k;
+    return true;
+}
+
 static bool starts(const parser *P, const char *lit) {
     size_t k = strlen(lit);
     return P->n - P->i >= k && !memcmp(P->s + P->i, lit, k);
@@ -116,10 +138,7 @@ static void skip_ws(parser *P) {
             P->i++;
             continue;
         }
-        if (c == 0xC2 && peek_at(P, 1) == 0xB0) {  // °
-            P->i += 2;
-            continue;
-        }
+        if (accept_cp(P, 0xB0)) continue;  // °
         if (c == '^' && (starts(P, "^\\circ") || starts(P, "^{\\circ}") || starts(P, "^{\\circ }"))) {
             P->i += starts(P, "^\\circ") ? 6 : starts(P, "^{\\circ}") ? 8 : 9;
             continue;
@@ -169,22 +188,40 @@ static void expect(parser *P, int c) {
 
 static bool fits_mul10(__int128 v) { return v < ((__int128)1 << 120) / 10; }
 
-static void reduce(mnode *nd) {
-    __int128 a = nd->p < 0 ? -nd->p : nd->p, b = nd->q;
-    while (b) {
-        __int128 r = a % b;
-        a = b, b = r;
-    }
-    if (a > 1) nd->p /= a, nd->q /= a;
+// Rewrites the digits lits[start..nlits) of a literal with exponent exp10 (after the digits
+// of the fraction were counted in frac) as its text "<digits>e<exp>", NUL-terminated.
+static bool finish_literal(mtree *t, size_t start, long frac, long exp10) {
+    char *d = t->lits + start;
+    size_t n = t->nlits - start, a = 0;
+    while (a < n && d[a] == '0') a++;
+    while (n > a && d[n - 1] == '0') n--, exp10++;
+    if (a == n) exp10 = frac = 0, a = 0, n = 1;  // zero: "0e0"
+    memmove(d, d + a, n - a);
+    char e[24];  // "e<exp>" by hand: snprintf would be most of the time spent on a short answer
+    size_t w = sizeof e;
+    long x = exp10 - frac, m = x < 0 ? -x : x;
+    e[--w] = 0;
+    do e[--w] = (char)('0' + m % 10), m /= 10;
+    while (m);
+    if (x < 0) e[--w] = '-';
+    e[--w] = 'e';
+    size_t elen = sizeof e - w;  // with the NUL
+    if (start + (n - a) + elen > sizeof t->lits) return false;
+    memcpy(d + (n - a), e + w, elen);
+    t->nlits = start + (n - a) + elen;
+    return true;
 }
 
 // digits [. digits] | . digits, with "{,}" between digit groups, and an adjacent e±N exponent.
+// The value is p/q while it fits; else the long double of its text in lits, NaN (cannot judge)
+// when that overflows or underflows: 1e99999 is not infinity, 1e-99999 not zero.
 static int parse_number(parser *P, bool one_digit) {
     int n = new_node(P, M_NUM);
     if (n < 0) return -1;
-    mnode *nd = &P->t->nd[n];
-    char buf[96];
-    size_t blen = 0;
+    mtree *t = P->t;
+    mnode *nd = &t->nd[n];
+    size_t start = t->nlits;
+    long frac = 0;
     __int128 p = 0, q = 1;
     bool exact = true, dot = false;
     while (P->i < P->n) {
@@ -194,43 +231,47 @@ static int parse_number(parser *P, bool one_digit) {
                 p = p * 10 + (c - '0');
                 if (dot) q *= 10;
             } else exact = false;
-            if (blen < sizeof buf - 8) buf[blen++] = (char)c;
+            if (t->nlits + 1 >= sizeof t->lits) return P->fail = true, -1;
+            t->lits[t->nlits++] = (char)c;
+            frac += dot;
             P->i++;
             if (one_digit) break;
         } else if (c == '.' && !dot && !one_digit && isdigit(peek_at(P, 1))) {
             dot = true;
             nd->flags |= NF_DECIMAL;
-            buf[blen++] = '.';
             P->i++;
         } else if (c == '{' && starts(P, "{,}") && isdigit(peek_at(P, 3)) && !dot && !one_digit) {
             P->i += 3;
         } else break;
     }
-    int exp10 = 0;
+    long exp10 = 0;
     if (!one_digit && (peek(P) == 'e' || peek(P) == 'E') &&
         (isdigit(peek_at(P, 1)) || ((peek_at(P, 1) == '-' || peek_at(P, 1) == '+') && isdigit(peek_at(P, 2))))) {
         P->i++;
         int sign = 1;
         if (peek(P) == '-' || peek(P) == '+') sign = peek(P) == '-' ? -1 : 1, P->i++;
         while (isdigit(peek(P))) {
-            if (exp10 < 100000) exp10 = exp10 * 10 + (peek(P) - '0');
+            exp10 = exp10 * 10 + (peek(P) - '0');
+            if (exp10 > 100000000) return P->fail = true, -1;  // no long double is that big or small
             P->i++;
         }
         exp10 *= sign;
         nd->flags |= NF_DECIMAL;
     }
-    buf[blen] = 0;
-    for (int k = 0; exact && k < (exp10 < 0 ? -exp10 : exp10); k++) {
+    for (long k = 0; exact && k < (exp10 < 0 ? -exp10 : exp10); k++) {
         __int128 *v = exp10 > 0 ? &p : &q;
         if (!fits_mul10(*v)) exact = false;
         else *v *= 10;
     }
-    if (exact) nd->flags |= NF_EXACT;
+    if (!finish_literal(t, start, frac, exp10)) return P->fail = true, -1;
+    nd->aux = (uint32_t)start;
     if (exact) {
-        nd->p = p, nd->q = q;
-        reduce(nd);
+        __int128 g = tp_math_gcd(p, q);
+        nd->flags |= NF_EXACT;
+        nd->p = p / g, nd->q = q / g;
     } else {
-        nd->x = strtold(buf, NULL) * powl(10.0L, (long double)exp10);
+        nd->x = strtold(t->lits + start, NULL);
+        if (!isfinite(nd->x) || nd->x == 0) nd->x = NAN;  // inexact: never truly 0
     }
     if (!(nd->flags & NF_DECIMAL) && !exp10) nd->flags |= NF_INTLIT;
     return n;
@@ -362,6 +403,7 @@ static int parse_text(parser *P) {
         P->n = save_n, P->i = save_i;
         return r;
     }
+    if (b - a == 1 && (P->s[a] | 0x20) == 'i') return new_node(P, M_IMAG);  // \mathrm{i}
     int r = new_node(P, M_TEXT);
     if (r >= 0) P->t->nd[r].aux = hash_lower(P->s + a, b - a), P->t->nd[r].flags |= NF_VARS;
     return r;
@@ -434,6 +476,7 @@ static int parse_command(parser *P) {
             int s = parse_list(P, M_SET, "\\}", &count);
             if (!starts(P, "\\}")) P->fail = true;
             else P->i += 2;
+            if (s >= 0) P->t->nd[s].flags |= NF_BRACED;  // a set, not a list: no tuple's order binds it
             return s;
         }
         P->fail = true;
@@ -489,6 +532,7 @@ static int parse_command(parser *P) {
         int t = parse_list(P, M_TUPLE, "\\rangle", &count);
         skip_ws(P);
         if (!accept_command(P, "rangle")) P->fail = true;
+        if (t >= 0) P->t->nd[t].sub = MB_LEFT_OPEN | MB_RIGHT_OPEN;  // a vector: a tuple, never a closed interval
         return t;
     }
     if (IS("begin")) return parse_matrix(P);
@@ -546,14 +590,8 @@ static int parse_primary(parser *P) {
         return wrap(P, M_ABS, r, -1);
     }
     if (c == '\\') return parse_command(P);
-    if (c == 0xCF && peek_at(P, 1) == 0x80) {  // π
-        P->i += 2;
-        return new_node(P, M_PI_CONST);
-    }
-    if (c == 0xE2 && peek_at(P, 1) == 0x88 && peek_at(P, 2) == 0x9E) {  // ∞
-        P->i += 3;
-        return new_node(P, M_INF);
-    }
+    if (accept_cp(P, 0x3C0)) return new_node(P, M_PI_CONST);  // π
+    if (accept_cp(P, 0x221E)) return new_node(P, M_INF);      // ∞
     if (isalpha(c)) {
         size_t k = letter_run(P);
         int fn = function_id(P->s + P->i, k);
@@ -564,6 +602,10 @@ static int parse_primary(parser *P) {
         if (k == 1 && (c == 'e') ) {  // e alone is Euler's number, as in math-verify
             P->i++;
             return new_node(P, M_EULER);
+        }
+        if (c == 'i' || c == 'I') {  // i is the imaginary unit (in "5i", "xi" too); i_1 is a symbol
+            P->i++;
+            return new_node(P, M_IMAG);
         }
         P->i++;  // one letter; a longer run is a product of letters (abc = a*b*c)
         return symbol(P, P->s + P->i - 1, 1);
@@ -585,6 +627,8 @@ static int parse_postfix(parser *P) {
             size_t a = P->i;
             int s = parse_arg(P);
             mnode *nd = P->t->nd;
+            if (s >= 0 && r >= 0 && nd[r].op == M_IMAG)
+                nd[r].op = M_VAR, nd[r].aux = hash_lower("i", 1), nd[r].flags |= NF_VARS;
             if (s >= 0 && r >= 0 && nd[r].op == M_VAR) nd[r].aux = nd[r].aux * 31u + hash_lower(P->s + a, P->i - a);
         } else break;
     }
@@ -595,8 +639,8 @@ static int parse_factor(parser *P) {
     if (!enter(P)) return -1;
     skip_ws(P);
     int r;
-    if (peek(P) == '-' || (peek(P) == 0xE2 && peek_at(P, 1) == 0x88 && peek_at(P, 2) == 0x92)) {
-        P->i += peek(P) == '-' ? 1 : 3;
+    if (peek(P) == '-' || at_cp(P, 0x2212)) {  // - or U+2212 −
+        if (!accept_cp(P, 0x2212)) P->i++;
         r = wrap(P, M_NEG, parse_factor(P), -1);
     } else if (peek(P) == '+') {
         P->i++;
@@ -617,14 +661,13 @@ static int parse_factor(parser *P) {
     return P->fail ? -1 : r;
 }
 
+static size_t and_or_len(parser *P);
+
 static bool at_factor_start(parser *P) {
     skip_ws(P);
     int c = peek(P);
-    if (isdigit(c) || isalpha(c) || c == '(' || c == '{' || c == '.' || c == 0xCF || c == 0xE2) {
-        if (c == 0xE2 && !(peek_at(P, 1) == 0x88 && peek_at(P, 2) == 0x9E)) return false;  // only ∞
-        if (isalpha(c) && (at_word(P, "and") || at_word(P, "or"))) return false;
-        return true;
-    }
+    if (at_cp(P, 0x3C0) || at_cp(P, 0x221E)) return true;  // π ∞
+    if (isdigit(c) || isalpha(c) || c == '(' || c == '{' || c == '.') return !(isalpha(c) && and_or_len(P));
     if (c == '[') return false;
     if (c != '\\' || starts(P, "\\{") || starts(P, "\\}")) return false;
     static const char *const binary[] = {"cdot", "times", "div", "pm", "mp", "le", "leq", "ge", "geq", "lt", "gt",
@@ -667,16 +710,12 @@ static int parse_term(parser *P) {
     while (!P->fail) {
         skip_ws(P);
         int op = 0;
-        if (peek(P) == '*' || (peek(P) == 0xC3 && peek_at(P, 1) == 0x97)) {
-            P->i += peek(P) == '*' ? 1 : 2;
-            op = '*';
-        } else if (accept_command(P, "cdot") || accept_command(P, "times")) {
-            op = '*';
-        } else if (peek(P) == '/' || (peek(P) == 0xC3 && peek_at(P, 1) == 0xB7)) {
-            P->i += peek(P) == '/' ? 1 : 2;
-            op = '/';
-        } else if (accept_command(P, "div")) {
-            op = '/';
+        if (accept(P, '*') || accept_cp(P, 0xD7) || accept_command(P, "cdot") || accept_command(P, "times")) {
+            op = '*';  // * × \cdot \times
+        } else if (accept(P, '/') || accept_cp(P, 0xF7) || accept_command(P, "div")) {
+            op = '/';  // / ÷ \div
+        } else if (and_or_len(P)) {
+            break;  // "2 \text{ and } 3" is a list (parse_list), not the product of 2, a unit and 3
         } else if (isalpha(peek(P)) && skip_unit_word(P)) {
             continue;
         } else if (at_factor_start(P)) {
@@ -715,9 +754,8 @@ static int parse_expr(parser *P) {
         int sign = 0;  // 0 plus, 1 minus, 2 plus-minus
         if (peek(P) == '+') P->i++;
         else if (peek(P) == '-') P->i++, sign = 1;
-        else if (starts(P, "\xE2\x88\x92")) P->i += 3, sign = 1;  // U+2212 minus
-        else if (accept_command(P, "pm") || accept_command(P, "mp") || (peek(P) == 0xC2 && peek_at(P, 1) == 0xB1))
-            sign = 2, P->i += peek(P) == 0xC2 ? 2 : 0;
+        else if (accept_cp(P, 0x2212)) sign = 1;  // − minus
+        else if (accept_command(P, "pm") || accept_command(P, "mp") || accept_cp(P, 0xB1)) sign = 2;  // ±
         else if (!first) break;
         int t = parse_term(P);
         if (t < 0) break;
@@ -751,8 +789,8 @@ static int relop(parser *P) {
     if (accept_command(P, "gt")) return MR_GT;
     if (accept_command(P, "ne") || accept_command(P, "neq")) return MR_NE;
     if (accept_command(P, "in") || accept_command(P, "approx")) return MR_EQ;
-    if (c == 0xE2 && peek_at(P, 1) == 0x89 && (peek_at(P, 2) == 0xA4 || peek_at(P, 2) == 0xA5))
-        return P->i += 3, P->s[P->i - 1] == (char)0xA4 ? MR_LE : MR_GE;
+    if (accept_cp(P, 0x2264)) return MR_LE;  // ≤
+    if (accept_cp(P, 0x2265)) return MR_GE;  // ≥
     return 0;
 }
 
@@ -779,35 +817,46 @@ static int parse_rel(parser *P) {
 static int parse_item(parser *P) {
     int a = parse_rel(P);
     skip_ws(P);
-    if (!is_command(P, "cup") && !(peek(P) == 0xE2 && peek_at(P, 1) == 0x88 && peek_at(P, 2) == 0xAA)) return a;
+    if (!is_command(P, "cup") && !at_cp(P, 0x222A)) return a;  // \cup ∪
     int u = new_node(P, M_UNION);
     add_kid(P, u, a);
-    while (!P->fail && (accept_command(P, "cup") ||
-                        (peek(P) == 0xE2 && peek_at(P, 1) == 0x88 && peek_at(P, 2) == 0xAA && (P->i += 3)))) {
+    while (!P->fail && (accept_command(P, "cup") || accept_cp(P, 0x222A))) {
         add_kid(P, u, parse_rel(P));
         skip_ws(P);
     }
     return P->fail ? -1 : u;
 }
 
-// "and" / "or" between list items, as a word or as \text{ and }.
-static bool skip_and_or(parser *P) {
+// The length of an "and" / "or" between list items at the cursor, as a word or as \text{ and }
+// (\mbox, \textrm, \mathrm too); 0 when there is none. Moves nothing.
+static size_t and_or_len(parser *P) {
     skip_ws(P);
-    if (at_word(P, "and") || at_word(P, "or")) {
-        P->i += letter_run(P);
-        return true;
-    }
-    if (!is_command(P, "text") && !is_command(P, "mbox")) return false;
-    size_t save = P->i, a, b;
+    int c = peek(P);
+    if ((c | 0x20) == 'a' || (c | 0x20) == 'o') return at_word(P, "and") || at_word(P, "or") ? letter_run(P) : 0;
+    if (c != '\\') return 0;
+    size_t k = command_len(P);
+    const char *name = P->s + P->i + 1;
+    bool text = (k == 4 && (!memcmp(name, "text", 4) || !memcmp(name, "mbox", 4))) ||
+                (k == 6 && (!memcmp(name, "textrm", 6) || !memcmp(name, "mathrm", 6)));
+    if (!text) return 0;
+    size_t save = P->i, a, b, len = 0;
+    bool failed = P->fail;
     P->i += 1 + command_len(P);
     if (raw_group(P, &a, &b)) {
         while (a < b && isspace((unsigned char)P->s[a])) a++;
         while (b > a && isspace((unsigned char)P->s[b - 1])) b--;
-        if ((b - a == 3 && !strncmp(P->s + a, "and", 3)) || (b - a == 2 && !strncmp(P->s + a, "or", 2))) return true;
+        if ((b - a == 3 && !strncasecmp(P->s + a, "and", 3)) || (b - a == 2 && !strncasecmp(P->s + a, "or", 2)))
+            len = P->i - save;
     }
-    P->fail = false;
+    P->fail = failed;
     P->i = save;
-    return false;
+    return len;
+}
+
+static bool skip_and_or(parser *P) {
+    size_t k = and_or_len(P);
+    P->i += k;
+    return k > 0;
 }
 
 // Items separated by ',' ';' "and" "or" up to a closer in `closers` (or the end).
@@ -824,7 +873,9 @@ static int parse_list(parser *P, int op, const char *closers, int *count) {
         if (skip_and_or(P)) sep = true;
         if (!sep) break;
         skip_ws(P);
-        if (P->i >= P->n || (closers[0] && strchr(closers, peek(P)) && !starts(P, "\\{"))) break;  // trailing comma
+        // a trailing comma; closers is one command ("\\}", "\\rangle") or a set of characters (")]")
+        bool closing = closers[0] == '\\' ? starts(P, closers) : closers[0] && peek(P) && strchr(closers, peek(P));
+        if (P->i >= P->n || closing) break;
     }
     leave(P);
     return P->fail ? -1 : l;
@@ -840,7 +891,7 @@ static bool thousands_number(const char *s, size_t n, char *buf, size_t *m) {
     else if (k < n && s[k] == '$') k++;
     size_t d = 0;
     while (k < n && isdigit((unsigned char)s[k])) buf[o++] = s[k++], d++;
-    if (d < 1 || d > 3) return false;
+    if (d < 1 || d > 3 || s[k - d] == '0') return false;  // "0,100" and "012,345" are lists, not numbers
     int groups = 0;
     for (;;) {
         size_t j = k;
@@ -875,6 +926,7 @@ int tp_math_parse(const char *s, size_t len, mtree *t) {
     while (len && (s[len - 1] == '.' || isspace((unsigned char)s[len - 1]))) len--;
     parser P = {.s = s, .n = len, .t = t};
     t->n = 0;
+    t->nlits = 1;  // offset 0 means "no text"
     int count = 0;
     int l = parse_list(&P, M_SET, "", &count);
     skip_ws(&P);

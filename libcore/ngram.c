@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "textfilter.h"
 #include "unicode.h"
 
 uint64_t tp_hash64(const void *data, size_t n, uint64_t seed) {
@@ -24,15 +25,6 @@ uint64_t tp_hash64(const void *data, size_t n, uint64_t seed) {
 // ASCII bytes that belong to words (letters, digits, '_'); bytes >= 0x80 are decoded.
 static const uint64_t ascii_word_bits[2] = {0x03ff000000000000ull, 0x07fffffe87fffffeull};
 static inline bool ascii_word_char(unsigned char c) { return c < 0x80 && (ascii_word_bits[c >> 6] >> (c & 63)) & 1; }
-
-// Scripts written without spaces: each character is a word.
-static bool char_is_word(uint32_t cp) {
-    return (cp >= 0x3040 && cp <= 0x30FF) || (cp >= 0x31F0 && cp <= 0x31FF) ||  // kana
-           (cp >= 0x3400 && cp <= 0x4DBF) || (cp >= 0x4E00 && cp <= 0x9FFF) ||  // CJK ideographs
-           (cp >= 0xF900 && cp <= 0xFAFF) || (cp >= 0x20000 && cp <= 0x3FFFF) ||
-           (cp >= 0x0E00 && cp <= 0x0EFF) || (cp >= 0x1000 && cp <= 0x109F) ||  // Thai, Lao, Myanmar
-           (cp >= 0x1780 && cp <= 0x17FF);                                      // Khmer
-}
 
 // The hash of a word's bytes, 8 at a time. An all-ASCII word is folded to lower case by
 // setting bit 5 of every byte: that maps A-Z to a-z and leaves digits alone ('_' becomes
@@ -94,7 +86,7 @@ void tp_words_scan(tp_words *w, const char *text, size_t len, uint32_t base) {
         uint32_t cp = 0;
         int n = tp_utf8_decode(s + i, len - i, &cp);
         bool word = n > 0 && (tp_uc_class(cp) & (TP_UC_L | TP_UC_N | TP_UC_M));
-        if (word && char_is_word(cp)) {  // a word by itself
+        if (word && tp_script_unspaced(cp)) {  // a word by itself
             if (in_word) push_word(w, s, start, i, ascii, base), in_word = false;
             push_word(w, s, i, i + (size_t)n, false, base);
         } else if (word) {

@@ -7,8 +7,9 @@
 //
 // A word is a maximal run of letters, digits, marks and '_' (Python's \w+); words
 // written in ASCII are folded to lower case (others are compared as written); every
-// CJK ideograph, kana or Thai letter is a word of its own (those scripts put no spaces
-// between words). Everything else separates.
+// letter of a script written without spaces (tp_script_unspaced in textfilter.h: CJK
+// ideographs and kana, Thai, Lao, Myanmar, Khmer) is a word of its own. Everything else
+// separates.
 #ifndef TP_NGRAM_H
 #define TP_NGRAM_H
 

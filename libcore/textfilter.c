@@ -34,6 +34,19 @@ tp_script tp_script_of(unsigned cp) {
     return TP_SCRIPT_OTHER;
 }
 
+bool tp_script_unspaced(unsigned cp) {
+    tp_script s = tp_script_of(cp);
+    return s == TP_SCRIPT_CJK || s == TP_SCRIPT_THAI ||
+           (cp >= 0x0E80 && cp <= 0x0EFF) || (cp >= 0x1000 && cp <= 0x109F) ||  // Lao, Myanmar
+           (cp >= 0x1780 && cp <= 0x17FF);                                      // Khmer
+}
+
+bool tp_is_blank(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n') return false;
+    return true;
+}
+
 static bool ascii_letter(unsigned char c) { return (unsigned char)((c | 0x20) - 'a') < 26; }
 
 // A run of Latin or Greek letters counts when it is a word, not a lone variable.
@@ -143,18 +156,12 @@ void tp_think_scan(const char *text, size_t len, tp_think *t) {
     else t->answer_start = last_close + CLOSE_LEN;
 }
 
-static bool blank(const char *s, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (!strchr(" \t\r\n", s[i])) return false;
-    return true;
-}
-
 const char *tp_think_problem(const char *text, size_t len, const tp_think *t) {
     int blocks = t->opens + t->implicit_open;  // an implicit block: a "</think>" before any "<think>"
     if (!t->opens && !t->closes) return "no <think> block";
     if (blocks > 1 || t->closes > 1) return "more than one think block";
-    if (t->opens && !blank(text, t->open_at < len ? t->open_at : len)) return "<think> not at the start";
+    if (t->opens && !tp_is_blank(text, t->open_at < len ? t->open_at : len)) return "<think> not at the start";
     if (!t->closes) return "unterminated <think> block";
-    if (blank(text + t->body_start, t->body_end - t->body_start)) return "empty think block";
+    if (tp_is_blank(text + t->body_start, t->body_end - t->body_start)) return "empty think block";
     return NULL;
 }

@@ -17,8 +17,15 @@ typedef enum tp_script {
 } tp_script;
 
 const char *tp_script_name(tp_script s);  // "latin", "cjk", ...
-// The script of a letter (the caller checks that cp is a letter).
+// The script of a letter (the caller checks that cp is a letter). The one table of
+// script ranges: the word splitter (ngram.h) asks it too.
 tp_script tp_script_of(unsigned cp);
+// Whether a letter belongs to a script written without spaces between words (CJK,
+// Thai, Lao, Myanmar, Khmer), where each character counts as a word of its own.
+bool tp_script_unspaced(unsigned cp);
+
+// Whether s[0..n) is only spaces, tabs and line breaks (a NUL byte is not blank).
+bool tp_is_blank(const char *s, size_t n);
 
 typedef struct tp_script_mix {
     size_t letters;                       // the letters counted

@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "error.h"
+#include "fileio.h"
 #include "jqprog.h"
 #include "json.h"
 #include "jsonl.h"
@@ -18,6 +19,7 @@
 #include "progress.h"
 #include "textfilter.h"
 #include "tokenizer.h"
+#include "unicode.h"
 
 static const char usage[] =
     "Usage: cot-filter [RULES] [-o OUT] [--rejects FILE] [--stats FILE] [FILE...]\n"
@@ -29,7 +31,8 @@ static const char usage[] =
     "      --max-repeat X         fraction of repeated word N-grams (--repeat-n N, 10)\n"
     "      --max-mix X            fraction of letters outside the dominant script\n"
     "      --decontaminate FILE   word N-gram overlap with benchmark problems (--ngram N, 8); repeatable\n"
-    "      --verify               the answer after </think> equals \"answer\" (--extract MODES)\n"
+    "      --verify               the answer after </think> equals \"answer\" (--extract MODES,\n"
+    "                             boxed,hashes,answer,colon,bare; also number)\n"
     "      --dedup exact|near     near: MinHash LSH over word shingles (--shingle N, 5; --bands BxR, 16x8)\n"
     "      --dedup-on trace|problem  (trace)\n"
     "      --drop-uniform-groups  drop problems whose samples all score the same (reward, or --verify's verdict)\n"
@@ -37,7 +40,8 @@ static const char usage[] =
     "  -t, --tokenizer PATH  --field NAME (content; text for rollout completions)\n"
     "      --grouped              records of a problem are contiguous: decide each group at once\n"
     "      --skip-bad             reject malformed records (rule \"bad-input\") instead of stopping\n"
-    "  -o, --output FILE (-)  --rejects FILE  --stats FILE  -q, --quiet  -h, --help  --version\n"
+    "  -o, --output FILE (-)  --rejects FILE  --stats FILE  (three different files, none an input)\n"
+    "      --progress (also when stderr is no terminal)  -q, --quiet  -h, --help  --version\n"
     "A funnel (records kept after each rule) goes to stderr. See cot-filter(1).\n";
 
 // The rules in the order they run (and the funnel lists them).
@@ -59,11 +63,112 @@ typedef struct options {
     double max_repeat, max_mix;
     int repeat_n, ngram, shingle, bands, rows, prefer;
     bool near, dedup_problem, grouped, skip_bad;
+    bool bare;  // --extract bare: a content that is nothing but the answer counts as one
     const char *decontam[64];
     int n_decontam;
     tp_extract_mode modes[TP_EXTRACT_COUNT];
     int n_modes;
 } options;
+
+// --extract MODES: mathans' modes, and "bare" (tried last, wherever it is written).
+static void parse_extract(const char *spec, options *o) {
+    char modes[256];
+    size_t n = 0;
+    o->bare = false;
+    for (const char *p = spec; *p;) {
+        size_t l = strcspn(p, ",");
+        if (l == 4 && !strncmp(p, "bare", 4)) o->bare = true;
+        else if (n + l + 2 > sizeof modes) tp_die_usage("--extract %s: too long", spec);
+        else n += (size_t)sprintf(modes + n, "%s%.*s", n ? "," : "", (int)l, p);
+        p += l + (p[l] == ',');
+    }
+    tp_err err;
+    o->n_modes = 0;
+    if (n && (o->n_modes = tp_extract_parse(modes, o->modes, TP_EXTRACT_COUNT, &err)) < 0)
+        tp_die_usage("--extract: %s (or bare)", err.msg);
+    if (!n && !o->bare) tp_die_usage("--extract: no extraction mode in '%s'", spec);
+}
+
+// The rules. Returns false when c is not one of them.
+static bool rule_option(int c, options *o) {
+    switch (c) {
+    case OPT_FINISH: o->finish = optarg, o->on[R_FINISH] = true; break;
+    case OPT_THINK: o->on[R_THINK] = true; break;
+    case OPT_WHERE: o->where = optarg, o->on[R_WHERE] = true; break;
+    case OPT_MINLEN: o->min_len = tp_cli_int("--min-len", optarg, 0, INT64_MAX / 2), o->on[R_LEN] = true; break;
+    case OPT_MAXLEN: o->max_len = tp_cli_int("--max-len", optarg, 1, INT64_MAX / 2), o->on[R_LEN] = true; break;
+    case OPT_REPEAT: o->max_repeat = tp_cli_double("--max-repeat", optarg, 0, 1), o->on[R_REPEAT] = true; break;
+    case OPT_MIX: o->max_mix = tp_cli_double("--max-mix", optarg, 0, 1), o->on[R_MIX] = true; break;
+    case OPT_DECONTAM:
+        if (o->n_decontam == (int)(sizeof o->decontam / sizeof *o->decontam)) tp_die_usage("--decontaminate: at most 64 files");
+        o->decontam[o->n_decontam++] = optarg;
+        o->on[R_DECONTAM] = true;
+        break;
+    case OPT_VERIFY: o->on[R_VERIFY] = true; break;
+    case OPT_DEDUP: o->near = !strcmp(tp_cli_choice("--dedup", optarg, "exact|near"), "near"), o->on[R_DEDUP] = true; break;
+    case OPT_UNIFORM: o->on[R_UNIFORM] = true; break;
+    case OPT_KEEP: o->keep = tp_cli_int("--keep-per-problem", optarg, 1, INT32_MAX), o->on[R_KEEP] = true; break;
+    default: return false;
+    }
+    return true;
+}
+
+// How the rules measure and what they read. Returns false when c is not one of these.
+static bool setting_option(int c, options *o) {
+    switch (c) {
+    case OPT_REPEAT_N: o->repeat_n = (int)tp_cli_int("--repeat-n", optarg, 1, 1000); break;
+    case OPT_NGRAM: o->ngram = (int)tp_cli_int("--ngram", optarg, 1, 1000); break;
+    case OPT_EXTRACT: parse_extract(optarg, o); break;
+    case OPT_DEDUP_ON: o->dedup_problem = !strcmp(tp_cli_choice("--dedup-on", optarg, "trace|problem"), "problem"); break;
+    case OPT_SHINGLE: o->shingle = (int)tp_cli_int("--shingle", optarg, 1, 1000); break;
+    case OPT_BANDS:
+        if (sscanf(optarg, "%dx%d", &o->bands, &o->rows) != 2 || o->bands < 1 || o->rows < 1 ||
+            o->bands > TP_MINHASH_K || o->rows > TP_MINHASH_K || o->bands * o->rows != TP_MINHASH_K)
+            tp_die_usage("--bands %s: BxR with B*R = %d, e.g. 16x8 or 32x4", optarg, TP_MINHASH_K);
+        break;
+    case OPT_PREFER: {
+        const char *p = tp_cli_choice("--prefer", optarg, "shortest|longest|first");
+        o->prefer = !strcmp(p, "shortest") ? PREFER_SHORTEST : !strcmp(p, "longest") ? PREFER_LONGEST : PREFER_FIRST;
+        break;
+    }
+    case OPT_FIELD: o->field = optarg; break;
+    case 't': o->tokenizer = optarg; break;
+    default: return false;
+    }
+    return true;
+}
+
+// Inputs and outputs. Returns false when c is not one of these.
+static bool io_option(int c, options *o) {
+    switch (c) {
+    case OPT_GROUPED: o->grouped = true; break;
+    case OPT_SKIPBAD: o->skip_bad = true; break;
+    case OPT_REJECTS: o->rejects = optarg; break;
+    case OPT_STATS: o->stats = optarg; break;
+    case 'o': o->output = optarg; break;
+    default: return false;
+    }
+    return true;
+}
+
+// Outputs are opened (truncated) before the inputs are read: an output that is an input
+// would be emptied before it is read, and two outputs in one file would interleave.
+static void check_files(const options *o, char **inputs, int n_inputs) {
+    const char *outputs[3] = {o->output, o->rejects, o->stats};
+    static const char *const output_names[3] = {"-o", "--rejects", "--stats"};
+    for (int i = 0; i < 3; i++) {
+        if (!outputs[i]) continue;
+        for (int j = i + 1; j < 3; j++)
+            if (outputs[j] && tp_same_file(outputs[i], outputs[j]))
+                tp_die_usage("%s and %s are the same file (%s)", output_names[i], output_names[j],
+                             strcmp(outputs[j], "-") ? outputs[j] : "standard output");
+        for (int k = 0; k < n_inputs + o->n_decontam; k++) {
+            const char *in = k < n_inputs ? inputs[k] : o->decontam[k - n_inputs];
+            if (strcmp(in, "-") && tp_same_file(outputs[i], in))  // "-" reads stdin, writes stdout
+                tp_die_usage("%s %s is also an input: writing it would destroy it", output_names[i], outputs[i]);
+        }
+    }
+}
 
 static void parse_options(int argc, char **argv, options *o) {
     static const struct option longopts[] = {
@@ -82,69 +187,10 @@ static void parse_options(int argc, char **argv, options *o) {
         {"stats", required_argument, NULL, OPT_STATS}, {"tokenizer", required_argument, NULL, 't'},
         {"output", required_argument, NULL, 'o'}, TP_CLI_COMMON_LONGOPTS, {0}};
     int c;
-    tp_err err;
-    while ((c = getopt_long(argc, argv, "t:o:" TP_CLI_COMMON_SHORTOPTS, longopts, NULL)) != -1) {
-        switch (c) {
-        case OPT_FINISH: o->finish = optarg, o->on[R_FINISH] = true; break;
-        case OPT_THINK: o->on[R_THINK] = true; break;
-        case OPT_WHERE: o->where = optarg, o->on[R_WHERE] = true; break;
-        case OPT_MINLEN:
-            o->min_len = tp_cli_int("--min-len", optarg, 0, INT64_MAX / 2);
-            o->on[R_LEN] = true;
-            break;
-        case OPT_MAXLEN:
-            o->max_len = tp_cli_int("--max-len", optarg, 0, INT64_MAX / 2);
-            o->on[R_LEN] = true;
-            break;
-        case OPT_REPEAT:
-            o->max_repeat = tp_cli_double("--max-repeat", optarg, 0, 1);
-            o->on[R_REPEAT] = true;
-            break;
-        case OPT_REPEAT_N: o->repeat_n = (int)tp_cli_int("--repeat-n", optarg, 1, 1000); break;
-        case OPT_MIX: o->max_mix = tp_cli_double("--max-mix", optarg, 0, 1), o->on[R_MIX] = true; break;
-        case OPT_DECONTAM:
-            if (o->n_decontam == (int)(sizeof o->decontam / sizeof *o->decontam)) tp_die_usage("--decontaminate: at most 64 files");
-            o->decontam[o->n_decontam++] = optarg;
-            o->on[R_DECONTAM] = true;
-            break;
-        case OPT_NGRAM: o->ngram = (int)tp_cli_int("--ngram", optarg, 1, 1000); break;
-        case OPT_VERIFY: o->on[R_VERIFY] = true; break;
-        case OPT_EXTRACT:
-            o->n_modes = tp_extract_parse(optarg, o->modes, TP_EXTRACT_COUNT, &err);
-            if (o->n_modes < 0) tp_die_usage("--extract: %s", err.msg);
-            break;
-        case OPT_DEDUP:
-            o->near = !strcmp(tp_cli_choice("--dedup", optarg, "exact|near"), "near");
-            o->on[R_DEDUP] = true;
-            break;
-        case OPT_DEDUP_ON: o->dedup_problem = !strcmp(tp_cli_choice("--dedup-on", optarg, "trace|problem"), "problem"); break;
-        case OPT_SHINGLE: o->shingle = (int)tp_cli_int("--shingle", optarg, 1, 1000); break;
-        case OPT_BANDS:
-            if (sscanf(optarg, "%dx%d", &o->bands, &o->rows) != 2 || o->bands < 1 || o->rows < 1 ||
-                o->bands > TP_MINHASH_K || o->rows > TP_MINHASH_K || o->bands * o->rows != TP_MINHASH_K)
-                tp_die_usage("--bands %s: BxR with B*R = %d, e.g. 16x8 or 32x4", optarg, TP_MINHASH_K);
-            break;
-        case OPT_UNIFORM: o->on[R_UNIFORM] = true; break;
-        case OPT_KEEP:
-            o->keep = tp_cli_int("--keep-per-problem", optarg, 1, INT32_MAX);
-            o->on[R_KEEP] = true;
-            break;
-        case OPT_PREFER: {
-            const char *p = tp_cli_choice("--prefer", optarg, "shortest|longest|first");
-            o->prefer = !strcmp(p, "shortest") ? PREFER_SHORTEST : !strcmp(p, "longest") ? PREFER_LONGEST : PREFER_FIRST;
-            break;
-        }
-        case OPT_FIELD: o->field = optarg; break;
-        case OPT_GROUPED: o->grouped = true; break;
-        case OPT_SKIPBAD: o->skip_bad = true; break;
-        case OPT_REJECTS: o->rejects = optarg; break;
-        case OPT_STATS: o->stats = optarg; break;
-        case 't': o->tokenizer = optarg; break;
-        case 'o': o->output = optarg; break;
-        default: tp_cli_common(c, usage);
-        }
-    }
-    if (o->on[R_LEN] && o->max_len && o->min_len > o->max_len) tp_die_usage("--min-len is above --max-len");
+    while ((c = getopt_long(argc, argv, "t:o:" TP_CLI_COMMON_SHORTOPTS, longopts, NULL)) != -1)
+        if (!rule_option(c, o) && !setting_option(c, o) && !io_option(c, o)) tp_cli_common(c, usage);
+    if (o->max_len && o->min_len > o->max_len) tp_die_usage("--min-len is above --max-len");
+    check_files(o, argv + optind, argc - optind);
 }
 
 // ---- one record ----
@@ -157,10 +203,13 @@ typedef struct record {
     uint64_t line_no, loc;  // loc: (file index << 40) | line, what tables remember
     const char *reasoning, *content, *answer;  // reasoning is "" when there is none
     size_t rlen, clen, alen;
+    const char *gold;   // the "answer" field, a number written as a string (check_answer_field)
+    size_t glen;
+    char *gold_number;  // (the string of a numeric answer, freed with the record)
     bool has_content, inline_think;
     tp_think think;
     int verdict;        // -2 not judged yet, else tp_math_verdict
-    char pred[160];     // the extracted answer
+    char pred[256];     // the extracted answer (details quote 200 bytes of it)
     double length;      // -1: not measured yet
     bool words_done;
 } record;
@@ -222,6 +271,16 @@ static const char *loc_name(const run *r, uint64_t loc, char *buf, size_t n) {
     return buf;
 }
 
+enum { CLIP_MAX = 200, CLIP_CAP = CLIP_MAX + 4 };
+// s[0..n) cut to at most max (<= CLIP_MAX) bytes at a character boundary, "…" added when
+// cut, into out: details quote texts of any length without splitting a UTF-8 character.
+static const char *clip(const char *s, size_t n, size_t max, char out[CLIP_CAP]) {
+    bool cut = n > max;
+    size_t keep = cut ? tp_utf8_complete_prefix(s, max) : n;
+    snprintf(out, CLIP_CAP, "%.*s%s", (int)keep, s, cut ? "…" : "");
+    return out;
+}
+
 static void write_reject(run *r, jv v, const char *rule_name, const char *detail) {
     if (!r->rejects) return;
     v = jv_object_set(jv_copy(v), jv_string("rule"), jv_string(rule_name));
@@ -266,23 +325,33 @@ static bool string_field(run *r, record *rec, const char *key, const char **s, s
     return bad(r, rec, "\"%s\" is a %s, not a string", key, jv_kind_name(k));
 }
 
-// The problem a record asks: "problem", "question", or the first user message.
+// The content of the first (or last) message with role "user" of an array of messages.
+static const char *user_message(jv msgs, bool last) {
+    const char *found = NULL;
+    if (jv_get_kind(msgs) != JV_KIND_ARRAY) return NULL;
+    jv_array_foreach(msgs, i, m) {
+        const char *role = tp_json_get_string(m, "role");
+        if ((last || !found) && role && !strcmp(role, "user")) found = tp_json_get_string(m, "content");
+        jv_free(m);  // (msgs still holds the string)
+    }
+    return found;
+}
+
+// The problem a record asks: "problem", "question", "prompt" (a string, or TRL's
+// conversational prompt, a list of messages: its last user message), or the first
+// user message of "messages".
 static const char *problem_text(jv v, size_t *len) {
     static const char *const keys[] = {"problem", "question", "prompt"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
         const char *s = tp_json_get_string(v, keys[i]);
         if (s) return *len = strlen(s), s;
     }
-    jv msgs = tp_json_get(v, "messages");
     const char *found = NULL;
-    if (jv_get_kind(msgs) == JV_KIND_ARRAY) {
-        jv_array_foreach(msgs, i, m) {
-            const char *role = tp_json_get_string(m, "role");
-            if (!found && role && !strcmp(role, "user")) found = tp_json_get_string(m, "content");
-            jv_free(m);
-        }
+    for (int last = 1; last >= 0 && !found; last--) {
+        jv msgs = tp_json_get(v, last ? "prompt" : "messages");
+        found = user_message(msgs, last);
+        jv_free(msgs);  // (the record still holds the string)
     }
-    jv_free(msgs);  // (the record still holds the string)
     if (found) *len = strlen(found);
     return found;
 }
@@ -307,9 +376,7 @@ static bool read_fields(run *r, record *rec) {
         jv_free(t);
         return bad(r, rec, "no \"%s\" field%s", o->field, hint ? " (a rollout completion? use --field text)" : "");
     }
-    bool blank_reasoning = true;
-    for (size_t i = 0; i < rec->rlen && blank_reasoning; i++) blank_reasoning = strchr(" \t\r\n", rec->reasoning[i]);
-    if (blank_reasoning) rec->rlen = 0, rec->reasoning = "";
+    if (tp_is_blank(rec->reasoning, rec->rlen)) rec->rlen = 0, rec->reasoning = "";
     tp_think_scan(rec->content, rec->clen, &rec->think);
     rec->inline_think = !rec->rlen;
     rec->answer = rec->content, rec->alen = rec->clen;
@@ -330,7 +397,8 @@ static bool rule_finish(run *r, record *rec, char *detail, size_t n) {
             if (l == gl && !strncmp(p, got, l)) ok = true;
             p += l + (p[l] == ',');
         }
-        if (!ok) snprintf(detail, n, "finish_reason \"%s\"", got);
+        char quoted[CLIP_CAP];
+        if (!ok) snprintf(detail, n, "finish_reason \"%s\"", clip(got, gl, 100, quoted));
     } else {
         snprintf(detail, n, "finish_reason %s", jv_get_kind(f) == JV_KIND_INVALID ? "missing" : "null");
     }
@@ -415,7 +483,7 @@ static bool rule_mix(run *r, record *rec, char *detail, size_t n) {
 static bool rule_decontam(run *r, record *rec, char *detail, size_t n) {
     size_t plen = 0;
     const char *p = problem_text(rec->v, &plen);
-    if (!p) return bad(r, rec, "no problem text for --decontaminate (\"problem\", \"question\" or a user message)");
+    if (!p) return bad(r, rec, "no problem text for --decontaminate (\"problem\", \"question\", \"prompt\" or a user message)");
     r->pwords.count = 0;
     tp_words_scan(&r->pwords, p, plen, 0);
     const tp_words *w = &r->pwords;
@@ -428,37 +496,77 @@ static bool rule_decontam(run *r, record *rec, char *detail, size_t n) {
         char where[600];
         loc_name(r, r->bench_loc[at - 1], where, sizeof where);
         size_t from = w->start[i], to = w->end[i + (size_t)len - 1];
-        snprintf(detail, n, "%d-gram \"%.*s\" of %s", len, (int)(to - from > 200 ? 200 : to - from), p + from, where);
+        char quoted[CLIP_CAP];
+        snprintf(detail, n, "%d-gram \"%s\" of %s", len, clip(p + from, to - from, CLIP_MAX, quoted), where);
         return false;
     }
     return true;
 }
 
-static void judge(run *r, record *rec) {
-    if (rec->verdict != -2) return;
-    const char *gold = tp_json_get_string(rec->v, "answer");
-    rec->verdict = tp_math_verify(rec->answer, rec->alen, gold, strlen(gold), r->o->modes, r->o->n_modes, rec->pred,
-                                  sizeof rec->pred);
+enum { BARE_MAX = 64 };
+
+// --extract bare: an answer part that is nothing but an answer ("5", "\frac{1}{2}", "x=5"
+// after trimming: at most BARE_MAX bytes, no white space, balanced braces) is the answer.
+// It is judged as if it were boxed, so that gold is read as for every other answer.
+static void judge_bare(record *rec) {
+    const char *s = rec->answer;
+    size_t n = rec->alen;
+    while (n && tp_is_blank(s, 1)) s++, n--;
+    while (n && tp_is_blank(s + n - 1, 1)) n--;
+    if (!n || n > BARE_MAX) return;
+    int depth = 0;
+    for (size_t i = 0; i < n && depth >= 0; i++) {
+        if (!s[i] || s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' || s[i] == '\v' || s[i] == '\f') return;
+        depth += (s[i] == '{') - (s[i] == '}');
+    }
+    if (depth) return;
+    char boxed[BARE_MAX + 16];
+    int len = snprintf(boxed, sizeof boxed, "\\boxed{%.*s}", (int)n, s);
+    static const tp_extract_mode box = TP_EXTRACT_BOXED;
+    rec->verdict = tp_math_verify(boxed, (size_t)len, rec->gold, rec->glen, &box, 1, rec->pred, sizeof rec->pred);
 }
 
+static void judge(run *r, record *rec) {
+    if (rec->verdict != -2) return;
+    rec->verdict = tp_math_verify(rec->answer, rec->alen, rec->gold, rec->glen, r->o->modes, r->o->n_modes, rec->pred,
+                                  sizeof rec->pred);
+    if (!rec->pred[0] && r->o->bare) judge_bare(rec);
+}
+
+// Reads "answer" into rec->gold: a string, or a number as JSON writes it (AMC's data has
+// "answer": 27.0; the math module reads "27.0" as 27).
 static bool check_answer_field(run *r, record *rec) {
+    if (rec->gold) return true;
     jv a = tp_json_get(rec->v, "answer");
     jv_kind k = jv_get_kind(a);
+    if (k == JV_KIND_STRING) {
+        rec->gold = jv_string_value(a);
+        rec->glen = (size_t)jv_string_length_bytes(a);  // (frees a; the record keeps the string alive)
+        return true;
+    }
+    if (k == JV_KIND_NUMBER) {
+        jv d = jv_dump_string(a, 0);
+        rec->gold = rec->gold_number = tp_xstrdup(jv_string_value(d));
+        rec->glen = strlen(rec->gold);
+        jv_free(d);
+        return true;
+    }
     jv_free(a);
-    if (k == JV_KIND_STRING) return true;
     if (k == JV_KIND_INVALID) return bad(r, rec, "no \"answer\" field to verify against");
-    return bad(r, rec, "\"answer\" is a %s, not a string (jq '.answer |= tostring' makes it one)", jv_kind_name(k));
+    return bad(r, rec, "\"answer\" is a %s, not a string or a number", jv_kind_name(k));
 }
 
 static bool rule_verify(run *r, record *rec, char *detail, size_t n) {
     judge(r, rec);
     if (rec->verdict == TP_MATH_EQUAL) return true;
-    const char *gold = tp_json_get_string(rec->v, "answer");
+    char pred[CLIP_CAP], gold[CLIP_CAP];
+    clip(rec->pred, strlen(rec->pred), CLIP_MAX, pred);
+    clip(rec->gold, rec->glen, CLIP_MAX, gold);
     if (!rec->pred[0])
         snprintf(detail, n, "no final answer in %s%s", r->o->field,
                  rec->inline_think && rec->think.closes ? " after </think>" : rec->inline_think && rec->think.opens ? " (the think block is not closed)" : "");
-    else if (rec->verdict == TP_MATH_UNKNOWN) snprintf(detail, n, "cannot compare \"%s\" with \"%.200s\"", rec->pred, gold);
-    else snprintf(detail, n, "\"%s\" is not \"%.200s\"", rec->pred, gold);
+    else if (rec->verdict == TP_MATH_UNKNOWN) snprintf(detail, n, "cannot compare \"%s\" with \"%s\"", pred, gold);
+    else snprintf(detail, n, "\"%s\" is not \"%s\"", pred, gold);
     return false;
 }
 
@@ -493,28 +601,37 @@ static bool rule_dedup(run *r, record *rec, char *detail, size_t n) {
 
 // ---- groups: --drop-uniform-groups and --keep-per-problem ----
 
-static uint32_t group_index(run *r, record *rec) {
-    jv id = tp_json_get(rec->v, "group");  // a rollout completion's problem
-    if (jv_get_kind(id) != JV_KIND_STRING) jv_free(id), id = tp_json_get(rec->v, "id");
+// A key from a string or a number field (a number as JSON writes it), or NULL.
+static char *key_of(jv v, const char *field) {
+    jv f = tp_json_get(v, field);
     char *key = NULL;
-    if (jv_get_kind(id) == JV_KIND_STRING) key = tp_xstrdup(jv_string_value(id));
-    else if (jv_get_kind(id) == JV_KIND_NUMBER) {
-        jv d = jv_dump_string(jv_copy(id), 0);
+    if (jv_get_kind(f) == JV_KIND_STRING) {
+        key = tp_xstrdup(jv_string_value(f));
+    } else if (jv_get_kind(f) == JV_KIND_NUMBER) {
+        jv d = jv_dump_string(jv_copy(f), 0);
         key = tp_xstrdup(jv_string_value(d));
         jv_free(d);
-    } else {
+    }
+    jv_free(f);
+    return key;
+}
+
+// The problem of a record: its "group" (a rollout completion's problem), else its "id",
+// else a hash of its problem text.
+static uint32_t group_index(run *r, record *rec) {
+    char *key = key_of(rec->v, "group");
+    if (!key) key = key_of(rec->v, "id");
+    if (!key) {
         size_t plen = 0;
         const char *p = problem_text(rec->v, &plen);
         if (!p) {
-            jv_free(id);
-            bad(r, rec, "no \"id\" and no problem text to group samples by");
+            bad(r, rec, "no \"group\" or \"id\" and no problem text to group samples by");
             return UINT32_MAX;
         }
         if (asprintf(&key, "h%016llx", (unsigned long long)tp_hash64(p, plen, 3)) < 0) abort();
         if (!r->made_id_said && !tp_cli.quiet) tp_info("records without \"id\" are grouped by a hash of their problem (\"%s\", ...)", key);
         r->made_id_said = true;
     }
-    jv_free(id);
     uint64_t h = tp_hash64(key, strlen(key), 4), at = 0;
     if (!tp_u64map_add(&r->group_of, h, r->n_groups + 1, &at)) return free(key), (uint32_t)(at - 1);
     if (r->n_groups == r->cap_groups) {
@@ -559,6 +676,9 @@ static void hold(run *r, record *rec, uint32_t gi) {
 }
 
 static const char *const prefer_names[] = {"first", "shortest", "longest"};
+// The order by_preference sorts a group's records in: 1 shortest first, -1 longest first,
+// 0 input order. A file-scope variable because qsort's comparator takes no context
+// (C11 has no qsort_r; glibc's and BSD's disagree on its signature).
 static int prefer_order;
 static int by_preference(const void *pa, const void *pb) {
     const held *a = *(held *const *)pa, *b = *(held *const *)pb;
@@ -571,14 +691,15 @@ static int by_preference(const void *pa, const void *pb) {
 // then writes them in input order.
 static void decide_groups(run *r) {
     const options *o = r->o;
-    char detail[512];
+    char detail[512], id[CLIP_CAP];
     for (size_t i = 0; i < r->n_held; i++) {
         held *h = &r->held[i];
         group *g = &r->groups[h->group];
         if (!o->on[R_UNIFORM] || !g->uniform) continue;
+        clip(g->id, strlen(g->id), CLIP_MAX, id);
         if (g->first_score == 1 || g->first_score == 0)
-            snprintf(detail, sizeof detail, "all %u samples of \"%s\" are %s", g->n, g->id, g->first_score ? "correct" : "wrong");
-        else snprintf(detail, sizeof detail, "all %u samples of \"%s\" have reward %g", g->n, g->id, g->first_score);
+            snprintf(detail, sizeof detail, "all %u samples of \"%s\" are %s", g->n, id, g->first_score ? "correct" : "wrong");
+        else snprintf(detail, sizeof detail, "all %u samples of \"%s\" have reward %g", g->n, id, g->first_score);
         h->rejected = R_UNIFORM, h->detail = tp_xstrdup(detail);
     }
     if (o->on[R_KEEP]) {
@@ -591,7 +712,8 @@ static void decide_groups(run *r) {
         for (size_t i = 0, run_start = 0; i < n; i++) {
             if (i && order[i]->group != order[i - 1]->group) run_start = i;
             if ((long long)(i - run_start) < o->keep) continue;
-            snprintf(detail, sizeof detail, "\"%s\" has %lld kept already (--prefer %s)", r->groups[order[i]->group].id,
+            const char *gid = r->groups[order[i]->group].id;
+            snprintf(detail, sizeof detail, "\"%s\" has %lld kept already (--prefer %s)", clip(gid, strlen(gid), CLIP_MAX, id),
                      o->keep, prefer_names[o->prefer]);
             order[i]->rejected = R_KEEP, order[i]->detail = tp_xstrdup(detail);
         }
@@ -678,6 +800,7 @@ static void filter_file(run *r, int file_index) {
         r->in++, r->seq++;
         r->bytes += rec.line_len + 1;
         filter_record(r, &rec);
+        free(rec.gold_number);
         tp_progress_update(&r->progress, r->in);
         jv_free(v);
     }
@@ -700,7 +823,7 @@ static void load_benchmarks(run *r) {
             size_t plen = 0;
             const char *p = problem_text(v, &plen);
             if (!p)
-                tp_die("%s:%llu: no problem text (\"problem\", \"question\" or a user message)", tp_jsonl_name(in),
+                tp_die("%s:%llu: no problem text (\"problem\", \"question\", \"prompt\" or a user message)", tp_jsonl_name(in),
                        (unsigned long long)tp_jsonl_line(in));
             r->bench_loc = tp_xrealloc(r->bench_loc, (r->n_bench + 1) * sizeof *r->bench_loc);
             r->bench_loc[r->n_bench++] = ((uint64_t)(r->n_files + f) << 40) | tp_jsonl_line(in);
@@ -802,7 +925,7 @@ static void report(run *r, double seconds) {
 int main(int argc, char **argv) {
     tp_cli_init(argc, argv);
     options o = {.field = "content", .output = "-", .repeat_n = 10, .ngram = 8, .shingle = 5, .bands = 16, .rows = 8,
-                 .keep = 0, .prefer = PREFER_FIRST};
+                 .keep = 0, .prefer = PREFER_FIRST, .bare = true};
     static const tp_extract_mode strict[] = {TP_EXTRACT_BOXED, TP_EXTRACT_HASHES, TP_EXTRACT_ANSWER_IS,
                                              TP_EXTRACT_ANSWER_COLON};
     memcpy(o.modes, strict, sizeof strict);

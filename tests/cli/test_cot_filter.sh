@@ -17,6 +17,30 @@ expect bad-dedup 2 "--dedup" "$CF" --dedup fuzzy
 expect bad-bands 2 "B*R = 128" "$CF" --dedup near --bands 10x10
 expect bad-where 2 "--where" "$CF" --where 'select(' "$FIX/edge.jsonl"
 expect bad-lengths 2 "--min-len is above --max-len" "$CF" --min-len 10 --max-len 5
+expect max-len-zero 2 "--max-len" "$CF" --max-len 0  # not "no limit"
+expect bad-extract 2 "unknown extraction mode" "$CF" --verify --extract boxed,bar
+"$CF" --help | grep -q -- '--progress' && grep -q 'progress' "$ROOT/man/man1/cot-filter.1" && ok progress-documented ||
+    not_ok progress-documented
+
+# ---- outputs: never an input, never two in one file ----
+cp "$FIX/edge.jsonl" "$TMP/same.jsonl"
+ln -s same.jsonl "$TMP/link.jsonl"
+expect output-is-input 2 "-o $TMP/same.jsonl is also an input" "$CF" -q --verify -o "$TMP/same.jsonl" "$TMP/same.jsonl"
+expect rejects-is-input-by-link 2 "--rejects $TMP/link.jsonl is also an input" \
+    "$CF" -q --verify --rejects "$TMP/link.jsonl" "$FIX/math500_excerpt.jsonl" "$TMP/same.jsonl"
+expect stats-is-benchmark 2 "--stats $TMP/same.jsonl is also an input" \
+    "$CF" -q --decontaminate "$TMP/same.jsonl" --stats "$TMP/same.jsonl" "$FIX/edge.jsonl"
+cmp -s "$FIX/edge.jsonl" "$TMP/same.jsonl" && ok inputs-untouched || not_ok inputs-untouched
+expect rejects-on-stdout 2 "-o and --rejects are the same file (standard output)" "$CF" --verify --rejects - "$FIX/edge.jsonl"
+expect stats-on-stdout 2 "-o and --stats are the same file" "$CF" --verify -o - --stats - "$FIX/edge.jsonl"
+expect rejects-is-output 2 "-o and --rejects are the same file" "$CF" --verify -o "$TMP/o1" --rejects "$TMP/./o1" "$FIX/edge.jsonl"
+expect rejects-is-stats 2 "--rejects and --stats are the same file" \
+    "$CF" --verify -o "$TMP/o2" --rejects "$TMP/o3" --stats "$TMP/o3" "$FIX/edge.jsonl"
+# what stays allowed: the rejects on stdout when the kept go to a file; stdin in, stdout out
+"$CF" -q --verify -o "$TMP/o4" --rejects - "$FIX/edge.jsonl" >"$TMP/o4.rej" &&
+    [ "$(cat "$TMP/o4" "$TMP/o4.rej" | wc -l)" = "$(wc -l <"$FIX/edge.jsonl")" ] && [ -s "$TMP/o4" ] && [ -s "$TMP/o4.rej" ] &&
+    jq -e -s 'all(.[]; has("rule"))' "$TMP/o4.rej" >/dev/null && ok rejects-to-stdout || not_ok rejects-to-stdout
+"$CF" -q --verify -o - - <"$FIX/edge.jsonl" | cmp -s - "$TMP/o4" && ok stdin-to-stdout || not_ok stdin-to-stdout
 expect missing-file 1 "nope.jsonl" "$CF" --verify "$TMP/nope.jsonl"
 
 # ---- hand-written edge cases: the rule each record names rejects it; the rest are kept ----
@@ -65,8 +89,10 @@ awk '/^  in /{ i = $NF } /^  --verify /{ v = $(NF - 1) } /^  out /{ o = $2 } END
 # exact dedup: byte-identical traces only; --dedup-on problem: one trace per problem text
 "$CF" -q --dedup exact --rejects "$TMP/x.rej" "$FIX/edge.jsonl" >/dev/null
 [ "$(jq -r .id "$TMP/x.rej")" = "exact-duplicate" ] && ok dedup-exact || not_ok dedup-exact
-"$CF" -q --dedup exact --dedup-on problem "$FIX/edge.jsonl" | jq -r .problem | sort | uniq -d | wc -l | grep -qx 0 &&
-    [ "$("$CF" -q --dedup near --dedup-on problem "$FIX/edge.jsonl" | wc -l)" -lt 21 ] && ok dedup-on-problem || not_ok dedup-on-problem
+"$CF" -q --dedup exact --dedup-on problem "$FIX/edge.jsonl" >"$TMP/dp.exact" && "$CF" -q --dedup near --dedup-on problem \
+    "$FIX/edge.jsonl" >"$TMP/dp.near" && n_exact=$(wc -l <"$TMP/dp.exact") && n_near=$(wc -l <"$TMP/dp.near") &&
+    [ "$n_exact" -gt 0 ] && jq -r .problem "$TMP/dp.exact" | sort | uniq -d | wc -l | grep -qx 0 &&
+    [ "$n_near" -gt 0 ] && [ "$n_near" -lt 21 ] && ok dedup-on-problem || not_ok dedup-on-problem
 # --where is jq; --min-len/--max-len count characters (code points) of reasoning + content
 "$CF" -q --where '.sample == 0 and (.id | startswith("good"))' "$FIX/edge.jsonl" | jq -r .id | tr '\n' ' ' |
     grep -qx 'good-field good-inline ' && ok where-predicate || not_ok where-predicate
@@ -147,14 +173,16 @@ if [ -x "$TS" ] && [ -x "$BIN/cot-fetch" ]; then
     # --drop-uniform-groups: problems whose samples are all right or all wrong go (every sample counts)
     "$CF" -q --drop-uniform-groups --rejects "$TMP/u.rej" "$TMP/tr.jsonl" | jq -r .id | sort -u >"$TMP/u.ids"
     jq -s -r 'group_by(.id)[] | select((map(.good) | unique | length) == 2) | .[0].id' "$TMP/tr.truth" | sort >"$TMP/u.want"
-    [ -s "$TMP/u.want" ] && same drop-uniform-groups "$TMP/u.want" "$TMP/u.ids"
+    [ -s "$TMP/u.want" ] && ok drop-uniform-groups-has-mixed-problems || not_ok drop-uniform-groups-has-mixed-problems
+    same drop-uniform-groups "$TMP/u.want" "$TMP/u.ids"
     jq -e -s 'length > 0 and all(.[]; .rule == "uniform-group" and (.detail | test("all 4 samples of .* are correct")))' \
         "$TMP/u.rej" >/dev/null && ok uniform-detail || not_ok uniform-detail
     # --grouped: same result on input sorted by problem, decided group by group; an id that comes back is an error
     jq -s -c 'sort_by(.id, .sample)[]' "$TMP/tr.jsonl" >"$TMP/sorted.jsonl"
     "$CF" -q --drop-uniform-groups --keep-per-problem 1 --prefer shortest "$TMP/sorted.jsonl" >"$TMP/g1"
     "$CF" -q --grouped --drop-uniform-groups --keep-per-problem 1 --prefer shortest "$TMP/sorted.jsonl" >"$TMP/g2"
-    [ -s "$TMP/g1" ] && same grouped-same-result "$TMP/g1" "$TMP/g2"
+    [ -s "$TMP/g1" ] && ok grouped-keeps-some || not_ok grouped-keeps-some
+    same grouped-same-result "$TMP/g1" "$TMP/g2"
     { jq -c 'select(.id == "q0")' "$TMP/sorted.jsonl"; jq -c 'select(.id == "q1")' "$TMP/sorted.jsonl"
       jq -c 'select(.id == "q0")' "$TMP/sorted.jsonl" | head -n 1; } >"$TMP/again.jsonl"
     expect grouped-id-again 1 "again.jsonl:9: problem \"q0\" again after other problems" \
@@ -175,18 +203,22 @@ EOF
 "$CF" -q --drop-uniform-groups --rejects "$TMP/rw.rej" "$TMP/rw.jsonl" | jq -r .id | tr '\n' ' ' | grep -qx 'c1 c2 ' &&
     jq -e -s 'map(.detail) == ["all 2 samples of \"p2\" have reward 0.5", "all 2 samples of \"p2\" have reward 0.5", "all 1 samples of \"p3\" are wrong"]' \
         "$TMP/rw.rej" >/dev/null && ok uniform-by-reward-and-group || { not_ok uniform-by-reward-and-group; cat "$TMP/rw.rej" >&2; }
+# a numeric group is a group too (not a fallback to the ids, which differ)
+jq -c '.group |= (ltrimstr("p") | tonumber)' "$TMP/rw.jsonl" >"$TMP/ng.jsonl"
+"$CF" -q --drop-uniform-groups --rejects "$TMP/ng.rej" "$TMP/ng.jsonl" | jq -r .id | tr '\n' ' ' | grep -qx 'c1 c2 ' &&
+    jq -e -s 'map(.detail) == ["all 2 samples of \"2\" have reward 0.5", "all 2 samples of \"2\" have reward 0.5", "all 1 samples of \"3\" are wrong"]' \
+        "$TMP/ng.rej" >/dev/null && ok uniform-by-numeric-group || { not_ok uniform-by-numeric-group; cat "$TMP/ng.rej" >&2; }
 "$CF" -q --require-think --verify --field text "$TMP/rw.jsonl" | jq -r .id | tr '\n' ' ' | grep -qx 'c1 c3 c4 c5 ' &&
     ok field-text || not_ok field-text
 expect field-hint 1 "rw.jsonl:1: no \"content\" field (a rollout completion? use --field text)" "$CF" --verify "$TMP/rw.jsonl"
 
 # ---- bad input: named by file and line; --skip-bad rejects it as "bad-input" and goes on ----
 head -n 2 "$FIX/edge.jsonl" >"$TMP/bad.jsonl"
-echo '{"id":"n","problem":"1+1?","answer":2,"reasoning":"one and one","content":"\\boxed{2}","finish_reason":"stop"}' >>"$TMP/bad.jsonl"
-echo '{"id":"t","problem":"1+2?","answer":"3","reasoning":"x","content":17,"finish_reason":"stop"}' >>"$TMP/bad.jsonl"
-echo '{"id":"m","problem":"1+3?","reasoning":"x","content":"\\boxed{4}","finish_reason":"stop"}' >>"$TMP/bad.jsonl"
-echo '{"id":"j", "broken' >>"$TMP/bad.jsonl"
+printf '%s\n' '{"id":"n","problem":"1+1?","answer":true,"reasoning":"one and one","content":"\\boxed{2}","finish_reason":"stop"}' \
+    '{"id":"t","problem":"1+2?","answer":"3","reasoning":"x","content":17,"finish_reason":"stop"}' \
+    '{"id":"m","problem":"1+3?","reasoning":"x","content":"\\boxed{4}","finish_reason":"stop"}' '{"id":"j", "broken' >>"$TMP/bad.jsonl"
 tail -n 1 "$FIX/edge.jsonl" >>"$TMP/bad.jsonl"
-expect bad-answer-number 1 "bad.jsonl:3: \"answer\" is a number, not a string" "$CF" --verify "$TMP/bad.jsonl"
+expect bad-answer-type 1 "bad.jsonl:3: \"answer\" is a boolean, not a string or a number" "$CF" --verify "$TMP/bad.jsonl"
 expect bad-content-type 1 "bad.jsonl:4: \"content\" is a number, not a string" "$CF" --require-think "$TMP/bad.jsonl"
 expect bad-json 1 "bad.jsonl:6:" "$CF" --finish stop "$TMP/bad.jsonl"
 "$CF" --verify --skip-bad --rejects "$TMP/b.rej" --stats "$TMP/b.stats" "$TMP/bad.jsonl" >"$TMP/b.out" 2>"$TMP/b.err"
@@ -196,6 +228,58 @@ rc=$?
     jq -e '.in == 7 and .bad == 4 and .out == 3' "$TMP/b.stats" >/dev/null &&
     grep -q 'bad.jsonl:5: no "answer" field' "$TMP/b.err" && ok skip-bad-rejects-and-counts ||
     { not_ok skip-bad-rejects-and-counts; cat "$TMP/b.err" "$TMP/b.stats" >&2; }
+
+# ---- answers as datasets write them ----
+# a bare answer as the whole content (trimmed: a number or LaTeX without spaces) is the
+# answer by default; a numeric "answer" is compared as a number (AMC: 27.0)
+printf '%s\n' '{"id":"bare","answer":"5","reasoning":"2+3","content":" 5\n"}' \
+    '{"id":"bare-latex","answer":"0.5","reasoning":"half","content":"\\frac{1}{2}"}' \
+    '{"id":"bare-inline","answer":"7","content":"<think>3+4</think>\n7"}' \
+    '{"id":"amc-float","answer":27.0,"reasoning":"cube","content":"So \\boxed{27}."}' \
+    '{"id":"int-number","answer":12,"reasoning":"dozen","content":"\\boxed{12}"}' \
+    '{"id":"tenth","answer":0.1,"reasoning":"tenth","content":"\\boxed{\\frac{1}{10}}"}' \
+    '{"id":"x-sentence","answer":"5","reasoning":"2+3","content":"I guess 5"}' \
+    '{"id":"x-wrong-bare","answer":"5","reasoning":"2+3","content":"6"}' \
+    '{"id":"x-braces","answer":"5","reasoning":"2+3","content":"5}{"}' \
+    '{"id":"x-number","answer":28.0,"reasoning":"cube","content":"\\boxed{27}"}' >"$TMP/ans.jsonl"
+"$CF" -q --verify --rejects "$TMP/ans.rej" "$TMP/ans.jsonl" >"$TMP/ans.out"
+[ "$(jq -r .id "$TMP/ans.out" | tr '\n' ' ')" = "bare bare-latex bare-inline amc-float int-number tenth " ] &&
+    jq -e -s 'map(.id) == ["x-sentence", "x-wrong-bare", "x-braces", "x-number"] and
+        map(.detail) == ["no final answer in content", "\"6\" is not \"5\"", "no final answer in content", "\"27\" is not \"28\""]' \
+        "$TMP/ans.rej" >/dev/null && ok verify-bare-and-numeric-answers ||
+    { not_ok verify-bare-and-numeric-answers; cat "$TMP/ans.out" "$TMP/ans.rej" >&2; }
+# --extract without bare: a marked answer only; bare alone: any answer part without spaces
+"$CF" -q --verify --extract boxed "$TMP/ans.jsonl" | jq -r .id | tr '\n' ' ' | grep -qx 'amc-float int-number tenth ' &&
+    "$CF" -q --verify --extract bare "$TMP/ans.jsonl" | jq -r .id | tr '\n' ' ' | grep -qx 'bare bare-latex bare-inline int-number tenth ' &&
+    ok extract-bare-is-a-mode || not_ok extract-bare-is-a-mode
+
+# TRL's conversational prompt: the problem is its last user message (for records and benchmarks)
+jq -c '{id: "trl", prompt: [{role: "system", content: "Reason step by step."}, {role: "user", content: "An example: 1+1?"},
+        {role: "assistant", content: "2"}, {role: "user", content: .problem}], reasoning: "r", content: "c"}' \
+    "$FIX/math500_excerpt.jsonl" | head -n 2 >"$TMP/trl.jsonl"
+jq -c '{id: "plain", prompt: "A question of another kind, nothing like any benchmark problem at all.", reasoning: "r", content: "c"}' \
+    -n >>"$TMP/trl.jsonl"
+"$CF" -q --decontaminate "$FIX/math500_excerpt.jsonl" --rejects "$TMP/trl.rej" "$TMP/trl.jsonl" | jq -r .id | grep -qx plain &&
+    jq -e -s 'length == 2 and all(.[]; .rule == "decontaminate")' "$TMP/trl.rej" >/dev/null && ok trl-prompt-decontaminated ||
+    { not_ok trl-prompt-decontaminated; cat "$TMP/trl.rej" >&2; }
+head -n 1 "$TMP/trl.jsonl" >"$TMP/trl-bench.jsonl"
+"$CF" -q --decontaminate "$TMP/trl-bench.jsonl" "$FIX/math500_excerpt.jsonl" | wc -l | grep -qx "$(($(wc -l <"$FIX/math500_excerpt.jsonl") - 1))" &&
+    ok trl-prompt-as-benchmark || not_ok trl-prompt-as-benchmark
+
+# details cut long texts at a character boundary, with "…" (never half a UTF-8 character)
+long=$(awk 'BEGIN { s = "x"; for (i = 0; i < 150; i++) s = s "é"; print s }')
+word=$(awk 'BEGIN { s = "y"; for (i = 0; i < 60; i++) s = s "é"; print s }')
+words="$word $word $word $word $word $word $word $word $word"
+jq -nc --arg l "$long" --arg w "$words" '{id: "long", problem: $w, answer: ("z" + $l), reasoning: "r", content: "\\boxed{\($l)}"}' >"$TMP/long.jsonl"
+jq -nc --arg w "$words" '{problem: $w}' >"$TMP/long-bench.jsonl"
+"$CF" -q --verify --rejects "$TMP/long.rej" "$TMP/long.jsonl" >/dev/null
+"$CF" -q --decontaminate "$TMP/long-bench.jsonl" --rejects "$TMP/long2.rej" "$TMP/long.jsonl" >/dev/null
+fffd=$(printf '\357\277\275')
+cat "$TMP/long.rej" "$TMP/long2.rej" | jq -r .detail >"$TMP/long.details"
+[ "$(wc -l <"$TMP/long.details")" = 2 ] && ! grep -q "$fffd" "$TMP/long.details" &&
+    [ "$(grep -c '…' "$TMP/long.details")" = 2 ] && grep -q '"xé*…" with "zxé*…"$' "$TMP/long.details" &&
+    grep -q '^8-gram "yé* yé*…" of ' "$TMP/long.details" &&
+    ok details-cut-at-characters || { not_ok details-cut-at-characters; cat "$TMP/long.details" >&2; }
 
 # several inputs and stdin: locations name the file
 "$CF" -q --dedup exact --rejects "$TMP/two.rej" "$FIX/edge.jsonl" - <"$FIX/edge.jsonl" >/dev/null

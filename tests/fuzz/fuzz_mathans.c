@@ -1,14 +1,27 @@
 // libFuzzer target: the math answers module on arbitrary text. The first byte picks the
 // extraction modes; the rest is split at the first 0x1f byte into a solution text and a
 // gold answer. Checks what must hold whatever the input: a verdict in range, an extracted
-// span inside the text, the same verdict twice (no hidden state), and that an answer is
-// equal to itself whenever it can be judged at all.
+// span inside the text, the same verdict twice (no hidden state), that an answer is never
+// different from itself, and that one found equal to something is equal to itself.
 #include "mathans.h"
 #include "mathans_impl.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+static bool has_relation(const mtree *t) {
+    for (int k = 0; k < t->n; k++)
+        if (t->nd[k].op == M_REL) return true;
+    return false;
+}
+
+// tp_math_equal parses s as it is: no \boxed to take the content of, nothing for trim() to drop.
+static bool parsed_as_is(const char *s, size_t n) {
+    static const char ends[] = " \t\n\r.,*$\\";
+    return n && !memchr(ends, s[0], sizeof ends - 1) && !memchr(ends, s[n - 1], sizeof ends - 1) &&
+           !memmem(s, n, "box", 3);
+}
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
     if (size == 0) return 0;
@@ -39,6 +52,16 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
     if (tp_math_parse(gold, glen, &t1) == 0 && tp_math_parse(gold, glen, &t2) == 0 &&
         tp_math_compare_trees(&t1, &t2) == 0) {
         fprintf(stderr, "'%.*s' differs from itself\n", (int)glen, gold);
+        abort();
+    }
+    // Judged equal to the text, it is equal to itself too. Not for relations: "0/0 = 5"
+    // is 5 against "5" but its two sides are undefined everywhere; nor for DIFFERENT: "\{0/0\}" is
+    // different from "\{1,2\}" by its size alone.
+    bool same_bytes = glen == tlen && !memcmp(gold, text, glen);  // equal without being judged
+    if (e == TP_MATH_EQUAL && !same_bytes && parsed_as_is(gold, glen) && parsed_as_is(text, tlen) &&
+        tp_math_parse(gold, glen, &t1) == 0 &&
+        tp_math_parse(gold, glen, &t2) == 0 && !has_relation(&t1) && tp_math_compare_trees(&t1, &t2) != 1) {
+        fprintf(stderr, "'%.*s' is equal to '%.*s' but not to itself\n", (int)glen, gold, (int)tlen, text);
         abort();
     }
     return 0;

@@ -15,6 +15,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
     for (size_t i = 0; i < w.count; i++) {
         if (w.start[i] >= w.end[i] || w.end[i] > size || (i && w.start[i] < w.end[i - 1])) abort();
     }
+    if (tp_is_blank(text, size) && w.count) abort();  // white space holds no word
     tp_u64map scratch = {0};
     for (int n = 1; n <= 3; n++) {
         double f = tp_repeat_fraction(w.hash, w.count, n, &scratch);

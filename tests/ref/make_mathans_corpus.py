@@ -9,7 +9,11 @@ degrees, percentages, scientific notation, \\pm expanded, spacing, sympy's own L
 gold) and wrong ones (off by one, a changed digit, a dropped set element, reordered tuples,
 swapped fractions, decimals rounded to 3 places). A few hundred pairs hold a whole reference
 solution as pred (kind "solution", or "solution-wrong" with a wrong gold): there the C side
-extracts the answer first (tp_math_verify). Rewritings that need a computer algebra system
+extracts the answer first (tp_math_verify). Then collections (collection_pairs, with a generator of
+its own so the pairs above do not change): the list, tuple, set and interval golds rewritten ("and" /
+"or" lists, reordered sets and tuples, other brackets, a braced set against a tuple), synthetic golds
+of those kinds built from the numeric golds, and "a and b" against the gold a*b or a+b.
+Rewritings that need a computer algebra system
 (expanded and factored polynomials, decimals of irrational numbers) come from sympy, which
 math-verify uses. Identical (pred, gold) pairs are kept once. Fixed seed: the output is the
 same on every run.
@@ -347,6 +351,138 @@ def text_pred(source, solution):
     return solution
 
 
+# ---- collections: lists, tuples, sets, intervals ----
+# MATH-500 has few collection answers, so besides rewriting those, synthetic golds are built
+# from pairs and triples of the numeric golds. What they test: "and"/"or" (as words or
+# \text{ and }) separate list items and never multiply them; sets and bare lists are
+# unordered, tuples are not; an interval's brackets matter; a braced set against a tuple.
+
+def split_collection(g):
+    """(opener, items, closer) of a one-group collection answer, or None. opener is "" for a
+    bare list, "\\{" for a set, "(" or "[" for a tuple or an interval."""
+    s = g.strip()
+    s = re.sub(r"\\left\s*", "", s)
+    s = re.sub(r"\\right\s*", "", s)
+    if s.startswith("\\{") and s.endswith("\\}"):
+        items = top_level_split(s[2:-2])
+        return ("\\{", items, "\\}") if items else None
+    if s[:1] in "([" and s[-1:] in ")]":
+        inner = s[1:-1]
+        depth = 0
+        for c in inner:  # the brackets must enclose the whole answer: "(0,9) \cup (9,36)" does not
+            depth += c in "([{"
+            depth -= c in ")]}"
+            if depth < 0:
+                return None
+        items = top_level_split(inner)
+        return (s[0], items, s[-1]) if items else None
+    if "\\cup" in s or "\\in" in s or re.search(r"[=<>]", s) or COMMA_INT_RE.fullmatch(s) or ",\\!" in s:
+        return None
+    items = top_level_split(s)
+    return ("", items, "") if items else None
+
+
+def and_list(items, word):
+    items = [x.strip() for x in items]
+    if len(items) == 2:
+        return f"{items[0]} {word} {items[1]}"
+    return ", ".join(items[:-1]) + f", {word} " + items[-1]
+
+
+def real_value(x):
+    """The value of an answer item as a float (inf for \\infty), or None."""
+    if "\\infty" in x:
+        return float("-inf") if x.strip().startswith("-") else float("inf")
+    try:
+        import sympy
+        e = parse("\\boxed{" + x + "}")[0]
+        v = complex(sympy.N(e))
+        return v.real if v.imag == 0 else None
+    except Exception:
+        return None
+
+
+def increasing(a, b):
+    va, vb = real_value(a), real_value(b)
+    return va is not None and vb is not None and va < vb
+
+
+def collection_rewrites(opener, items, closer):
+    items = [x.strip() for x in items]
+    rev = list(reversed(items))
+    out = []  # (kind, pred)
+    if opener in ("", "\\{"):  # unordered
+        out.append(("and-text", and_list(items, "\\text{ and }")))
+        out.append(("and-text-reordered", and_list(rev, "\\text{ and }")))
+        out.append(("or-text", and_list(items, "\\text{ or }")))
+        out.append(("or-word", and_list(rev, "or")))
+        out.append(("set-reordered", "\\{" + ", ".join(rev) + "\\}"))
+        out.append(("list-reordered", ", ".join(rev)))
+        out.append(("set-as-tuple", "(" + ", ".join(rev) + ")"))
+        out.append(("assign-or", " \\text{ or } ".join(f"x = {x}" for x in items)))
+        if len(items) >= 2:
+            out.append(("set-dropped", "\\{" + ", ".join(items[1:]) + "\\}"))
+            out.append(("and-text-dropped", and_list(items[:-1], "\\text{ and }") if len(items) > 2 else items[0]))
+    else:  # a tuple or an interval
+        out.append(("tuple-reordered", opener + ", ".join(rev) + closer))
+        out.append(("braced-vs-tuple", "\\{" + ", ".join(items) + "\\}"))
+        out.append(("braced-reordered-vs-tuple", "\\{" + ", ".join(rev) + "\\}"))
+        out.append(("list-vs-tuple", ", ".join(items)))
+        out.append(("tuple-spaces", opener + " " + " , ".join(items) + " " + closer))
+        if len(items) == 2 and increasing(items[0], items[1]):  # (8,-2) is a point: as intervals both are empty
+            for o, c in (("(", ")"), ("[", ")"), ("(", "]"), ("[", "]")):
+                if (o, c) != (opener, closer):
+                    out.append(("interval-brackets", o + ", ".join(items) + c))
+    return out
+
+
+def synthetic_collections(numbers, rng, n):
+    """n golds made of 2 or 3 distinct numeric golds, in each collection form."""
+    out = []
+    for _ in range(n):
+        k = rng.choice([2, 2, 3])
+        items = rng.sample(numbers, k)
+        if len(set(items)) < k:
+            continue
+        form = rng.choice(["list", "set", "tuple", "interval"])
+        if form == "interval":
+            lo, hi = sorted(items[:2], key=lambda x: as_fraction(x))
+            if as_fraction(lo) == as_fraction(hi):
+                continue
+            out.append((rng.choice("(["), [lo, hi], rng.choice(")]")))
+        elif form == "tuple":
+            out.append(("(", items, ")"))
+        else:
+            out.append(("\\{" if form == "set" else "", items, "\\}" if form == "set" else ""))
+    return out
+
+
+def collection_pairs(all_golds, rng):
+    pairs = []
+    for source, gold, _ in all_golds:
+        c = split_collection(gold)
+        if c:
+            for kind, p in collection_rewrites(*c):
+                pairs.append((source, kind, p, gold))
+    numbers = sorted({g for src, g, _ in all_golds if as_fraction(g) is not None and "," not in g and len(g) < 12})
+    for opener, items, closer in synthetic_collections(numbers, rng, 150):
+        gold = opener + ", ".join(items) + closer
+        pairs.append(("synthetic", "same", gold, gold))
+        cands = collection_rewrites(opener, items, closer)
+        for kind, p in rng.sample(cands, min(4, len(cands))):
+            pairs.append(("synthetic", kind, p, gold))
+    # "a and b" is a list, never the product a*b.
+    ints = sorted({int(g) for g in numbers if INT_RE.fullmatch(g) and 4 <= int(g) <= 10**6})
+    for n in rng.sample(ints, min(80, len(ints))):
+        divisors = [d for d in range(2, int(n ** 0.5) + 1) if n % d == 0]
+        if divisors:
+            d = rng.choice(divisors)
+            word = rng.choice(["\\text{ and }", "\\text{ or }", "\\mbox{ and }", "and"])
+            pairs.append(("synthetic", "and-vs-product", f"{d} {word} {n // d}", str(n)))
+            pairs.append(("synthetic", "and-vs-sum", f"{d} {word} {n - d}", str(n)))
+    return pairs
+
+
 def mathverify(gold, pred, whole_text):
     g = parse("\\boxed{" + gold + "}")
     p = parse(pred if whole_text else "\\boxed{" + pred + "}")
@@ -387,6 +523,7 @@ def main():
                     pairs.append((source, "solution-wrong", text, rng.choice(wrong)[1]))
                 else:
                     pairs.append((source, "solution", text, gold))
+    pairs += collection_pairs(all_golds, random.Random(SEED + 1))  # its own generator: the pairs above stay as they were
     rows, seen = [], set()
     for i, (source, kind, pred, gold) in enumerate(pairs):
         if (pred, gold) in seen:  # "-1" is a gold of several sets: one pair each
@@ -408,7 +545,8 @@ WRONG_KINDS = ("off-by-one", "negated", "times-ten", "digit", "assign-wrong", "t
                "fraction-wrong", "mixed-wrong", "reciprocal", "numerator+1", "rounded-2", "rounded-3",
                "text-wrong", "plus-one", "times-two", "list-dropped", "tuple-reordered", "set-dropped",
                "pi-dropped", "sqrt-dropped", "interval-closed", "sci-wrong", "pm-half", "matrix-entry",
-               "sympy-shifted", "irrational-3")
+               "sympy-shifted", "irrational-3", "braced-reordered-vs-tuple", "interval-brackets",
+               "and-text-dropped", "and-vs-product", "and-vs-sum")
 
 
 def is_wrong_kind(kind):

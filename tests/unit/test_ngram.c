@@ -40,6 +40,14 @@ static void test_words_cjk_one_per_character(void) {
     // an invalid byte separates words and is skipped
     words_of("ab\xff" "cd", &w);
     CHECK(w.count == 2);
+    // the scripts textfilter.h's table calls CJK, also 々 and half-width kana, and Thai,
+    // Lao and Khmer: a word per character; Hangul and Cyrillic put spaces between words
+    words_of("人々ｶﾀ", &w);
+    CHECK_MSG(w.count == 4, "%zu words", w.count);
+    words_of("ภาษา ລາວ ខ្មែរ", &w);  // 4 Thai + 3 Lao letters; Khmer: 2 letters and a subscript mark
+    CHECK_MSG(w.count >= 9, "%zu words", w.count);
+    words_of("한국어 문장", &w);
+    CHECK_MSG(w.count == 2, "%zu words", w.count);
     tp_words_free(&w);
 }
 

@@ -65,10 +65,29 @@ static void test_think_blocks(void) {
     // the answer part of "boxed inside think only" has no \boxed
     const char *inside = "<think>so it is \\boxed{7}</think>I am not sure.";
     CHECK(problem(inside, &t) == NULL && !strstr(inside + t.answer_start, "boxed"));
+    // a NUL byte is text, not white space: before the tag, or as the whole body
+    const char nul_before[] = "\0<think>a</think>b", nul_body[] = "<think>\0</think>b";
+    tp_think_scan(nul_before, sizeof nul_before - 1, &t);
+    CHECK_STR(tp_think_problem(nul_before, sizeof nul_before - 1, &t), "<think> not at the start");
+    tp_think_scan(nul_body, sizeof nul_body - 1, &t);
+    CHECK(tp_think_problem(nul_body, sizeof nul_body - 1, &t) == NULL);
+}
+
+static void test_blank_and_unspaced(void) {
+    CHECK(tp_is_blank("", 0) && tp_is_blank(" \t\r\n", 4));
+    CHECK(!tp_is_blank(" \0 ", 3) && !tp_is_blank("\v", 1) && !tp_is_blank(" x", 2));
+    // one table of ranges: what the script table calls CJK is unspaced, and so are Thai, Lao, Khmer
+    unsigned unspaced[] = {0x4E00, 0x3042, 0x30A2, 0x3005, 0xFF76, 0x20000, 0x0E01, 0x0E81, 0x1000, 0x1780};
+    for (size_t i = 0; i < sizeof unspaced / sizeof *unspaced; i++) CHECK_MSG(tp_script_unspaced(unspaced[i]), "U+%04X", unspaced[i]);
+    unsigned spaced[] = {'a', 0xE9, 0x0416, 0xAC00, 0x05D0, 0x0627, 0x0915};
+    for (size_t i = 0; i < sizeof spaced / sizeof *spaced; i++) CHECK_MSG(!tp_script_unspaced(spaced[i]), "U+%04X", spaced[i]);
+    for (unsigned cp = 0x3000; cp < 0x10000; cp++)
+        if (tp_script_of(cp) == TP_SCRIPT_CJK) CHECK_MSG(tp_script_unspaced(cp), "U+%04X", cp);
 }
 
 int main(void) {
     RUN(test_script_mix);
     RUN(test_think_blocks);
+    RUN(test_blank_and_unspaced);
     return TEST_SUMMARY();
 }
