@@ -160,8 +160,35 @@ static void linear_many_case(int N, int IC, const char *precision, double tol) {
     free(x), cuda_free(d_x);
 }
 
+// bf16 products of up to 8 rows take a kernel of their own (decode steps): each row's
+// output is the same bits whether it is computed alone or with 7 others.
+static void test_linear_rows_independent(void) {
+    NEED_GPU();
+    CHECK(cuda_set_matmul_precision("bf16") == 0);
+    int N = 8, IC = 896, OC = 1000;
+    float *x = rnd((size_t)N * IC), *w = rnd((size_t)OC * IC), *b = rnd(OC);
+    float *d_x = dev_copy(x, (size_t)N * IC * 4), *d_w = dev_copy(w, (size_t)OC * IC * 4), *d_b = dev_copy(b, OC * 4);
+    float *d_all = dev_poisoned((size_t)N * OC), *d_one = dev_poisoned(OC);
+    cuda_linear_forward(d_all, d_x, d_w, d_b, N, IC, OC);
+    float *all = host_of(d_all, (size_t)N * OC);
+    for (int n = 0; n < N; n++) {
+        cuda_linear_forward(d_one, d_x + (size_t)n * IC, d_w, d_b, 1, IC, OC);
+        float *one = host_of(d_one, OC);
+        CHECK_MSG(!memcmp(one, all + (size_t)n * OC, OC * 4), "row %d alone differs from row %d of 8", n, n);
+        free(one);
+    }
+    CHECK_CUDA_OK();
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+    free(x), free(w), free(b), free(all);
+    cuda_free(d_x), cuda_free(d_w), cuda_free(d_b), cuda_free(d_all), cuda_free(d_one);
+}
+
 static void test_linear(void) {
     NEED_GPU();
+    linear_case(1, 896, 4864, true, "bf16", 1e-2);  // the few-rows kernel
+    linear_case(3, 4864, 896, false, "bf16", 1e-2);
+    linear_case(8, 64, 100, true, "bf16", 1e-2);
+    linear_case(9, 896, 200, true, "bf16", 1e-2);  // one row too many: the GEMM
     linear_many_case(1, 896, "bf16", 1e-2);
     linear_many_case(77, 256, "bf16", 1e-2);
     linear_many_case(77, 256, "fp32", 1e-5);
@@ -298,6 +325,7 @@ int main(void) {
     RUN(test_rmsnorm);
     RUN(test_add_rmsnorm);
     RUN(test_linear);
+    RUN(test_linear_rows_independent);
     RUN(test_rope);
     RUN(test_swiglu_add_rows);
     RUN(test_crossentropy);
