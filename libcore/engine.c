@@ -122,7 +122,14 @@ bool tp_engine_busy(const tp_engine *e) { return e->head < e->len; }
 
 int tp_engine_text(const tp_engine *e, const tp_sample_out *s, tp_buf *out, tp_err *err) {
     out->len = 0;
-    if (tp_tokenizer_decode(e->tok, s->tokens.ids, s->tokens.count, true, out, err) < 0) return -1;
+    return tp_engine_text_append(e, s, 0, out, err);
+}
+
+int tp_engine_text_append(const tp_engine *e, const tp_sample_out *s, size_t from, tp_buf *out, tp_err *err) {
+    // Token texts concatenate (byte-level BPE), so decoding in pieces gives the same bytes.
+    if (from < s->tokens.count &&
+        tp_tokenizer_decode(e->tok, s->tokens.ids + from, s->tokens.count - from, true, out, err) < 0)
+        return -1;
     if (s->cut && s->text_len < out->len) out->len = s->text_len;
     return 0;
 }

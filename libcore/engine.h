@@ -94,5 +94,8 @@ void tp_engine_remove(tp_engine *e, tp_request *r);
 void tp_request_free(tp_request *r);
 // Decoded text of a finished sample (special tokens skipped, cut at a stop string) into out.
 int tp_engine_text(const tp_engine *e, const tp_sample_out *s, tp_buf *out, tp_err *err);
+// The same text built in pieces: appends the text of tokens [from, count) to out, which
+// holds the text of the tokens before them (then cut at the stop string, as above).
+int tp_engine_text_append(const tp_engine *e, const tp_sample_out *s, size_t from, tp_buf *out, tp_err *err);
 
 #endif

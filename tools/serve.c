@@ -67,6 +67,8 @@ typedef struct job {
     // streaming progress (the connection's thread)
     size_t *sent_reason, *sent_content;  // [n] bytes sent of each text
     bool *sent_first, *sent_finish;      // [n]
+    tp_buf *text;                        // [n] each sample's text so far, decoded incrementally
+    size_t *decoded;                     // [n] tokens decoded into it
     bool sent_done;
     tp_buf body;  // the uploaded request body
 } job;
@@ -97,6 +99,8 @@ static void job_free(job *j) {
     tp_ids_free(&j->prompt);
     tp_buf_free(&j->body);
     free(j->sent_reason), free(j->sent_content), free(j->sent_first), free(j->sent_finish);
+    for (int k = 0; j->text && k < j->ro.n; k++) tp_buf_free(&j->text[k]);
+    free(j->text), free(j->decoded);
     free(j);
 }
 
@@ -363,12 +367,14 @@ static size_t stop_hold(const job *j) {
 // What is new since the last call (under the lock): deltas of each sample's texts, a
 // finishing chunk when it ended, and [DONE] once all did.
 static void stream_news(job *j, tp_buf *out) {
-    tp_buf text = {0};
     tp_err err;
     for (int k = 0; k < j->req->n; k++) {
         const tp_sample_out *s = &j->req->s[k];
         bool final = s->finish != NULL;
-        if (j->sent_finish[k] || tp_engine_text(S.engine, s, &text, &err) < 0) continue;
+        // Only the tokens since the last call are decoded: a long answer costs O(n), not O(n^2).
+        if (j->sent_finish[k] || tp_engine_text_append(S.engine, s, j->decoded[k], &j->text[k], &err) < 0) continue;
+        j->decoded[k] = s->tokens.count;
+        const tp_buf text = j->text[k];
         size_t r0, r1, c0, c1;
         split_text(text.data, text.len, final, stop_hold(j), &r0, &r1, &c0, &c1);
         if (!j->sent_first[k] && j->chat) {
@@ -393,7 +399,6 @@ static void stream_news(job *j, tp_buf *out) {
             j->sent_finish[k] = true;
         }
     }
-    tp_buf_free(&text);
     if (j->state == 2 && !j->sent_done) {
         if (j->include_usage) {  // OpenAI's stream_options.include_usage: a last chunk with no choices
             jv o = envelope(j, j->chat ? "chat.completion.chunk" : "text_completion");
@@ -580,6 +585,7 @@ static job *parse_request(const char *body, size_t len, bool chat, char *msg, si
     int n = j->ro.n;
     j->sent_reason = tp_xcalloc((size_t)n, sizeof *j->sent_reason), j->sent_content = tp_xcalloc((size_t)n, sizeof *j->sent_content);
     j->sent_first = tp_xcalloc((size_t)n, sizeof *j->sent_first), j->sent_finish = tp_xcalloc((size_t)n, sizeof *j->sent_finish);
+    j->text = tp_xcalloc((size_t)n, sizeof *j->text), j->decoded = tp_xcalloc((size_t)n, sizeof *j->decoded);
     j->created = (long)time(NULL);
     return j;
 }

@@ -68,6 +68,23 @@ jq -s -r '[.[].choices[0].delta.reasoning_content // empty] | add' "$TMP/chunks.
     echo "  whole:    $(jq -c '.choices[0].message' "$TMP/chat.json")" >&2
 }
 
+# A stop string met mid-answer: the stream (its text decoded a piece at a time) ends where
+# the whole answer does, without the stop string, and so do long streams of 4 samples.
+stopper=$(jq -r '.choices[0].message.reasoning_content[4:7]' "$TMP/chat.json")
+QS=$(echo "$Q" | jq -c --arg s "$stopper" '. + {stop: [$s], n: 4, temperature: 0.7, seed: 3}')
+post /v1/chat/completions "$QS" >"$TMP/stop.json"
+curl -sN -m 60 "$URL/v1/chat/completions" -d "$(echo "$QS" | jq -c '. + {stream: true}')" | grep '^data: {' |
+    sed 's/^data: //' >"$TMP/stop_chunks.jsonl"
+jq -s -e --slurpfile whole "$TMP/stop.json" --arg s "$stopper" '
+    group_by(.choices[0].index) | map({i: .[0].choices[0].index,
+        r: (map(.choices[0].delta.reasoning_content // "") | add), c: (map(.choices[0].delta.content // "") | add),
+        f: (map(.choices[0].finish_reason // empty) | last)}) as $streamed |
+    ($streamed | length) == 4 and all($streamed[]; . as $x | $whole[0].choices[$x.i] as $w |
+        $x.r == ($w.message.reasoning_content // "") and $x.c == $w.message.content and $x.f == $w.finish_reason and
+        (($x.r + $x.c) | contains($s) | not)) and any($streamed[]; .f == "stop" and (.r | length) < 8)' \
+    "$TMP/stop_chunks.jsonl" >/dev/null &&
+    ok stream-stop-string-equals-whole || { not_ok stream-stop-string-equals-whole; jq -c . "$TMP/stop.json" >&2; }
+
 # Log-probs: the sampled tokens' (the training forward's, as rollout --score gives them at
 # temperature 1) and the top 3 at each step; the completions API's shape; usage at the end
 # of a stream on request; logprobs with stream is refused.
