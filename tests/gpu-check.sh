@@ -110,6 +110,9 @@ for n in 1 64 256; do
     [ -n "$a" ] && [ -n "$b" ] && row "decode batch $n ratio thinkpipe/transformers" \
         "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2fx", a / b }')"
 done
+echo "== where a batch-1 decode step's device time goes (TP_PROFILE=1: op by op, no graphs, 32 tokens)" | tee -a "$out"
+TP_PROFILE=1 timeout 60 "$B/bench/engine_bench" "$cfg" 1 1 128 32 --device cuda --greedy 2>&1 |
+    grep -E 'TP_PROFILE|calls' | tee -a "$out"
 [ "${SKIP_SFT_BENCH:-0}" = 1 ] || {
 echo "== where the device time goes (TP_PROFILE=1, qwen2.5-0.5b B=4 T=2048, 2 steps + warm-up)" | tee -a "$out"
 TP_PROFILE=1 timeout 60 "$B/bench/model_step" "$cfgdir/qwen2.5-0.5b.json" 4 2048 2 --device cuda --matmul bf16 2>&1 |
