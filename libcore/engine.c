@@ -1,6 +1,7 @@
 // engine.c — the sampling loop (engine.h) on the KV-cache generator.
 #include "engine.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,7 @@ struct tp_engine {
     sample_params *params;  // [draw_cap]: a step's rows, or a new request's n samples
     int32_t *drawn;         // [draw_cap]
     int draw_cap;
+    float *row;             // [V] a logits row brought to the host (device log-probs)
 };
 
 tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_opts *o, tp_err *err) {
@@ -56,13 +58,16 @@ void tp_engine_free(tp_engine *e) {
     for (int q = e->head; q < e->len; q++) tp_request_free(e->queue[q]);
     tp_generator_free(e->gen);
     tp_sample_scratch_free(&e->sc);
-    free(e->slot_used), free(e->queue), free(e->logits), free(e->params), free(e->drawn);
+    free(e->slot_used), free(e->queue), free(e->logits), free(e->params), free(e->drawn), free(e->row);
     free(e);
 }
 
 void tp_request_free(tp_request *r) {
     if (!r) return;
-    for (int k = 0; k < r->n; k++) tp_ids_free(&r->s[k].tokens);
+    for (int k = 0; k < r->n; k++) {
+        tp_ids_free(&r->s[k].tokens);
+        free(r->s[k].logprob), free(r->s[k].top_logprob), free(r->s[k].top);
+    }
     tp_ids_free(&r->prompt);
     free(r->s);
     free(r);
@@ -189,6 +194,51 @@ static sample_params device_params(const tp_sampler *sm, uint64_t *rng) {
     return p;
 }
 
+// log softmax(z)[token] and the k largest entries (ties: the smaller id first), in double.
+static double row_logprobs(const float *z, int V, int32_t token, int k, int32_t *top, double *top_lp) {
+    float mx = z[0];
+    for (int v = 1; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+    double sum = 0;
+    for (int v = 0; v < V; v++) sum += exp((double)z[v] - mx);
+    double lse = mx + log(sum);
+    int have = 0;
+    for (int v = 0; v < V && k > 0; v++) {  // insertion into the k best so far
+        if (have == k && z[v] <= z[top[k - 1]]) continue;
+        int at = have < k ? have++ : k - 1;
+        while (at > 0 && z[top[at - 1]] < z[v]) top[at] = top[at - 1], at--;
+        top[at] = v;
+    }
+    for (int i = 0; i < k; i++) top_lp[i] = (double)z[top[i]] - lse;
+    return (double)z[token] - lse;
+}
+
+// The drawn tokens' log-probs (and alternatives) for the samples whose request asks,
+// from row i of the step's logits (row 0 for all when shared).
+static void record_logprobs(tp_engine *e, int n, tp_request **of, tp_sample_out **who, bool shared) {
+    const tp_backend *be = tp_model_backend(e->m);
+    for (int i = 0; i < n; i++) {
+        const tp_request_opts *o = &of[i]->o;
+        if (!o->logprobs) continue;
+        size_t row = shared ? 0 : (size_t)i;
+        const float *z = e->logits + row * e->V;
+        if (e->on_device) {
+            if (!e->row) e->row = tp_xmalloc((size_t)e->V * sizeof *e->row);
+            be->download(e->row, tp_generator_logits(e->gen) + row * e->V, (size_t)e->V * sizeof *e->row);
+            z = e->row;
+        }
+        tp_sample_out *s = who[i];
+        int k = o->top_logprobs < 0 ? 0 : o->top_logprobs > 20 ? 20 : o->top_logprobs;
+        size_t t = s->tokens.count;  // the index the drawn token will have
+        if (t >= s->lp_cap) {
+            s->lp_cap = s->lp_cap ? 2 * s->lp_cap : 64;
+            s->logprob = tp_xrealloc(s->logprob, s->lp_cap * sizeof *s->logprob);
+            s->top = tp_xrealloc(s->top, s->lp_cap * (size_t)(k ? k : 1) * sizeof *s->top);
+            s->top_logprob = tp_xrealloc(s->top_logprob, s->lp_cap * (size_t)(k ? k : 1) * sizeof *s->top_logprob);
+        }
+        s->logprob[t] = row_logprobs(z, e->V, e->drawn[i], k, s->top + t * (size_t)k, s->top_logprob + t * (size_t)k);
+    }
+}
+
 // The next token of samples who[0..n-1] (of requests of[i]) from the last forward's logits:
 // row i for sample i, or row 0 for all of them when shared (the n samples of one prompt).
 static int draw(tp_engine *e, int n, tp_request **of, tp_sample_out **who, bool shared, tp_err *err) {
@@ -215,6 +265,7 @@ static int draw(tp_engine *e, int n, tp_request **of, tp_sample_out **who, bool 
             e->drawn[i] = tp_sample(&of[i]->o.sampler, e->logits + (shared ? 0 : (size_t)i * e->V), e->V,
                                     &who[i]->rng, &e->sc);
     }
+    record_logprobs(e, n, of, who, shared);
     for (int i = 0; i < n; i++) {
         tp_ids_push(&who[i]->tokens, e->drawn[i]);
         check_stop(e, of[i], who[i]);

@@ -43,6 +43,12 @@ typedef struct tp_request_opts {
     const char *stop[16];  // stop strings (the text ends before the first found)
     int n_stop;
     bool ignore_eos;   // only max_new, max_len and stop strings end it (vLLM's ignore_eos)
+    // Record each drawn token's log-prob under the step's logits at temperature 1 (the raw
+    // distribution, as vLLM reports them while streaming) and the top_logprobs (<= 20) most
+    // likely tokens. These are the KV-cache forward's numbers, within rounding of the
+    // training forward's that rollout and --score give.
+    bool logprobs;
+    int top_logprobs;
 } tp_request_opts;
 
 typedef struct tp_sample_out {
@@ -52,6 +58,10 @@ typedef struct tp_sample_out {
     size_t text_len;
     int slot;            // its KV-cache slot; -1 while waiting for one, and once finished
     uint64_t rng;
+    // with logprobs: [tokens.count] log-probs, [tokens.count * top_logprobs] alternatives
+    double *logprob, *top_logprob;
+    int32_t *top;
+    size_t lp_cap;
 } tp_sample_out;
 
 typedef struct tp_request {

@@ -69,6 +69,7 @@ typedef struct job {
     bool *sent_first, *sent_finish;      // [n]
     tp_buf *text;                        // [n] each sample's text so far, decoded incrementally
     size_t *decoded;                     // [n] tokens decoded into it
+    size_t *lp_sent, *lp_bytes;          // [n] tokens whose log-probs were streamed; their text's bytes
     bool sent_done;
     tp_buf body;  // the uploaded request body
 } job;
@@ -100,7 +101,7 @@ static void job_free(job *j) {
     tp_buf_free(&j->body);
     free(j->sent_reason), free(j->sent_content), free(j->sent_first), free(j->sent_finish);
     for (int k = 0; j->text && k < j->ro.n; k++) tp_buf_free(&j->text[k]);
-    free(j->text), free(j->decoded);
+    free(j->text), free(j->decoded), free(j->lp_sent), free(j->lp_bytes);
     free(j);
 }
 
@@ -189,16 +190,17 @@ static size_t utf8_whole(const char *s, size_t n) {
     return back + 1 >= need ? n : i - 1;
 }
 
-// A sample's text split for --reasoning-parser think: reasoning between "<think>\n" and
-// "\n</think>", content after it (leading newlines dropped). Without the parser all of it is content.
+// A sample's text split for --reasoning-parser think (think: true): reasoning between
+// "<think>\n" and "\n</think>", content after it (leading newlines dropped). Without the
+// parser all of it is content.
 // While running, the tail that could still become "</think>" is held back (final: false).
 // hold: bytes at the end that could still turn into a stop string (not sent yet).
-static void split_text(const char *t, size_t n, bool final, size_t hold, size_t *r0, size_t *r1, size_t *c0,
-                       size_t *c1) {
+static void split_text(const char *t, size_t n, bool think, bool final, size_t hold, size_t *r0, size_t *r1,
+                       size_t *c0, size_t *c1) {
     if (!final) n = n > hold ? n - hold : 0;
     size_t whole = final ? n : utf8_whole(t, n);
     *r0 = *r1 = 0, *c0 = 0, *c1 = whole;
-    if (!S.o.think) return;
+    if (!think) return;
     const char *end = memmem(t, n, "</think>", 8);
     size_t start = n >= 7 && !memcmp(t, "<think>", 7) ? 7 : 0;
     while (start < n && t[start] == '\n') start++;
@@ -244,6 +246,42 @@ static jv token_json(jv o, int32_t id, tp_buf *piece) {
     return jv_object_set(o, jv_string("bytes"), bytes);
 }
 
+// Log-probs of tokens ids[0..G) (lp, and k alternatives each in top/top_lp) in the chat
+// API's shape ({"content": [{token, logprob, bytes, top_logprobs}]}) or the completions
+// API's ({tokens, token_logprobs, top_logprobs, text_offset}; offsets from offset0).
+static jv logprobs_shape(const job *j, const int32_t *ids, int G, const double *lp, int k, const int32_t *top,
+                         const double *top_lp, size_t offset0) {
+    tp_buf piece = {0};
+    jv content = jv_array(), tokens = jv_array(), token_lp = jv_array(), tops = jv_array(), offsets = jv_array();
+    size_t offset = offset0;
+    for (int t = 0; t < G; t++) {
+        jv e = jv_object_set(token_json(jv_object(), ids[t], &piece), jv_string("logprob"), jv_number(lp[t]));
+        tokens = jv_array_append(tokens, jv_string_sized(piece.data, (int)piece.len));
+        token_lp = jv_array_append(token_lp, jv_number(lp[t]));
+        offsets = jv_array_append(offsets, jv_number((double)offset));
+        offset += piece.len;
+        jv alt = jv_array(), alt_map = jv_object();
+        for (int i = 0; i < k; i++) {
+            jv a = token_json(jv_object(), top[(size_t)t * k + i], &piece);
+            alt = jv_array_append(alt, jv_object_set(a, jv_string("logprob"), jv_number(top_lp[(size_t)t * k + i])));
+            alt_map = jv_object_set(alt_map, jv_string_sized(piece.data, (int)piece.len),
+                                    jv_number(top_lp[(size_t)t * k + i]));
+        }
+        content = jv_array_append(content, jv_object_set(e, jv_string("top_logprobs"), alt));
+        tops = jv_array_append(tops, alt_map);
+    }
+    tp_buf_free(&piece);
+    if (j->chat) {
+        jv_free(tokens), jv_free(token_lp), jv_free(tops), jv_free(offsets);
+        return jv_object_set(jv_object(), jv_string("content"), content);
+    }
+    jv_free(content);
+    jv out = jv_object_set(jv_object(), jv_string("tokens"), tokens);
+    out = jv_object_set(out, jv_string("token_logprobs"), token_lp);
+    out = jv_object_set(out, jv_string("top_logprobs"), k ? tops : (jv_free(tops), jv_null()));
+    return jv_object_set(out, jv_string("text_offset"), offsets);
+}
+
 // The sampled tokens' log-probs under the model (temperature 1: vLLM's raw log-probs), by
 // the training forward over prompt and completion (under the lock: the engine waits), in
 // the chat API's shape ({"content": [{token, logprob, bytes, top_logprobs}]}) or the
@@ -266,36 +304,7 @@ static jv logprobs_json(const job *j, const tp_sample_out *s) {
         tp_warn("%s: log-probs: %s", j->id, err.msg);
         out = jv_null();
     } else {
-        tp_buf piece = {0};
-        jv content = jv_array(), tokens = jv_array(), token_lp = jv_array(), tops = jv_array(), offsets = jv_array();
-        size_t offset = 0;
-        for (int t = 0; t < G; t++) {
-            jv e = jv_object_set(token_json(jv_object(), ids[P + t], &piece), jv_string("logprob"), jv_number(lp[t]));
-            tokens = jv_array_append(tokens, jv_string_sized(piece.data, (int)piece.len));
-            token_lp = jv_array_append(token_lp, jv_number(lp[t]));
-            offsets = jv_array_append(offsets, jv_number((double)offset));
-            offset += piece.len;
-            jv alt = jv_array(), alt_map = jv_object();
-            for (int i = 0; i < k; i++) {
-                jv a = token_json(jv_object(), top[(size_t)t * k + i], &piece);
-                alt = jv_array_append(alt, jv_object_set(a, jv_string("logprob"), jv_number(top_lp[(size_t)t * k + i])));
-                alt_map = jv_object_set(alt_map, jv_string_sized(piece.data, (int)piece.len),
-                                        jv_number(top_lp[(size_t)t * k + i]));
-            }
-            content = jv_array_append(content, jv_object_set(e, jv_string("top_logprobs"), alt));
-            tops = jv_array_append(tops, alt_map);
-        }
-        tp_buf_free(&piece);
-        if (j->chat) {
-            out = jv_object_set(jv_object(), jv_string("content"), content);
-            jv_free(tokens), jv_free(token_lp), jv_free(tops), jv_free(offsets);
-        } else {
-            jv_free(content);
-            out = jv_object_set(jv_object(), jv_string("tokens"), tokens);
-            out = jv_object_set(out, jv_string("token_logprobs"), token_lp);
-            out = jv_object_set(out, jv_string("top_logprobs"), k ? tops : (jv_free(tops), jv_null()));
-            out = jv_object_set(out, jv_string("text_offset"), offsets);
-        }
+        out = logprobs_shape(j, ids + P, G, lp, k, top, top_lp, 0);
     }
     free(ids), free(pos), free(seg), free(rows), free(top), free(lp), free(top_lp);
     return out;
@@ -310,7 +319,7 @@ static jv final_json(const job *j) {
         const tp_sample_out *s = &j->req->s[k];
         if (tp_engine_text(S.engine, s, &text, &err) < 0) text.len = 0;
         size_t r0, r1, c0, c1;
-        split_text(text.data, text.len, true, 0, &r0, &r1, &c0, &c1);
+        split_text(text.data, text.len, S.o.think, true, 0, &r0, &r1, &c0, &c1);
         jv ch = jv_object_set(jv_object(), jv_string("index"), jv_number(k));
         if (j->chat) {
             jv msg = jv_object_set(jv_object(), jv_string("role"), jv_string("assistant"));
@@ -366,6 +375,45 @@ static size_t stop_hold(const job *j) {
 
 // What is new since the last call (under the lock): deltas of each sample's texts, a
 // finishing chunk when it ended, and [DONE] once all did.
+// Sends the chunk held in *last (if any) and holds chunk instead: a sample's newest chunk
+// waits until its log-probs are known.
+static void hold_chunk(tp_buf *out, jv *last, jv chunk) {
+    if (jv_is_valid(*last)) sse(out, *last);
+    *last = chunk;
+}
+
+// How many of sample k's tokens have all their text sent (sent_end bytes of it), from the
+// last count on; all of them once it finished. Keeps lp_bytes in step.
+static size_t tokens_sent(job *j, int k, const tp_sample_out *s, bool final, size_t sent_end) {
+    size_t t = j->lp_sent[k], at = j->lp_bytes[k];
+    tp_buf piece = {0};
+    tp_err err;
+    for (; t < s->tokens.count; t++) {
+        piece.len = 0;
+        if (tp_tokenizer_decode(S.tok, s->tokens.ids + t, 1, true, &piece, &err) < 0) piece.len = 0;
+        if (!final && at + piece.len > sent_end) break;
+        at += piece.len;
+    }
+    tp_buf_free(&piece);
+    j->lp_bytes[k] = at;
+    return t;
+}
+
+// The log-probs of the tokens sent since the last chunk, on the chunk held in *last (a
+// chunk with an empty delta when there is none).
+static void attach_logprobs(job *j, int k, const tp_sample_out *s, bool final, size_t sent_end, jv *last) {
+    size_t from = j->lp_sent[k], offset = j->lp_bytes[k], upto = tokens_sent(j, k, s, final, sent_end);
+    if (upto <= from || !s->logprob) return;
+    int kk = j->top;
+    jv lps = logprobs_shape(j, s->tokens.ids + from, (int)(upto - from), s->logprob + from, kk,
+                            s->top + from * (size_t)kk, s->top_logprob + from * (size_t)kk, offset);
+    if (!jv_is_valid(*last)) *last = delta_chunk(j, k, jv_object(), NULL);
+    jv choices = jv_object_get(jv_copy(*last), jv_string("choices"));
+    jv ch = jv_object_set(jv_array_get(jv_copy(choices), 0), jv_string("logprobs"), lps);
+    *last = jv_object_set(*last, jv_string("choices"), jv_array_set(choices, 0, ch));
+    j->lp_sent[k] = upto;
+}
+
 static void stream_news(job *j, tp_buf *out) {
     tp_err err;
     for (int k = 0; k < j->req->n; k++) {
@@ -376,28 +424,36 @@ static void stream_news(job *j, tp_buf *out) {
         j->decoded[k] = s->tokens.count;
         const tp_buf text = j->text[k];
         size_t r0, r1, c0, c1;
-        split_text(text.data, text.len, final, stop_hold(j), &r0, &r1, &c0, &c1);
+        // text completions stream the raw text, as their whole answer is (no reasoning split)
+        bool think = S.o.think && j->chat;
+        split_text(text.data, text.len, think, final, stop_hold(j), &r0, &r1, &c0, &c1);
+        jv last = jv_invalid();
         if (!j->sent_first[k] && j->chat) {
             jv d = jv_object_set(jv_object(), jv_string("role"), jv_string("assistant"));
-            sse(out, delta_chunk(j, k, jv_object_set(d, jv_string("content"), jv_string("")), NULL));
+            hold_chunk(out, &last, delta_chunk(j, k, jv_object_set(d, jv_string("content"), jv_string("")), NULL));
         }
         j->sent_first[k] = true;
         if (r1 > r0 + j->sent_reason[k]) {
             jv d = jv_object_set(jv_object(), jv_string("reasoning_content"),
                                  jv_string_sized(text.data + r0 + j->sent_reason[k], (int)(r1 - r0 - j->sent_reason[k])));
-            sse(out, delta_chunk(j, k, d, NULL));
+            hold_chunk(out, &last, delta_chunk(j, k, d, NULL));
             j->sent_reason[k] = r1 - r0;
         }
         if (c1 > c0 + j->sent_content[k]) {
             jv d = jv_object_set(jv_object(), jv_string("content"),
                                  jv_string_sized(text.data + c0 + j->sent_content[k], (int)(c1 - c0 - j->sent_content[k])));
-            sse(out, delta_chunk(j, k, d, NULL));
+            hold_chunk(out, &last, delta_chunk(j, k, d, NULL));
             j->sent_content[k] = c1 - c0;
         }
         if (final) {
-            sse(out, delta_chunk(j, k, jv_object(), s->finish));
+            hold_chunk(out, &last, delta_chunk(j, k, jv_object(), s->finish));
             j->sent_finish[k] = true;
         }
+        if (j->logprobs) {
+            size_t sent_end = j->sent_content[k] > 0 ? c0 + j->sent_content[k] : think ? r0 + j->sent_reason[k] : 0;
+            attach_logprobs(j, k, s, final, sent_end, &last);
+        }
+        if (jv_is_valid(last)) sse(out, last);
     }
     if (j->state == 2 && !j->sent_done) {
         if (j->include_usage) {  // OpenAI's stream_options.include_usage: a last chunk with no choices
@@ -525,7 +581,6 @@ static job *parse_request(const char *body, size_t len, bool chat, char *msg, si
         else j->top = (int)x;
     }
     jv_free(v);
-    if (!bad && j->logprobs && j->stream) bad = "logprobs with stream is not supported; ask without stream";
     v = tp_json_get(req, "stream_options");
     if (!bad && jv_get_kind(v) == JV_KIND_OBJECT) {
         jv u = jv_object_get(jv_copy(v), jv_string("include_usage"));
@@ -586,6 +641,10 @@ static job *parse_request(const char *body, size_t len, bool chat, char *msg, si
     j->sent_reason = tp_xcalloc((size_t)n, sizeof *j->sent_reason), j->sent_content = tp_xcalloc((size_t)n, sizeof *j->sent_content);
     j->sent_first = tp_xcalloc((size_t)n, sizeof *j->sent_first), j->sent_finish = tp_xcalloc((size_t)n, sizeof *j->sent_finish);
     j->text = tp_xcalloc((size_t)n, sizeof *j->text), j->decoded = tp_xcalloc((size_t)n, sizeof *j->decoded);
+    j->lp_sent = tp_xcalloc((size_t)n, sizeof *j->lp_sent), j->lp_bytes = tp_xcalloc((size_t)n, sizeof *j->lp_bytes);
+    // A stream's log-probs are the engine's, recorded as tokens are drawn (vLLM's way); a
+    // whole answer's come from the training forward afterwards (rollout --score's numbers).
+    j->ro.logprobs = j->logprobs && j->stream, j->ro.top_logprobs = j->top;
     j->created = (long)time(NULL);
     return j;
 }

@@ -87,7 +87,8 @@ jq -s -e --slurpfile whole "$TMP/stop.json" --arg s "$stopper" '
 
 # Log-probs: the sampled tokens' (the training forward's, as rollout --score gives them at
 # temperature 1) and the top 3 at each step; the completions API's shape; usage at the end
-# of a stream on request; logprobs with stream is refused.
+# of a stream on request; streamed log-probs (the engine's, as tokens are drawn) cover
+# every token once, in order, within 1e-4 of the whole answer's.
 post /v1/chat/completions "$(echo "$Q" | jq -c '. + {logprobs: true, top_logprobs: 3}')" >"$TMP/lp.json"
 "$BIN/rollout" -q --score -m "$TMP/model" --temperature 1 --field s "$TMP/ro.jsonl" >"$TMP/scored.jsonl"
 jq -e --slurpfile r "$TMP/scored.jsonl" '.choices[0].logprobs.content as $c | ($c | length) == .usage.completion_tokens and
@@ -98,8 +99,20 @@ post /v1/completions '{"prompt":"What is 12+30?","max_tokens":8,"temperature":0,
     jq -e '.choices[0].logprobs as $l | ($l.tokens | length) == .usage.completion_tokens and
         ($l.token_logprobs | all(. <= 0)) and ($l.top_logprobs | all(length >= 1 and length <= 2)) and
         ($l.text_offset | . == sort)' >/dev/null && ok completions-logprobs || { not_ok completions-logprobs; head -c 600 "$TMP/clp.json" >&2; }
-[ "$(code "$URL/v1/chat/completions" -d "$(echo "$Q" | jq -c '. + {logprobs: true, stream: true}')")" = 400 ] &&
-    ok stream-logprobs-400 || not_ok stream-logprobs-400
+curl -sN -m 60 "$URL/v1/chat/completions" -d "$(echo "$Q" | jq -c '. + {logprobs: true, top_logprobs: 3, stream: true}')" |
+    grep '^data: {' | sed 's/^data: //' >"$TMP/lp_chunks.jsonl"
+jq -s -e --slurpfile w "$TMP/lp.json" '[.[].choices[0].logprobs.content // empty | .[]] as $s | $w[0].choices[0].logprobs.content as $c |
+    ($s | length) == ($c | length) and ([$s[].token] == [$c[].token]) and
+    all(range(0; $s | length); ($s[.].logprob - $c[.].logprob | fabs) < 1e-4 and ($s[.].top_logprobs | length) == 3 and
+        $s[.].top_logprobs[0].token == $c[.].top_logprobs[0].token) and
+    ([.[].choices[0].delta.content // empty] | add) == $w[0].choices[0].message.content' "$TMP/lp_chunks.jsonl" >/dev/null &&
+    ok stream-logprobs-cover-the-answer || { not_ok stream-logprobs-cover-the-answer; head -c 800 "$TMP/lp_chunks.jsonl" >&2; }
+curl -sN -m 60 "$URL/v1/completions" -d '{"prompt":"What is 12+30?","max_tokens":8,"temperature":0,"logprobs":2,"stream":true}' |
+    grep '^data: {' | sed 's/^data: //' >"$TMP/clp_chunks.jsonl"
+jq -s -e --slurpfile w "$TMP/clp.json" '[.[].choices[0].logprobs // empty] as $l |
+        ([$l[].tokens[]] == $w[0].choices[0].logprobs.tokens) and ([$l[].text_offset[]] == $w[0].choices[0].logprobs.text_offset) and
+        ([$l[].tokens[]] | add) as $t | ([.[].choices[0].text] | add) | startswith($t[0:1])' "$TMP/clp_chunks.jsonl" >/dev/null &&
+    ok stream-completions-logprobs || { not_ok stream-completions-logprobs; cat "$TMP/clp.json" "$TMP/clp_chunks.jsonl" >&2; }
 curl -sN -m 60 "$URL/v1/chat/completions" -d "$(echo "$Q" | jq -c '. + {stream: true, stream_options: {include_usage: true}}')" |
     grep '^data: {' | tail -n 1 | sed 's/^data: //' |
     jq -e --slurpfile w "$TMP/chat.json" '.choices == [] and .usage == $w[0].usage' >/dev/null &&
