@@ -216,6 +216,7 @@ static double row_logprobs(const float *z, int V, int32_t token, int k, int32_t 
 // from row i of the step's logits (row 0 for all when shared).
 static void record_logprobs(tp_engine *e, int n, tp_request **of, tp_sample_out **who, bool shared) {
     const tp_backend *be = tp_model_backend(e->m);
+    long on_host = -1;  // the device row now in e->row (shared: one copy serves every sample)
     for (int i = 0; i < n; i++) {
         const tp_request_opts *o = &of[i]->o;
         if (!o->logprobs) continue;
@@ -223,8 +224,9 @@ static void record_logprobs(tp_engine *e, int n, tp_request **of, tp_sample_out 
         const float *z = e->logits + row * e->V;
         if (e->on_device) {
             if (!e->row) e->row = tp_xmalloc((size_t)e->V * sizeof *e->row);
-            be->download(e->row, tp_generator_logits(e->gen) + row * e->V, (size_t)e->V * sizeof *e->row);
-            z = e->row;
+            if (on_host != (long)row)
+                be->download(e->row, tp_generator_logits(e->gen) + row * e->V, (size_t)e->V * sizeof *e->row);
+            on_host = (long)row, z = e->row;
         }
         tp_sample_out *s = who[i];
         int k = o->top_logprobs < 0 ? 0 : o->top_logprobs > 20 ? 20 : o->top_logprobs;

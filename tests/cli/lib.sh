@@ -36,3 +36,18 @@ same() {
 }
 
 finish() { [ "$failures" -eq 0 ]; }
+
+# gpu_probe_failed ERRFILE CHECK...: after a --device cuda probe run failed with stderr in
+# ERRFILE. Without a GPU (a clear error) the CHECKs are reported as skipped; any other
+# failure is one. Either way the caller then finishes: `gpu_probe_failed ...; finish; exit`.
+gpu_probe_failed() {
+    errfile=$1
+    shift
+    if grep -qE "no CUDA GPU is visible|no CUDA support" "$errfile"; then
+        ok no-gpu-is-a-clear-error
+        for t in "$@"; do echo "skip - $t: no GPU on this machine"; done
+    else
+        not_ok cuda-probe-run
+        cat "$errfile" >&2
+    fi
+}

@@ -19,16 +19,8 @@ RUN="-m $TMP/model --template chatml --allow-template-mismatch --max-new-tokens 
 
 # shellcheck disable=SC2086
 if ! "$RO" $RUN --greedy --device cuda "$TMP/probs.jsonl" >"$TMP/g-cuda-bf16.jsonl" 2>"$TMP/probe.err"; then
-    if grep -qE "no CUDA GPU is visible|no CUDA support" "$TMP/probe.err"; then
-        ok no-gpu-is-a-clear-error
-        for t in greedy-equals-cpu-fp32 logprobs-equal-score-on-gpu same-seed-same-output-on-gpu sampled-records; do
-            echo "skip - $t: no GPU on this machine"
-        done
-        finish
-        exit
-    fi
-    not_ok cuda-probe-run
-    cat "$TMP/probe.err" >&2
+    gpu_probe_failed "$TMP/probe.err" greedy-equals-cpu-fp32 logprobs-equal-score-on-gpu \
+        same-seed-same-output-on-gpu sampled-records
     finish
     exit
 fi

@@ -18,17 +18,8 @@ OPTS="-d $TMP/train.stream --lr 3e-3 --schedule cosine --warmup 2 --micro-batch 
 
 # shellcheck disable=SC2086
 if ! "$ST" $INIT $OPTS --steps 1 --device cuda -o "$TMP/probe" >/dev/null 2>"$TMP/probe.err"; then
-    if grep -qE "no CUDA GPU is visible|no CUDA support" "$TMP/probe.err"; then
-        ok no-gpu-is-a-clear-error
-        for t in loss-curve-fp32 loss-curve-bf16 resume-on-gpu-exact gpu-checkpoint-continues-on-cpu \
-            nccl-world-of-one-same-updates; do
-            echo "skip - $t: no GPU on this machine"
-        done
-        finish
-        exit
-    fi
-    not_ok cuda-probe-run
-    cat "$TMP/probe.err" >&2
+    gpu_probe_failed "$TMP/probe.err" loss-curve-fp32 loss-curve-bf16 resume-on-gpu-exact \
+        gpu-checkpoint-continues-on-cpu nccl-world-of-one-same-updates
     finish
     exit
 fi
