@@ -18,8 +18,10 @@ typedef struct tp_sampler {
 
 // Scratch for one row of V logits (reused across calls, grown as needed).
 typedef struct tp_sample_scratch {
-    float *p;
-    int32_t *idx;
+    float *p;      // [V] exp(z - max z)
+    float *vals;   // [V] candidate logits (top-k's selection) or a top-p boundary bucket's
+    int32_t *idx;  // [V] a top-p boundary bucket's token ids
+    double *mass;  // [buckets] masses by block or by logit bucket
     int cap;
 } tp_sample_scratch;
 

@@ -1,0 +1,84 @@
+// The CPU decode attention (kernels/cpu/attention_decode.c) against attention written out
+// in double: both of its paths (a token's whole cache read in order when there are enough
+// tokens to share among the threads; a (token, kv head) at a time otherwise), head sizes
+// with and without the AVX-512 kernels, query groups of 1 to 7 heads, caches of 0 to 300
+// rows, outputs poisoned before each call.
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops.h"
+#include "test.h"
+
+static float frand(void) { return (float)((double)(test_rand() >> 11) / 9007199254740992.0 * 2 - 1); }
+
+// out [n, NH, HD]: token i's heads against rows row0[i] .. row0[i] + len[i] of k, v [rows, KVH, HD].
+static void reference(double *out, const float *q, const float *k, const float *v, const int32_t *row0,
+                      const int32_t *len, int n, int NH, int KVH, int HD, double scale) {
+    int G = NH / KVH, stride = KVH * HD;
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < NH; h++) {
+            double *o = out + ((size_t)i * NH + h) * HD, mx = -INFINITY, sum = 0;
+            const float *qh = q + ((size_t)i * NH + h) * HD;
+            double *p = malloc(sizeof(double) * (size_t)(len[i] > 0 ? len[i] : 1));
+            for (int j = 0; j < len[i]; j++) {
+                const float *kj = k + (size_t)(row0[i] + j) * stride + (size_t)(h / G) * HD;
+                double d = 0;
+                for (int x = 0; x < HD; x++) d += (double)qh[x] * kj[x];
+                p[j] = d * scale, mx = p[j] > mx ? p[j] : mx;
+            }
+            for (int j = 0; j < len[i]; j++) sum += p[j] = exp(p[j] - mx);
+            for (int x = 0; x < HD; x++) o[x] = 0;
+            for (int j = 0; j < len[i]; j++) {
+                const float *vj = v + (size_t)(row0[i] + j) * stride + (size_t)(h / G) * HD;
+                for (int x = 0; x < HD; x++) o[x] += p[j] / sum * vj[x];
+            }
+            free(p);
+        }
+}
+
+// One shape at the given thread count: worst |err| / max |ref| over the outputs.
+static double run_case(int n, int NH, int KVH, int HD, int max_len, int threads) {
+    int rows_each = max_len + 3, stride = KVH * HD;
+    size_t rows = (size_t)n * rows_each;
+    float *k = malloc(sizeof(float) * rows * stride), *v = malloc(sizeof(float) * rows * stride);
+    float *q = malloc(sizeof(float) * (size_t)n * NH * HD), *out = malloc(sizeof(float) * (size_t)n * NH * HD);
+    double *want = malloc(sizeof(double) * (size_t)n * NH * HD);
+    int32_t *row0 = malloc(sizeof(int32_t) * n), *len = malloc(sizeof(int32_t) * n);
+    for (size_t i = 0; i < rows * stride; i++) k[i] = frand(), v[i] = frand();
+    for (int i = 0; i < n * NH * HD; i++) q[i] = 2 * frand(), out[i] = NAN;
+    for (int i = 0; i < n; i++) {
+        row0[i] = i * rows_each + (int)(test_rand() % 3);
+        len[i] = i == 1 ? 0 : i == 2 ? 1 : (int)(test_rand() % (unsigned)(max_len + 1));  // empty and one-row caches too
+    }
+    float scale = 1.0f / sqrtf((float)HD);
+    omp_set_num_threads(threads);
+    attention_decode(out, q, k, v, row0, len, n, NH, KVH, HD, scale);
+    reference(want, q, k, v, row0, len, n, NH, KVH, HD, scale);
+    double worst = 0, top = 1e-30;
+    for (int i = 0; i < n * NH * HD; i++) top = fmax(top, fabs(want[i]));
+    for (int i = 0; i < n * NH * HD; i++) worst = isnan(out[i]) ? INFINITY : fmax(worst, fabs(out[i] - want[i]));
+    free(k), free(v), free(q), free(out), free(want), free(row0), free(len);
+    return worst / top;
+}
+
+static void test_matches_reference(void) {
+    static const int shapes[][3] = {{9, 3, 64}, {14, 2, 64}, {16, 8, 128}, {12, 2, 128}, {4, 4, 64},
+                                    {8, 1, 128}, {6, 2, 16}, {4, 2, 48}};
+    static const int tokens[] = {1, 3, 4, 8, 13};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (size_t t = 0; t < sizeof tokens / sizeof *tokens; t++)
+            for (int threads = 1; threads <= 8; threads *= 8) {  // 1: whole tokens where n >= 2; 8: by kv head below 16
+                int NH = shapes[s][0], KVH = shapes[s][1], HD = shapes[s][2], n = tokens[t];
+                double e = run_case(n, NH, KVH, HD, s % 2 ? 300 : 70, threads);
+                CHECK_MSG(e <= 1e-5, "NH %d KVH %d HD %d n %d threads %d: max rel err %.3g", NH, KVH, HD, n, threads, e);
+            }
+    omp_set_num_threads(omp_get_num_procs());
+}
+
+int main(void) {
+    RUN(test_matches_reference);
+    return TEST_SUMMARY();
+}
