@@ -3,7 +3,11 @@
 # SmolLM2-135M-shaped model (random weights, same threads), prefill of 128-token prompts
 # and 64 greedy decode steps at batch 1, 8 and 64, in one run on this machine: fp32 against
 # fp32, then our bf16 weights (rollout --matmul bf16) against transformers in bfloat16.
-# Prints tokens/s, the ratios, and KV-cache bytes per token.
+# Then sampled decode as GRPO rollouts run it (temperature 1, top-p 0.95, batch 8 as one
+# prompt's 8 samples): the engine (engine_bench) against generate(do_sample=True).
+# Prints tokens/s, the ratios, and KV-cache bytes per token. Our decode figure is the
+# median of GEN_REPEATS (5) repeats of the decode steps in one process (the machine is
+# shared); transformers' is one timed generate after a warm-up.
 set -u
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build/release}
@@ -12,6 +16,7 @@ CFG=tests/bench/configs/smollm2-135m.json
 P=${P:-128}
 D=${D:-64}
 THREADS=$(nproc)
+export GEN_REPEATS=${GEN_REPEATS:-5}
 echo "generate bench: SmolLM2-135M shape, prompts of $P tokens, $D decode steps, $THREADS threads"
 for mode in fp32 bf16; do
     for B in 1 8 64; do
@@ -28,3 +33,13 @@ for mode in fp32 bf16; do
             printf "ratio vs transformers, %s, batch %s: decode %.2fx, prefill %.2fx\n", mode, $4, d[1] / d[2], p[1] / p[2] }'
     done
 done
+
+# Sampled: B 8 = one prompt's 8 samples sharing its prefill, bf16 products on both sides.
+tp=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/engine_bench" "$CFG" 8 8 "$P" "$D" --matmul bf16 2>/dev/null) ||
+    { echo "engine_bench failed"; exit 1; }
+echo "$tp"
+if [ -x "$PY" ]; then
+    pt=$(SAMPLE=1 DTYPE=bfloat16 THREADS=$THREADS "$PY" tests/bench/torch_generate.py "$CFG" 8 "$P" "$D" 2>/dev/null) &&
+        echo "$pt" && echo "$tp $pt" | awk '{ for (i = 1; i < NF; i++) if ($i == "decode_tok/s") d[++nd] = $(i + 1)
+            printf "ratio vs transformers, bf16 sampled (T 1, top-p 0.95), batch 8: decode %.2fx\n", d[1] / d[2] }'
+fi
