@@ -67,15 +67,20 @@ VECTOR_CLONES static void one_group(float *out, const float *q, const float *k, 
 #define INLINE static inline __attribute__((always_inline))
 enum { BLOCK = 16, ROW_PREFETCH = 16 };  // rows: a block; how far ahead the cache is fetched
 
+// r[h][c] := x [HN][HD]'s row h, 16 floats at a time.
+INLINE AVX512 void load_heads(__m512 r[4][8], const float *x, int HN, int HD) {
+#pragma GCC unroll 4
+    for (int h = 0; h < HN; h++)
+#pragma GCC unroll 8
+        for (int c = 0; c < HD / 16; c++) r[h][c] = _mm512_loadu_ps(x + (size_t)h * HD + 16 * c);
+}
+
 // s[h][j] := scale * q[h] . k[j] for rows j0..j1 and HN heads (q [HN][HD], k rows `stride` apart).
 INLINE AVX512 void scores_hn(float *s, int len, const float *q, const float *k, int stride, int j0, int j1, int HN,
                              int HD, float scale) {
     const int C = HD / 16;
     __m512 qr[4][8];
-#pragma GCC unroll 4
-    for (int h = 0; h < HN; h++)
-#pragma GCC unroll 8
-        for (int c = 0; c < C; c++) qr[h][c] = _mm512_loadu_ps(q + (size_t)h * HD + 16 * c);
+    load_heads(qr, q, HN, HD);
     for (int j = j0; j < j1; j++) {
         const float *kj = k + (size_t)j * stride;
         __m512 kr[8];
@@ -96,10 +101,7 @@ INLINE AVX512 void values_hn(float *out, const float *p, int len, const float *v
                              int HD) {
     const int C = HD / 16;
     __m512 acc[4][8];
-#pragma GCC unroll 4
-    for (int h = 0; h < HN; h++)
-#pragma GCC unroll 8
-        for (int c = 0; c < C; c++) acc[h][c] = _mm512_loadu_ps(out + (size_t)h * HD + 16 * c);
+    load_heads(acc, out, HN, HD);
     for (int j = j0; j < j1; j++) {
         const float *vj = v + (size_t)j * stride;
         __m512 pr[4];
