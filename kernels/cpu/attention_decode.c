@@ -202,7 +202,7 @@ static void whole_token(float *out, const float *q, const float *k, const float 
     if (HD == 64) return heads_hd64(out, q, k, v, len, KVH * HD, KVH, G, scale, s);
     if (HD == 128) return heads_hd128(out, q, k, v, len, KVH * HD, KVH, G, scale, s);
 #endif
-    (void)out, (void)q, (void)k, (void)v, (void)len, (void)KVH, (void)G, (void)scale, (void)s;
+    (void)out, (void)q, (void)k, (void)v, (void)len, (void)KVH, (void)G, (void)HD, (void)scale, (void)s;
     abort();  // only called where the kernel exists
 }
 
