@@ -485,8 +485,10 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         }
         if (st->j->state >= 1) stream_news(st->j, &st->pending);
         if (st->pending.len > 0) break;
-        if (client_gone(st->c) || stopping) {  // the loop stops its samples and frees them
-            st->j->abandoned = true;
+        // The client left (or the server stops): MHD then calls completed(), which hands the
+        // job to the loop (abandoned). Not here too: the loop could free it before
+        // completed() reads it (a use after free ASan caught).
+        if (client_gone(st->c) || stopping) {
             pthread_mutex_unlock(&S.lock);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }

@@ -29,6 +29,13 @@ cp "$TMP/stdout" "$TMP/a.jsonl"
 # shellcheck disable=SC2086
 "$RO" -q $RUN -n 4 --temperature 0.9 --top-p 0.95 --seed 5 "$TMP/probs.jsonl" >"$TMP/b.jsonl"
 same same-command-same-output "$TMP/a.jsonl" "$TMP/b.jsonl"
+# Samples are drawn in parallel, each from its own generator: the thread count changes nothing.
+# shellcheck disable=SC2086
+OMP_NUM_THREADS=1 "$RO" -q $RUN -n 4 --temperature 0.9 --top-p 0.95 --seed 5 "$TMP/probs.jsonl" >"$TMP/t1.jsonl"
+# shellcheck disable=SC2086
+OMP_NUM_THREADS=3 "$RO" -q $RUN -n 4 --temperature 0.9 --top-p 0.95 --seed 5 "$TMP/probs.jsonl" >"$TMP/t3.jsonl"
+cmp -s "$TMP/a.jsonl" "$TMP/t1.jsonl" && cmp -s "$TMP/a.jsonl" "$TMP/t3.jsonl" && ok same-output-any-thread-count ||
+    not_ok same-output-any-thread-count
 # shellcheck disable=SC2086
 "$RO" -q $RUN -n 4 --temperature 0.9 --top-p 0.95 --seed 6 "$TMP/probs.jsonl" >"$TMP/c.jsonl"
 cmp -s "$TMP/a.jsonl" "$TMP/c.jsonl" && not_ok another-seed-other-samples || ok another-seed-other-samples
