@@ -9,10 +9,11 @@
 #include "error.h"
 #include "rng.h"
 
+// The first of the largest logits, NaN never (all NaN: 0).
 static int32_t argmax(const float *x, int V) {
     int32_t best = 0;
     for (int j = 1; j < V; j++)
-        if (x[j] > x[best]) best = j;
+        if (x[j] > x[best] || (x[best] != x[best] && x[j] == x[j])) best = j;
     return best;
 }
 
@@ -81,8 +82,7 @@ static int by_rank(const void *a, const void *b) {
 static void grow(tp_sample_scratch *sc, int V) {
     if (sc->cap >= V) return;
     sc->p = tp_xrealloc(sc->p, sizeof *sc->p * (size_t)V);
-    sc->vals = tp_xrealloc(sc->vals, sizeof(ranked) * (size_t)V);  // also the boundary bucket's (z, id) pairs
-    sc->idx = tp_xrealloc(sc->idx, sizeof *sc->idx * (size_t)V);
+    sc->vals = tp_xrealloc(sc->vals, sizeof(ranked) * (size_t)V);
     int blocks = (V + BLOCK - 1) / BLOCK;
     sc->mass = tp_xrealloc(sc->mass, sizeof *sc->mass * (size_t)(blocks > BUCKETS ? blocks : BUCKETS));
     sc->cap = V;
@@ -104,7 +104,7 @@ static void top_p_cut(keep_rule *r, const float *logits, const float *w, int V, 
     double target = top_p * total, cum = 0;
     int edge = 0;
     while (edge < BUCKETS - 1 && cum + bucket[edge] < target) cum += bucket[edge++];
-    ranked *in = (ranked *)sc->vals;  // the edge bucket's tokens, in rank order
+    ranked *in = sc->vals;  // the edge bucket's tokens, in rank order
     int n = 0;
     for (int j = 0; j < V; j++) {
         float z = scaled(logits, j, inv_t);
@@ -149,13 +149,16 @@ int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng
     float mx = max_of(w, V);
     int top = 0;
     while (top < V - 1 && w[top] != mx) top++;
-    if (mx == -INFINITY || mx == INFINITY) return top;  // nothing to draw from, or all mass on the first +inf
+    // Nothing to draw from, or all the mass on one token: a +inf logit, or a temperature so
+    // small that 1/T or z overflows (then it is the largest logit, as T -> 0 means).
+    if (mx == INFINITY || !isfinite(inv_t)) return argmax(logits, V);
+    if (mx == -INFINITY) return top;
     exp_shift_inplace(w, mx, V);                        // w_j = exp(z_j - mx): 1 for the best
     bool top_k = s->top_k > 0 && s->top_k < V, top_p = s->top_p < 1.0, min_p = s->min_p > 0;
     if (top_k || top_p || min_p) {
         keep_rule r = {.lo = mx - SPAN, .cut = -INFINITY, .cut_idx = V, .min_w = 0, .top = top};
         if (top_k) {
-            float *v = sc->vals;
+            float *v = (float *)sc->vals;
             int n = 0;
             for (int j = 0; j < V; j++) {
                 float z = scaled(logits, j, inv_t);
@@ -190,6 +193,6 @@ int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng
 }
 
 void tp_sample_scratch_free(tp_sample_scratch *sc) {
-    free(sc->p), free(sc->vals), free(sc->idx), free(sc->mass);
+    free(sc->p), free(sc->vals), free(sc->mass);
     *sc = (tp_sample_scratch){0};
 }

@@ -19,9 +19,8 @@ typedef struct tp_sampler {
 // Scratch for one row of V logits (reused across calls, grown as needed).
 typedef struct tp_sample_scratch {
     float *p;      // [V] exp(z - max z)
-    float *vals;   // [V] candidate logits (top-k's selection) or a top-p boundary bucket's
-    int32_t *idx;  // [V] a top-p boundary bucket's token ids
-    double *mass;  // [buckets] masses by block or by logit bucket
+    void *vals;    // 8 V bytes: top-k's candidate logits (float), or top-p's edge bucket ((logit, id) pairs)
+    double *mass;  // [max(blocks, buckets)] masses by block of tokens or by logit bucket
     int cap;
 } tp_sample_scratch;
 

@@ -852,6 +852,18 @@ int main(int argc, char **argv) {
     pthread_cond_broadcast(&S.progress);
     pthread_mutex_unlock(&S.lock);
     MHD_stop_daemon(d);
+    // Connections still open at the stop were abandoned by completed() with no loop left
+    // to free their jobs: free them here (out of the engine first: it frees what it holds).
+    for (int i = 0; i < S.n_running; i++) {
+        job *j = S.running[i];
+        if (j->req && j->state != 2) tp_engine_cancel(S.engine, j->req), tp_engine_remove(S.engine, j->req);
+        job_free(j);
+    }
+    while (S.queue_head) {
+        job *j = S.queue_head;
+        S.queue_head = j->next;
+        job_free(j);
+    }
     tp_engine_free(S.engine);
     tp_tokenizer_free(S.tok);
     tp_model_free(S.m);

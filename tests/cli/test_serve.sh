@@ -162,6 +162,23 @@ kill -TERM "$PID"
 wait "$PID"
 [ $? = 0 ] && ok sigterm-stops-cleanly || not_ok sigterm-stops-cleanly
 
+# Stopped with a stream in flight and a request queued behind it (one slot): both jobs are
+# freed (under SAN=1 LeakSanitizer fails the exit status otherwise) and the exit is clean.
+start busy --max-batch 1 --max-len 4096
+LONG='{"messages":[{"role":"user","content":"What is 1+2?"}],"max_tokens":100000,"stream":true,"temperature":1,"ignore_eos":true}'
+curl -sN -m 30 "$URL/v1/chat/completions" -d "$LONG" >/dev/null 2>&1 &
+C1=$!
+sleep 0.5
+curl -sN -m 30 "$URL/v1/chat/completions" -d "$LONG" >/dev/null 2>&1 &
+C2=$!
+sleep 0.5
+kill -TERM "$PID"
+wait "$PID"
+rc=$?
+wait "$C1" "$C2"
+[ $rc = 0 ] && ! grep -q "LeakSanitizer" "$TMP/busy.err" && ok sigterm-with-streams-in-flight ||
+    { not_ok sigterm-with-streams-in-flight; grep -A8 "ERROR" "$TMP/busy.err" >&2; }
+
 # IPv6 loopback, where the machine has it.
 start v6 --host ::1
 if [ -n "$URL" ]; then

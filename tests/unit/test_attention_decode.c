@@ -66,7 +66,7 @@ static double run_case(int n, int NH, int KVH, int HD, int max_len, int threads)
 
 static void test_matches_reference(void) {
     static const int shapes[][3] = {{9, 3, 64}, {14, 2, 64}, {16, 8, 128}, {12, 2, 128}, {4, 4, 64},
-                                    {8, 1, 128}, {6, 2, 16}, {4, 2, 48}};
+                                    {8, 1, 128}, {6, 2, 16}, {4, 2, 48}, {130, 2, 64}};  // the last: groups of 65
     static const int tokens[] = {1, 3, 4, 8, 13};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
         for (size_t t = 0; t < sizeof tokens / sizeof *tokens; t++)
@@ -78,7 +78,25 @@ static void test_matches_reference(void) {
     omp_set_num_threads(omp_get_num_procs());
 }
 
+// The two paths give the same bits: whole tokens (one thread, n >= 2) and a kv head at a
+// time (8 threads, n < 16) sum every head's scores and values in the same order.
+static void test_paths_agree(void) {
+    enum { n = 6, NH = 14, KVH = 2, HD = 64, ROWS = 90 };
+    static float k[n * ROWS * KVH * HD], v[n * ROWS * KVH * HD], q[n * NH * HD], one[n * NH * HD], many[n * NH * HD];
+    int32_t row0[n], len[n];
+    for (size_t i = 0; i < sizeof k / sizeof *k; i++) k[i] = frand(), v[i] = frand();
+    for (int i = 0; i < n * NH * HD; i++) q[i] = 2 * frand();
+    for (int i = 0; i < n; i++) row0[i] = i * ROWS, len[i] = 1 + (int)(test_rand() % (ROWS - 1));
+    omp_set_num_threads(1);
+    attention_decode(one, q, k, v, row0, len, n, NH, KVH, HD, 0.125f);
+    omp_set_num_threads(8);
+    attention_decode(many, q, k, v, row0, len, n, NH, KVH, HD, 0.125f);
+    omp_set_num_threads(omp_get_num_procs());
+    CHECK(!memcmp(one, many, sizeof one));
+}
+
 int main(void) {
     RUN(test_matches_reference);
+    RUN(test_paths_agree);
     return TEST_SUMMARY();
 }
