@@ -234,7 +234,7 @@ static void forward_tiles(float *out, const float *x, const uint16_t *w, const f
     {
         // Each thread deinterleaves all of x for itself: with one shared copy, half of it
         // crossed between the cores' caches, which cost more than the copy (64 rows: 30%).
-        float *xp = malloc(sizeof(float) * (size_t)N * (size_t)(ld ? ld : 32));
+        float *xp = aligned_alloc(64, sizeof(float) * (size_t)N * (size_t)(ld ? ld : 32));
         if (!xp) tp_die("linear_forward_w16: out of memory (%d x %d floats)", N, ld);
         for (int n = 0; n < N; n++) deinterleave_row(xp + (size_t)n * ld, x + (size_t)n * IC, IC, ld);
         bool primed = false;
