@@ -3,6 +3,7 @@
 //   make bench            (or: build/release/bench/bench_io [--runs N] [--mb N])
 //
 // Prints medians of several runs and ratios; a benchmark, never a test.
+#include "bench_median.h"
 #include "cli.h"
 #include "json.h"
 #include "jsonl.h"
@@ -25,16 +26,6 @@ static unsigned long long next_rand(void) {
     rng ^= rng >> 7;
     rng ^= rng << 17;
     return rng;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 // Token ids with a text-like (Zipf-ish) distribution, so zstd sees realistic redundancy.
@@ -118,12 +109,12 @@ static void bench_stream(const char *dir, int runs, size_t mib) {
                 pr[r] = time_shell(cmd);
             }
         }
-        peer_w[l] = pw[0] < 0 ? 0 : (double)bytes / median(pw, runs) / 1e9;
-        peer_r[l] = pr[0] < 0 ? 0 : (double)bytes / median(pr, runs) / 1e9;
+        peer_w[l] = pw[0] < 0 ? 0 : (double)bytes / bench_median(pw, runs) / 1e9;
+        peer_r[l] = pr[0] < 0 ? 0 : (double)bytes / bench_median(pr, runs) / 1e9;
         unlink(packed);
         printf("  %-6s write %6.2f GB/s (%.2fx %s)   read %6.2f GB/s (%.2fx %s)   %.2fx smaller\n",
-               levels[l] ? "zstd-3" : "plain", median(wr, runs), peer_w[l] > 0 ? median(wr, runs) / peer_w[l] : 0,
-               levels[l] ? "zstd -3 -T1" : "cat a>b", median(rd, runs), peer_r[l] > 0 ? median(rd, runs) / peer_r[l] : 0,
+               levels[l] ? "zstd-3" : "plain", bench_median(wr, runs), peer_w[l] > 0 ? bench_median(wr, runs) / peer_w[l] : 0,
+               levels[l] ? "zstd -3 -T1" : "cat a>b", bench_median(rd, runs), peer_r[l] > 0 ? bench_median(rd, runs) / peer_r[l] : 0,
                levels[l] ? "zstd -d" : "cat a>/dev/null", (double)bytes / (double)file_bytes);
     }
     char plain[600];
@@ -239,7 +230,7 @@ static void bench_jsonl(const char *dir, int runs, size_t mib) {
         parse[r] = time_ours(path, false);
         both[r] = time_ours(path, true);
     }
-    double tj = median(jq, runs), tp = median(parse, runs), tb = median(both, runs);
+    double tj = bench_median(jq, runs), tp = bench_median(parse, runs), tb = bench_median(both, runs);
     printf("  %-34s %7.1f MB/s   1.00x\n", "jq -c . (jq 1.6 CLI)", (double)bytes / tj / 1e6);
     printf("  %-34s %7.1f MB/s   %.2fx jq\n", "thinkpipe JSONL read (parse)", (double)bytes / tp / 1e6, tj / tp);
     printf("  %-34s %7.1f MB/s   %.2fx jq\n", "thinkpipe read + write (= jq -c .)", (double)bytes / tb / 1e6, tj / tb);

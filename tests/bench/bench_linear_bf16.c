@@ -12,6 +12,7 @@
 // GB/s of weights read, GFLOP/s (2·N·IC·OC), and fp32's time over w16's; then the sum
 // over one decode step's products. No bias: SmolLM2's projections have none.
 // A benchmark, never a test.
+#include "bench_median.h"
 #include "cpu/gemm.h"
 #include "cpu/linear_bf16.h"
 #include "ops.h"
@@ -39,11 +40,6 @@ static void fill(float *p, size_t n, float lo, float hi) {
         rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
         p[i] = lo + (hi - lo) * (float)((rng >> 11) * (1.0 / 9007199254740992.0));
     }
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 // `copies` copies of one matrix of `bytes`, side by side; calls take them in turn.
@@ -83,8 +79,7 @@ static double time_kernel(int k, struct copies *w, float *out, const float *x, i
         else linear_forward_w16(out, x, wp, NULL, N, IC, OC);
         if (r >= 0) t[r] = omp_get_wtime() - t0;
     }
-    qsort(t, (size_t)runs, sizeof(double), cmp_double);
-    return t[runs / 2];
+    return bench_median(t, runs);
 }
 
 int main(int argc, char **argv) {

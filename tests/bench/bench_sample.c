@@ -7,13 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "bench_median.h"
 #include "progress.h"
 #include "sample.h"
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(void) {
     static const int vocab[] = {49152, 151936};
@@ -37,8 +33,7 @@ int main(void) {
                 sum += tp_sample(&cases[c], logits, V, &rng, &sc);
                 t[r] = tp_now() - t0;
             }
-            qsort(t, RUNS, sizeof *t, cmp_double);
-            printf("sample V %6d %-18s %7.3f ms a row (checksum %ld)\n", V, names[c], t[RUNS / 2] * 1e3, sum % 1000);
+            printf("sample V %6d %-18s %7.3f ms a row (checksum %ld)\n", V, names[c], bench_median(t, RUNS) * 1e3, sum % 1000);
         }
         tp_sample_scratch_free(&sc);
         free(logits);

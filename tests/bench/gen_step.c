@@ -8,17 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_median.h"
 #include "generate.h"
 #include "input.h"
 #include "json.h"
 #include "model.h"
 #include "progress.h"
 #include "sample.h"
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv) {
     if (argc != 5 && !(argc == 6 && !strcmp(argv[5], "bf16"))) {
@@ -80,8 +76,7 @@ int main(int argc, char **argv) {
         }
         took[r] = tp_now() - t0;
     }
-    qsort(took, (size_t)repeats, sizeof *took, cmp_double);
-    double decode = took[repeats / 2];
+    double decode = bench_median(took, repeats);
     free(took), free(first);
     printf("thinkpipe gen%s batch %d prefill_tok/s %.1f decode_tok/s %.1f kv_bytes_per_token %zu\n", argc == 6 ? "-bf16" : "", B,
            B * P / prefill, (double)B * D / decode, tp_kv_bytes_per_token(m));

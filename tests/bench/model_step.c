@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_median.h"
 #include "backend.h"
 #include "cpu/gemm.h"
 #include "input.h"
@@ -14,11 +15,6 @@
 #include "model.h"
 #include "optim.h"
 #include "progress.h"
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv) {
     if (argc < 5) {
@@ -94,8 +90,7 @@ int main(int argc, char **argv) {
         }
         if (k >= 0) times[k] = tp_now() - t0;
     }
-    qsort(times, (size_t)steps, sizeof *times, cmp_double);
-    double med = times[steps / 2];
+    double med = bench_median(times, steps);
     // Model FLOPs per token, as tests/bench/torch_gpu_step.py counts them: 6 per matrix weight (the
     // embedding lookup excluded, the output head included) plus causal attention's 6·L·T·NH·HD.
     const tp_model_config *c = &m->cfg;
