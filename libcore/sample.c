@@ -88,18 +88,21 @@ static void grow(tp_sample_scratch *sc, int V) {
     sc->cap = V;
 }
 
+// The value bucket of a kept z (mx - SPAN <= z <= mx), the best first.
+static inline int bucket_of(float z, float mx) {
+    int b = (int)((mx - z) * (BUCKETS / SPAN));
+    return b < BUCKETS ? b : BUCKETS - 1;
+}
+
 // Top-p on the tokens r keeps: the smallest set, most likely first (ties by index), whose
 // mass reaches top_p of theirs; sets r's cut. w: the weights; mx: the largest z.
 static void top_p_cut(keep_rule *r, const float *logits, const float *w, int V, float inv_t, float mx, double top_p,
                       tp_sample_scratch *sc) {
     double *bucket = sc->mass, total = 0;
     memset(bucket, 0, sizeof *bucket * BUCKETS);
-    const float per_nat = BUCKETS / SPAN;
     for (int j = 0; j < V; j++) {
         float z = scaled(logits, j, inv_t);
-        if (!kept(r, z, w[j], j)) continue;
-        int b = (int)((mx - z) * per_nat);
-        bucket[b < BUCKETS ? b : BUCKETS - 1] += w[j], total += w[j];
+        if (kept(r, z, w[j], j)) bucket[bucket_of(z, mx)] += w[j], total += w[j];
     }
     double target = top_p * total, cum = 0;
     int edge = 0;
@@ -108,9 +111,7 @@ static void top_p_cut(keep_rule *r, const float *logits, const float *w, int V, 
     int n = 0;
     for (int j = 0; j < V; j++) {
         float z = scaled(logits, j, inv_t);
-        if (!kept(r, z, w[j], j)) continue;
-        int b = (int)((mx - z) * per_nat);
-        if ((b < BUCKETS ? b : BUCKETS - 1) == edge) in[n++] = (ranked){z, j};
+        if (kept(r, z, w[j], j) && bucket_of(z, mx) == edge) in[n++] = (ranked){z, j};
     }
     qsort(in, (size_t)n, sizeof *in, by_rank);
     for (int i = 0; i < n; i++) {
@@ -174,7 +175,8 @@ int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng
     // Block masses, the block the draw lands in, then the token in it (in index order).
     double *block = sc->mass, mass = 0;
     int blocks = (V + BLOCK - 1) / BLOCK;
-    for (int b = 0; b < blocks; b++) block[b] = block_sum(w, b * BLOCK, b + 1 < blocks ? (b + 1) * BLOCK : V), mass += block[b];
+    for (int b = 0; b < blocks; b++)
+        block[b] = block_sum(w, b * BLOCK, b + 1 < blocks ? (b + 1) * BLOCK : V), mass += block[b];
     double u = (double)(tp_splitmix64(rng) >> 11) * 0x1.0p-53 * mass, acc = 0;
     int last = top;
     for (int b = 0; b < blocks; b++) {
