@@ -44,6 +44,11 @@ void linear_forward(float *out, const float *x, const float *weight, const float
 // between them (the cuda one rounds x to bf16 once). No out[i] may alias x.
 void linear_forward_many(int count, float *const out[], const float *x, const float *const weight[],
                          const float *const bias[], const int OC[], int N, int IC);
+// The MLP's first half of a decode step: act [N, F] = silu(x · w_gate^T) * (x · w_up^T),
+// the same as linear_forward_many of the two then swiglu_forward. gate, up [N, F] are
+// scratch: a backend may leave the products there or never write them.
+void linear_swiglu_forward(float *act, float *gate, float *up, const float *x, const float *w_gate, const float *w_up,
+                           int N, int IC, int F);
 // dx [N, IC] += dout · W (skipped when dx is NULL); dW [OC, IC] += dout^T · x; dbias [OC] += sum_n dout (if non-NULL)
 void linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x, const float *weight,
                      int N, int IC, int OC);
@@ -55,6 +60,11 @@ void linear_backward(float *dx, float *dweight, float *dbias, const float *dout,
 //   x[n,h,i] = x1 cos a - x2 sin a;  x[n,h,i+HD/2] = x2 cos a + x1 sin a
 // x [N, H, HD] in place; pos [N].
 void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
+// A decode step's new keys and values: q [n, NH, HD] and k [n, KVH, HD] rotated in place
+// (rope_forward), then row kv_row[i] of k_cache := k row i, of v_cache := v row i
+// (scatter_rows, rows of KVH*HD floats).
+void rope_kv_cache_forward(float *q, float *k, const float *v, float *k_cache, float *v_cache, const int32_t *kv_row,
+                           const int32_t *pos, const float *inv_freq, int n, int NH, int KVH, int HD);
 // The inverse rotation (rotation by -a) applied to a gradient, in place: dx = R^T dout.
 void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
 

@@ -42,7 +42,9 @@ static const tp_backend CPU = {
     .linear_forward = linear_forward,
     .linear_forward_many = linear_forward_many,
     .linear_backward = linear_backward,
+    .linear_swiglu_forward = linear_swiglu_forward,
     .rope_forward = rope_forward,
+    .rope_kv_cache_forward = rope_kv_cache_forward,
     .rope_backward = rope_backward,
     .attention_forward = attention_forward,
     .attention_backward = attention_backward,
@@ -89,7 +91,9 @@ static const tp_backend CUDA = {
     .linear_forward = cuda_linear_forward,
     .linear_forward_many = cuda_linear_forward_many,
     .linear_backward = cuda_linear_backward,
+    .linear_swiglu_forward = cuda_linear_swiglu_forward,
     .rope_forward = cuda_rope_forward,
+    .rope_kv_cache_forward = cuda_rope_kv_cache_forward,
     .rope_backward = cuda_rope_backward,
     .attention_forward = cuda_attention_forward,
     .attention_backward = cuda_attention_backward,
@@ -147,6 +151,14 @@ static void p_linear_backward(float *dx, float *dw, float *db, const float *dout
 }
 static void p_rope_forward(float *x, const int32_t *pos, const float *f, int N, int H, int HD) {
     PROF("rope", cuda_rope_forward(x, pos, f, N, H, HD));
+}
+static void p_linear_swiglu_forward(float *act, float *g, float *u, const float *x, const float *wg, const float *wu,
+                                    int N, int IC, int F) {
+    PROF("linear_swiglu_forward", cuda_linear_swiglu_forward(act, g, u, x, wg, wu, N, IC, F));
+}
+static void p_rope_kv_cache_forward(float *q, float *k, const float *v, float *kc, float *vc, const int32_t *row,
+                                    const int32_t *pos, const float *f, int n, int NH, int KVH, int HD) {
+    PROF("rope_kv_cache", cuda_rope_kv_cache_forward(q, k, v, kc, vc, row, pos, f, n, NH, KVH, HD));
 }
 static void p_rope_backward(float *x, const int32_t *pos, const float *f, int N, int H, int HD) {
     PROF("rope", cuda_rope_backward(x, pos, f, N, H, HD));
@@ -222,7 +234,9 @@ static const tp_backend CUDA_PROFILED = {
     .linear_forward = p_linear_forward,
     .linear_forward_many = p_linear_forward_many,
     .linear_backward = p_linear_backward,
+    .linear_swiglu_forward = p_linear_swiglu_forward,
     .rope_forward = p_rope_forward,
+    .rope_kv_cache_forward = p_rope_kv_cache_forward,
     .rope_backward = p_rope_backward,
     .attention_forward = p_attention_forward,
     .attention_backward = p_attention_backward,

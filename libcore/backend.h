@@ -57,7 +57,12 @@ typedef struct tp_backend {
                                 const float *const bias[], const int OC[], int N, int IC);
     void (*linear_backward)(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
                             const float *weight, int N, int IC, int OC);
+    void (*linear_swiglu_forward)(float *act, float *gate, float *up, const float *x, const float *w_gate,
+                                  const float *w_up, int N, int IC, int F);
     void (*rope_forward)(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
+    void (*rope_kv_cache_forward)(float *q, float *k, const float *v, float *k_cache, float *v_cache,
+                                  const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n, int NH,
+                                  int KVH, int HD);
     void (*rope_backward)(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
     void (*attention_forward)(float *out, float *lse, const float *q, const float *k, const float *v,
                               const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);

@@ -287,14 +287,12 @@ static void layer(tp_generator *g, int l, int n) {
         be->rmsnorm_forward(g->q, g->qr, g->q_raw, w->q_norm, n * NH, HD, eps);
         be->rmsnorm_forward(g->kk, g->kr, g->k_raw, w->k_norm, n * KVH, HD, eps);
     }
-    be->rope_forward(g->q, pos, inv_freq, n, NH, HD);
-    be->rope_forward(g->kk, pos, inv_freq, n, KVH, HD);
-    // Into the cache, then every token attends to its slot's prefix. Whole prompts: the
-    // training forward's flash attention over packed rows; otherwise each token against
-    // its slot's cache.
+    // Rotated, into the cache, then every token attends to its slot's prefix. Whole
+    // prompts: the training forward's flash attention over packed rows; otherwise each
+    // token against its slot's cache.
     float *kc = layer_base(g, g->k, l), *vc = layer_base(g, g->v, l);
-    be->scatter_rows(kc, g->kk, ids(g, g->dev_ids, IDS_KVROW), n, KV);
-    be->scatter_rows(vc, g->vv, ids(g, g->dev_ids, IDS_KVROW), n, KV);
+    be->rope_kv_cache_forward(g->q, g->kk, g->vv, kc, vc, ids(g, g->dev_ids, IDS_KVROW), pos, inv_freq, n, NH, KVH,
+                              HD);
     float scale = 1.0f / sqrtf((float)HD);
     if (g->fresh)
         be->attention_forward(g->att, g->lse, g->q, g->kk, g->vv, ids(g, g->dev_ids, IDS_SEG), n, NH, KVH, HD, scale);
@@ -303,9 +301,13 @@ static void layer(tp_generator *g, int l, int n) {
                              NH, KVH, HD, scale);
     lin(g, g->mid, g->att, w->wo, h->wo, w->bo, n, Q, C);
     be->add_rmsnorm_forward(g->mid, g->ln, g->rstd, g->mid, g->x, w->ln2, n, C, eps);  // mid += x; ln = norm(mid)
-    lin_many(g, (float *[]){g->gate, g->up}, g->ln, (const float *[]){w->w_gate, w->w_up},
-         (const uint16_t *[]){h->gate, h->up}, (const float *[]){NULL, NULL}, (int[]){F, F}, 2, n, C);
-    be->swiglu_forward(g->act, g->gate, g->up, (long)n * F);
+    if (g->w16) {
+        lin_many(g, (float *[]){g->gate, g->up}, g->ln, (const float *[]){w->w_gate, w->w_up},
+                 (const uint16_t *[]){h->gate, h->up}, (const float *[]){NULL, NULL}, (int[]){F, F}, 2, n, C);
+        be->swiglu_forward(g->act, g->gate, g->up, (long)n * F);
+    } else {
+        be->linear_swiglu_forward(g->act, g->gate, g->up, g->ln, w->w_gate, w->w_up, n, C, F);
+    }
     lin(g, g->x, g->act, w->w_down, h->down, NULL, n, F, C);
     // x += mid, and the next layer's first norm in the same pass
     if (l + 1 < c->num_layers)

@@ -98,6 +98,12 @@ for spec in "1 1 --greedy" "64 8" "256 8"; do
             2>>"$log" | tail -n 1)
         row "  same without CUDA graphs" "$(field "$ng" tok/s) tok/s (steps alone $(field "$ng" decode_tok/s))"
     }
+    # the same without programmatic dependent launch (each kernel waits for the last to end)
+    [ "$1" = 1 ] && {
+        np=$(TP_CUDA_PDL=0 timeout 120 "$B/bench/engine_bench" "$cfg" "$1" "$2" 128 128 --device cuda ${3:-} \
+            2>>"$log" | tail -n 1)
+        row "  same without dependent launch" "$(field "$np" tok/s) tok/s (steps alone $(field "$np" decode_tok/s))"
+    }
 done
 # one after the other on the card: the same GPU, never both at once
 PYTHONUNBUFFERED=1 timeout 240 python3 tests/bench/torch_gpu_generate.py "$cfg" 1:1:128:128:greedy 64:8:128:128 \

@@ -47,3 +47,11 @@ void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, in
 void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD) {
     rotate(dx, pos, inv_freq, N, H, HD, -1.0f);
 }
+
+void rope_kv_cache_forward(float *q, float *k, const float *v, float *k_cache, float *v_cache, const int32_t *kv_row,
+                           const int32_t *pos, const float *inv_freq, int n, int NH, int KVH, int HD) {
+    rope_forward(q, pos, inv_freq, n, NH, HD);
+    rope_forward(k, pos, inv_freq, n, KVH, HD);
+    scatter_rows(k_cache, k, kv_row, n, KVH * HD);
+    scatter_rows(v_cache, v, kv_row, n, KVH * HD);
+}

@@ -39,9 +39,12 @@ static inline unsigned cuda_blocks(long n, int threads) { return (unsigned)((n +
 void *cuda_scratch(int slot, size_t bytes);
 enum {
     SCRATCH_EMBEDDING = 0, SCRATCH_COLSUM, SCRATCH_ATTENTION, SCRATCH_CE, SCRATCH_NORM, SCRATCH_BF16_A, SCRATCH_BF16_B,
-    SCRATCH_DECODE, SCRATCH_SAMPLE,
+    SCRATCH_DECODE, SCRATCH_DECODE_COUNT, SCRATCH_SAMPLE,
     SCRATCH_COUNT
 };
+
+// Drops the cached bf16 copies of weights in [p, p + bytes) (that memory is being freed).
+void cuda_bf16_forget(const void *p, size_t bytes);
 
 // Bumped whenever the weights were rewritten (cuda_weights_changed after an upload, AdamW):
 // caches derived from weights (their bf16 copies) compare it.
@@ -55,6 +58,44 @@ template <typename Kernel> void allow_smem(Kernel kernel, size_t bytes, bool *do
     if (*done) return;
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
     *done = true;
+}
+
+// Programmatic dependent launch (sm_90+): a kernel launched by cuda_launch_dependent may
+// start while the kernel before it in the stream is still running, once that one's blocks
+// have all called pdl_trigger (or exited). Until pdl_wait returns — the previous kernel
+// complete, its writes visible — it may only read what no earlier op writes (weights),
+// and every block of it must call pdl_wait before it reads anything else or writes at
+// all; then the chain stays ordered (each kernel's completion implies its predecessor's).
+// A decode step is a chain of ~200 small kernels, each waiting for DRAM from a cold start;
+// this way a product's weights stream into L2 while the kernel before it finishes.
+// TP_CUDA_PDL=0 launches them the ordinary way.
+bool cuda_pdl(void);
+
+__device__ __forceinline__ void pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// Brings a weight row of `bytes` into L2 (a lane of a warp: every 32nd 128-byte line).
+__device__ __forceinline__ void prefetch_l2(const void *row, size_t bytes, int lane) {
+    for (size_t off = (size_t)lane * 128; off < bytes; off += 32 * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"((const char *)row + off));
+}
+
+template <typename... Params, typename... Args>
+void cuda_launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = cuda_stream();
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr, cfg.numAttrs = cuda_pdl() ? 1 : 0;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -69,6 +69,11 @@ void cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                              const float *q, const float *k, const float *v, const int32_t *seg_start, int N,
                              int NH, int KVH, int HD, float scale);
 void cuda_swiglu_forward(float *out, const float *gate, const float *up, long n);
+void cuda_linear_swiglu_forward(float *act, float *gate, float *up, const float *x, const float *w_gate,
+                                const float *w_up, int N, int IC, int F);
+void cuda_rope_kv_cache_forward(float *q, float *k, const float *v, float *k_cache, float *v_cache,
+                                const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n, int NH,
+                                int KVH, int HD);
 void cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n);
 void cuda_add_inplace(float *x, const float *y, long n);
 void cuda_gather_rows(float *out, const float *x, const int32_t *idx, int n, int C);

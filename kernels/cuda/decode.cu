@@ -21,9 +21,11 @@
 // Key chunks (flash-decoding): with few (token, kv head) pairs the blocks would not fill
 // the GPU, so each sequence's keys are split into up to nsplit chunks (a multiple of 128
 // keys each, the size a function of len[i] and nsplit alone); every chunk's block
-// writes its partial (max, sum, acc) to scratch and a second kernel merges them in chunk
-// order. nsplit depends only on n, KVH, NH and the GPU, so the result is deterministic
-// for those (a token's result may differ in the last bits when n changes).
+// writes its partial (max, sum, acc) to scratch, and the last of a (token, head group)'s
+// chunk blocks to finish (an atomic counter per pair) merges them in chunk order — a
+// second merge kernel cost a launch and a round trip per layer (5 us of a 14 us
+// attention at batch 1). nsplit depends only on n, KVH, NH and the GPU, so the result
+// is deterministic for those (a token's result may differ in the last bits when n changes).
 #include "cuda/cuda_common.h"
 #include "cuda/cuda_ops.h"
 
@@ -40,6 +42,7 @@ constexpr int THREADS = WARPS * 32;
 constexpr int CHUNK_ALIGN = THREADS;   // keys per chunk come in multiples of one tile per warp
 constexpr int MAX_G = 8;               // query heads per block
 constexpr int MAX_SPLIT = 1024;
+constexpr int MAX_PAIRS = 4096;        // (token, head group) counters: split only below 4 blocks an SM
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
 // Keys per chunk of a sequence of len keys split nsplit ways (a multiple of CHUNK_ALIGN).
@@ -111,17 +114,51 @@ template <int HD, int G> struct Smem {
     static constexpr int TOTAL = UNION + WARPS * G * 2;
 };
 
+// The chunk blocks of (token i, heads h0 .. h0+nh-1) have written their partials; the
+// block that arrives last (of nc, the chunks holding keys) merges them in chunk order into
+// out and resets the counter for the next launch. The fences order each block's partials
+// before its arrival and the merger's reads (L2, past L1) after every arrival.
+__device__ void merge_if_last(float *__restrict__ out, const float *part_acc, const float *part_ml,
+                              int *__restrict__ arrived, int i, int h0, int nh, int NH, int HD, int nsplit, int nc,
+                              int pair) {
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(&arrived[pair], 1) == nc - 1;
+        if (last) arrived[pair] = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int x = threadIdx.x; x < nh * HD; x += THREADS) {
+        const int h = x / HD, d = x % HD;
+        const size_t row = (size_t)i * NH + h0 + h;
+        const float *ml = part_ml + row * nsplit * 2, *acc = part_acc + row * nsplit * HD;
+        float M = -INFINITY, L = 0, A = 0;
+        for (int c = 0; c < nc; c++) M = fmaxf(M, __ldcg(ml + c * 2));
+        for (int c = 0; c < nc; c++) {
+            const float f = expf(__ldcg(ml + c * 2) - M);
+            L += __ldcg(ml + c * 2 + 1) * f;
+            A += __ldcg(acc + (size_t)c * HD + d) * f;
+        }
+        out[row * HD + d] = A / L;
+    }
+}
+
 // grid (n, KVH * HG, nsplit), THREADS threads. Block (i, y, c): kv head y / HG, query
 // heads kvh*group + (y % HG)*8 .. + nh - 1 (nh <= G), keys of chunk c of token i.
 // nsplit == 1: writes out [n, NH, HD]. Otherwise writes part_acc [n, NH, nsplit, HD]
 // (unnormalized, relative to the chunk's max) and part_ml [n, NH, nsplit, 2] (max, sum)
-// for the chunks that hold keys.
+// for the chunks that hold keys, and the last chunk block of the pair merges them into
+// out; arrived [n * KVH * HG] counts the pair's blocks (zero before, zero again after).
 // Minimum 1 block per SM, said explicitly: ptxas then keeps more of a tile's loads in
 // flight (HD 64, G 8: 246 registers, not 182), which was 1.2x faster on an H200 than the
 // extra resident blocks the default allows.
 template <int HD, int G>
 __global__ void __launch_bounds__(THREADS, 1) decode_kernel(float *__restrict__ out, float *__restrict__ part_acc,
-                                                         float *__restrict__ part_ml, const float *__restrict__ q,
+                                                         float *__restrict__ part_ml, int *__restrict__ arrived,
+                                                         const float *__restrict__ q,
                                                          const float *__restrict__ k, const float *__restrict__ v,
                                                          const int32_t *__restrict__ row0,
                                                          const int32_t *__restrict__ len, int NH, int KVH, int HG,
@@ -131,6 +168,8 @@ __global__ void __launch_bounds__(THREADS, 1) decode_kernel(float *__restrict__ 
     const int i = blockIdx.x, kvh = blockIdx.y / HG, hg = blockIdx.y % HG, c = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int group = NH / KVH, h0 = kvh * group + hg * MAX_G, nh = min(MAX_G, group - hg * MAX_G);
+    pdl_trigger();
+    pdl_wait();
     const int n_len = len[i], chunk = chunk_keys(n_len, nsplit);
     const int begin = c * chunk, end = min(n_len, begin + chunk);
     const size_t kv_stride = (size_t)KVH * HD;
@@ -138,7 +177,7 @@ __global__ void __launch_bounds__(THREADS, 1) decode_kernel(float *__restrict__ 
     const float *vbase = v + (size_t)row0[i] * kv_stride + (size_t)kvh * HD;
 
     if (begin >= end) {  // a chunk past this token's keys: nothing to merge (whole block returns)
-        if (nsplit == 1)  // len <= 0: the CPU twin writes zeros
+        if (c == 0)  // len <= 0: the CPU twin writes zeros
             for (int x = threadIdx.x; x < nh * HD; x += THREADS) out[((size_t)i * NH + h0) * HD + x] = 0;
         return;
     }
@@ -250,28 +289,8 @@ __global__ void __launch_bounds__(THREADS, 1) decode_kernel(float *__restrict__ 
             if (d == 0) part_ml[(row * nsplit + c) * 2] = M, part_ml[(row * nsplit + c) * 2 + 1] = L;
         }
     }
-}
-
-// One warp per (token, query head): merges the chunks that hold keys, in chunk order.
-// grid ceil(n*NH / WARPS), THREADS threads.
-__global__ void decode_merge_kernel(float *__restrict__ out, const float *__restrict__ part_acc,
-                                    const float *__restrict__ part_ml, const int32_t *__restrict__ len, int n, int NH,
-                                    int HD, int nsplit) {
-    const long row = (long)blockIdx.x * WARPS + threadIdx.x / 32;  // (token, query head)
-    const int lane = threadIdx.x % 32;
-    if (row >= (long)n * NH) return;
-    const int n_len = len[row / NH];
-    const int nc = n_len > 0 ? (n_len + chunk_keys(n_len, nsplit) - 1) / chunk_keys(n_len, nsplit) : 0;
-    const float *ml = part_ml + (size_t)row * nsplit * 2;
-    const float *acc = part_acc + (size_t)row * nsplit * HD;
-    float M = -INFINITY, L = 0;
-    for (int c = 0; c < nc; c++) M = fmaxf(M, ml[c * 2]);
-    for (int c = 0; c < nc; c++) L += ml[c * 2 + 1] * expf(ml[c * 2] - M);
-    for (int d = lane; d < HD; d += 32) {
-        float A = 0;
-        for (int c = 0; c < nc; c++) A += acc[(size_t)c * HD + d] * expf(ml[c * 2] - M);
-        out[(size_t)row * HD + d] = nc ? A / L : 0.0f;
-    }
+    if (nsplit > 1) merge_if_last(out, part_acc, part_ml, arrived, i, h0, nh, NH, HD, nsplit, (n_len + chunk - 1) / chunk,
+                                  i * gridDim.y + blockIdx.y);
 }
 
 // Chunks per sequence: enough blocks for BLOCKS_PER_SM per SM (at 200-250 registers a
@@ -291,27 +310,39 @@ int pick_split(int n, int KVH, int HG) {
     return (int)(s < MAX_SPLIT ? s : MAX_SPLIT);
 }
 
+// The merge counters: MAX_PAIRS ints, zeroed once when first allocated (each merge leaves
+// its counter at zero again). Only split launches use them, and those have fewer than
+// BLOCKS_PER_SM blocks an SM of pairs.
+int *arrival_counters(long pairs) {
+    static int *zeroed;
+    if (pairs > MAX_PAIRS) {
+        cuda_note_message("attention_decode: too many (token, head group) pairs to split", __FILE__, __LINE__);
+        return NULL;
+    }
+    int *p = (int *)cuda_scratch(SCRATCH_DECODE_COUNT, MAX_PAIRS * sizeof(int));
+    if (p && p != zeroed) {
+        CUDA_CHECK(cudaMemsetAsync(p, 0, MAX_PAIRS * sizeof(int), cuda_stream()));
+        zeroed = p;
+    }
+    return p;
+}
+
 template <int HD, int G>
 void launch_decode(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
                    const int32_t *len, int n, int NH, int KVH, float scale) {
     const int group = NH / KVH, HG = (group + MAX_G - 1) / MAX_G;
     const int nsplit = pick_split(n, KVH, HG);
     float *part_acc = NULL, *part_ml = NULL;
+    int *arrived = NULL;
     if (nsplit > 1) {
         size_t rows = (size_t)n * NH * nsplit;
         part_acc = (float *)cuda_scratch(SCRATCH_DECODE, sizeof(float) * rows * (HD + 2));
-        if (!part_acc) return;
+        if (!part_acc || !(arrived = arrival_counters((long)n * KVH * HG))) return;
         part_ml = part_acc + rows * HD;
     }
     dim3 grid((unsigned)n, (unsigned)(KVH * HG), (unsigned)nsplit);
-    decode_kernel<HD, G><<<grid, THREADS, 0, cuda_stream()>>>(out, part_acc, part_ml, q, k, v, row0, len, NH, KVH,
-                                                             HG, nsplit, scale);
-    CUDA_LAUNCH_CHECK();
-    if (nsplit > 1) {
-        decode_merge_kernel<<<cuda_blocks((long)n * NH, WARPS), THREADS, 0, cuda_stream()>>>(out, part_acc, part_ml,
-                                                                                            len, n, NH, HD, nsplit);
-        CUDA_LAUNCH_CHECK();
-    }
+    cuda_launch_dependent(decode_kernel<HD, G>, grid, dim3(THREADS), 0, out, part_acc, part_ml, arrived, q, k, v, row0,
+                          len, NH, KVH, HG, nsplit, scale);
 }
 
 // G: the query heads per block rounded up to 1, 2, 4 or 8 (the extra heads compute on
@@ -392,7 +423,46 @@ __global__ void scatter_rows_kernel(float *__restrict__ dst, const float *__rest
     }
 }
 
+// ---- rope_kv_cache: a decode step's q and k rotated, k and v into the cache, one launch ----
+// Block i is token i; its threads take the (head, frequency) pairs of q, then of k, then
+// the floats of v. rope_kernel's arithmetic (angle pos · inv_freq in fp32, sign +1).
+__global__ void rope_kv_cache_kernel(float *__restrict__ q, float *__restrict__ k, const float *__restrict__ v,
+                                     float *__restrict__ kc, float *__restrict__ vc, const int32_t *__restrict__ kv_row,
+                                     const int32_t *__restrict__ pos, const float *__restrict__ inv_freq, int NH,
+                                     int KVH, int HD) {
+    const int i = blockIdx.x, half = HD / 2, nq = NH * half, nk = KVH * half, nv = KVH * HD;
+    pdl_trigger();
+    pdl_wait();
+    const float p = (float)pos[i];
+    float *kcr = kc + (size_t)kv_row[i] * nv, *vcr = vc + (size_t)kv_row[i] * nv;
+    for (int t = threadIdx.x; t < nq + nk + nv; t += blockDim.x) {
+        if (t < nq + nk) {
+            const bool is_q = t < nq;
+            const int u = is_q ? t : t - nq, h = u / half, f = u % half;
+            float *x = (is_q ? q + (size_t)i * NH * HD : k + (size_t)i * nv) + h * HD + f;
+            float a = p * inv_freq[f];
+            float cs = cosf(a), sn = 1.0f * sinf(a);
+            float a1 = x[0], a2 = x[half];
+            float r1 = a1 * cs - a2 * sn, r2 = a2 * cs + a1 * sn;
+            x[0] = r1, x[half] = r2;
+            if (!is_q) kcr[h * HD + f] = r1, kcr[h * HD + f + half] = r2;
+        } else {
+            const int u = t - nq - nk;
+            vcr[u] = v[(size_t)i * nv + u];
+        }
+    }
+}
+
 }  // namespace
+
+extern "C" void cuda_rope_kv_cache_forward(float *q, float *k, const float *v, float *k_cache, float *v_cache,
+                                           const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n,
+                                           int NH, int KVH, int HD) {
+    if (n <= 0) return;
+    int work = (NH + KVH) * (HD / 2) + KVH * HD, threads = work >= 256 ? 256 : (work + 31) / 32 * 32;
+    cuda_launch_dependent(rope_kv_cache_kernel, dim3(n), dim3(threads), 0, q, k, v, k_cache, v_cache, kv_row, pos,
+                          inv_freq, NH, KVH, HD);
+}
 
 extern "C" void cuda_scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int C) {
     if (n <= 0 || C <= 0) return;

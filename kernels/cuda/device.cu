@@ -21,6 +21,19 @@ cudaStream_t cuda_stream(void) {
     return stream;
 }
 
+bool cuda_pdl(void) {
+    static int on = -1;
+    if (on < 0) {
+        int dev = 0, major = 0;
+        const char *env = getenv("TP_CUDA_PDL");
+        on = cudaGetDevice(&dev) == cudaSuccess &&
+             cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 &&
+             !(env && !strcmp(env, "0"));
+        cudaGetLastError();
+    }
+    return on;
+}
+
 extern "C" void cuda_weights_changed(void) { cuda_weights_version++, cuda_graph_epoch_now++; }
 
 void cuda_note_message(const char *msg, const char *file, int line) {
@@ -55,17 +68,43 @@ extern "C" int cuda_device_describe(char *buf, int cap) {
     return 0;
 }
 
+// Live allocations and their sizes: freeing one must drop what was derived from the
+// weights inside it (their cached bf16 copies are keyed by address, and the next
+// allocation may well get the same address).
+static struct allocation {
+    void *p;
+    size_t bytes;
+} *live;
+static size_t n_live, cap_live;
+
 extern "C" void *cuda_alloc(size_t bytes) {
     void *p = NULL;
     if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
         cudaGetLastError();  // an out-of-memory answer is the caller's to report, with sizes
         return NULL;
     }
+    if (n_live == cap_live) {
+        size_t cap = cap_live ? 2 * cap_live : 256;
+        struct allocation *grown = (struct allocation *)realloc(live, cap * sizeof *live);
+        if (!grown) {
+            CUDA_CHECK(cudaFree(p));
+            return NULL;
+        }
+        live = grown, cap_live = cap;
+    }
+    live[n_live++] = {p, bytes};
     return p;
 }
 
 extern "C" void cuda_free(void *p) {
-    if (p) CUDA_CHECK(cudaFree(p));
+    if (!p) return;
+    for (size_t i = 0; i < n_live; i++)
+        if (live[i].p == p) {
+            cuda_bf16_forget(p, live[i].bytes);
+            live[i] = live[--n_live];
+            break;
+        }
+    CUDA_CHECK(cudaFree(p));
 }
 
 extern "C" void cuda_memzero(void *p, size_t bytes) {

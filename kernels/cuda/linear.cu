@@ -82,10 +82,13 @@ static struct cached {
 static int n_cached;
 
 static const __nv_bfloat16 *weight_bf16(const float *w, size_t n) {
-    struct cached *c = NULL;
-    for (int i = 0; i < n_cached && !c; i++)
+    struct cached *c = NULL, *unused = NULL;
+    for (int i = 0; i < n_cached && !c; i++) {
         if (cache[i].src == w) c = &cache[i];
-    if (!c && n_cached < MAX_CACHED) c = &cache[n_cached++], c->src = w, c->n = 0, c->bf = NULL, c->version = 0;
+        if (!cache[i].src && !unused) unused = &cache[i];
+    }
+    if (!c && !unused && n_cached < MAX_CACHED) unused = &cache[n_cached++];
+    if (!c && unused) c = unused, c->src = w, c->n = 0, c->bf = NULL, c->version = 0;
     if (!c) return NULL;
     if (c->n != n) {
         cuda_free(c->bf);
@@ -100,6 +103,17 @@ static const __nv_bfloat16 *weight_bf16(const float *w, size_t n) {
         c->version = cuda_weights_version;
     }
     return c->bf;
+}
+
+void cuda_bf16_forget(const void *p, size_t bytes) {
+    const char *lo = (const char *)p, *hi = lo + bytes;
+    for (int i = 0; i < n_cached; i++) {
+        const char *src = (const char *)cache[i].src;
+        if (!src || src < lo || src >= hi) continue;
+        cuda_free(cache[i].bf);
+        cache[i].src = NULL, cache[i].bf = NULL, cache[i].n = 0;
+        cuda_graph_epoch_now++;  // graphs that read the copy are stale
+    }
 }
 
 // The bf16 operand last converted into scratch B, still valid for the next product that
@@ -162,20 +176,41 @@ __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
 // loads while the N rows of x (fp32, not rounded: at least as accurate as the GEMM path)
 // stay in L1/L2; lane partial sums go through the same shuffle tree for every output, so
 // results are deterministic and a row's output does not depend on the batch around it.
-enum { GEMV_WARPS = 8, GEMV_MAX_N = 8 };
+// At batch 1 a decode step is a chain of small kernels, each costing its launch and one
+// DRAM round trip more than its bytes, so one launch serves several products of the same
+// x (q, k and v: up to GEMV_MAX_SEGS segments, a block belongs to one of them) and the
+// gate and up products are taken together with SwiGLU applied on the way out (PAIR).
+// Long rows (IC >= GEMV_SPLIT_IC: the down product) are split over the 4 warps of a block
+// (KS = 4), so a row is one round of loads rather than five; the warps' sums are added in
+// warp order. KS depends on IC alone, so an output's bits never depend on N or on the
+// products launched with it.
+enum { GEMV_WARPS = 4, GEMV_MAX_N = 8, GEMV_MAX_SEGS = 3, GEMV_SPLIT_IC = 2048 };
 
+struct gemv_seg {
+    const __nv_bfloat16 *w, *w2;  // [OC, IC]; w2: the up weights of a PAIR launch
+    const float *bias;            // [OC] or NULL (not with PAIR)
+    float *out;                   // [N, OC]
+    int OC, block0;               // the segment's blocks start at block0
+};
+struct gemv_segs {
+    gemv_seg s[GEMV_MAX_SEGS];
+    int count;
+};
+
+static int gemv_ks(int IC) { return IC >= GEMV_SPLIT_IC ? GEMV_WARPS : 1; }
+static int gemv_blocks(int OC, int IC) { return gemv_ks(IC) > 1 ? OC : (int)cuda_blocks(OC, GEMV_WARPS); }
+
+// acc[n] = x[n] · w_row for the NN rows of x, summed over the 32 lanes; this thread takes
+// the 8-weight chunks first, first + stride, ...
 template <int NN>
-__global__ void gemv_bf16_kernel(float *__restrict__ out, const float *__restrict__ x,
-                                 const __nv_bfloat16 *__restrict__ w, const float *__restrict__ bias, int IC, int OC) {
-    const int o = blockIdx.x * GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (o >= OC) return;
-    const uint4 *wr = reinterpret_cast<const uint4 *>(w + (size_t)o * IC);
-    float acc[NN];
+__device__ __forceinline__ void gemv_row(float (&acc)[NN], const __nv_bfloat16 *__restrict__ wrow,
+                                         const float *__restrict__ x, int IC, int first, int stride) {
+    const uint4 *wr = reinterpret_cast<const uint4 *>(wrow);
+    const int chunks = IC / 8;  // 8 weights a 16-byte load
 #pragma unroll
     for (int n = 0; n < NN; n++) acc[n] = 0.f;
-    const int chunks = IC / 8;  // 8 weights a 16-byte load
 #pragma unroll 4
-    for (int c = lane; c < chunks; c += 32) {
+    for (int c = first; c < chunks; c += stride) {
         uint4 raw = __ldg(wr + c);
         const __nv_bfloat162 *pair = reinterpret_cast<const __nv_bfloat162 *>(&raw);
         float2 w01 = __bfloat1622float2(pair[0]), w23 = __bfloat1622float2(pair[1]);
@@ -192,33 +227,115 @@ __global__ void gemv_bf16_kernel(float *__restrict__ out, const float *__restric
     }
 #pragma unroll
     for (int n = 0; n < NN; n++) acc[n] = warp_sum(acc[n]);
-    if (lane == 0)
-#pragma unroll
-        for (int n = 0; n < NN; n++) out[(size_t)n * OC + o] = bias ? acc[n] + bias[o] : acc[n];
 }
 
-template <int NN>
-static void launch_gemv(float *out, const float *x, const __nv_bfloat16 *w, const float *bias, int IC, int OC) {
-    gemv_bf16_kernel<NN><<<cuda_blocks(OC, GEMV_WARPS), GEMV_WARPS * 32, 0, cuda_stream()>>>(out, x, w, bias, IC, OC);
-    CUDA_LAUNCH_CHECK();
+// With KS warps on one output: the warps' sums (lane 0 of each holds one) added in warp
+// order into thread 0's acc.
+template <int NN, int KS> __device__ __forceinline__ void gemv_combine(float (&acc)[NN]) {
+    if (KS == 1) return;
+    __shared__ float part[KS][NN];
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0)
+#pragma unroll
+        for (int n = 0; n < NN; n++) part[warp][n] = acc[n];
+    __syncthreads();
+    if (threadIdx.x == 0)
+#pragma unroll
+        for (int n = 0; n < NN; n++) {
+            float s = part[0][n];
+#pragma unroll
+            for (int w = 1; w < KS; w++) s += part[w][n];
+            acc[n] = s;
+        }
+    __syncthreads();  // part is reused by a PAIR's second product
+}
+
+template <int NN, bool PAIR, int KS>
+__global__ void gemv_bf16_kernel(const gemv_segs segs, const float *__restrict__ x, int IC) {
+    // the block's segment, its fields picked without indexing the parameter array
+    gemv_seg g = segs.s[0];
+#pragma unroll
+    for (int i = 1; i < GEMV_MAX_SEGS; i++)
+        if (i < segs.count && (int)blockIdx.x >= segs.s[i].block0) g = segs.s[i];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    // KS 1: a warp an output; KS > 1: the block's warps on one output (o is the block's)
+    const int o = KS == 1 ? ((int)blockIdx.x - g.block0) * GEMV_WARPS + warp : (int)blockIdx.x - g.block0;
+    const int first = KS == 1 ? lane : threadIdx.x, stride = 32 * KS;
+    pdl_trigger();
+    if (o < g.OC) {  // the weights do not depend on the kernel before: on their way while it ends
+        const size_t bytes = (size_t)IC * sizeof(__nv_bfloat16) / KS, off = (KS == 1 ? 0 : warp) * bytes;
+        prefetch_l2(reinterpret_cast<const char *>(g.w + (size_t)o * IC) + off, bytes, lane);
+        if (PAIR) prefetch_l2(reinterpret_cast<const char *>(g.w2 + (size_t)o * IC) + off, bytes, lane);
+    }
+    pdl_wait();
+    if (o >= g.OC) return;  // with KS > 1 the whole block
+    float acc[NN];
+    gemv_row<NN>(acc, g.w + (size_t)o * IC, x, IC, first, stride);
+    gemv_combine<NN, KS>(acc);
+    if (PAIR) {
+        float up[NN];
+        gemv_row<NN>(up, g.w2 + (size_t)o * IC, x, IC, first, stride);
+        gemv_combine<NN, KS>(up);
+        if (first == 0)
+#pragma unroll
+            for (int n = 0; n < NN; n++) {
+                float gt = acc[n];  // swiglu_forward_kernel's arithmetic: the same bits as the three ops
+                g.out[(size_t)n * g.OC + o] = gt * (1.0f / (1.0f + expf(-gt))) * up[n];
+            }
+        return;
+    }
+    if (first == 0)
+#pragma unroll
+        for (int n = 0; n < NN; n++) g.out[(size_t)n * g.OC + o] = g.bias ? acc[n] + g.bias[o] : acc[n];
+}
+
+template <int NN, bool PAIR>
+static void launch_gemv_n(const gemv_segs &segs, int blocks, const float *x, int IC) {
+    dim3 grid(blocks), block(GEMV_WARPS * 32);
+    if (gemv_ks(IC) > 1) cuda_launch_dependent(gemv_bf16_kernel<NN, PAIR, GEMV_WARPS>, grid, block, 0, segs, x, IC);
+    else cuda_launch_dependent(gemv_bf16_kernel<NN, PAIR, 1>, grid, block, 0, segs, x, IC);
+}
+
+template <bool PAIR>
+static void launch_gemv(const gemv_segs &segs, int blocks, const float *x, int N, int IC) {
+    switch (N) {
+    case 1: launch_gemv_n<1, PAIR>(segs, blocks, x, IC); break;
+    case 2: launch_gemv_n<2, PAIR>(segs, blocks, x, IC); break;
+    case 3: launch_gemv_n<3, PAIR>(segs, blocks, x, IC); break;
+    case 4: launch_gemv_n<4, PAIR>(segs, blocks, x, IC); break;
+    case 5: launch_gemv_n<5, PAIR>(segs, blocks, x, IC); break;
+    case 6: launch_gemv_n<6, PAIR>(segs, blocks, x, IC); break;
+    case 7: launch_gemv_n<7, PAIR>(segs, blocks, x, IC); break;
+    default: launch_gemv_n<8, PAIR>(segs, blocks, x, IC); break;
+    }
+}
+
+static bool gemv_applies(const float *x, int N, int IC) {
+    return compute == CUBLAS_COMPUTE_32F_FAST_16BF && N >= 1 && N <= GEMV_MAX_N && IC % 8 == 0 &&
+           ((uintptr_t)x & 15) == 0;
+}
+
+// count products of x in one launch (bias[i] may be NULL); false when the few-rows path
+// does not apply (then nothing was launched).
+static bool gemv_forward_many(int count, float *const out[], const float *x, const float *const weight[],
+                              const float *const bias[], const int OC[], int N, int IC) {
+    if (count < 1 || count > GEMV_MAX_SEGS || !gemv_applies(x, N, IC)) return false;
+    gemv_segs segs = {};
+    int blocks = 0;
+    for (int i = 0; i < count; i++) {
+        const __nv_bfloat16 *w = weight_bf16(weight[i], (size_t)OC[i] * IC);
+        if (!w) return false;
+        segs.s[i] = gemv_seg{w, NULL, bias[i], out[i], OC[i], blocks};
+        blocks += gemv_blocks(OC[i], IC);
+    }
+    segs.count = count;
+    if (blocks > 0) launch_gemv<false>(segs, blocks, x, N, IC);
+    return true;
 }
 
 // The few-rows path when it applies (bf16 products, aligned rows); false: use the GEMM.
 static bool gemv_forward(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC) {
-    if (compute != CUBLAS_COMPUTE_32F_FAST_16BF || N > GEMV_MAX_N || IC % 8 || ((uintptr_t)x & 15)) return false;
-    const __nv_bfloat16 *w = weight_bf16(weight, (size_t)OC * IC);
-    if (!w) return false;
-    switch (N) {
-    case 1: launch_gemv<1>(out, x, w, bias, IC, OC); break;
-    case 2: launch_gemv<2>(out, x, w, bias, IC, OC); break;
-    case 3: launch_gemv<3>(out, x, w, bias, IC, OC); break;
-    case 4: launch_gemv<4>(out, x, w, bias, IC, OC); break;
-    case 5: launch_gemv<5>(out, x, w, bias, IC, OC); break;
-    case 6: launch_gemv<6>(out, x, w, bias, IC, OC); break;
-    case 7: launch_gemv<7>(out, x, w, bias, IC, OC); break;
-    default: launch_gemv<8>(out, x, w, bias, IC, OC); break;
-    }
-    return true;
+    return gemv_forward_many(1, &out, x, &weight, &bias, &OC, N, IC);
 }
 
 // One product; reuse_x: x's bf16 copy from the previous product is still in scratch B.
@@ -241,10 +358,30 @@ extern "C" void cuda_linear_forward(float *out, const float *x, const float *wei
 
 extern "C" void cuda_linear_forward_many(int count, float *const out[], const float *x, const float *const weight[],
                                          const float *const bias[], const int OC[], int N, int IC) {
+    if (N <= 0 || gemv_forward_many(count, out, x, weight, bias, OC, N, IC)) return;
     // x is B of every product and nothing writes it in between: one bf16 copy serves all
     bool converted = false;
-    for (int i = 0; i < count && N > 0; i++)
-        converted = forward_one(out[i], x, weight[i], bias[i], N, IC, OC[i], converted);
+    for (int i = 0; i < count; i++) converted = forward_one(out[i], x, weight[i], bias[i], N, IC, OC[i], converted);
+}
+
+extern "C" void cuda_linear_swiglu_forward(float *act, float *gate, float *up, const float *x, const float *w_gate,
+                                           const float *w_up, int N, int IC, int F) {
+    if (N <= 0) return;
+    if (gemv_applies(x, N, IC)) {
+        const __nv_bfloat16 *wg = weight_bf16(w_gate, (size_t)F * IC), *wu = weight_bf16(w_up, (size_t)F * IC);
+        if (wg && wu) {
+            gemv_segs segs = {};
+            segs.s[0] = gemv_seg{wg, wu, NULL, act, F, 0};
+            segs.count = 1;
+            launch_gemv<true>(segs, gemv_blocks(F, IC), x, N, IC);
+            return;
+        }
+    }
+    float *const outs[2] = {gate, up};
+    const float *const ws[2] = {w_gate, w_up}, *const bs[2] = {NULL, NULL};
+    const int ocs[2] = {F, F};
+    cuda_linear_forward_many(2, outs, x, ws, bs, ocs, N, IC);
+    cuda_swiglu_forward(act, gate, up, (long)N * F);
 }
 
 extern "C" void cuda_linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x,

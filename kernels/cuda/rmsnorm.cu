@@ -4,8 +4,61 @@
 #include "cuda/cuda_ops.h"
 #include "cuda/reduce.h"
 
-// One warp per row: rows are at most a few thousand channels, so a warp's 32 lanes
-// stride the row and a shuffle tree finishes the sum.
+// One block per row, the row in registers: each thread loads K float4s (all its loads in
+// flight at once), the sum of squares goes through a fixed tree (lanes by shuffles, then
+// the warps' sums in warp order), and the row is scaled from the registers. The block
+// size depends on C alone, so the bits do not depend on N. Decode steps normalise one
+// row: a warp striding it (the old kernel) waited for every load in turn (20 us a row).
+// sum = a + b when b is given (written to sum, which may alias a or b: every thread reads
+// its elements before it writes them), else the row is a.
+template <int K>
+__global__ void rmsnorm_rows_kernel(float *sum, float *out, float *rstd, const float *a, const float *b,
+                                    const float *__restrict__ weight, int C, float eps) {
+    __shared__ float warp_ss[32];
+    const int C4 = C / 4, warps = blockDim.x / 32, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const size_t row = blockIdx.x;
+    pdl_trigger();
+    pdl_wait();
+    const float4 *a4 = reinterpret_cast<const float4 *>(a + row * C);
+    const float4 *b4 = b ? reinterpret_cast<const float4 *>(b + row * C) : NULL;
+    float4 v[K];
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        int c = threadIdx.x + k * blockDim.x;
+        v[k] = c < C4 ? a4[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+        if (b4 && c < C4) {
+            float4 y = b4[c];
+            v[k].x += y.x, v[k].y += y.y, v[k].z += y.z, v[k].w += y.w;
+        }
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        ss += v[k].x * v[k].x, ss += v[k].y * v[k].y, ss += v[k].z * v[k].z, ss += v[k].w * v[k].w;
+        int c = threadIdx.x + k * blockDim.x;
+        if (b4 && sum && c < C4) reinterpret_cast<float4 *>(sum + row * C)[c] = v[k];
+    }
+    ss = warp_sum(ss);
+    if (lane == 0) warp_ss[warp] = ss;
+    __syncthreads();
+    float total = 0.f;
+    for (int w = 0; w < warps; w++) total += warp_ss[w];
+    const float s = rsqrtf(total / C + eps);
+    const float4 *w4 = reinterpret_cast<const float4 *>(weight);
+    float4 *o4 = reinterpret_cast<float4 *>(out + row * C);
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        int c = threadIdx.x + k * blockDim.x;
+        if (c < C4) {
+            float4 wv = w4[c], r;
+            r.x = v[k].x * s * wv.x, r.y = v[k].y * s * wv.y, r.z = v[k].z * s * wv.z, r.w = v[k].w * s * wv.w;
+            o4[c] = r;
+        }
+    }
+    if (rstd && threadIdx.x == 0) rstd[row] = s;
+}
+
+// Rows whose width is not a multiple of 4 (or unaligned): one warp per row, as before.
 __global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *x, const float *weight, int N, int C,
                                        float eps) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -41,6 +94,25 @@ __global__ void add_rmsnorm_forward_kernel(float *sum, float *out, float *rstd, 
     if (rstd && lane == 0) rstd[row] = s;
 }
 
+static bool misaligned16(const void *p) { return ((uintptr_t)p & 15) != 0; }
+
+// The block-per-row kernel when the rows allow it (C a multiple of 4, 16-byte aligned
+// rows, C <= 4 * 1024 * 4); false: the caller uses the warp-per-row kernel.
+static bool rows_kernel(float *sum, float *out, float *rstd, const float *a, const float *b, const float *weight, int N,
+                        int C, float eps) {
+    if (C % 4 || misaligned16(out) || misaligned16(a) || misaligned16(weight) || (b && misaligned16(b)) ||
+        (sum && misaligned16(sum)))
+        return false;
+    const int C4 = C / 4;
+    int K = (C4 + 1023) / 1024;
+    if (K == 3) K = 4;
+    if (K > 4) return false;
+    const int per = (C4 + K - 1) / K, threads = (per + 31) / 32 * 32;
+    auto kernel = K == 1 ? rmsnorm_rows_kernel<1> : K == 2 ? rmsnorm_rows_kernel<2> : rmsnorm_rows_kernel<4>;
+    cuda_launch_dependent(kernel, dim3(N), dim3(threads), 0, sum, out, rstd, a, b, weight, C, eps);
+    return true;
+}
+
 // dx[n,:] += r·(dout·w) - r³·(Σ dout·w·x / C)·x, the dot product in double as on the CPU.
 __global__ void rmsnorm_backward_dx_kernel(float *dx, const float *dout, const float *x, const float *weight,
                                            const float *rstd, int N, int C) {
@@ -60,14 +132,14 @@ static unsigned row_blocks(int N) { return cuda_blocks(N, 256 / 32); }
 
 extern "C" void cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight, int N, int C,
                                      float eps) {
-    if (N <= 0) return;
+    if (N <= 0 || rows_kernel(NULL, out, rstd, x, NULL, weight, N, C, eps)) return;
     rmsnorm_forward_kernel<<<row_blocks(N), 256, 0, cuda_stream()>>>(out, rstd, x, weight, N, C, eps);
     CUDA_LAUNCH_CHECK();
 }
 
 extern "C" void cuda_add_rmsnorm_forward(float *sum, float *out, float *rstd, const float *a, const float *b,
                                          const float *weight, int N, int C, float eps) {
-    if (N <= 0) return;
+    if (N <= 0 || rows_kernel(sum, out, rstd, a, b, weight, N, C, eps)) return;
     add_rmsnorm_forward_kernel<<<row_blocks(N), 256, 0, cuda_stream()>>>(sum, out, rstd, a, b, weight, N, C, eps);
     CUDA_LAUNCH_CHECK();
 }

@@ -55,6 +55,10 @@ static void test_decode_step(void) {
         decode_case(sh[0], sh[1], sh[2], 7, 6, 300, lens, 12);
         decode_case(sh[0], sh[1], sh[2], 64, 6, 300, lens, 12);
     }
+    // empty sequences in a split launch: zeros, and their pairs' counters never move
+    const int with_empty[] = {0, 300, 0, 45};
+    decode_case(14, 2, 64, 4, 4, 300, with_empty, 4);
+    decode_case(14, 2, 64, 1, 1, 300, with_empty, 1);
 }
 
 // Many tokens (one block per (token, kv head), no split) and prefill-like calls where

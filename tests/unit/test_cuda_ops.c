@@ -46,8 +46,9 @@ static void test_embedding(void) {
 
 static void test_rmsnorm(void) {
     NEED_GPU();
-    const int shapes[][2] = {{37, 896}, {1200, 128}, {5, 1}, {3, 4097}};
-    for (int s = 0; s < 4; s++) {
+    // block-per-row kernel: one, two and four float4s a thread; warp-per-row: C % 4 != 0
+    const int shapes[][2] = {{37, 896}, {1200, 128}, {5, 1}, {3, 4097}, {1, 896}, {2, 8192}, {3, 12288}, {4, 36}};
+    for (int s = 0; s < 8; s++) {
         int N = shapes[s][0], C = shapes[s][1];
         size_t nc = (size_t)N * C;
         float *x = rnd(nc), *w = rnd(C), *out = malloc(nc * 4), *rstd = malloc(N * 4);
@@ -73,8 +74,8 @@ static void test_rmsnorm(void) {
 // replaces (the same bits: decode steps and training use either).
 static void test_add_rmsnorm(void) {
     NEED_GPU();
-    const int shapes[][2] = {{37, 896}, {1, 1536}, {5, 1}, {300, 4097}};
-    for (int s = 0; s < 4; s++) {
+    const int shapes[][2] = {{37, 896}, {1, 1536}, {5, 1}, {300, 4097}, {2, 12288}, {1, 896}};
+    for (int s = 0; s < 6; s++) {
         int N = shapes[s][0], C = shapes[s][1];
         size_t nc = (size_t)N * C;
         float *a = rnd(nc), *b = rnd(nc), *w = rnd(C), *sum = malloc(nc * 4), *out = malloc(nc * 4);
@@ -162,10 +163,8 @@ static void linear_many_case(int N, int IC, const char *precision, double tol) {
 
 // bf16 products of up to 8 rows take a kernel of their own (decode steps): each row's
 // output is the same bits whether it is computed alone or with 7 others.
-static void test_linear_rows_independent(void) {
-    NEED_GPU();
-    CHECK(cuda_set_matmul_precision("bf16") == 0);
-    int N = 8, IC = 896, OC = 1000;
+static void rows_independent_case(int IC) {
+    int N = 8, OC = 1000;
     float *x = rnd((size_t)N * IC), *w = rnd((size_t)OC * IC), *b = rnd(OC);
     float *d_x = dev_copy(x, (size_t)N * IC * 4), *d_w = dev_copy(w, (size_t)OC * IC * 4), *d_b = dev_copy(b, OC * 4);
     float *d_all = dev_poisoned((size_t)N * OC), *d_one = dev_poisoned(OC);
@@ -178,9 +177,36 @@ static void test_linear_rows_independent(void) {
         free(one);
     }
     CHECK_CUDA_OK();
-    CHECK(cuda_set_matmul_precision("fp32") == 0);
     free(x), free(w), free(b), free(all);
     cuda_free(d_x), cuda_free(d_w), cuda_free(d_b), cuda_free(d_all), cuda_free(d_one);
+}
+
+static void test_linear_rows_independent(void) {
+    NEED_GPU();
+    CHECK(cuda_set_matmul_precision("bf16") == 0);
+    rows_independent_case(896);
+    rows_independent_case(4864);  // rows split over a block's warps
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+}
+
+// The bf16 copies of weights are cached by address: a weight freed and another of the same
+// size allocated (cudaMalloc readily hands back the same address) must not be multiplied
+// through the old one's copy.
+static void test_weight_cache_follows_free(void) {
+    NEED_GPU();
+    CHECK(cuda_set_matmul_precision("bf16") == 0);
+    int IC = 256, OC = 300;
+    float *x = rnd(IC), *out = malloc(OC * 4), *d_x = dev_copy(x, IC * 4), *d_out = dev_poisoned(OC);
+    for (int round = 0; round < 3; round++) {
+        float *w = rnd((size_t)OC * IC), *d_w = dev_copy(w, (size_t)OC * IC * 4);
+        linear_forward(out, x, w, NULL, 1, IC, OC);
+        cuda_linear_forward(d_out, d_x, d_w, NULL, 1, IC, OC);
+        expect_close("product through a weight allocated after a free", d_out, out, OC, 1e-2);
+        free(w), cuda_free(d_w);
+    }
+    CHECK_CUDA_OK();
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+    free(x), free(out), cuda_free(d_x), cuda_free(d_out);
 }
 
 static void test_linear(void) {
@@ -190,6 +216,7 @@ static void test_linear(void) {
     linear_case(8, 64, 100, true, "bf16", 1e-2);
     linear_case(9, 896, 200, true, "bf16", 1e-2);  // one row too many: the GEMM
     linear_many_case(1, 896, "bf16", 1e-2);
+    linear_many_case(2, 2048, "bf16", 1e-2);  // rows split over a block's warps
     linear_many_case(77, 256, "bf16", 1e-2);
     linear_many_case(77, 256, "fp32", 1e-5);
     linear_case(70, 96, 200, true, "fp32", 1e-5);
@@ -220,6 +247,71 @@ static void test_rope(void) {
     CHECK_CUDA_OK();
     free(pos), free(x);
     cuda_free(d_pos), cuda_free(d_inv), cuda_free(d_x);
+}
+
+// gate/up products with SwiGLU on the way out (decode steps) against the CPU twin and, bit
+// for bit, against the three CUDA ops it replaces; N = 9 takes the GEMM path.
+static void test_linear_swiglu(void) {
+    NEED_GPU();
+    CHECK(cuda_set_matmul_precision("bf16") == 0);
+    const int cases[][2] = {{1, 896}, {3, 896}, {8, 896}, {9, 896}, {2, 2048}};  // N, IC (2048: split rows)
+    int F = 1200;
+    for (int t = 0; t < 5; t++) {
+        int N = cases[t][0], IC = cases[t][1];
+        size_t nx = (size_t)N * IC, nf = (size_t)N * F, nw = (size_t)F * IC;
+        float *x = rnd(nx), *wg = rnd(nw), *wu = rnd(nw);
+        wg[0] = 40, wg[1] = -40;  // large gates: exp overflows on one side
+        float *act = malloc(nf * 4), *gate = malloc(nf * 4), *up = malloc(nf * 4);
+        float *d_x = dev_copy(x, nx * 4), *d_wg = dev_copy(wg, nw * 4), *d_wu = dev_copy(wu, nw * 4);
+        float *d_act = dev_poisoned(nf), *d_gate = dev_poisoned(nf), *d_up = dev_poisoned(nf);
+        float *d_act2 = dev_poisoned(nf), *d_g2 = dev_poisoned(nf), *d_u2 = dev_poisoned(nf);
+        linear_swiglu_forward(act, gate, up, x, wg, wu, N, IC, F);
+        cuda_linear_swiglu_forward(d_act, d_gate, d_up, d_x, d_wg, d_wu, N, IC, F);
+        char what[80];
+        snprintf(what, sizeof what, "linear_swiglu N=%d IC=%d", N, IC);
+        expect_close(what, d_act, act, nf, 1e-2);
+        float *const outs[2] = {d_g2, d_u2};
+        const float *const ws[2] = {d_wg, d_wu}, *const bs[2] = {NULL, NULL};
+        const int ocs[2] = {F, F};
+        cuda_linear_forward_many(2, outs, d_x, ws, bs, ocs, N, IC);
+        cuda_swiglu_forward(d_act2, d_g2, d_u2, (long)nf);
+        float *a1 = host_of(d_act, nf), *a2 = host_of(d_act2, nf);
+        CHECK_MSG(!memcmp(a1, a2, nf * 4), "%s: differs from the products and swiglu", what);
+        CHECK_CUDA_OK();
+        free(x), free(wg), free(wu), free(act), free(gate), free(up), free(a1), free(a2);
+        cuda_free(d_x), cuda_free(d_wg), cuda_free(d_wu), cuda_free(d_act), cuda_free(d_gate), cuda_free(d_up);
+        cuda_free(d_act2), cuda_free(d_g2), cuda_free(d_u2);
+    }
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+}
+
+// A decode step's rotation and cache writes in one launch against the CPU twin (the caches
+// start random on both sides: rows not named must keep their values).
+static void test_rope_kv_cache(void) {
+    NEED_GPU();
+    const int shapes[][4] = {{1, 14, 2, 64}, {5, 8, 8, 16}, {3, 12, 2, 128}};  // n, NH, KVH, HD
+    for (int s = 0; s < 3; s++) {
+        int n = shapes[s][0], NH = shapes[s][1], KVH = shapes[s][2], HD = shapes[s][3], rows = 40;
+        size_t nq = (size_t)n * NH * HD, nk = (size_t)n * KVH * HD, nc = (size_t)rows * KVH * HD;
+        int32_t pos[5], row[5];
+        for (int i = 0; i < n; i++) pos[i] = (int32_t)(test_rand() % 3000), row[i] = (int32_t)(i * 7 + 3);
+        float inv[64];
+        for (int i = 0; i < HD / 2; i++) inv[i] = (float)pow(1e6, -2.0 * i / HD);
+        float *q = rnd(nq), *k = rnd(nk), *v = rnd(nk), *kc = rnd(nc), *vc = rnd(nc);
+        int32_t *d_pos = dev_copy(pos, sizeof pos), *d_row = dev_copy(row, sizeof row);
+        float *d_inv = dev_copy(inv, sizeof inv), *d_q = dev_copy(q, nq * 4), *d_k = dev_copy(k, nk * 4);
+        float *d_v = dev_copy(v, nk * 4), *d_kc = dev_copy(kc, nc * 4), *d_vc = dev_copy(vc, nc * 4);
+        rope_kv_cache_forward(q, k, v, kc, vc, row, pos, inv, n, NH, KVH, HD);
+        cuda_rope_kv_cache_forward(d_q, d_k, d_v, d_kc, d_vc, d_row, d_pos, d_inv, n, NH, KVH, HD);
+        expect_close("rope_kv_cache q", d_q, q, nq, 1e-5);
+        expect_close("rope_kv_cache k", d_k, k, nk, 1e-5);
+        expect_close("rope_kv_cache k cache", d_kc, kc, nc, 1e-5);
+        expect_close("rope_kv_cache v cache", d_vc, vc, nc, 0);
+        CHECK_CUDA_OK();
+        free(q), free(k), free(v), free(kc), free(vc);
+        cuda_free(d_pos), cuda_free(d_row), cuda_free(d_inv), cuda_free(d_q), cuda_free(d_k), cuda_free(d_v);
+        cuda_free(d_kc), cuda_free(d_vc);
+    }
 }
 
 static void test_swiglu_add_rows(void) {
@@ -326,8 +418,11 @@ int main(void) {
     RUN(test_add_rmsnorm);
     RUN(test_linear);
     RUN(test_linear_rows_independent);
+    RUN(test_weight_cache_follows_free);
     RUN(test_rope);
     RUN(test_swiglu_add_rows);
+    RUN(test_linear_swiglu);
+    RUN(test_rope_kv_cache);
     RUN(test_crossentropy);
     RUN(test_optimizer_ops);
     RUN(test_out_of_memory_is_null);
