@@ -147,7 +147,7 @@ __device__ void merge_if_last(float *__restrict__ out, const float *part_acc, co
 }
 
 // grid (n, KVH * HG, nsplit), THREADS threads. Block (i, y, c): kv head y / HG, query
-// heads kvh*group + (y % HG)*8 .. + nh - 1 (nh <= G), keys of chunk c of token i.
+// heads kvh*group + (y % HG)*G .. + nh - 1 (nh <= G), keys of chunk c of token i.
 // nsplit == 1: writes out [n, NH, HD]. Otherwise writes part_acc [n, NH, nsplit, HD]
 // (unnormalized, relative to the chunk's max) and part_ml [n, NH, nsplit, 2] (max, sum)
 // for the chunks that hold keys, and the last chunk block of the pair merges them into
@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(THREADS, 1) decode_kernel(float *__restrict__ 
     constexpr int DPL = HD / 32, VB = value_batch<HD, G>();
     const int i = blockIdx.x, kvh = blockIdx.y / HG, hg = blockIdx.y % HG, c = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int group = NH / KVH, h0 = kvh * group + hg * MAX_G, nh = min(MAX_G, group - hg * MAX_G);
+    const int group = NH / KVH, h0 = kvh * group + hg * G, nh = min(G, group - hg * G);
     pdl_trigger();
     pdl_wait();
     const int n_len = len[i], chunk = chunk_keys(n_len, nsplit);
@@ -296,7 +296,7 @@ __global__ void __launch_bounds__(THREADS, 1) decode_kernel(float *__restrict__ 
 // Chunks per sequence: enough blocks for BLOCKS_PER_SM per SM (at 200-250 registers a
 // thread, 2 are resident at a time; more chunks cost more partial results than they
 // gain: on an H200, 4 beat 8 and 16 for n 64..512, len 512..2048).
-int pick_split(int n, int KVH, int HG) {
+int sm_count(void) {
     static int sms;
     if (!sms) {
         int dev = 0;
@@ -304,7 +304,11 @@ int pick_split(int n, int KVH, int HG) {
         CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
         if (sms <= 0) sms = 132;
     }
-    long base = (long)n * KVH * HG, target = (long)BLOCKS_PER_SM * sms;
+    return sms;
+}
+
+int pick_split(int n, int KVH, int HG) {
+    long base = (long)n * KVH * HG, target = (long)BLOCKS_PER_SM * sm_count();
     if (base >= target) return 1;
     long s = (target + base - 1) / base;
     return (int)(s < MAX_SPLIT ? s : MAX_SPLIT);
@@ -330,7 +334,7 @@ int *arrival_counters(long pairs) {
 template <int HD, int G>
 void launch_decode(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
                    const int32_t *len, int n, int NH, int KVH, float scale) {
-    const int group = NH / KVH, HG = (group + MAX_G - 1) / MAX_G;
+    const int group = NH / KVH, HG = (group + G - 1) / G;
     const int nsplit = pick_split(n, KVH, HG);
     float *part_acc = NULL, *part_ml = NULL;
     int *arrived = NULL;
@@ -346,11 +350,17 @@ void launch_decode(float *out, const float *q, const float *k, const float *v, c
 }
 
 // G: the query heads per block rounded up to 1, 2, 4 or 8 (the extra heads compute on
-// zeros and are not written).
+// zeros and are not written). With few sequences (n * KVH * 4 <= SMs: one sequence, a
+// handful) one head a block: the work of a step is then a few tiles, and a warp that
+// scores and sums its tile for all query heads of its kv head is a chain of ~2,800
+// dependent instructions (H100, n 1, 7 heads: 14 us, its SMs idle 90% of it), while
+// one head a block spreads it over 7x the warps (the keys and values are read from L2
+// by each head's block). Depends on n and the shape alone: graphs stay valid.
 template <int HD>
 void launch_hd(float *out, const float *q, const float *k, const float *v, const int32_t *row0, const int32_t *len,
                int n, int NH, int KVH, float scale) {
     int g = NH / KVH < MAX_G ? NH / KVH : MAX_G;
+    if ((long)n * KVH * 4 <= sm_count() && (long)n * NH <= MAX_PAIRS / 2) g = 1;
     if (g <= 1) launch_decode<HD, 1>(out, q, k, v, row0, len, n, NH, KVH, scale);
     else if (g <= 2) launch_decode<HD, 2>(out, q, k, v, row0, len, n, NH, KVH, scale);
     else if (g <= 4) launch_decode<HD, 4>(out, q, k, v, row0, len, n, NH, KVH, scale);

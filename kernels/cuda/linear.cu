@@ -200,33 +200,46 @@ struct gemv_segs {
 static int gemv_ks(int IC) { return IC >= GEMV_SPLIT_IC ? GEMV_WARPS : 1; }
 static int gemv_blocks(int OC, int IC) { return gemv_ks(IC) > 1 ? OC : (int)cuda_blocks(OC, GEMV_WARPS); }
 
-// acc[n] = x[n] · w_row for the NN rows of x, summed over the 32 lanes; this thread takes
-// the 8-weight chunks first, first + stride, ...
-template <int NN>
-__device__ __forceinline__ void gemv_row(float (&acc)[NN], const __nv_bfloat16 *__restrict__ wrow,
-                                         const float *__restrict__ x, int IC, int first, int stride) {
-    const uint4 *wr = reinterpret_cast<const uint4 *>(wrow);
+// acc[r][n] = x[n] · wrow[r] for the NN rows of x and R weight rows (a PAIR's gate and up
+// rows load together and share x's loads; each row's sums are in the same order either
+// way), summed over the 32 lanes; this thread takes the 8-weight chunks first,
+// first + stride, ...
+template <int NN, int R>
+__device__ __forceinline__ void gemv_rows(float (&acc)[R][NN], const __nv_bfloat16 *const (&wrow)[R],
+                                          const float *__restrict__ x, int IC, int first, int stride) {
     const int chunks = IC / 8;  // 8 weights a 16-byte load
 #pragma unroll
-    for (int n = 0; n < NN; n++) acc[n] = 0.f;
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int n = 0; n < NN; n++) acc[r][n] = 0.f;
 #pragma unroll 4
     for (int c = first; c < chunks; c += stride) {
-        uint4 raw = __ldg(wr + c);
-        const __nv_bfloat162 *pair = reinterpret_cast<const __nv_bfloat162 *>(&raw);
-        float2 w01 = __bfloat1622float2(pair[0]), w23 = __bfloat1622float2(pair[1]);
-        float2 w45 = __bfloat1622float2(pair[2]), w67 = __bfloat1622float2(pair[3]);
+        float2 w[R][4];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            uint4 raw = __ldg(reinterpret_cast<const uint4 *>(wrow[r]) + c);
+            const __nv_bfloat162 *pair = reinterpret_cast<const __nv_bfloat162 *>(&raw);
+#pragma unroll
+            for (int e = 0; e < 4; e++) w[r][e] = __bfloat1622float2(pair[e]);
+        }
 #pragma unroll
         for (int n = 0; n < NN; n++) {
             const float4 *xr = reinterpret_cast<const float4 *>(x + (size_t)n * IC) + 2 * c;
             float4 a = xr[0], b = xr[1];
-            float s = acc[n];
-            s = fmaf(a.x, w01.x, s), s = fmaf(a.y, w01.y, s), s = fmaf(a.z, w23.x, s), s = fmaf(a.w, w23.y, s);
-            s = fmaf(b.x, w45.x, s), s = fmaf(b.y, w45.y, s), s = fmaf(b.z, w67.x, s), s = fmaf(b.w, w67.y, s);
-            acc[n] = s;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float s = acc[r][n];
+                s = fmaf(a.x, w[r][0].x, s), s = fmaf(a.y, w[r][0].y, s), s = fmaf(a.z, w[r][1].x, s);
+                s = fmaf(a.w, w[r][1].y, s), s = fmaf(b.x, w[r][2].x, s), s = fmaf(b.y, w[r][2].y, s);
+                s = fmaf(b.z, w[r][3].x, s), s = fmaf(b.w, w[r][3].y, s);
+                acc[r][n] = s;
+            }
         }
     }
 #pragma unroll
-    for (int n = 0; n < NN; n++) acc[n] = warp_sum(acc[n]);
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int n = 0; n < NN; n++) acc[r][n] = warp_sum(acc[r][n]);
 }
 
 // With KS warps on one output: the warps' sums (lane 0 of each holds one) added in warp
@@ -269,24 +282,22 @@ __global__ void gemv_bf16_kernel(const gemv_segs segs, const float *__restrict__
     }
     pdl_wait();
     if (o >= g.OC) return;  // with KS > 1 the whole block
-    float acc[NN];
-    gemv_row<NN>(acc, g.w + (size_t)o * IC, x, IC, first, stride);
-    gemv_combine<NN, KS>(acc);
-    if (PAIR) {
-        float up[NN];
-        gemv_row<NN>(up, g.w2 + (size_t)o * IC, x, IC, first, stride);
-        gemv_combine<NN, KS>(up);
-        if (first == 0)
+    constexpr int R = PAIR ? 2 : 1;
+    const __nv_bfloat16 *rows[R];
+    rows[0] = g.w + (size_t)o * IC;
+    if (PAIR) rows[R - 1] = g.w2 + (size_t)o * IC;
+    float acc[R][NN];
+    gemv_rows<NN, R>(acc, rows, x, IC, first, stride);
 #pragma unroll
-            for (int n = 0; n < NN; n++) {
-                float gt = acc[n];  // swiglu_forward_kernel's arithmetic: the same bits as the three ops
-                g.out[(size_t)n * g.OC + o] = gt * (1.0f / (1.0f + expf(-gt))) * up[n];
-            }
-        return;
+    for (int r = 0; r < R; r++) gemv_combine<NN, KS>(acc[r]);
+    if (first != 0) return;
+#pragma unroll
+    for (int n = 0; n < NN; n++) {
+        float v = acc[0][n];
+        if (PAIR) v = v * (1.0f / (1.0f + expf(-v))) * acc[R - 1][n];  // swiglu_forward_kernel's arithmetic
+        else if (g.bias) v += g.bias[o];
+        g.out[(size_t)n * g.OC + o] = v;
     }
-    if (first == 0)
-#pragma unroll
-        for (int n = 0; n < NN; n++) g.out[(size_t)n * g.OC + o] = g.bias ? acc[n] + g.bias[o] : acc[n];
 }
 
 template <int NN, bool PAIR>
