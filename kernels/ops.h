@@ -44,11 +44,24 @@ void linear_forward(float *out, const float *x, const float *weight, const float
 // between them (the cuda one rounds x to bf16 once). No out[i] may alias x.
 void linear_forward_many(int count, float *const out[], const float *x, const float *const weight[],
                          const float *const bias[], const int OC[], int N, int IC);
-// The MLP's first half of a decode step: act [N, F] = silu(x · w_gate^T) * (x · w_up^T),
-// the same as linear_forward_many of the two then swiglu_forward. gate, up [N, F] are
-// scratch: a backend may leave the products there or never write them.
-void linear_swiglu_forward(float *act, float *gate, float *up, const float *x, const float *w_gate, const float *w_up,
-                           int N, int IC, int F);
+// The products of a decode step with the norm before them and the residual add after them
+// (on a GPU each is one kernel). ln [N, IC] = rmsnorm_forward(x, norm_weight), then
+// out[i] = ln · weight[i]^T (+ bias[i]) as linear_forward_many; with norm_weight NULL the
+// products take x itself. ln is scratch: a backend may leave it unwritten. No output (out[i],
+// ln) may alias x or another output.
+void rmsnorm_linear_forward_many(int count, float *const out[], float *ln, const float *x, const float *norm_weight,
+                                 float eps, const float *const weight[], const float *const bias[], const int OC[],
+                                 int N, int IC);
+// The MLP's first half: ln as above, then act [N, F] = silu(ln · w_gate^T) * (ln · w_up^T)
+// (linear_forward_many of the two, then swiglu_forward). gate, up [N, F] are scratch too;
+// act, gate, up and ln alias neither x nor each other.
+void rmsnorm_linear_swiglu_forward(float *act, float *gate, float *up, float *ln, const float *x,
+                                   const float *norm_weight, float eps, const float *w_gate, const float *w_up, int N,
+                                   int IC, int F);
+// out [N, OC] = (x · W^T (+ bias)) + residual [N, OC]: linear_forward, then add_inplace.
+// out aliases neither x nor residual.
+void linear_residual_forward(float *out, const float *x, const float *weight, const float *bias, const float *residual,
+                             int N, int IC, int OC);
 // dx [N, IC] += dout · W (skipped when dx is NULL); dW [OC, IC] += dout^T · x; dbias [OC] += sum_n dout (if non-NULL)
 void linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x, const float *weight,
                      int N, int IC, int OC);
@@ -62,7 +75,7 @@ void linear_backward(float *dx, float *dweight, float *dbias, const float *dout,
 void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
 // A decode step's new keys and values: q [n, NH, HD] and k [n, KVH, HD] rotated in place
 // (rope_forward), then row kv_row[i] of k_cache := k row i, of v_cache := v row i
-// (scatter_rows, rows of KVH*HD floats).
+// (scatter_rows, rows of KVH*HD floats). HD is even, as for rope_forward.
 void rope_kv_cache_forward(float *q, float *k, const float *v, float *k_cache, float *v_cache, const int32_t *kv_row,
                            const int32_t *pos, const float *inv_freq, int n, int NH, int KVH, int HD);
 // The inverse rotation (rotation by -a) applied to a gradient, in place: dx = R^T dout.

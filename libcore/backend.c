@@ -42,7 +42,9 @@ static const tp_backend CPU = {
     .linear_forward = linear_forward,
     .linear_forward_many = linear_forward_many,
     .linear_backward = linear_backward,
-    .linear_swiglu_forward = linear_swiglu_forward,
+    .rmsnorm_linear_forward_many = rmsnorm_linear_forward_many,
+    .rmsnorm_linear_swiglu_forward = rmsnorm_linear_swiglu_forward,
+    .linear_residual_forward = linear_residual_forward,
     .rope_forward = rope_forward,
     .rope_kv_cache_forward = rope_kv_cache_forward,
     .rope_backward = rope_backward,
@@ -91,7 +93,9 @@ static const tp_backend CUDA = {
     .linear_forward = cuda_linear_forward,
     .linear_forward_many = cuda_linear_forward_many,
     .linear_backward = cuda_linear_backward,
-    .linear_swiglu_forward = cuda_linear_swiglu_forward,
+    .rmsnorm_linear_forward_many = cuda_rmsnorm_linear_forward_many,
+    .rmsnorm_linear_swiglu_forward = cuda_rmsnorm_linear_swiglu_forward,
+    .linear_residual_forward = cuda_linear_residual_forward,
     .rope_forward = cuda_rope_forward,
     .rope_kv_cache_forward = cuda_rope_kv_cache_forward,
     .rope_backward = cuda_rope_backward,
@@ -152,9 +156,19 @@ static void p_linear_backward(float *dx, float *dw, float *db, const float *dout
 static void p_rope_forward(float *x, const int32_t *pos, const float *f, int N, int H, int HD) {
     PROF("rope", cuda_rope_forward(x, pos, f, N, H, HD));
 }
-static void p_linear_swiglu_forward(float *act, float *g, float *u, const float *x, const float *wg, const float *wu,
-                                    int N, int IC, int F) {
-    PROF("linear_swiglu_forward", cuda_linear_swiglu_forward(act, g, u, x, wg, wu, N, IC, F));
+static void p_rmsnorm_linear_forward_many(int count, float *const out[], float *ln, const float *x, const float *nw,
+                                          float eps, const float *const w[], const float *const b[], const int OC[],
+                                          int N, int IC) {
+    PROF("rmsnorm_linear_forward", cuda_rmsnorm_linear_forward_many(count, out, ln, x, nw, eps, w, b, OC, N, IC));
+}
+static void p_rmsnorm_linear_swiglu_forward(float *act, float *g, float *u, float *ln, const float *x, const float *nw,
+                                            float eps, const float *wg, const float *wu, int N, int IC, int F) {
+    PROF("rmsnorm_linear_swiglu_forward",
+         cuda_rmsnorm_linear_swiglu_forward(act, g, u, ln, x, nw, eps, wg, wu, N, IC, F));
+}
+static void p_linear_residual_forward(float *out, const float *x, const float *w, const float *b, const float *r, int N,
+                                      int IC, int OC) {
+    PROF("linear_residual_forward", cuda_linear_residual_forward(out, x, w, b, r, N, IC, OC));
 }
 static void p_rope_kv_cache_forward(float *q, float *k, const float *v, float *kc, float *vc, const int32_t *row,
                                     const int32_t *pos, const float *f, int n, int NH, int KVH, int HD) {
@@ -234,7 +248,9 @@ static const tp_backend CUDA_PROFILED = {
     .linear_forward = p_linear_forward,
     .linear_forward_many = p_linear_forward_many,
     .linear_backward = p_linear_backward,
-    .linear_swiglu_forward = p_linear_swiglu_forward,
+    .rmsnorm_linear_forward_many = p_rmsnorm_linear_forward_many,
+    .rmsnorm_linear_swiglu_forward = p_rmsnorm_linear_swiglu_forward,
+    .linear_residual_forward = p_linear_residual_forward,
     .rope_forward = p_rope_forward,
     .rope_kv_cache_forward = p_rope_kv_cache_forward,
     .rope_backward = p_rope_backward,

@@ -57,8 +57,14 @@ typedef struct tp_backend {
                                 const float *const bias[], const int OC[], int N, int IC);
     void (*linear_backward)(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
                             const float *weight, int N, int IC, int OC);
-    void (*linear_swiglu_forward)(float *act, float *gate, float *up, const float *x, const float *w_gate,
-                                  const float *w_up, int N, int IC, int F);
+    void (*rmsnorm_linear_forward_many)(int count, float *const out[], float *ln, const float *x,
+                                        const float *norm_weight, float eps, const float *const weight[],
+                                        const float *const bias[], const int OC[], int N, int IC);
+    void (*rmsnorm_linear_swiglu_forward)(float *act, float *gate, float *up, float *ln, const float *x,
+                                          const float *norm_weight, float eps, const float *w_gate, const float *w_up,
+                                          int N, int IC, int F);
+    void (*linear_residual_forward)(float *out, const float *x, const float *weight, const float *bias,
+                                    const float *residual, int N, int IC, int OC);
     void (*rope_forward)(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
     void (*rope_kv_cache_forward)(float *q, float *k, const float *v, float *k_cache, float *v_cache,
                                   const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n, int NH,

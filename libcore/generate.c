@@ -174,15 +174,43 @@ static void drop_graphs(tp_generator *g) {
     g->warm_n = 0;
 }
 
-// Products of one input x [n, IC]: out[i] = x · W_i^T (+ b_i), shared work where the
-// backend has it (one bf16 rounding of x on a GPU).
-static void lin_many(const tp_generator *g, float *const out[], const float *x, const float *const w[],
-                 const uint16_t *const w16[], const float *const b[], const int OC[], int count, int n, int IC) {
-    if (g->w16) {
-        for (int i = 0; i < count; i++) lin(g, out[i], x, w[i], w16[i], b[i], n, IC, OC[i]);
+// Products of one input: out[i] = ln · W_i^T (+ b_i) with ln = rmsnorm(x) · norm (x itself
+// when norm is NULL); g->ln is the scratch for ln. The backend does it in one kernel where
+// it can (a GPU at decode sizes); the cpu's bf16 copies go through lin.
+static void norm_lin_many(const tp_generator *g, float *const out[], const float *x, const float *norm,
+                          const float *const w[], const uint16_t *const w16[], const float *const b[], const int OC[],
+                          int count, int n, int IC) {
+    float eps = (float)g->m->cfg.rms_norm_eps;
+    if (!g->w16) {
+        g->be->rmsnorm_linear_forward_many(count, out, g->ln, x, norm, eps, w, b, OC, n, IC);
         return;
     }
-    g->be->linear_forward_many(count, out, x, w, b, OC, n, IC);
+    if (norm) g->be->rmsnorm_forward(g->ln, NULL, x, norm, n, IC, eps), x = g->ln;
+    for (int i = 0; i < count; i++) lin(g, out[i], x, w[i], w16[i], b[i], n, IC, OC[i]);
+}
+
+// act = silu(ln · Wg^T) * (ln · Wu^T), ln = rmsnorm(x) · norm.
+static void norm_lin_swiglu(const tp_generator *g, const float *x, const float *norm, const float *wg,
+                            const uint16_t *wg16, const float *wu, const uint16_t *wu16, int n, int IC, int F) {
+    if (!g->w16) {
+        g->be->rmsnorm_linear_swiglu_forward(g->act, g->gate, g->up, g->ln, x, norm, (float)g->m->cfg.rms_norm_eps,
+                                             wg, wu, n, IC, F);
+        return;
+    }
+    norm_lin_many(g, (float *[]){g->gate, g->up}, x, norm, (const float *[]){wg, wu}, (const uint16_t *[]){wg16, wu16},
+                  (const float *[]){NULL, NULL}, (int[]){F, F}, 2, n, IC);
+    g->be->swiglu_forward(g->act, g->gate, g->up, (long)n * F);
+}
+
+// out = x · W^T (+ b) + residual.
+static void lin_residual(const tp_generator *g, float *out, const float *x, const float *w, const uint16_t *w16,
+                         const float *b, const float *residual, int n, int IC, int OC) {
+    if (!g->w16) {
+        g->be->linear_residual_forward(out, x, w, b, residual, n, IC, OC);
+        return;
+    }
+    lin(g, out, x, w, w16, b, n, IC, OC);
+    g->be->add_inplace(out, residual, (long)n * OC);
 }
 
 void tp_generator_free(tp_generator *g) {
@@ -266,8 +294,7 @@ static int grow_logits(tp_generator *g, int n_out, tp_err *err) {
 
 static int32_t *ids(const tp_generator *g, int32_t *base, int which) { return base + (size_t)which * g->room; }
 
-// Layer l on n tokens: x is its input and ln already holds norm1_l(x); on return x is its
-// output and ln holds the next layer's norm1 of it (the residual add fused with that norm).
+// Layer l on n tokens: x is its input and, on return, its output.
 static void layer(tp_generator *g, int l, int n) {
     const tp_backend *be = g->be;
     const tp_model *m = g->m;
@@ -280,9 +307,9 @@ static void layer(tp_generator *g, int l, int n) {
     const int32_t *pos = ids(g, g->dev_ids, IDS_POS);
     const w16_layer *h = g->w16 ? &g->w16[l] : &(w16_layer){0};
     float *q = c->qk_norm ? g->q_raw : g->q, *k = c->qk_norm ? g->k_raw : g->kk;
-    lin_many(g, (float *[]){q, k, g->vv}, g->ln, (const float *[]){w->wq, w->wk, w->wv},
-         (const uint16_t *[]){h->wq, h->wk, h->wv}, (const float *[]){w->bq, w->bk, w->bv}, (int[]){Q, KV, KV}, 3,
-         n, C);
+    norm_lin_many(g, (float *[]){q, k, g->vv}, g->x, w->ln1, (const float *[]){w->wq, w->wk, w->wv},
+                  (const uint16_t *[]){h->wq, h->wk, h->wv}, (const float *[]){w->bq, w->bk, w->bv},
+                  (int[]){Q, KV, KV}, 3, n, C);
     if (c->qk_norm) {
         be->rmsnorm_forward(g->q, g->qr, g->q_raw, w->q_norm, n * NH, HD, eps);
         be->rmsnorm_forward(g->kk, g->kr, g->k_raw, w->k_norm, n * KVH, HD, eps);
@@ -299,21 +326,9 @@ static void layer(tp_generator *g, int l, int n) {
     else
         be->attention_decode(g->att, g->q, kc, vc, ids(g, g->dev_ids, IDS_ROW0), ids(g, g->dev_ids, IDS_KLEN), n,
                              NH, KVH, HD, scale);
-    lin(g, g->mid, g->att, w->wo, h->wo, w->bo, n, Q, C);
-    be->add_rmsnorm_forward(g->mid, g->ln, g->rstd, g->mid, g->x, w->ln2, n, C, eps);  // mid += x; ln = norm(mid)
-    if (g->w16) {
-        lin_many(g, (float *[]){g->gate, g->up}, g->ln, (const float *[]){w->w_gate, w->w_up},
-                 (const uint16_t *[]){h->gate, h->up}, (const float *[]){NULL, NULL}, (int[]){F, F}, 2, n, C);
-        be->swiglu_forward(g->act, g->gate, g->up, (long)n * F);
-    } else {
-        be->linear_swiglu_forward(g->act, g->gate, g->up, g->ln, w->w_gate, w->w_up, n, C, F);
-    }
-    lin(g, g->x, g->act, w->w_down, h->down, NULL, n, F, C);
-    // x += mid, and the next layer's first norm in the same pass
-    if (l + 1 < c->num_layers)
-        be->add_rmsnorm_forward(g->x, g->ln, g->rstd, g->x, g->mid, m->W.layers[l + 1].ln1, n, C, eps);
-    else
-        be->add_inplace(g->x, g->mid, (long)n * C);
+    lin_residual(g, g->mid, g->att, w->wo, h->wo, w->bo, g->x, n, Q, C);  // mid = x + o(att)
+    norm_lin_swiglu(g, g->mid, w->ln2, w->w_gate, h->gate, w->w_up, h->up, n, C, F);
+    lin_residual(g, g->x, g->act, w->w_down, h->down, NULL, g->mid, n, F, C);  // x = mid + down(act)
 }
 
 // Fills the call's integer arrays (positions after what each slot holds, in call order).
@@ -356,8 +371,6 @@ static void run_step(tp_generator *g, int n, int n_out, float *dst) {
     const tp_model_config *c = &m->cfg;
     const tp_backend *be = g->be;
     be->embedding_forward(g->x, ids(g, g->dev_ids, IDS_TOKEN), m->W.embed, n, c->hidden_size);
-    // layer l starts from ln = norm1_l(x): the previous layer's last op computes it
-    be->rmsnorm_forward(g->ln, g->rstd, g->x, m->W.layers[0].ln1, n, c->hidden_size, (float)c->rms_norm_eps);
     for (int l = 0; l < c->num_layers; l++) layer(g, l, n);
     if (n_out <= 0) return;
     be->gather_rows(g->xg, g->x, ids(g, g->dev_ids, IDS_OUT), n_out, c->hidden_size);

@@ -46,3 +46,26 @@ void linear_forward_many(int count, float *const out[], const float *x, const fl
                          const float *const bias[], const int OC[], int N, int IC) {
     for (int i = 0; i < count; i++) linear_forward(out[i], x, weight[i], bias[i], N, IC, OC[i]);
 }
+
+void rmsnorm_linear_forward_many(int count, float *const out[], float *ln, const float *x, const float *norm_weight,
+                                 float eps, const float *const weight[], const float *const bias[], const int OC[],
+                                 int N, int IC) {
+    if (norm_weight) rmsnorm_forward(ln, NULL, x, norm_weight, N, IC, eps), x = ln;
+    linear_forward_many(count, out, x, weight, bias, OC, N, IC);
+}
+
+void rmsnorm_linear_swiglu_forward(float *act, float *gate, float *up, float *ln, const float *x,
+                                   const float *norm_weight, float eps, const float *w_gate, const float *w_up, int N,
+                                   int IC, int F) {
+    float *const out[2] = {gate, up};
+    const float *const w[2] = {w_gate, w_up}, *const b[2] = {NULL, NULL};
+    const int OC[2] = {F, F};
+    rmsnorm_linear_forward_many(2, out, ln, x, norm_weight, eps, w, b, OC, N, IC);
+    swiglu_forward(act, gate, up, (long)N * F);
+}
+
+void linear_residual_forward(float *out, const float *x, const float *weight, const float *bias, const float *residual,
+                             int N, int IC, int OC) {
+    linear_forward(out, x, weight, bias, N, IC, OC);
+    add_inplace(out, residual, (long)N * OC);
+}

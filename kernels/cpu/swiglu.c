@@ -46,12 +46,3 @@ void swiglu_backward(float *dgate, float *dup, const float *dout, const float *g
         backward_chunk(dgate + i, dup + i, dout + i, gate + i, up + i, n - i < CHUNK ? n - i : CHUNK);
     }
 }
-
-void linear_swiglu_forward(float *act, float *gate, float *up, const float *x, const float *w_gate, const float *w_up,
-                           int N, int IC, int F) {
-    float *const out[2] = {gate, up};
-    const float *const w[2] = {w_gate, w_up}, *const b[2] = {NULL, NULL};
-    const int OC[2] = {F, F};
-    linear_forward_many(2, out, x, w, b, OC, N, IC);
-    swiglu_forward(act, gate, up, (long)N * F);
-}

@@ -63,9 +63,12 @@ template <typename Kernel> void allow_smem(Kernel kernel, size_t bytes, bool *do
 // Programmatic dependent launch (sm_90+): a kernel launched by cuda_launch_dependent may
 // start while the kernel before it in the stream is still running, once that one's blocks
 // have all called pdl_trigger (or exited). Until pdl_wait returns — the previous kernel
-// complete, its writes visible — it may only read what no earlier op writes (weights),
-// and every block of it must call pdl_wait before it reads anything else or writes at
-// all; then the chain stays ordered (each kernel's completion implies its predecessor's).
+// complete, its writes visible — it may not read or write anything an earlier op writes;
+// it may prefetch into L2 (a prefetch returns no data, so even a weight's bf16 copy being
+// rewritten by the op before is safe to prefetch). Every block must call pdl_wait before
+// it reads or writes anything else; then the chain stays ordered (each kernel's completion
+// implies its predecessor's). The kernels here trigger on entry, so the chain may run a few
+// kernels ahead, parked at their waits.
 // A decode step is a chain of ~200 small kernels, each waiting for DRAM from a cold start;
 // this way a product's weights stream into L2 while the kernel before it finishes.
 // TP_CUDA_PDL=0 launches them the ordinary way.

@@ -47,6 +47,9 @@ unsigned long cuda_graph_epoch(void);
 // "tf32" or "bf16": tensor cores on fp32 data, inputs rounded to tf32 / bf16, fp32 sums.
 // Returns 0, or -1 for an unknown name.
 int cuda_set_matmul_precision(const char *name);
+// Programmatic dependent launch of the decode kernels: 1 on where the GPU and our kernel
+// image have it (sm_90), 0 off, -1 back to the default (that, unless TP_CUDA_PDL=0). For tests.
+void cuda_set_pdl(int on);
 
 // ---- the ops of ops.h ----
 void cuda_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C);
@@ -69,8 +72,14 @@ void cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                              const float *q, const float *k, const float *v, const int32_t *seg_start, int N,
                              int NH, int KVH, int HD, float scale);
 void cuda_swiglu_forward(float *out, const float *gate, const float *up, long n);
-void cuda_linear_swiglu_forward(float *act, float *gate, float *up, const float *x, const float *w_gate,
-                                const float *w_up, int N, int IC, int F);
+void cuda_rmsnorm_linear_forward_many(int count, float *const out[], float *ln, const float *x,
+                                      const float *norm_weight, float eps, const float *const weight[],
+                                      const float *const bias[], const int OC[], int N, int IC);
+void cuda_rmsnorm_linear_swiglu_forward(float *act, float *gate, float *up, float *ln, const float *x,
+                                        const float *norm_weight, float eps, const float *w_gate, const float *w_up,
+                                        int N, int IC, int F);
+void cuda_linear_residual_forward(float *out, const float *x, const float *weight, const float *bias,
+                                  const float *residual, int N, int IC, int OC);
 void cuda_rope_kv_cache_forward(float *q, float *k, const float *v, float *k_cache, float *v_cache,
                                 const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n, int NH,
                                 int KVH, int HD);

@@ -289,8 +289,9 @@ __global__ void __launch_bounds__(THREADS, 1) decode_kernel(float *__restrict__ 
             if (d == 0) part_ml[(row * nsplit + c) * 2] = M, part_ml[(row * nsplit + c) * 2 + 1] = L;
         }
     }
-    if (nsplit > 1) merge_if_last(out, part_acc, part_ml, arrived, i, h0, nh, NH, HD, nsplit, (n_len + chunk - 1) / chunk,
-                                  i * gridDim.y + blockIdx.y);
+    if (nsplit > 1)
+        merge_if_last(out, part_acc, part_ml, arrived, i, h0, nh, NH, HD, nsplit, (n_len + chunk - 1) / chunk,
+                      i * gridDim.y + blockIdx.y);
 }
 
 // Chunks per sequence: enough blocks for BLOCKS_PER_SM per SM (at 200-250 registers a

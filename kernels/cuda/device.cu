@@ -21,17 +21,25 @@ cudaStream_t cuda_stream(void) {
     return stream;
 }
 
+// Compiled like every kernel: its image says whether pdl_wait was compiled in (sm_90 code;
+// PTX for an older target JIT-compiled on a newer GPU would have it compiled out).
+__global__ void pdl_probe_kernel(void) {}
+
+static int pdl_forced = -1;  // cuda_set_pdl: tests compare runs with and without
+extern "C" void cuda_set_pdl(int on) { pdl_forced = on; }
+
 bool cuda_pdl(void) {
-    static int on = -1;
-    if (on < 0) {
-        int dev = 0, major = 0;
-        const char *env = getenv("TP_CUDA_PDL");
-        on = cudaGetDevice(&dev) == cudaSuccess &&
-             cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 &&
-             !(env && !strcmp(env, "0"));
+    static int supported = -1, env_off = -1;
+    if (supported < 0) {
+        cudaFuncAttributes attr;
+        supported = cudaFuncGetAttributes(&attr, pdl_probe_kernel) == cudaSuccess && attr.ptxVersion >= 90 &&
+                    attr.binaryVersion >= 90;
         cudaGetLastError();
+        const char *env = getenv("TP_CUDA_PDL");
+        env_off = env && !strcmp(env, "0");
     }
-    return on;
+    if (pdl_forced >= 0) return pdl_forced && supported;
+    return supported && !env_off;
 }
 
 extern "C" void cuda_weights_changed(void) { cuda_weights_version++, cuda_graph_epoch_now++; }
@@ -98,12 +106,15 @@ extern "C" void *cuda_alloc(size_t bytes) {
 
 extern "C" void cuda_free(void *p) {
     if (!p) return;
+    size_t bytes = 0;
     for (size_t i = 0; i < n_live; i++)
         if (live[i].p == p) {
-            cuda_bf16_forget(p, live[i].bytes);
+            bytes = live[i].bytes;
             live[i] = live[--n_live];
             break;
         }
+    // after the table is settled: forgetting frees the bf16 copies, through here again
+    if (bytes) cuda_bf16_forget(p, bytes);
     CUDA_CHECK(cudaFree(p));
 }
 

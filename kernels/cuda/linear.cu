@@ -184,11 +184,17 @@ __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
 // (KS = 4), so a row is one round of loads rather than five; the warps' sums are added in
 // warp order. KS depends on IC alone, so an output's bits never depend on N or on the
 // products launched with it.
+// The norm before a layer's products and the residual add after them are folded in too
+// (NORM: each block computes the rstd of x's rows itself, in the same order as every other
+// block, and normalises x as it reads it; residual: added to the output on the way out), so
+// a layer is 6 kernels: q/k/v, RoPE + cache, attention, o + residual, gate/up + SwiGLU,
+// down + residual.
 enum { GEMV_WARPS = 4, GEMV_MAX_N = 8, GEMV_MAX_SEGS = 3, GEMV_SPLIT_IC = 2048 };
 
 struct gemv_seg {
     const __nv_bfloat16 *w, *w2;  // [OC, IC]; w2: the up weights of a PAIR launch
     const float *bias;            // [OC] or NULL (not with PAIR)
+    const float *residual;        // [N, OC] added last, or NULL (not with PAIR)
     float *out;                   // [N, OC]
     int OC, block0;               // the segment's blocks start at block0
 };
@@ -200,13 +206,42 @@ struct gemv_segs {
 static int gemv_ks(int IC) { return IC >= GEMV_SPLIT_IC ? GEMV_WARPS : 1; }
 static int gemv_blocks(int OC, int IC) { return gemv_ks(IC) > 1 ? OC : (int)cuda_blocks(OC, GEMV_WARPS); }
 
+// rstd[n] = 1 / sqrt(mean(x[n]^2) + eps) for the NN rows of x [NN, IC], by the whole block
+// (GEMV_WARPS warps) in one fixed order: float4s of a thread, lanes by shuffles, warps in
+// warp order. Every thread gets every rstd. (IC % 4 == 0.)
+template <int NN>
+__device__ __forceinline__ void rows_rstd(float (&rstd)[NN], const float *__restrict__ x, int IC, float eps) {
+    __shared__ float part[NN][GEMV_WARPS];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int n = 0; n < NN; n++) {
+        const float4 *r = reinterpret_cast<const float4 *>(x + (size_t)n * IC);
+        float ss = 0.f;
+        for (int c = threadIdx.x; c < IC / 4; c += GEMV_WARPS * 32) {
+            float4 v = r[c];
+            ss += v.x * v.x, ss += v.y * v.y, ss += v.z * v.z, ss += v.w * v.w;
+        }
+        ss = warp_sum(ss);
+        if (lane == 0) part[n][warp] = ss;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int n = 0; n < NN; n++) {
+        float total = part[n][0];
+#pragma unroll
+        for (int w = 1; w < GEMV_WARPS; w++) total += part[n][w];
+        rstd[n] = rsqrtf(total / IC + eps);
+    }
+}
+
 // acc[r][n] = x[n] · wrow[r] for the NN rows of x and R weight rows (a PAIR's gate and up
 // rows load together and share x's loads; each row's sums are in the same order either
 // way), summed over the 32 lanes; this thread takes the 8-weight chunks first,
-// first + stride, ...
-template <int NN, int R>
+// first + stride, ... With NORM, x[n] is read as x[n] * rstd[n] * norm_w (RMSNorm's order).
+template <int NN, int R, bool NORM>
 __device__ __forceinline__ void gemv_rows(float (&acc)[R][NN], const __nv_bfloat16 *const (&wrow)[R],
-                                          const float *__restrict__ x, int IC, int first, int stride) {
+                                          const float *__restrict__ x, const float *__restrict__ norm_w,
+                                          const float (&rstd)[NN], int IC, int first, int stride) {
     const int chunks = IC / 8;  // 8 weights a 16-byte load
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -222,10 +257,20 @@ __device__ __forceinline__ void gemv_rows(float (&acc)[R][NN], const __nv_bfloat
 #pragma unroll
             for (int e = 0; e < 4; e++) w[r][e] = __bfloat1622float2(pair[e]);
         }
+        float4 na, nb;
+        if (NORM) {
+            const float4 *nw = reinterpret_cast<const float4 *>(norm_w) + 2 * c;
+            na = __ldg(nw), nb = __ldg(nw + 1);
+        }
 #pragma unroll
         for (int n = 0; n < NN; n++) {
             const float4 *xr = reinterpret_cast<const float4 *>(x + (size_t)n * IC) + 2 * c;
             float4 a = xr[0], b = xr[1];
+            if (NORM) {
+                const float s = rstd[n];
+                a.x = a.x * s * na.x, a.y = a.y * s * na.y, a.z = a.z * s * na.z, a.w = a.w * s * na.w;
+                b.x = b.x * s * nb.x, b.y = b.y * s * nb.y, b.z = b.z * s * nb.z, b.w = b.w * s * nb.w;
+            }
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 float s = acc[r][n];
@@ -263,8 +308,9 @@ template <int NN, int KS> __device__ __forceinline__ void gemv_combine(float (&a
     __syncthreads();  // part is reused by a PAIR's second product
 }
 
-template <int NN, bool PAIR, int KS>
-__global__ void gemv_bf16_kernel(const gemv_segs segs, const float *__restrict__ x, int IC) {
+template <int NN, bool PAIR, int KS, bool NORM>
+__global__ void gemv_bf16_kernel(const gemv_segs segs, const float *__restrict__ x, const float *__restrict__ norm_w,
+                                 float eps, int IC) {
     // the block's segment, its fields picked without indexing the parameter array
     gemv_seg g = segs.s[0];
 #pragma unroll
@@ -281,72 +327,91 @@ __global__ void gemv_bf16_kernel(const gemv_segs segs, const float *__restrict__
         if (PAIR) prefetch_l2(reinterpret_cast<const char *>(g.w2 + (size_t)o * IC) + off, bytes, lane);
     }
     pdl_wait();
+    float rstd[NN];
+    if (NORM) rows_rstd<NN>(rstd, x, IC, eps);  // the whole block: before any thread returns
     if (o >= g.OC) return;  // with KS > 1 the whole block
     constexpr int R = PAIR ? 2 : 1;
     const __nv_bfloat16 *rows[R];
     rows[0] = g.w + (size_t)o * IC;
     if (PAIR) rows[R - 1] = g.w2 + (size_t)o * IC;
     float acc[R][NN];
-    gemv_rows<NN, R>(acc, rows, x, IC, first, stride);
+    gemv_rows<NN, R, NORM>(acc, rows, x, norm_w, rstd, IC, first, stride);
 #pragma unroll
     for (int r = 0; r < R; r++) gemv_combine<NN, KS>(acc[r]);
     if (first != 0) return;
 #pragma unroll
     for (int n = 0; n < NN; n++) {
         float v = acc[0][n];
-        if (PAIR) v = v * (1.0f / (1.0f + expf(-v))) * acc[R - 1][n];  // swiglu_forward_kernel's arithmetic
-        else if (g.bias) v += g.bias[o];
+        if (PAIR) {
+            v = v * (1.0f / (1.0f + expf(-v))) * acc[R - 1][n];  // swiglu_forward_kernel's arithmetic
+        } else {
+            if (g.bias) v += g.bias[o];
+            if (g.residual) v += g.residual[(size_t)n * g.OC + o];
+        }
         g.out[(size_t)n * g.OC + o] = v;
     }
 }
 
-template <int NN, bool PAIR>
-static void launch_gemv_n(const gemv_segs &segs, int blocks, const float *x, int IC) {
+template <int NN, bool PAIR, bool NORM>
+static void launch_gemv_n(const gemv_segs &segs, int blocks, const float *x, const float *norm_w, float eps, int IC) {
     dim3 grid(blocks), block(GEMV_WARPS * 32);
-    if (gemv_ks(IC) > 1) cuda_launch_dependent(gemv_bf16_kernel<NN, PAIR, GEMV_WARPS>, grid, block, 0, segs, x, IC);
-    else cuda_launch_dependent(gemv_bf16_kernel<NN, PAIR, 1>, grid, block, 0, segs, x, IC);
+    if (gemv_ks(IC) > 1)
+        cuda_launch_dependent(gemv_bf16_kernel<NN, PAIR, GEMV_WARPS, NORM>, grid, block, 0, segs, x, norm_w, eps, IC);
+    else
+        cuda_launch_dependent(gemv_bf16_kernel<NN, PAIR, 1, NORM>, grid, block, 0, segs, x, norm_w, eps, IC);
 }
 
-template <bool PAIR>
-static void launch_gemv(const gemv_segs &segs, int blocks, const float *x, int N, int IC) {
+template <bool PAIR, bool NORM>
+static void launch_gemv_norm(const gemv_segs &segs, int blocks, const float *x, const float *norm_w, float eps, int N,
+                             int IC) {
     switch (N) {
-    case 1: launch_gemv_n<1, PAIR>(segs, blocks, x, IC); break;
-    case 2: launch_gemv_n<2, PAIR>(segs, blocks, x, IC); break;
-    case 3: launch_gemv_n<3, PAIR>(segs, blocks, x, IC); break;
-    case 4: launch_gemv_n<4, PAIR>(segs, blocks, x, IC); break;
-    case 5: launch_gemv_n<5, PAIR>(segs, blocks, x, IC); break;
-    case 6: launch_gemv_n<6, PAIR>(segs, blocks, x, IC); break;
-    case 7: launch_gemv_n<7, PAIR>(segs, blocks, x, IC); break;
-    default: launch_gemv_n<8, PAIR>(segs, blocks, x, IC); break;
+    case 1: launch_gemv_n<1, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    case 2: launch_gemv_n<2, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    case 3: launch_gemv_n<3, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    case 4: launch_gemv_n<4, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    case 5: launch_gemv_n<5, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    case 6: launch_gemv_n<6, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    case 7: launch_gemv_n<7, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    default: launch_gemv_n<8, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
     }
 }
 
-static bool gemv_applies(const float *x, int N, int IC) {
-    return compute == CUBLAS_COMPUTE_32F_FAST_16BF && N >= 1 && N <= GEMV_MAX_N && IC % 8 == 0 &&
-           ((uintptr_t)x & 15) == 0;
+// norm_w: the RMSNorm weights x is normalised by on the way in, or NULL.
+template <bool PAIR>
+static void launch_gemv(const gemv_segs &segs, int blocks, const float *x, const float *norm_w, float eps, int N,
+                        int IC) {
+    if (norm_w) launch_gemv_norm<PAIR, true>(segs, blocks, x, norm_w, eps, N, IC);
+    else launch_gemv_norm<PAIR, false>(segs, blocks, x, NULL, eps, N, IC);
 }
 
-// count products of x in one launch (bias[i] may be NULL); false when the few-rows path
+static bool gemv_applies(const float *x, const float *norm_w, int N, int IC) {
+    return compute == CUBLAS_COMPUTE_32F_FAST_16BF && N >= 1 && N <= GEMV_MAX_N && IC % 8 == 0 &&
+           ((uintptr_t)x & 15) == 0 && ((uintptr_t)norm_w & 15) == 0;
+}
+
+// count products of x (normalised by norm_w when given) in one launch; bias[i] and
+// residual[i] may be NULL (residual itself may be NULL: none). false when the few-rows path
 // does not apply (then nothing was launched).
-static bool gemv_forward_many(int count, float *const out[], const float *x, const float *const weight[],
-                              const float *const bias[], const int OC[], int N, int IC) {
-    if (count < 1 || count > GEMV_MAX_SEGS || !gemv_applies(x, N, IC)) return false;
+static bool gemv_forward_many(int count, float *const out[], const float *x, const float *norm_w, float eps,
+                              const float *const weight[], const float *const bias[], const float *const residual[],
+                              const int OC[], int N, int IC) {
+    if (count < 1 || count > GEMV_MAX_SEGS || !gemv_applies(x, norm_w, N, IC)) return false;
     gemv_segs segs = {};
     int blocks = 0;
     for (int i = 0; i < count; i++) {
         const __nv_bfloat16 *w = weight_bf16(weight[i], (size_t)OC[i] * IC);
         if (!w) return false;
-        segs.s[i] = gemv_seg{w, NULL, bias[i], out[i], OC[i], blocks};
+        segs.s[i] = gemv_seg{w, NULL, bias[i], residual ? residual[i] : NULL, out[i], OC[i], blocks};
         blocks += gemv_blocks(OC[i], IC);
     }
     segs.count = count;
-    if (blocks > 0) launch_gemv<false>(segs, blocks, x, N, IC);
+    if (blocks > 0) launch_gemv<false>(segs, blocks, x, norm_w, eps, N, IC);
     return true;
 }
 
 // The few-rows path when it applies (bf16 products, aligned rows); false: use the GEMM.
 static bool gemv_forward(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC) {
-    return gemv_forward_many(1, &out, x, &weight, &bias, &OC, N, IC);
+    return gemv_forward_many(1, &out, x, NULL, 0.0f, &weight, &bias, NULL, &OC, N, IC);
 }
 
 // One product; reuse_x: x's bf16 copy from the previous product is still in scratch B.
@@ -369,30 +434,46 @@ extern "C" void cuda_linear_forward(float *out, const float *x, const float *wei
 
 extern "C" void cuda_linear_forward_many(int count, float *const out[], const float *x, const float *const weight[],
                                          const float *const bias[], const int OC[], int N, int IC) {
-    if (N <= 0 || gemv_forward_many(count, out, x, weight, bias, OC, N, IC)) return;
+    if (N <= 0 || gemv_forward_many(count, out, x, NULL, 0.0f, weight, bias, NULL, OC, N, IC)) return;
     // x is B of every product and nothing writes it in between: one bf16 copy serves all
     bool converted = false;
     for (int i = 0; i < count; i++) converted = forward_one(out[i], x, weight[i], bias[i], N, IC, OC[i], converted);
 }
 
-extern "C" void cuda_linear_swiglu_forward(float *act, float *gate, float *up, const float *x, const float *w_gate,
-                                           const float *w_up, int N, int IC, int F) {
+extern "C" void cuda_rmsnorm_linear_forward_many(int count, float *const out[], float *ln, const float *x,
+                                                 const float *norm_weight, float eps, const float *const weight[],
+                                                 const float *const bias[], const int OC[], int N, int IC) {
+    if (N <= 0 || gemv_forward_many(count, out, x, norm_weight, eps, weight, bias, NULL, OC, N, IC)) return;
+    if (norm_weight) cuda_rmsnorm_forward(ln, NULL, x, norm_weight, N, IC, eps), x = ln;
+    cuda_linear_forward_many(count, out, x, weight, bias, OC, N, IC);
+}
+
+extern "C" void cuda_rmsnorm_linear_swiglu_forward(float *act, float *gate, float *up, float *ln, const float *x,
+                                                   const float *norm_weight, float eps, const float *w_gate,
+                                                   const float *w_up, int N, int IC, int F) {
     if (N <= 0) return;
-    if (gemv_applies(x, N, IC)) {
+    if (gemv_applies(x, norm_weight, N, IC)) {
         const __nv_bfloat16 *wg = weight_bf16(w_gate, (size_t)F * IC), *wu = weight_bf16(w_up, (size_t)F * IC);
         if (wg && wu) {
             gemv_segs segs = {};
-            segs.s[0] = gemv_seg{wg, wu, NULL, act, F, 0};
+            segs.s[0] = gemv_seg{wg, wu, NULL, NULL, act, F, 0};
             segs.count = 1;
-            launch_gemv<true>(segs, gemv_blocks(F, IC), x, N, IC);
+            launch_gemv<true>(segs, gemv_blocks(F, IC), x, norm_weight, eps, N, IC);
             return;
         }
     }
     float *const outs[2] = {gate, up};
     const float *const ws[2] = {w_gate, w_up}, *const bs[2] = {NULL, NULL};
     const int ocs[2] = {F, F};
-    cuda_linear_forward_many(2, outs, x, ws, bs, ocs, N, IC);
+    cuda_rmsnorm_linear_forward_many(2, outs, ln, x, norm_weight, eps, ws, bs, ocs, N, IC);
     cuda_swiglu_forward(act, gate, up, (long)N * F);
+}
+
+extern "C" void cuda_linear_residual_forward(float *out, const float *x, const float *weight, const float *bias,
+                                             const float *residual, int N, int IC, int OC) {
+    if (N <= 0 || gemv_forward_many(1, &out, x, NULL, 0.0f, &weight, &bias, &residual, &OC, N, IC)) return;
+    cuda_linear_forward(out, x, weight, bias, N, IC, OC);
+    cuda_add_inplace(out, residual, (long)N * OC);
 }
 
 extern "C" void cuda_linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x,

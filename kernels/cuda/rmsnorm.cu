@@ -100,13 +100,22 @@ static bool misaligned16(const void *p) { return ((uintptr_t)p & 15) != 0; }
 // rows, C <= 4 * 1024 * 4); false: the caller uses the warp-per-row kernel.
 static bool rows_kernel(float *sum, float *out, float *rstd, const float *a, const float *b, const float *weight, int N,
                         int C, float eps) {
-    if (C % 4 || misaligned16(out) || misaligned16(a) || misaligned16(weight) || (b && misaligned16(b)) ||
-        (sum && misaligned16(sum)))
-        return false;
+    if (C % 4 || misaligned16(out) || misaligned16(weight) || (sum && misaligned16(sum))) return false;
     const int C4 = C / 4;
     int K = (C4 + 1023) / 1024;
     if (K == 3) K = 4;
-    if (K > 4) return false;
+    if (C4 == 0 || K > 4) return false;
+    if (misaligned16(a) || (b && misaligned16(b))) {
+        if (!b || !sum) return false;
+        // the sum into (aligned) sum first, then the norm of sum: the bits of add + rmsnorm
+        if (sum == b) {
+            cuda_add_inplace(sum, a, (long)N * C);  // b + a: the same float sums as a + b
+        } else {
+            cuda_copy(sum, a, (size_t)N * C * sizeof(float));
+            cuda_add_inplace(sum, b, (long)N * C);
+        }
+        a = sum, b = NULL, sum = NULL;
+    }
     const int per = (C4 + K - 1) / K, threads = (per + 31) / 32 * 32;
     auto kernel = K == 1 ? rmsnorm_rows_kernel<1> : K == 2 ? rmsnorm_rows_kernel<2> : rmsnorm_rows_kernel<4>;
     cuda_launch_dependent(kernel, dim3(N), dim3(threads), 0, sum, out, rstd, a, b, weight, C, eps);
