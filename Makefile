@@ -59,7 +59,7 @@ BENCHES   := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/
 # Test servers (tests/server/): stand-ins for remote APIs, for the tests and the offline demo.
 SERVERS   := $(patsubst tests/server/%.c,$(BUILD)/tests/%,$(wildcard tests/server/*.c))
 
-.PHONY: all deps test fuzz bench install clean gpu-check
+.PHONY: all deps test fuzz bench install clean gpu-check FORCE
 all: $(LIB) $(TOOLS) $(TESTS) $(BENCHES) $(SERVERS)
 
 deps:
@@ -69,7 +69,14 @@ $(BUILD)/obj/%.o: %.c $(wildcard libcore/*.h kernels/*.h kernels/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cu $(wildcard kernels/*.h kernels/cuda/*.h)
+# The GPU architectures the objects were built for: rewritten only when CUDA_ARCHS changes,
+# so a build for other cards recompiles the kernels (a bundle built after a one-arch build
+# once lacked sm_80 code).
+$(BUILD)/cuda-archs: FORCE
+	@mkdir -p $(dir $@)
+	@echo "$(CUDA_ARCHS)" | cmp -s - $@ || echo "$(CUDA_ARCHS)" > $@
+
+$(BUILD)/obj/%.o: %.cu $(wildcard kernels/*.h kernels/cuda/*.h) $(BUILD)/cuda-archs
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
@@ -149,3 +156,5 @@ install: $(LIB) $(TOOLS)
 
 clean:
 	rm -rf build
+
+FORCE:
