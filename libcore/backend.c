@@ -159,7 +159,7 @@ static void p_rope_forward(float *x, const int32_t *pos, const float *f, int N, 
 static void p_rmsnorm_linear_forward_many(int count, float *const out[], float *ln, const float *x, const float *nw,
                                           float eps, const float *const w[], const float *const b[], const int OC[],
                                           int N, int IC) {
-    PROF("rmsnorm_linear_forward", cuda_rmsnorm_linear_forward_many(count, out, ln, x, nw, eps, w, b, OC, N, IC));
+    PROF("rmsnorm_linear_forward_many", cuda_rmsnorm_linear_forward_many(count, out, ln, x, nw, eps, w, b, OC, N, IC));
 }
 static void p_rmsnorm_linear_swiglu_forward(float *act, float *g, float *u, float *ln, const float *x, const float *nw,
                                             float eps, const float *wg, const float *wu, int N, int IC, int F) {

@@ -50,6 +50,7 @@ int cuda_set_matmul_precision(const char *name);
 // Programmatic dependent launch of the decode kernels: 1 on where the GPU and our kernel
 // image have it (sm_90), 0 off, -1 back to the default (that, unless TP_CUDA_PDL=0). For tests.
 void cuda_set_pdl(int on);
+int cuda_pdl_enabled(void);  // whether the decode kernels are launched that way now
 
 // ---- the ops of ops.h ----
 void cuda_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C);

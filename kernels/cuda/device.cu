@@ -42,6 +42,8 @@ bool cuda_pdl(void) {
     return supported && !env_off;
 }
 
+extern "C" int cuda_pdl_enabled(void) { return cuda_pdl(); }
+
 extern "C" void cuda_weights_changed(void) { cuda_weights_version++, cuda_graph_epoch_now++; }
 
 void cuda_note_message(const char *msg, const char *file, int line) {

@@ -188,7 +188,8 @@ __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
 // (NORM: each block computes the rstd of x's rows itself, in the same order as every other
 // block, and normalises x as it reads it; residual: added to the output on the way out), so
 // a layer is 6 kernels: q/k/v, RoPE + cache, attention, o + residual, gate/up + SwiGLU,
-// down + residual.
+// down + residual (8 with Qwen3's q/k norms). The rstd is summed in this kernel's own
+// order, so the outputs are not the bits of rmsnorm_forward followed by the products.
 enum { GEMV_WARPS = 4, GEMV_MAX_N = 8, GEMV_MAX_SEGS = 3, GEMV_SPLIT_IC = 2048 };
 
 struct gemv_seg {
@@ -237,7 +238,8 @@ __device__ __forceinline__ void rows_rstd(float (&rstd)[NN], const float *__rest
 // acc[r][n] = x[n] · wrow[r] for the NN rows of x and R weight rows (a PAIR's gate and up
 // rows load together and share x's loads; each row's sums are in the same order either
 // way), summed over the 32 lanes; this thread takes the 8-weight chunks first,
-// first + stride, ... With NORM, x[n] is read as x[n] * rstd[n] * norm_w (RMSNorm's order).
+// first + stride, ... With NORM, x[n] is read as x[n] * rstd[n] * norm_w (the products in
+// RMSNorm's order; rstd itself from rows_rstd).
 template <int NN, int R, bool NORM>
 __device__ __forceinline__ void gemv_rows(float (&acc)[R][NN], const __nv_bfloat16 *const (&wrow)[R],
                                           const float *__restrict__ x, const float *__restrict__ norm_w,
@@ -384,9 +386,11 @@ static void launch_gemv(const gemv_segs &segs, int blocks, const float *x, const
     else launch_gemv_norm<PAIR, false>(segs, blocks, x, NULL, eps, N, IC);
 }
 
+// With a norm, only rows a warp takes alone (KS 1): a KS > 1 launch has a block an output,
+// and each would read all of x again for its rstd (7B q/k/v: ~0.5 GB of L2 reads a layer).
 static bool gemv_applies(const float *x, const float *norm_w, int N, int IC) {
     return compute == CUBLAS_COMPUTE_32F_FAST_16BF && N >= 1 && N <= GEMV_MAX_N && IC % 8 == 0 &&
-           ((uintptr_t)x & 15) == 0 && ((uintptr_t)norm_w & 15) == 0;
+           ((uintptr_t)x & 15) == 0 && ((uintptr_t)norm_w & 15) == 0 && (!norm_w || gemv_ks(IC) == 1);
 }
 
 // count products of x (normalised by norm_w when given) in one launch; bias[i] and

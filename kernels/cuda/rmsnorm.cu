@@ -111,7 +111,7 @@ static bool rows_kernel(float *sum, float *out, float *rstd, const float *a, con
         if (sum == b) {
             cuda_add_inplace(sum, a, (long)N * C);  // b + a: the same float sums as a + b
         } else {
-            cuda_copy(sum, a, (size_t)N * C * sizeof(float));
+            if (sum != a) cuda_copy(sum, a, (size_t)N * C * sizeof(float));
             cuda_add_inplace(sum, b, (long)N * C);
         }
         a = sum, b = NULL, sum = NULL;

@@ -15,10 +15,10 @@
 #include "ops.h"
 #include "tokenizer.h"
 
+#ifdef TP_HAVE_CUDA
 #define FIX "tests/fixtures/model/"
 static const char *CASES[] = {"qwen3", "qwen2-tied", "llama3", "llama3-tied"};
 
-#ifdef TP_HAVE_CUDA
 static tp_model *on_gpu(const char *name, const char *matmul) {
     tp_model *m = fixture_load_model(FIX, name);
     if (!m) return NULL;

@@ -277,6 +277,9 @@ static void test_dependent_launch_chain(void) {
         }
         got[pdl] = host_of(d_z, C);
     }
+    cuda_set_pdl(1);
+    printf("# dependent launch %s\n",
+           cuda_pdl_enabled() ? "used" : "not available here: the test compared two plain runs");
     cuda_set_pdl(-1);
     CHECK_MSG(!memcmp(got[0], got[1], C * 4), "a chain of decode ops differs with dependent launch");
     CHECK_CUDA_OK();
@@ -332,6 +335,15 @@ static void test_rope(void) {
 // against their CPU twins, N = 9 taking the GEMM path; IC 2048 splits rows over warps.
 static const int fused_cases[][2] = {{1, 896}, {3, 896}, {8, 896}, {9, 896}, {2, 2048}};  // N, IC
 
+// Random rows whose scales differ (row n times n + 1): a kernel that normalised one row by
+// another's rstd would be off by far more than the tolerance.
+static float *rnd_rows(int N, int IC) {
+    float *x = rnd((size_t)N * IC);
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < IC; i++) x[(size_t)n * IC + i] *= (float)(n + 1);
+    return x;
+}
+
 // q/k/v-like products of rmsnorm(x) (one bias missing), with and without the norm; a row's
 // outputs are the same bits alone or among 8 (every block computes the norm in one order).
 static void test_rmsnorm_linear(void) {
@@ -339,9 +351,9 @@ static void test_rmsnorm_linear(void) {
     CHECK(cuda_set_matmul_precision("bf16") == 0);
     for (int t = 0; t < 5; t++) {
         int N = fused_cases[t][0], IC = fused_cases[t][1];
-        const int OC[3] = {IC, IC / 8, IC / 8};
+        const int OC[3] = {IC, IC / 8 + 2, IC / 8 + 1};  // partial last blocks of 4 outputs
         size_t nx = (size_t)N * IC;
-        float *x = rnd(nx), *nw = rnd(IC), *ln = malloc(nx * 4), *d_x = dev_copy(x, nx * 4);
+        float *x = rnd_rows(N, IC), *nw = rnd(IC), *ln = malloc(nx * 4), *d_x = dev_copy(x, nx * 4);
         float *d_nw = dev_copy(nw, IC * 4), *d_ln = dev_poisoned(nx);
         float *w[3], *b[3], *out[3], *d_w[3], *d_b[3], *d_out[3];
         for (int i = 0; i < 3; i++) {
@@ -363,15 +375,16 @@ static void test_rmsnorm_linear(void) {
             }
         }
         if (N > 1 && N <= 8) {  // row N-1 alone, normalised in its own launch
-            float *d_one[3], *all = host_of(d_out[0], (size_t)N * OC[0]);
+            float *d_one[3];
             for (int i = 0; i < 3; i++) d_one[i] = dev_poisoned(OC[i]);
             cuda_rmsnorm_linear_forward_many(3, d_one, d_ln, d_x + (size_t)(N - 1) * IC, d_nw, 1e-6f,
                                              (const float *const *)d_w, (const float *const *)d_b, OC, 1, IC);
-            float *one = host_of(d_one[0], OC[0]);
-            CHECK_MSG(!memcmp(one, all + (size_t)(N - 1) * OC[0], OC[0] * 4), "N=%d IC=%d: a row alone differs", N,
-                      IC);
-            free(one), free(all);
-            for (int i = 0; i < 3; i++) cuda_free(d_one[i]);
+            for (int i = 0; i < 3; i++) {
+                float *one = host_of(d_one[i], OC[i]), *all = host_of(d_out[i], (size_t)N * OC[i]);
+                CHECK_MSG(!memcmp(one, all + (size_t)(N - 1) * OC[i], OC[i] * 4),
+                          "N=%d IC=%d: product %d of a row alone differs", N, IC, i);
+                free(one), free(all), cuda_free(d_one[i]);
+            }
         }
         CHECK_CUDA_OK();
         for (int i = 0; i < 3; i++) free(w[i]), free(b[i]), free(out[i]), cuda_free(d_w[i]), cuda_free(d_b[i]),
@@ -386,11 +399,11 @@ static void test_rmsnorm_linear(void) {
 static void test_rmsnorm_linear_swiglu(void) {
     NEED_GPU();
     CHECK(cuda_set_matmul_precision("bf16") == 0);
-    int F = 1200;
+    int F = 1202;  // a partial last block of 4 outputs
     for (int t = 0; t < 5; t++) {
         int N = fused_cases[t][0], IC = fused_cases[t][1];
         size_t nx = (size_t)N * IC, nf = (size_t)N * F, nw = (size_t)F * IC;
-        float *x = rnd(nx), *normw = rnd(IC), *wg = rnd(nw), *wu = rnd(nw);
+        float *x = rnd_rows(N, IC), *normw = rnd(IC), *wg = rnd(nw), *wu = rnd(nw);
         wg[0] = 40, wg[1] = -40;  // large gates: exp overflows on one side
         float *act = malloc(nf * 4), *gate = malloc(nf * 4), *up = malloc(nf * 4), *ln = malloc(nx * 4);
         float *d_x = dev_copy(x, nx * 4), *d_norm = dev_copy(normw, IC * 4), *d_wg = dev_copy(wg, nw * 4);
@@ -404,6 +417,14 @@ static void test_rmsnorm_linear_swiglu(void) {
             cuda_rmsnorm_linear_swiglu_forward(d_act, d_gate, d_up, d_ln, d_x, dn, 1e-6f, d_wg, d_wu, N, IC, F);
             snprintf(what, sizeof what, "rmsnorm_linear_swiglu N=%d IC=%d norm=%d", N, IC, with_norm);
             expect_close(what, d_act, act, nf, 1e-2);
+            if (N > 1 && N <= 8) {  // the last row alone: the same bits
+                float *d_one = dev_poisoned(F);
+                cuda_rmsnorm_linear_swiglu_forward(d_one, d_gate, d_up, d_ln, d_x + (size_t)(N - 1) * IC, dn, 1e-6f,
+                                                   d_wg, d_wu, 1, IC, F);
+                float *one = host_of(d_one, F), *all = host_of(d_act, nf);
+                CHECK_MSG(!memcmp(one, all + (size_t)(N - 1) * F, F * 4), "%s: a row alone differs", what);
+                free(one), free(all), cuda_free(d_one);
+            }
         }
         float *const outs[2] = {d_g2, d_u2};
         const float *const ws[2] = {d_wg, d_wu}, *const bs[2] = {NULL, NULL};
@@ -422,6 +443,38 @@ static void test_rmsnorm_linear_swiglu(void) {
     CHECK(cuda_set_matmul_precision("fp32") == 0);
 }
 
+// The fused ops' other paths: x or the norm weights not 16-byte aligned (at decode sizes:
+// the norm, then the products) and fp32 products (no few-rows kernel), against the CPU twins.
+static void test_fused_fallbacks(void) {
+    NEED_GPU();
+    int N = 2, IC = 896, F = 602;
+    size_t nx = (size_t)N * IC, nf = (size_t)N * F, nw = (size_t)F * IC;
+    float *x = rnd_rows(N, IC), *normw = rnd(IC + 1), *wg = rnd(nw), *wu = rnd(nw), *xs = malloc((nx + 1) * 4);
+    float *act = malloc(nf * 4), *gate = malloc(nf * 4), *up = malloc(nf * 4), *ln = malloc(nx * 4);
+    xs[0] = 0, memcpy(xs + 1, x, nx * 4);  // x one float past an aligned address
+    float *d_x = dev_copy(x, nx * 4), *d_xs = dev_copy(xs, (nx + 1) * 4), *d_norm = dev_copy(normw, (IC + 1) * 4);
+    float *d_wg = dev_copy(wg, nw * 4), *d_wu = dev_copy(wu, nw * 4), *d_ln = dev_poisoned(nx);
+    float *d_act = dev_poisoned(nf), *d_gate = dev_poisoned(nf), *d_up = dev_poisoned(nf);
+    const char *modes[] = {"bf16", "fp32"};
+    for (int m = 0; m < 2; m++) {
+        CHECK(cuda_set_matmul_precision(modes[m]) == 0);
+        for (int x_off = 0; x_off < 2; x_off++) {  // x misaligned, or else the norm weights
+            const float *dx = x_off ? d_xs + 1 : d_x, *dn = x_off ? d_norm : d_norm + 1;
+            const float *hn = x_off ? normw : normw + 1;
+            rmsnorm_linear_swiglu_forward(act, gate, up, ln, x, hn, 1e-6f, wg, wu, N, IC, F);
+            cuda_rmsnorm_linear_swiglu_forward(d_act, d_gate, d_up, d_ln, dx, dn, 1e-6f, d_wg, d_wu, N, IC, F);
+            char what[80];
+            snprintf(what, sizeof what, "rmsnorm_linear_swiglu %s, %s misaligned", modes[m], x_off ? "x" : "norm");
+            expect_close(what, d_act, act, nf, m ? 1e-5 : 1e-2);
+        }
+    }
+    CHECK_CUDA_OK();
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+    free(x), free(normw), free(wg), free(wu), free(xs), free(act), free(gate), free(up), free(ln);
+    cuda_free(d_x), cuda_free(d_xs), cuda_free(d_norm), cuda_free(d_wg), cuda_free(d_wu), cuda_free(d_ln);
+    cuda_free(d_act), cuda_free(d_gate), cuda_free(d_up);
+}
+
 // o and down with the residual added on the way out: against the CPU twin, and bit for bit
 // the product then add_inplace.
 static void test_linear_residual(void) {
@@ -434,15 +487,17 @@ static void test_linear_residual(void) {
         float *x = rnd(nx), *w = rnd(nw), *b = rnd(OC), *r = rnd(no), *out = malloc(no * 4);
         float *d_x = dev_copy(x, nx * 4), *d_w = dev_copy(w, nw * 4), *d_b = dev_copy(b, OC * 4);
         float *d_r = dev_copy(r, no * 4), *d_out = dev_poisoned(no), *d_out2 = dev_poisoned(no);
-        linear_residual_forward(out, x, w, t % 2 ? b : NULL, r, N, IC, OC);
-        cuda_linear_residual_forward(d_out, d_x, d_w, t % 2 ? d_b : NULL, d_r, N, IC, OC);
+        bool bias = t == 1 || t == 4;  // with and without, rows split over warps (IC 2048) or not
+        linear_residual_forward(out, x, w, bias ? b : NULL, r, N, IC, OC);
+        cuda_linear_residual_forward(d_out, d_x, d_w, bias ? d_b : NULL, d_r, N, IC, OC);
         char what[80];
-        snprintf(what, sizeof what, "linear_residual N=%d IC=%d bias=%d", N, IC, t % 2);
+        snprintf(what, sizeof what, "linear_residual N=%d IC=%d bias=%d", N, IC, bias);
         expect_close(what, d_out, out, no, 1e-2);
-        cuda_linear_forward(d_out2, d_x, d_w, t % 2 ? d_b : NULL, N, IC, OC);
+        cuda_linear_forward(d_out2, d_x, d_w, bias ? d_b : NULL, N, IC, OC);
         cuda_add_inplace(d_out2, d_r, (long)no);
         float *o1 = host_of(d_out, no), *o2 = host_of(d_out2, no);
-        CHECK_MSG(!memcmp(o1, o2, no * 4), "%s: differs from the product and add_inplace", what);
+        if (N <= 8)  // (N = 9: the same two ops on both sides)
+            CHECK_MSG(!memcmp(o1, o2, no * 4), "%s: differs from the product and add_inplace", what);
         CHECK_CUDA_OK();
         free(x), free(w), free(b), free(r), free(out), free(o1), free(o2);
         cuda_free(d_x), cuda_free(d_w), cuda_free(d_b), cuda_free(d_r), cuda_free(d_out), cuda_free(d_out2);
@@ -591,6 +646,7 @@ int main(void) {
     RUN(test_rmsnorm_linear);
     RUN(test_rmsnorm_linear_swiglu);
     RUN(test_linear_residual);
+    RUN(test_fused_fallbacks);
     RUN(test_rope_kv_cache);
     RUN(test_crossentropy);
     RUN(test_optimizer_ops);
