@@ -5,7 +5,7 @@
 # written to $OUT/gpu-check.txt when $OUT is set. Uses the binaries of tests/gpu-bundle.sh
 # in .gpu/ when they are there (the lent machines lack our build dependencies), else builds.
 # Each step has its own time limit so the whole run stays under about 6 minutes.
-# CUDA_TESTS="test_cuda_x ..." and CLI_TESTS="test_y ..." run only those; SKIP_SFT_BENCH=1 leaves out the SFT step benchmarks and the profile (when device time is short).
+# CUDA_TESTS="test_cuda_x ..." and CLI_TESTS="test_y ..." run only those; SKIP_SFT_BENCH=1 leaves out the SFT step benchmarks and the profile (when device time is short); SKIP_PROFILE=1 the ncu kernel profile.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -124,4 +124,9 @@ echo "== where the device time goes (TP_PROFILE=1, qwen2.5-0.5b B=4 T=2048, 2 st
 TP_PROFILE=1 timeout 60 "$B/bench/model_step" "$cfgdir/qwen2.5-0.5b.json" 4 2048 2 --device cuda --matmul bf16 2>&1 |
     grep -E 'TP_PROFILE|calls|thinkpipe' | tee -a "$out"
 }
+if [ "${SKIP_PROFILE:-0}" != 1 ]; then
+    echo "== a batch-1 decode step kernel by kernel (ncu, tests/gpu-profile.sh)" | tee -a "$out"
+    OUT=$OUTDIR B=$B COUNT=${COUNT:-240} timeout 150 sh tests/gpu-profile.sh >/dev/null 2>&1
+    sed -n '1,24p' "$OUTDIR/gpu-profile.txt" 2>/dev/null | tee -a "$out"
+fi
 echo "== done; full log in $log" | tee -a "$out"

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 OUTDIR=${OUT:-build}
 mkdir -p "$OUTDIR"
 out=$OUTDIR/gpu-profile.txt
-B=$PWD/.gpu
+B=${B:-$PWD/.gpu}  # the binaries: the carried bundle, or gpu-check's own build
 cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null)
 export LD_LIBRARY_PATH="${cublas:-}:${LD_LIBRARY_PATH:-}:$B/lib"
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1)
