@@ -103,6 +103,10 @@ for spec in "1 1 --greedy" "64 8" "256 8"; do
         np=$(TP_CUDA_PDL=0 timeout 120 "$B/bench/engine_bench" "$cfg" "$1" "$2" 128 128 --device cuda ${3:-} \
             2>>"$log" | tail -n 1)
         row "  same without dependent launch" "$(field "$np" tok/s) tok/s (steps alone $(field "$np" decode_tok/s))"
+        nl=$(TP_CUDA_PDL=late timeout 120 "$B/bench/engine_bench" "$cfg" "$1" "$2" 128 128 --device cuda ${3:-} \
+            2>>"$log" | tail -n 1)
+        row "  same, each kernel triggering after its wait" \
+            "$(field "$nl" tok/s) tok/s (steps alone $(field "$nl" decode_tok/s))"
     }
 done
 # one after the other on the card: the same GPU, never both at once

@@ -62,7 +62,8 @@ template <typename Kernel> void allow_smem(Kernel kernel, size_t bytes, bool *do
 
 // Programmatic dependent launch (sm_90+): a kernel launched by cuda_launch_dependent may
 // start while the kernel before it in the stream is still running, once that one's blocks
-// have all called pdl_trigger (or exited). Until pdl_wait returns — the previous kernel
+// have all triggered (pdl_trigger on entry; pdl_wait with TP_CUDA_PDL=late) or exited.
+// Until pdl_wait returns — the previous kernel
 // complete, its writes visible — it may not read or write anything an earlier op writes;
 // it may prefetch into L2 (a prefetch returns no data, so even a weight's bf16 copy being
 // rewritten by the op before is safe to prefetch). Every block must call pdl_wait before
@@ -71,17 +72,33 @@ template <typename Kernel> void allow_smem(Kernel kernel, size_t bytes, bool *do
 // kernels ahead, parked at their waits.
 // A decode step is a chain of ~200 small kernels, each waiting for DRAM from a cold start;
 // this way a product's weights stream into L2 while the kernel before it finishes.
-// TP_CUDA_PDL=0 launches them the ordinary way.
+// TP_CUDA_PDL=0 launches them the ordinary way; TP_CUDA_PDL=late has each kernel trigger
+// only after its own wait (at most one kernel ahead), to measure against the default.
 bool cuda_pdl(void);
+bool cuda_pdl_late(void);
 
-__device__ __forceinline__ void pdl_wait(void) {
+// Whether this translation unit's kernels trigger late: every .cu file has its own copy
+// (no relocatable device code), set before its first dependent launch.
+static __device__ int pdl_late_flag;
+static bool pdl_late_set;
+
+// On entry: triggers the dependents now unless they are to wait for this kernel's own wait,
+// and returns which (read before the wait, so the flag's load is off the critical path).
+__device__ __forceinline__ bool pdl_trigger(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
+    const bool late = pdl_late_flag;
+    if (!late) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    return late;
+#else
+    return false;
 #endif
 }
-__device__ __forceinline__ void pdl_trigger(void) {
+__device__ __forceinline__ void pdl_wait(bool late) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (late) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#else
+    (void)late;
 #endif
 }
 // Brings a weight row of `bytes` into L2 (a lane of a warp: every 32nd 128-byte line).
@@ -92,6 +109,11 @@ __device__ __forceinline__ void prefetch_l2(const void *row, size_t bytes, int l
 
 template <typename... Params, typename... Args>
 void cuda_launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Args... args) {
+    if (!pdl_late_set) {  // the first launch of this file's kernels: never inside a graph capture
+        int late = cuda_pdl_late();
+        CUDA_CHECK(cudaMemcpyToSymbol(pdl_late_flag, &late, sizeof late));
+        pdl_late_set = true;
+    }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = cuda_stream();
     cudaLaunchAttribute attr[1];

@@ -168,8 +168,8 @@ __global__ void __launch_bounds__(THREADS, 1) decode_kernel(float *__restrict__ 
     const int i = blockIdx.x, kvh = blockIdx.y / HG, hg = blockIdx.y % HG, c = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int group = NH / KVH, h0 = kvh * group + hg * G, nh = min(G, group - hg * G);
-    pdl_trigger();
-    pdl_wait();
+    const bool pdl_late = pdl_trigger();
+    pdl_wait(pdl_late);
     const int n_len = len[i], chunk = chunk_keys(n_len, nsplit);
     const int begin = c * chunk, end = min(n_len, begin + chunk);
     const size_t kv_stride = (size_t)KVH * HD;
@@ -442,8 +442,8 @@ __global__ void rope_kv_cache_kernel(float *__restrict__ q, float *__restrict__ 
                                      const int32_t *__restrict__ pos, const float *__restrict__ inv_freq, int NH,
                                      int KVH, int HD) {
     const int i = blockIdx.x, half = HD / 2, nq = NH * half, nk = KVH * half, nv = KVH * HD;
-    pdl_trigger();
-    pdl_wait();
+    const bool pdl_late = pdl_trigger();
+    pdl_wait(pdl_late);
     const float p = (float)pos[i];
     float *kcr = kc + (size_t)kv_row[i] * nv, *vcr = vc + (size_t)kv_row[i] * nv;
     for (int t = threadIdx.x; t < nq + nk + nv; t += blockDim.x) {

@@ -42,6 +42,11 @@ bool cuda_pdl(void) {
     return supported && !env_off;
 }
 
+bool cuda_pdl_late(void) {
+    const char *env = getenv("TP_CUDA_PDL");
+    return env && !strcmp(env, "late");
+}
+
 extern "C" int cuda_pdl_enabled(void) { return cuda_pdl(); }
 
 extern "C" void cuda_weights_changed(void) { cuda_weights_version++, cuda_graph_epoch_now++; }

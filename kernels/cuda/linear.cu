@@ -322,13 +322,13 @@ __global__ void gemv_bf16_kernel(const gemv_segs segs, const float *__restrict__
     // KS 1: a warp an output; KS > 1: the block's warps on one output (o is the block's)
     const int o = KS == 1 ? ((int)blockIdx.x - g.block0) * GEMV_WARPS + warp : (int)blockIdx.x - g.block0;
     const int first = KS == 1 ? lane : threadIdx.x, stride = 32 * KS;
-    pdl_trigger();
+    const bool pdl_late = pdl_trigger();
     if (o < g.OC) {  // the weights do not depend on the kernel before: on their way while it ends
         const size_t bytes = (size_t)IC * sizeof(__nv_bfloat16) / KS, off = (KS == 1 ? 0 : warp) * bytes;
         prefetch_l2(reinterpret_cast<const char *>(g.w + (size_t)o * IC) + off, bytes, lane);
         if (PAIR) prefetch_l2(reinterpret_cast<const char *>(g.w2 + (size_t)o * IC) + off, bytes, lane);
     }
-    pdl_wait();
+    pdl_wait(pdl_late);
     float rstd[NN];
     if (NORM) rows_rstd<NN>(rstd, x, IC, eps);  // the whole block: before any thread returns
     if (o >= g.OC) return;  // with KS > 1 the whole block

@@ -17,8 +17,8 @@ __global__ void rmsnorm_rows_kernel(float *sum, float *out, float *rstd, const f
     __shared__ float warp_ss[32];
     const int C4 = C / 4, warps = blockDim.x / 32, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const size_t row = blockIdx.x;
-    pdl_trigger();
-    pdl_wait();
+    const bool pdl_late = pdl_trigger();
+    pdl_wait(pdl_late);
     const float4 *a4 = reinterpret_cast<const float4 *>(a + row * C);
     const float4 *b4 = b ? reinterpret_cast<const float4 *>(b + row * C) : NULL;
     float4 v[K];
