@@ -56,7 +56,6 @@ static const tp_backend CPU = {
     .add_inplace = add_inplace,
     .gather_rows = gather_rows,
     .scatter_add_rows = scatter_add_rows,
-    .scatter_rows = scatter_rows,
     .sample_rows = sample_rows,
     .crossentropy_forward_backward = crossentropy_forward_backward,
     .adamw_span = adamw_span,
@@ -107,7 +106,6 @@ static const tp_backend CUDA = {
     .gather_rows = cuda_gather_rows,
     .scatter_add_rows = cuda_scatter_add_rows,
     .attention_decode = cuda_attention_decode,
-    .scatter_rows = cuda_scatter_rows,
     .sample_rows = cuda_sample_rows,
     .crossentropy_forward_backward = cuda_crossentropy_forward_backward,
     .adamw_span = cuda_adamw_span,
@@ -218,9 +216,6 @@ static void p_attention_decode(float *out, const float *q, const float *k, const
                                const int32_t *len, int n, int NH, int KVH, int HD, float scale) {
     PROF("attention_decode", cuda_attention_decode(out, q, k, v, row0, len, n, NH, KVH, HD, scale));
 }
-static void p_scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int C) {
-    PROF("gather/scatter_rows", cuda_scatter_rows(dst, src, idx, n, C));
-}
 static void p_sample_rows(int32_t *token, const float *logits, const struct sample_params *params, int n, int V) {
     PROF("sample", cuda_sample_rows(token, logits, params, n, V));
 }
@@ -262,7 +257,6 @@ static const tp_backend CUDA_PROFILED = {
     .gather_rows = p_gather_rows,
     .scatter_add_rows = p_scatter_add_rows,
     .attention_decode = p_attention_decode,
-    .scatter_rows = p_scatter_rows,
     .sample_rows = p_sample_rows,
     .crossentropy_forward_backward = p_crossentropy,
     .adamw_span = p_adamw_span,

@@ -82,7 +82,6 @@ typedef struct tp_backend {
     void (*add_inplace)(float *x, const float *y, long n);
     void (*gather_rows)(float *out, const float *x, const int32_t *idx, int n, int C);
     void (*scatter_add_rows)(float *dx, const float *dout, const int32_t *idx, int n, int C);
-    void (*scatter_rows)(float *dst, const float *src, const int32_t *idx, int n, int C);
     // token and params are host arrays (ops.h); synchronizes.
     void (*sample_rows)(int32_t *token, const float *logits, const struct sample_params *params, int n, int V);
     double (*crossentropy_forward_backward)(float *logits, const int32_t *target, int n, int V, float scale);

@@ -393,29 +393,32 @@ static bool gemv_applies(const float *x, const float *norm_w, int N, int IC) {
            ((uintptr_t)x & 15) == 0 && ((uintptr_t)norm_w & 15) == 0 && (!norm_w || gemv_ks(IC) == 1);
 }
 
-// count products of x (normalised by norm_w when given) in one launch; bias[i] and
-// residual[i] may be NULL (residual itself may be NULL: none). false when the few-rows path
-// does not apply (then nothing was launched).
+// count products of x (normalised by norm_w when given) in one launch; bias and residual
+// may be NULL (none), as may their entries. up given: PAIR products, out[i] = SwiGLU of
+// weight[i]'s (gate) and up[i]'s, no bias or residual. false when the few-rows path does not
+// apply (then nothing was launched).
 static bool gemv_forward_many(int count, float *const out[], const float *x, const float *norm_w, float eps,
-                              const float *const weight[], const float *const bias[], const float *const residual[],
-                              const int OC[], int N, int IC) {
+                              const float *const weight[], const float *const up[], const float *const bias[],
+                              const float *const residual[], const int OC[], int N, int IC) {
     if (count < 1 || count > GEMV_MAX_SEGS || !gemv_applies(x, norm_w, N, IC)) return false;
     gemv_segs segs = {};
     int blocks = 0;
     for (int i = 0; i < count; i++) {
         const __nv_bfloat16 *w = weight_bf16(weight[i], (size_t)OC[i] * IC);
-        if (!w) return false;
-        segs.s[i] = gemv_seg{w, NULL, bias[i], residual ? residual[i] : NULL, out[i], OC[i], blocks};
+        const __nv_bfloat16 *w2 = up ? weight_bf16(up[i], (size_t)OC[i] * IC) : NULL;
+        if (!w || (up && !w2)) return false;
+        segs.s[i] = gemv_seg{w, w2, bias ? bias[i] : NULL, residual ? residual[i] : NULL, out[i], OC[i], blocks};
         blocks += gemv_blocks(OC[i], IC);
     }
     segs.count = count;
-    if (blocks > 0) launch_gemv<false>(segs, blocks, x, norm_w, eps, N, IC);
+    if (blocks > 0 && up) launch_gemv<true>(segs, blocks, x, norm_w, eps, N, IC);
+    else if (blocks > 0) launch_gemv<false>(segs, blocks, x, norm_w, eps, N, IC);
     return true;
 }
 
 // The few-rows path when it applies (bf16 products, aligned rows); false: use the GEMM.
 static bool gemv_forward(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC) {
-    return gemv_forward_many(1, &out, x, NULL, 0.0f, &weight, &bias, NULL, &OC, N, IC);
+    return gemv_forward_many(1, &out, x, NULL, 0.0f, &weight, NULL, &bias, NULL, &OC, N, IC);
 }
 
 // One product; reuse_x: x's bf16 copy from the previous product is still in scratch B.
@@ -438,7 +441,7 @@ extern "C" void cuda_linear_forward(float *out, const float *x, const float *wei
 
 extern "C" void cuda_linear_forward_many(int count, float *const out[], const float *x, const float *const weight[],
                                          const float *const bias[], const int OC[], int N, int IC) {
-    if (N <= 0 || gemv_forward_many(count, out, x, NULL, 0.0f, weight, bias, NULL, OC, N, IC)) return;
+    if (N <= 0 || gemv_forward_many(count, out, x, NULL, 0.0f, weight, NULL, bias, NULL, OC, N, IC)) return;
     // x is B of every product and nothing writes it in between: one bf16 copy serves all
     bool converted = false;
     for (int i = 0; i < count; i++) converted = forward_one(out[i], x, weight[i], bias[i], N, IC, OC[i], converted);
@@ -447,7 +450,7 @@ extern "C" void cuda_linear_forward_many(int count, float *const out[], const fl
 extern "C" void cuda_rmsnorm_linear_forward_many(int count, float *const out[], float *ln, const float *x,
                                                  const float *norm_weight, float eps, const float *const weight[],
                                                  const float *const bias[], const int OC[], int N, int IC) {
-    if (N <= 0 || gemv_forward_many(count, out, x, norm_weight, eps, weight, bias, NULL, OC, N, IC)) return;
+    if (N <= 0 || gemv_forward_many(count, out, x, norm_weight, eps, weight, NULL, bias, NULL, OC, N, IC)) return;
     if (norm_weight) cuda_rmsnorm_forward(ln, NULL, x, norm_weight, N, IC, eps), x = ln;
     cuda_linear_forward_many(count, out, x, weight, bias, OC, N, IC);
 }
@@ -455,17 +458,7 @@ extern "C" void cuda_rmsnorm_linear_forward_many(int count, float *const out[], 
 extern "C" void cuda_rmsnorm_linear_swiglu_forward(float *act, float *gate, float *up, float *ln, const float *x,
                                                    const float *norm_weight, float eps, const float *w_gate,
                                                    const float *w_up, int N, int IC, int F) {
-    if (N <= 0) return;
-    if (gemv_applies(x, norm_weight, N, IC)) {
-        const __nv_bfloat16 *wg = weight_bf16(w_gate, (size_t)F * IC), *wu = weight_bf16(w_up, (size_t)F * IC);
-        if (wg && wu) {
-            gemv_segs segs = {};
-            segs.s[0] = gemv_seg{wg, wu, NULL, NULL, act, F, 0};
-            segs.count = 1;
-            launch_gemv<true>(segs, gemv_blocks(F, IC), x, norm_weight, eps, N, IC);
-            return;
-        }
-    }
+    if (N <= 0 || gemv_forward_many(1, &act, x, norm_weight, eps, &w_gate, &w_up, NULL, NULL, &F, N, IC)) return;
     float *const outs[2] = {gate, up};
     const float *const ws[2] = {w_gate, w_up}, *const bs[2] = {NULL, NULL};
     const int ocs[2] = {F, F};
@@ -475,7 +468,7 @@ extern "C" void cuda_rmsnorm_linear_swiglu_forward(float *act, float *gate, floa
 
 extern "C" void cuda_linear_residual_forward(float *out, const float *x, const float *weight, const float *bias,
                                              const float *residual, int N, int IC, int OC) {
-    if (N <= 0 || gemv_forward_many(1, &out, x, NULL, 0.0f, &weight, &bias, &residual, &OC, N, IC)) return;
+    if (N <= 0 || gemv_forward_many(1, &out, x, NULL, 0.0f, &weight, NULL, &bias, &residual, &OC, N, IC)) return;
     cuda_linear_forward(out, x, weight, bias, N, IC, OC);
     cuda_add_inplace(out, residual, (long)N * OC);
 }
