@@ -125,11 +125,12 @@ static void free_w16(tp_generator *g) {
     g->w16 = NULL, g->head16 = NULL;
 }
 
-static uint16_t *to_bf16(const float *w, size_t n) {
-    size_t bytes = (n * sizeof(uint16_t) + 63) / 64 * 64;  // 64-byte rows start on cache lines where IC allows
+// W [OC, IC] rounded to bf16 and packed for linear_forward_w16.
+static uint16_t *to_bf16(const float *w, int OC, int IC) {
+    size_t bytes = (w16_packed_elems(IC, OC) * sizeof(uint16_t) + 63) / 64 * 64;  // whole lines
     uint16_t *h = aligned_alloc(64, bytes ? bytes : 64);
     if (!h) tp_die("out of memory (%zu bytes of bf16 weights)", bytes);
-    weights_to_bf16(h, w, n);
+    w16_pack(h, w, IC, OC);
     return h;
 }
 
@@ -140,18 +141,17 @@ int tp_generator_bf16_weights(tp_generator *g, tp_err *err) {
     }
     const tp_model *m = g->m;
     const tp_model_config *c = &m->cfg;
-    size_t C = (size_t)c->hidden_size, F = (size_t)c->intermediate_size, Q = (size_t)c->num_heads * c->head_dim;
-    size_t KV = (size_t)g->KV;
+    int C = c->hidden_size, F = c->intermediate_size, Q = c->num_heads * c->head_dim, KV = g->KV;
     free_w16(g);
     g->w16 = tp_xcalloc((size_t)g->L, sizeof *g->w16);
     for (int l = 0; l < g->L; l++) {
         const tp_layer_tensors *w = &m->W.layers[l];
         w16_layer *h = &g->w16[l];
-        h->wq = to_bf16(w->wq, Q * C), h->wk = to_bf16(w->wk, KV * C), h->wv = to_bf16(w->wv, KV * C);
-        h->wo = to_bf16(w->wo, C * Q), h->gate = to_bf16(w->w_gate, F * C), h->up = to_bf16(w->w_up, F * C);
-        h->down = to_bf16(w->w_down, C * F);
+        h->wq = to_bf16(w->wq, Q, C), h->wk = to_bf16(w->wk, KV, C), h->wv = to_bf16(w->wv, KV, C);
+        h->wo = to_bf16(w->wo, C, Q), h->gate = to_bf16(w->w_gate, F, C), h->up = to_bf16(w->w_up, F, C);
+        h->down = to_bf16(w->w_down, C, F);
     }
-    g->head16 = to_bf16(m->W.lm_head, (size_t)c->vocab_size * C);
+    g->head16 = to_bf16(m->W.lm_head, c->vocab_size, C);
     return 0;
 }
 

@@ -1,18 +1,19 @@
 // linear_bf16.c — linear forward with bf16 weights (cpu/linear_bf16.h).
 //
-// The AVX-512 kernel works on tiles of R = 4 weight rows: a tile (12 KB at IC = 1536) is
-// read from memory once and stays in L1 while every group of up to CMAX = 6 rows of x
-// passes over it, so memory traffic is the weights once whatever N. A tile and a group
-// make R·CMAX = 24 accumulators of 16 lanes, which with 4 widened weight vectors and an x
-// vector fill the 32 zmm registers. Each output's lanes are summed in an order set by IC
-// alone, and reduced by a shuffle tree that is the same for every output, so the tile
-// and group an output falls in (N, the thread count) do not change its bits.
+// The weights are packed in panels of 32 output columns, [ceil(OC/32)][IC][32]: a panel is
+// one contiguous stream of IC 64-byte lines, the 32 weights of input k in line k. The
+// AVX-512 kernel widens a line to two vectors (the even bf16 shifted up: columns 0..15 of
+// the panel; the odd masked: 16..31, which is why a line stores column l at 2l and 16 + l
+// at 2l + 1) and multiplies them by x[n][k] broadcast, for up to NMAX = 12 rows of x at
+// once: 24 accumulators of 16 output columns. Each output is one fp32 sum over k in order
+// (fused multiply-adds), whatever N, the row group it falls in or the thread count.
 //
-// Measured on 2 cores of a Xeon (tests/bench/bench_linear_bf16.c): one row reads the
-// weights at 25-29 GB/s, the machine's bandwidth, 2x fp32 oneDNN; 8 rows are 1.6-4.5x;
-// at 64 rows both are bound by FMAs and oneDNN's fp32 GEMM is 3-20% ahead.
-// avx512_bf16's vdpbf16ps (x rounded to bf16 too, 32 products an instruction) was tried
-// in place of the FMAs: no faster at one row, 20-35% slower at 8 and 64, so not kept.
+// This replaced tiles of 4 weight rows dotted with x (16 lanes a row, then a shuffle
+// tree): the tiles read 4 interleaved streams the hardware prefetchers did not follow, and
+// at 8 rows a third of their instructions went to widening weights and summing lanes. On
+// 2 cores of a Xeon (tests/bench/bench_linear_bf16.c, weights in memory), a SmolLM2-135M
+// decode step's products: 8 rows 18.97 -> 15.01 ms, 64 rows 108.4 -> 92.9 ms, one row
+// 12.1 -> 12.0 ms (bound by reading the weights, 23-25 GB/s; oneDNN's fp32 GEMM 26 ms).
 #include "cpu/linear_bf16.h"
 
 #include "cpu/cpu_ops.h"
@@ -21,6 +22,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <omp.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_X86 1
@@ -29,51 +31,76 @@
 #define HAVE_X86 0
 #endif
 
-enum { R = 4, CMAX = 6 };
+enum { PANEL = 32, NMAX = 12 };
 
 // Below this many weights one thread does it all: the fork costs more than it saves.
 static const long PARALLEL_MIN = 1L << 15;
 
-// ---- rounding ----
+// ---- rounding and packing ----
+
+static inline uint16_t round_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // carries into the exponent: inf on overflow
+    uint32_t quiet = (u >> 16) | 0x40u;  // a NaN whose payload is only in the low half must not become inf
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
+}
 
 // Branch-free so it vectorises: the NaN case is a select, not a branch.
 VECTOR_CLONES void weights_to_bf16(uint16_t *dst, const float *src, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &src[i], 4);
-        uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // carries into the exponent: inf on overflow
-        uint32_t quiet = (u >> 16) | 0x40u;  // a NaN whose payload is only in the low half must not become inf
-        dst[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
-    }
+    for (size_t i = 0; i < n; i++) dst[i] = round_bf16(src[i]);
+}
+
+size_t w16_packed_elems(int IC, int OC) { return (size_t)(OC + PANEL - 1) / PANEL * PANEL * (size_t)(IC > 0 ? IC : 0); }
+
+// Where column c (0..31) of a panel sits in its line.
+static inline int lane_of(int c) { return c < PANEL / 2 ? 2 * c : 2 * (c - PANEL / 2) + 1; }
+
+void w16_pack(uint16_t *dst, const float *w, int IC, int OC) {
+    int panels = (OC + PANEL - 1) / PANEL;
+#pragma omp parallel for schedule(static) if ((long)OC * IC >= PARALLEL_MIN)
+    for (int p = 0; p < panels; p++)
+        for (int c = 0; c < PANEL; c++) {
+            int o = p * PANEL + c, lane = lane_of(c);
+            uint16_t *d = dst + (size_t)p * IC * PANEL + lane;
+            for (int k = 0; k < IC; k++) d[(size_t)k * PANEL] = o < OC ? round_bf16(w[(size_t)o * IC + k]) : 0;
+        }
 }
 
 // ---- the portable path ----
 
-
-VECTOR_CLONES static void widen(float *dst, const uint16_t *src, int n) {
-    for (int i = 0; i < n; i++) {
-        uint32_t u = (uint32_t)src[i] << 16;
-        memcpy(&dst[i], &u, 4);
+// out [N, OC] columns p·32.. of one panel: each row's 32 sums in registers or L1 while
+// the panel (IC lines) is read once per row.
+VECTOR_CLONES static void panel_portable(float *out, const float *x, const uint16_t *wp, const float *bias, int N,
+                                         int IC, int OC, int p) {
+    float acc[PANEL];
+    for (int n = 0; n < N; n++) {
+        memset(acc, 0, sizeof acc);
+        const float *xn = x + (size_t)n * IC;
+        for (int k = 0; k < IC; k++) {
+            const uint16_t *line = wp + (size_t)k * PANEL;
+            for (int j = 0; j < PANEL; j++) {
+                uint32_t u = (uint32_t)line[j] << 16;
+                float w;
+                memcpy(&w, &u, 4);
+                acc[j] += xn[k] * w;
+            }
+        }
+        for (int c = 0; c < PANEL && p * PANEL + c < OC; c++) {
+            int o = p * PANEL + c;
+            float sum = acc[lane_of(c)];
+            out[(size_t)n * OC + o] = bias ? sum + bias[o] : sum;
+        }
     }
 }
 
-void linear_forward_w16_portable(float *out, const float *x, const uint16_t *w, const float *bias, int N, int IC,
+void linear_forward_w16_portable(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC,
                                  int OC) {
     if (N <= 0 || OC <= 0) return;
-#pragma omp parallel if ((long)OC * IC >= PARALLEL_MIN)
-    {
-        float *row = malloc(sizeof(float) * (size_t)(IC > 0 ? IC : 1));  // one widened weight row
-        if (!row) tp_die("linear_forward_w16: out of memory (%d floats)", IC);
-#pragma omp for schedule(static)
-        for (int o = 0; o < OC; o++) {
-            widen(row, w + (size_t)o * IC, IC);
-            for (int n = 0; n < N; n++) {
-                float s = dot16(x + (size_t)n * IC, row, IC);
-                out[(size_t)n * OC + o] = bias ? s + bias[o] : s;
-            }
-        }
-        free(row);
-    }
+    int panels = (OC + PANEL - 1) / PANEL;
+#pragma omp parallel for schedule(static) if ((long)OC * IC >= PARALLEL_MIN)
+    for (int p = 0; p < panels; p++)
+        panel_portable(out, x, wp + (size_t)p * IC * PANEL, bias, N, IC, OC, p);
 }
 
 #if HAVE_X86
@@ -81,172 +108,105 @@ void linear_forward_w16_portable(float *out, const float *x, const uint16_t *w, 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 #define INLINE static inline __attribute__((always_inline))
 
-// Software prefetch runs at least this far ahead of the tile being read, in whole tiles:
-// the hardware prefetchers stop at 4 KB pages, and a tile's 4 rows are 4 streams of 1-3 KB.
-// Without it one row reached 17 GB/s, with it 27 (the fp32 library gets 22-29).
+// Software prefetch runs this far ahead of the line being read, into L2: without it the
+// products at 8 rows took 2x as long (the hardware prefetchers stop at 4 KB pages).
 static const size_t PREFETCH_BYTES = 4096;
 
-// [sum v0, sum v1, sum v2, sum v3], every sum by the same tree: lanes j + 8, then + 4,
-// + 2, + 1 apart (the order of GCC's _mm512_reduce_add_ps), so an output's bits do not
-// depend on which accumulators it was reduced with.
-AVX512 INLINE __m128 reduce4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
-    // [v0 halves summed (8) | v1 halves summed (8)], the same for v2, v3
-    __m512 a = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x44), _mm512_shuffle_f32x4(v0, v1, 0xee));
-    __m512 b = _mm512_add_ps(_mm512_shuffle_f32x4(v2, v3, 0x44), _mm512_shuffle_f32x4(v2, v3, 0xee));
-    // quarter i: vi's 8 partial sums folded to 4
-    __m512 c = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xdd));
-    __m512 d = _mm512_add_ps(c, _mm512_permute_ps(c, 0x4e));  // [c0+c2, c1+c3, ..] per quarter
-    __m512 e = _mm512_add_ps(d, _mm512_permute_ps(d, 0xb1));  // element 0 of quarter i: sum vi
-    const __m512i firsts = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
-    return _mm512_castps512_ps128(_mm512_permutexvar_ps(firsts, e));
-}
-
-// out [C, OC] columns 0..3 (those in `live`) := x [C, IC] · w[0..3] [IC]^T (+ bias [4]);
-// acc [r][c] holds 16 lane sums of row r of W times row c of x.
-AVX512 INLINE void store_tile(float *out, __m512 acc[R][CMAX], const float *bias, int C, int OC, __mmask8 live) {
-    __m128 b = bias ? _mm_maskz_loadu_ps(live, bias) : _mm_setzero_ps();
-#pragma GCC unroll 8
-    for (int c = 0; c < C; c++) {
-        __m128 s = reduce4(acc[0][c], acc[1][c], acc[2][c], acc[3][c]);
-        if (bias) s = _mm_add_ps(s, b);
-        _mm_mask_storeu_ps(out + (size_t)c * OC, live, s);
-    }
-}
-
-// Prefetch a line of each row of the tile, e elements ahead: the same row of a tile that
-// follows (rows of a tile are adjacent). Into L2 only: into L1 it evicted the tile and
-// x before the second group of rows had read them (8 rows: 5-15% slower).
-AVX512 INLINE void prefetch_ahead(const uint16_t *const w[R], size_t e) {
-    for (int r = 0; r < R; r++) {
-        uintptr_t p = (uintptr_t)w[r] + 2 * (uintptr_t)e;  // an integer: may point past the weights
-        _mm_prefetch((const char *)p, _MM_HINT_T1);
-    }
-}
-
-// Widening bf16 to fp32 is a shift, 2 instructions per 16 weights with vpmovzxwd, on the
-// ports the FMAs need; so 32 weights are widened in place instead: the even ones
-// shifted up, the odd ones masked, 1 instruction per 16. x is stored deinterleaved to
-// match: xp [N, ld], each 32 elements as the 16 even then the 16 odd (zeros from IC to ld).
-AVX512 INLINE __m512 even16(const uint16_t *p, __mmask32 m) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_maskz_loadu_epi16(m, p), 16));
-}
-AVX512 INLINE __m512 odd16(const uint16_t *p, __mmask32 m) {
-    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_maskz_loadu_epi16(m, p), _mm512_set1_epi32((int)0xffff0000u)));
-}
-
-// xp [ld] := one row x [IC] deinterleaved by 32s, zero-padded.
-AVX512 static void deinterleave_row(float *xp, const float *x, int IC, int ld) {
-    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    for (int k = 0; k < ld; k += 32) {
-        int left = IC - k;
-        __mmask16 m0 = left >= 16 ? 0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
-        __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
-        __m512 a = _mm512_maskz_loadu_ps(m0, x + k), b = _mm512_maskz_loadu_ps(m1, x + k + 16);
-        _mm512_storeu_ps(xp + k, _mm512_permutex2var_ps(a, even, b));
-        _mm512_storeu_ps(xp + k + 16, _mm512_permutex2var_ps(a, odd, b));
-    }
-}
-
-// A pointer the compiler cannot see through: the odd weights are loaded again (from L1)
-// rather than kept from the even ones' load, which would hold 4 more registers.
-#define LAUNDER(p) __asm__("" : "+r"(p))
-
-// acc [r][c] += the 32 products of w[r] [k..k+32) (those in m) and x row c, in two
-// halves: the even weights against the first 16 of xp's block, the odd against the rest.
-AVX512 INLINE void step_w16(__m512 acc[R][CMAX], const float *xp, int ld, const uint16_t *const w[R], int C, int k,
-                            __mmask32 m) {
-    __m512 wv[R];
+// out [R, OC] columns of P adjacent panels from o0 on (those below OC) := x [R, IC] ·
+// the panels wp [P][IC][32] (+ bias). R and P are constants in every caller, so the loops
+// unroll and the 2RP accumulators stay in registers; P > 1 gives one or two rows more
+// independent sums to hide the multiply-adds' latency behind (each output's sum is the
+// same whatever P).
+INLINE AVX512 void panel_rows(float *out, const float *x, const uint16_t *wp, const float *bias, int R, int P,
+                              int IC, int OC, int o0) {
+    __m512 lo[NMAX], hi[NMAX];  // row n of panel j: columns 0..15 in [j * R + n] of lo, 16..31 of hi
+#pragma GCC unroll 12
+    for (int i = 0; i < R * P; i++) lo[i] = _mm512_setzero_ps(), hi[i] = _mm512_setzero_ps();
+    const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
+    const size_t panel = (size_t)IC * PANEL;
+    for (int k = 0; k < IC; k++) {
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++) wv[r] = even16(w[r] + k, m);
-#pragma GCC unroll 8
-    for (int c = 0; c < C; c++) {
-        __m512 xv = _mm512_loadu_ps(xp + (size_t)c * ld + k);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv, wv[r], acc[r][c]);
+        for (int j = 0; j < P; j++) {
+            const uint16_t *line = wp + j * panel + (size_t)k * PANEL;
+            _mm_prefetch((const char *)line + PREFETCH_BYTES, _MM_HINT_T1);  // may point past the weights: never faults
+            __m512i raw = _mm512_loadu_si512(line);
+            __m512 w_lo = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+            __m512 w_hi = _mm512_castsi512_ps(_mm512_and_si512(raw, odd));
+#pragma GCC unroll 12
+            for (int n = 0; n < R; n++) {
+                __m512 xv = _mm512_set1_ps(x[(size_t)n * IC + k]);
+                lo[j * R + n] = _mm512_fmadd_ps(xv, w_lo, lo[j * R + n]);
+                hi[j * R + n] = _mm512_fmadd_ps(xv, w_hi, hi[j * R + n]);
+            }
+        }
     }
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++) {
-        const uint16_t *p = w[r] + k;
-        LAUNDER(p);
-        wv[r] = odd16(p, m);
-    }
-#pragma GCC unroll 8
-    for (int c = 0; c < C; c++) {
-        __m512 xv = _mm512_loadu_ps(xp + (size_t)c * ld + k + 16);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv, wv[r], acc[r][c]);
+    for (int j = 0; j < P; j++) {
+        int c0 = o0 + j * PANEL, live = OC - c0;
+        __mmask16 m_lo = live >= 16 ? 0xffff : live > 0 ? (__mmask16)((1u << live) - 1) : 0;
+        __mmask16 m_hi = live >= 32 ? 0xffff : live > 16 ? (__mmask16)((1u << (live - 16)) - 1) : 0;
+        __m512 b_lo = bias ? _mm512_maskz_loadu_ps(m_lo, bias + c0) : _mm512_setzero_ps();
+        __m512 b_hi = bias ? _mm512_maskz_loadu_ps(m_hi, bias + c0 + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 12
+        for (int n = 0; n < R; n++) {
+            __m512 a = lo[j * R + n], b = hi[j * R + n];
+            if (bias) a = _mm512_add_ps(a, b_lo), b = _mm512_add_ps(b, b_hi);
+            _mm512_mask_storeu_ps(out + (size_t)n * OC + c0, m_lo, a);
+            _mm512_mask_storeu_ps(out + (size_t)n * OC + c0 + 16, m_hi, b);
+        }
     }
 }
 
-// One group of C rows of x against a tile. C is a constant in every caller, so the loops
-// unroll and acc stays in registers. pf: prefetch each row pf elements ahead (0: none).
-AVX512 INLINE void tile_w16(float *out, const float *xp, int ld, const uint16_t *const w[R], const float *bias, int C,
-                            int IC, int OC, __mmask8 live, size_t pf) {
-    __m512 acc[R][CMAX];
-#pragma GCC unroll 8
-    for (int c = 0; c < C; c++)
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) acc[r][c] = _mm512_setzero_ps();
-    int k = 0;
-    for (; k + 32 <= IC; k += 32) {
-        if (pf) prefetch_ahead(w, pf + (size_t)k);
-        step_w16(acc, xp, ld, w, C, k, ~(__mmask32)0);
+// Every row of x against panels p0..p1-1, NMAX rows at a time (a panel stays in L1 or L2
+// between groups); one or two rows go over 4 or 2 panels at once.
+AVX512 static void panels_avx512(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC,
+                                 int OC, int p0, int p1) {
+    const size_t panel = (size_t)IC * PANEL;
+#define ROWS(R, P) panel_rows(out + (size_t)n * OC, x + (size_t)n * IC, wp + (size_t)p * panel, bias, R, P, IC, OC, \
+                              p * PANEL)
+    int p = p0, n = 0;
+    if (N <= 2) {
+        for (; p + 4 / N <= p1; p += 4 / N) {
+            if (N == 1) ROWS(1, 4);
+            else ROWS(2, 2);
+        }
+        for (; p < p1; p++) {
+            if (N == 1) ROWS(1, 1);
+            else ROWS(2, 1);
+        }
+        return;
     }
-    if (k < IC) step_w16(acc, xp, ld, w, C, k, (__mmask32)((1u << (IC - k)) - 1));
-    store_tile(out, acc, bias, C, OC, live);
-}
-
-// The first `bytes` from w on (not past end): tiles prefetch the ones ahead of them, so a
-// thread's first tiles would otherwise wait on memory.
-static void prime(const uint16_t *w, const uint16_t *end, size_t bytes) {
-    const char *p = (const char *)w, *e = (const char *)end;
-    for (size_t i = 0; i < bytes && i < (size_t)(e - p); i += 64) _mm_prefetch(p + i, _MM_HINT_T1);
-}
-
-#define TILE_CASES(F, ...)             \
-    switch (N - n) {                   \
-    case 1: F(__VA_ARGS__, 1); break;  \
-    case 2: F(__VA_ARGS__, 2); break;  \
-    case 3: F(__VA_ARGS__, 3); break;  \
-    case 4: F(__VA_ARGS__, 4); break;  \
-    case 5: F(__VA_ARGS__, 5); break;  \
+    for (; p < p1; p++) {
+        for (n = 0; n + NMAX <= N; n += NMAX) ROWS(NMAX, 1);
+        switch (N - n) {
+        case 1: ROWS(1, 1); break;
+        case 2: ROWS(2, 1); break;
+        case 3: ROWS(3, 1); break;
+        case 4: ROWS(4, 1); break;
+        case 5: ROWS(5, 1); break;
+        case 6: ROWS(6, 1); break;
+        case 7: ROWS(7, 1); break;
+        case 8: ROWS(8, 1); break;
+        case 9: ROWS(9, 1); break;
+        case 10: ROWS(10, 1); break;
+        case 11: ROWS(11, 1); break;
+        }
     }
-
-// out [N, OC] columns o..o+3 for every row of x, CMAX rows at a time; the first group
-// prefetches ahead.
-AVX512 static void rows_w16(float *out, const float *xp, int ld, const uint16_t *const w[R], const float *bias, int N,
-                            int IC, int OC, __mmask8 live, size_t pf) {
-    int n = 0;
-#define G(pf_, C) tile_w16(out + (size_t)n * OC, xp + (size_t)n * ld, ld, w, bias, C, IC, OC, live, pf_)
-    for (; n + CMAX <= N; n += CMAX, pf = 0) G(pf, CMAX);
-    TILE_CASES(G, pf)
-#undef G
+#undef ROWS
 }
 
-// Tiles of R weight rows split across the threads; the last tile's missing rows repeat
-// its last row (computed, not stored), so every tile runs the same code.
-static void forward_tiles(float *out, const float *x, const uint16_t *w, const float *bias, int N, int IC, int OC) {
-    int tiles = (OC + R - 1) / R, ld = (IC + 31) / 32 * 32;
-    size_t tile = (size_t)R * (size_t)IC;  // elements
-    size_t pf = tile ? (PREFETCH_BYTES / 2 + tile - 1) / tile * tile : 0;
+// Each thread takes a contiguous run of panels, one stream through memory; its first
+// lines are fetched before the first panel needs them.
+static void forward_panels(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC, int OC) {
+    int panels = (OC + PANEL - 1) / PANEL;
 #pragma omp parallel if ((long)OC * IC >= PARALLEL_MIN)
     {
-        // Each thread deinterleaves all of x for itself: with one shared copy, half of it
-        // crossed between the cores' caches, which cost more than the copy (64 rows: 30%).
-        float *xp = aligned_alloc(64, sizeof(float) * (size_t)N * (size_t)(ld ? ld : 32));
-        if (!xp) tp_die("linear_forward_w16: out of memory (%d x %d floats)", N, ld);
-        for (int n = 0; n < N; n++) deinterleave_row(xp + (size_t)n * ld, x + (size_t)n * IC, IC, ld);
-        bool primed = false;
-#pragma omp for schedule(static)
-        for (int t = 0; t < tiles; t++) {
-            int o = t * R, live = OC - o < R ? OC - o : R;
-            const uint16_t *rows[R];
-            for (int r = 0; r < R; r++) rows[r] = w + (size_t)(o + (r < live ? r : live - 1)) * IC;
-            if (!primed) prime(rows[0], w + (size_t)OC * IC, 2 * pf), primed = true;
-            rows_w16(out + o, xp, ld, rows, bias ? bias + o : NULL, N, IC, OC, (__mmask8)((1u << live) - 1), pf);
-        }
-        free(xp);
+        int threads = omp_get_num_threads(), t = omp_get_thread_num();
+        int p0 = (int)((long)panels * t / threads), p1 = (int)((long)panels * (t + 1) / threads);
+        const char *first = (const char *)(wp + (size_t)p0 * IC * PANEL);
+        size_t mine = (size_t)(p1 - p0) * IC * PANEL * sizeof *wp;
+        for (size_t b = 0; b < PREFETCH_BYTES && b < mine; b += 64) _mm_prefetch(first + b, _MM_HINT_T1);
+        if (p0 < p1) panels_avx512(out, x, wp, bias, N, IC, OC, p0, p1);
     }
 }
 
@@ -258,13 +218,13 @@ static bool have_avx512(void) {
 
 #endif  // HAVE_X86
 
-void linear_forward_w16(float *out, const float *x, const uint16_t *w, const float *bias, int N, int IC, int OC) {
+void linear_forward_w16(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
 #if HAVE_X86
     if (have_avx512()) {
-        forward_tiles(out, x, w, bias, N, IC, OC);
+        forward_panels(out, x, wp, bias, N, IC, OC);
         return;
     }
 #endif
-    linear_forward_w16_portable(out, x, w, bias, N, IC, OC);
+    linear_forward_w16_portable(out, x, wp, bias, N, IC, OC);
 }

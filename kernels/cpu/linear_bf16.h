@@ -14,18 +14,29 @@
 // subnormals are rounded like any other value (no flush to zero).
 void weights_to_bf16(uint16_t *dst, const float *src, size_t n);
 
-// out [N, OC] = x [N, IC] · W [OC, IC]^T (+ bias [OC] on every row, when not NULL), W in
-// bf16, x and out fp32 (out is overwritten). Weights are widened exactly (bf16 -> fp32 is
-// a shift) and every product and sum is fp32, so the result is linear_forward's on the
-// widened weights to fp32 rounding (1e-6 relative to the output's scale in the tests).
-// Each output is summed in an order that depends on IC alone: the bits do not depend on
-// N, on the other rows of x, or on the thread count. AVX-512 (F, BW, VL) when the CPU has it,
-// else plain C (the same contract; its bits differ from the AVX-512 path's).
-void linear_forward_w16(float *out, const float *x, const uint16_t *w, const float *bias, int N, int IC, int OC);
+// Elements of W [OC, IC] packed for linear_forward_w16: OC rounded up to a multiple of 32, times IC.
+size_t w16_packed_elems(int IC, int OC);
+
+// dst [w16_packed_elems(IC, OC)] := W [OC, IC] rounded to bf16 (as weights_to_bf16) and
+// packed in panels of 32 output columns, [ceil(OC/32)][IC][32]: line k of panel p holds
+// the weights of input k for outputs 32p + c at lane 2c (c < 16) or 2(c - 16) + 1, zeros
+// past OC. A panel is one stream through memory, and a line widens to two vectors of 16
+// consecutive outputs with one instruction each.
+void w16_pack(uint16_t *dst, const float *w, int IC, int OC);
+
+// out [N, OC] = x [N, IC] · W [OC, IC]^T (+ bias [OC] on every row, when not NULL), W
+// packed by w16_pack, x and out fp32 (out is overwritten). Weights are widened exactly
+// (bf16 -> fp32 is a shift) and every product and sum is fp32, so the result is
+// linear_forward's on the widened weights to fp32 rounding (1e-6 relative to the output's
+// scale in the tests). Each output is one sum over k in order, then + bias: the bits do
+// not depend on N, on the other rows of x, or on the thread count. AVX-512 (F, BW, VL)
+// when the CPU has it (fused multiply-adds), else plain C (the same contract; a multiply
+// then an add, so its bits differ from the AVX-512 path's).
+void linear_forward_w16(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC, int OC);
 
 // The plain-C path linear_forward_w16 takes on CPUs without AVX-512; exposed so tests can
 // run it on machines that have AVX-512.
-void linear_forward_w16_portable(float *out, const float *x, const uint16_t *w, const float *bias, int N, int IC,
+void linear_forward_w16_portable(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC,
                                  int OC);
 
 #endif

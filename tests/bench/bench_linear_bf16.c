@@ -102,10 +102,11 @@ int main(int argc, char **argv) {
         int IC = shapes[s][0], OC = shapes[s][1];
         size_t nw = (size_t)IC * OC;
         float *w32 = malloc(sizeof(float) * nw);
-        uint16_t *w16 = malloc(sizeof(uint16_t) * nw);
+        size_t np = w16_packed_elems(IC, OC);
+        uint16_t *w16 = malloc(sizeof(uint16_t) * np);
         fill(w32, nw, -0.05f, 0.05f);
-        weights_to_bf16(w16, w32, nw);
-        struct copies c32 = make_copies(w32, sizeof(float) * nw), c16 = make_copies(w16, sizeof(uint16_t) * nw);
+        w16_pack(w16, w32, IC, OC);
+        struct copies c32 = make_copies(w32, sizeof(float) * nw), c16 = make_copies(w16, sizeof(uint16_t) * np);
         free(w32), free(w16);
         for (int r = 0; r < NROWS; r++) {
             int N = rows[r];

@@ -125,12 +125,41 @@ static void test_round_sweep(void) {
     free(f);
 }
 
+// ---- packing ----
+
+// Every weight at its documented place (panel o / 32, line k, lane 2c or 2(c - 16) + 1),
+// rounded as weights_to_bf16 rounds; zeros past OC; nothing written past the end.
+static void test_pack_layout(void) {
+    static const int shapes[][2] = {{5, 1}, {7, 31}, {3, 32}, {9, 33}, {1, 70}, {0, 5}};
+    for (int s = 0; s < 6; s++) {
+        int IC = shapes[s][0], OC = shapes[s][1];
+        size_t nw = (size_t)IC * OC, np = w16_packed_elems(IC, OC);
+        CHECK(np == (size_t)(OC + 31) / 32 * 32 * IC);
+        float *w = falloc(nw);
+        fill(w, nw, -3, 3);
+        uint16_t *p = malloc(sizeof(uint16_t) * (np + 1));
+        p[np] = 0x1234;
+        w16_pack(p, w, IC, OC);
+        CHECK(p[np] == 0x1234);
+        for (size_t panel = 0; panel * 32 < (size_t)OC; panel++)
+            for (int k = 0; k < IC; k++)
+                for (int c = 0; c < 32; c++) {
+                    int o = (int)panel * 32 + c, lane = c < 16 ? 2 * c : 2 * (c - 16) + 1;
+                    uint16_t got = p[(panel * IC + k) * 32 + lane];
+                    uint16_t want = o < OC ? ref_bf16(w[(size_t)o * IC + k]) : 0;
+                    CHECK_MSG(got == want, "IC=%d OC=%d: output %d input %d is %#x, want %#x", IC, OC, o, k, got, want);
+                }
+        free(w), free(p);
+    }
+}
+
 // ---- the product ----
 
 typedef void linear_w16_fn(float *out, const float *x, const uint16_t *w, const float *bias, int N, int IC, int OC);
 
-// Inputs for one (IC, OC): bf16 weights with NaN after the last one, the same widened to
-// fp32, a bias, and x for up to NMAX rows with NaN after its last element.
+// Inputs for one (IC, OC): bf16 weights packed for linear_forward_w16 with NaN after the
+// last one, the same widened to fp32 (row-major, for linear_forward), a bias, and x for up
+// to NMAX rows with NaN after its last element.
 enum { NMAX = 64, PAD = 64 };
 struct weights {
     int IC, OC;
@@ -138,16 +167,26 @@ struct weights {
     float *w32, *bias, *x;
 };
 
+// m->w16 and m->w32 from src [OC, IC] (which becomes the widened copy, m->w32).
+static void set_weights(struct weights *m, float *src) {
+    size_t nw = (size_t)m->IC * m->OC, np = w16_packed_elems(m->IC, m->OC);
+    free(m->w16);
+    m->w16 = malloc(sizeof(uint16_t) * (np + PAD));
+    w16_pack(m->w16, src, m->IC, m->OC);
+    for (int i = 0; i < PAD; i++) m->w16[np + i] = 0x7fc0;  // NaN: a read past the end shows
+    uint16_t *h = malloc(sizeof(uint16_t) * (nw ? nw : 1));
+    weights_to_bf16(h, src, nw);
+    for (size_t i = 0; i < nw; i++) src[i] = widen(h[i]);
+    free(h);
+    m->w32 = src;
+}
+
 static struct weights make_weights(int IC, int OC) {
     struct weights m = {IC, OC, NULL, NULL, NULL, NULL};
     size_t nw = (size_t)IC * OC, nx = (size_t)NMAX * IC;
     float *tmp = falloc(nw);
     fill(tmp, nw, -0.5, 0.5);
-    m.w16 = malloc(sizeof(uint16_t) * (nw + PAD));
-    weights_to_bf16(m.w16, tmp, nw);
-    for (int i = 0; i < PAD; i++) m.w16[nw + i] = 0x7fc0;  // NaN: a read past the end shows
-    for (size_t i = 0; i < nw; i++) tmp[i] = widen(m.w16[i]);
-    m.w32 = tmp;
+    set_weights(&m, tmp);
     m.bias = falloc((size_t)OC + PAD);
     fill(m.bias, (size_t)OC, -1, 1);
     poison(m.bias + OC, PAD);
@@ -231,8 +270,9 @@ static void test_w16_degenerate(void) {
 // A NaN or inf weight spoils its own output column only.
 static void test_w16_nonfinite_weight(void) {
     struct weights m = make_weights(100, 10);
-    m.w16[3 * 100 + 97] = 0x7fc0;  // NaN in row 3, in the tail
-    m.w16[6 * 100 + 5] = 0x7f80;   // +inf in row 6
+    m.w32[3 * 100 + 97] = NAN;       // in row 3, at the end
+    m.w32[6 * 100 + 5] = INFINITY;  // in row 6
+    set_weights(&m, m.w32);
     float out[4 * 10];
     linear_forward_w16(out, m.x, m.w16, NULL, 4, 100, 10);
     for (int n = 0; n < 4; n++)
@@ -293,6 +333,7 @@ static void test_w16_batch_invariant(void) { check_batch(linear_forward_w16, "w1
 int main(void) {
     RUN(test_round_special);
     RUN(test_round_sweep);
+    RUN(test_pack_layout);
     RUN(test_w16_grid);
     RUN(test_w16_small_shapes);
     RUN(test_w16_degenerate);
