@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cpu/kv_bf16.h"
 #include "cpu/linear_bf16.h"
 
 // The per-call integer arrays, host side and one backend copy: [IDS_COUNT][room].
@@ -38,7 +39,8 @@ struct tp_generator {
     tp_model *m;
     const tp_backend *be;
     int n_slots, cap, L, KV;  // KV = KVH * HD floats a token, a layer
-    float *k, *v;             // backend [n_slots][L][cap][KV]
+    void *k, *v;              // backend [n_slots][L][cap][KV], fp32 or (kv16) bf16
+    bool kv16;
     int *len;                 // [n_slots]
     // per-call scratch (backend memory) for up to `room` tokens and `room_out` logit rows
     int room, room_out;
@@ -67,10 +69,24 @@ static void bfree(const tp_backend *be, void *p) {
 
 static double gib(size_t bytes) { return (double)bytes / (1 << 30); }
 
+size_t tp_generator_kv_bytes_per_token(const tp_generator *g) {
+    return tp_kv_bytes_per_token(g->m) / (g->kv16 ? 2 : 1);
+}
+
+static size_t kv_elem(const tp_generator *g) { return g->kv16 ? sizeof(uint16_t) : sizeof(float); }
+
 tp_generator *tp_generator_new(tp_model *m, int n_slots, int cap, tp_err *err) {
+    return tp_generator_new_kv(m, n_slots, cap, false, err);
+}
+
+tp_generator *tp_generator_new_kv(tp_model *m, int n_slots, int cap, bool kv_bf16, tp_err *err) {
     const tp_backend *be = tp_model_backend(m);
+    if (kv_bf16 && be->device) {
+        tp_err_set(err, "a bf16 KV cache is for the cpu backend (on a GPU the cache is fp32)");
+        return NULL;
+    }
     tp_generator *g = tp_xcalloc(1, sizeof *g);
-    g->m = m, g->be = be, g->n_slots = n_slots, g->cap = cap, g->L = m->cfg.num_layers;
+    g->m = m, g->be = be, g->n_slots = n_slots, g->cap = cap, g->L = m->cfg.num_layers, g->kv16 = kv_bf16;
     g->KV = m->cfg.num_kv_heads * m->cfg.head_dim;
     // Cache rows are addressed by int32 row numbers (slot * L * cap + layer * cap + position).
     if ((double)n_slots * g->L * cap >= 2147483647.0) {
@@ -79,7 +95,7 @@ tp_generator *tp_generator_new(tp_model *m, int n_slots, int cap, tp_err *err) {
         free(g);
         return NULL;
     }
-    size_t bytes = (size_t)n_slots * g->L * (size_t)cap * g->KV * sizeof(float);
+    size_t bytes = (size_t)n_slots * g->L * (size_t)cap * g->KV * kv_elem(g);
     g->k = be->alloc(bytes), g->v = be->alloc(bytes);
     if (!g->k || !g->v) {
         if (be->device)
@@ -231,17 +247,21 @@ void tp_generator_truncate(tp_generator *g, int slot, int n) {
 
 // Row number of (slot, layer 0, position t); layer l's rows start l * cap rows further.
 static int32_t kv_row(const tp_generator *g, int slot, int t) { return (int32_t)((size_t)slot * g->L * g->cap + t); }
-static float *layer_base(const tp_generator *g, float *cache, int layer) {
-    return cache + (size_t)layer * g->cap * g->KV;
+// Row 0 of layer `layer` in a cache, and row `row` after it.
+static void *layer_base(const tp_generator *g, void *cache, int layer) {
+    return (char *)cache + (size_t)layer * g->cap * g->KV * kv_elem(g);
+}
+static void *row_at(const tp_generator *g, void *base, size_t row) {
+    return (char *)base + row * g->KV * kv_elem(g);
 }
 
 void tp_generator_copy(tp_generator *g, int dst, int src, int count) {
     if (count < 0 || count > g->len[src]) count = g->len[src];
-    size_t n = (size_t)count * g->KV * sizeof(float);
+    size_t n = (size_t)count * g->KV * kv_elem(g), to = (size_t)kv_row(g, dst, 0), from = (size_t)kv_row(g, src, 0);
     for (int l = 0; l < g->L; l++) {
-        size_t to = (size_t)kv_row(g, dst, 0) * g->KV, from = (size_t)kv_row(g, src, 0) * g->KV;
-        g->be->copy(layer_base(g, g->k, l) + to, layer_base(g, g->k, l) + from, n);
-        g->be->copy(layer_base(g, g->v, l) + to, layer_base(g, g->v, l) + from, n);
+        void *k = layer_base(g, g->k, l), *v = layer_base(g, g->v, l);
+        g->be->copy(row_at(g, k, to), row_at(g, k, from), n);
+        g->be->copy(row_at(g, v, to), row_at(g, v, from), n);
     }
     g->len[dst] = count;
 }
@@ -317,15 +337,18 @@ static void layer(tp_generator *g, int l, int n) {
     // Rotated, into the cache, then every token attends to its slot's prefix. Whole
     // prompts: the training forward's flash attention over packed rows; otherwise each
     // token against its slot's cache.
-    float *kc = layer_base(g, g->k, l), *vc = layer_base(g, g->v, l);
-    be->rope_kv_cache_forward(g->q, g->kk, g->vv, kc, vc, ids(g, g->dev_ids, IDS_KVROW), pos, inv_freq, n, NH, KVH,
-                              HD);
+    void *kc = layer_base(g, g->k, l), *vc = layer_base(g, g->v, l);
+    const int32_t *kv_rows = ids(g, g->dev_ids, IDS_KVROW), *row0 = ids(g, g->dev_ids, IDS_ROW0);
+    const int32_t *klen = ids(g, g->dev_ids, IDS_KLEN);
+    if (g->kv16) rope_kv_cache_bf16(g->q, g->kk, g->vv, kc, vc, kv_rows, pos, inv_freq, n, NH, KVH, HD);
+    else be->rope_kv_cache_forward(g->q, g->kk, g->vv, kc, vc, kv_rows, pos, inv_freq, n, NH, KVH, HD);
     float scale = 1.0f / sqrtf((float)HD);
     if (g->fresh)
         be->attention_forward(g->att, g->lse, g->q, g->kk, g->vv, ids(g, g->dev_ids, IDS_SEG), n, NH, KVH, HD, scale);
+    else if (g->kv16)
+        attention_decode_bf16(g->att, g->q, kc, vc, row0, klen, n, NH, KVH, HD, scale);
     else
-        be->attention_decode(g->att, g->q, kc, vc, ids(g, g->dev_ids, IDS_ROW0), ids(g, g->dev_ids, IDS_KLEN), n,
-                             NH, KVH, HD, scale);
+        be->attention_decode(g->att, g->q, kc, vc, row0, klen, n, NH, KVH, HD, scale);
     lin_residual(g, g->mid, g->att, w->wo, h->wo, w->bo, g->x, n, Q, C);  // mid = x + o(att)
     norm_lin_swiglu(g, g->mid, w->ln2, w->w_gate, h->gate, w->w_up, h->up, n, C, F);
     lin_residual(g, g->x, g->act, w->w_down, h->down, NULL, g->mid, n, F, C);  // x = mid + down(act)

@@ -8,6 +8,7 @@
 #ifndef TP_GENERATE_H
 #define TP_GENERATE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,13 +20,20 @@ typedef struct tp_generator tp_generator;
 // A cache of n_slots x cap tokens for m, in the memory of m's backend (tp_model_backend).
 // Fails with the size asked for when it cannot be allocated.
 tp_generator *tp_generator_new(tp_model *m, int n_slots, int cap, tp_err *err);
+// The same with the cache's keys and values stored in bf16 when kv_bf16 (cpu backend only;
+// an error on a GPU): half the memory a token holds and half the bytes a decode step
+// reads. Keys (after RoPE) and values are rounded as they enter the cache; the attention
+// of later tokens reads them widened, in fp32 arithmetic. A prompt's own tokens attend to
+// each other in fp32 (the prefill runs the training forward's attention).
+tp_generator *tp_generator_new_kv(tp_model *m, int n_slots, int cap, bool kv_bf16, tp_err *err);
 void tp_generator_free(tp_generator *g);
 // cpu backend: keep bf16 copies of the weight matrices (2 bytes a parameter) and compute
 // with them from now on (decode steps read every weight once a step: half the bytes);
 // fp32 products on the widened weights, so generation is the model with its matrices
 // rounded to bf16. An error on a GPU.
 int tp_generator_bf16_weights(tp_generator *g, tp_err *err);
-size_t tp_kv_bytes_per_token(const tp_model *m);  // keys and values of one token, all layers
+size_t tp_kv_bytes_per_token(const tp_model *m);  // keys and values of one token, all layers, fp32
+size_t tp_generator_kv_bytes_per_token(const tp_generator *g);  // the same in g's cache
 int tp_generator_len(const tp_generator *g, int slot);  // tokens cached in slot
 void tp_generator_reset(tp_generator *g, int slot);     // empties slot
 void tp_generator_truncate(tp_generator *g, int slot, int n);  // keeps its first n tokens

@@ -1,6 +1,10 @@
 // attention_decode.c — attention of new tokens against a KV cache: the decode step (one
-// token per sequence) and prefill (a prompt's tokens against the prompt so far) alike.
+// token per sequence) and prefill (a prompt's tokens against the prompt so far) alike, on
+// a cache of fp32 rows (ops.h) or of bf16 rows (cpu/kv_bf16.h: widened as they are read,
+// half the bytes for a step that is bound by reading the cache).
 #include "cpu_ops.h"
+#include "kv_bf16.h"
+#include "linear_bf16.h"
 #include "ops.h"
 
 #include <math.h>
@@ -67,6 +71,13 @@ VECTOR_CLONES static void one_group(float *out, const float *q, const float *k, 
 #define INLINE static inline __attribute__((always_inline))
 enum { BLOCK = 16, ROW_PREFETCH = 16 };  // rows: a block; how far ahead the cache is fetched
 
+// 16 cache elements from element e of a row array on: fp32, or bf16 widened (exact).
+INLINE AVX512 __m512 load16(const void *base, size_t e, bool half) {
+    if (!half) return _mm512_loadu_ps((const float *)base + e);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)base + e));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
 // r[h][c] := x [HN][HD]'s row h, 16 floats at a time.
 INLINE AVX512 void load_heads(__m512 r[4][8], const float *x, int HN, int HD) {
 #pragma GCC unroll 4
@@ -75,41 +86,83 @@ INLINE AVX512 void load_heads(__m512 r[4][8], const float *x, int HN, int HD) {
         for (int c = 0; c < HD / 16; c++) r[h][c] = _mm512_loadu_ps(x + (size_t)h * HD + 16 * c);
 }
 
-// s[h][j] := scale * q[h] . k[j] for rows j0..j1 and HN heads (q [HN][HD], k rows `stride` apart).
-INLINE AVX512 void scores_hn(float *s, int len, const float *q, const float *k, int stride, int j0, int j1, int HN,
-                             int HD, float scale) {
-    const int C = HD / 16;
-    __m512 qr[4][8];
-    load_heads(qr, q, HN, HD);
-    for (int j = j0; j < j1; j++) {
-        const float *kj = k + (size_t)j * stride;
-        __m512 kr[8];
+// [sum a[0], sum a[1], .., sum a[15]]: the 16 vectors' lane sums, by halving pairs of
+// them 4 times (30 shuffles and 15 adds for 16 sums, against 8 instructions each alone).
+// The pairs are taken in the order a[(i % 4) * 4 + i / 4] so the sums come out in order.
+INLINE AVX512 __m512 sum16(const __m512 a[16]) {
+    __m512 b[8], c[4], d[2];
 #pragma GCC unroll 8
-        for (int c = 0; c < C; c++) kr[c] = _mm512_loadu_ps(kj + 16 * c);
+    for (int i = 0; i < 8; i++) {  // 256-bit halves: [8 partial sums of one | of the next]
+        __m512 x = a[(2 * i % 4) * 4 + 2 * i / 4], y = a[((2 * i + 1) % 4) * 4 + (2 * i + 1) / 4];
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x44), _mm512_shuffle_f32x4(x, y, 0xee));
+    }
 #pragma GCC unroll 4
-        for (int h = 0; h < HN; h++) {
-            __m512 acc = _mm512_mul_ps(qr[h][0], kr[0]);
+    for (int i = 0; i < 4; i++)  // 128-bit quarters: 4 partial sums of 4 vectors
+        c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xdd));
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++)  // lane pairs: 2 partial sums of 8 vectors
+        d[i] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0x44), _mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0xee));
+    return _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88), _mm512_shuffle_ps(d[0], d[1], 0xdd));
+}
+
+// s[j0..j0+rows) := scale * q . k[j] for one head (q [HD]) and rows <= 16 of k, `stride`
+// elements apart from element k0 on.
+INLINE AVX512 void scores_block(float *s, const float *q, const void *k, size_t k0, int stride, int j0, int rows,
+                                int HD, float scale, bool half) {
+    const int C = HD / 16;
+    __m512 qr[8], acc[16];
 #pragma GCC unroll 8
-            for (int c = 1; c < C; c++) acc = _mm512_fmadd_ps(qr[h][c], kr[c], acc);
-            s[(size_t)h * len + j] = _mm512_reduce_add_ps(acc) * scale;
+    for (int c = 0; c < C; c++) qr[c] = _mm512_loadu_ps(q + 16 * c);
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; j++) {
+        acc[j] = _mm512_setzero_ps();
+        if (j >= rows) continue;
+        size_t kj = k0 + (size_t)(j0 + j) * stride;
+#pragma GCC unroll 8
+        for (int c = 0; c < C; c++) acc[j] = _mm512_fmadd_ps(qr[c], load16(k, kj + 16 * c, half), acc[j]);
+    }
+    __m512 sums = _mm512_mul_ps(sum16(acc), _mm512_set1_ps(scale));
+    _mm512_mask_storeu_ps(s + j0, (__mmask16)(rows >= 16 ? 0xffff : (1u << rows) - 1), sums);
+}
+
+// Each of the G rows of scores s [G][len] := exp(s - its max) / its sum (sums of 16 lanes).
+INLINE AVX512 void softmax_block(float *s, int G, int len) {
+    for (int h = 0; h < G; h++) {
+        float *sh = s + (size_t)h * len;
+        __m512 mx = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
+        for (int j = 0; j < len; j += 16) {
+            __mmask16 m = (__mmask16)(len - j >= 16 ? 0xffff : (1u << (len - j)) - 1);
+            mx = _mm512_mask_max_ps(mx, m, mx, _mm512_maskz_loadu_ps(m, sh + j));
+        }
+        exp_shift_inplace(sh, _mm512_reduce_max_ps(mx), len);
+        for (int j = 0; j < len; j += 16) {
+            __mmask16 m = (__mmask16)(len - j >= 16 ? 0xffff : (1u << (len - j)) - 1);
+            sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(m, sh + j));
+        }
+        __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+        for (int j = 0; j < len; j += 16) {
+            __mmask16 m = (__mmask16)(len - j >= 16 ? 0xffff : (1u << (len - j)) - 1);
+            _mm512_mask_storeu_ps(sh + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sh + j), inv));
         }
     }
 }
 
-// out[h] += sum over rows j0..j1 of p[h][j] v[j] for HN heads (out [HN][HD], p rows `len` apart).
-INLINE AVX512 void values_hn(float *out, const float *p, int len, const float *v, int stride, int j0, int j1, int HN,
-                             int HD) {
+// out[h] += sum over rows j0..j1 of p[h][j] v[j] for HN heads (out [HN][HD], p rows `len`
+// apart, v as k in scores_hn).
+INLINE AVX512 void values_hn(float *out, const float *p, int len, const void *v, size_t v0, int stride, int j0, int j1,
+                             int HN, int HD, bool half) {
     const int C = HD / 16;
     __m512 acc[4][8];
     load_heads(acc, out, HN, HD);
     for (int j = j0; j < j1; j++) {
-        const float *vj = v + (size_t)j * stride;
+        size_t vj = v0 + (size_t)j * stride;
         __m512 pr[4];
 #pragma GCC unroll 4
         for (int h = 0; h < HN; h++) pr[h] = _mm512_set1_ps(p[(size_t)h * len + j]);
 #pragma GCC unroll 8
         for (int c = 0; c < C; c++) {
-            __m512 vr = _mm512_loadu_ps(vj + 16 * c);
+            __m512 vr = load16(v, vj + 16 * c, half);
 #pragma GCC unroll 4
             for (int h = 0; h < HN; h++) acc[h][c] = _mm512_fmadd_ps(pr[h], vr, acc[h][c]);
         }
@@ -120,16 +173,19 @@ INLINE AVX512 void values_hn(float *out, const float *p, int len, const float *v
         for (int c = 0; c < C; c++) _mm512_storeu_ps(out + (size_t)h * HD + 16 * c, acc[h][c]);
 }
 
-// Rows j0 + ROW_PREFETCH .. j1 + ROW_PREFETCH (below len) of x, `width` floats each.
-INLINE void prefetch_rows(const float *x, int stride, int width, int j0, int j1, int len) {
+// Rows j0 + ROW_PREFETCH .. j1 + ROW_PREFETCH (below len) of x, `width` elements of esz bytes each.
+INLINE void prefetch_rows(const void *x, size_t x0, int stride, int width, int esz, int j0, int j1, int len) {
     for (int j = j0 + ROW_PREFETCH; j < j1 + ROW_PREFETCH && j < len; j++)
-        for (int b = 0; b < width * 4; b += 64) _mm_prefetch((const char *)(x + (size_t)j * stride) + b, _MM_HINT_T0);
+        for (int b = 0; b < width * esz; b += 64)
+            _mm_prefetch((const char *)x + (x0 + (size_t)j * stride) * esz + b, _MM_HINT_T0);
 }
 
-// out [heads·G, HD] for queries q [heads·G, HD] against len rows of k, v (kv head slices
-// of HD at the row's start, rows `stride` apart); s: scratch [heads·G][len].
-INLINE AVX512 void heads_hd(float *out, const float *q, const float *k, const float *v, int len, int stride,
-                            int heads, int G, int HD, float scale, float *s) {
+// out [heads·G, HD] for queries q [heads·G, HD] against len rows of k, v from element kv0
+// on (kv head slices of HD at the row's start, rows `stride` elements apart, bf16 when
+// half); s: scratch [heads·G][len].
+INLINE AVX512 void heads_hd(float *out, const float *q, const void *k, const void *v, size_t kv0, int len, int stride,
+                            int heads, int G, int HD, float scale, float *s, bool half) {
+    const int esz = half ? 2 : 4;
     const int NH = heads * G, HN_MAX = HD == 64 ? 4 : 2;  // HN·C accumulators fit 16 registers
 #define BY_HN(F)                                       \
     for (int kvh = 0; kvh < heads; kvh++)              \
@@ -143,35 +199,45 @@ INLINE AVX512 void heads_hd(float *out, const float *q, const float *k, const fl
         }
     for (int j0 = 0; j0 < len; j0 += BLOCK) {
         int j1 = j0 + BLOCK < len ? j0 + BLOCK : len;
-        prefetch_rows(k, stride, heads * HD, j0, j1, len);
-#define S(HN) scores_hn(s + (size_t)head * len, len, q + (size_t)head * HD, k + (size_t)kvh * HD, stride, j0, j1, HN, HD, scale)
-        BY_HN(S)
-#undef S
+        prefetch_rows(k, kv0, stride, heads * HD, esz, j0, j1, len);
+        for (int kvh = 0; kvh < heads; kvh++)
+            for (int h = 0; h < G; h++) {
+                int head = kvh * G + h;
+                scores_block(s + (size_t)head * len, q + (size_t)head * HD, k, kv0 + (size_t)kvh * HD, stride, j0,
+                             j1 - j0, HD, scale, half);
+            }
     }
-    float inv[MAX_GROUP];
-    for (int h0 = 0; h0 < NH; h0 += MAX_GROUP) {
-        int hn = NH - h0 < MAX_GROUP ? NH - h0 : MAX_GROUP;
-        softmax_rows(s + (size_t)h0 * len, hn, len, inv);
-        for (int h = 0; h < hn; h++)
-            for (int j = 0; j < len; j++) s[(size_t)(h0 + h) * len + j] *= inv[h];
-    }
+    softmax_block(s, NH, len);
     memset(out, 0, sizeof(float) * (size_t)NH * HD);
     for (int j0 = 0; j0 < len; j0 += BLOCK) {
         int j1 = j0 + BLOCK < len ? j0 + BLOCK : len;
-        prefetch_rows(v, stride, heads * HD, j0, j1, len);
-#define V(HN) values_hn(out + (size_t)head * HD, s + (size_t)head * len, len, v + (size_t)kvh * HD, stride, j0, j1, HN, HD)
+        prefetch_rows(v, kv0, stride, heads * HD, esz, j0, j1, len);
+#define V(HN) \
+    values_hn(out + (size_t)head * HD, s + (size_t)head * len, len, v, kv0 + (size_t)kvh * HD, stride, j0, j1, HN, HD, \
+              half)
         BY_HN(V)
 #undef V
     }
 #undef BY_HN
 }
-static AVX512 void heads_hd64(float *out, const float *q, const float *k, const float *v, int len, int stride,
-                              int heads, int G, float scale, float *s) {
-    heads_hd(out, q, k, v, len, stride, heads, G, 64, scale, s);
-}
-static AVX512 void heads_hd128(float *out, const float *q, const float *k, const float *v, int len, int stride,
-                               int heads, int G, float scale, float *s) {
-    heads_hd(out, q, k, v, len, stride, heads, G, 128, scale, s);
+// The kernel for each head size and cache type: HD and half are constants in each.
+#define HEADS(NAME, HD_, HALF)                                                                                     \
+    static AVX512 void NAME(float *out, const float *q, const void *k, const void *v, size_t kv0, int len,           \
+                            int stride, int heads, int G, float scale, float *s) {                                   \
+        heads_hd(out, q, k, v, kv0, len, stride, heads, G, HD_, scale, s, HALF);                                     \
+    }
+HEADS(heads_hd64, 64, false)
+HEADS(heads_hd128, 128, false)
+HEADS(heads_hd64_bf16, 64, true)
+HEADS(heads_hd128_bf16, 128, true)
+#undef HEADS
+
+typedef void heads_fn(float *out, const float *q, const void *k, const void *v, size_t kv0, int len, int stride,
+                      int heads, int G, float scale, float *s);
+static heads_fn *heads_kernel(int HD, bool half) {
+    if (HD == 64) return half ? heads_hd64_bf16 : heads_hd64;
+    if (HD == 128) return half ? heads_hd128_bf16 : heads_hd128;
+    return NULL;
 }
 #endif
 
@@ -185,56 +251,72 @@ static bool have_avx512(void) {
 #endif
 }
 
-// G query heads of one kv head against len rows of its slices (rows kv_stride apart).
-static void kv_group(float *out, const float *q, const float *k, const float *v, int len, int kv_stride, int G, int HD,
-                     float scale, float *s) {
-#ifdef HAVE_AVX512_PATH
-    if (have_avx512() && HD == 64) return heads_hd64(out, q, k, v, len, kv_stride, 1, G, scale, s);
-    if (have_avx512() && HD == 128) return heads_hd128(out, q, k, v, len, kv_stride, 1, G, scale, s);
-#endif
-    one_group(out, q, k, v, len, kv_stride, G, HD, scale, s);
+// A cache: fp32 or bf16 rows.
+typedef struct cache {
+    const void *k, *v;
+    bool half;
+} cache;
+
+// dst [len][HD] := rows of a bf16 slice from element e0 on, `stride` apart, widened.
+static void widen_slice(float *dst, const uint16_t *src, size_t e0, int len, int stride, int HD) {
+    for (int j = 0; j < len; j++)
+        for (int d = 0; d < HD; d++) {
+            uint32_t u = (uint32_t)src[e0 + (size_t)j * stride + d] << 16;
+            memcpy(&dst[(size_t)j * HD + d], &u, 4);
+        }
 }
 
-// Token i's NH heads against its whole cache, read in order (whole rows, every kv head).
-static void whole_token(float *out, const float *q, const float *k, const float *v, int len, int KVH, int G, int HD,
-                        float scale, float *s) {
+// G query heads of one kv head against len rows of its slices (from element at on, rows
+// kv_stride apart). s: scratch [G][len]; wide: scratch [2][len][HD] for a bf16 cache
+// without the AVX-512 kernels.
+static void kv_group(float *out, const float *q, cache c, size_t at, int len, int kv_stride, int G, int HD,
+                     float scale, float *s, float *wide) {
 #ifdef HAVE_AVX512_PATH
-    if (HD == 64) return heads_hd64(out, q, k, v, len, KVH * HD, KVH, G, scale, s);
-    if (HD == 128) return heads_hd128(out, q, k, v, len, KVH * HD, KVH, G, scale, s);
+    heads_fn *kernel = heads_kernel(HD, c.half);
+    if (have_avx512() && kernel) return kernel(out, q, c.k, c.v, at, len, kv_stride, 1, G, scale, s);
 #endif
-    (void)out, (void)q, (void)k, (void)v, (void)len, (void)KVH, (void)G, (void)HD, (void)scale, (void)s;
-    abort();  // only called where the kernel exists
+    if (!c.half)
+        return one_group(out, q, (const float *)c.k + at, (const float *)c.v + at, len, kv_stride, G, HD, scale, s);
+    float *k = wide, *v = wide + (size_t)len * HD;
+    widen_slice(k, c.k, at, len, kv_stride, HD);
+    widen_slice(v, c.v, at, len, kv_stride, HD);
+    one_group(out, q, k, v, len, HD, G, HD, scale, s);
 }
 
-void attention_decode(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
-                      const int32_t *len, int n, int NH, int KVH, int HD, float scale) {
+static void decode(float *out, const float *q, cache c, const int32_t *row0, const int32_t *len, int n, int NH,
+                   int KVH, int HD, float scale) {
     int group = NH / KVH, kv_stride = KVH * HD, max_len = 0;
     for (int i = 0; i < n; i++) max_len = len[i] > max_len ? len[i] : max_len;
+    size_t rows = (size_t)(max_len ? max_len : 1);
     // With tokens enough to keep every thread busy (a decode step of a batch), a token is
     // a unit and its cache rows are read whole and in order: 20% faster on one core than
     // a kv head's slice of each row at a time, which is still how fewer tokens share out.
-    if (have_avx512() && (HD == 64 || HD == 128) && n >= 2 * omp_get_max_threads()) {
+#ifdef HAVE_AVX512_PATH
+    heads_fn *kernel = heads_kernel(HD, c.half);
+    if (have_avx512() && kernel && n >= 2 * omp_get_max_threads()) {
 #pragma omp parallel
         {
-            float *s = malloc(sizeof(float) * (size_t)NH * (size_t)(max_len ? max_len : 1));
+            float *s = malloc(sizeof(float) * (size_t)NH * rows);
             if (!s) abort();
 #pragma omp for schedule(dynamic, 1)
             for (int i = 0; i < n; i++) {
                 float *o = out + (size_t)i * NH * HD;
                 size_t at = (size_t)row0[i] * kv_stride;
                 if (len[i] <= 0) memset(o, 0, sizeof(float) * (size_t)NH * HD);
-                else whole_token(o, q + (size_t)i * NH * HD, k + at, v + at, len[i], KVH, group, HD, scale, s);
+                else kernel(o, q + (size_t)i * NH * HD, c.k, c.v, at, len[i], kv_stride, KVH, group, scale, s);
             }
             free(s);
         }
         return;
     }
+#endif
     // Groups wider than MAX_GROUP go in slices of it.
     int G = group < MAX_GROUP ? group : MAX_GROUP, slices = (group + G - 1) / G;
 #pragma omp parallel
     {
-        float *s = malloc(sizeof(float) * (size_t)G * (size_t)(max_len ? max_len : 1));
-        if (!s) abort();
+        float *s = malloc(sizeof(float) * (size_t)G * rows);
+        float *wide = c.half ? malloc(sizeof(float) * 2 * rows * (size_t)HD) : NULL;
+        if (!s || (c.half && !wide)) abort();
 #pragma omp for schedule(dynamic, 1) collapse(2)
         for (int i = 0; i < n; i++)
             for (int hs = 0; hs < KVH * slices; hs++) {
@@ -245,9 +327,31 @@ void attention_decode(float *out, const float *q, const float *k, const float *v
                     memset(out + ((size_t)i * NH + h0) * HD, 0, sizeof(float) * (size_t)g * HD);
                     continue;
                 }
-                kv_group(out + ((size_t)i * NH + h0) * HD, q + ((size_t)i * NH + h0) * HD, k + at, v + at, len[i],
-                         kv_stride, g, HD, scale, s);
+                kv_group(out + ((size_t)i * NH + h0) * HD, q + ((size_t)i * NH + h0) * HD, c, at, len[i], kv_stride,
+                         g, HD, scale, s, wide);
             }
-        free(s);
+        free(s), free(wide);
+    }
+}
+
+void attention_decode(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
+                      const int32_t *len, int n, int NH, int KVH, int HD, float scale) {
+    decode(out, q, (cache){k, v, false}, row0, len, n, NH, KVH, HD, scale);
+}
+
+void attention_decode_bf16(float *out, const float *q, const uint16_t *k, const uint16_t *v, const int32_t *row0,
+                           const int32_t *len, int n, int NH, int KVH, int HD, float scale) {
+    decode(out, q, (cache){k, v, true}, row0, len, n, NH, KVH, HD, scale);
+}
+
+void rope_kv_cache_bf16(float *q, float *k, const float *v, uint16_t *k_cache, uint16_t *v_cache,
+                        const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n, int NH, int KVH,
+                        int HD) {
+    rope_forward(q, pos, inv_freq, n, NH, HD);
+    rope_forward(k, pos, inv_freq, n, KVH, HD);
+    size_t width = (size_t)KVH * HD;
+    for (int i = 0; i < n; i++) {
+        weights_to_bf16(k_cache + (size_t)kv_row[i] * width, k + (size_t)i * width, width);
+        weights_to_bf16(v_cache + (size_t)kv_row[i] * width, v + (size_t)i * width, width);
     }
 }

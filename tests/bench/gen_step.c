@@ -2,8 +2,11 @@
 // the given config with random weights, for tests/bench/bench_generate.sh (which runs
 // transformers' generate beside it): prefill of B prompts of P tokens, then D greedy
 // decode steps of B sequences together.
-//   gen_step CONFIG.json B P D [bf16] -> "thinkpipe gen batch B prefill_tok/s X decode_tok/s Y kv_bytes_per_token Z"
-// bf16: decode with bf16 copies of the weights (rollout --matmul bf16 on the cpu).
+//   gen_step CONFIG.json B P D [bf16] [kv-bf16]
+//     -> "thinkpipe gen batch B prefill_tok/s X decode_tok/s Y kv_bytes_per_token Z"
+// bf16: decode with bf16 copies of the weights (rollout --matmul bf16 on the cpu);
+// kv-bf16: a bf16 KV cache (rollout --kv-cache bf16).
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,8 +20,14 @@
 #include "sample.h"
 
 int main(int argc, char **argv) {
-    if (argc != 5 && !(argc == 6 && !strcmp(argv[5], "bf16"))) {
-        fprintf(stderr, "usage: gen_step CONFIG.json B P D [bf16]\n");
+    bool bf16 = false, kv16 = false, bad = argc < 5;
+    for (int i = 5; i < argc; i++) {
+        if (!strcmp(argv[i], "bf16")) bf16 = true;
+        else if (!strcmp(argv[i], "kv-bf16")) kv16 = true;
+        else bad = true;
+    }
+    if (bad) {
+        fprintf(stderr, "usage: gen_step CONFIG.json B P D [bf16] [kv-bf16]\n");
         return 2;
     }
     int B = atoi(argv[2]), P = atoi(argv[3]), D = atoi(argv[4]);
@@ -36,8 +45,8 @@ int main(int argc, char **argv) {
     }
     tp_model_init_weights(m, 1);
     int V = m->cfg.vocab_size;
-    tp_generator *g = tp_generator_new(m, B, P + D + 1, &err);
-    if (g && argc == 6 && tp_generator_bf16_weights(g, &err) < 0) g = NULL;
+    tp_generator *g = tp_generator_new_kv(m, B, P + D + 1, kv16, &err);
+    if (g && bf16 && tp_generator_bf16_weights(g, &err) < 0) g = NULL;
     if (!g) {
         fprintf(stderr, "gen_step: %s\n", err.msg);
         return 1;
@@ -78,8 +87,8 @@ int main(int argc, char **argv) {
     }
     double decode = bench_median(took, repeats);
     free(took), free(first);
-    printf("thinkpipe gen%s batch %d prefill_tok/s %.1f decode_tok/s %.1f kv_bytes_per_token %zu\n", argc == 6 ? "-bf16" : "", B,
-           B * P / prefill, (double)B * D / decode, tp_kv_bytes_per_token(m));
+    printf("thinkpipe gen%s%s batch %d prefill_tok/s %.1f decode_tok/s %.1f kv_bytes_per_token %zu\n", bf16 ? "-bf16" : "",
+           kv16 ? "-kv16" : "", B, B * P / prefill, (double)B * D / decode, tp_generator_kv_bytes_per_token(g));
     tp_sample_scratch_free(&sc);
     free(slot), free(out), free(tok), free(logits);
     tp_generator_free(g);

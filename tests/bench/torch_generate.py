@@ -2,7 +2,8 @@
 of the same config with model.generate (KV cache, eager CPU, same threads; fp32, or DTYPE=bfloat16;
 greedy, or SAMPLE=1: temperature 1, top-p 0.95).
     torch_generate.py CONFIG.json B P D -> "torch gen batch B prefill_tok/s X decode_tok/s Y"
-Prefill is timed as generate(max_new_tokens=1); decode as (generate(D+1 tokens) - that) / (B * D)."""
+Prefill is timed as generate(max_new_tokens=1); decode as (generate(D+1 tokens) - that) / (B * D), each the
+median of REPEATS (3) timed runs after a warm-up (the machine is shared: ours is a median too)."""
 import json
 import os
 import sys
@@ -34,7 +35,11 @@ def run(new):
 
 
 run(2)  # warm-up
-t1 = run(1)
-tD = run(D + 1)
+repeats = max(1, int(os.environ.get("REPEATS", "3")))
+t1s, tDs = [], []
+for _ in range(repeats):
+    t1s.append(run(1))
+    tDs.append(run(D + 1))
+t1, tD = sorted(t1s)[repeats // 2], sorted(tDs)[repeats // 2]
 print(f"torch gen{'' if dtype == torch.float32 else '-' + str(dtype).split('.')[-1]}{'-sampled' if sample else ''} batch {B} prefill_tok/s {B * P / t1:.1f} decode_tok/s {B * D / max(tD - t1, 1e-9):.1f} "
       f"torch {torch.__version__}")

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/kv_bf16.h"
+#include "cpu/linear_bf16.h"
 #include "ops.h"
 #include "test.h"
 
@@ -95,8 +97,68 @@ static void test_paths_agree(void) {
     CHECK(!memcmp(one, many, sizeof one));
 }
 
+// A bf16 cache gives the bits of an fp32 cache holding the same (widened) values, on every
+// path: the AVX-512 kernels (HD 64, 128: whole tokens and a kv head at a time) and the
+// plain one (HD 16, 48), every thread count.
+static void test_bf16_cache(void) {
+    static const int shapes[][3] = {{9, 3, 64}, {16, 8, 128}, {6, 2, 16}, {4, 2, 48}, {130, 2, 64}};
+    static const int tokens[] = {1, 8};
+    enum { ROWS = 120 };
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int t = 0; t < 2; t++)
+            for (int threads = 1; threads <= 8; threads *= 8) {
+                int NH = shapes[s][0], KVH = shapes[s][1], HD = shapes[s][2], n = tokens[t];
+                size_t cells = (size_t)n * ROWS * KVH * HD, nq = (size_t)n * NH * HD;
+                float *k = malloc(sizeof(float) * cells), *v = malloc(sizeof(float) * cells);
+                uint16_t *k16 = malloc(sizeof(uint16_t) * cells), *v16 = malloc(sizeof(uint16_t) * cells);
+                float *q = malloc(sizeof(float) * nq), *want = malloc(sizeof(float) * nq), *got = malloc(sizeof(float) * nq);
+                for (size_t i = 0; i < cells; i++) k[i] = 3 * frand(), v[i] = frand();
+                weights_to_bf16(k16, k, cells), weights_to_bf16(v16, v, cells);
+                for (size_t i = 0; i < cells; i++) {  // k, v := the widened bf16 values
+                    uint32_t a = (uint32_t)k16[i] << 16, b = (uint32_t)v16[i] << 16;
+                    memcpy(&k[i], &a, 4), memcpy(&v[i], &b, 4);
+                }
+                for (size_t i = 0; i < nq; i++) q[i] = 2 * frand(), want[i] = NAN, got[i] = NAN;
+                int32_t row0[8], len[8];
+                for (int i = 0; i < n; i++) row0[i] = i * ROWS, len[i] = i == 1 ? 0 : 1 + (int)(test_rand() % ROWS);
+                omp_set_num_threads(threads);
+                attention_decode(want, q, k, v, row0, len, n, NH, KVH, HD, 0.125f);
+                attention_decode_bf16(got, q, k16, v16, row0, len, n, NH, KVH, HD, 0.125f);
+                bool finite = true;
+                for (size_t i = 0; i < nq; i++) finite = finite && isfinite(got[i]);
+                CHECK_MSG(finite && !memcmp(want, got, sizeof(float) * nq), "NH %d KVH %d HD %d n %d threads %d", NH, KVH,
+                          HD, n, threads);
+                free(k), free(v), free(k16), free(v16), free(q), free(want), free(got);
+            }
+    omp_set_num_threads(omp_get_num_procs());
+}
+
+// rope_kv_cache_bf16 rotates q and k as rope_kv_cache_forward does and stores its rows
+// rounded to bf16; the other rows of the caches are not written.
+static void test_bf16_cache_write(void) {
+    enum { n = 5, NH = 6, KVH = 2, HD = 32, W = KVH * HD, ROWS = 12 };
+    static const int32_t kv_row[n] = {7, 0, 3, 11, 4}, pos[n] = {0, 5, 17, 300, 2};
+    float inv_freq[HD / 2], q[n * NH * HD], k[n * W], v[n * W], q2[n * NH * HD], k2[n * W];
+    static float kc[ROWS * W], vc[ROWS * W];
+    uint16_t kc16[ROWS * W], vc16[ROWS * W], want[ROWS * W];
+    for (int i = 0; i < HD / 2; i++) inv_freq[i] = powf(10000.0f, -2.0f * i / HD);
+    for (int i = 0; i < n * NH * HD; i++) q[i] = q2[i] = 2 * frand();
+    for (int i = 0; i < n * W; i++) k[i] = k2[i] = 2 * frand(), v[i] = frand();
+    for (int i = 0; i < ROWS * W; i++) kc16[i] = vc16[i] = 0x7fc1;
+    rope_kv_cache_forward(q, k, v, kc, vc, kv_row, pos, inv_freq, n, NH, KVH, HD);
+    rope_kv_cache_bf16(q2, k2, v, kc16, vc16, kv_row, pos, inv_freq, n, NH, KVH, HD);
+    CHECK(!memcmp(q, q2, sizeof q) && !memcmp(k, k2, sizeof k));
+    for (int i = 0; i < ROWS * W; i++) want[i] = 0x7fc1;
+    for (int i = 0; i < n; i++) weights_to_bf16(want + kv_row[i] * W, kc + kv_row[i] * W, W);
+    CHECK(!memcmp(kc16, want, sizeof want));
+    for (int i = 0; i < n; i++) weights_to_bf16(want + kv_row[i] * W, vc + kv_row[i] * W, W);
+    CHECK(!memcmp(vc16, want, sizeof want));
+}
+
 int main(void) {
     RUN(test_matches_reference);
     RUN(test_paths_agree);
+    RUN(test_bf16_cache);
+    RUN(test_bf16_cache_write);
     return TEST_SUMMARY();
 }
