@@ -40,7 +40,7 @@ tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_o
     }
     tp_engine *e = tp_xcalloc(1, sizeof *e);
     e->m = m, e->tok = tok, e->o = *o, e->V = m->cfg.vocab_size;
-    e->gen = tp_generator_new(m, o->max_batch, o->max_len, err);
+    e->gen = tp_generator_new_kv(m, o->max_batch, o->max_len, o->kv_bf16, err);
     if (!e->gen || (o->bf16_weights && tp_generator_bf16_weights(e->gen, err) < 0)) {
         tp_generator_free(e->gen);
         free(e);

@@ -32,6 +32,7 @@ typedef struct tp_engine_opts {
     const char *stop;    // a stop string for every request (a template's end of turn that the
                          // tokenizer spells in pieces), or NULL
     bool bf16_weights;   // cpu: decode with bf16 copies of the weights (tp_generator_bf16_weights)
+    bool kv_bf16;        // cpu: a KV cache of bf16 rows (tp_generator_new_kv)
 } tp_engine_opts;
 
 // A request's: how many samples, how they are drawn and when they end.

@@ -35,15 +35,16 @@ static const char usage[] =
     "      --score            add log-probs of given completions (prompt_tokens, tokens)\n"
     "      --field NAME       --score's field (ref_logprobs)\n"
     "      --device cpu|cuda|auto (auto)  --matmul fp32|tf32|bf16 (cuda: bf16)\n"
+    "      --kv-cache fp32|bf16 (fp32)  the cache's precision (bf16: cpu only)\n"
     "  -o, --output FILE  -j, --threads N  --progress  -q, --quiet  -h, --help  --version\n"
     "Exit: 0 ok, 1 error, 2 usage error. See rollout(1).\n";
 
 enum { OPT_TEMPLATE = 0x100, OPT_SYSTEM, OPT_PROMPT, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_GREEDY, OPT_SEED,
        OPT_STOP, OPT_MAX_NEW, OPT_MAX_LEN, OPT_MAX_BATCH, OPT_SCORE, OPT_FIELD,
-       OPT_DEVICE, OPT_MATMUL, OPT_MISMATCH };
+       OPT_DEVICE, OPT_MATMUL, OPT_MISMATCH, OPT_KV_CACHE };
 
 typedef struct options {
-    const char *model, *template_name, *system, *prompt, *output, *field, *device, *matmul;
+    const char *model, *template_name, *system, *prompt, *output, *field, *device, *matmul, *kv_cache;
     const char *stop[16];  // --stop
     int n_stop;
     tp_sampler sampler;
@@ -63,6 +64,7 @@ static void parse_options(int argc, char **argv, options *o) {
         {"score", no_argument, NULL, OPT_SCORE}, {"field", required_argument, NULL, OPT_FIELD},
         {"device", required_argument, NULL, OPT_DEVICE}, {"matmul", required_argument, NULL, OPT_MATMUL},
         {"allow-template-mismatch", no_argument, NULL, OPT_MISMATCH},
+        {"kv-cache", required_argument, NULL, OPT_KV_CACHE},
         {"output", required_argument, NULL, 'o'}, {"threads", required_argument, NULL, 'j'},
         TP_CLI_COMMON_LONGOPTS, {0}};
     int c;
@@ -73,6 +75,7 @@ static void parse_options(int argc, char **argv, options *o) {
         case OPT_DEVICE: o->device = optarg; break;
         case OPT_MISMATCH: o->allow_mismatch = true; break;
         case OPT_MATMUL: o->matmul = tp_cli_choice("--matmul", optarg, "fp32|tf32|bf16"); break;
+        case OPT_KV_CACHE: o->kv_cache = tp_cli_choice("--kv-cache", optarg, "fp32|bf16"); break;
         case OPT_TEMPLATE: o->template_name = optarg; break;
         case OPT_SYSTEM: o->system = optarg; break;
         case OPT_PROMPT: o->prompt = optarg; break;
@@ -340,17 +343,21 @@ int main(int argc, char **argv) {
         r.eo = (tp_engine_opts){.max_batch = (int)o.max_batch, .max_len = (int)(o.max_len ? o.max_len : model_len)};
         // --matmul bf16 on the cpu: decode steps read bf16 copies of the weights
         r.eo.bf16_weights = !tp_model_backend(r.m)->device && o.matmul && !strcmp(o.matmul, "bf16");
+        r.eo.kv_bf16 = o.kv_cache && !strcmp(o.kv_cache, "bf16");
+        if (r.eo.kv_bf16 && tp_model_backend(r.m)->device)
+            tp_die("--kv-cache bf16 is for the cpu (on a GPU the cache is fp32); leave it out or use --device cpu");
         r.ro = (tp_request_opts){.sampler = o.sampler, .n = (int)o.n, .max_new = (int)o.max_new, .seed = (uint64_t)o.seed};
         for (int i = 0; i < o.n_stop; i++) r.ro.stop[r.ro.n_stop++] = o.stop[i];
         find_eos(&r);
         r.eo.eos = r.eos, r.eo.n_eos = r.n_eos;
         r.engine = tp_engine_new(r.m, r.tok, &r.eo, &err);
         if (!r.engine) tp_die("%s; try a smaller --max-batch or --max-len", err.msg);
-        if (!tp_cli.quiet)
-            tp_info("%s, template %s, %lld sequences x %d tokens of KV cache (%.1f KiB a token, %.2f GiB)",
+        if (!tp_cli.quiet) {
+            double per_token = (double)tp_kv_bytes_per_token(r.m) / (r.eo.kv_bf16 ? 2 : 1);
+            tp_info("%s, template %s, %lld sequences x %d tokens of %s KV cache (%.1f KiB a token, %.2f GiB)",
                     tp_arch_name(r.m->cfg.arch), tp_template_name(r.tmpl), o.max_batch, r.eo.max_len,
-                    (double)tp_kv_bytes_per_token(r.m) / 1024,
-                    (double)tp_kv_bytes_per_token(r.m) * (double)o.max_batch * r.eo.max_len / (1 << 30));
+                    r.eo.kv_bf16 ? "bf16" : "fp32", per_token / 1024, per_token * (double)o.max_batch * r.eo.max_len / (1 << 30));
+        }
         run_generate(&r, argv + optind, argc - optind);
     }
     if (tp_jsonl_writer_close(r.out, &err) < 0) tp_die_err(&err);

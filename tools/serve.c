@@ -36,14 +36,15 @@ static const char usage[] =
     "      --served-model-name NAME (the model path's last part)\n"
     "      --max-batch N (16)  --max-len N (model's, <= 4096)  --max-tokens N (1024)\n"
     "      --device cpu|cuda|auto (auto)  --matmul fp32|tf32|bf16 (cuda: bf16)\n"
+    "      --kv-cache fp32|bf16 (fp32)  the cache's precision (bf16: cpu only)\n"
     "  -j, --threads N  -q, --quiet  -h, --help  --version\n"
     "Exit: 0 stopped by SIGINT/SIGTERM, 1 error, 2 usage error. See serve(1).\n";
 
 enum { OPT_HOST = 0x100, OPT_PORT, OPT_KEY, OPT_TEMPLATE, OPT_REASONING, OPT_NAME, OPT_MAX_BATCH, OPT_MAX_LEN,
-       OPT_MAX_TOKENS, OPT_DEVICE, OPT_MATMUL, OPT_MISMATCH };
+       OPT_MAX_TOKENS, OPT_DEVICE, OPT_MATMUL, OPT_MISMATCH, OPT_KV_CACHE };
 
 typedef struct options {
-    const char *model, *host, *key_env, *template_name, *name, *device, *matmul;
+    const char *model, *host, *key_env, *template_name, *name, *device, *matmul, *kv_cache;
     long long port, max_batch, max_len, max_tokens, threads;
     bool think, allow_mismatch;
 } options;
@@ -760,7 +761,7 @@ static void parse_options(int argc, char **argv, options *o) {
         {"served-model-name", required_argument, NULL, OPT_NAME}, {"max-batch", required_argument, NULL, OPT_MAX_BATCH},
         {"max-len", required_argument, NULL, OPT_MAX_LEN}, {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
         {"device", required_argument, NULL, OPT_DEVICE}, {"matmul", required_argument, NULL, OPT_MATMUL},
-        {"allow-template-mismatch", no_argument, NULL, OPT_MISMATCH},
+        {"allow-template-mismatch", no_argument, NULL, OPT_MISMATCH}, {"kv-cache", required_argument, NULL, OPT_KV_CACHE},
         {"threads", required_argument, NULL, 'j'}, TP_CLI_COMMON_LONGOPTS, {0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:j:" TP_CLI_COMMON_SHORTOPTS, longopts, NULL)) != -1) {
@@ -778,6 +779,7 @@ static void parse_options(int argc, char **argv, options *o) {
         case OPT_DEVICE: o->device = optarg; break;
         case OPT_MISMATCH: o->allow_mismatch = true; break;
         case OPT_MATMUL: o->matmul = tp_cli_choice("--matmul", optarg, "fp32|tf32|bf16"); break;
+        case OPT_KV_CACHE: o->kv_cache = tp_cli_choice("--kv-cache", optarg, "fp32|bf16"); break;
         case OPT_MAX_BATCH: o->max_batch = tp_cli_int("--max-batch", optarg, 1, 65536); break;
         case OPT_MAX_LEN: o->max_len = tp_cli_int("--max-len", optarg, 2, 1 << 24); break;
         case OPT_MAX_TOKENS: o->max_tokens = tp_cli_int("--max-tokens", optarg, 1, 1 << 24); break;
@@ -825,7 +827,10 @@ int main(int argc, char **argv) {
                 S.eot_stop, tp_template_name(S.tmpl));
     tp_engine_opts eo = {.max_batch = (int)S.o.max_batch, .max_len = (int)S.o.max_len, .eos = eos, .n_eos = n_eos,
                          .stop = S.eot_stop,
-                         .bf16_weights = !tp_model_backend(S.m)->device && S.o.matmul && !strcmp(S.o.matmul, "bf16")};
+                         .bf16_weights = !tp_model_backend(S.m)->device && S.o.matmul && !strcmp(S.o.matmul, "bf16"),
+                         .kv_bf16 = S.o.kv_cache && !strcmp(S.o.kv_cache, "bf16")};
+    if (eo.kv_bf16 && tp_model_backend(S.m)->device)
+        tp_die("--kv-cache bf16 is for the cpu (on a GPU the cache is fp32); leave it out or use --device cpu");
     S.engine = tp_engine_new(S.m, S.tok, &eo, &err);
     if (!S.engine) tp_die("%s; try a smaller --max-batch or --max-len", err.msg);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)S.o.port)};

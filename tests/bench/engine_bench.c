@@ -2,7 +2,7 @@
 // with random weights: B sequences as B/G requests of G samples sharing a prompt of P
 // tokens, D new tokens each (EOS ignored), sampled (temperature 1, top-p 0.95) or greedy.
 // For tests/gpu-check.sh and tests/bench, beside tests/bench/torch_gpu_generate.py.
-//   engine_bench CONFIG.json B G P D [--device cpu|cuda] [--matmul P] [--greedy]
+//   engine_bench CONFIG.json B G P D [--device cpu|cuda] [--matmul P] [--kv-cache fp32|bf16] [--greedy]
 //   -> "thinkpipe engine batch B group G prompt P new D tok/s X decode_tok/s Y prefill_s Z
 //       weights_gb W copy_gb/s C roofline_tok/s R"
 // tok/s counts every generated token over the whole run (prefills included); decode_tok/s
@@ -36,14 +36,15 @@ static double copy_bandwidth(const tp_backend *be) {
 
 int main(int argc, char **argv) {
     if (argc < 6) {
-        fprintf(stderr, "usage: engine_bench CONFIG.json B G P D [--device D] [--matmul P] [--greedy]\n");
+        fprintf(stderr, "usage: engine_bench CONFIG.json B G P D [--device D] [--matmul P] [--kv-cache K] [--greedy]\n");
         return 2;
     }
     int B = atoi(argv[2]), G = atoi(argv[3]), P = atoi(argv[4]), D = atoi(argv[5]);
     const char *device = "cpu", *matmul = NULL;
-    bool greedy = false;
+    bool greedy = false, kv16 = false;
     for (int i = 6; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
+        else if (!strcmp(argv[i], "--kv-cache") && i + 1 < argc) kv16 = !strcmp(argv[++i], "bf16");
         else if (!strcmp(argv[i], "--matmul") && i + 1 < argc) matmul = argv[++i];
         else if (!strcmp(argv[i], "--greedy")) greedy = true;
         else return fprintf(stderr, "engine_bench: unknown argument %s\n", argv[i]), 2;
@@ -72,7 +73,7 @@ int main(int argc, char **argv) {
     double weights_gb = (double)m->n_floats * (bf16 ? 2 : 4) / 1e9, bw = be->device ? copy_bandwidth(be) : 0;
     int32_t no_eos = -1;
     tp_engine_opts eo = {.max_batch = B, .max_len = P + D + 1, .eos = &no_eos, .n_eos = 0,
-                         .bf16_weights = !be->device && bf16};
+                         .bf16_weights = !be->device && bf16, .kv_bf16 = kv16};
     tp_request_opts ro = {.sampler = {.greedy = greedy, .temperature = 1.0, .top_p = greedy ? 1.0 : 0.95}, .n = G,
                           .max_new = D, .seed = 1, .ignore_eos = true};
     int32_t *prompt = malloc(sizeof(int32_t) * (size_t)P);

@@ -53,6 +53,18 @@ jq -s -e 'length == 12 and all(.[]; .logprobs == .again)' "$TMP/scored.jsonl" >/
 "$RO" -q --score -m "$TMP/model" "$TMP/a.jsonl" | jq -s -e 'all(.[]; .ref_logprobs | length > 0)' >/dev/null &&
     ok score-default-field || not_ok score-default-field
 
+# A bf16 KV cache (its accuracy: test_generate): half the bytes a token, every sample
+# back, log-probs still --score's (the training forward computes them).
+# shellcheck disable=SC2086
+expect kv-cache-bf16 0 "of bf16 KV cache (0.2 KiB a token" "$RO" $RUN -n 2 --matmul bf16 --kv-cache bf16 \
+    "$TMP/probs.jsonl"
+cp "$TMP/stdout" "$TMP/kv16.jsonl"
+jq -s -e 'length == 6 and all(.[]; (.tokens | length > 3) and (.tokens | length) == (.logprobs | length))' \
+    "$TMP/kv16.jsonl" >/dev/null && ok kv-cache-bf16-records || not_ok kv-cache-bf16-records
+"$RO" -q --score -m "$TMP/model" --field again "$TMP/kv16.jsonl" | jq -s -e 'all(.[]; .logprobs == .again)' \
+    >/dev/null && ok kv-cache-bf16-logprobs-are-scores || not_ok kv-cache-bf16-logprobs-are-scores
+expect kv-cache-bad 2 "--kv-cache" "$RO" -m "$TMP/model" --kv-cache fp16 "$TMP/probs.jsonl"
+
 # Continuous batching by sample: 6 samples a problem through 4 slots (samples wait for
 # slots as others end, copying the prompt's cache): greedy, the tokens of 16 slots (bits of
 # sampled tokens may differ: the CPU's products depend on the batch's row count); sampled,

@@ -179,6 +179,14 @@ wait "$C1" "$C2"
 [ $rc = 0 ] && ! grep -q "LeakSanitizer" "$TMP/busy.err" && ok sigterm-with-streams-in-flight ||
     { not_ok sigterm-with-streams-in-flight; grep -A8 "ERROR" "$TMP/busy.err" >&2; }
 
+# A bf16 KV cache and bf16 weights (cpu): answers like the main server's, with n samples.
+start kv16 --matmul bf16 --kv-cache bf16 --max-batch 4
+post /v1/chat/completions "$(echo "$Q" | jq -c '. + {n: 3, temperature: 0.8, seed: 1}')" >"$TMP/kv16.json"
+jq -e '(.choices | length) == 3 and all(.choices[]; .finish_reason == "stop" or .finish_reason == "length")' \
+    "$TMP/kv16.json" >/dev/null && ok kv-cache-bf16 || { not_ok kv-cache-bf16; cat "$TMP/kv16.json" "$TMP/kv16.err" >&2; }
+kill -TERM "$PID"
+wait "$PID"
+
 # IPv6 loopback, where the machine has it.
 start v6 --host ::1
 if [ -n "$URL" ]; then

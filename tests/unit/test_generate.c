@@ -119,6 +119,44 @@ static void test_bf16_decode_weights(void) {
     }
 }
 
+// A bf16 KV cache: decode logits within bf16 rounding of the training forward's (and not
+// equal to them: the cache is read in bf16); a copied slot decoded beside the original
+// gives its bits; the cache takes half the bytes a token.
+static void test_bf16_kv_cache(void) {
+    for (size_t c = 0; c < sizeof CASES / sizeof *CASES; c++) {
+        tp_model *m = fixture_load_model(FIX, CASES[c]);
+        if (!m) continue;
+        int T = 30, V = m->cfg.vocab_size;
+        int32_t ids[30];
+        for (int t = 0; t < T; t++) ids[t] = (int32_t)(test_rand() % (unsigned)V);
+        float *ref = fixture_logits(m, ids, T), *lg = malloc((size_t)2 * V * 4);
+        tp_err err;
+        tp_generator *g = tp_generator_new_kv(m, 2, 64, true, &err);
+        CHECK_MSG(g, "%s", err.msg);
+        if (!g) continue;
+        CHECK(tp_generator_kv_bytes_per_token(g) * 2 == tp_kv_bytes_per_token(m));
+        int zero[10] = {0}, last = 9;
+        CHECK(tp_generator_forward(g, 10, zero, ids, 1, &last, lg, &err) == 0);
+        tp_generator_copy(g, 1, 0, -1);
+        double worst = 0;
+        bool same = true;
+        for (int t = 10; t < T; t++) {
+            int slots[2] = {0, 1}, outs[2] = {0, 1};
+            int32_t tok[2] = {ids[t], ids[t]};
+            CHECK(tp_generator_forward(g, 2, slots, tok, 2, outs, lg, &err) == 0);
+            worst = fmax(worst, max_rel(lg, ref + (size_t)t * V, (size_t)V));
+            same = same && !memcmp(lg, lg + V, (size_t)V * 4);
+        }
+        CHECK_MSG(worst <= 2e-2 && worst > 1e-7, "%s: bf16 cache logits %.3g from the training forward", CASES[c],
+                  worst);
+        CHECK_MSG(same, "%s: a copied slot decodes to other bits", CASES[c]);
+        printf("# %s: bf16 KV cache: decode logits within %.2g of the training forward\n", CASES[c], worst);
+        free(ref), free(lg);
+        tp_generator_free(g);
+        tp_model_free(m);
+    }
+}
+
 // tp_model_logprobs is log_softmax(logits / T) of the training forward.
 static void test_logprobs(void) {
     tp_model *m = fixture_load_model(FIX, "qwen3");
@@ -294,6 +332,7 @@ int main(void) {
     RUN(test_cache_matches_training_forward);
     RUN(test_logprobs);
     RUN(test_bf16_decode_weights);
+    RUN(test_bf16_kv_cache);
     RUN(test_sampler);
     RUN(test_greedy_matches_transformers);
     RUN(test_smollm2_greedy);
