@@ -253,6 +253,23 @@ static void test_w16_small_shapes(void) {
         }
 }
 
+// Last panels with 17..31 live columns (the upper half's mask cut short), alone and in the
+// 4- and 2-panel passes one and two rows take.
+static void test_w16_partial_panels(void) {
+    static const int OCs[] = {50, 95, 120, 4127}, Ns[] = {1, 2, 3, 13};
+    for (int o = 0; o < 4; o++)
+        for (int IC = 17; IC <= 64; IC += 47) {
+            struct weights m = make_weights(IC, OCs[o]);
+            for (int n = 0; n < 4; n++) {
+                double err = compare(linear_forward_w16, &m, Ns[n], n & 1);
+                CHECK_MSG(err <= 1e-5, "N=%d IC=%d OC=%d: relative error %.3g", Ns[n], IC, OCs[o], err);
+                err = compare(linear_forward_w16_portable, &m, Ns[n], n & 1);
+                CHECK_MSG(err <= 1e-5, "portable N=%d IC=%d OC=%d: relative error %.3g", Ns[n], IC, OCs[o], err);
+            }
+            free_weights(&m);
+        }
+}
+
 // IC = 0: the bias (or zeros); N = 0 writes nothing.
 static void test_w16_degenerate(void) {
     float bias[3] = {1, -2, 3}, out[6], x[1] = {NAN};
@@ -329,6 +346,7 @@ static void check_batch(linear_w16_fn *fn, const char *name) {
 }
 
 static void test_w16_batch_invariant(void) { check_batch(linear_forward_w16, "w16"); }
+static void test_portable_batch_invariant(void) { check_batch(linear_forward_w16_portable, "portable"); }
 
 int main(void) {
     RUN(test_round_special);
@@ -336,10 +354,12 @@ int main(void) {
     RUN(test_pack_layout);
     RUN(test_w16_grid);
     RUN(test_w16_small_shapes);
+    RUN(test_w16_partial_panels);
     RUN(test_w16_degenerate);
     RUN(test_w16_nonfinite_weight);
     RUN(test_w16_threads);
     RUN(test_portable_threads);
     RUN(test_w16_batch_invariant);
+    RUN(test_portable_batch_invariant);
     return TEST_SUMMARY();
 }
