@@ -1,5 +1,7 @@
-// linear.c — nn.Linear forward and backward on tp_sgemm (W in [OC, IC] layout).
+// linear.c — nn.Linear forward and backward on tp_sgemm (W in [OC, IC] layout); the
+// forward of a decode step's few rows on cpu/linear_rows.h.
 #include "cpu/gemm.h"
+#include "cpu/linear_rows.h"
 #include "ops.h"
 
 #include <stddef.h>
@@ -8,6 +10,7 @@
 // out [N, OC] = x [N, IC] · W [OC, IC]^T (+ bias [OC] on every row)
 void linear_forward(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
+    if (N <= LINEAR_ROWS_MAX && linear_forward_rows(out, x, weight, bias, N, IC, OC)) return;
     if (bias) {  // the bias rows first, then the product accumulates onto them (beta = 1)
 #pragma omp parallel for schedule(static) if ((long)N * OC > 1 << 16)
         for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, sizeof(float) * (size_t)OC);

@@ -1,5 +1,6 @@
 // bench_linear_bf16 — the decode step's matrix products with bf16 weights against fp32:
-// linear_forward (tp_sgemm, oneDNN where installed) against linear_forward_w16 at
+// linear_forward (cpu/linear_rows.h up to 16 rows, then tp_sgemm: oneDNN where installed)
+// against linear_forward_w16 at
 // SmolLM2-135M's shapes (hidden 576, KV 192, MLP 1536, vocabulary 49152) for 1, 8 and 64
 // rows.
 //
@@ -89,7 +90,8 @@ int main(int argc, char **argv) {
     }
     if (runs < 1 || runs > MAXRUNS) runs = 31;
     const char *weights = hot ? "hot (one copy, cache-resident when it fits)" : "cold (768 MiB of copies)";
-    printf("bench_linear_bf16: %d threads, median of %d calls, weights %s;\nfp32 = linear_forward on %s\n",
+    printf("bench_linear_bf16: %d threads, median of %d calls, weights %s;\nfp32 = linear_forward (linear_rows to 16 "
+           "rows, then %s)\n",
            omp_get_max_threads(), runs, weights, tp_sgemm_backend());
     printf("%-11s %2s", "IC->OC", "N");
     for (int k = 0; k < NKERNELS; k++) printf(" | %-4s %8s %5s %7s", names[k], "us", "GB/s", "GFLOP/s");

@@ -1,0 +1,18 @@
+// linear_rows.h — nn.Linear forward for a few rows of x with fp32 weights, for the decode
+// step on the CPU (linear_forward takes it for N <= LINEAR_ROWS_MAX).
+#ifndef TP_LINEAR_ROWS_H
+#define TP_LINEAR_ROWS_H
+
+#include <stdbool.h>
+
+// Up to this many rows of x linear_forward goes through linear_forward_rows: a decode
+// step's batch. Past it the BLAS's blocked GEMM is as fast or faster.
+enum { LINEAR_ROWS_MAX = 16 };
+
+// out [N, OC] = x [N, IC] · W [OC, IC]^T (+ bias [OC] on every row), all fp32, W read once
+// whatever N. Each output is 16 lane sums over k in order, then one fixed shuffle tree,
+// then + bias: its bits do not depend on N, on the other rows of x or on the thread count.
+// false (and nothing written) where the CPU lacks AVX-512 (F, BW, VL).
+bool linear_forward_rows(float *out, const float *x, const float *w, const float *bias, int N, int IC, int OC);
+
+#endif
