@@ -63,10 +63,11 @@ VECTOR_CLONES static void one_group(float *out, const float *q, const float *k, 
 #ifdef HAVE_AVX512_PATH
 // The same computation for HD = 64 or 128 with AVX-512 intrinsics, over `heads` kv heads
 // of each cache row at once (all of them: a token's cache is read in order, whole rows;
-// one: a (token, kv head) unit). Rows go in blocks of BLOCK that stay in L1 while each kv
-// head's query heads pass over them, HN heads at a time with their queries (scores) or
-// outputs (values) in registers. HD and HN are constants in every call, so the loops
-// unroll: with runtime bounds GCC kept the accumulators in memory (3x slower).
+// one: a (token, kv head) unit). Rows go in blocks of BLOCK = 16 that stay in L1 while
+// each kv head's query heads pass over them: for the scores one head at a time, the 16
+// rows' dot products summed together (sum16); for the values HN heads at a time with their
+// outputs in registers. HD and HN are constants in every call, so the loops unroll: with
+// runtime bounds GCC kept the accumulators in memory (3x slower).
 #define AVX512 __attribute__((target("avx512f")))
 #define INLINE static inline __attribute__((always_inline))
 enum { BLOCK = 16, ROW_PREFETCH = 16 };  // rows: a block; how far ahead the cache is fetched
