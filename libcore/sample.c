@@ -82,6 +82,7 @@ static int by_rank(const void *a, const void *b) {
 static void grow(tp_sample_scratch *sc, int V) {
     if (sc->cap >= V) return;
     sc->p = tp_xrealloc(sc->p, sizeof *sc->p * (size_t)V);
+    sc->z = tp_xrealloc(sc->z, sizeof *sc->z * (size_t)V);
     sc->vals = tp_xrealloc(sc->vals, sizeof(ranked) * (size_t)V);
     int blocks = (V + BLOCK - 1) / BLOCK;
     sc->mass = tp_xrealloc(sc->mass, sizeof *sc->mass * (size_t)(blocks > BUCKETS ? blocks : BUCKETS));
@@ -95,13 +96,13 @@ static inline int bucket_of(float z, float mx) {
 }
 
 // Top-p on the tokens r keeps: the smallest set, most likely first (ties by index), whose
-// mass reaches top_p of theirs; sets r's cut. w: the weights; mx: the largest z.
-static void top_p_cut(keep_rule *r, const float *logits, const float *w, int V, float inv_t, float mx, double top_p,
+// mass reaches top_p of theirs; sets r's cut. z: the scaled logits; w: the weights; mx: the largest z.
+static void top_p_cut(keep_rule *r, const float *zs, const float *w, int V, float mx, double top_p,
                       tp_sample_scratch *sc) {
     double *bucket = sc->mass, total = 0;
     memset(bucket, 0, sizeof *bucket * BUCKETS);
     for (int j = 0; j < V; j++) {
-        float z = scaled(logits, j, inv_t);
+        float z = zs[j];
         if (kept(r, z, w[j], j)) bucket[bucket_of(z, mx)] += w[j], total += w[j];
     }
     double target = top_p * total, cum = 0;
@@ -110,7 +111,7 @@ static void top_p_cut(keep_rule *r, const float *logits, const float *w, int V, 
     ranked *in = sc->vals;  // the edge bucket's tokens, in rank order
     int n = 0;
     for (int j = 0; j < V; j++) {
-        float z = scaled(logits, j, inv_t);
+        float z = zs[j];
         if (kept(r, z, w[j], j) && bucket_of(z, mx) == edge) in[n++] = (ranked){z, j};
     }
     qsort(in, (size_t)n, sizeof *in, by_rank);
@@ -154,23 +155,23 @@ int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng
     // small that 1/T or z overflows (then it is the largest logit, as T -> 0 means).
     if (mx == INFINITY || !isfinite(inv_t)) return argmax(logits, V);
     if (mx == -INFINITY) return top;
-    exp_shift_inplace(w, mx, V);                        // w_j = exp(z_j - mx): 1 for the best
     bool top_k = s->top_k > 0 && s->top_k < V, top_p = s->top_p < 1.0, min_p = s->min_p > 0;
+    const float *z = sc->z;
+    if (top_k || top_p || min_p) memcpy(sc->z, w, sizeof *w * (size_t)V);  // the filters read z again
+    exp_shift_inplace(w, mx, V);                        // w_j = exp(z_j - mx): 1 for the best
     if (top_k || top_p || min_p) {
         keep_rule r = {.lo = mx - SPAN, .cut = -INFINITY, .cut_idx = V, .min_w = 0, .top = top};
         if (top_k) {
             float *v = (float *)sc->vals;
             int n = 0;
-            for (int j = 0; j < V; j++) {
-                float z = scaled(logits, j, inv_t);
-                if (z >= r.lo) v[n++] = z;
-            }
+            for (int j = 0; j < V; j++)
+                if (z[j] >= r.lo) v[n++] = z[j];
             if (s->top_k < n) r.lo = kth_largest(v, n, s->top_k);  // ties with the k-th stay, as in transformers
         }
-        if (top_p) top_p_cut(&r, logits, w, V, inv_t, mx, s->top_p, sc);
+        if (top_p) top_p_cut(&r, z, w, V, mx, s->top_p, sc);
         if (min_p) r.min_w = (float)s->min_p;  // p_j / p_max = w_j
         for (int j = 0; j < V; j++)
-            if (!kept(&r, scaled(logits, j, inv_t), w[j], j)) w[j] = 0;
+            if (!kept(&r, z[j], w[j], j)) w[j] = 0;
     }
     // Block masses, the block the draw lands in, then the token in it (in index order).
     double *block = sc->mass, mass = 0;
@@ -195,6 +196,6 @@ int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng
 }
 
 void tp_sample_scratch_free(tp_sample_scratch *sc) {
-    free(sc->p), free(sc->vals), free(sc->mass);
+    free(sc->p), free(sc->z), free(sc->vals), free(sc->mass);
     *sc = (tp_sample_scratch){0};
 }

@@ -19,6 +19,7 @@ typedef struct tp_sampler {
 // Scratch for one row of V logits (reused across calls, grown as needed).
 typedef struct tp_sample_scratch {
     float *p;      // [V] exp(z - max z)
+    float *z;      // [V] z = logits / T (NaN: -inf), kept for the filters' passes
     void *vals;    // 8 V bytes: top-k's candidate logits (float), or top-p's edge bucket ((logit, id) pairs)
     double *mass;  // [max(blocks, buckets)] masses by block of tokens or by logit bucket
     int cap;
