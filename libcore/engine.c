@@ -55,6 +55,8 @@ tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_o
     return e;
 }
 
+size_t tp_engine_kv_bytes_per_token(const tp_engine *e) { return tp_generator_kv_bytes_per_token(e->gen); }
+
 void tp_engine_free(tp_engine *e) {
     if (!e) return;
     for (int q = e->head; q < e->len; q++) tp_request_free(e->queue[q]);

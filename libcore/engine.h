@@ -84,6 +84,8 @@ int tp_engine_eos(const tp_model *m, const tp_tokenizer *tok, int tmpl, int32_t 
 
 tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_opts *opts, tp_err *err);
 void tp_engine_free(tp_engine *e);
+// Bytes of KV cache a token takes (tp_generator_kv_bytes_per_token of the engine's cache).
+size_t tp_engine_kv_bytes_per_token(const tp_engine *e);
 // A free slot, and no sample of an earlier request waiting for one.
 bool tp_engine_can_submit(const tp_engine *e);
 int tp_engine_waiting(const tp_engine *e);  // samples waiting for a slot

@@ -82,7 +82,7 @@ tp_generator *tp_generator_new(tp_model *m, int n_slots, int cap, tp_err *err) {
 tp_generator *tp_generator_new_kv(tp_model *m, int n_slots, int cap, bool kv_bf16, tp_err *err) {
     const tp_backend *be = tp_model_backend(m);
     if (kv_bf16 && be->device) {
-        tp_err_set(err, "a bf16 KV cache is for the cpu backend (on a GPU the cache is fp32)");
+        tp_err_set(err, "a bf16 KV cache (--kv-cache bf16) is for the cpu: on a GPU the cache is fp32");
         return NULL;
     }
     tp_generator *g = tp_xcalloc(1, sizeof *g);
@@ -102,8 +102,8 @@ tp_generator *tp_generator_new_kv(tp_model *m, int n_slots, int cap, bool kv_bf1
             tp_err_set(err, "out of device memory: a KV cache of %d sequences x %d tokens needs %.2f GiB (%.2f GiB free); "
                        "try a smaller --max-batch or --max-len", n_slots, cap, 2 * gib(bytes), gib(be->free_bytes()));
         else
-            tp_err_set(err, "out of memory: a KV cache of %d sequences x %d tokens needs %.2f GiB", n_slots, cap,
-                       2 * gib(bytes));
+            tp_err_set(err, "out of memory: a KV cache of %d sequences x %d tokens needs %.2f GiB; try a smaller "
+                       "--max-batch or --max-len", n_slots, cap, 2 * gib(bytes));
         tp_generator_free(g);
         return NULL;
     }

@@ -344,16 +344,14 @@ int main(int argc, char **argv) {
         // --matmul bf16 on the cpu: decode steps read bf16 copies of the weights
         r.eo.bf16_weights = !tp_model_backend(r.m)->device && o.matmul && !strcmp(o.matmul, "bf16");
         r.eo.kv_bf16 = o.kv_cache && !strcmp(o.kv_cache, "bf16");
-        if (r.eo.kv_bf16 && tp_model_backend(r.m)->device)
-            tp_die("--kv-cache bf16 is for the cpu (on a GPU the cache is fp32); leave it out or use --device cpu");
         r.ro = (tp_request_opts){.sampler = o.sampler, .n = (int)o.n, .max_new = (int)o.max_new, .seed = (uint64_t)o.seed};
         for (int i = 0; i < o.n_stop; i++) r.ro.stop[r.ro.n_stop++] = o.stop[i];
         find_eos(&r);
         r.eo.eos = r.eos, r.eo.n_eos = r.n_eos;
         r.engine = tp_engine_new(r.m, r.tok, &r.eo, &err);
-        if (!r.engine) tp_die("%s; try a smaller --max-batch or --max-len", err.msg);
+        if (!r.engine) tp_die_err(&err);  // the cache's own message says what to try
         if (!tp_cli.quiet) {
-            double per_token = (double)tp_kv_bytes_per_token(r.m) / (r.eo.kv_bf16 ? 2 : 1);
+            double per_token = (double)tp_engine_kv_bytes_per_token(r.engine);
             tp_info("%s, template %s, %lld sequences x %d tokens of %s KV cache (%.1f KiB a token, %.2f GiB)",
                     tp_arch_name(r.m->cfg.arch), tp_template_name(r.tmpl), o.max_batch, r.eo.max_len,
                     r.eo.kv_bf16 ? "bf16" : "fp32", per_token / 1024, per_token * (double)o.max_batch * r.eo.max_len / (1 << 30));

@@ -829,10 +829,8 @@ int main(int argc, char **argv) {
                          .stop = S.eot_stop,
                          .bf16_weights = !tp_model_backend(S.m)->device && S.o.matmul && !strcmp(S.o.matmul, "bf16"),
                          .kv_bf16 = S.o.kv_cache && !strcmp(S.o.kv_cache, "bf16")};
-    if (eo.kv_bf16 && tp_model_backend(S.m)->device)
-        tp_die("--kv-cache bf16 is for the cpu (on a GPU the cache is fp32); leave it out or use --device cpu");
     S.engine = tp_engine_new(S.m, S.tok, &eo, &err);
-    if (!S.engine) tp_die("%s; try a smaller --max-batch or --max-len", err.msg);
+    if (!S.engine) tp_die_err(&err);  // the cache's own message says what to try
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)S.o.port)};
     struct sockaddr_in6 addr6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)S.o.port)};
     bool v6 = inet_pton(AF_INET6, S.o.host, &addr6.sin6_addr) == 1;

@@ -201,12 +201,9 @@ INLINE AVX512 void heads_hd(float *out, const float *q, const void *k, const voi
     for (int j0 = 0; j0 < len; j0 += BLOCK) {
         int j1 = j0 + BLOCK < len ? j0 + BLOCK : len;
         prefetch_rows(k, kv0, stride, heads * HD, esz, j0, j1, len);
-        for (int kvh = 0; kvh < heads; kvh++)
-            for (int h = 0; h < G; h++) {
-                int head = kvh * G + h;
-                scores_block(s + (size_t)head * len, q + (size_t)head * HD, k, kv0 + (size_t)kvh * HD, stride, j0,
-                             j1 - j0, HD, scale, half);
-            }
+        for (int head = 0; head < NH; head++)  // kv head head / G
+            scores_block(s + (size_t)head * len, q + (size_t)head * HD, k, kv0 + (size_t)(head / G) * HD, stride, j0,
+                         j1 - j0, HD, scale, half);
     }
     softmax_block(s, NH, len);
     memset(out, 0, sizeof(float) * (size_t)NH * HD);
