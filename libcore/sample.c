@@ -9,12 +9,35 @@
 #include "error.h"
 #include "rng.h"
 
-// The first of the largest logits, NaN never (all NaN: 0).
+// The largest of x [n] ignoring NaN (-inf when there is none), vectorised: a lane keeps
+// its value when x is NaN, since the comparison is false.
+VECTOR_CLONES static float max_not_nan(const float *x, int n) {
+    float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int j = 0; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+
+VECTOR_CLONES static bool holds(const float *x, int n, float v) {
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (int j = 0; j < n; j++) any |= x[j] == v;
+    return any;
+}
+
+// The first of the largest logits, NaN never (all NaN: 0). The largest, then the first
+// block of 256 that holds it, both vectorised: a scalar scan took 50 us a row at 49,152
+// tokens, 0.4 ms of a 16 ms batch-8 decode step.
 static int32_t argmax(const float *x, int V) {
-    int32_t best = 0;
-    for (int j = 1; j < V; j++)
-        if (x[j] > x[best] || (x[best] != x[best] && x[j] == x[j])) best = j;
-    return best;
+    enum { SCAN = 256 };
+    float mx = max_not_nan(x, V);
+    for (int j0 = 0; j0 < V; j0 += SCAN) {
+        int n = V - j0 < SCAN ? V - j0 : SCAN;
+        if (!holds(x + j0, n, mx)) continue;
+        for (int j = j0; j < j0 + n; j++)
+            if (x[j] == mx) return j;
+    }
+    return 0;  // all NaN
 }
 
 // How the draw works (the same distribution as sorting every candidate, without the sort:

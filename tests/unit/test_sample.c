@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rng.h"
 #include "sample.h"
 #include "test.h"
 
@@ -131,8 +132,48 @@ static void test_degenerate_rows(void) {
     tp_sample_scratch_free(&sc);
 }
 
+// The scalar rule greedy must follow: the first of the largest, NaN never, all NaN 0.
+static int32_t argmax_reference(const float *x, int V) {
+    int32_t best = -1;
+    for (int j = 0; j < V; j++)
+        if (!isnan(x[j]) && (best < 0 || x[j] > x[best])) best = j;
+    return best < 0 ? 0 : best;
+}
+
+// Greedy picks against the scalar rule on rows with ties across its scan blocks, NaN,
+// ±inf, signed zeros and every length from 1 to 600 (vector tails), then long rows.
+static void test_greedy_first_largest(void) {
+    enum { VMAX = 49157 };
+    static float x[VMAX];
+    tp_sample_scratch sc = {0};
+    tp_sampler greedy = {.greedy = true, .temperature = 1, .top_p = 1};
+    uint64_t rng = 11;
+    int bad = 0, cases = 0;
+    for (int V = 1; V <= VMAX; V = V < 600 ? V + 1 : V * 3 + 7) {
+        for (int kind = 0; kind < 6; kind++, cases++) {
+            for (int j = 0; j < V; j++) x[j] = (float)(int)((tp_splitmix64(&rng) >> 11) * 0x1p-53 * 40) - 20;  // many ties
+            if (kind == 1)
+                for (int j = 0; j < V; j++) x[j] = (tp_splitmix64(&rng) >> 11) * 0x1p-53 < 0.3 ? NAN : x[j];
+            if (kind == 2)
+                for (int j = 0; j < V; j++) x[j] = NAN;
+            if (kind == 3)
+                for (int j = 0; j < V; j++) x[j] = j % 3 ? -INFINITY : NAN;
+            if (kind == 4) x[V - 1] = INFINITY, x[V / 2] = INFINITY;
+            if (kind == 5)
+                for (int j = 0; j < V; j++) x[j] = j % 2 ? 0.0f : -0.0f;
+            if (kind == 0 && V > 300) x[257] = 99, x[V - 1] = 99;  // the max in two scan blocks
+            int32_t got = tp_sample(&greedy, x, V, &rng, &sc), want = argmax_reference(x, V);
+            if (got != want && bad++ < 5) fprintf(stderr, "# V %d kind %d: %d, want %d\n", V, kind, got, want);
+        }
+        if (V > VMAX / 3 - 7) break;
+    }
+    CHECK_MSG(bad == 0, "%d of %d rows picked the wrong token", bad, cases);
+    tp_sample_scratch_free(&sc);
+}
+
 int main(void) {
     RUN(test_filters_match_sorting);
+    RUN(test_greedy_first_largest);
     RUN(test_degenerate_rows);
     return TEST_SUMMARY();
 }
