@@ -14,6 +14,7 @@
 #include "backend.h"
 #include "cpu/kv_bf16.h"
 #include "cpu/linear_bf16.h"
+#include "cpu/rope_table.h"
 
 // The per-call integer arrays, host side and one backend copy: [IDS_COUNT][room].
 enum { IDS_TOKEN, IDS_POS, IDS_KLEN, IDS_SEG, IDS_ROW0, IDS_KVROW, IDS_OUT, IDS_COUNT };
@@ -45,6 +46,7 @@ struct tp_generator {
     // per-call scratch (backend memory) for up to `room` tokens and `room_out` logit rows
     int room, room_out;
     float *x, *ln, *rstd, *q_raw, *k_raw, *q, *kk, *vv, *att, *mid, *gate, *up, *act, *qr, *kr, *xg, *lse;
+    float *rope_cs;  // cpu: [room, HD] cos and sin of the call's positions, shared by the layers
     float *logits, *last_logits;
     int32_t *ids, *dev_ids;  // host / backend [IDS_COUNT * room]
     bool fresh;  // every token of this call starts or continues a slot that was empty: prompts
@@ -113,10 +115,10 @@ tp_generator *tp_generator_new_kv(tp_model *m, int n_slots, int cap, bool kv_bf1
     return g;
 }
 
-enum { N_SCRATCH = 17 };
+enum { N_SCRATCH = 18 };
 static void scratch_list(tp_generator *g, float **out[N_SCRATCH]) {
     float **bufs[N_SCRATCH] = {&g->x,  &g->ln, &g->mid, &g->xg,  &g->q_raw, &g->q,  &g->att, &g->k_raw, &g->kk,
-                               &g->vv, &g->gate, &g->up, &g->act, &g->rstd, &g->qr, &g->kr,  &g->lse};
+                               &g->vv, &g->gate, &g->up, &g->act, &g->rstd, &g->qr, &g->kr,  &g->lse, &g->rope_cs};
     memcpy(out, bufs, sizeof bufs);
 }
 
@@ -279,7 +281,8 @@ static int grow(tp_generator *g, int n, tp_err *err) {
     size_t N = (size_t)n, C = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
     size_t Q = (size_t)c->num_heads * c->head_dim, KV = (size_t)g->KV;
     size_t sizes[N_SCRATCH] = {N * C, N * C, N * C,  N * C,  N * Q, N * Q, N * Q, N * KV, N * KV, N * KV,
-                               N * F, N * F, N * F, N, N * c->num_heads, N * c->num_kv_heads, N * c->num_heads};
+                               N * F, N * F, N * F, N, N * c->num_heads, N * c->num_kv_heads, N * c->num_heads,
+                               g->be->device ? 1 : N * c->head_dim};
     float **bufs[N_SCRATCH];
     scratch_list(g, bufs);
     size_t total = 0;
@@ -340,7 +343,7 @@ static void layer(tp_generator *g, int l, int n) {
     void *kc = layer_base(g, g->k, l), *vc = layer_base(g, g->v, l);
     const int32_t *kv_rows = ids(g, g->dev_ids, IDS_KVROW), *row0 = ids(g, g->dev_ids, IDS_ROW0);
     const int32_t *klen = ids(g, g->dev_ids, IDS_KLEN);
-    if (g->kv16) rope_kv_cache_bf16(g->q, g->kk, g->vv, kc, vc, kv_rows, pos, inv_freq, n, NH, KVH, HD);
+    if (!be->device) rope_kv_cache_table(g->q, g->kk, g->vv, kc, vc, g->kv16, kv_rows, g->rope_cs, n, NH, KVH, HD);
     else be->rope_kv_cache_forward(g->q, g->kk, g->vv, kc, vc, kv_rows, pos, inv_freq, n, NH, KVH, HD);
     float scale = 1.0f / sqrtf((float)HD);
     if (g->fresh)
@@ -394,6 +397,7 @@ static void run_step(tp_generator *g, int n, int n_out, float *dst) {
     const tp_model_config *c = &m->cfg;
     const tp_backend *be = g->be;
     be->embedding_forward(g->x, ids(g, g->dev_ids, IDS_TOKEN), m->W.embed, n, c->hidden_size);
+    if (!be->device) rope_table(g->rope_cs, ids(g, g->ids, IDS_POS), m->inv_freq, n, c->head_dim);
     for (int l = 0; l < c->num_layers; l++) layer(g, l, n);
     if (n_out <= 0) return;
     be->gather_rows(g->xg, g->x, ids(g, g->dev_ids, IDS_OUT), n_out, c->hidden_size);

@@ -341,15 +341,3 @@ void attention_decode_bf16(float *out, const float *q, const uint16_t *k, const 
                            const int32_t *len, int n, int NH, int KVH, int HD, float scale) {
     decode(out, q, (cache){k, v, true}, row0, len, n, NH, KVH, HD, scale);
 }
-
-void rope_kv_cache_bf16(float *q, float *k, const float *v, uint16_t *k_cache, uint16_t *v_cache,
-                        const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n, int NH, int KVH,
-                        int HD) {
-    rope_forward(q, pos, inv_freq, n, NH, HD);
-    rope_forward(k, pos, inv_freq, n, KVH, HD);
-    size_t width = (size_t)KVH * HD;
-    for (int i = 0; i < n; i++) {
-        weights_to_bf16(k_cache + (size_t)kv_row[i] * width, k + (size_t)i * width, width);
-        weights_to_bf16(v_cache + (size_t)kv_row[i] * width, v + (size_t)i * width, width);
-    }
-}

@@ -2,19 +2,13 @@
 //
 // A decode step reads every cached key and value of its sequences; in bf16 that is half
 // the bytes of the fp32 cache (ops.h's attention_decode) and half the memory a token
-// holds. Keys and values are rounded to bf16 as they enter the cache (after RoPE), and
-// widened exactly as they are read; scores, softmax and sums stay fp32.
+// holds. Keys and values are rounded to bf16 as they enter the cache (after RoPE,
+// cpu/rope_table.h's rope_kv_cache_table), and widened exactly as they are read; scores,
+// softmax and sums stay fp32.
 #ifndef TP_KV_BF16_H
 #define TP_KV_BF16_H
 
 #include <stdint.h>
-
-// rope_kv_cache_forward (ops.h) with the rows stored in bf16: q [n, NH, HD] and k
-// [n, KVH, HD] rotated in place, then rows kv_row[i] of the caches [rows, KVH·HD] :=
-// k, v [n, KVH·HD] rounded to bf16 (weights_to_bf16's rounding).
-void rope_kv_cache_bf16(float *q, float *k, const float *v, uint16_t *k_cache, uint16_t *v_cache,
-                        const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n, int NH, int KVH,
-                        int HD);
 
 // attention_decode (ops.h) on caches of bf16 rows: the same arithmetic on the widened
 // values, so the same bits as attention_decode on an fp32 cache holding those values.

@@ -11,6 +11,7 @@
 
 #include "cpu/kv_bf16.h"
 #include "cpu/linear_bf16.h"
+#include "cpu/rope_table.h"
 #include "ops.h"
 #include "test.h"
 
@@ -133,21 +134,37 @@ static void test_bf16_cache(void) {
     omp_set_num_threads(omp_get_num_procs());
 }
 
-// rope_kv_cache_bf16 rotates q and k as rope_kv_cache_forward does and stores its rows
-// rounded to bf16; the other rows of the caches are not written.
-static void test_bf16_cache_write(void) {
+// rope_kv_cache_table, fp32 and bf16, rotates q and k as rope_kv_cache_forward does and
+// stores its rows (rounded to bf16 in the bf16 cache); the other rows are not written.
+static void test_table_cache_write(void) {
     enum { n = 5, NH = 6, KVH = 2, HD = 32, W = KVH * HD, ROWS = 12 };
-    static const int32_t kv_row[n] = {7, 0, 3, 11, 4}, pos[n] = {0, 5, 17, 300, 2};
-    float inv_freq[HD / 2], q[n * NH * HD], k[n * W], v[n * W], q2[n * NH * HD], k2[n * W];
-    static float kc[ROWS * W], vc[ROWS * W];
+    static const int32_t kv_row[n] = {7, 0, 3, 11, 4}, pos[n] = {0, 5, 17, 300, 4099};
+    float inv_freq[HD / 2], q[n * NH * HD], k[n * W], v[n * W], q2[n * NH * HD], k2[n * W], cs[n * HD];
+    static float kc[ROWS * W], vc[ROWS * W], kc32[ROWS * W], vc32[ROWS * W];
     uint16_t kc16[ROWS * W], vc16[ROWS * W], want[ROWS * W];
     for (int i = 0; i < HD / 2; i++) inv_freq[i] = powf(10000.0f, -2.0f * i / HD);
     for (int i = 0; i < n * NH * HD; i++) q[i] = q2[i] = 2 * frand();
     for (int i = 0; i < n * W; i++) k[i] = k2[i] = 2 * frand(), v[i] = frand();
-    for (int i = 0; i < ROWS * W; i++) kc16[i] = vc16[i] = 0x7fc1;
+    for (int i = 0; i < ROWS * W; i++) kc16[i] = vc16[i] = 0x7fc1, kc32[i] = vc32[i] = -7;
     rope_kv_cache_forward(q, k, v, kc, vc, kv_row, pos, inv_freq, n, NH, KVH, HD);
-    rope_kv_cache_bf16(q2, k2, v, kc16, vc16, kv_row, pos, inv_freq, n, NH, KVH, HD);
-    CHECK(!memcmp(q, q2, sizeof q) && !memcmp(k, k2, sizeof k));
+    rope_table(cs, pos, inv_freq, n, HD);
+    for (int half = 0; half < 2; half++) {
+        float qq[n * NH * HD], kk[n * W];
+        memcpy(qq, q2, sizeof qq), memcpy(kk, k2, sizeof kk);
+        rope_kv_cache_table(qq, kk, v, half ? (void *)kc16 : kc32, half ? (void *)vc16 : vc32, half, kv_row, cs, n, NH,
+                            KVH, HD);
+        CHECK_MSG(!memcmp(q, qq, sizeof q) && !memcmp(k, kk, sizeof k), "%s: q and k rotated as rope_forward does",
+                  half ? "bf16" : "fp32");
+    }
+    bool rows_ok = true;
+    for (int r = 0; r < ROWS; r++) {
+        bool written = false;
+        for (int i = 0; i < n; i++) written = written || kv_row[i] == r;
+        for (int c = 0; c < W; c++)
+            rows_ok = rows_ok && (written ? kc32[r * W + c] == kc[r * W + c] && vc32[r * W + c] == vc[r * W + c]
+                                          : kc32[r * W + c] == -7 && vc32[r * W + c] == -7);
+    }
+    CHECK_MSG(rows_ok, "fp32 cache: the rows of rope_kv_cache_forward, the others untouched");
     for (int i = 0; i < ROWS * W; i++) want[i] = 0x7fc1;
     for (int i = 0; i < n; i++) weights_to_bf16(want + kv_row[i] * W, kc + kv_row[i] * W, W);
     CHECK(!memcmp(kc16, want, sizeof want));
@@ -159,6 +176,6 @@ int main(void) {
     RUN(test_matches_reference);
     RUN(test_paths_agree);
     RUN(test_bf16_cache);
-    RUN(test_bf16_cache_write);
+    RUN(test_table_cache_write);
     return TEST_SUMMARY();
 }

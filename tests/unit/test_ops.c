@@ -3,6 +3,7 @@
 // differences taken in double through that reference (attention at larger sizes against
 // an analytic double backward, itself checked by finite differences), the += semantics
 // of the backward ops, packed rows, GQA, and bit-identical results for any thread count.
+#include "cpu/rope_table.h"
 #include "ops.h"
 #include "test.h"
 
@@ -245,6 +246,27 @@ static void test_rope(void) {
     rope_case(7, 3, 10);
     rope_case(5, 2, 2);
     rope_case(3, 2, 160);  // more frequencies than one block of cos/sin
+}
+
+// From a table of the positions' cos and sin (the generator's decode): rope_forward's bits,
+// on one thread and (300 tokens) several.
+static void test_rope_table(void) {
+    static const int shapes[][3] = {{7, 3, 10}, {5, 2, 2}, {3, 2, 160}, {8, 9, 64}, {300, 9, 64}, {70, 2, 128}};
+    for (int s = 0; s < 6; s++) {
+        int N = shapes[s][0], H = shapes[s][1], HD = shapes[s][2];
+        size_t nx = (size_t)N * H * HD;
+        int32_t *pos = malloc(sizeof(int32_t) * N);
+        float *inv = falloc(HD / 2), *x = falloc(nx), *y = falloc(nx), *cs = falloc((size_t)N * HD);
+        for (int n = 0; n < N; n++) pos[n] = n % 3 == 2 ? 4000 + 7 * n : n;
+        for (int i = 0; i < HD / 2; i++) inv[i] = (float)pow(500000.0, -2.0 * i / HD);
+        fill(x, nx, -2, 2);
+        memcpy(y, x, sizeof(float) * nx);
+        rope_forward(x, pos, inv, N, H, HD);
+        rope_table(cs, pos, inv, N, HD);
+        rope_apply(y, cs, N, H, HD);
+        CHECK_MSG(!memcmp(x, y, sizeof(float) * nx), "N=%d H=%d HD=%d", N, H, HD);
+        free(pos), free(inv), free(x), free(y), free(cs);
+    }
 }
 
 // ---- SwiGLU ----
@@ -655,6 +677,7 @@ int main(void) {
     RUN(test_rmsnorm_backward);
     RUN(test_add_rmsnorm);
     RUN(test_rope);
+    RUN(test_rope_table);
     RUN(test_swiglu);
     RUN(test_add_inplace);
     RUN(test_crossentropy_small);
