@@ -25,19 +25,23 @@ VECTOR_CLONES static bool holds(const float *x, int n, float v) {
     return any;
 }
 
-// The first of the largest logits, NaN never (all NaN: 0). The largest, then the first
-// block of 256 that holds it, both vectorised: a scalar scan took 50 us a row at 49,152
-// tokens, 0.4 ms of a 16 ms batch-8 decode step.
-static int32_t argmax(const float *x, int V) {
+// The first j with x[j] == v, or -1: the first block of 256 that holds it, then within it.
+static int first_index(const float *x, int n, float v) {
     enum { SCAN = 256 };
-    float mx = max_not_nan(x, V);
-    for (int j0 = 0; j0 < V; j0 += SCAN) {
-        int n = V - j0 < SCAN ? V - j0 : SCAN;
-        if (!holds(x + j0, n, mx)) continue;
-        for (int j = j0; j < j0 + n; j++)
-            if (x[j] == mx) return j;
+    for (int j0 = 0; j0 < n; j0 += SCAN) {
+        int m = n - j0 < SCAN ? n - j0 : SCAN;
+        if (!holds(x + j0, m, v)) continue;
+        for (int j = j0; j < j0 + m; j++)
+            if (x[j] == v) return j;
     }
-    return 0;  // all NaN
+    return -1;
+}
+
+// The first of the largest logits, NaN never (all NaN: 0). Vectorised: a scalar scan took
+// 50 us a row at 49,152 tokens, 0.4 ms of a 16 ms batch-8 decode step.
+static int32_t argmax(const float *x, int V) {
+    int j = first_index(x, V, max_not_nan(x, V));
+    return j < 0 ? 0 : j;  // -1: all NaN
 }
 
 // How the draw works (the same distribution as sorting every candidate, without the sort:
@@ -58,13 +62,23 @@ typedef struct keep_rule {
     int top;
 } keep_rule;
 
-static inline bool kept(const keep_rule *r, float z, float w, int j) {
-    return z >= r->lo && (z > r->cut || (z == r->cut && j <= r->cut_idx)) && (w >= r->min_w || j == r->top);
+// z [n] := logits / T, NaN as -inf (never drawn).
+VECTOR_CLONES static void scale_logits(float *z, const float *logits, int n, float inv_t) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        float v = logits[j] * inv_t;
+        z[j] = v == v ? v : -INFINITY;
+    }
 }
 
-static inline float scaled(const float *logits, int j, float inv_t) {
-    float z = logits[j] * inv_t;
-    return z == z ? z : -INFINITY;  // NaN never drawn
+// w [n] := 0 where rule r drops the token (z: the scaled logits), branch-free so it vectorises.
+VECTOR_CLONES static void apply_rule(float *w, const float *z, int n, keep_rule r) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        bool keep = (z[j] >= r.lo) & ((z[j] > r.cut) | ((z[j] == r.cut) & (j <= r.cut_idx))) &
+                    ((w[j] >= r.min_w) | (j == r.top));
+        w[j] = keep ? w[j] : 0.0f;
+    }
 }
 
 // The k-th largest of v [n] (1 <= k <= n), v reordered: quickselect, median of three.
@@ -109,34 +123,42 @@ static void grow(tp_sample_scratch *sc, int V) {
     sc->vals = tp_xrealloc(sc->vals, sizeof(ranked) * (size_t)V);
     int blocks = (V + BLOCK - 1) / BLOCK;
     sc->mass = tp_xrealloc(sc->mass, sizeof *sc->mass * (size_t)(blocks > BUCKETS ? blocks : BUCKETS));
+    sc->bk = tp_xrealloc(sc->bk, sizeof *sc->bk * (size_t)V);
     sc->cap = V;
 }
 
-// The value bucket of a kept z (mx - SPAN <= z <= mx), the best first.
-static inline int bucket_of(float z, float mx) {
-    int b = (int)((mx - z) * (BUCKETS / SPAN));
-    return b < BUCKETS ? b : BUCKETS - 1;
+// bk [n] := the value bucket of each z >= lo (mx - SPAN <= lo <= z <= mx), the best first;
+// -1 below lo.
+VECTOR_CLONES static void buckets_of(int32_t *bk, const float *z, int n, float lo, float mx) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        float d = z[j] >= lo ? (mx - z[j]) * (BUCKETS / SPAN) : 0.0f;  // in [0, BUCKETS]: no overflow
+        int b = (int)d;
+        bk[j] = z[j] >= lo ? (b < BUCKETS ? b : BUCKETS - 1) : -1;
+    }
 }
 
-// Top-p on the tokens r keeps: the smallest set, most likely first (ties by index), whose
-// mass reaches top_p of theirs; sets r's cut. z: the scaled logits; w: the weights; mx: the largest z.
+// Top-p on the tokens at or above r's lo (top-p comes before min-p and the cut): the
+// smallest set, most likely first (ties by index), whose mass reaches top_p of theirs;
+// sets r's cut. z: the scaled logits; w: the weights; mx: the largest z. Bucket masses
+// are summed in index order, the total over buckets best first (so the running sum over
+// every bucket is the total).
 static void top_p_cut(keep_rule *r, const float *zs, const float *w, int V, float mx, double top_p,
                       tp_sample_scratch *sc) {
     double *bucket = sc->mass, total = 0;
+    int32_t *bk = sc->bk;
     memset(bucket, 0, sizeof *bucket * BUCKETS);
-    for (int j = 0; j < V; j++) {
-        float z = zs[j];
-        if (kept(r, z, w[j], j)) bucket[bucket_of(z, mx)] += w[j], total += w[j];
-    }
+    buckets_of(bk, zs, V, r->lo, mx);
+    for (int j = 0; j < V; j++)
+        if (bk[j] >= 0) bucket[bk[j]] += w[j];
+    for (int b = 0; b < BUCKETS; b++) total += bucket[b];
     double target = top_p * total, cum = 0;
     int edge = 0;
     while (edge < BUCKETS - 1 && cum + bucket[edge] < target) cum += bucket[edge++];
     ranked *in = sc->vals;  // the edge bucket's tokens, in rank order
     int n = 0;
-    for (int j = 0; j < V; j++) {
-        float z = zs[j];
-        if (kept(r, z, w[j], j) && bucket_of(z, mx) == edge) in[n++] = (ranked){z, j};
-    }
+    for (int j = 0; j < V; j++)
+        if (bk[j] == edge) in[n++] = (ranked){zs[j], j};
     qsort(in, (size_t)n, sizeof *in, by_rank);
     for (int i = 0; i < n; i++) {
         cum += w[in[i].j];
@@ -147,17 +169,9 @@ static void top_p_cut(keep_rule *r, const float *zs, const float *w, int V, floa
     }
 }
 
-// The largest of x [n] (not NaN: the caller maps NaN to -inf), vectorised.
-VECTOR_CLONES static float max_of(const float *x, int n) {
-    float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-    for (int j = 0; j < n; j++) mx = x[j] > mx ? x[j] : mx;
-    return mx;
-}
-
 // sum of x [from, to) in double, in 8 interleaved partial sums (a fixed order, 8x shorter
 // dependency chain than one running sum).
-static double block_sum(const float *x, int from, int to) {
+VECTOR_CLONES static double block_sum(const float *x, int from, int to) {
     double part[8] = {0};
     int j = from;
     for (; j + 8 <= to; j += 8)
@@ -170,10 +184,10 @@ int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng
     if (s->greedy || s->temperature <= 0) return argmax(logits, V);
     grow(sc, V);
     float inv_t = (float)(1.0 / s->temperature), *w = sc->p;
-    for (int j = 0; j < V; j++) w[j] = scaled(logits, j, inv_t);
-    float mx = max_of(w, V);
-    int top = 0;
-    while (top < V - 1 && w[top] != mx) top++;
+    scale_logits(w, logits, V, inv_t);
+    float mx = max_not_nan(w, V);
+    int top = first_index(w, V, mx);
+    if (top < 0) top = V - 1;  // cannot happen: mx is one of w (all -inf: the first)
     // Nothing to draw from, or all the mass on one token: a +inf logit, or a temperature so
     // small that 1/T or z overflows (then it is the largest logit, as T -> 0 means).
     if (mx == INFINITY || !isfinite(inv_t)) return argmax(logits, V);
@@ -193,8 +207,7 @@ int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng
         }
         if (top_p) top_p_cut(&r, z, w, V, mx, s->top_p, sc);
         if (min_p) r.min_w = (float)s->min_p;  // p_j / p_max = w_j
-        for (int j = 0; j < V; j++)
-            if (!kept(&r, z[j], w[j], j)) w[j] = 0;
+        apply_rule(w, z, V, r);
     }
     // Block masses, the block the draw lands in, then the token in it (in index order).
     double *block = sc->mass, mass = 0;
@@ -219,6 +232,6 @@ int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng
 }
 
 void tp_sample_scratch_free(tp_sample_scratch *sc) {
-    free(sc->p), free(sc->z), free(sc->vals), free(sc->mass);
+    free(sc->p), free(sc->z), free(sc->vals), free(sc->mass), free(sc->bk);
     *sc = (tp_sample_scratch){0};
 }

@@ -22,6 +22,7 @@ typedef struct tp_sample_scratch {
     float *z;      // [V] z = logits / T (NaN: -inf), kept for the filters' passes
     void *vals;    // 8 V bytes: top-k's candidate logits (float), or top-p's edge bucket ((logit, id) pairs)
     double *mass;  // [max(blocks, buckets)] masses by block of tokens or by logit bucket
+    int32_t *bk;   // [V] top-p: each token's logit bucket (-1: filtered out before top-p)
     int cap;
 } tp_sample_scratch;
 
