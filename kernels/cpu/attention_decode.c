@@ -174,49 +174,61 @@ INLINE AVX512 void values_hn(float *out, const float *p, int len, const void *v,
         for (int c = 0; c < C; c++) _mm512_storeu_ps(out + (size_t)h * HD + 16 * c, acc[h][c]);
 }
 
-// Rows j0 + ROW_PREFETCH .. j1 + ROW_PREFETCH (below len) of x, `width` elements of esz bytes each.
+// Rows j0 .. j1 (below len) of x, `width` elements of esz bytes each, into L1.
 INLINE void prefetch_rows(const void *x, size_t x0, int stride, int width, int esz, int j0, int j1, int len) {
-    for (int j = j0 + ROW_PREFETCH; j < j1 + ROW_PREFETCH && j < len; j++)
+    for (int j = j0 < 0 ? 0 : j0; j < j1 && j < len; j++)
         for (int b = 0; b < width * esz; b += 64)
             _mm_prefetch((const char *)x + (x0 + (size_t)j * stride) * esz + b, _MM_HINT_T0);
 }
 
+// Part `part` of `parts` of the block ROW_PREFETCH rows after rows j0..j1: the next
+// block's lines are requested a slice at a time between the heads' passes over this one.
+// Requested all at once (96 lines of a bf16 block of 3 kv heads), they filled the
+// line-fill buffers and stalled the passes: the step's attention took 15% longer.
+INLINE void prefetch_part(const void *x, size_t x0, int stride, int width, int esz, int j0, int j1, int len,
+                          int part, int parts) {
+    int from = j0 + ROW_PREFETCH, rows = (j1 + ROW_PREFETCH < len ? j1 + ROW_PREFETCH : len) - from;
+    if (rows > 0)
+        prefetch_rows(x, x0, stride, width, esz, from + rows * part / parts, from + rows * (part + 1) / parts, len);
+}
+
 // out [heads·G, HD] for queries q [heads·G, HD] against len rows of k, v from element kv0
 // on (kv head slices of HD at the row's start, rows `stride` elements apart, bf16 when
-// half); s: scratch [heads·G][len].
+// half); s: scratch [heads·G][len]. The first block of keys is requested before the
+// scores, the first of values during the last block of scores.
 INLINE AVX512 void heads_hd(float *out, const float *q, const void *k, const void *v, size_t kv0, int len, int stride,
                             int heads, int G, int HD, float scale, float *s, bool half) {
-    const int esz = half ? 2 : 4;
+    const int esz = half ? 2 : 4, width = heads * HD;
     const int NH = heads * G, HN_MAX = HD == 64 ? 4 : 2;  // HN·C accumulators fit 16 registers
-#define BY_HN(F)                                       \
-    for (int kvh = 0; kvh < heads; kvh++)              \
-        for (int h = 0; h < G;) {                      \
-            int hn = G - h < HN_MAX ? G - h : HN_MAX, head = kvh * G + h; \
-            if (hn == 4) F(4);                         \
-            else if (hn == 3) F(3);                    \
-            else if (hn == 2) F(2);                    \
-            else F(1);                                 \
-            h += hn;                                   \
-        }
+    prefetch_rows(k, kv0, stride, width, esz, 0, ROW_PREFETCH, len);
     for (int j0 = 0; j0 < len; j0 += BLOCK) {
         int j1 = j0 + BLOCK < len ? j0 + BLOCK : len;
-        prefetch_rows(k, kv0, stride, heads * HD, esz, j0, j1, len);
-        for (int head = 0; head < NH; head++)  // kv head head / G
+        if (j1 == len) prefetch_rows(v, kv0, stride, width, esz, 0, ROW_PREFETCH, len);
+        for (int head = 0; head < NH; head++) {  // kv head head / G
+            prefetch_part(k, kv0, stride, width, esz, j0, j1, len, head, NH);
             scores_block(s + (size_t)head * len, q + (size_t)head * HD, k, kv0 + (size_t)(head / G) * HD, stride, j0,
                          j1 - j0, HD, scale, half);
+        }
     }
     softmax_block(s, NH, len);
     memset(out, 0, sizeof(float) * (size_t)NH * HD);
     for (int j0 = 0; j0 < len; j0 += BLOCK) {
         int j1 = j0 + BLOCK < len ? j0 + BLOCK : len;
-        prefetch_rows(v, kv0, stride, heads * HD, esz, j0, j1, len);
-#define V(HN) \
-    values_hn(out + (size_t)head * HD, s + (size_t)head * len, len, v, kv0 + (size_t)kvh * HD, stride, j0, j1, HN, HD, \
-              half)
-        BY_HN(V)
+        for (int kvh = 0; kvh < heads; kvh++) {
+            prefetch_part(v, kv0, stride, width, esz, j0, j1, len, kvh, heads);
+            for (int h = 0; h < G;) {  // HN heads at a time
+                int hn = G - h < HN_MAX ? G - h : HN_MAX, head = kvh * G + h;
+#define V(HN) values_hn(out + (size_t)head * HD, s + (size_t)head * len, len, v, kv0 + (size_t)kvh * HD, stride, j0, \
+                        j1, HN, HD, half)
+                if (hn == 4) V(4);
+                else if (hn == 3) V(3);
+                else if (hn == 2) V(2);
+                else V(1);
 #undef V
+                h += hn;
+            }
+        }
     }
-#undef BY_HN
 }
 // The kernel for each head size and cache type: HD and half are constants in each.
 #define HEADS(NAME, HD_, HALF)                                                                                     \
