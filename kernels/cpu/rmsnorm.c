@@ -1,13 +1,24 @@
+#include "cpu_ops.h"
 #include "ops.h"
 
 #include <math.h>
 #include <stddef.h>
 
+// sum of row[c]^2 in double (C can be thousands and the CPU result is the reference), in
+// 8 interleaved partial sums: a fixed order that vectorises. One running sum was a chain
+// of C dependent adds, 1 us a row at C = 576: 7 us of every norm of a batch-8 decode step.
+VECTOR_CLONES static double row_sum_squares(const float *row, int C) {
+    double part[8] = {0};
+    int c = 0;
+    for (; c + 8 <= C; c += 8)
+        for (int l = 0; l < 8; l++) part[l] += (double)row[c + l] * row[c + l];
+    for (; c < C; c++) part[c % 8] += (double)row[c] * row[c];
+    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
 // One row: out = row * rstd * weight.
 static void norm_row(float *o, float *rstd, const float *row, const float *weight, int C, float eps) {
-    // Accumulate in double: C can be thousands and the CPU result is the reference.
-    double sum = 0;
-    for (int c = 0; c < C; c++) sum += (double)row[c] * row[c];
+    double sum = row_sum_squares(row, C);
     float s = (float)(1.0 / sqrt(sum / C + eps));
     for (int c = 0; c < C; c++) o[c] = row[c] * s * weight[c];
     if (rstd) *rstd = s;
