@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cpu/cpu_ops.h"
 #include "chat.h"
 #include "generate.h"
 #include "ops.h"
@@ -31,6 +32,7 @@ struct tp_engine {
     int32_t *drawn;         // [draw_cap]
     int draw_cap;
     float *row;             // [V] a logits row brought to the host (device log-probs)
+    float *exps;            // [V] a row's exp(z - max) for its log-probs
 };
 
 tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_opts *o, tp_err *err) {
@@ -63,7 +65,7 @@ void tp_engine_free(tp_engine *e) {
     tp_generator_free(e->gen);
     for (int t = 0; t < e->n_scs; t++) tp_sample_scratch_free(&e->scs[t]);
     free(e->scs);
-    free(e->slot_used), free(e->queue), free(e->logits), free(e->params), free(e->drawn), free(e->row);
+    free(e->slot_used), free(e->queue), free(e->logits), free(e->params), free(e->drawn), free(e->row), free(e->exps);
     free(e);
 }
 
@@ -200,12 +202,32 @@ static sample_params device_params(const tp_sampler *sm, uint64_t *rng) {
 }
 
 // log softmax(z)[token] and the k largest entries (ties: the smaller id first), in double.
-static double row_logprobs(const float *z, int V, int32_t token, int k, int32_t *top, double *top_lp) {
-    float mx = z[0];
-    for (int v = 1; v < V; v++) mx = z[v] > mx ? z[v] : mx;
-    double sum = 0;
-    for (int v = 0; v < V; v++) sum += exp((double)z[v] - mx);
-    double lse = mx + log(sum);
+// The largest of z [V] (NaN skipped; -inf when there is nothing else), vectorised.
+VECTOR_CLONES static float row_max(const float *z, int V) {
+    float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+    return mx;
+}
+
+// sum of w [V] in double, 8 interleaved partial sums (a fixed order that vectorises).
+VECTOR_CLONES static double row_sum(const float *w, int V) {
+    double part[8] = {0};
+    int v = 0;
+    for (; v + 8 <= V; v += 8)
+        for (int l = 0; l < 8; l++) part[l] += w[v + l];
+    for (; v < V; v++) part[v % 8] += w[v];
+    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+// log softmax(z) [token], and the k best tokens with theirs. The exps are fp32 in vectors
+// (cpu_ops.h's exp_shift_inplace, 1.7 ulp) into w [V], summed in double: one double exp a
+// token took 0.4 ms a row at 49,152 tokens, 3 ms of a batch-8 step streaming log-probs.
+static double row_logprobs(const float *z, int V, int32_t token, int k, int32_t *top, double *top_lp, float *w) {
+    float mx = row_max(z, V);
+    memcpy(w, z, sizeof *w * (size_t)V);
+    exp_shift_inplace(w, mx, V);
+    double lse = mx + log(row_sum(w, V));
     int have = 0;
     for (int v = 0; v < V && k > 0; v++) {  // insertion into the k best so far
         if (have == k && z[v] <= z[top[k - 1]]) continue;
@@ -242,7 +264,9 @@ static void record_logprobs(tp_engine *e, int n, tp_request **of, tp_sample_out 
             s->top = tp_xrealloc(s->top, s->lp_cap * (size_t)(k ? k : 1) * sizeof *s->top);
             s->top_logprob = tp_xrealloc(s->top_logprob, s->lp_cap * (size_t)(k ? k : 1) * sizeof *s->top_logprob);
         }
-        s->logprob[t] = row_logprobs(z, e->V, e->drawn[i], k, s->top + t * (size_t)k, s->top_logprob + t * (size_t)k);
+        if (!e->exps) e->exps = tp_xmalloc((size_t)e->V * sizeof *e->exps);
+        s->logprob[t] = row_logprobs(z, e->V, e->drawn[i], k, s->top + t * (size_t)k, s->top_logprob + t * (size_t)k,
+                                     e->exps);
     }
 }
 
