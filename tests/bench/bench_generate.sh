@@ -11,13 +11,7 @@
 # shared); transformers' the median of REPEATS (3) timed generates after a warm-up.
 set -u
 cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build/release}
-PY=${THINKPIPE_REF_PYTHON:-$HOME/.cache/thinkpipe-ref-venv/bin/python}
-CFG=tests/bench/configs/smollm2-135m.json
-P=${P:-128}
-D=${D:-64}
-THREADS=$(nproc)
-export GEN_REPEATS=${GEN_REPEATS:-5}
+. tests/bench/generate_env.sh
 echo "generate bench: SmolLM2-135M shape, prompts of $P tokens, $D decode steps, $THREADS threads"
 ratio() {  # ratio MODE "our line" "their line"
     echo "$2 $3" | awk -v mode="$1" '{ for (i = 1; i < NF; i++) { if ($i == "prefill_tok/s") p[++np] = $(i + 1); if ($i == "decode_tok/s") d[++nd] = $(i + 1) }

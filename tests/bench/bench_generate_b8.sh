@@ -11,14 +11,8 @@
 # A benchmark, never a test.
 set -u
 cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build/release}
-PY=${THINKPIPE_REF_PYTHON:-$HOME/.cache/thinkpipe-ref-venv/bin/python}
-CFG=tests/bench/configs/smollm2-135m.json
-P=${P:-128}
-D=${D:-64}
+. tests/bench/generate_env.sh
 RUNS=${RUNS:-5}
-THREADS=$(nproc)
-export GEN_REPEATS=${GEN_REPEATS:-5}
 if [ ! -x "$PY" ]; then
     echo "bench_generate_b8: no transformers ($PY); run tests/ref/setup.sh"
     exit 0
