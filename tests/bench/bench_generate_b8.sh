@@ -17,19 +17,23 @@ if [ ! -x "$PY" ]; then
     echo "bench_generate_b8: no transformers ($PY); run tests/ref/setup.sh"
     exit 0
 fi
+# A line's decode_tok/s, or nothing (a failed run prints no such line: checked below).
 decode() { awk '{ for (i = 1; i < NF; i++) if ($i == "decode_tok/s") print $(i + 1) }'; }
 median() { sort -n | awk '{ v[NR] = $1 } END { print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo "batch-8 decode vs transformers, bf16 weights and KV caches, $RUNS rounds, $THREADS threads"
 greedy= sampled=
 for r in $(seq "$RUNS"); do
-    ours=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/gen_step" "$CFG" 8 "$P" "$D" bf16 kv-bf16 | decode) ||
-        { echo "gen_step failed"; exit 1; }
+    ours=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/gen_step" "$CFG" 8 "$P" "$D" bf16 kv-bf16 | decode)
+    [ -n "$ours" ] || { echo "gen_step failed"; exit 1; }
     theirs=$(DTYPE=bfloat16 THREADS=$THREADS "$PY" tests/bench/torch_generate.py "$CFG" 8 "$P" "$D" 2>/dev/null | decode)
+    [ -n "$theirs" ] || { echo "torch_generate.py failed"; exit 1; }
     g=$(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.2f", a / b }')
     ours_s=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/engine_bench" "$CFG" 8 8 "$P" "$D" --matmul bf16 --kv-cache bf16 \
-        2>/dev/null | decode) || { echo "engine_bench failed"; exit 1; }
+        2>/dev/null | decode)
+    [ -n "$ours_s" ] || { echo "engine_bench failed"; exit 1; }
     theirs_s=$(SAMPLE=1 DTYPE=bfloat16 THREADS=$THREADS "$PY" tests/bench/torch_generate.py "$CFG" 8 "$P" "$D" \
         2>/dev/null | decode)
+    [ -n "$theirs_s" ] || { echo "torch_generate.py (sampled) failed"; exit 1; }
     s=$(awk -v a="$ours_s" -v b="$theirs_s" 'BEGIN { printf "%.2f", a / b }')
     echo "round $r: greedy $ours / $theirs tok/s = ${g}x; sampled $ours_s / $theirs_s tok/s = ${s}x"
     greedy="$greedy $g" sampled="$sampled $s"
