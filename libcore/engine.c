@@ -205,7 +205,7 @@ static sample_params device_params(const tp_sampler *sm, uint64_t *rng) {
 // The largest of z [V] (NaN skipped; -inf when there is nothing else), vectorised.
 VECTOR_CLONES static float row_max(const float *z, int V) {
     float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
+#pragma omp simd reduction(max_skip_nan : mx)
     for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
     return mx;
 }

@@ -13,7 +13,7 @@
 // its value when x is NaN, since the comparison is false.
 VECTOR_CLONES static float max_not_nan(const float *x, int n) {
     float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
+#pragma omp simd reduction(max_skip_nan : mx)
     for (int j = 0; j < n; j++) mx = x[j] > mx ? x[j] : mx;
     return mx;
 }
@@ -186,12 +186,11 @@ int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng
     float inv_t = (float)(1.0 / s->temperature), *w = sc->p;
     scale_logits(w, logits, V, inv_t);
     float mx = max_not_nan(w, V);
-    int top = first_index(w, V, mx);
-    if (top < 0) top = V - 1;  // cannot happen: mx is one of w (all -inf: the first)
-    // Nothing to draw from, or all the mass on one token: a +inf logit, or a temperature so
-    // small that 1/T or z overflows (then it is the largest logit, as T -> 0 means).
-    if (mx == INFINITY || !isfinite(inv_t)) return argmax(logits, V);
-    if (mx == -INFINITY) return top;
+    // Nothing to draw from (every logit -inf or NaN: the first that is not NaN), or all the
+    // mass on one token: a +inf logit, or a temperature so small that 1/T or z overflows
+    // (then it is the largest logit, as T -> 0 means).
+    if (!isfinite(mx) || !isfinite(inv_t)) return argmax(logits, V);
+    int top = first_index(w, V, mx);  // finite, so one of w
     bool top_k = s->top_k > 0 && s->top_k < V, top_p = s->top_p < 1.0, min_p = s->min_p > 0;
     const float *z = sc->z;
     if (top_k || top_p || min_p) memcpy(sc->z, w, sizeof *w * (size_t)V);  // the filters read z again

@@ -2,6 +2,8 @@
 #ifndef TP_CPU_OPS_H
 #define TP_CPU_OPS_H
 
+#include <math.h>
+
 // Hot loops are also compiled for AVX2 and AVX-512 and chosen at run time: the build
 // targets plain x86-64 (SSE2), a quarter of what current CPUs do per cycle, and CI
 // machines differ, so no -march=native. In ISO C mode GCC fuses no multiply-add and the
@@ -11,6 +13,12 @@
 #else
 #define VECTOR_CLONES
 #endif
+
+// mx = max(mx, x) skipping NaN, each lane starting from -inf: `reduction(max : mx)` leaves
+// the start to the compiler (clang takes -FLT_MAX, so a row of -inf had a largest value
+// that is none of its elements).
+#pragma omp declare reduction(max_skip_nan : float : omp_out = omp_in > omp_out ? omp_in : omp_out) \
+    initializer(omp_priv = -INFINITY)
 
 // sum a[k] * b[k] over k < K, in 16 partial sums (a fixed order that vectorises without
 // -ffast-math).

@@ -6,5 +6,5 @@ PY=${THINKPIPE_REF_PYTHON:-$HOME/.cache/thinkpipe-ref-venv/bin/python}
 CFG=tests/bench/configs/smollm2-135m.json
 P=${P:-128}
 D=${D:-64}
-THREADS=$(nproc)
+THREADS=${THREADS:-$(nproc)}
 export GEN_REPEATS=${GEN_REPEATS:-5}
