@@ -249,17 +249,13 @@ static heads_fn *heads_kernel(int HD, bool half) {
     if (HD == 128) return half ? heads_hd128_bf16 : heads_hd128;
     return NULL;
 }
-#endif
 
 static bool have_avx512(void) {
-#ifdef HAVE_AVX512_PATH
     static int avx512 = -1;
     if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f") ? 1 : 0;
     return avx512;
-#else
-    return false;
-#endif
 }
+#endif
 
 // A cache: fp32 or bf16 rows.
 typedef struct cache {
