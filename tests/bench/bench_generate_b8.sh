@@ -10,9 +10,12 @@
 # Prints each round's tokens/s and ratio, then the median ratio of each. ~1.5 min a round.
 # A benchmark, never a test.
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 . tests/bench/generate_env.sh
 RUNS=${RUNS:-5}
+[ "$RUNS" -ge 1 ] 2>/dev/null || { echo "bench_generate_b8: RUNS must be a positive number"; exit 2; }
+ERR=$(mktemp)
+trap 'rm -f "$ERR"' EXIT
 if [ ! -x "$PY" ]; then
     echo "bench_generate_b8: no transformers ($PY); run tests/ref/setup.sh"
     exit 0
@@ -25,15 +28,15 @@ greedy= sampled=
 for r in $(seq "$RUNS"); do
     ours=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/gen_step" "$CFG" 8 "$P" "$D" bf16 kv-bf16 | decode)
     [ -n "$ours" ] || { echo "gen_step failed"; exit 1; }
-    theirs=$(DTYPE=bfloat16 THREADS=$THREADS "$PY" tests/bench/torch_generate.py "$CFG" 8 "$P" "$D" 2>/dev/null | decode)
-    [ -n "$theirs" ] || { echo "torch_generate.py failed"; exit 1; }
+    theirs=$(DTYPE=bfloat16 THREADS=$THREADS "$PY" tests/bench/torch_generate.py "$CFG" 8 "$P" "$D" 2>"$ERR" | decode)
+    [ -n "$theirs" ] || { echo "torch_generate.py failed:"; tail -n 5 "$ERR"; exit 1; }
     g=$(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.2f", a / b }')
     ours_s=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/engine_bench" "$CFG" 8 8 "$P" "$D" --matmul bf16 --kv-cache bf16 \
-        2>/dev/null | decode)
-    [ -n "$ours_s" ] || { echo "engine_bench failed"; exit 1; }
+        2>"$ERR" | decode)
+    [ -n "$ours_s" ] || { echo "engine_bench failed:"; tail -n 5 "$ERR"; exit 1; }
     theirs_s=$(SAMPLE=1 DTYPE=bfloat16 THREADS=$THREADS "$PY" tests/bench/torch_generate.py "$CFG" 8 "$P" "$D" \
-        2>/dev/null | decode)
-    [ -n "$theirs_s" ] || { echo "torch_generate.py (sampled) failed"; exit 1; }
+        2>"$ERR" | decode)
+    [ -n "$theirs_s" ] || { echo "torch_generate.py (sampled) failed:"; tail -n 5 "$ERR"; exit 1; }
     s=$(awk -v a="$ours_s" -v b="$theirs_s" 'BEGIN { printf "%.2f", a / b }')
     echo "round $r: greedy $ours / $theirs tok/s = ${g}x; sampled $ours_s / $theirs_s tok/s = ${s}x"
     greedy="$greedy $g" sampled="$sampled $s"
