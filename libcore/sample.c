@@ -9,15 +9,6 @@
 #include "error.h"
 #include "rng.h"
 
-// The largest of x [n] ignoring NaN (-inf when there is none), vectorised: a lane keeps
-// its value when x is NaN, since the comparison is false.
-VECTOR_CLONES static float max_not_nan(const float *x, int n) {
-    float mx = -INFINITY;
-#pragma omp simd reduction(max_skip_nan : mx)
-    for (int j = 0; j < n; j++) mx = x[j] > mx ? x[j] : mx;
-    return mx;
-}
-
 VECTOR_CLONES static bool holds(const float *x, int n, float v) {
     int any = 0;
 #pragma omp simd reduction(| : any)
@@ -169,17 +160,6 @@ static void top_p_cut(keep_rule *r, const float *zs, const float *w, int V, floa
     }
 }
 
-// sum of x [from, to) in double, in 8 interleaved partial sums (a fixed order, 8x shorter
-// dependency chain than one running sum).
-VECTOR_CLONES static double block_sum(const float *x, int from, int to) {
-    double part[8] = {0};
-    int j = from;
-    for (; j + 8 <= to; j += 8)
-        for (int l = 0; l < 8; l++) part[l] += x[j + l];
-    for (; j < to; j++) part[0] += x[j];
-    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-}
-
 int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng, tp_sample_scratch *sc) {
     if (s->greedy || s->temperature <= 0) return argmax(logits, V);
     grow(sc, V);
@@ -212,7 +192,7 @@ int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng
     double *block = sc->mass, mass = 0;
     int blocks = (V + BLOCK - 1) / BLOCK;
     for (int b = 0; b < blocks; b++)
-        block[b] = block_sum(w, b * BLOCK, b + 1 < blocks ? (b + 1) * BLOCK : V), mass += block[b];
+        block[b] = sum_in_double(w + (size_t)b * BLOCK, b + 1 < blocks ? BLOCK : V - b * BLOCK), mass += block[b];
     double u = (double)(tp_splitmix64(rng) >> 11) * 0x1.0p-53 * mass, acc = 0;
     int last = top;
     for (int b = 0; b < blocks; b++) {

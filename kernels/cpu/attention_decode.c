@@ -176,7 +176,7 @@ INLINE AVX512 void values_hn(float *out, const float *p, int len, const void *v,
 
 // Rows j0 .. j1 (below len) of x, `width` elements of esz bytes each, into L1.
 INLINE void prefetch_rows(const void *x, size_t x0, int stride, int width, int esz, int j0, int j1, int len) {
-    for (int j = j0 < 0 ? 0 : j0; j < j1 && j < len; j++)
+    for (int j = j0; j < j1 && j < len; j++)
         for (int b = 0; b < width * esz; b += 64)
             _mm_prefetch((const char *)x + (x0 + (size_t)j * stride) * esz + b, _MM_HINT_T0);
 }

@@ -2,8 +2,6 @@
 #ifndef TP_CPU_OPS_H
 #define TP_CPU_OPS_H
 
-#include <math.h>
-
 // Hot loops are also compiled for AVX2 and AVX-512 and chosen at run time: the build
 // targets plain x86-64 (SSE2), a quarter of what current CPUs do per cycle, and CI
 // machines differ, so no -march=native. In ISO C mode GCC fuses no multiply-add and the
@@ -14,17 +12,18 @@
 #define VECTOR_CLONES
 #endif
 
-// mx = max(mx, x) skipping NaN, each lane starting from -inf: `reduction(max : mx)` leaves
-// the start to the compiler (clang takes -FLT_MAX, so a row of -inf had a largest value
-// that is none of its elements).
-#pragma omp declare reduction(max_skip_nan : float : omp_out = omp_in > omp_out ? omp_in : omp_out) \
-    initializer(omp_priv = -INFINITY)
-
 // sum a[k] * b[k] over k < K, in 16 partial sums (a fixed order that vectorises without
 // -ffast-math).
 float dot16(const float *a, const float *b, int K);
 
 // x [n] := exp(x - shift), vectorisable (glibc's expf is a scalar call); 1.7 ulp at worst.
 void exp_shift_inplace(float *x, float shift, long n);
+
+// The largest of x [n] ignoring NaN; -inf when there is none (n = 0, all NaN).
+float max_not_nan(const float *x, long n);
+
+// sum of x [n] in double, in 8 interleaved partial sums (the tail into the first): a
+// fixed order that vectorises, 8x shorter dependency chain than one running sum.
+double sum_in_double(const float *x, long n);
 
 #endif

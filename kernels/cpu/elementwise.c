@@ -59,3 +59,25 @@ VECTOR_CLONES void exp_shift_inplace(float *x, float shift, long n) {
 #pragma omp simd
     for (long i = 0; i < n; i++) x[i] = exp_approx(x[i] - shift);
 }
+
+// A lane keeps its value when x is NaN (the comparison is false), and every lane starts
+// from -inf: `reduction(max : mx)` leaves the start to the compiler (clang takes -FLT_MAX,
+// so a row of -inf had a largest value that is none of its elements).
+#pragma omp declare reduction(max_skip_nan : float : omp_out = omp_in > omp_out ? omp_in : omp_out) \
+    initializer(omp_priv = -INFINITY)
+
+VECTOR_CLONES float max_not_nan(const float *x, long n) {
+    float mx = -INFINITY;
+#pragma omp simd reduction(max_skip_nan : mx)
+    for (long j = 0; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+
+VECTOR_CLONES double sum_in_double(const float *x, long n) {
+    double part[8] = {0};
+    long j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++) part[l] += x[j + l];
+    for (; j < n; j++) part[0] += x[j];
+    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}

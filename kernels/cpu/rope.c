@@ -54,7 +54,10 @@ static void rotate(float *x, const int32_t *pos, const float *inv_freq, int N, i
 void rope_table(float *cs, const int32_t *pos, const float *inv_freq, int N, int HD) {
     int half = HD / 2;
 #pragma omp parallel for schedule(static) if ((long)N * HD > 1 << 13)
-    for (int n = 0; n < N; n++) angles(cs + (size_t)n * HD, cs + (size_t)n * HD + half, (float)pos[n], inv_freq, half, 1.0f);
+    for (int n = 0; n < N; n++) {
+        float *row = cs + (size_t)n * HD;
+        angles(row, row + half, (float)pos[n], inv_freq, half, 1.0f);
+    }
 }
 
 void rope_apply(float *x, const float *cs, int N, int H, int HD) {
