@@ -13,7 +13,7 @@
 // On cache lines: malloc's large blocks start 16 bytes past a page, so every 64-byte
 // vector load of a KV-cache or activation row straddled two lines (decode attention 10-20%
 // slower on one core).
-static void *host_alloc(size_t bytes) { return aligned_alloc(64, bytes ? (bytes + 63) / 64 * 64 : 64); }
+static void *host_alloc(size_t bytes) { return tp_alloc_big(bytes); }
 static void host_memzero(void *p, size_t bytes) { memset(p, 0, bytes); }
 static void host_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 static int host_sync(char *err, int cap) {

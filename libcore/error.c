@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static const char *program_name = "thinkpipe";
 
@@ -88,3 +89,17 @@ void *tp_xmalloc(size_t n) { return check_alloc(malloc(n ? n : 1), n); }
 void *tp_xcalloc(size_t count, size_t size) { return check_alloc(calloc(count ? count : 1, size ? size : 1), count * size); }
 void *tp_xrealloc(void *p, size_t n) { return check_alloc(realloc(p, n ? n : 1), n); }
 char *tp_xstrdup(const char *s) { return check_alloc(strdup(s), strlen(s) + 1); }
+
+void *tp_alloc_big(size_t bytes) {
+    bytes = bytes ? (bytes + 63) / 64 * 64 : 64;
+    // posix_memalign: aligned_alloc wants the size a multiple of the alignment
+    void *p = NULL;
+    if (posix_memalign(&p, bytes < TP_HUGE_PAGE ? 64 : TP_HUGE_PAGE, bytes) != 0) return NULL;
+#ifdef MADV_HUGEPAGE
+    // Advice only: where THP is off ("never") the block keeps its 4 KB pages.
+    // TP_HUGE_PAGES=0 leaves every block to the system's default, for comparing.
+    const char *env = getenv("TP_HUGE_PAGES");
+    if (bytes >= TP_HUGE_PAGE && !(env && !strcmp(env, "0"))) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    return p;
+}

@@ -52,6 +52,7 @@ struct tp_generator {
     bool fresh;  // every token of this call starts or continues a slot that was empty: prompts
     w16_layer *w16;   // [L] when tp_generator_bf16_weights was called, else NULL
     uint16_t *head16;
+    uint16_t *w16_block;  // where w16's matrices and head16 live
     // Decode steps as graphs (backends that have them; TP_CUDA_GRAPHS=0 turns them off).
     // A step shape is captured the second time it runs at the same epoch: the first, eager,
     // run grows every scratch buffer and bf16 weight copy it needs.
@@ -135,20 +136,18 @@ static void free_scratch(tp_generator *g) {
 }
 
 static void free_w16(tp_generator *g) {
-    for (int l = 0; g->w16 && l < g->L; l++) {
-        w16_layer *w = &g->w16[l];
-        free(w->wq), free(w->wk), free(w->wv), free(w->wo), free(w->gate), free(w->up), free(w->down);
-    }
-    free(g->w16), free(g->head16);
-    g->w16 = NULL, g->head16 = NULL;
+    free(g->w16_block), free(g->w16);
+    g->w16_block = NULL, g->w16 = NULL, g->head16 = NULL;
 }
 
-// W [OC, IC] rounded to bf16 and packed for linear_forward_w16.
-static uint16_t *to_bf16(const float *w, int OC, int IC) {
-    size_t bytes = (w16_packed_elems(IC, OC) * sizeof(uint16_t) + 63) / 64 * 64;  // whole lines
-    uint16_t *h = aligned_alloc(64, bytes ? bytes : 64);
-    if (!h) tp_die("out of memory (%zu bytes of bf16 weights)", bytes);
+// Bytes of W [OC, IC] packed for linear_forward_w16, in whole cache lines.
+static size_t w16_bytes(int OC, int IC) { return (w16_packed_elems(IC, OC) * sizeof(uint16_t) + 63) / 64 * 64; }
+
+// W [OC, IC] rounded to bf16 and packed for linear_forward_w16 at *at, which moves past it.
+static uint16_t *to_bf16(uint16_t **at, const float *w, int OC, int IC) {
+    uint16_t *h = *at;
     w16_pack(h, w, IC, OC);
+    *at += w16_bytes(OC, IC) / sizeof(uint16_t);
     return h;
 }
 
@@ -161,15 +160,21 @@ int tp_generator_bf16_weights(tp_generator *g, tp_err *err) {
     const tp_model_config *c = &m->cfg;
     int C = c->hidden_size, F = c->intermediate_size, Q = c->num_heads * c->head_dim, KV = g->KV;
     free_w16(g);
+    // One block in the order a step reads it, so that it sits in huge pages whole (the
+    // matrices of a small model are each under 2 MB).
+    size_t layer_bytes = w16_bytes(Q, C) + 2 * w16_bytes(KV, C) + w16_bytes(C, Q) + 2 * w16_bytes(F, C) + w16_bytes(C, F);
+    size_t bytes = (size_t)g->L * layer_bytes + w16_bytes(c->vocab_size, C);
+    uint16_t *at = g->w16_block = tp_alloc_big(bytes);
+    if (!at) tp_die("out of memory (%zu bytes of bf16 weights)", bytes);
     g->w16 = tp_xcalloc((size_t)g->L, sizeof *g->w16);
     for (int l = 0; l < g->L; l++) {
         const tp_layer_tensors *w = &m->W.layers[l];
         w16_layer *h = &g->w16[l];
-        h->wq = to_bf16(w->wq, Q, C), h->wk = to_bf16(w->wk, KV, C), h->wv = to_bf16(w->wv, KV, C);
-        h->wo = to_bf16(w->wo, C, Q), h->gate = to_bf16(w->w_gate, F, C), h->up = to_bf16(w->w_up, F, C);
-        h->down = to_bf16(w->w_down, C, F);
+        h->wq = to_bf16(&at, w->wq, Q, C), h->wk = to_bf16(&at, w->wk, KV, C), h->wv = to_bf16(&at, w->wv, KV, C);
+        h->wo = to_bf16(&at, w->wo, C, Q), h->gate = to_bf16(&at, w->w_gate, F, C);
+        h->up = to_bf16(&at, w->w_up, F, C), h->down = to_bf16(&at, w->w_down, C, F);
     }
-    g->head16 = to_bf16(m->W.lm_head, c->vocab_size, C);
+    g->head16 = to_bf16(&at, m->W.lm_head, c->vocab_size, C);
     return 0;
 }
 

@@ -311,7 +311,8 @@ tp_model *tp_model_new(jv config, tp_err *err) {
         tp_model_free(m);
         return NULL;
     }
-    m->w = calloc(m->n_floats, sizeof *m->w);
+    m->w = tp_alloc_big(m->n_floats * sizeof *m->w);
+    if (m->w) memset(m->w, 0, m->n_floats * sizeof *m->w);
     if (!m->w) {
         tp_err_set(err, "out of memory for %zu parameters (%.1f GB)", m->n_floats, m->n_floats * 4e-9);
         tp_model_free(m);
