@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cpu/attention_shared.h"
 #include "cpu/kv_bf16.h"
 #include "cpu/linear_bf16.h"
 #include "cpu/rope_table.h"
@@ -43,6 +44,12 @@ struct tp_generator {
     void *k, *v;              // backend [n_slots][L][cap][KV], fp32 or (kv16) bf16
     bool kv16;
     int *len;                 // [n_slots]
+    // Slot s's first share_n[s] rows equal slot share_src[s]'s (a copy; -1: none), which
+    // itself shares with no slot: the samples of one prompt. A decode step's attention
+    // reads such rows once for all the slots that hold them (cpu).
+    int *share_src, *share_n;
+    int32_t *share_row0, *share_len;  // host [room]: the call's tokens' shared rows (cpu decode)
+    bool shared_call;                 // some token of the call has them
     // per-call scratch (backend memory) for up to `room` tokens and `room_out` logit rows
     int room, room_out;
     float *x, *ln, *rstd, *q_raw, *k_raw, *q, *kk, *vv, *att, *mid, *gate, *up, *act, *qr, *kr, *xg, *lse;
@@ -111,6 +118,9 @@ tp_generator *tp_generator_new_kv(tp_model *m, int n_slots, int cap, bool kv_bf1
         return NULL;
     }
     g->len = tp_xcalloc((size_t)n_slots, sizeof *g->len);
+    g->share_src = tp_xmalloc((size_t)n_slots * sizeof *g->share_src);
+    g->share_n = tp_xcalloc((size_t)n_slots, sizeof *g->share_n);
+    for (int s = 0; s < n_slots; s++) g->share_src[s] = -1;
     const char *env = getenv("TP_CUDA_GRAPHS");
     g->graphs = be->graph_begin && !(env && strcmp(env, "0") == 0);
     return g;
@@ -242,14 +252,35 @@ void tp_generator_free(tp_generator *g) {
     free_w16(g);
     free_scratch(g);
     bfree(g->be, g->logits), bfree(g->be, g->k), bfree(g->be, g->v);
-    free(g->len);
+    free(g->len), free(g->share_src), free(g->share_n), free(g->share_row0), free(g->share_len);
     free(g);
 }
 
 int tp_generator_len(const tp_generator *g, int slot) { return g->len[slot]; }
-void tp_generator_reset(tp_generator *g, int slot) { g->len[slot] = 0; }
+// Slot's rows from `keep` on are about to change: slots that share more than that with it
+// keep only its first `keep` rows, or (keep 0) share with the first of them instead, whose
+// copy is equal; the slot's own share is cut the same way.
+static void rows_change(tp_generator *g, int slot, int keep) {
+    int heir = -1;
+    for (int d = 0; d < g->n_slots; d++)
+        if (g->share_src[d] == slot && g->share_n[d] > keep) {
+            if (keep > 0) g->share_n[d] = keep;
+            else if (heir < 0) heir = d;
+        }
+    for (int d = heir + 1; heir >= 0 && d < g->n_slots; d++)
+        if (g->share_src[d] == slot)
+            g->share_src[d] = heir, g->share_n[d] = g->share_n[d] < g->share_n[heir] ? g->share_n[d] : g->share_n[heir];
+    if (heir >= 0) g->share_src[heir] = -1, g->share_n[heir] = 0;
+    if (g->share_n[slot] > keep) g->share_n[slot] = keep;
+    if (g->share_n[slot] == 0) g->share_src[slot] = -1;
+}
+
+void tp_generator_reset(tp_generator *g, int slot) {
+    rows_change(g, slot, 0);
+    g->len[slot] = 0;
+}
 void tp_generator_truncate(tp_generator *g, int slot, int n) {
-    if (n >= 0 && n < g->len[slot]) g->len[slot] = n;
+    if (n >= 0 && n < g->len[slot]) rows_change(g, slot, n), g->len[slot] = n;
 }
 
 // Row number of (slot, layer 0, position t); layer l's rows start l * cap rows further.
@@ -264,6 +295,11 @@ static void *row_at(const tp_generator *g, void *base, size_t row) {
 
 void tp_generator_copy(tp_generator *g, int dst, int src, int count) {
     if (count < 0 || count > g->len[src]) count = g->len[src];
+    if (dst == src) {
+        tp_generator_truncate(g, dst, count);
+        return;
+    }
+    rows_change(g, dst, 0);
     size_t n = (size_t)count * g->KV * kv_elem(g), to = (size_t)kv_row(g, dst, 0), from = (size_t)kv_row(g, src, 0);
     for (int l = 0; l < g->L; l++) {
         void *k = layer_base(g, g->k, l), *v = layer_base(g, g->v, l);
@@ -271,6 +307,11 @@ void tp_generator_copy(tp_generator *g, int dst, int src, int count) {
         g->be->copy(row_at(g, v, to), row_at(g, v, from), n);
     }
     g->len[dst] = count;
+    // The copy shares its rows with the slot they came from, or with that slot's own
+    // source when they are all shared from there.
+    bool via = g->share_src[src] >= 0 && g->share_n[src] >= count;
+    g->share_src[dst] = count > 0 ? (via ? g->share_src[src] : src) : -1;
+    g->share_n[dst] = count;
 }
 
 static int out_of_memory(tp_generator *g, const char *what, size_t bytes, tp_err *err) {
@@ -298,6 +339,8 @@ static int grow(tp_generator *g, int n, tp_err *err) {
     }
     g->ids = tp_xmalloc(IDS_COUNT * N * sizeof *g->ids);
     g->dev_ids = g->be->alloc(IDS_COUNT * N * sizeof *g->ids);
+    g->share_row0 = tp_xrealloc(g->share_row0, N * sizeof *g->share_row0);
+    g->share_len = tp_xrealloc(g->share_len, N * sizeof *g->share_len);
     if (!ok || !g->dev_ids) {
         free_scratch(g);
         char what[80];
@@ -353,6 +396,9 @@ static void layer(tp_generator *g, int l, int n) {
     float scale = 1.0f / sqrtf((float)HD);
     if (g->fresh)
         be->attention_forward(g->att, g->lse, g->q, g->kk, g->vv, ids(g, g->dev_ids, IDS_SEG), n, NH, KVH, HD, scale);
+    else if (g->shared_call)
+        attention_decode_shared(g->att, g->q, kc, vc, g->kv16, row0, klen, g->share_row0, g->share_len, n, NH, KVH, HD,
+                                scale);
     else if (g->kv16)
         attention_decode_bf16(g->att, g->q, kc, vc, row0, klen, n, NH, KVH, HD, scale);
     else
@@ -360,6 +406,23 @@ static void layer(tp_generator *g, int l, int n) {
     lin_residual(g, g->mid, g->att, w->wo, h->wo, w->bo, g->x, n, Q, C);  // mid = x + o(att)
     norm_lin_swiglu(g, g->mid, w->ln2, w->w_gate, h->gate, w->w_up, h->up, n, C, F);
     lin_residual(g, g->x, g->act, w->w_down, h->down, NULL, g->mid, n, F, C);  // x = mid + down(act)
+}
+
+// Each token's shared rows (cpu): a copy's are its source's first share_n; a source's are
+// all of its own (the attention takes the least of a group's).
+static void plan_shares(tp_generator *g, int n, const int *slot, const int32_t *pos) {
+    g->shared_call = false;
+    if (g->be->device) return;
+    bool *source = tp_xcalloc((size_t)g->n_slots, sizeof *source);
+    for (int d = 0; d < g->n_slots; d++)
+        if (g->share_src[d] >= 0) source[g->share_src[d]] = true;
+    for (int i = 0; i < n; i++) {
+        int s = slot[i], from = g->share_src[s] >= 0 ? g->share_src[s] : source[s] ? s : -1;
+        g->share_row0[i] = from >= 0 ? kv_row(g, from, 0) : -1;
+        g->share_len[i] = from < 0 ? 0 : from == s ? pos[i] + 1 : g->share_n[s];
+        g->shared_call = g->shared_call || g->share_len[i] > 0;
+    }
+    free(source);
 }
 
 // Fills the call's integer arrays (positions after what each slot holds, in call order).
@@ -391,6 +454,7 @@ static int plan(tp_generator *g, int n, const int *slot, const int32_t *token, i
     }
     free(seen);
     if (rc < 0) return -1;
+    plan_shares(g, n, slot, pos);
     g->fresh = true;
     for (int i = 0; i < n && g->fresh; i++) g->fresh = seg[i] >= 0 && pos[i] == i - seg[i];
     return 0;

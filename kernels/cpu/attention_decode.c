@@ -3,6 +3,7 @@
 // a cache of fp32 rows (ops.h) or of bf16 rows (cpu/kv_bf16.h: widened as they are read,
 // half the bytes for a step that is bound by reading the cache).
 #include "cpu_ops.h"
+#include "attention_shared.h"
 #include "kv_bf16.h"
 #include "linear_bf16.h"
 #include "ops.h"
@@ -192,33 +193,36 @@ INLINE void prefetch_part(const void *x, size_t x0, int stride, int width, int e
         prefetch_rows(x, x0, stride, width, esz, from + rows * part / parts, from + rows * (part + 1) / parts, len);
 }
 
-// out [heads·G, HD] for queries q [heads·G, HD] against len rows of k, v from element kv0
-// on (kv head slices of HD at the row's start, rows `stride` elements apart, bf16 when
-// half); s: scratch [heads·G][len]. The first block of keys is requested before the
-// scores, the first of values during the last block of scores.
-INLINE AVX512 void heads_hd(float *out, const float *q, const void *k, const void *v, size_t kv0, int len, int stride,
-                            int heads, int G, int HD, float scale, float *s, bool half) {
-    const int esz = half ? 2 : 4, width = heads * HD;
-    const int NH = heads * G, HN_MAX = HD == 64 ? 4 : 2;  // HN·C accumulators fit 16 registers
-    prefetch_rows(k, kv0, stride, width, esz, 0, ROW_PREFETCH, len);
-    for (int j0 = 0; j0 < len; j0 += BLOCK) {
-        int j1 = j0 + BLOCK < len ? j0 + BLOCK : len;
-        if (j1 == len) prefetch_rows(v, kv0, stride, width, esz, 0, ROW_PREFETCH, len);
+// Scores s [heads·G][len] of one token's queries q [heads·G, HD] for rows j_from..j_to-1
+// of k, from element kv0 on (kv head slices of HD at the row's start, rows `stride`
+// elements apart, bf16 when half), in blocks of BLOCK from j_from (a multiple of it);
+// `bound` limits how far ahead rows are fetched. The first block is requested first.
+INLINE AVX512 void scores_rows(float *s, const float *q, const void *k, size_t kv0, int len, int j_from, int j_to,
+                               int bound, int stride, int heads, int G, int HD, float scale, bool half) {
+    const int esz = half ? 2 : 4, width = heads * HD, NH = heads * G;
+    prefetch_rows(k, kv0, stride, width, esz, j_from, j_from + ROW_PREFETCH, bound);
+    for (int j0 = j_from; j0 < j_to; j0 += BLOCK) {
+        int j1 = j0 + BLOCK < j_to ? j0 + BLOCK : j_to;
         for (int head = 0; head < NH; head++) {  // kv head head / G
-            prefetch_part(k, kv0, stride, width, esz, j0, j1, len, head, NH);
+            prefetch_part(k, kv0, stride, width, esz, j0, j1, bound, head, NH);
             scores_block(s + (size_t)head * len, q + (size_t)head * HD, k, kv0 + (size_t)(head / G) * HD, stride, j0,
                          j1 - j0, HD, scale, half);
         }
     }
-    softmax_block(s, NH, len);
-    memset(out, 0, sizeof(float) * (size_t)NH * HD);
-    for (int j0 = 0; j0 < len; j0 += BLOCK) {
-        int j1 = j0 + BLOCK < len ? j0 + BLOCK : len;
+}
+
+// out [heads·G, HD] += the probabilities p [heads·G][len] of rows j_from..j_to-1 times
+// those rows of v (laid out as k in scores_rows), block by block, HN heads at a time.
+INLINE AVX512 void values_rows(float *out, const float *p, const void *v, size_t kv0, int len, int j_from, int j_to,
+                               int bound, int stride, int heads, int G, int HD, bool half) {
+    const int esz = half ? 2 : 4, width = heads * HD, HN_MAX = HD == 64 ? 4 : 2;  // HN·C accumulators fit 16 registers
+    for (int j0 = j_from; j0 < j_to; j0 += BLOCK) {
+        int j1 = j0 + BLOCK < j_to ? j0 + BLOCK : j_to;
         for (int kvh = 0; kvh < heads; kvh++) {
-            prefetch_part(v, kv0, stride, width, esz, j0, j1, len, kvh, heads);
+            prefetch_part(v, kv0, stride, width, esz, j0, j1, bound, kvh, heads);
             for (int h = 0; h < G;) {  // HN heads at a time
                 int hn = G - h < HN_MAX ? G - h : HN_MAX, head = kvh * G + h;
-#define V(HN) values_hn(out + (size_t)head * HD, s + (size_t)head * len, len, v, kv0 + (size_t)kvh * HD, stride, j0, \
+#define V(HN) values_hn(out + (size_t)head * HD, p + (size_t)head * len, len, v, kv0 + (size_t)kvh * HD, stride, j0, \
                         j1, HN, HD, half)
                 if (hn == 4) V(4);
                 else if (hn == 3) V(3);
@@ -230,11 +234,42 @@ INLINE AVX512 void heads_hd(float *out, const float *q, const void *k, const voi
         }
     }
 }
+
+// A unit of `count` tokens: out[t] [heads·G, HD] for queries q[t] against len[t] rows of
+// k, v, the first `shared` (a multiple of BLOCK) at element shared0 for every token and
+// the rest at kv0[t]. The shared rows go through L1 once for the unit, each block's
+// scores (then values) done for every token before the next block; each token's scores
+// and sums are computed as for that token alone, so its bits do not depend on the unit.
+// s[t]: scratch [heads·G][len[t]].
+INLINE AVX512 void heads_hd(float *const out[], const float *const q[], const void *k, const void *v,
+                            const size_t kv0[], const int len[], int count, size_t shared0, int shared, int stride,
+                            int heads, int G, int HD, float scale, float *const s[], bool half) {
+    const int esz = half ? 2 : 4, width = heads * HD, NH = heads * G;
+    for (int j0 = 0; j0 < shared; j0 += BLOCK)
+        for (int t = 0; t < count; t++)
+            scores_rows(s[t], q[t], k, shared0, len[t], j0, j0 + BLOCK, t == 0 ? shared : 0, stride, heads, G, HD,
+                        scale, half);
+    for (int t = 0; t < count; t++) {
+        scores_rows(s[t], q[t], k, kv0[t], len[t], shared, len[t], len[t], stride, heads, G, HD, scale, half);
+        softmax_block(s[t], NH, len[t]);
+        memset(out[t], 0, sizeof(float) * (size_t)NH * HD);
+    }
+    if (shared) prefetch_rows(v, shared0, stride, width, esz, 0, ROW_PREFETCH, shared);
+    for (int j0 = 0; j0 < shared; j0 += BLOCK)
+        for (int t = 0; t < count; t++)
+            values_rows(out[t], s[t], v, shared0, len[t], j0, j0 + BLOCK, t == 0 ? shared : 0, stride, heads, G, HD,
+                        half);
+    for (int t = 0; t < count; t++) {
+        prefetch_rows(v, kv0[t], stride, width, esz, shared, shared + ROW_PREFETCH, len[t]);
+        values_rows(out[t], s[t], v, kv0[t], len[t], shared, len[t], len[t], stride, heads, G, HD, half);
+    }
+}
 // The kernel for each head size and cache type: HD and half are constants in each.
 #define HEADS(NAME, HD_, HALF)                                                                                     \
-    static AVX512 void NAME(float *out, const float *q, const void *k, const void *v, size_t kv0, int len,           \
-                            int stride, int heads, int G, float scale, float *s) {                                   \
-        heads_hd(out, q, k, v, kv0, len, stride, heads, G, HD_, scale, s, HALF);                                     \
+    static AVX512 void NAME(float *const out[], const float *const q[], const void *k, const void *v,                \
+                            const size_t kv0[], const int len[], int count, size_t shared0, int shared, int stride,  \
+                            int heads, int G, float scale, float *const s[]) {                                       \
+        heads_hd(out, q, k, v, kv0, len, count, shared0, shared, stride, heads, G, HD_, scale, s, HALF);             \
     }
 HEADS(heads_hd64, 64, false)
 HEADS(heads_hd128, 128, false)
@@ -242,8 +277,9 @@ HEADS(heads_hd64_bf16, 64, true)
 HEADS(heads_hd128_bf16, 128, true)
 #undef HEADS
 
-typedef void heads_fn(float *out, const float *q, const void *k, const void *v, size_t kv0, int len, int stride,
-                      int heads, int G, float scale, float *s);
+typedef void heads_fn(float *const out[], const float *const q[], const void *k, const void *v, const size_t kv0[],
+                      const int len[], int count, size_t shared0, int shared, int stride, int heads, int G, float scale,
+                      float *const s[]);
 static heads_fn *heads_kernel(int HD, bool half) {
     if (HD == 64) return half ? heads_hd64_bf16 : heads_hd64;
     if (HD == 128) return half ? heads_hd128_bf16 : heads_hd128;
@@ -279,7 +315,9 @@ static void kv_group(float *out, const float *q, cache c, size_t at, int len, in
                      float scale, float *s, float *wide) {
 #ifdef HAVE_AVX512_PATH
     heads_fn *kernel = heads_kernel(HD, c.half);
-    if (have_avx512() && kernel) return kernel(out, q, c.k, c.v, at, len, kv_stride, 1, G, scale, s);
+    if (have_avx512() && kernel)
+        return kernel((float *[]){out}, (const float *[]){q}, c.k, c.v, (size_t[]){at}, (int[]){len}, 1, 0, 0, kv_stride, 1,
+                      G, scale, (float *[]){s});
 #endif
     if (!c.half)
         return one_group(out, q, (const float *)c.k + at, (const float *)c.v + at, len, kv_stride, G, HD, scale, s);
@@ -289,8 +327,85 @@ static void kv_group(float *out, const float *q, cache c, size_t at, int len, in
     one_group(out, q, k, v, len, HD, G, HD, scale, s);
 }
 
-static void decode(float *out, const float *q, cache c, const int32_t *row0, const int32_t *len, int n, int NH,
-                   int KVH, int HD, float scale) {
+#ifdef HAVE_AVX512_PATH
+// A unit of work: tokens order[first .. first + count), the first `shared` rows of whose
+// caches are the same rows (read once for the unit).
+typedef struct unit {
+    int first, count, shared;
+} unit;
+
+// Each token alone, except that tokens with the same share_row0 and at least BLOCK shared
+// rows go together, split into `threads` units (or one a token when fewer): each reads the
+// shared rows once. Returns the number of units.
+static int make_units(unit *units, int *order, const int32_t *share_row0, const int32_t *share_len, const int32_t *len,
+                      int n, int threads) {
+    bool *taken = calloc((size_t)n, sizeof *taken);
+    if (!taken) abort();
+    int count = 0, at = 0;
+#define USABLE(i) (share_len ? (share_len[i] < len[i] ? share_len[i] : len[i]) / BLOCK * BLOCK : 0)
+    for (int i = 0; i < n; i++) {
+        if (taken[i]) continue;
+        int first = at, shared = USABLE(i);
+        for (int j = i; j < n; j++)
+            if (!taken[j] && (j == i || (shared > 0 && USABLE(j) > 0 && share_row0[j] == share_row0[i]))) {
+                taken[j] = true, order[at++] = j;
+                shared = USABLE(j) < shared ? USABLE(j) : shared;
+            }
+        int m = at - first, parts = m < threads ? m : threads;
+        if (shared == 0) parts = m;
+        for (int p = 0; p < parts; p++)
+            units[count++] = (unit){first + m * p / parts, m * (p + 1) / parts - m * p / parts, shared};
+    }
+#undef USABLE
+    free(taken);
+    return count;
+}
+
+// The batch path: units shared out among the threads, each against its tokens' rows read
+// whole and in order.
+static void decode_units(float *out, const float *q, cache c, heads_fn *kernel, const int32_t *row0, const int32_t *len,
+                         const int32_t *share_row0, const int32_t *share_len, int n, int NH, int KVH, int HD,
+                         float scale, size_t rows) {
+    int group = NH / KVH, kv_stride = KVH * HD, threads = omp_get_max_threads(), max_count = 1;
+    unit *units = malloc(sizeof *units * (size_t)n);
+    int *order = malloc(sizeof *order * (size_t)n);
+    if (!units || !order) abort();
+    int n_units = make_units(units, order, share_row0, share_len, len, n, threads);
+    for (int u = 0; u < n_units; u++) max_count = units[u].count > max_count ? units[u].count : max_count;
+#pragma omp parallel
+    {
+        float *s = malloc(sizeof(float) * (size_t)NH * rows * (size_t)max_count);
+        float **o = malloc(sizeof *o * (size_t)max_count), **ss = malloc(sizeof *ss * (size_t)max_count);
+        const float **qq = malloc(sizeof *qq * (size_t)max_count);
+        size_t *at = malloc(sizeof *at * (size_t)max_count);
+        int *ln = malloc(sizeof *ln * (size_t)max_count);
+        if (!s || !o || !ss || !qq || !at || !ln) abort();
+#pragma omp for schedule(dynamic, 1)
+        for (int u = 0; u < n_units; u++) {
+            const unit *w = &units[u];
+            int count = 0;
+            for (int t = 0; t < w->count; t++) {
+                int i = order[w->first + t];
+                if (len[i] <= 0) {
+                    memset(out + (size_t)i * NH * HD, 0, sizeof(float) * (size_t)NH * HD);
+                    continue;
+                }
+                o[count] = out + (size_t)i * NH * HD, qq[count] = q + (size_t)i * NH * HD;
+                at[count] = (size_t)row0[i] * kv_stride, ln[count] = len[i];
+                ss[count] = s + (size_t)count * NH * rows;
+                count++;
+            }
+            size_t shared0 = w->shared ? (size_t)share_row0[order[w->first]] * kv_stride : 0;
+            if (count) kernel(o, qq, c.k, c.v, at, ln, count, shared0, w->shared, kv_stride, KVH, group, scale, ss);
+        }
+        free(s), free(o), free(ss), free(qq), free(at), free(ln);
+    }
+    free(units), free(order);
+}
+#endif
+
+static void decode(float *out, const float *q, cache c, const int32_t *row0, const int32_t *len,
+                   const int32_t *share_row0, const int32_t *share_len, int n, int NH, int KVH, int HD, float scale) {
     int group = NH / KVH, kv_stride = KVH * HD, max_len = 0;
     for (int i = 0; i < n; i++) max_len = len[i] > max_len ? len[i] : max_len;
     size_t rows = (size_t)(max_len ? max_len : 1);
@@ -300,21 +415,11 @@ static void decode(float *out, const float *q, cache c, const int32_t *row0, con
 #ifdef HAVE_AVX512_PATH
     heads_fn *kernel = heads_kernel(HD, c.half);
     if (have_avx512() && kernel && n >= 2 * omp_get_max_threads()) {
-#pragma omp parallel
-        {
-            float *s = malloc(sizeof(float) * (size_t)NH * rows);
-            if (!s) abort();
-#pragma omp for schedule(dynamic, 1)
-            for (int i = 0; i < n; i++) {
-                float *o = out + (size_t)i * NH * HD;
-                size_t at = (size_t)row0[i] * kv_stride;
-                if (len[i] <= 0) memset(o, 0, sizeof(float) * (size_t)NH * HD);
-                else kernel(o, q + (size_t)i * NH * HD, c.k, c.v, at, len[i], kv_stride, KVH, group, scale, s);
-            }
-            free(s);
-        }
+        decode_units(out, q, c, kernel, row0, len, share_row0, share_len, n, NH, KVH, HD, scale, rows);
         return;
     }
+#else
+    (void)share_row0, (void)share_len;
 #endif
     // Groups wider than MAX_GROUP go in slices of it.
     int G = group < MAX_GROUP ? group : MAX_GROUP, slices = (group + G - 1) / G;
@@ -342,10 +447,16 @@ static void decode(float *out, const float *q, cache c, const int32_t *row0, con
 
 void attention_decode(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
                       const int32_t *len, int n, int NH, int KVH, int HD, float scale) {
-    decode(out, q, (cache){k, v, false}, row0, len, n, NH, KVH, HD, scale);
+    decode(out, q, (cache){k, v, false}, row0, len, NULL, NULL, n, NH, KVH, HD, scale);
 }
 
 void attention_decode_bf16(float *out, const float *q, const uint16_t *k, const uint16_t *v, const int32_t *row0,
                            const int32_t *len, int n, int NH, int KVH, int HD, float scale) {
-    decode(out, q, (cache){k, v, true}, row0, len, n, NH, KVH, HD, scale);
+    decode(out, q, (cache){k, v, true}, row0, len, NULL, NULL, n, NH, KVH, HD, scale);
+}
+
+void attention_decode_shared(float *out, const float *q, const void *k, const void *v, bool bf16, const int32_t *row0,
+                             const int32_t *len, const int32_t *share_row0, const int32_t *share_len, int n, int NH,
+                             int KVH, int HD, float scale) {
+    decode(out, q, (cache){k, v, bf16}, row0, len, share_row0, share_len, n, NH, KVH, HD, scale);
 }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/attention_shared.h"
 #include "cpu/kv_bf16.h"
 #include "cpu/linear_bf16.h"
 #include "cpu/rope_table.h"
@@ -172,10 +173,78 @@ static void test_table_cache_write(void) {
     CHECK(!memcmp(vc16, want, sizeof want));
 }
 
+// Groups of tokens whose caches begin with copies of one source's rows (sample 0 and its
+// copies, plus a second group and loners): attention_decode_shared gives the bits of the
+// plain kernel, for fp32 and bf16 caches, HD 64 and 128, shared lengths below, at and
+// across a block, 1-3 threads. The copies' shared rows are then overwritten with NaN:
+// the output must not change (the shared rows are read from the source), and the plain
+// kernel on that cache must (so the check can fail).
+static void test_shared_prefix(void) {
+    const int HDs[] = {64, 128}, shares[] = {0, 5, 16, 37, 64, 90};
+    int n = 10, NH = 6, KVH = 2, cap = 100, checked = 0;
+    for (int hi = 0; hi < 2; hi++)
+        for (int si = 0; si < 6; si++)
+            for (int half = 0; half < 2; half++) {
+                int HD = HDs[hi], share = shares[si], stride = KVH * HD;
+                size_t elems = (size_t)n * cap * stride;
+                float *k = malloc(sizeof(float) * elems), *v = malloc(sizeof(float) * elems);
+                uint16_t *k16 = malloc(2 * elems), *v16 = malloc(2 * elems);
+                float *q = malloc(sizeof(float) * (size_t)n * NH * HD);
+                float *plain = malloc(sizeof(float) * (size_t)n * NH * HD), *got = malloc(sizeof(float) * (size_t)n * NH * HD);
+                int32_t row0[10], len[10], sr[10], sl[10];
+                for (size_t i = 0; i < elems; i++) k[i] = frand(), v[i] = frand();
+                for (int i = 0; i < n * NH * HD; i++) q[i] = 2 * frand();
+                // slots 0..5: slot 0 the source, 1..5 copies of its first `share` rows;
+                // slots 6..7: slot 6 a source of 20 rows for 7; 8..9: on their own
+                for (int i = 0; i < n; i++) {
+                    row0[i] = i * cap, len[i] = share + 1 + (int)(test_rand() % 9), sr[i] = -1, sl[i] = 0;
+                    if (i <= 5) sr[i] = 0, sl[i] = i == 0 ? len[i] : share;
+                    if (i == 6 || i == 7) len[i] = 20 + (int)(test_rand() % 30), sr[i] = 6 * cap, sl[i] = i == 6 ? len[i] : 20;
+                }
+                len[0] = share > len[0] ? share : len[0];
+                for (int i = 1; i <= 5; i++) memcpy(k + (size_t)row0[i] * stride, k, sizeof(float) * (size_t)share * stride),
+                                             memcpy(v + (size_t)row0[i] * stride, v, sizeof(float) * (size_t)share * stride);
+                memcpy(k + (size_t)7 * cap * stride, k + (size_t)6 * cap * stride, sizeof(float) * 20 * stride);
+                memcpy(v + (size_t)7 * cap * stride, v + (size_t)6 * cap * stride, sizeof(float) * 20 * stride);
+                weights_to_bf16(k16, k, elems), weights_to_bf16(v16, v, elems);
+                const void *kc = half ? (const void *)k16 : k, *vc = half ? (const void *)v16 : v;
+                for (int threads = 1; threads <= 3; threads++) {
+                    omp_set_num_threads(threads);
+                    if (half) attention_decode_bf16(plain, q, k16, v16, row0, len, n, NH, KVH, HD, 0.125f);
+                    else attention_decode(plain, q, k, v, row0, len, n, NH, KVH, HD, 0.125f);
+                    for (int i = 0; i < n * NH * HD; i++) got[i] = NAN;
+                    attention_decode_shared(got, q, kc, vc, half, row0, len, sr, sl, n, NH, KVH, HD, 0.125f);
+                    CHECK_MSG(!memcmp(got, plain, sizeof(float) * (size_t)n * NH * HD),
+                              "HD %d share %d %s %d threads: bits differ", HD, share, half ? "bf16" : "fp32", threads);
+                    checked++;
+                }
+                // NaN in the copies' shared rows (whole blocks of 16 only are read from the source)
+                int blocks = share / 16 * 16;
+                for (int i = 1; i <= 5 && blocks > 0; i++)
+                    for (size_t e = 0; e < (size_t)blocks * stride; e++) {
+                        size_t at = (size_t)row0[i] * stride + e;
+                        k[at] = v[at] = NAN, k16[at] = v16[at] = 0x7fc0;
+                    }
+                if (blocks > 0) {
+                    omp_set_num_threads(2);
+                    attention_decode_shared(got, q, kc, vc, half, row0, len, sr, sl, n, NH, KVH, HD, 0.125f);
+                    CHECK_MSG(!memcmp(got, plain, sizeof(float) * (size_t)n * NH * HD),
+                              "HD %d share %d: the copies' rows were read", HD, share);
+                    if (half) attention_decode_bf16(got, q, k16, v16, row0, len, n, NH, KVH, HD, 0.125f);
+                    else attention_decode(got, q, k, v, row0, len, n, NH, KVH, HD, 0.125f);
+                    CHECK(isnan(got[(size_t)1 * NH * HD]));
+                }
+                free(k), free(v), free(k16), free(v16), free(q), free(plain), free(got);
+            }
+    omp_set_num_threads(omp_get_num_procs());
+    CHECK(checked == 2 * 6 * 2 * 3);
+}
+
 int main(void) {
     RUN(test_matches_reference);
     RUN(test_paths_agree);
     RUN(test_bf16_cache);
     RUN(test_table_cache_write);
+    RUN(test_shared_prefix);
     return TEST_SUMMARY();
 }

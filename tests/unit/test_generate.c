@@ -3,6 +3,7 @@
 // generation against transformers' generate() (tests/fixtures/generate, from
 // tests/ref/make_generate_fixtures.py).
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -328,6 +329,77 @@ static void test_smollm2_greedy(void) {
     tp_model_free(m);
 }
 
+// A model with 64-wide heads (the AVX-512 decode kernels' size), random weights.
+static tp_model *hd64_model(void) {
+    const char *cfg = "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"vocab_size\": 300, "
+                      "\"hidden_size\": 128, \"intermediate_size\": 256, \"num_hidden_layers\": 2, "
+                      "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 64, "
+                      "\"max_position_embeddings\": 256, \"rms_norm_eps\": 1e-5, \"rope_theta\": 10000.0, "
+                      "\"tie_word_embeddings\": false, \"hidden_act\": \"silu\"}";
+    jv j;
+    tp_err err;
+    if (tp_json_parse(cfg, strlen(cfg), &j, &err) < 0) return NULL;
+    tp_model *m = tp_model_new(j, &err);
+    if (m) tp_model_init_weights(m, 7);
+    return m;
+}
+
+// Samples of one prompt decoded from copies of its slot (whose attention reads the
+// prompt's rows once for all of them) give the bits of slots that each ran the prompt
+// themselves: fp32 and bf16 caches, 1 and 2 threads, through a reset of the source slot
+// (its copies then share with the first of them), its reuse for another prompt, and a
+// truncation into the shared rows.
+static void test_copies_share_rows(void) {
+    tp_model *m = hd64_model();
+    CHECK(m != NULL);
+    if (!m) return;
+    enum { S = 6, P = 40, STEPS = 24 };
+    int V = m->cfg.vocab_size;
+    int32_t prompt[P], other[P];
+    for (int t = 0; t < P; t++) prompt[t] = (int32_t)(test_rand() % V), other[t] = (int32_t)(test_rand() % V);
+    int slots[P], out = P - 1, all[S], outs[S];
+    float *la = malloc(sizeof(float) * S * V), *lb = malloc(sizeof(float) * S * V);
+    for (int kv16 = 0; kv16 < 2; kv16++)
+        for (int threads = 1; threads <= 2; threads++) {
+            omp_set_num_threads(threads);
+            tp_err err;
+            tp_generator *a = tp_generator_new_kv(m, S, 128, kv16, &err), *b = tp_generator_new_kv(m, S, 128, kv16, &err);
+            CHECK(a && b);
+            if (!a || !b) break;
+            for (int t = 0; t < P; t++) slots[t] = 0;
+            CHECK(tp_generator_forward(a, P, slots, prompt, 1, &out, la, &err) == 0);
+            for (int s = 1; s < S - 1; s++) tp_generator_copy(a, s, 0, -1);
+            for (int s = 0; s < S - 1; s++) {  // b: every slot runs the prompt
+                for (int t = 0; t < P; t++) slots[t] = s;
+                CHECK(tp_generator_forward(b, P, slots, prompt, 1, &out, lb, &err) == 0);
+            }
+            for (int t = 0; t < P; t++) slots[t] = S - 1;
+            CHECK(tp_generator_forward(a, P, slots, other, 1, &out, la, &err) == 0);
+            CHECK(tp_generator_forward(b, P, slots, other, 1, &out, lb, &err) == 0);
+            int same = 0;
+            for (int step = 0; step < STEPS; step++) {
+                if (step == 8) {  // the source slot starts another prompt
+                    tp_generator_reset(a, 0), tp_generator_reset(b, 0);
+                    for (int t = 0; t < P; t++) slots[t] = 0;
+                    CHECK(tp_generator_forward(a, P, slots, other, 1, &out, la, &err) == 0);
+                    CHECK(tp_generator_forward(b, P, slots, other, 1, &out, lb, &err) == 0);
+                }
+                if (step == 16) tp_generator_truncate(a, 2, 25), tp_generator_truncate(b, 2, 25);
+                int32_t tok[S];
+                for (int s = 0; s < S; s++) all[s] = s, outs[s] = s, tok[s] = (int32_t)(test_rand() % V);
+                CHECK(tp_generator_forward(a, S, all, tok, S, outs, la, &err) == 0);
+                CHECK(tp_generator_forward(b, S, all, tok, S, outs, lb, &err) == 0);
+                same += !memcmp(la, lb, sizeof(float) * S * V);
+            }
+            CHECK_MSG(same == STEPS, "kv16 %d, %d threads: %d of %d steps with the same bits", kv16, threads, same,
+                      STEPS);
+            tp_generator_free(a), tp_generator_free(b);
+        }
+    omp_set_num_threads(omp_get_num_procs());
+    free(la), free(lb);
+    tp_model_free(m);
+}
+
 int main(void) {
     RUN(test_cache_matches_training_forward);
     RUN(test_logprobs);
@@ -336,5 +408,6 @@ int main(void) {
     RUN(test_sampler);
     RUN(test_greedy_matches_transformers);
     RUN(test_smollm2_greedy);
+    RUN(test_copies_share_rows);
     return TEST_SUMMARY();
 }
