@@ -245,25 +245,50 @@ INLINE AVX512 void heads_hd(float *const out[], const float *const q[], const vo
                             const size_t kv0[], const int len[], int count, size_t shared0, int shared, int stride,
                             int heads, int G, int HD, float scale, float *const s[], bool half) {
     const int esz = half ? 2 : 4, width = heads * HD, NH = heads * G;
-    for (int j0 = 0; j0 < shared; j0 += BLOCK)
-        for (int t = 0; t < count; t++)
-            scores_rows(s[t], q[t], k, shared0, len[t], j0, j0 + BLOCK, t == 0 ? shared : 0, stride, heads, G, HD,
-                        scale, half);
+    // A shared block is widened once into fp32 rows here (exact: the same values, so the
+    // same bits), then used by every query head of every token of the unit.
+    float block[BLOCK * 4 * 128] __attribute__((aligned(64)));
+    const bool widen = half && width <= 4 * 128;
+    for (int j0 = 0; j0 < shared; j0 += BLOCK) {
+        if (widen) {
+            prefetch_part(k, shared0, stride, width, esz, j0, j0 + BLOCK, shared, 0, 1);
+            for (int j = 0; j < BLOCK; j++)
+                for (int e = 0; e < width; e += 16)
+                    _mm512_store_ps(block + j * width + e, load16(k, shared0 + (size_t)(j0 + j) * stride + e, true));
+            for (int t = 0; t < count; t++)
+                for (int head = 0; head < NH; head++)
+                    scores_block(s[t] + (size_t)head * len[t] + j0, q[t] + (size_t)head * HD, block,
+                                 (size_t)(head / G) * HD, width, 0, BLOCK, HD, scale, false);
+        } else
+            for (int t = 0; t < count; t++)
+                scores_rows(s[t], q[t], k, shared0, len[t], j0, j0 + BLOCK, t == 0 ? shared : 0, stride, heads, G, HD,
+                            scale, half);
+    }
     for (int t = 0; t < count; t++) {
         scores_rows(s[t], q[t], k, kv0[t], len[t], shared, len[t], len[t], stride, heads, G, HD, scale, half);
         softmax_block(s[t], NH, len[t]);
         memset(out[t], 0, sizeof(float) * (size_t)NH * HD);
     }
     if (shared) prefetch_rows(v, shared0, stride, width, esz, 0, ROW_PREFETCH, shared);
-    for (int j0 = 0; j0 < shared; j0 += BLOCK)
-        for (int t = 0; t < count; t++)
-            values_rows(out[t], s[t], v, shared0, len[t], j0, j0 + BLOCK, t == 0 ? shared : 0, stride, heads, G, HD,
-                        half);
+    for (int j0 = 0; j0 < shared; j0 += BLOCK) {
+        if (widen) {
+            prefetch_part(v, shared0, stride, width, esz, j0, j0 + BLOCK, shared, 0, 1);
+            for (int j = 0; j < BLOCK; j++)
+                for (int e = 0; e < width; e += 16)
+                    _mm512_store_ps(block + j * width + e, load16(v, shared0 + (size_t)(j0 + j) * stride + e, true));
+            for (int t = 0; t < count; t++)
+                values_rows(out[t], s[t] + j0, block, 0, len[t], 0, BLOCK, 0, width, heads, G, HD, false);
+        } else
+            for (int t = 0; t < count; t++)
+                values_rows(out[t], s[t], v, shared0, len[t], j0, j0 + BLOCK, t == 0 ? shared : 0, stride, heads, G,
+                            HD, half);
+    }
     for (int t = 0; t < count; t++) {
         prefetch_rows(v, kv0[t], stride, width, esz, shared, shared + ROW_PREFETCH, len[t]);
         values_rows(out[t], s[t], v, kv0[t], len[t], shared, len[t], len[t], stride, heads, G, HD, half);
     }
 }
+
 // The kernel for each head size and cache type: HD and half are constants in each.
 #define HEADS(NAME, HD_, HALF)                                                                                     \
     static AVX512 void NAME(float *const out[], const float *const q[], const void *k, const void *v,                \
