@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
+#include <pthread.h>
 #include <sys/mman.h>
 
 static const char *program_name = "thinkpipe";
@@ -90,16 +92,30 @@ void *tp_xcalloc(size_t count, size_t size) { return check_alloc(calloc(count ? 
 void *tp_xrealloc(void *p, size_t n) { return check_alloc(realloc(p, n ? n : 1), n); }
 char *tp_xstrdup(const char *s) { return check_alloc(strdup(s), strlen(s) + 1); }
 
-void *tp_alloc_big(size_t bytes) {
-    bytes = bytes ? (bytes + 63) / 64 * 64 : 64;
-    // posix_memalign: aligned_alloc wants the size a multiple of the alignment
+void *tp_alloc_lines(size_t bytes) {
     void *p = NULL;
-    if (posix_memalign(&p, bytes < TP_HUGE_PAGE ? 64 : TP_HUGE_PAGE, bytes) != 0) return NULL;
+    // posix_memalign: aligned_alloc wants the size a multiple of the alignment
+    return posix_memalign(&p, 64, bytes ? (bytes + 63) / 64 * 64 : 64) == 0 ? p : NULL;
+}
+
+// Blocks of TP_HUGE_PAGE bytes or more always come from their own mapping, returned to
+// the system when freed: glibc otherwise raises its mmap threshold after the first such
+// free and serves later big blocks from the heap, where the huge-page advice would
+// outlive the block and reach ordinary allocations made there afterwards.
+static void mmap_big_blocks(void) { mallopt(M_MMAP_THRESHOLD, TP_HUGE_PAGE); }
+
+void *tp_alloc_big(size_t bytes) {
+    if (bytes < TP_HUGE_PAGE) return tp_alloc_lines(bytes);
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, mmap_big_blocks);
+    bytes = (bytes + 63) / 64 * 64;
+    void *p = NULL;
+    if (posix_memalign(&p, TP_HUGE_PAGE, bytes) != 0) return NULL;
 #ifdef MADV_HUGEPAGE
     // Advice only: where THP is off ("never") the block keeps its 4 KB pages.
     // TP_HUGE_PAGES=0 leaves every block to the system's default, for comparing.
     const char *env = getenv("TP_HUGE_PAGES");
-    if (bytes >= TP_HUGE_PAGE && !(env && !strcmp(env, "0"))) madvise(p, bytes, MADV_HUGEPAGE);
+    if (!(env && !strcmp(env, "0"))) madvise(p, bytes, MADV_HUGEPAGE);
 #endif
     return p;
 }

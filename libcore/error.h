@@ -38,10 +38,13 @@ void *tp_xmalloc(size_t n);
 void *tp_xcalloc(size_t count, size_t size);
 void *tp_xrealloc(void *p, size_t n);
 char *tp_xstrdup(const char *s);
-// 64-byte-aligned memory for tensors, freed with free(); NULL when out of memory. Blocks of
-// TP_HUGE_PAGE bytes or more start on such a boundary and ask the kernel for transparent huge
-// pages, so streaming them (weights, caches, optimizer state) walks no page table every 4 KB.
+// 64-byte-aligned memory for tensors, freed with free(); NULL when out of memory.
+// tp_alloc_big: blocks of TP_HUGE_PAGE bytes or more start on such a boundary and ask the
+// kernel for transparent huge pages, so streaming them (weights, activations, optimizer
+// state) walks no page table every 4 KB. Not for memory that is reserved large and
+// filled sparsely (KV caches: tp_alloc_lines), which huge pages would make resident whole.
 enum { TP_HUGE_PAGE = 2 << 20 };
 void *tp_alloc_big(size_t bytes);
+void *tp_alloc_lines(size_t bytes);
 
 #endif

@@ -44,10 +44,13 @@ struct tp_generator {
     void *k, *v;              // backend [n_slots][L][cap][KV], fp32 or (kv16) bf16
     bool kv16;
     int *len;                 // [n_slots]
-    // Slot s's first share_n[s] rows equal slot share_src[s]'s (a copy; -1: none), which
-    // itself shares with no slot: the samples of one prompt. A decode step's attention
-    // reads such rows once for all the slots that hold them (cpu).
+    // Slot s's first share_n[s] rows equal slot share_src[s]'s (a copy; -1: none): the
+    // samples of one prompt. A copy of a copy points at the first slot when all its rows
+    // came from there, else at the copy it was made from. A decode step's attention reads
+    // such rows once for the tokens of the slots that point at the same source (cpu), unless
+    // TP_SHARED_ROWS=0 (for comparing: the same bits).
     int *share_src, *share_n;
+    bool share_rows;
     int32_t *share_row0, *share_len;  // host [room]: the call's tokens' shared rows (cpu decode)
     bool shared_call;                 // some token of the call has them
     // per-call scratch (backend memory) for up to `room` tokens and `room_out` logit rows
@@ -106,7 +109,10 @@ tp_generator *tp_generator_new_kv(tp_model *m, int n_slots, int cap, bool kv_bf1
         return NULL;
     }
     size_t bytes = (size_t)n_slots * g->L * (size_t)cap * g->KV * kv_elem(g);
-    g->k = be->alloc(bytes), g->v = be->alloc(bytes);
+    // cpu: no huge pages for the cache, which is reserved for max-len tokens a slot and
+    // filled as sequences grow (each slot-layer's first rows would bring in 2 MB each)
+    if (be->device) g->k = be->alloc(bytes), g->v = be->alloc(bytes);
+    else g->k = tp_alloc_lines(bytes), g->v = tp_alloc_lines(bytes);
     if (!g->k || !g->v) {
         if (be->device)
             tp_err_set(err, "out of device memory: a KV cache of %d sequences x %d tokens needs %.2f GiB (%.2f GiB free); "
@@ -121,6 +127,8 @@ tp_generator *tp_generator_new_kv(tp_model *m, int n_slots, int cap, bool kv_bf1
     g->share_src = tp_xmalloc((size_t)n_slots * sizeof *g->share_src);
     g->share_n = tp_xcalloc((size_t)n_slots, sizeof *g->share_n);
     for (int s = 0; s < n_slots; s++) g->share_src[s] = -1;
+    const char *shared = getenv("TP_SHARED_ROWS");
+    g->share_rows = !(shared && !strcmp(shared, "0"));
     const char *env = getenv("TP_CUDA_GRAPHS");
     g->graphs = be->graph_begin && !(env && strcmp(env, "0") == 0);
     return g;
@@ -172,7 +180,8 @@ int tp_generator_bf16_weights(tp_generator *g, tp_err *err) {
     free_w16(g);
     // One block in the order a step reads it, so that it sits in huge pages whole (the
     // matrices of a small model are each under 2 MB).
-    size_t layer_bytes = w16_bytes(Q, C) + 2 * w16_bytes(KV, C) + w16_bytes(C, Q) + 2 * w16_bytes(F, C) + w16_bytes(C, F);
+    size_t layer_bytes =
+        w16_bytes(Q, C) + 2 * w16_bytes(KV, C) + w16_bytes(C, Q) + 2 * w16_bytes(F, C) + w16_bytes(C, F);
     size_t bytes = (size_t)g->L * layer_bytes + w16_bytes(c->vocab_size, C);
     uint16_t *at = g->w16_block = tp_alloc_big(bytes);
     if (!at) tp_die("out of memory (%zu bytes of bf16 weights)", bytes);
@@ -412,7 +421,7 @@ static void layer(tp_generator *g, int l, int n) {
 // all of its own (the attention takes the least of a group's).
 static void plan_shares(tp_generator *g, int n, const int *slot, const int32_t *pos) {
     g->shared_call = false;
-    if (g->be->device) return;
+    if (g->be->device || !g->share_rows) return;
     bool *source = tp_xcalloc((size_t)g->n_slots, sizeof *source);
     for (int d = 0; d < g->n_slots; d++)
         if (g->share_src[d] >= 0) source[g->share_src[d]] = true;

@@ -23,4 +23,9 @@ void attention_decode_shared(float *out, const float *q, const void *k, const vo
                              const int32_t *len, const int32_t *share_row0, const int32_t *share_len, int n, int NH,
                              int KVH, int HD, float scale);
 
+// Whether attention_decode_shared reads shared rows once for n tokens of head size HD on
+// this CPU (the AVX-512 kernels, HD 64 or 128, a batch of at least 2 tokens a thread);
+// elsewhere it reads every token's own rows, with the same result.
+bool attention_decode_shares_rows(int HD, int n);
+
 #endif

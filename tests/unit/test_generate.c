@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/attention_shared.h"
 #include "cpu/linear_bf16.h"
 #include "generate.h"
 #include "json.h"
@@ -345,55 +346,64 @@ static tp_model *hd64_model(void) {
 }
 
 // Samples of one prompt decoded from copies of its slot (whose attention reads the
-// prompt's rows once for all of them) give the bits of slots that each ran the prompt
-// themselves: fp32 and bf16 caches, 1 and 2 threads, through a reset of the source slot
-// (its copies then share with the first of them), its reuse for another prompt, and a
-// truncation into the shared rows.
+// prompt's rows once for all of them) give the bits of the same calls with the sharing
+// off (TP_SHARED_ROWS=0): fp32 and bf16 caches, 1 and 2 threads, through a copy of a
+// copy, a reset of the source slot (its copies then share with the first of them) and its
+// reuse for another prompt, a copy onto a slot that others share from, a truncation of a
+// source into the shared rows, and a copy of a slot onto itself.
 static void test_copies_share_rows(void) {
     tp_model *m = hd64_model();
     CHECK(m != NULL);
     if (!m) return;
-    enum { S = 6, P = 40, STEPS = 24 };
+    enum { S = 7, P = 40, STEPS = 30 };
     int V = m->cfg.vocab_size;
     int32_t prompt[P], other[P];
     for (int t = 0; t < P; t++) prompt[t] = (int32_t)(test_rand() % V), other[t] = (int32_t)(test_rand() % V);
     int slots[P], out = P - 1, all[S], outs[S];
     float *la = malloc(sizeof(float) * S * V), *lb = malloc(sizeof(float) * S * V);
+    printf("# decode attention reads shared rows once here: %s\n", attention_decode_shares_rows(64, S) ? "yes" : "no");
     for (int kv16 = 0; kv16 < 2; kv16++)
         for (int threads = 1; threads <= 2; threads++) {
             omp_set_num_threads(threads);
             tp_err err;
-            tp_generator *a = tp_generator_new_kv(m, S, 128, kv16, &err), *b = tp_generator_new_kv(m, S, 128, kv16, &err);
-            CHECK(a && b);
-            if (!a || !b) break;
-            for (int t = 0; t < P; t++) slots[t] = 0;
-            CHECK(tp_generator_forward(a, P, slots, prompt, 1, &out, la, &err) == 0);
-            for (int s = 1; s < S - 1; s++) tp_generator_copy(a, s, 0, -1);
-            for (int s = 0; s < S - 1; s++) {  // b: every slot runs the prompt
-                for (int t = 0; t < P; t++) slots[t] = s;
-                CHECK(tp_generator_forward(b, P, slots, prompt, 1, &out, lb, &err) == 0);
+            tp_generator *g[2];
+            g[0] = tp_generator_new_kv(m, S, 128, kv16, &err);
+            setenv("TP_SHARED_ROWS", "0", 1);
+            g[1] = tp_generator_new_kv(m, S, 128, kv16, &err);
+            unsetenv("TP_SHARED_ROWS");
+            CHECK(g[0] && g[1]);
+            if (!g[0] || !g[1]) break;
+            float *lg[2] = {la, lb};
+            for (int i = 0; i < 2; i++) {
+                for (int t = 0; t < P; t++) slots[t] = 0;
+                CHECK(tp_generator_forward(g[i], P, slots, prompt, 1, &out, lg[i], &err) == 0);
+                for (int s = 1; s < S - 1; s++) tp_generator_copy(g[i], s, 0, -1);
+                for (int t = 0; t < P; t++) slots[t] = S - 1;
+                CHECK(tp_generator_forward(g[i], P, slots, other, 1, &out, lg[i], &err) == 0);
             }
-            for (int t = 0; t < P; t++) slots[t] = S - 1;
-            CHECK(tp_generator_forward(a, P, slots, other, 1, &out, la, &err) == 0);
-            CHECK(tp_generator_forward(b, P, slots, other, 1, &out, lb, &err) == 0);
             int same = 0;
             for (int step = 0; step < STEPS; step++) {
-                if (step == 8) {  // the source slot starts another prompt
-                    tp_generator_reset(a, 0), tp_generator_reset(b, 0);
-                    for (int t = 0; t < P; t++) slots[t] = 0;
-                    CHECK(tp_generator_forward(a, P, slots, other, 1, &out, la, &err) == 0);
-                    CHECK(tp_generator_forward(b, P, slots, other, 1, &out, lb, &err) == 0);
+                for (int i = 0; i < 2; i++) {
+                    if (step == 4) tp_generator_copy(g[i], 3, 1, -1);  // a copy of a copy, rows past the prompt too
+                    if (step == 8) {  // the source slot starts another prompt
+                        tp_generator_reset(g[i], 0);
+                        for (int t = 0; t < P; t++) slots[t] = 0;
+                        CHECK(tp_generator_forward(g[i], P, slots, other, 1, &out, lg[i], &err) == 0);
+                    }
+                    if (step == 12) tp_generator_copy(g[i], 1, S - 1, 30);  // onto the slot the others now share from
+                    if (step == 16) tp_generator_truncate(g[i], 2, 25);
+                    if (step == 20) tp_generator_truncate(g[i], 6, 33);  // a source, into its shared rows
+                    if (step == 24) tp_generator_copy(g[i], 4, 4, 35);
                 }
-                if (step == 16) tp_generator_truncate(a, 2, 25), tp_generator_truncate(b, 2, 25);
                 int32_t tok[S];
                 for (int s = 0; s < S; s++) all[s] = s, outs[s] = s, tok[s] = (int32_t)(test_rand() % V);
-                CHECK(tp_generator_forward(a, S, all, tok, S, outs, la, &err) == 0);
-                CHECK(tp_generator_forward(b, S, all, tok, S, outs, lb, &err) == 0);
+                CHECK(tp_generator_forward(g[0], S, all, tok, S, outs, la, &err) == 0);
+                CHECK(tp_generator_forward(g[1], S, all, tok, S, outs, lb, &err) == 0);
                 same += !memcmp(la, lb, sizeof(float) * S * V);
             }
             CHECK_MSG(same == STEPS, "kv16 %d, %d threads: %d of %d steps with the same bits", kv16, threads, same,
                       STEPS);
-            tp_generator_free(a), tp_generator_free(b);
+            tp_generator_free(g[0]), tp_generator_free(g[1]);
         }
     omp_set_num_threads(omp_get_num_procs());
     free(la), free(lb);
