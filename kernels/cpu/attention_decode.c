@@ -235,6 +235,15 @@ INLINE AVX512 void values_rows(float *out, const float *p, const void *v, size_t
     }
 }
 
+// block [BLOCK][width] := rows j0.. of a bf16 cache from element x0 on, widened (exact),
+// with the next block (below `bound`) requested meanwhile.
+INLINE AVX512 void widen_block(float *block, const void *x, size_t x0, int j0, int bound, int stride, int width) {
+    prefetch_part(x, x0, stride, width, 2, j0, j0 + BLOCK, bound, 0, 1);
+    for (int j = 0; j < BLOCK; j++)
+        for (int e = 0; e < width; e += 16)
+            _mm512_store_ps(block + j * width + e, load16(x, x0 + (size_t)(j0 + j) * stride + e, true));
+}
+
 // A unit of `count` tokens: out[t] [heads·G, HD] for queries q[t] against len[t] rows of
 // k, v, the first `shared` (a multiple of BLOCK) at element shared0 for every token and
 // the rest at kv0[t]. The shared rows go through L1 once for the unit, each block's
@@ -251,10 +260,7 @@ INLINE AVX512 void heads_hd(float *const out[], const float *const q[], const vo
     const bool widen = half && width <= 4 * 128;
     for (int j0 = 0; j0 < shared; j0 += BLOCK) {
         if (widen) {
-            prefetch_part(k, shared0, stride, width, esz, j0, j0 + BLOCK, shared, 0, 1);
-            for (int j = 0; j < BLOCK; j++)
-                for (int e = 0; e < width; e += 16)
-                    _mm512_store_ps(block + j * width + e, load16(k, shared0 + (size_t)(j0 + j) * stride + e, true));
+            widen_block(block, k, shared0, j0, shared, stride, width);
             for (int t = 0; t < count; t++)
                 for (int head = 0; head < NH; head++)
                     scores_block(s[t] + (size_t)head * len[t] + j0, q[t] + (size_t)head * HD, block,
@@ -272,10 +278,7 @@ INLINE AVX512 void heads_hd(float *const out[], const float *const q[], const vo
     if (shared) prefetch_rows(v, shared0, stride, width, esz, 0, ROW_PREFETCH, shared);
     for (int j0 = 0; j0 < shared; j0 += BLOCK) {
         if (widen) {
-            prefetch_part(v, shared0, stride, width, esz, j0, j0 + BLOCK, shared, 0, 1);
-            for (int j = 0; j < BLOCK; j++)
-                for (int e = 0; e < width; e += 16)
-                    _mm512_store_ps(block + j * width + e, load16(v, shared0 + (size_t)(j0 + j) * stride + e, true));
+            widen_block(block, v, shared0, j0, shared, stride, width);
             for (int t = 0; t < count; t++)
                 values_rows(out[t], s[t] + j0, block, 0, len[t], 0, BLOCK, 0, width, heads, G, HD, false);
         } else
