@@ -350,7 +350,8 @@ static tp_model *hd64_model(void) {
 // off (TP_SHARED_ROWS=0): fp32 and bf16 caches, 1 and 2 threads, through a copy of a
 // copy, a reset of the source slot (its copies then share with the first of them) and its
 // reuse for another prompt, a copy onto a slot that others share from, a truncation of a
-// source into the shared rows, and a copy of a slot onto itself.
+// source into the shared rows, a copy of a slot onto itself, and a copy of more rows than
+// its source shares whose source is then reset.
 static void test_copies_share_rows(void) {
     tp_model *m = hd64_model();
     CHECK(m != NULL);
@@ -394,6 +395,8 @@ static void test_copies_share_rows(void) {
                     if (step == 16) tp_generator_truncate(g[i], 2, 25);
                     if (step == 20) tp_generator_truncate(g[i], 6, 33);  // a source, into its shared rows
                     if (step == 24) tp_generator_copy(g[i], 4, 4, 35);
+                    if (step == 26) tp_generator_copy(g[i], 3, 1, -1);  // past the rows 1 shares with 6
+                    if (step == 27) tp_generator_reset(g[i], 1);         // 3 keeps its rows: they are its own
                 }
                 int32_t tok[S];
                 for (int s = 0; s < S; s++) all[s] = s, outs[s] = s, tok[s] = (int32_t)(test_rand() % V);
