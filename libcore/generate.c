@@ -179,19 +179,19 @@ int tp_generator_bf16_weights(tp_generator *g, tp_err *err) {
     int C = c->hidden_size, F = c->intermediate_size, Q = c->num_heads * c->head_dim, KV = g->KV;
     free_w16(g);
     // One block in the order a step reads it, so that it sits in huge pages whole (the
-    // matrices of a small model are each under 2 MB).
-    size_t layer_bytes =
-        w16_bytes(Q, C) + 2 * w16_bytes(KV, C) + w16_bytes(C, Q) + 2 * w16_bytes(F, C) + w16_bytes(C, F);
-    size_t bytes = (size_t)g->L * layer_bytes + w16_bytes(c->vocab_size, C);
+    // matrices of a small model are each under 2 MB). A layer's matrices, [OC, IC] each:
+    const int shape[7][2] = {{Q, C}, {KV, C}, {KV, C}, {C, Q}, {F, C}, {F, C}, {C, F}};
+    size_t bytes = w16_bytes(c->vocab_size, C);
+    for (int i = 0; i < 7; i++) bytes += (size_t)g->L * w16_bytes(shape[i][0], shape[i][1]);
     uint16_t *at = g->w16_block = tp_alloc_big(bytes);
     if (!at) tp_die("out of memory (%zu bytes of bf16 weights)", bytes);
     g->w16 = tp_xcalloc((size_t)g->L, sizeof *g->w16);
     for (int l = 0; l < g->L; l++) {
         const tp_layer_tensors *w = &m->W.layers[l];
         w16_layer *h = &g->w16[l];
-        h->wq = to_bf16(&at, w->wq, Q, C), h->wk = to_bf16(&at, w->wk, KV, C), h->wv = to_bf16(&at, w->wv, KV, C);
-        h->wo = to_bf16(&at, w->wo, C, Q), h->gate = to_bf16(&at, w->w_gate, F, C);
-        h->up = to_bf16(&at, w->w_up, F, C), h->down = to_bf16(&at, w->w_down, C, F);
+        uint16_t **dst[7] = {&h->wq, &h->wk, &h->wv, &h->wo, &h->gate, &h->up, &h->down};
+        const float *src[7] = {w->wq, w->wk, w->wv, w->wo, w->w_gate, w->w_up, w->w_down};
+        for (int i = 0; i < 7; i++) *dst[i] = to_bf16(&at, src[i], shape[i][0], shape[i][1]);
     }
     g->head16 = to_bf16(&at, m->W.lm_head, c->vocab_size, C);
     return 0;

@@ -319,6 +319,15 @@ static bool have_avx512(void) {
     if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f") ? 1 : 0;
     return avx512;
 }
+
+// The kernel of the batch path for n tokens, or NULL: with tokens enough to keep every
+// thread busy (a decode step of a batch), a token is a unit and its cache rows are read
+// whole and in order: 20% faster on one core than a kv head's slice of each row at a time,
+// which is still how fewer tokens share out.
+static heads_fn *batch_kernel(int HD, bool half, int n) {
+    heads_fn *kernel = heads_kernel(HD, half);
+    return have_avx512() && kernel && n >= 2 * omp_get_max_threads() ? kernel : NULL;
+}
 #endif
 
 // A cache: fp32 or bf16 rows.
@@ -439,12 +448,9 @@ static void decode(float *out, const float *q, cache c, const int32_t *row0, con
     int group = NH / KVH, kv_stride = KVH * HD, max_len = 0;
     for (int i = 0; i < n; i++) max_len = len[i] > max_len ? len[i] : max_len;
     size_t rows = (size_t)(max_len ? max_len : 1);
-    // With tokens enough to keep every thread busy (a decode step of a batch), a token is
-    // a unit and its cache rows are read whole and in order: 20% faster on one core than
-    // a kv head's slice of each row at a time, which is still how fewer tokens share out.
 #ifdef HAVE_AVX512_PATH
-    heads_fn *kernel = heads_kernel(HD, c.half);
-    if (have_avx512() && kernel && n >= 2 * omp_get_max_threads()) {
+    heads_fn *kernel = batch_kernel(HD, c.half, n);
+    if (kernel) {
         decode_units(out, q, c, kernel, row0, len, share_row0, share_len, n, NH, KVH, HD, scale, rows);
         return;
     }
@@ -487,7 +493,7 @@ void attention_decode_bf16(float *out, const float *q, const uint16_t *k, const 
 
 bool attention_decode_shares_rows(int HD, int n) {
 #ifdef HAVE_AVX512_PATH
-    return have_avx512() && heads_kernel(HD, false) && n >= 2 * omp_get_max_threads();
+    return batch_kernel(HD, false, n) != NULL;
 #else
     (void)HD, (void)n;
     return false;
