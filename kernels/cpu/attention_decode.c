@@ -193,18 +193,32 @@ INLINE void prefetch_part(const void *x, size_t x0, int stride, int width, int e
         prefetch_rows(x, x0, stride, width, esz, from + rows * part / parts, from + rows * (part + 1) / parts, len);
 }
 
+// Rows j0..j1 of x (as in prefetch_rows) into L2.
+INLINE void prefetch_rows_l2(const void *x, size_t x0, int stride, int width, int esz, int j0, int j1) {
+    for (int j = j0; j < j1; j++)
+        for (int b = 0; b < width * esz; b += 64)
+            _mm_prefetch((const char *)x + (x0 + (size_t)j * stride) * esz + b, _MM_HINT_T1);
+}
+
 // Scores s [heads·G][len] of one token's queries q [heads·G, HD] for rows j_from..j_to-1
 // of k, from element kv0 on (kv head slices of HD at the row's start, rows `stride`
 // elements apart, bf16 when half), in blocks of BLOCK from j_from (a multiple of it);
 // `bound` limits how far ahead rows are fetched. The first block is requested first.
-INLINE AVX512 void scores_rows(float *s, const float *q, const void *k, size_t kv0, int len, int j_from, int j_to,
-                               int bound, int stride, int heads, int G, int HD, float scale, bool half) {
+// With v (laid out as k), each block's value rows are requested into L2 meanwhile, a
+// slice per head: the scores are bound by arithmetic and the values by reading the
+// cache, so the values then come from L2. A decode step's attention (SmolLM2-135M shape,
+// batch 8, 160 rows, bf16 cache, in the generator): 2.05 -> 1.85 ms (medians of 5 runs).
+INLINE AVX512 void scores_rows(float *s, const float *q, const void *k, const void *v, size_t kv0, int len, int j_from,
+                               int j_to, int bound, int stride, int heads, int G, int HD, float scale, bool half) {
     const int esz = half ? 2 : 4, width = heads * HD, NH = heads * G;
     prefetch_rows(k, kv0, stride, width, esz, j_from, j_from + ROW_PREFETCH, bound);
     for (int j0 = j_from; j0 < j_to; j0 += BLOCK) {
         int j1 = j0 + BLOCK < j_to ? j0 + BLOCK : j_to;
         for (int head = 0; head < NH; head++) {  // kv head head / G
             prefetch_part(k, kv0, stride, width, esz, j0, j1, bound, head, NH);
+            if (v)
+                prefetch_rows_l2(v, kv0, stride, width, esz, j0 + (j1 - j0) * head / NH,
+                                 j0 + (j1 - j0) * (head + 1) / NH);
             scores_block(s + (size_t)head * len, q + (size_t)head * HD, k, kv0 + (size_t)(head / G) * HD, stride, j0,
                          j1 - j0, HD, scale, half);
         }
@@ -267,11 +281,11 @@ INLINE AVX512 void heads_hd(float *const out[], const float *const q[], const vo
                                  (size_t)(head / G) * HD, width, 0, BLOCK, HD, scale, false);
         } else
             for (int t = 0; t < count; t++)
-                scores_rows(s[t], q[t], k, shared0, len[t], j0, j0 + BLOCK, t == 0 ? shared : 0, stride, heads, G, HD,
-                            scale, half);
+                scores_rows(s[t], q[t], k, NULL, shared0, len[t], j0, j0 + BLOCK, t == 0 ? shared : 0, stride, heads, G,
+                            HD, scale, half);
     }
     for (int t = 0; t < count; t++) {
-        scores_rows(s[t], q[t], k, kv0[t], len[t], shared, len[t], len[t], stride, heads, G, HD, scale, half);
+        scores_rows(s[t], q[t], k, v, kv0[t], len[t], shared, len[t], len[t], stride, heads, G, HD, scale, half);
         softmax_block(s[t], NH, len[t]);
         memset(out[t], 0, sizeof(float) * (size_t)NH * HD);
     }
