@@ -100,10 +100,12 @@ static void test_paths_agree(void) {
 }
 
 // A bf16 cache gives the bits of an fp32 cache holding the same (widened) values, on every
-// path: the AVX-512 kernels (HD 64, 128: whole tokens and a kv head at a time) and the
-// plain one (HD 16, 48), every thread count.
+// path: the AVX-512 kernels (HD 64, 128: whole tokens and a kv head at a time; a bf16
+// cache's query heads in passes of up to 4 or 2, here of 3, 2, 3 + 4 and 1 + 2 + 2) and
+// the plain one (HD 16, 48), every thread count.
 static void test_bf16_cache(void) {
-    static const int shapes[][3] = {{9, 3, 64}, {16, 8, 128}, {6, 2, 16}, {4, 2, 48}, {130, 2, 64}};
+    static const int shapes[][3] = {{9, 3, 64},  {16, 8, 128}, {6, 2, 16},  {4, 2, 48},
+                                    {130, 2, 64}, {14, 2, 64},  {10, 2, 128}};
     static const int tokens[] = {1, 8};
     enum { ROWS = 120 };
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
