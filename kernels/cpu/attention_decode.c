@@ -108,35 +108,16 @@ INLINE AVX512 __m512 sum16(const __m512 a[16]) {
     return _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88), _mm512_shuffle_ps(d[0], d[1], 0xdd));
 }
 
-// s[j0..j0+rows) := scale * q . k[j] for one head (q [HD]) and rows <= 16 of k, `stride`
-// elements apart from element k0 on.
-INLINE AVX512 void scores_block(float *s, const float *q, const void *k, size_t k0, int stride, int j0, int rows,
-                                int HD, float scale, bool half) {
-    const int C = HD / 16;
-    __m512 qr[8], acc[16];
-#pragma GCC unroll 8
-    for (int c = 0; c < C; c++) qr[c] = _mm512_loadu_ps(q + 16 * c);
-#pragma GCC unroll 16
-    for (int j = 0; j < 16; j++) {
-        acc[j] = _mm512_setzero_ps();
-        if (j >= rows) continue;
-        size_t kj = k0 + (size_t)(j0 + j) * stride;
-#pragma GCC unroll 8
-        for (int c = 0; c < C; c++) acc[j] = _mm512_fmadd_ps(qr[c], load16(k, kj + 16 * c, half), acc[j]);
-    }
-    __m512 sums = _mm512_mul_ps(sum16(acc), _mm512_set1_ps(scale));
-    _mm512_mask_storeu_ps(s + j0, (__mmask16)(rows >= 16 ? 0xffff : (1u << rows) - 1), sums);
-}
-
-// scores_block for HN query heads of one kv head at once (q [HN][HD], their scores rows
-// of s `len` apart), from a bf16 k: each key row is widened once for the HN heads, not
-// once per head (the widening was 2/3 of the instructions of a head's pass). The 16
-// rows' sums of each head wait in `lanes` for sum16: the same vectors summed in the same
-// order as scores_block's, so the same bits. A step's attention alone (batch 8, 30
-// layers, 3 kv heads of 3 query heads, 160 rows): 1.44 -> 1.36 ms; gen_step batch 8 with
-// 512-token prompts +1.8% (5 interleaved pairs), 128-token prompts unchanged.
-INLINE AVX512 void scores_block_heads(float *s, int len, const float *q, const void *k, size_t k0, int stride, int j0,
-                                      int rows, int HN, int HD, float scale) {
+// s[h][j0..j0+rows) := scale * q[h] . k[j] for HN query heads of one kv head (q [HN][HD],
+// rows of s `len` apart) and rows <= 16 of k, `stride` elements apart from element k0 on.
+// Each key row is loaded (and, bf16, widened) once for the HN heads: the widening was 2/3
+// of the instructions of a pass of one head. A (row, head)'s 16 lanes wait in `lanes` for
+// sum16, which sums 16 rows' lanes together; the bits do not depend on HN. A step's
+// attention alone (batch 8, 30 layers, 3 kv heads of 3 query heads, 160 rows, bf16):
+// 1.44 -> 1.36 ms with the 3 heads in one pass; gen_step batch 8 with 512-token prompts
+// +1.8% (5 interleaved pairs), 128-token prompts unchanged.
+INLINE AVX512 void scores_block(float *s, int len, const float *q, const void *k, size_t k0, int stride, int j0,
+                                int rows, int HN, int HD, float scale, bool half) {
     const int C = HD / 16;
     __m512 qr[4][8], lanes[4][16];
     load_heads(qr, q, HN, HD);
@@ -149,7 +130,7 @@ INLINE AVX512 void scores_block_heads(float *s, int len, const float *q, const v
             size_t kj = k0 + (size_t)(j0 + j) * stride;
 #pragma GCC unroll 8
             for (int c = 0; c < C; c++) {
-                __m512 kc = load16(k, kj + 16 * c, true);
+                __m512 kc = load16(k, kj + 16 * c, half);
 #pragma GCC unroll 4
                 for (int h = 0; h < HN; h++) acc[h] = _mm512_fmadd_ps(qr[h][c], kc, acc[h]);
             }
@@ -210,11 +191,15 @@ INLINE AVX512 void values_hn(float *out, const float *p, int len, const void *v,
         for (int c = 0; c < C; c++) _mm512_storeu_ps(out + (size_t)h * HD + 16 * c, acc[h][c]);
 }
 
-// Rows j0 .. j1 (below len) of x, `width` elements of esz bytes each, into L1.
-INLINE void prefetch_rows(const void *x, size_t x0, int stride, int width, int esz, int j0, int j1, int len) {
+// Rows j0 .. j1 (below len) of x, `width` elements of esz bytes each, into L1 (or L2).
+INLINE void prefetch_rows(const void *x, size_t x0, int stride, int width, int esz, int j0, int j1, int len,
+                          bool l2) {
     for (int j = j0; j < j1 && j < len; j++)
-        for (int b = 0; b < width * esz; b += 64)
-            _mm_prefetch((const char *)x + (x0 + (size_t)j * stride) * esz + b, _MM_HINT_T0);
+        for (int b = 0; b < width * esz; b += 64) {
+            const char *line = (const char *)x + (x0 + (size_t)j * stride) * esz + b;
+            if (l2) _mm_prefetch(line, _MM_HINT_T1);
+            else _mm_prefetch(line, _MM_HINT_T0);
+        }
 }
 
 // Part `part` of `parts` of the block ROW_PREFETCH rows after rows j0..j1: the next
@@ -225,14 +210,8 @@ INLINE void prefetch_part(const void *x, size_t x0, int stride, int width, int e
                           int part, int parts) {
     int from = j0 + ROW_PREFETCH, rows = (j1 + ROW_PREFETCH < len ? j1 + ROW_PREFETCH : len) - from;
     if (rows > 0)
-        prefetch_rows(x, x0, stride, width, esz, from + rows * part / parts, from + rows * (part + 1) / parts, len);
-}
-
-// Rows j0..j1 of x (as in prefetch_rows) into L2.
-INLINE void prefetch_rows_l2(const void *x, size_t x0, int stride, int width, int esz, int j0, int j1) {
-    for (int j = j0; j < j1; j++)
-        for (int b = 0; b < width * esz; b += 64)
-            _mm_prefetch((const char *)x + (x0 + (size_t)j * stride) * esz + b, _MM_HINT_T1);
+        prefetch_rows(x, x0, stride, width, esz, from + rows * part / parts, from + rows * (part + 1) / parts, len,
+                      false);
 }
 
 // Scores s [heads·G][len] of one token's queries q [heads·G, HD] for rows j_from..j_to-1
@@ -249,7 +228,7 @@ INLINE AVX512 void scores_rows(float *s, const float *q, const void *k, const vo
     // A bf16 cache's passes take HN query heads of a kv head at once (their q in registers
     // beside a widened key row); an fp32 cache's, one head (nothing to widen).
     const int HN_MAX = half ? (HD == 64 ? 4 : 2) : 1, chunks = (G + HN_MAX - 1) / HN_MAX, passes = heads * chunks;
-    prefetch_rows(k, kv0, stride, width, esz, j_from, j_from + ROW_PREFETCH, bound);
+    prefetch_rows(k, kv0, stride, width, esz, j_from, j_from + ROW_PREFETCH, bound, false);
     for (int j0 = j_from; j0 < j_to; j0 += BLOCK) {
         int j1 = j0 + BLOCK < j_to ? j0 + BLOCK : j_to;
         for (int pass = 0; pass < passes; pass++) {
@@ -257,14 +236,13 @@ INLINE AVX512 void scores_rows(float *s, const float *q, const void *k, const vo
             int head = kvh * G + h;
             prefetch_part(k, kv0, stride, width, esz, j0, j1, bound, pass, passes);
             if (v)
-                prefetch_rows_l2(v, kv0, stride, width, esz, j0 + (j1 - j0) * pass / passes,
-                                 j0 + (j1 - j0) * (pass + 1) / passes);
+                prefetch_rows(v, kv0, stride, width, esz, j0 + (j1 - j0) * pass / passes,
+                              j0 + (j1 - j0) * (pass + 1) / passes, j1, true);
             float *sh = s + (size_t)head * len;
             const float *qh = q + (size_t)head * HD;
             size_t k0 = kv0 + (size_t)kvh * HD;
-#define HEADS(HN) scores_block_heads(sh, len, qh, k, k0, stride, j0, j1 - j0, HN, HD, scale)
-            if (!half) scores_block(sh, qh, k, k0, stride, j0, j1 - j0, HD, scale, false);
-            else if (hn == 4) HEADS(4);
+#define HEADS(HN) scores_block(sh, len, qh, k, k0, stride, j0, j1 - j0, HN, HD, scale, half)
+            if (hn == 4) HEADS(4);
             else if (hn == 3) HEADS(3);
             else if (hn == 2) HEADS(2);
             else HEADS(1);
@@ -325,8 +303,8 @@ INLINE AVX512 void heads_hd(float *const out[], const float *const q[], const vo
             widen_block(block, k, shared0, j0, shared, stride, width);
             for (int t = 0; t < count; t++)
                 for (int head = 0; head < NH; head++)
-                    scores_block(s[t] + (size_t)head * len[t] + j0, q[t] + (size_t)head * HD, block,
-                                 (size_t)(head / G) * HD, width, 0, BLOCK, HD, scale, false);
+                    scores_block(s[t] + (size_t)head * len[t] + j0, len[t], q[t] + (size_t)head * HD, block,
+                                 (size_t)(head / G) * HD, width, 0, BLOCK, 1, HD, scale, false);
         } else
             for (int t = 0; t < count; t++)
                 scores_rows(s[t], q[t], k, NULL, shared0, len[t], j0, j0 + BLOCK, t == 0 ? shared : 0, stride, heads, G,
@@ -337,7 +315,7 @@ INLINE AVX512 void heads_hd(float *const out[], const float *const q[], const vo
         softmax_block(s[t], NH, len[t]);
         memset(out[t], 0, sizeof(float) * (size_t)NH * HD);
     }
-    if (shared) prefetch_rows(v, shared0, stride, width, esz, 0, ROW_PREFETCH, shared);
+    if (shared) prefetch_rows(v, shared0, stride, width, esz, 0, ROW_PREFETCH, shared, false);
     for (int j0 = 0; j0 < shared; j0 += BLOCK) {
         if (widen) {
             widen_block(block, v, shared0, j0, shared, stride, width);
@@ -349,7 +327,7 @@ INLINE AVX512 void heads_hd(float *const out[], const float *const q[], const vo
                             HD, half);
     }
     for (int t = 0; t < count; t++) {
-        prefetch_rows(v, kv0[t], stride, width, esz, shared, shared + ROW_PREFETCH, len[t]);
+        prefetch_rows(v, kv0[t], stride, width, esz, shared, shared + ROW_PREFETCH, len[t], false);
         values_rows(out[t], s[t], v, kv0[t], len[t], shared, len[t], len[t], stride, heads, G, HD, half);
     }
 }
