@@ -48,6 +48,7 @@ tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_o
         free(e);
         return NULL;
     }
+    if (o->greedy && o->bf16_weights) tp_generator_prepare_argmax(e->gen);
     e->slot_used = tp_xcalloc((size_t)o->max_batch, sizeof *e->slot_used);
     e->on_device = tp_model_backend(m)->device;
     if (!e->on_device) e->logits = tp_xmalloc((size_t)o->max_batch * e->V * sizeof *e->logits);
@@ -252,6 +253,26 @@ static void record_logprobs(tp_engine *e, int n, tp_request **of, tp_sample_out 
     }
 }
 
+// e->drawn[i] becomes sample who[i]'s next token (with its log-probs when asked for).
+static void take_drawn(tp_engine *e, int n, tp_request **of, tp_sample_out **who, bool shared) {
+    record_logprobs(e, n, of, who, shared);
+    for (int i = 0; i < n; i++) {
+        tp_ids_push(&who[i]->tokens, e->drawn[i]);
+        check_stop(e, of[i], who[i]);
+    }
+}
+
+// Whether a step of these requests' samples needs only each row's argmax, not its logits:
+// every one greedy and none asking for log-probs, on the cpu (a GPU samples on the device).
+static bool argmax_only(const tp_engine *e, int n, tp_request **of) {
+    if (e->on_device) return false;
+    for (int i = 0; i < n; i++) {
+        const tp_request_opts *o = &of[i]->o;
+        if (!(o->sampler.greedy || o->sampler.temperature <= 0) || o->logprobs) return false;
+    }
+    return true;
+}
+
 // The next token of samples who[0..n-1] (of requests of[i]) from the last forward's logits:
 // row i for sample i, or row 0 for all of them when shared (the n samples of one prompt).
 static int draw(tp_engine *e, int n, tp_request **of, tp_sample_out **who, bool shared, tp_err *err) {
@@ -287,11 +308,7 @@ static int draw(tp_engine *e, int n, tp_request **of, tp_sample_out **who, bool 
             e->drawn[i] = tp_sample(&of[i]->o.sampler, e->logits + (shared ? 0 : (size_t)i * e->V), e->V,
                                     &who[i]->rng, &e->scs[omp_get_thread_num()]);
     }
-    record_logprobs(e, n, of, who, shared);
-    for (int i = 0; i < n; i++) {
-        tp_ids_push(&who[i]->tokens, e->drawn[i]);
-        check_stop(e, of[i], who[i]);
-    }
+    take_drawn(e, n, of, who, shared);
     return 0;
 }
 
@@ -366,8 +383,14 @@ int tp_engine_step(tp_engine *e, tp_err *err) {
             who[n] = s, of[n] = e->queue[q];
             n++;
         }
-    int rc = n > 0 ? tp_generator_forward(e->gen, n, slots, tok, n, outs, e->logits, err) : 0;
-    if (rc == 0 && n > 0) rc = draw(e, n, of, who, false, err);
+    int rc = 0;
+    if (n > 0 && argmax_only(e, n, of)) {  // the same tokens as draw's argmax, most logits never computed
+        rc = tp_generator_forward_argmax(e->gen, n, slots, tok, n, outs, e->drawn, err);
+        if (rc == 0) take_drawn(e, n, of, who, false);
+    } else if (n > 0) {
+        rc = tp_generator_forward(e->gen, n, slots, tok, n, outs, e->logits, err);
+        if (rc == 0) rc = draw(e, n, of, who, false, err);
+    }
     free(slots), free(outs), free(tok), free(who), free(of);
     return rc < 0 ? -1 : n;
 }

@@ -13,9 +13,11 @@
 
 #include "backend.h"
 #include "cpu/attention_shared.h"
+#include "cpu/head_screen.h"
 #include "cpu/kv_bf16.h"
 #include "cpu/linear_bf16.h"
 #include "cpu/rope_table.h"
+#include "sample.h"
 
 // The per-call integer arrays, host side and one backend copy: [IDS_COUNT][room].
 enum { IDS_TOKEN, IDS_POS, IDS_KLEN, IDS_SEG, IDS_ROW0, IDS_KVROW, IDS_OUT, IDS_COUNT };
@@ -63,6 +65,10 @@ struct tp_generator {
     w16_layer *w16;   // [L] when tp_generator_bf16_weights was called, else NULL
     uint16_t *head16;
     uint16_t *w16_block;  // where w16's matrices and head16 live
+    // An int8 screen of the head for steps that keep only each row's argmax (greedy), made
+    // at the first such step with bf16 weights; screen_tried: made or found impossible.
+    head_screen *screen;
+    bool screen_tried;
     // Decode steps as graphs (backends that have them; TP_CUDA_GRAPHS=0 turns them off).
     // A step shape is captured the second time it runs at the same epoch: the first, eager,
     // run grows every scratch buffer and bf16 weight copy it needs.
@@ -156,6 +162,7 @@ static void free_scratch(tp_generator *g) {
 static void free_w16(tp_generator *g) {
     free(g->w16_block), free(g->w16);
     g->w16_block = NULL, g->w16 = NULL, g->head16 = NULL;
+    head_screen_free(g->screen), g->screen = NULL, g->screen_tried = false;
 }
 
 // Bytes of W [OC, IC] packed for linear_forward_w16, in whole cache lines.
@@ -469,8 +476,30 @@ static int plan(tp_generator *g, int n, const int *slot, const int32_t *token, i
     return 0;
 }
 
-// The forward pass of the planned call: embedding, layers, then logits of n_out rows into dst.
-static void run_step(tp_generator *g, int n, int n_out, float *dst) {
+// top[i] := the index of row i's largest logit (the first of equal ones) for the n_out
+// rows of final hidden states in g->ln, through the head's screen where there is one
+// (the same indices as the full product, without computing most of it); rows it leaves,
+// and every row without a screen, through the full product into dst.
+static void head_argmax(tp_generator *g, int n_out, float *dst, int32_t *top) {
+    const tp_model_config *c = &g->m->cfg;
+    int C = c->hidden_size, V = c->vocab_size;
+    tp_generator_prepare_argmax(g);
+    int left = n_out;
+    if (g->screen) left = head_screen_argmax(g->screen, g->m->W.lm_head, g->ln, n_out, top);
+    else
+        for (int i = 0; i < n_out; i++) top[i] = -1;
+    static const tp_sampler greedy = {.greedy = true, .temperature = 0, .top_p = 1};
+    for (int i = 0; i < n_out && left > 0; i++)
+        if (top[i] < 0) {
+            lin(g, dst, g->ln + (size_t)i * C, g->m->W.lm_head, g->head16, NULL, 1, C, V);
+            top[i] = tp_sample(&greedy, dst, V, NULL, NULL);
+            left--;
+        }
+}
+
+// The forward pass of the planned call: embedding, layers, then logits of n_out rows into
+// dst, or with top (cpu), each row's argmax into top (dst: room for one row's logits).
+static void run_step(tp_generator *g, int n, int n_out, float *dst, int32_t *top) {
     const tp_model *m = g->m;
     const tp_model_config *c = &m->cfg;
     const tp_backend *be = g->be;
@@ -480,7 +509,8 @@ static void run_step(tp_generator *g, int n, int n_out, float *dst) {
     if (n_out <= 0) return;
     be->gather_rows(g->xg, g->x, ids(g, g->dev_ids, IDS_OUT), n_out, c->hidden_size);
     be->rmsnorm_forward(g->ln, g->rstd, g->xg, m->W.norm, n_out, c->hidden_size, (float)c->rms_norm_eps);
-    lin(g, dst, g->ln, m->W.lm_head, g->head16, NULL, n_out, c->hidden_size, c->vocab_size);
+    if (top) head_argmax(g, n_out, dst, top);
+    else lin(g, dst, g->ln, m->W.lm_head, g->head16, NULL, n_out, c->hidden_size, c->vocab_size);
 }
 
 // A decode step through a graph: replayed when one of this shape and epoch exists,
@@ -497,7 +527,7 @@ static int graph_step(tp_generator *g, int n, int n_out, float *dst, tp_err *err
         if (!s->exec || (victim->exec && s->used < victim->used)) victim = s;
     }
     if (!hit && !(g->warm_n == n && g->warm_out == n_out && g->warm_epoch == epoch)) {
-        run_step(g, n, n_out, dst);
+        run_step(g, n, n_out, dst, NULL);
         g->warm_n = n, g->warm_out = n_out, g->warm_epoch = be->graph_epoch();
         return 0;
     }
@@ -505,7 +535,7 @@ static int graph_step(tp_generator *g, int n, int n_out, float *dst, tp_err *err
         if (victim->exec) be->graph_free(victim->exec), victim->exec = NULL;
         void *exec = NULL;
         if (be->graph_begin() == 0) {
-            run_step(g, n, n_out, dst);
+            run_step(g, n, n_out, dst, NULL);
             exec = be->graph_end();
         }
         if (!exec) {
@@ -526,8 +556,10 @@ static int graph_step(tp_generator *g, int n, int n_out, float *dst, tp_err *err
 
 unsigned long tp_generator_graph_launches(const tp_generator *g) { return g->graph_launches; }
 
-int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t *token, int n_out, const int *out_idx,
-                         float *logits, tp_err *err) {
+// tp_generator_forward's call, with each out row's argmax into top instead of logits when
+// top is not NULL (cpu only).
+static int forward(tp_generator *g, int n, const int *slot, const int32_t *token, int n_out, const int *out_idx,
+                   float *logits, int32_t *top, tp_err *err) {
     const tp_model *m = g->m;
     const tp_model_config *c = &m->cfg;
     const tp_backend *be = g->be;
@@ -538,15 +570,16 @@ int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t 
     // there (tp_generator_logits) and are copied out only when asked for.
     float *dst = logits && !be->device ? logits : NULL;
     if (n_out > 0 && !dst) {
-        if (grow_logits(g, n_out, err) < 0) return -1;
+        if (grow_logits(g, top ? 1 : n_out, err) < 0) return -1;
         dst = g->logits;
     }
     be->upload(g->dev_ids, g->ids, IDS_COUNT * (size_t)g->room * sizeof *g->ids);
-    if (!g->graphs || g->fresh) run_step(g, n, n_out, dst);
+    if (!g->graphs || g->fresh || top) run_step(g, n, n_out, dst, top);
     else if (graph_step(g, n, n_out, dst, err) < 0) return -1;
     const int32_t *pos = ids(g, g->ids, IDS_POS);
     for (int i = 0; i < n; i++) g->len[slot[i]] = pos[i] + 1 > g->len[slot[i]] ? pos[i] + 1 : g->len[slot[i]];
-    if (n_out > 0) {
+    if (top) g->last_logits = NULL;  // dst holds at most a row the screen left
+    else if (n_out > 0) {
         g->last_logits = dst;
         if (logits && dst != logits) be->download(logits, dst, (size_t)n_out * c->vocab_size * sizeof *logits);
     }
@@ -557,5 +590,32 @@ int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t 
     }
     return 0;
 }
+
+int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t *token, int n_out, const int *out_idx,
+                         float *logits, tp_err *err) {
+    return forward(g, n, slot, token, n_out, out_idx, logits, NULL, err);
+}
+
+int tp_generator_forward_argmax(tp_generator *g, int n, const int *slot, const int32_t *token, int n_out,
+                                const int *out_idx, int32_t *top, tp_err *err) {
+    if (g->be->device) {
+        tp_err_set(err, "generate: argmax steps are for the cpu backend (a GPU samples on the device)");
+        return -1;
+    }
+    return forward(g, n, slot, token, n_out, out_idx, NULL, top, err);
+}
+
+void tp_generator_prepare_argmax(tp_generator *g) {
+    const tp_model_config *c = &g->m->cfg;
+    const char *env = getenv("TP_HEAD_SCREEN");
+    bool off = env && !strcmp(env, "0");
+    if (g->head16 && !g->screen_tried && !off)
+        g->screen = head_screen_new(g->m->W.lm_head, c->vocab_size, c->hidden_size);
+    g->screen_tried = g->head16 != NULL;
+}
+
+bool tp_generator_has_screen(const tp_generator *g) { return g->screen != NULL; }
+
+long tp_generator_screened_rows(const tp_generator *g) { return g->screen ? head_screen_last_candidates(g->screen) : -1; }
 
 const float *tp_generator_logits(const tp_generator *g) { return g->last_logits; }

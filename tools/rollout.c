@@ -343,6 +343,7 @@ int main(int argc, char **argv) {
         r.eo = (tp_engine_opts){.max_batch = (int)o.max_batch, .max_len = (int)(o.max_len ? o.max_len : model_len)};
         // --matmul bf16 on the cpu: decode steps read bf16 copies of the weights
         r.eo.bf16_weights = !tp_model_backend(r.m)->device && o.matmul && !strcmp(o.matmul, "bf16");
+        r.eo.greedy = o.sampler.greedy;
         r.eo.kv_bf16 = o.kv_cache && !strcmp(o.kv_cache, "bf16");
         r.ro = (tp_request_opts){.sampler = o.sampler, .n = (int)o.n, .max_new = (int)o.max_new, .seed = (uint64_t)o.seed};
         for (int i = 0; i < o.n_stop; i++) r.ro.stop[r.ro.n_stop++] = o.stop[i];

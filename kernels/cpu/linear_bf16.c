@@ -19,6 +19,7 @@
 #include "cpu/cpu_ops.h"
 #include "error.h"
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,28 @@ void w16_pack(uint16_t *dst, const float *w, int IC, int OC) {
             uint16_t *d = dst + (size_t)p * IC * PANEL + lane;
             for (int k = 0; k < IC; k++) d[(size_t)k * PANEL] = o < OC ? round_bf16(w[(size_t)o * IC + k]) : 0;
         }
+}
+
+// Rows go 8 at a time: 8 independent multiply-add chains hide each one's latency.
+enum { OUTPUT_ROWS = 8 };
+
+__attribute__((target("fma"))) void linear_w16_outputs(float *out, const float *x, const float *w, const int32_t *rows,
+                                                       int n, int IC) {
+    uint16_t *row16 = tp_xmalloc((size_t)OUTPUT_ROWS * IC * sizeof *row16);
+    for (int i0 = 0; i0 < n; i0 += OUTPUT_ROWS) {
+        int m = n - i0 < OUTPUT_ROWS ? n - i0 : OUTPUT_ROWS;
+        float acc[OUTPUT_ROWS] = {0};
+        for (int j = 0; j < m; j++) weights_to_bf16(row16 + (size_t)j * IC, w + (size_t)rows[i0 + j] * IC, (size_t)IC);
+        for (int k = 0; k < IC; k++)
+            for (int j = 0; j < m; j++) {
+                uint32_t u = (uint32_t)row16[(size_t)j * IC + k] << 16;
+                float wk;
+                memcpy(&wk, &u, 4);
+                acc[j] = fmaf(x[k], wk, acc[j]);
+            }
+        memcpy(out + i0, acc, (size_t)m * sizeof *acc);
+    }
+    free(row16);
 }
 
 // ---- the portable path ----

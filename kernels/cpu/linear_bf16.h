@@ -34,6 +34,12 @@ void w16_pack(uint16_t *dst, const float *w, int IC, int OC);
 // then an add, so its bits differ from the AVX-512 path's).
 void linear_forward_w16(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC, int OC);
 
+// out[i] := the output linear_forward_w16 gives on the AVX-512 path for output row
+// rows[i] of W [OC, IC] (fp32, rounded to bf16 here as w16_pack rounds it) and the one row
+// x [IC], no bias, i < n: the same bits (one fused multiply-add a k, in order from 0), for
+// a few rows without reading the packed panels.
+void linear_w16_outputs(float *out, const float *x, const float *w, const int32_t *rows, int n, int IC);
+
 // The plain-C path linear_forward_w16 takes on CPUs without AVX-512; exposed so tests can
 // run it on machines that have AVX-512.
 void linear_forward_w16_portable(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC,

@@ -3,7 +3,9 @@
 # SmolLM2-135M-shaped model (random weights, same threads), prefill of 128-token prompts
 # and 64 greedy decode steps at batch 1, 8 and 64, in one run on this machine: fp32 against
 # fp32, then our bf16 weights (rollout --matmul bf16) with the fp32 KV cache and with a
-# bf16 one (--kv-cache bf16) against transformers in bfloat16 (whose cache is bf16).
+# bf16 one (--kv-cache bf16) against transformers in bfloat16 (whose cache is bf16); the
+# latter's steps keep only each row's argmax (through the head's int8 screen), as rollout
+# --greedy runs them.
 # Then sampled decode as GRPO rollouts run it (temperature 1, top-p 0.95, batch 8 as one
 # prompt's 8 samples): the engine (engine_bench) against generate(do_sample=True).
 # Prints tokens/s, the ratios, and KV-cache bytes per token. Our decode figure is the
@@ -24,7 +26,7 @@ for mode in fp32 bf16; do
         echo "$tp"
         tk=
         if [ $mode = bf16 ]; then
-            tk=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/gen_step" "$CFG" "$B" "$P" "$D" bf16 kv-bf16) ||
+            tk=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/gen_step" "$CFG" "$B" "$P" "$D" bf16 kv-bf16 argmax) ||
                 { echo "gen_step failed"; exit 1; }
             echo "$tk"
         fi

@@ -5,7 +5,8 @@
 # single figure can land either side of 5x. RUNS (5) rounds, each ours then theirs
 # back to back on the same machine and threads, SmolLM2-135M shape, random weights,
 # 128-token prompts, 64 new tokens, bf16 weights and KV caches on both sides:
-#   greedy:  8 different prompts (gen_step bf16 kv-bf16 / generate(do_sample=False))
+#   greedy:  8 different prompts (gen_step bf16 kv-bf16 argmax, steps that keep only each
+#            row's argmax as rollout --greedy runs them / generate(do_sample=False))
 #   sampled: one prompt's 8 samples, T 1, top-p 0.95 (engine_bench / generate(do_sample=True))
 # Prints each round's tokens/s and ratio, then the median ratio of each. ~1.5 min a round.
 # A benchmark, never a test.
@@ -26,7 +27,7 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print NR % 2 ? v[(NR + 1) / 2] : 
 echo "batch-8 decode vs transformers, bf16 weights and KV caches, $RUNS rounds, $THREADS threads"
 greedy= sampled=
 for r in $(seq "$RUNS"); do
-    ours=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/gen_step" "$CFG" 8 "$P" "$D" bf16 kv-bf16 | decode)
+    ours=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/gen_step" "$CFG" 8 "$P" "$D" bf16 kv-bf16 argmax | decode)
     [ -n "$ours" ] || { echo "gen_step failed"; exit 1; }
     theirs=$(DTYPE=bfloat16 THREADS=$THREADS "$PY" tests/bench/torch_generate.py "$CFG" 8 "$P" "$D" 2>"$ERR" | decode)
     [ -n "$theirs" ] || { echo "torch_generate.py failed:"; tail -n 5 "$ERR"; exit 1; }

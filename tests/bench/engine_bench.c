@@ -73,7 +73,7 @@ int main(int argc, char **argv) {
     double weights_gb = (double)m->n_floats * (bf16 ? 2 : 4) / 1e9, bw = be->device ? copy_bandwidth(be) : 0;
     int32_t no_eos = -1;
     tp_engine_opts eo = {.max_batch = B, .max_len = P + D + 1, .eos = &no_eos, .n_eos = 0,
-                         .bf16_weights = !be->device && bf16, .kv_bf16 = kv16};
+                         .bf16_weights = !be->device && bf16, .kv_bf16 = kv16, .greedy = greedy};
     tp_request_opts ro = {.sampler = {.greedy = greedy, .temperature = 1.0, .top_p = greedy ? 1.0 : 0.95}, .n = G,
                           .max_new = D, .seed = 1, .ignore_eos = true};
     int32_t *prompt = malloc(sizeof(int32_t) * (size_t)P);

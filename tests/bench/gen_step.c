@@ -2,10 +2,12 @@
 // the given config with random weights, for tests/bench/bench_generate.sh (which runs
 // transformers' generate beside it): prefill of B prompts of P tokens, then D greedy
 // decode steps of B sequences together.
-//   gen_step CONFIG.json B P D [bf16] [kv-bf16]
+//   gen_step CONFIG.json B P D [bf16] [kv-bf16] [argmax]
 //     -> "thinkpipe gen batch B prefill_tok/s X decode_tok/s Y kv_bytes_per_token Z"
 // bf16: decode with bf16 copies of the weights (rollout --matmul bf16 on the cpu);
-// kv-bf16: a bf16 KV cache (rollout --kv-cache bf16).
+// kv-bf16: a bf16 KV cache (rollout --kv-cache bf16); argmax: decode steps keep only each
+// row's argmax (tp_generator_forward_argmax, as rollout's greedy steps run) instead of
+// writing logits for tp_sample to take it from.
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,14 +22,15 @@
 #include "sample.h"
 
 int main(int argc, char **argv) {
-    bool bf16 = false, kv16 = false, bad = argc < 5;
+    bool bf16 = false, kv16 = false, top = false, bad = argc < 5;
     for (int i = 5; i < argc; i++) {
         if (!strcmp(argv[i], "bf16")) bf16 = true;
         else if (!strcmp(argv[i], "kv-bf16")) kv16 = true;
+        else if (!strcmp(argv[i], "argmax")) top = true;
         else bad = true;
     }
     if (bad) {
-        fprintf(stderr, "usage: gen_step CONFIG.json B P D [bf16] [kv-bf16]\n");
+        fprintf(stderr, "usage: gen_step CONFIG.json B P D [bf16] [kv-bf16] [argmax]\n");
         return 2;
     }
     int B = atoi(argv[2]), P = atoi(argv[3]), D = atoi(argv[4]);
@@ -75,10 +78,14 @@ int main(int argc, char **argv) {
     for (int r = 0; r < repeats; r++) {
         for (int b = 0; b < B; b++) slot[b] = b, out[b] = b, tp_generator_truncate(g, b, P);
         memcpy(logits, first, sizeof(float) * (size_t)B * V);
+        for (int b = 0; b < B; b++) tok[b] = tp_sample(&greedy, logits + (size_t)b * V, V, NULL, &sc);
         t0 = tp_now();
         for (int d = 0; d < D; d++) {
-            for (int b = 0; b < B; b++) tok[b] = tp_sample(&greedy, logits + (size_t)b * V, V, NULL, &sc);
-            if (tp_generator_forward(g, B, slot, tok, B, out, logits, &err) < 0) {
+            if (!top)
+                for (int b = 0; b < B; b++) tok[b] = tp_sample(&greedy, logits + (size_t)b * V, V, NULL, &sc);
+            int rc = top ? tp_generator_forward_argmax(g, B, slot, tok, B, out, tok, &err)
+                         : tp_generator_forward(g, B, slot, tok, B, out, logits, &err);
+            if (rc < 0) {
                 fprintf(stderr, "gen_step: %s\n", err.msg);
                 return 1;
             }
@@ -87,8 +94,8 @@ int main(int argc, char **argv) {
     }
     double decode = bench_median(took, repeats);
     free(took), free(first);
-    printf("thinkpipe gen%s%s batch %d prefill_tok/s %.1f decode_tok/s %.1f kv_bytes_per_token %zu\n", bf16 ? "-bf16" : "",
-           kv16 ? "-kv16" : "", B, B * P / prefill, (double)B * D / decode, tp_generator_kv_bytes_per_token(g));
+    printf("thinkpipe gen%s%s%s batch %d prefill_tok/s %.1f decode_tok/s %.1f kv_bytes_per_token %zu\n", bf16 ? "-bf16" : "",
+           kv16 ? "-kv16" : "", top ? "-argmax" : "", B, B * P / prefill, (double)B * D / decode, tp_generator_kv_bytes_per_token(g));
     tp_sample_scratch_free(&sc);
     free(slot), free(out), free(tok), free(logits);
     tp_generator_free(g);

@@ -413,6 +413,48 @@ static void test_copies_share_rows(void) {
     tp_model_free(m);
 }
 
+// Argmax steps give the tokens that argmax over the same steps' logits gives (two
+// generators fed the same tokens): bf16 weights through the head's screen (where the CPU
+// can make one), fp32 weights through the full product; 3 slots, 24 steps, each model.
+static void test_argmax_steps(void) {
+    for (size_t c = 0; c < sizeof CASES / sizeof *CASES; c++)
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            tp_model *m = fixture_load_model(FIX, CASES[c]);
+            if (!m) continue;
+            enum { S = 3, P = 9, STEPS = 24 };
+            int V = m->cfg.vocab_size;
+            tp_err err;
+            tp_generator *a = tp_generator_new(m, S, 64, &err), *b = tp_generator_new(m, S, 64, &err);
+            CHECK(a && b);
+            if (bf16) CHECK(tp_generator_bf16_weights(a, &err) == 0 && tp_generator_bf16_weights(b, &err) == 0);
+            int slot[S * P], out[S];
+            int32_t prompt[S * P], tok[S], top[S];
+            for (int i = 0; i < S * P; i++) slot[i] = i / P, prompt[i] = (int32_t)(test_rand() % (unsigned)V);
+            for (int s = 0; s < S; s++) out[s] = s * P + P - 1;
+            float *lg = malloc(sizeof(float) * S * V);
+            CHECK(tp_generator_forward(a, S * P, slot, prompt, S, out, lg, &err) == 0);
+            CHECK(tp_generator_forward_argmax(b, S * P, slot, prompt, S, out, top, &err) == 0);
+            tp_sample_scratch sc = {0};
+            tp_sampler greedy = {.greedy = true, .temperature = 1, .top_p = 1};
+            int differ = 0;
+            for (int t = 0; t < STEPS; t++) {
+                for (int s = 0; s < S; s++) tok[s] = tp_sample(&greedy, lg + (size_t)s * V, V, NULL, &sc);
+                differ += memcmp(tok, top, sizeof tok) != 0;
+                for (int s = 0; s < S; s++) slot[s] = s, out[s] = s;
+                CHECK(tp_generator_forward(a, S, slot, tok, S, out, lg, &err) == 0);
+                CHECK(tp_generator_forward_argmax(b, S, slot, tok, S, out, top, &err) == 0);
+            }
+            CHECK_MSG(!differ, "%s%s: argmax steps differ from the logits' argmax at %d of %d steps", CASES[c],
+                      bf16 ? " bf16" : "", differ, STEPS);
+            if (!bf16) CHECK(!tp_generator_has_screen(b) && tp_generator_screened_rows(b) == -1);
+            if (bf16 && tp_generator_has_screen(b)) printf("# %s bf16: argmax steps through the head's screen\n", CASES[c]);
+            tp_sample_scratch_free(&sc);
+            free(lg);
+            tp_generator_free(a), tp_generator_free(b);
+            tp_model_free(m);
+        }
+}
+
 int main(void) {
     RUN(test_cache_matches_training_forward);
     RUN(test_logprobs);
@@ -422,5 +464,6 @@ int main(void) {
     RUN(test_greedy_matches_transformers);
     RUN(test_smollm2_greedy);
     RUN(test_copies_share_rows);
+    RUN(test_argmax_steps);
     return TEST_SUMMARY();
 }

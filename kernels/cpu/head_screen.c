@@ -1,0 +1,324 @@
+// head_screen.c — an int8 screen of the output head for greedy decoding (cpu/head_screen.h).
+//
+// The codes are laid out for vpdpbusd: panels of 16 head rows, a 64-byte line holding 4
+// consecutive inputs of each of the 16 rows, [panels][IC4 / 4][16][4], stored as q + 128
+// (the instruction multiplies unsigned bytes by signed ones; the token's codes r are the
+// signed side, broadcast 4 at a time, and 128 sum(r) is taken off after). A panel is one
+// stream through memory, 16 int32 sums a token, exact. Each sum becomes a screened logit
+// and its bound in double; the upper bound is kept (rounded up to float), the lower one
+// only as the token's running maximum.
+//
+// At SmolLM2-135M's shape (49,152 x 576), 8 tokens, 2 threads of a Xeon, caches flushed:
+// the screen 0.65 ms against 2.03 ms for linear_forward_w16's full product (medians of 21).
+#include "cpu/head_screen.h"
+
+#include "cpu/linear_bf16.h"
+#include "error.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_X86 1
+#include <immintrin.h>
+#else
+#define HAVE_X86 0
+#endif
+
+enum { ROWS = 16, GROUP = 8 };  // head rows a panel; tokens a pass over a panel
+
+struct head_screen {
+    int V, IC, IC4, panels;
+    uint8_t *codes;     // [panels][IC4 / 4][ROWS][4]
+    float *scale;      // [panels·ROWS]: s, the row's max |w| / 127 (0 past V)
+    float *code_norm;  // s ||q||, raised by SLACK, rounded up
+    float *rest_norm;  // ||e|| + gamma ||w||, raised by SLACK, rounded up
+    // a call's scratch
+    int cap_n, cap_threads;
+    int8_t *xq;         // [N][IC4]: the tokens' codes r
+    float *tok;         // [N][TOK_STATS]
+    float *hi;          // [N][panels·ROWS]: the upper bounds
+    float *lo_max;      // [threads][N][16]: the lower bounds' running maxima
+    int32_t *cand;      // [N][HEAD_SCREEN_MAX_CANDIDATES]
+    float *exact;       // [N][HEAD_SCREEN_MAX_CANDIDATES]
+    long last_candidates;
+};
+
+enum { TOK_SCALE, TOK_D, TOK_H, TOK_RSUM, TOK_OK, TOK_STATS };
+
+// Relative slack on the bounds, for the arithmetic that computes them: the per-row and
+// per-token numbers are summed in double and kept in float rounded up; the screened
+// logits are fp32 (a few roundings of 2^-24 each; this is 2^-20).
+static const double SLACK = 1.0 + 0x1p-20;
+
+static float round_up(double x) {
+    float f = (float)x;
+    return (double)f < x ? nextafterf(f, INFINITY) : f;
+}
+
+#if HAVE_X86
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define INLINE static inline __attribute__((always_inline))
+
+static bool have_vnni(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+#else
+static bool have_vnni(void) { return false; }
+#endif
+
+static float widen(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// Row v's codes and bounds from its bf16 values b16 [IC]; false when one is not finite.
+static bool code_row(head_screen *s, const uint16_t *b16, int v, double gamma) {
+    uint8_t *panel = s->codes + (size_t)(v / ROWS) * s->IC4 * ROWS;
+    int lane = v % ROWS;
+    double mx = 0;
+    for (int k = 0; k < s->IC; k++) {
+        float f = widen(b16[k]);
+        if (!isfinite(f)) return false;
+        mx = fmax(mx, fabs((double)f));
+    }
+    double sc = mx / 127, q2 = 0, e2 = 0, w2 = 0;
+    for (int k = 0; k < s->IC4; k++) {
+        double f = k < s->IC ? (double)widen(b16[k]) : 0;
+        long q = sc > 0 ? lrint(f / sc) : 0;
+        q = q > 127 ? 127 : q < -127 ? -127 : q;
+        double e = f - sc * (double)q;
+        q2 += (double)(q * q), e2 += e * e, w2 += f * f;
+        panel[(size_t)(k / 4) * ROWS * 4 + lane * 4 + k % 4] = (uint8_t)(q + 128);
+    }
+    s->scale[v] = (float)sc;  // its rounding is in the screened logit's slack
+    s->code_norm[v] = round_up(sc * sqrt(q2) * SLACK);
+    s->rest_norm[v] = round_up((sqrt(e2) + gamma * sqrt(w2)) * SLACK);
+    return true;
+}
+
+head_screen *head_screen_new(const float *w, int V, int IC) {
+    if (!have_vnni() || V <= 0 || IC <= 0 || IC > 65536) return NULL;
+    head_screen *s = tp_xcalloc(1, sizeof *s);
+    s->V = V, s->IC = IC, s->IC4 = (IC + 3) / 4 * 4, s->panels = (V + ROWS - 1) / ROWS;
+    size_t rows = (size_t)s->panels * ROWS;
+    s->codes = tp_xmalloc(rows * s->IC4);
+    memset(s->codes, 128, rows * s->IC4);  // rows past V: q = 0
+    s->scale = tp_xcalloc(rows, sizeof *s->scale);  // rows past V: s = 0 and no bound
+    s->code_norm = tp_xcalloc(rows, sizeof *s->code_norm);
+    s->rest_norm = tp_xcalloc(rows, sizeof *s->rest_norm);
+    // Recursive fp32 summation with one rounding a step: |error| <= gamma_n sum |x_k w_k|,
+    // gamma_n = n u / (1 - n u), u = 2^-24; n = IC + 1 for good measure.
+    double nu = (IC + 1.0) * 0x1p-24, gamma = nu / (1 - nu);
+    int bad = 0;
+#pragma omp parallel reduction(| : bad)
+    {
+        uint16_t *b16 = tp_xmalloc((size_t)IC * sizeof *b16);
+#pragma omp for schedule(static)
+        for (int v = 0; v < V; v++) {
+            weights_to_bf16(b16, w + (size_t)v * IC, (size_t)IC);
+            bad |= !code_row(s, b16, v, gamma);
+        }
+        free(b16);
+    }
+    if (bad) {
+        head_screen_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void head_screen_free(head_screen *s) {
+    if (!s) return;
+    free(s->codes), free(s->scale), free(s->code_norm), free(s->rest_norm);
+    free(s->xq), free(s->tok), free(s->hi), free(s->lo_max), free(s->cand), free(s->exact);
+    free(s);
+}
+
+size_t head_screen_bytes(const head_screen *s) {
+    size_t rows = (size_t)s->panels * ROWS;
+    return rows * s->IC4 + 3 * rows * sizeof(float);
+}
+
+long head_screen_last_candidates(const head_screen *s) { return s->last_candidates; }
+
+static void grow_scratch(head_screen *s, int N, int threads) {
+    if (N <= s->cap_n && threads <= s->cap_threads) return;
+    int n = N > s->cap_n ? N : s->cap_n, t = threads > s->cap_threads ? threads : s->cap_threads;
+    size_t rows = (size_t)s->panels * ROWS;
+    free(s->xq), free(s->tok), free(s->hi), free(s->lo_max), free(s->cand), free(s->exact);
+    s->xq = tp_xmalloc((size_t)n * s->IC4);
+    s->tok = tp_xmalloc((size_t)n * TOK_STATS * sizeof *s->tok);
+    s->hi = tp_xmalloc((size_t)n * rows * sizeof *s->hi);
+    s->lo_max = tp_xmalloc((size_t)t * n * 16 * sizeof *s->lo_max);
+    s->cand = tp_xmalloc((size_t)n * HEAD_SCREEN_MAX_CANDIDATES * sizeof *s->cand);
+    s->exact = tp_xmalloc((size_t)n * HEAD_SCREEN_MAX_CANDIDATES * sizeof *s->exact);
+    s->cap_n = n, s->cap_threads = t;
+}
+
+// The token's codes r = round(x / s_x) into xq [IC4] and its numbers into st; st[TOK_OK]
+// is 0 when x has a value that is not finite.
+static void code_token(const head_screen *s, const float *x, int8_t *xq, float *st) {
+    double mx = 0;
+    bool finite = true;
+    for (int k = 0; k < s->IC; k++) finite = finite && isfinite(x[k]), mx = fmax(mx, fabs((double)x[k]));
+    double sc = finite ? mx / 127 : 0, d2 = 0, h2 = 0;
+    long rsum = 0;
+    for (int k = 0; k < s->IC4; k++) {
+        double f = k < s->IC && finite ? (double)x[k] : 0;
+        long r = sc > 0 ? lrint(f / sc) : 0;
+        r = r > 127 ? 127 : r < -127 ? -127 : r;
+        double d = f - sc * (double)r;
+        d2 += d * d, h2 += f * f, rsum += r;
+        xq[k] = (int8_t)r;
+    }
+    st[TOK_SCALE] = (float)sc, st[TOK_D] = round_up(sqrt(d2) * SLACK), st[TOK_H] = round_up(sqrt(h2) * SLACK);
+    st[TOK_RSUM] = (float)rsum;  // exact: |rsum| <= 127 IC <= 2^23
+    st[TOK_OK] = finite;
+}
+
+#if HAVE_X86
+// Rows v0..v0+15 (panel p) for R tokens from n0 on: int32 sums acc [R] of codes into
+// screened logits a and bounds b, the upper bounds a + b into hi, the lower a - b into
+// each token's running maxima lo [R][16] (rows < V). fp32: each of the few roundings is
+// 2^-24 of |a| or b at most, and b gains 2^-20 of both (2^-110 besides, for underflow).
+INLINE VNNI void settle_panel(const head_screen *s, const __m512i *acc, int R, int n0, int p, float *hi, float *lo) {
+    size_t stride = (size_t)s->panels * ROWS, v0 = (size_t)p * ROWS;
+    int live_rows = s->V - (int)v0;
+    __mmask16 live = (__mmask16)(live_rows >= 16 ? 0xffff : (1u << live_rows) - 1);
+    const __m512 scale = _mm512_loadu_ps(s->scale + v0), code_norm = _mm512_loadu_ps(s->code_norm + v0),
+                 rest_norm = _mm512_loadu_ps(s->rest_norm + v0);
+    const __m512 slack = _mm512_set1_ps((float)SLACK), tiny = _mm512_set1_ps(0x1p-20f),
+                 floor = _mm512_set1_ps(0x1p-110f);
+    for (int r = 0; r < R; r++) {
+        const float *st = s->tok + (size_t)(n0 + r) * TOK_STATS;
+        __m512i sum = _mm512_sub_epi32(acc[r], _mm512_set1_epi32(128 * (int32_t)st[TOK_RSUM]));
+        __m512 a = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(st[TOK_SCALE]), scale), _mm512_cvtepi32_ps(sum));
+        __m512 b = _mm512_fmadd_ps(code_norm, _mm512_set1_ps(st[TOK_D]), _mm512_mul_ps(_mm512_set1_ps(st[TOK_H]), rest_norm));
+        b = _mm512_fmadd_ps(b, slack, _mm512_fmadd_ps(_mm512_abs_ps(a), tiny, floor));
+        _mm512_storeu_ps(hi + (size_t)(n0 + r) * stride + v0, _mm512_add_ps(a, b));
+        float *lo_r = lo + (size_t)r * 16;
+        _mm512_storeu_ps(lo_r, _mm512_mask_max_ps(_mm512_loadu_ps(lo_r), live, _mm512_loadu_ps(lo_r), _mm512_sub_ps(a, b)));
+    }
+}
+
+// Software prefetch this far ahead, into L2 (as linear_bf16.c: the hardware prefetchers
+// stop at 4 KB pages).
+static const size_t PREFETCH_BYTES = 4096;
+
+// Panel p against R tokens' codes from n0 on (R constant in every caller: the loops unroll
+// and the R sums stay in registers).
+INLINE VNNI void screen_panel(const head_screen *s, int R, int n0, int p, float *hi, float *lo) {
+    const uint8_t *panel = s->codes + (size_t)p * s->IC4 * ROWS;
+    const int8_t *xq = s->xq + (size_t)n0 * s->IC4;
+    __m512i acc[GROUP];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_si512();
+    for (int l = 0; l < s->IC4 / 4; l++) {
+        const uint8_t *line = panel + (size_t)l * 64;
+        _mm_prefetch((const char *)line + PREFETCH_BYTES, _MM_HINT_T1);  // may point past the codes: never faults
+        __m512i codes = _mm512_loadu_si512(line);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            int32_t four;
+            memcpy(&four, xq + (size_t)r * s->IC4 + 4 * l, 4);
+            acc[r] = _mm512_dpbusd_epi32(acc[r], codes, _mm512_set1_epi32(four));
+        }
+    }
+    settle_panel(s, acc, R, n0, p, hi, lo);
+}
+
+VNNI static void screen_panels(const head_screen *s, int N, int p0, int p1, float *lo) {
+    for (int p = p0; p < p1; p++)
+        for (int n0 = 0; n0 < N; n0 += GROUP) {
+            float *lo_n = lo + (size_t)n0 * 16;
+            switch (N - n0 < GROUP ? N - n0 : GROUP) {
+            case 1: screen_panel(s, 1, n0, p, s->hi, lo_n); break;
+            case 2: screen_panel(s, 2, n0, p, s->hi, lo_n); break;
+            case 3: screen_panel(s, 3, n0, p, s->hi, lo_n); break;
+            case 4: screen_panel(s, 4, n0, p, s->hi, lo_n); break;
+            case 5: screen_panel(s, 5, n0, p, s->hi, lo_n); break;
+            case 6: screen_panel(s, 6, n0, p, s->hi, lo_n); break;
+            case 7: screen_panel(s, 7, n0, p, s->hi, lo_n); break;
+            default: screen_panel(s, 8, n0, p, s->hi, lo_n); break;
+            }
+        }
+}
+
+// Token n's rows whose upper bound reaches its best lower bound M, in index order, into
+// cand; their count, or -1 when there are more than HEAD_SCREEN_MAX_CANDIDATES (or M is
+// not a number). A NaN bound counts as reaching M.
+VNNI static int candidates(const head_screen *s, int n, float M, int32_t *cand) {
+    if (isnan(M)) return -1;
+    const float *hi = s->hi + (size_t)n * s->panels * ROWS;
+    const __m512 mv = _mm512_set1_ps(M);
+    int count = 0;
+    for (int j = 0; j < s->V; j += 16) {
+        __mmask16 live = (__mmask16)(s->V - j >= 16 ? 0xffff : (1u << (s->V - j)) - 1);
+        __mmask16 in = _mm512_mask_cmp_ps_mask(live, _mm512_loadu_ps(hi + j), mv, _CMP_NLT_UQ);
+        for (; in; in &= (__mmask16)(in - 1)) {
+            if (count == HEAD_SCREEN_MAX_CANDIDATES) return -1;
+            cand[count++] = j + __builtin_ctz(in);
+        }
+    }
+    return count;
+}
+#endif
+
+int head_screen_argmax(head_screen *s, const float *w, const float *x, int N, int32_t *top) {
+    s->last_candidates = 0;
+    if (N <= 0) return 0;
+#if HAVE_X86
+    int threads = omp_get_max_threads();
+    grow_scratch(s, N, threads);
+    for (int n = 0; n < N; n++)
+        code_token(s, x + (size_t)n * s->IC, s->xq + (size_t)n * s->IC4, s->tok + (size_t)n * TOK_STATS);
+    for (size_t i = 0; i < (size_t)threads * N * 16; i++) s->lo_max[i] = -INFINITY;
+#pragma omp parallel num_threads(threads)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        int p0 = (int)((long)s->panels * t / nt), p1 = (int)((long)s->panels * (t + 1) / nt);
+        const char *first = (const char *)(s->codes + (size_t)p0 * s->IC4 * ROWS);
+        size_t mine = (size_t)(p1 - p0) * s->IC4 * ROWS;
+        for (size_t b = 0; b < PREFETCH_BYTES && b < mine; b += 64) _mm_prefetch(first + b, _MM_HINT_T1);
+        screen_panels(s, N, p0, p1, s->lo_max + (size_t)t * N * 16);
+    }
+    int unsettled = 0;
+    long total = 0;
+#pragma omp parallel for schedule(dynamic) reduction(+ : unsettled, total) if (N > 1)
+    for (int n = 0; n < N; n++) {
+        float M = -INFINITY;
+        for (int t = 0; t < threads; t++)
+            for (int i = 0; i < 16; i++) M = fmaxf(M, s->lo_max[((size_t)t * N + n) * 16 + i]);
+        int32_t *cand = s->cand + (size_t)n * HEAD_SCREEN_MAX_CANDIDATES;
+        float *exact = s->exact + (size_t)n * HEAD_SCREEN_MAX_CANDIDATES;
+        int count = s->tok[(size_t)n * TOK_STATS + TOK_OK] != 0 ? candidates(s, n, M, cand) : -1;
+        top[n] = -1;
+        if (count > 0) {
+            linear_w16_outputs(exact, x + (size_t)n * s->IC, w, cand, count, s->IC);
+            int best = 0;
+            bool finite = true;
+            for (int i = 0; i < count; i++) {
+                finite = finite && isfinite(exact[i]);
+                if (exact[i] > exact[best]) best = i;
+            }
+            if (finite) top[n] = cand[best];
+            total += count;
+        }
+        unsettled += top[n] < 0;
+    }
+    s->last_candidates = total;
+    return unsettled;
+#else
+    (void)w, (void)x;
+    for (int n = 0; n < N; n++) top[n] = -1;
+    return N;
+#endif
+}
