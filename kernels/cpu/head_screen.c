@@ -5,8 +5,9 @@
 // (the instruction multiplies unsigned bytes by signed ones; the token's codes r are the
 // signed side, broadcast 4 at a time, and 128 sum(r) is taken off after). A panel is one
 // stream through memory, 16 int32 sums a token, exact. Each sum becomes a screened logit
-// and its bound in double; the upper bound is kept (rounded up to float), the lower one
-// only as the token's running maximum.
+// and its bound; the lower bound goes into the token's running maximum, and the row is
+// kept (index and upper bound) only when its upper bound reaches that maximum as it stood:
+// a few rows a token, where storing every bound wrote 1.5 MB a batch-8 step.
 //
 // At SmolLM2-135M's shape (49,152 x 576), 8 tokens, 2 threads of a Xeon, caches flushed:
 // the screen 0.65 ms against 2.03 ms for linear_forward_w16's full product (medians of 21).
@@ -29,6 +30,7 @@
 #endif
 
 enum { ROWS = 16, GROUP = 8 };  // head rows a panel; tokens a pass over a panel
+enum { KEEP = 1024 };           // rows a thread keeps for a token (above the running bound)
 
 struct head_screen {
     int V, IC, IC4, panels;
@@ -40,10 +42,15 @@ struct head_screen {
     int cap_n, cap_threads;
     int8_t *xq;         // [N][IC4]: the tokens' codes r
     float *tok;         // [N][TOK_STATS]
-    float *hi;          // [N][panels·ROWS]: the upper bounds
-    float *lo_max;      // [threads][N][16]: the lower bounds' running maxima
-    int32_t *cand;      // [N][HEAD_SCREEN_MAX_CANDIDATES]
-    float *exact;       // [N][HEAD_SCREEN_MAX_CANDIDATES]
+    // [threads][N] of each: the lower bounds' running maxima (by lane, and their max as of
+    // a few panels ago), and the rows whose upper bound reached that (index, bound; count,
+    // or -1 past KEEP)
+    float *lo_max, *lo_run;  // [..][16], [..]
+    int32_t *kept;           // [..][KEEP]
+    float *kept_hi;          // [..][KEEP]
+    int *kept_n;             // [..]
+    int32_t *cand;           // [N][HEAD_SCREEN_MAX_CANDIDATES]
+    float *exact;            // [N][HEAD_SCREEN_MAX_CANDIDATES]
     long last_candidates;
 };
 
@@ -138,7 +145,8 @@ head_screen *head_screen_new(const float *w, int V, int IC) {
 void head_screen_free(head_screen *s) {
     if (!s) return;
     free(s->codes), free(s->scale), free(s->code_norm), free(s->rest_norm);
-    free(s->xq), free(s->tok), free(s->hi), free(s->lo_max), free(s->cand), free(s->exact);
+    free(s->xq), free(s->tok), free(s->lo_max), free(s->lo_run), free(s->kept), free(s->kept_hi), free(s->kept_n);
+    free(s->cand), free(s->exact);
     free(s);
 }
 
@@ -152,12 +160,16 @@ long head_screen_last_candidates(const head_screen *s) { return s->last_candidat
 static void grow_scratch(head_screen *s, int N, int threads) {
     if (N <= s->cap_n && threads <= s->cap_threads) return;
     int n = N > s->cap_n ? N : s->cap_n, t = threads > s->cap_threads ? threads : s->cap_threads;
-    size_t rows = (size_t)s->panels * ROWS;
-    free(s->xq), free(s->tok), free(s->hi), free(s->lo_max), free(s->cand), free(s->exact);
+    free(s->xq), free(s->tok), free(s->lo_max), free(s->lo_run), free(s->kept), free(s->kept_hi), free(s->kept_n);
+    free(s->cand), free(s->exact);
     s->xq = tp_xmalloc((size_t)n * s->IC4);
     s->tok = tp_xmalloc((size_t)n * TOK_STATS * sizeof *s->tok);
-    s->hi = tp_xmalloc((size_t)n * rows * sizeof *s->hi);
-    s->lo_max = tp_xmalloc((size_t)t * n * 16 * sizeof *s->lo_max);
+    size_t lists = (size_t)t * n;
+    s->lo_max = tp_xmalloc(lists * 16 * sizeof *s->lo_max);
+    s->lo_run = tp_xmalloc(lists * sizeof *s->lo_run);
+    s->kept = tp_xmalloc(lists * KEEP * sizeof *s->kept);
+    s->kept_hi = tp_xmalloc(lists * KEEP * sizeof *s->kept_hi);
+    s->kept_n = tp_xmalloc(lists * sizeof *s->kept_n);
     s->cand = tp_xmalloc((size_t)n * HEAD_SCREEN_MAX_CANDIDATES * sizeof *s->cand);
     s->exact = tp_xmalloc((size_t)n * HEAD_SCREEN_MAX_CANDIDATES * sizeof *s->exact);
     s->cap_n = n, s->cap_threads = t;
@@ -185,27 +197,50 @@ static void code_token(const head_screen *s, const float *x, int8_t *xq, float *
 }
 
 #if HAVE_X86
+// One thread's running state for its tokens from n0 on (arrays [N] offset by n0).
+typedef struct running {
+    float *lo_max, *lo_run;
+    int32_t *kept;
+    float *kept_hi;
+    int *kept_n;
+} running;
+
 // Rows v0..v0+15 (panel p) for R tokens from n0 on: int32 sums acc [R] of codes into
-// screened logits a and bounds b, the upper bounds a + b into hi, the lower a - b into
-// each token's running maxima lo [R][16] (rows < V). fp32: each of the few roundings is
-// 2^-24 of |a| or b at most, and b gains 2^-20 of both (2^-110 besides, for underflow).
-INLINE VNNI void settle_panel(const head_screen *s, const __m512i *acc, int R, int n0, int p, float *hi, float *lo) {
-    size_t stride = (size_t)s->panels * ROWS, v0 = (size_t)p * ROWS;
+// screened logits a and bounds b; the lower bounds a - b into each token's running maxima,
+// and the rows whose upper bound a + b reaches the token's running bound into its kept
+// list. fp32: each of the few roundings is 2^-24 of |a| or b at most, and b gains 2^-20 of
+// both (2^-110 besides, for underflow). A NaN bound is kept.
+INLINE VNNI void settle_panel(const head_screen *s, const __m512i *acc, int R, int n0, int p, running *run) {
+    size_t v0 = (size_t)p * ROWS;
     int live_rows = s->V - (int)v0;
     __mmask16 live = (__mmask16)(live_rows >= 16 ? 0xffff : (1u << live_rows) - 1);
     const __m512 scale = _mm512_loadu_ps(s->scale + v0), code_norm = _mm512_loadu_ps(s->code_norm + v0),
                  rest_norm = _mm512_loadu_ps(s->rest_norm + v0);
     const __m512 slack = _mm512_set1_ps((float)SLACK), tiny = _mm512_set1_ps(0x1p-20f),
                  floor = _mm512_set1_ps(0x1p-110f);
+    const __m512i index = _mm512_add_epi32(_mm512_set1_epi32((int)v0),
+                                           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
     for (int r = 0; r < R; r++) {
         const float *st = s->tok + (size_t)(n0 + r) * TOK_STATS;
         __m512i sum = _mm512_sub_epi32(acc[r], _mm512_set1_epi32(128 * (int32_t)st[TOK_RSUM]));
         __m512 a = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(st[TOK_SCALE]), scale), _mm512_cvtepi32_ps(sum));
         __m512 b = _mm512_fmadd_ps(code_norm, _mm512_set1_ps(st[TOK_D]), _mm512_mul_ps(_mm512_set1_ps(st[TOK_H]), rest_norm));
         b = _mm512_fmadd_ps(b, slack, _mm512_fmadd_ps(_mm512_abs_ps(a), tiny, floor));
-        _mm512_storeu_ps(hi + (size_t)(n0 + r) * stride + v0, _mm512_add_ps(a, b));
-        float *lo_r = lo + (size_t)r * 16;
-        _mm512_storeu_ps(lo_r, _mm512_mask_max_ps(_mm512_loadu_ps(lo_r), live, _mm512_loadu_ps(lo_r), _mm512_sub_ps(a, b)));
+        float *lo = run->lo_max + (size_t)r * 16;
+        _mm512_storeu_ps(lo, _mm512_mask_max_ps(_mm512_loadu_ps(lo), live, _mm512_loadu_ps(lo), _mm512_sub_ps(a, b)));
+        __m512 hi = _mm512_add_ps(a, b);
+        __mmask16 keep = _mm512_mask_cmp_ps_mask(live, hi, _mm512_set1_ps(run->lo_run[r]), _CMP_NLT_UQ);
+        int *n = &run->kept_n[r];
+        if (keep && *n >= 0) {
+            int more = __builtin_popcount(keep);
+            if (*n + more > KEEP) {
+                *n = -1;
+                continue;
+            }
+            _mm512_mask_compressstoreu_epi32(run->kept + (size_t)r * KEEP + *n, keep, index);
+            _mm512_mask_compressstoreu_ps(run->kept_hi + (size_t)r * KEEP + *n, keep, hi);
+            *n += more;
+        }
     }
 }
 
@@ -215,7 +250,7 @@ static const size_t PREFETCH_BYTES = 4096;
 
 // Panel p against R tokens' codes from n0 on (R constant in every caller: the loops unroll
 // and the R sums stay in registers).
-INLINE VNNI void screen_panel(const head_screen *s, int R, int n0, int p, float *hi, float *lo) {
+INLINE VNNI void screen_panel(const head_screen *s, int R, int n0, int p, running *run) {
     const uint8_t *panel = s->codes + (size_t)p * s->IC4 * ROWS;
     const int8_t *xq = s->xq + (size_t)n0 * s->IC4;
     __m512i acc[GROUP];
@@ -232,41 +267,49 @@ INLINE VNNI void screen_panel(const head_screen *s, int R, int n0, int p, float 
             acc[r] = _mm512_dpbusd_epi32(acc[r], codes, _mm512_set1_epi32(four));
         }
     }
-    settle_panel(s, acc, R, n0, p, hi, lo);
+    settle_panel(s, acc, R, n0, p, run);
 }
 
-VNNI static void screen_panels(const head_screen *s, int N, int p0, int p1, float *lo) {
+// One thread's panels p0..p1-1 against N tokens; its running state from `at` on ([N]
+// arrays). Each token's running bound catches up with its lanes' maxima every panel.
+VNNI static void screen_panels(const head_screen *s, int N, int p0, int p1, size_t at) {
+    for (int n = 0; n < N; n++) {
+        s->lo_run[at + n] = -INFINITY, s->kept_n[at + n] = 0;
+        _mm512_storeu_ps(s->lo_max + (at + n) * 16, _mm512_set1_ps(-INFINITY));
+    }
     for (int p = p0; p < p1; p++)
         for (int n0 = 0; n0 < N; n0 += GROUP) {
-            float *lo_n = lo + (size_t)n0 * 16;
-            switch (N - n0 < GROUP ? N - n0 : GROUP) {
-            case 1: screen_panel(s, 1, n0, p, s->hi, lo_n); break;
-            case 2: screen_panel(s, 2, n0, p, s->hi, lo_n); break;
-            case 3: screen_panel(s, 3, n0, p, s->hi, lo_n); break;
-            case 4: screen_panel(s, 4, n0, p, s->hi, lo_n); break;
-            case 5: screen_panel(s, 5, n0, p, s->hi, lo_n); break;
-            case 6: screen_panel(s, 6, n0, p, s->hi, lo_n); break;
-            case 7: screen_panel(s, 7, n0, p, s->hi, lo_n); break;
-            default: screen_panel(s, 8, n0, p, s->hi, lo_n); break;
+            size_t t = at + n0;
+            running run = {s->lo_max + t * 16, s->lo_run + t, s->kept + t * KEEP, s->kept_hi + t * KEEP, s->kept_n + t};
+            int R = N - n0 < GROUP ? N - n0 : GROUP;
+            switch (R) {
+            case 1: screen_panel(s, 1, n0, p, &run); break;
+            case 2: screen_panel(s, 2, n0, p, &run); break;
+            case 3: screen_panel(s, 3, n0, p, &run); break;
+            case 4: screen_panel(s, 4, n0, p, &run); break;
+            case 5: screen_panel(s, 5, n0, p, &run); break;
+            case 6: screen_panel(s, 6, n0, p, &run); break;
+            case 7: screen_panel(s, 7, n0, p, &run); break;
+            default: screen_panel(s, 8, n0, p, &run); break;
             }
+            for (int r = 0; r < R; r++) run.lo_run[r] = _mm512_reduce_max_ps(_mm512_loadu_ps(run.lo_max + r * 16));
         }
 }
 
-// Token n's rows whose upper bound reaches its best lower bound M, in index order, into
-// cand; their count, or -1 when there are more than HEAD_SCREEN_MAX_CANDIDATES (or M is
-// not a number). A NaN bound counts as reaching M.
-VNNI static int candidates(const head_screen *s, int n, float M, int32_t *cand) {
-    if (isnan(M)) return -1;
-    const float *hi = s->hi + (size_t)n * s->panels * ROWS;
-    const __m512 mv = _mm512_set1_ps(M);
+// Token n's rows whose upper bound reaches M (the largest lower bound), in index order
+// (threads' kept lists in thread order), into cand; their count, or -1 when a thread kept
+// more than KEEP or there are more than HEAD_SCREEN_MAX_CANDIDATES.
+static int candidates(const head_screen *s, int n, int N, int threads, float M, int32_t *cand) {
     int count = 0;
-    for (int j = 0; j < s->V; j += 16) {
-        __mmask16 live = (__mmask16)(s->V - j >= 16 ? 0xffff : (1u << (s->V - j)) - 1);
-        __mmask16 in = _mm512_mask_cmp_ps_mask(live, _mm512_loadu_ps(hi + j), mv, _CMP_NLT_UQ);
-        for (; in; in &= (__mmask16)(in - 1)) {
-            if (count == HEAD_SCREEN_MAX_CANDIDATES) return -1;
-            cand[count++] = j + __builtin_ctz(in);
-        }
+    for (int t = 0; t < threads; t++) {
+        size_t list = (size_t)t * N + n;
+        int kept = s->kept_n[list];
+        if (kept < 0) return -1;
+        for (int i = 0; i < kept; i++)
+            if (!(s->kept_hi[list * KEEP + i] < M)) {
+                if (count == HEAD_SCREEN_MAX_CANDIDATES) return -1;
+                cand[count++] = s->kept[list * KEEP + i];
+            }
     }
     return count;
 }
@@ -280,26 +323,26 @@ int head_screen_argmax(head_screen *s, const float *w, const float *x, int N, in
     grow_scratch(s, N, threads);
     for (int n = 0; n < N; n++)
         code_token(s, x + (size_t)n * s->IC, s->xq + (size_t)n * s->IC4, s->tok + (size_t)n * TOK_STATS);
-    for (size_t i = 0; i < (size_t)threads * N * 16; i++) s->lo_max[i] = -INFINITY;
+    int used = threads;  // the threads the region got (at most `threads`): their lists are the ones written
 #pragma omp parallel num_threads(threads)
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        if (t == 0) used = nt;
         int p0 = (int)((long)s->panels * t / nt), p1 = (int)((long)s->panels * (t + 1) / nt);
         const char *first = (const char *)(s->codes + (size_t)p0 * s->IC4 * ROWS);
         size_t mine = (size_t)(p1 - p0) * s->IC4 * ROWS;
         for (size_t b = 0; b < PREFETCH_BYTES && b < mine; b += 64) _mm_prefetch(first + b, _MM_HINT_T1);
-        screen_panels(s, N, p0, p1, s->lo_max + (size_t)t * N * 16);
+        screen_panels(s, N, p0, p1, (size_t)t * N);
     }
     int unsettled = 0;
     long total = 0;
 #pragma omp parallel for schedule(dynamic) reduction(+ : unsettled, total) if (N > 1)
     for (int n = 0; n < N; n++) {
         float M = -INFINITY;
-        for (int t = 0; t < threads; t++)
-            for (int i = 0; i < 16; i++) M = fmaxf(M, s->lo_max[((size_t)t * N + n) * 16 + i]);
+        for (int t = 0; t < used; t++) M = fmaxf(M, s->lo_run[(size_t)t * N + n]);
         int32_t *cand = s->cand + (size_t)n * HEAD_SCREEN_MAX_CANDIDATES;
         float *exact = s->exact + (size_t)n * HEAD_SCREEN_MAX_CANDIDATES;
-        int count = s->tok[(size_t)n * TOK_STATS + TOK_OK] != 0 ? candidates(s, n, M, cand) : -1;
+        int count = s->tok[(size_t)n * TOK_STATS + TOK_OK] != 0 ? candidates(s, n, N, used, M, cand) : -1;
         top[n] = -1;
         if (count > 0) {
             linear_w16_outputs(exact, x + (size_t)n * s->IC, w, cand, count, s->IC);

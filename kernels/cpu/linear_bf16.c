@@ -68,15 +68,14 @@ void w16_pack(uint16_t *dst, const float *w, int IC, int OC) {
         }
 }
 
-// Rows go 8 at a time: 8 independent multiply-add chains hide each one's latency.
-enum { OUTPUT_ROWS = 8 };
-
-__attribute__((target("fma"))) void linear_w16_outputs(float *out, const float *x, const float *w, const int32_t *rows,
-                                                       int n, int IC) {
-    uint16_t *row16 = tp_xmalloc((size_t)OUTPUT_ROWS * IC * sizeof *row16);
-    for (int i0 = 0; i0 < n; i0 += OUTPUT_ROWS) {
-        int m = n - i0 < OUTPUT_ROWS ? n - i0 : OUTPUT_ROWS;
-        float acc[OUTPUT_ROWS] = {0};
+// linear_w16_outputs without AVX-512: rows 8 at a time, 8 independent multiply-add chains.
+__attribute__((target("fma"))) static void outputs_scalar(float *out, const float *x, const float *w,
+                                                          const int32_t *rows, int n, int IC) {
+    enum { ROWS_AT_ONCE = 8 };
+    uint16_t *row16 = tp_xmalloc((size_t)ROWS_AT_ONCE * IC * sizeof *row16);
+    for (int i0 = 0; i0 < n; i0 += ROWS_AT_ONCE) {
+        int m = n - i0 < ROWS_AT_ONCE ? n - i0 : ROWS_AT_ONCE;
+        float acc[ROWS_AT_ONCE] = {0};
         for (int j = 0; j < m; j++) weights_to_bf16(row16 + (size_t)j * IC, w + (size_t)rows[i0 + j] * IC, (size_t)IC);
         for (int k = 0; k < IC; k++)
             for (int j = 0; j < m; j++) {
@@ -240,6 +239,45 @@ static bool have_avx512(void) {
 }
 
 #endif  // HAVE_X86
+
+#if HAVE_X86
+// linear_w16_outputs with AVX-512: 16 rows in the lanes of one accumulator, their bf16
+// weights transposed to [IC][16] first, so each lane runs its own chain k = 0, 1, ..
+__attribute__((target("avx512f"))) static void outputs_avx512(float *out, const float *x, const float *w,
+                                                              const int32_t *rows, int n, int IC) {
+    uint16_t *row16 = tp_xmalloc((size_t)IC * sizeof *row16);
+    float *t = tp_xmalloc((size_t)IC * 16 * sizeof *t);
+    for (int i0 = 0; i0 < n; i0 += 16) {
+        int m = n - i0 < 16 ? n - i0 : 16;
+        // The rows are scattered through W and seldom cached: all their lines are requested
+        // first, so the misses overlap (one row after another took 1-2 us a row).
+        for (int j = 0; j < m; j++)
+            for (size_t b = 0; b < (size_t)IC * sizeof *w; b += 64)
+                _mm_prefetch((const char *)(w + (size_t)rows[i0 + j] * IC) + b, _MM_HINT_T0);
+        for (int j = 0; j < 16; j++) {
+            if (j < m) weights_to_bf16(row16, w + (size_t)rows[i0 + j] * IC, (size_t)IC);
+            for (int k = 0; k < IC; k++) {
+                uint32_t u = j < m ? (uint32_t)row16[k] << 16 : 0;
+                memcpy(&t[(size_t)k * 16 + j], &u, 4);
+            }
+        }
+        __m512 acc = _mm512_setzero_ps();
+        for (int k = 0; k < IC; k++) acc = _mm512_fmadd_ps(_mm512_set1_ps(x[k]), _mm512_loadu_ps(t + (size_t)k * 16), acc);
+        _mm512_mask_storeu_ps(out + i0, (__mmask16)((1u << m) - 1), acc);
+    }
+    free(row16), free(t);
+}
+#endif
+
+void linear_w16_outputs(float *out, const float *x, const float *w, const int32_t *rows, int n, int IC) {
+#if HAVE_X86
+    if (have_avx512()) {
+        outputs_avx512(out, x, w, rows, n, IC);
+        return;
+    }
+#endif
+    outputs_scalar(out, x, w, rows, n, IC);
+}
 
 void linear_forward_w16(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
