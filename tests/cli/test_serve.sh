@@ -184,6 +184,15 @@ start kv16 --matmul bf16 --kv-cache bf16 --max-batch 4
 post /v1/chat/completions "$(echo "$Q" | jq -c '. + {n: 3, temperature: 0.8, seed: 1}')" >"$TMP/kv16.json"
 jq -e '(.choices | length) == 3 and all(.choices[]; .finish_reason == "stop" or .finish_reason == "length")' \
     "$TMP/kv16.json" >/dev/null && ok kv-cache-bf16 || { not_ok kv-cache-bf16; cat "$TMP/kv16.json" "$TMP/kv16.err" >&2; }
+# Greedy there keeps only each step's argmax (the head's int8 screen, where the CPU has
+# AVX-512 VNNI): the text of rollout's with every logit computed.
+post /v1/chat/completions "$Q" >"$TMP/kv16g.json"
+echo '{"id":"q","messages":[{"role":"user","content":"What is 123+456?"}]}' | TP_HEAD_SCREEN=0 "$BIN/rollout" -q \
+    -m "$TMP/model" --template chatml --allow-template-mismatch --greedy --max-new-tokens 80 --matmul bf16 \
+    --kv-cache bf16 >"$TMP/kv16g.jsonl"
+[ "$(jq -r '.choices[0].message.content' "$TMP/kv16g.json")" = "$(jq -r .text "$TMP/kv16g.jsonl")" ] &&
+    [ "$(jq -r .text "$TMP/kv16g.jsonl")" != "" ] && ok greedy-bf16-equals-unscreened-rollout ||
+    { not_ok greedy-bf16-equals-unscreened-rollout; cat "$TMP/kv16g.json" "$TMP/kv16g.jsonl" >&2; }
 kill -TERM "$PID"
 wait "$PID"
 
