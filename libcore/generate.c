@@ -69,6 +69,7 @@ struct tp_generator {
     // at the first such step with bf16 weights; screen_tried: made or found impossible.
     head_screen *screen;
     bool screen_tried;
+    long screen_rows, screen_left;  // rows given to it, rows it left to the full product
     // Decode steps as graphs (backends that have them; TP_CUDA_GRAPHS=0 turns them off).
     // A step shape is captured the second time it runs at the same epoch: the first, eager,
     // run grows every scratch buffer and bf16 weight copy it needs.
@@ -485,20 +486,30 @@ static void head_argmax(tp_generator *g, int n_out, float *dst, int32_t *top) {
     int C = c->hidden_size, V = c->vocab_size;
     tp_generator_prepare_argmax(g);
     int left = n_out;
-    if (g->screen) left = head_screen_argmax(g->screen, g->m->W.lm_head, g->ln, n_out, top);
-    else
+    if (g->screen) {
+        left = head_screen_argmax(g->screen, g->m->W.lm_head, g->ln, n_out, top);
+        g->screen_rows += n_out, g->screen_left += left;
+        // A screen that leaves most rows (states or a head it bounds loosely) costs more
+        // than it saves: past 64 rows, it goes once it has left over half of them.
+        if (g->screen_rows >= 64 && 2 * g->screen_left > g->screen_rows) head_screen_free(g->screen), g->screen = NULL;
+    } else {
         for (int i = 0; i < n_out; i++) top[i] = -1;
+    }
+    if (left == 0) return;
+    // The rows left go through the full product together (one pass over the head); xg,
+    // the rows before the final norm, is free now.
+    int k = 0;
+    for (int i = 0; i < n_out; i++)
+        if (top[i] < 0) memcpy(g->xg + (size_t)k++ * C, g->ln + (size_t)i * C, (size_t)C * sizeof *g->xg);
+    lin(g, dst, g->xg, g->m->W.lm_head, g->head16, NULL, k, C, V);
     static const tp_sampler greedy = {.greedy = true, .temperature = 0, .top_p = 1};
-    for (int i = 0; i < n_out && left > 0; i++)
-        if (top[i] < 0) {
-            lin(g, dst, g->ln + (size_t)i * C, g->m->W.lm_head, g->head16, NULL, 1, C, V);
-            top[i] = tp_sample(&greedy, dst, V, NULL, NULL);
-            left--;
-        }
+    k = 0;
+    for (int i = 0; i < n_out; i++)
+        if (top[i] < 0) top[i] = tp_sample(&greedy, dst + (size_t)k++ * V, V, NULL, NULL);
 }
 
 // The forward pass of the planned call: embedding, layers, then logits of n_out rows into
-// dst, or with top (cpu), each row's argmax into top (dst: room for one row's logits).
+// dst, or with top (cpu), each row's argmax into top (dst: scratch for n_out rows' logits).
 static void run_step(tp_generator *g, int n, int n_out, float *dst, int32_t *top) {
     const tp_model *m = g->m;
     const tp_model_config *c = &m->cfg;
@@ -570,7 +581,7 @@ static int forward(tp_generator *g, int n, const int *slot, const int32_t *token
     // there (tp_generator_logits) and are copied out only when asked for.
     float *dst = logits && !be->device ? logits : NULL;
     if (n_out > 0 && !dst) {
-        if (grow_logits(g, top ? 1 : n_out, err) < 0) return -1;
+        if (grow_logits(g, n_out, err) < 0) return -1;
         dst = g->logits;
     }
     be->upload(g->dev_ids, g->ids, IDS_COUNT * (size_t)g->room * sizeof *g->ids);
@@ -578,7 +589,7 @@ static int forward(tp_generator *g, int n, const int *slot, const int32_t *token
     else if (graph_step(g, n, n_out, dst, err) < 0) return -1;
     const int32_t *pos = ids(g, g->ids, IDS_POS);
     for (int i = 0; i < n; i++) g->len[slot[i]] = pos[i] + 1 > g->len[slot[i]] ? pos[i] + 1 : g->len[slot[i]];
-    if (top) g->last_logits = NULL;  // dst holds at most a row the screen left
+    if (top) g->last_logits = NULL;  // dst holds only the rows the screen left
     else if (n_out > 0) {
         g->last_logits = dst;
         if (logits && dst != logits) be->download(logits, dst, (size_t)n_out * c->vocab_size * sizeof *logits);

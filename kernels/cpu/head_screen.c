@@ -5,12 +5,18 @@
 // (the instruction multiplies unsigned bytes by signed ones; the token's codes r are the
 // signed side, broadcast 4 at a time, and 128 sum(r) is taken off after). A panel is one
 // stream through memory, 16 int32 sums a token, exact. Each sum becomes a screened logit
-// and its bound; the lower bound goes into the token's running maximum, and the row is
-// kept (index and upper bound) only when its upper bound reaches that maximum as it stood:
-// a few rows a token, where storing every bound wrote 1.5 MB a batch-8 step.
+// and its bound: the upper bound is kept for every row, the lower one as the token's
+// running maximum.
+//
+// A trained model's hidden state has a few dimensions far larger than the rest (SmolLM2's
+// largest is ~20x its root mean square), so one int8 code per element rounds the others
+// coarsely and the state's term of the bound covers thousands of rows. Then each element
+// gets a second code for what the first left, r + r2 / 128 (twice the multiply-adds):
+// chosen per call when the state's term would outweigh the weights' for a median row.
 //
 // At SmolLM2-135M's shape (49,152 x 576), 8 tokens, 2 threads of a Xeon, caches flushed:
-// the screen 0.65 ms against 2.03 ms for linear_forward_w16's full product (medians of 21).
+// the screen 0.65 ms with one code a state element, 0.91-1.3 with two, against 2.03-2.4 ms
+// for linear_forward_w16's full product (medians of 21).
 #include "cpu/head_screen.h"
 
 #include "cpu/linear_bf16.h"
@@ -30,31 +36,30 @@
 #endif
 
 enum { ROWS = 16, GROUP = 8 };  // head rows a panel; tokens a pass over a panel
-enum { KEEP = 1024 };           // rows a thread keeps for a token (above the running bound)
 
 struct head_screen {
     int V, IC, IC4, panels;
     uint8_t *codes;     // [panels][IC4 / 4][ROWS][4]
-    float *scale;      // [panels·ROWS]: s, the row's max |w| / 127 (0 past V)
-    float *code_norm;  // s ||q||, raised by SLACK, rounded up
-    float *rest_norm;  // ||e|| + gamma ||w||, raised by SLACK, rounded up
+    float *scale;       // [panels·ROWS]: s, the row's max |w| / 127 (0 past V)
+    float *code_norm;   // s ||q||, raised by SLACK, rounded up
+    float *rest_norm;   // ||e|| + gamma ||w||, raised by SLACK, rounded up
+    float code_norm_mid, rest_norm_mid;  // their medians over the rows
     // a call's scratch
     int cap_n, cap_threads;
-    int8_t *xq;         // [N][IC4]: the tokens' codes r
+    int8_t *xq;         // [2][N][IC4]: the tokens' codes r, then the second codes r2
     float *tok;         // [N][TOK_STATS]
-    // [threads][N] of each: the lower bounds' running maxima (by lane, and their max as of
-    // a few panels ago), and the rows whose upper bound reached that (index, bound; count,
-    // or -1 past KEEP)
-    float *lo_max, *lo_run;  // [..][16], [..]
-    int32_t *kept;           // [..][KEEP]
-    float *kept_hi;          // [..][KEEP]
-    int *kept_n;             // [..]
-    int32_t *cand;           // [N][HEAD_SCREEN_MAX_CANDIDATES]
-    float *exact;            // [N][HEAD_SCREEN_MAX_CANDIDATES]
+    float *hi;          // [N][panels·ROWS]: the upper bounds
+    float *lo_max;      // [threads][N][16]: the lower bounds' running maxima
+    int32_t *cand;      // [N][HEAD_SCREEN_MAX_CANDIDATES]
+    float *exact;       // [N][HEAD_SCREEN_MAX_CANDIDATES]
     long last_candidates;
+    bool last_fine;
+    int codes_mode;  // 0: choose; 1: one code a state element; 2: two
 };
 
-enum { TOK_SCALE, TOK_D, TOK_H, TOK_RSUM, TOK_OK, TOK_STATS };
+// A token's numbers: the codes' scale; ||d|| with one code and with two; ||x||; sum r;
+// sum r2; whether x is finite.
+enum { TOK_SCALE, TOK_D1, TOK_D2, TOK_H, TOK_RSUM, TOK_RSUM2, TOK_OK, TOK_STATS };
 
 // Relative slack on the bounds, for the arithmetic that computes them: the per-row and
 // per-token numbers are summed in double and kept in float rounded up; the screened
@@ -111,6 +116,20 @@ static bool code_row(head_screen *s, const uint16_t *b16, int v, double gamma) {
     return true;
 }
 
+static int by_value(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static float median(const float *x, int n) {
+    float *c = tp_xmalloc((size_t)n * sizeof *c);
+    memcpy(c, x, (size_t)n * sizeof *c);
+    qsort(c, (size_t)n, sizeof *c, by_value);
+    float m = c[n / 2];
+    free(c);
+    return m;
+}
+
 head_screen *head_screen_new(const float *w, int V, int IC) {
     if (!have_vnni() || V <= 0 || IC <= 0 || IC > 65536) return NULL;
     head_screen *s = tp_xcalloc(1, sizeof *s);
@@ -139,14 +158,14 @@ head_screen *head_screen_new(const float *w, int V, int IC) {
         head_screen_free(s);
         return NULL;
     }
+    s->code_norm_mid = median(s->code_norm, V), s->rest_norm_mid = median(s->rest_norm, V);
     return s;
 }
 
 void head_screen_free(head_screen *s) {
     if (!s) return;
     free(s->codes), free(s->scale), free(s->code_norm), free(s->rest_norm);
-    free(s->xq), free(s->tok), free(s->lo_max), free(s->lo_run), free(s->kept), free(s->kept_hi), free(s->kept_n);
-    free(s->cand), free(s->exact);
+    free(s->xq), free(s->tok), free(s->hi), free(s->lo_max), free(s->cand), free(s->exact);
     free(s);
 }
 
@@ -157,90 +176,78 @@ size_t head_screen_bytes(const head_screen *s) {
 
 long head_screen_last_candidates(const head_screen *s) { return s->last_candidates; }
 
+bool head_screen_last_fine(const head_screen *s) { return s->last_fine; }
+
+void head_screen_state_codes(head_screen *s, int codes) { s->codes_mode = codes == 1 || codes == 2 ? codes : 0; }
+
 static void grow_scratch(head_screen *s, int N, int threads) {
     if (N <= s->cap_n && threads <= s->cap_threads) return;
     int n = N > s->cap_n ? N : s->cap_n, t = threads > s->cap_threads ? threads : s->cap_threads;
-    free(s->xq), free(s->tok), free(s->lo_max), free(s->lo_run), free(s->kept), free(s->kept_hi), free(s->kept_n);
-    free(s->cand), free(s->exact);
-    s->xq = tp_xmalloc((size_t)n * s->IC4);
+    size_t rows = (size_t)s->panels * ROWS;
+    free(s->xq), free(s->tok), free(s->hi), free(s->lo_max), free(s->cand), free(s->exact);
+    s->xq = tp_xmalloc(2 * (size_t)n * s->IC4);
     s->tok = tp_xmalloc((size_t)n * TOK_STATS * sizeof *s->tok);
-    size_t lists = (size_t)t * n;
-    s->lo_max = tp_xmalloc(lists * 16 * sizeof *s->lo_max);
-    s->lo_run = tp_xmalloc(lists * sizeof *s->lo_run);
-    s->kept = tp_xmalloc(lists * KEEP * sizeof *s->kept);
-    s->kept_hi = tp_xmalloc(lists * KEEP * sizeof *s->kept_hi);
-    s->kept_n = tp_xmalloc(lists * sizeof *s->kept_n);
+    s->hi = tp_xmalloc((size_t)n * rows * sizeof *s->hi);
+    s->lo_max = tp_xmalloc((size_t)t * n * 16 * sizeof *s->lo_max);
     s->cand = tp_xmalloc((size_t)n * HEAD_SCREEN_MAX_CANDIDATES * sizeof *s->cand);
     s->exact = tp_xmalloc((size_t)n * HEAD_SCREEN_MAX_CANDIDATES * sizeof *s->exact);
     s->cap_n = n, s->cap_threads = t;
 }
 
-// The token's codes r = round(x / s_x) into xq [IC4] and its numbers into st; st[TOK_OK]
-// is 0 when x has a value that is not finite.
-static void code_token(const head_screen *s, const float *x, int8_t *xq, float *st) {
+// The token's codes r = round(x / s_x) into xq [IC4] and r2 = round(128 (x / s_x - r))
+// into xq2, and its numbers into st; st[TOK_OK] is 0 when x has a value that is not finite.
+static void code_token(const head_screen *s, const float *x, int8_t *xq, int8_t *xq2, float *st) {
     double mx = 0;
     bool finite = true;
     for (int k = 0; k < s->IC; k++) finite = finite && isfinite(x[k]), mx = fmax(mx, fabs((double)x[k]));
-    double sc = finite ? mx / 127 : 0, d2 = 0, h2 = 0;
-    long rsum = 0;
+    double sc = finite ? mx / 127 : 0, d1 = 0, d2 = 0, h2 = 0;
+    long rsum = 0, rsum2 = 0;
     for (int k = 0; k < s->IC4; k++) {
         double f = k < s->IC && finite ? (double)x[k] : 0;
-        long r = sc > 0 ? lrint(f / sc) : 0;
+        long r = sc > 0 ? lrint(f / sc) : 0, r2 = 0;
         r = r > 127 ? 127 : r < -127 ? -127 : r;
-        double d = f - sc * (double)r;
-        d2 += d * d, h2 += f * f, rsum += r;
-        xq[k] = (int8_t)r;
+        if (sc > 0) r2 = lrint((f / sc - (double)r) * 128);
+        r2 = r2 > 127 ? 127 : r2 < -127 ? -127 : r2;
+        double e1 = f - sc * (double)r, e2 = f - sc * ((double)r + (double)r2 / 128);
+        d1 += e1 * e1, d2 += e2 * e2, h2 += f * f, rsum += r, rsum2 += r2;
+        xq[k] = (int8_t)r, xq2[k] = (int8_t)r2;
     }
-    st[TOK_SCALE] = (float)sc, st[TOK_D] = round_up(sqrt(d2) * SLACK), st[TOK_H] = round_up(sqrt(h2) * SLACK);
-    st[TOK_RSUM] = (float)rsum;  // exact: |rsum| <= 127 IC <= 2^23
+    st[TOK_SCALE] = (float)sc, st[TOK_D1] = round_up(sqrt(d1) * SLACK), st[TOK_D2] = round_up(sqrt(d2) * SLACK);
+    st[TOK_H] = round_up(sqrt(h2) * SLACK);
+    st[TOK_RSUM] = (float)rsum, st[TOK_RSUM2] = (float)rsum2;  // exact: |sums| <= 127 IC <= 2^23
     st[TOK_OK] = finite;
 }
 
 #if HAVE_X86
-// One thread's running state for its tokens from n0 on (arrays [N] offset by n0).
-typedef struct running {
-    float *lo_max, *lo_run;
-    int32_t *kept;
-    float *kept_hi;
-    int *kept_n;
-} running;
-
-// Rows v0..v0+15 (panel p) for R tokens from n0 on: int32 sums acc [R] of codes into
-// screened logits a and bounds b; the lower bounds a - b into each token's running maxima,
-// and the rows whose upper bound a + b reaches the token's running bound into its kept
-// list. fp32: each of the few roundings is 2^-24 of |a| or b at most, and b gains 2^-20 of
-// both (2^-110 besides, for underflow). A NaN bound is kept.
-INLINE VNNI void settle_panel(const head_screen *s, const __m512i *acc, int R, int n0, int p, running *run) {
-    size_t v0 = (size_t)p * ROWS;
+// Rows v0..v0+15 (panel p) for R tokens from n0 on: the int32 sums acc [R] of the first
+// codes (and acc2 of the second, when FINE) into screened logits a and bounds b, the upper
+// bounds a + b into hi, the lower a - b into each token's running maxima lo [R][16] (rows
+// < V). fp32: each of the few roundings is 2^-24 of |a| or b at most, and b gains 2^-20 of
+// both (2^-110 besides, for underflow).
+INLINE VNNI void settle_panel(const head_screen *s, const __m512i *acc, const __m512i *acc2, int R, bool FINE,
+                              int n0, int p, float *lo) {
+    size_t stride = (size_t)s->panels * ROWS, v0 = (size_t)p * ROWS;
     int live_rows = s->V - (int)v0;
     __mmask16 live = (__mmask16)(live_rows >= 16 ? 0xffff : (1u << live_rows) - 1);
     const __m512 scale = _mm512_loadu_ps(s->scale + v0), code_norm = _mm512_loadu_ps(s->code_norm + v0),
                  rest_norm = _mm512_loadu_ps(s->rest_norm + v0);
     const __m512 slack = _mm512_set1_ps((float)SLACK), tiny = _mm512_set1_ps(0x1p-20f),
                  floor = _mm512_set1_ps(0x1p-110f);
-    const __m512i index = _mm512_add_epi32(_mm512_set1_epi32((int)v0),
-                                           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
     for (int r = 0; r < R; r++) {
         const float *st = s->tok + (size_t)(n0 + r) * TOK_STATS;
         __m512i sum = _mm512_sub_epi32(acc[r], _mm512_set1_epi32(128 * (int32_t)st[TOK_RSUM]));
-        __m512 a = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(st[TOK_SCALE]), scale), _mm512_cvtepi32_ps(sum));
-        __m512 b = _mm512_fmadd_ps(code_norm, _mm512_set1_ps(st[TOK_D]), _mm512_mul_ps(_mm512_set1_ps(st[TOK_H]), rest_norm));
-        b = _mm512_fmadd_ps(b, slack, _mm512_fmadd_ps(_mm512_abs_ps(a), tiny, floor));
-        float *lo = run->lo_max + (size_t)r * 16;
-        _mm512_storeu_ps(lo, _mm512_mask_max_ps(_mm512_loadu_ps(lo), live, _mm512_loadu_ps(lo), _mm512_sub_ps(a, b)));
-        __m512 hi = _mm512_add_ps(a, b);
-        __mmask16 keep = _mm512_mask_cmp_ps_mask(live, hi, _mm512_set1_ps(run->lo_run[r]), _CMP_NLT_UQ);
-        int *n = &run->kept_n[r];
-        if (keep && *n >= 0) {
-            int more = __builtin_popcount(keep);
-            if (*n + more > KEEP) {
-                *n = -1;
-                continue;
-            }
-            _mm512_mask_compressstoreu_epi32(run->kept + (size_t)r * KEEP + *n, keep, index);
-            _mm512_mask_compressstoreu_ps(run->kept_hi + (size_t)r * KEEP + *n, keep, hi);
-            *n += more;
+        __m512 code = _mm512_cvtepi32_ps(sum);
+        if (FINE) {
+            __m512i sum2 = _mm512_sub_epi32(acc2[r], _mm512_set1_epi32(128 * (int32_t)st[TOK_RSUM2]));
+            code = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum2), _mm512_set1_ps(1.0f / 128), code);
         }
+        __m512 a = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(st[TOK_SCALE]), scale), code);
+        __m512 d = _mm512_set1_ps(FINE ? st[TOK_D2] : st[TOK_D1]);
+        __m512 b = _mm512_fmadd_ps(code_norm, d, _mm512_mul_ps(_mm512_set1_ps(st[TOK_H]), rest_norm));
+        b = _mm512_fmadd_ps(b, slack, _mm512_fmadd_ps(_mm512_abs_ps(a), tiny, floor));
+        _mm512_storeu_ps(s->hi + (size_t)(n0 + r) * stride + v0, _mm512_add_ps(a, b));
+        float *lo_r = lo + (size_t)r * 16;
+        _mm512_storeu_ps(lo_r, _mm512_mask_max_ps(_mm512_loadu_ps(lo_r), live, _mm512_loadu_ps(lo_r), _mm512_sub_ps(a, b)));
     }
 }
 
@@ -248,68 +255,71 @@ INLINE VNNI void settle_panel(const head_screen *s, const __m512i *acc, int R, i
 // stop at 4 KB pages).
 static const size_t PREFETCH_BYTES = 4096;
 
-// Panel p against R tokens' codes from n0 on (R constant in every caller: the loops unroll
-// and the R sums stay in registers).
-INLINE VNNI void screen_panel(const head_screen *s, int R, int n0, int p, running *run) {
-    const uint8_t *panel = s->codes + (size_t)p * s->IC4 * ROWS;
-    const int8_t *xq = s->xq + (size_t)n0 * s->IC4;
-    __m512i acc[GROUP];
+// acc [R] := the sums over panel (IC4 / 4 lines of 16 rows' codes) of the codes times R
+// tokens' codes xq (rows IC4 apart), 4 at a time broadcast. R is constant in every caller:
+// the loop unrolls and the R sums stay in registers (at 16 sums, the codes and second codes
+// in one loop, GCC stored them all to the stack every line: 1.7 ms a screen, not ~1.1).
+INLINE VNNI void panel_sums(__m512i *acc, const uint8_t *panel, const int8_t *xq, int R, int IC4, bool prefetch) {
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_si512();
-    for (int l = 0; l < s->IC4 / 4; l++) {
+    for (int l = 0; l < IC4 / 4; l++) {
         const uint8_t *line = panel + (size_t)l * 64;
-        _mm_prefetch((const char *)line + PREFETCH_BYTES, _MM_HINT_T1);  // may point past the codes: never faults
+        if (prefetch) _mm_prefetch((const char *)line + PREFETCH_BYTES, _MM_HINT_T1);  // may point past the codes: never faults
         __m512i codes = _mm512_loadu_si512(line);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             int32_t four;
-            memcpy(&four, xq + (size_t)r * s->IC4 + 4 * l, 4);
+            memcpy(&four, xq + (size_t)r * IC4 + 4 * l, 4);
             acc[r] = _mm512_dpbusd_epi32(acc[r], codes, _mm512_set1_epi32(four));
         }
     }
-    settle_panel(s, acc, R, n0, p, run);
 }
 
-// One thread's panels p0..p1-1 against N tokens; its running state from `at` on ([N]
-// arrays). Each token's running bound catches up with its lanes' maxima every panel.
-VNNI static void screen_panels(const head_screen *s, int N, int p0, int p1, size_t at) {
-    for (int n = 0; n < N; n++) {
-        s->lo_run[at + n] = -INFINITY, s->kept_n[at + n] = 0;
-        _mm512_storeu_ps(s->lo_max + (at + n) * 16, _mm512_set1_ps(-INFINITY));
-    }
+// Panel p against R tokens' codes from n0 on, then their second codes when FINE (a second
+// pass over the panel, from L1).
+INLINE VNNI void screen_panel(const head_screen *s, int R, bool FINE, int N, int n0, int p, float *lo) {
+    const uint8_t *panel = s->codes + (size_t)p * s->IC4 * ROWS;
+    const int8_t *xq = s->xq + (size_t)n0 * s->IC4;
+    __m512i acc[GROUP], acc2[GROUP];
+    panel_sums(acc, panel, xq, R, s->IC4, true);
+    if (FINE) panel_sums(acc2, panel, xq + (size_t)N * s->IC4, R, s->IC4, false);
+    settle_panel(s, acc, acc2, R, FINE, n0, p, lo);
+}
+
+VNNI static void screen_panels(const head_screen *s, int N, bool fine, int p0, int p1, float *lo) {
     for (int p = p0; p < p1; p++)
         for (int n0 = 0; n0 < N; n0 += GROUP) {
-            size_t t = at + n0;
-            running run = {s->lo_max + t * 16, s->lo_run + t, s->kept + t * KEEP, s->kept_hi + t * KEEP, s->kept_n + t};
+            float *lo_n = lo + (size_t)n0 * 16;
             int R = N - n0 < GROUP ? N - n0 : GROUP;
+#define PANEL(R_) fine ? screen_panel(s, R_, true, N, n0, p, lo_n) : screen_panel(s, R_, false, N, n0, p, lo_n)
             switch (R) {
-            case 1: screen_panel(s, 1, n0, p, &run); break;
-            case 2: screen_panel(s, 2, n0, p, &run); break;
-            case 3: screen_panel(s, 3, n0, p, &run); break;
-            case 4: screen_panel(s, 4, n0, p, &run); break;
-            case 5: screen_panel(s, 5, n0, p, &run); break;
-            case 6: screen_panel(s, 6, n0, p, &run); break;
-            case 7: screen_panel(s, 7, n0, p, &run); break;
-            default: screen_panel(s, 8, n0, p, &run); break;
+            case 1: PANEL(1); break;
+            case 2: PANEL(2); break;
+            case 3: PANEL(3); break;
+            case 4: PANEL(4); break;
+            case 5: PANEL(5); break;
+            case 6: PANEL(6); break;
+            case 7: PANEL(7); break;
+            default: PANEL(8); break;
             }
-            for (int r = 0; r < R; r++) run.lo_run[r] = _mm512_reduce_max_ps(_mm512_loadu_ps(run.lo_max + r * 16));
+#undef PANEL
         }
 }
 
-// Token n's rows whose upper bound reaches M (the largest lower bound), in index order
-// (threads' kept lists in thread order), into cand; their count, or -1 when a thread kept
-// more than KEEP or there are more than HEAD_SCREEN_MAX_CANDIDATES.
-static int candidates(const head_screen *s, int n, int N, int threads, float M, int32_t *cand) {
+// Token n's rows whose upper bound reaches M (the largest lower bound), in index order,
+// into cand; their count, or -1 when there are more than HEAD_SCREEN_MAX_CANDIDATES. A NaN
+// bound counts as reaching M.
+VNNI static int candidates(const head_screen *s, int n, float M, int32_t *cand) {
+    const float *hi = s->hi + (size_t)n * s->panels * ROWS;
+    const __m512 mv = _mm512_set1_ps(M);
     int count = 0;
-    for (int t = 0; t < threads; t++) {
-        size_t list = (size_t)t * N + n;
-        int kept = s->kept_n[list];
-        if (kept < 0) return -1;
-        for (int i = 0; i < kept; i++)
-            if (!(s->kept_hi[list * KEEP + i] < M)) {
-                if (count == HEAD_SCREEN_MAX_CANDIDATES) return -1;
-                cand[count++] = s->kept[list * KEEP + i];
-            }
+    for (int j = 0; j < s->V; j += 16) {
+        __mmask16 live = (__mmask16)(s->V - j >= 16 ? 0xffff : (1u << (s->V - j)) - 1);
+        __mmask16 in = _mm512_mask_cmp_ps_mask(live, _mm512_loadu_ps(hi + j), mv, _CMP_NLT_UQ);
+        for (; in; in &= (__mmask16)(in - 1)) {
+            if (count == HEAD_SCREEN_MAX_CANDIDATES) return -1;
+            cand[count++] = j + __builtin_ctz(in);
+        }
     }
     return count;
 }
@@ -321,28 +331,38 @@ int head_screen_argmax(head_screen *s, const float *w, const float *x, int N, in
 #if HAVE_X86
     int threads = omp_get_max_threads();
     grow_scratch(s, N, threads);
-    for (int n = 0; n < N; n++)
-        code_token(s, x + (size_t)n * s->IC, s->xq + (size_t)n * s->IC4, s->tok + (size_t)n * TOK_STATS);
-    int used = threads;  // the threads the region got (at most `threads`): their lists are the ones written
+    // Second codes when, for some token, one code's term of a median row's bound would be
+    // over twice the weights' (a heuristic for speed: the bounds hold either way). Random
+    // states and heads give ~1 (one code: 0.65 ms, ~10 rows a token computed exactly, at
+    // SmolLM2's shape), SmolLM2's own ~3.8 (one code kept thousands of rows).
+    bool fine = false;
+    for (int n = 0; n < N; n++) {
+        float *st = s->tok + (size_t)n * TOK_STATS;
+        code_token(s, x + (size_t)n * s->IC, s->xq + (size_t)n * s->IC4, s->xq + (size_t)(N + n) * s->IC4, st);
+        fine = fine || st[TOK_D1] * s->code_norm_mid > 2 * st[TOK_H] * s->rest_norm_mid;
+    }
+    if (s->codes_mode) fine = s->codes_mode == 2;
+    s->last_fine = fine;
+    for (size_t i = 0; i < (size_t)threads * N * 16; i++) s->lo_max[i] = -INFINITY;
 #pragma omp parallel num_threads(threads)
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        if (t == 0) used = nt;
         int p0 = (int)((long)s->panels * t / nt), p1 = (int)((long)s->panels * (t + 1) / nt);
         const char *first = (const char *)(s->codes + (size_t)p0 * s->IC4 * ROWS);
         size_t mine = (size_t)(p1 - p0) * s->IC4 * ROWS;
         for (size_t b = 0; b < PREFETCH_BYTES && b < mine; b += 64) _mm_prefetch(first + b, _MM_HINT_T1);
-        screen_panels(s, N, p0, p1, (size_t)t * N);
+        screen_panels(s, N, fine, p0, p1, s->lo_max + (size_t)t * N * 16);
     }
     int unsettled = 0;
     long total = 0;
 #pragma omp parallel for schedule(dynamic) reduction(+ : unsettled, total) if (N > 1)
     for (int n = 0; n < N; n++) {
         float M = -INFINITY;
-        for (int t = 0; t < used; t++) M = fmaxf(M, s->lo_run[(size_t)t * N + n]);
+        for (int t = 0; t < threads; t++)
+            for (int i = 0; i < 16; i++) M = fmaxf(M, s->lo_max[((size_t)t * N + n) * 16 + i]);
         int32_t *cand = s->cand + (size_t)n * HEAD_SCREEN_MAX_CANDIDATES;
         float *exact = s->exact + (size_t)n * HEAD_SCREEN_MAX_CANDIDATES;
-        int count = s->tok[(size_t)n * TOK_STATS + TOK_OK] != 0 ? candidates(s, n, N, used, M, cand) : -1;
+        int count = s->tok[(size_t)n * TOK_STATS + TOK_OK] != 0 ? candidates(s, n, M, cand) : -1;
         top[n] = -1;
         if (count > 0) {
             linear_w16_outputs(exact, x + (size_t)n * s->IC, w, cand, count, s->IC);

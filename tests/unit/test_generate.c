@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cpu/attention_shared.h"
+#include "cpu/head_screen.h"
 #include "cpu/linear_bf16.h"
 #include "generate.h"
 #include "json.h"
@@ -455,6 +456,55 @@ static void test_argmax_steps(void) {
         }
 }
 
+// SmolLM2-135M-Instruct (a trained head, a hidden state with outlying dimensions): argmax
+// steps give the logits' argmax over 8 sequences x 40 steps, through the screen (when the
+// CPU has AVX-512 VNNI) that settles every row with a few rows a token computed exactly.
+static void test_smollm2_argmax(void) {
+    char path[512];
+    if (!test_find_smollm2(path, sizeof path)) SKIP("SmolLM2-135M-Instruct GGUF not found");
+    tp_err err;
+    tp_model *m = tp_model_load(path, &err);
+    CHECK_MSG(m, "%s", err.msg);
+    if (!m) return;
+    enum { S = 8, P = 24, STEPS = 40 };
+    int V = m->cfg.vocab_size;
+    tp_generator *a = tp_generator_new_kv(m, S, P + STEPS + 1, true, &err), *b = tp_generator_new_kv(m, S, P + STEPS + 1, true, &err);
+    CHECK(a && b && tp_generator_bf16_weights(a, &err) == 0 && tp_generator_bf16_weights(b, &err) == 0);
+    int slot[S * P], out[S];
+    int32_t prompt[S * P], tok[S], top[S];
+    for (int i = 0; i < S * P; i++) slot[i] = i / P, prompt[i] = (int32_t)(200 + test_rand() % 8000);
+    for (int s = 0; s < S; s++) out[s] = s * P + P - 1;
+    float *lg = malloc(sizeof(float) * S * V);
+    CHECK(tp_generator_forward(a, S * P, slot, prompt, S, out, lg, &err) == 0);
+    CHECK(tp_generator_forward_argmax(b, S * P, slot, prompt, S, out, top, &err) == 0);
+    tp_sample_scratch sc = {0};
+    tp_sampler greedy = {.greedy = true, .temperature = 1, .top_p = 1};
+    int differ = 0;
+    long exact = 0;
+    for (int t = 0; t < STEPS; t++) {
+        for (int s = 0; s < S; s++) tok[s] = tp_sample(&greedy, lg + (size_t)s * V, V, NULL, &sc);
+        differ += memcmp(tok, top, sizeof tok) != 0;
+        for (int s = 0; s < S; s++) slot[s] = s, out[s] = s;
+        CHECK(tp_generator_forward(a, S, slot, tok, S, out, lg, &err) == 0);
+        CHECK(tp_generator_forward_argmax(b, S, slot, tok, S, out, top, &err) == 0);
+        exact += tp_generator_screened_rows(b);
+    }
+    CHECK_MSG(!differ, "argmax steps differ from the logits' argmax at %d of %d steps", differ, STEPS);
+    float probe_w[4] = {1, 2, 3, 4};
+    head_screen *probe = head_screen_new(probe_w, 1, 4);  // NULL: no AVX-512 VNNI here
+    CHECK_MSG(!probe || tp_generator_has_screen(b), "the screen gave up on SmolLM2");
+    head_screen_free(probe);
+    if (tp_generator_has_screen(b)) {
+        CHECK_MSG(exact > 0 && exact <= (long)S * STEPS * 64, "%ld rows computed exactly over %d rows", exact, S * STEPS);
+        printf("# smollm2: argmax steps through the head's screen, %.1f rows a token computed exactly\n",
+               (double)exact / (S * STEPS));
+    }
+    tp_sample_scratch_free(&sc);
+    free(lg);
+    tp_generator_free(a), tp_generator_free(b);
+    tp_model_free(m);
+}
+
 int main(void) {
     RUN(test_cache_matches_training_forward);
     RUN(test_logprobs);
@@ -465,5 +515,6 @@ int main(void) {
     RUN(test_smollm2_greedy);
     RUN(test_copies_share_rows);
     RUN(test_argmax_steps);
+    RUN(test_smollm2_argmax);
     return TEST_SUMMARY();
 }

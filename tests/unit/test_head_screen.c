@@ -46,27 +46,30 @@ static void full_argmax(int32_t *top, const float *w, const float *x, int N, int
     free(wp), free(out);
 }
 
-// The screen's answers for x [N, IC] against the full product's: every settled row equal,
-// and `unsettled_ok` rows at most left. Returns how many it left.
-static int check_against_full(const float *w, const float *x, int N, int V, int IC, int unsettled_ok, const char *what) {
+// The screen's answers for x [N, IC] against the full product's, with the states' codes
+// chosen and with 1 and 2 codes an element: every settled row equal, and `unsettled_ok`
+// rows at most left.
+static void check_against_full(const float *w, const float *x, int N, int V, int IC, int unsettled_ok,
+                               const char *what) {
     head_screen *s = head_screen_new(w, V, IC);
     CHECK_MSG(s, "%s: no screen", what);
-    if (!s) return -1;
+    if (!s) return;
     int32_t *top = malloc(sizeof(int32_t) * (size_t)N), *want = malloc(sizeof(int32_t) * (size_t)N);
-    for (int n = 0; n < N; n++) top[n] = -7;
-    int left = head_screen_argmax(s, w, x, N, top);
     full_argmax(want, w, x, N, V, IC);
-    int minus = 0;
-    for (int n = 0; n < N; n++) {
-        minus += top[n] == -1;
-        CHECK_MSG(top[n] == -1 || top[n] == want[n], "%s: row %d of %d: screen %d, full product %d", what, n, N, top[n],
-                  want[n]);
+    for (int codes = 0; codes <= 2; codes++) {
+        head_screen_state_codes(s, codes);
+        for (int n = 0; n < N; n++) top[n] = -7;
+        int left = head_screen_argmax(s, w, x, N, top), minus = 0;
+        for (int n = 0; n < N; n++) {
+            minus += top[n] == -1;
+            CHECK_MSG(top[n] == -1 || top[n] == want[n], "%s, codes %d: row %d of %d: screen %d, full product %d", what,
+                      codes, n, N, top[n], want[n]);
+        }
+        CHECK_MSG(left == minus && left <= unsettled_ok, "%s, codes %d: %d rows left (%d marked), %d allowed", what,
+                  codes, left, minus, unsettled_ok);
     }
-    CHECK_MSG(left == minus && left <= unsettled_ok, "%s: %d rows left (%d marked), %d allowed", what, left, minus,
-              unsettled_ok);
     free(top), free(want);
     head_screen_free(s);
-    return left;
 }
 
 static head_screen *probe(void) {
@@ -205,7 +208,11 @@ static void test_bounds_decide(void) {
     check_against_full(w, x, 1, 2, IC, 0, "the weights' rounding decides");
     int32_t top = -1;
     head_screen *hs = head_screen_new(w, 2, IC);
-    CHECK(hs && head_screen_argmax(hs, w, x, 1, &top) == 0 && top == 1 && head_screen_last_candidates(hs) == 2);
+    for (int codes = 1; codes <= 2; codes++) {
+        head_screen_state_codes(hs, codes);
+        top = -1;
+        CHECK(hs && head_screen_argmax(hs, w, x, 1, &top) == 0 && top == 1 && head_screen_last_candidates(hs) == 2);
+    }
     head_screen_free(hs);
     // (b) rows exact (row 1's codes +1 at inputs 1, 2 and -1 at 3, 4); x = sx (r + d), d =
     // +0.49 at 1, 2 and -0.49 at 3, 4 with r1 + r2 - r3 - r4 = -1: the screen ranks row 1
@@ -218,8 +225,65 @@ static void test_bounds_decide(void) {
     }
     check_against_full(w, x, 1, 2, IC, 0, "the state's rounding decides");
     hs = head_screen_new(w, 2, IC);
+    head_screen_state_codes(hs, 1);
     CHECK(hs && head_screen_argmax(hs, w, x, 1, &top) == 0 && top == 1 && head_screen_last_candidates(hs) == 2);
+    // (c) the same with two codes an element, at 1/128 the scale: x = sx (r + (r2 + d) /
+    // 128), the codes r + r2 / 128 summing to -1/128 over inputs 1..4 with row 1's signs
+    // and d = +-0.49 as in (b); row 1's codes differ by 10 there, x[0] is 0 and the rest of
+    // x small, so the gap (10 s sx / 128) stands clear of the fp32 sum's own term.
+    const double c[5] = {0, 10, 20, 15, 15 + 1.0 / 128}, d[5] = {0, 0.49, 0.49, -0.49, -0.49};
+    for (int k = 0; k < IC; k++) {
+        double xk = k == 0 ? 0 : k == IC - 1 ? 127 : k <= 4 ? c[k] + d[k] / 128 : (double)(r[k] / 5);
+        x[k] = (float)(sx * xk);
+        w[IC + k] = s * (float)(qb[k] + 10 * ((k == 1 || k == 2) - (k == 3 || k == 4)));
+    }
+    check_against_full(w, x, 1, 2, IC, 0, "the state's second codes' rounding decides");
+    head_screen_state_codes(hs, 2);
+    CHECK(head_screen_argmax(hs, w, x, 1, &top) == 0 && top == 1 && head_screen_last_candidates(hs) == 2);
     head_screen_free(hs);
+}
+
+// Three rows whose order the second codes decide, x exactly r + r2 / 128 in units of its
+// scale (so with two codes the screened logits are the exact ones): row 0 = s (127 e0 +
+// e1), row 1 = s (127 e0 + 2 e2 - e3), row 2 = 4 s 127 e0, against x1 = 6 - 51/128, x2 = 5
+// + 51/128, x3 = 5 - 51/128, x0 = 0, ten inputs of 60/128 and one of 127: exact logits
+// 5.60, 6.20 and 0 (s sx). The first codes alone rank row 0 (6) over row 1 (5); the second
+// codes' sum (549) offset by 128 would lift row 2, whose scale is 4x.
+static void test_second_codes_decide(void) {
+    NEED_SCREEN();
+    enum { IC = 16 };
+    const float s = 0x1p-10f, sx = 0x1p-7f;
+    float w[3 * IC] = {0}, x[IC] = {0};
+    w[0] = w[IC] = 127 * s, w[2 * IC] = 4 * 127 * s;
+    w[1] = s, w[IC + 2] = 2 * s, w[IC + 3] = -s;
+    x[1] = sx * (6 - 51.0f / 128), x[2] = sx * (5 + 51.0f / 128), x[3] = sx * (5 - 51.0f / 128), x[15] = sx * 127;
+    for (int k = 4; k < 14; k++) x[k] = sx * 60.0f / 128;
+    check_against_full(w, x, 1, 3, IC, 0, "the second codes decide");
+    head_screen *hs = head_screen_new(w, 3, IC);
+    int32_t top = -1;
+    head_screen_state_codes(hs, 2);
+    CHECK(hs && head_screen_argmax(hs, w, x, 1, &top) == 0 && top == 1 && head_screen_last_candidates(hs) == 1);
+    head_screen_free(hs);
+}
+
+// A state with a few dimensions 20x the rest (as trained models' hidden states have): the
+// screen takes two codes an element, and they keep far fewer rows than one code does.
+static void test_outlying_state(void) {
+    NEED_SCREEN();
+    const int V = 4000, IC = 256, N = 4;
+    float *w = random_matrix(V, IC, 0.02), *x = random_matrix(N, IC, 1.0);
+    for (int n = 0; n < N; n++) x[(size_t)n * IC + 3] = 40, x[(size_t)n * IC + 100] = -30;
+    check_against_full(w, x, N, V, IC, 0, "outlying state dimensions");
+    head_screen *s = head_screen_new(w, V, IC);
+    int32_t top[4];
+    CHECK(head_screen_argmax(s, w, x, N, top) == 0 && head_screen_last_fine(s));
+    long two = head_screen_last_candidates(s);
+    head_screen_state_codes(s, 1);
+    CHECK(head_screen_argmax(s, w, x, N, top) == 0 && !head_screen_last_fine(s));
+    long one = head_screen_last_candidates(s);
+    CHECK_MSG(two < one && two <= 20 * N, "rows computed exactly: %ld with two codes, %ld with one", two, one);
+    head_screen_free(s);
+    free(w), free(x);
 }
 
 // Large and small magnitudes: settled rows are right wherever the bounds hold; heads of
@@ -296,6 +360,8 @@ int main(void) {
     RUN(test_equal_maxima);
     RUN(test_rows_closer_than_codes);
     RUN(test_bounds_decide);
+    RUN(test_second_codes_decide);
+    RUN(test_outlying_state);
     RUN(test_magnitudes);
     RUN(test_left_rows);
     RUN(test_no_screen);
