@@ -414,43 +414,56 @@ static void test_copies_share_rows(void) {
     tp_model_free(m);
 }
 
-// Argmax steps give the tokens that argmax over the same steps' logits gives (two
-// generators fed the same tokens): bf16 weights through the head's screen (where the CPU
-// can make one), fp32 weights through the full product; 3 slots, 24 steps, each model.
+// Generators a and b (the same model of V tokens, S slots of >= P + steps + 1 tokens) are
+// fed the same prompts of P ids (random in [lo, hi)) and then the tokens of a's argmax: a writes
+// logits that tp_sample's greedy argmax takes, b runs argmax steps. Returns at how many of
+// the steps their tokens differ; *exact: the rows b's screen computed exactly (if any).
+static int argmax_vs_logits(tp_generator *a, tp_generator *b, int S, int P, int steps, int V, int lo, int hi,
+                            long *exact) {
+    tp_err err;
+    int *slot = malloc(sizeof(int) * (size_t)S * P), *out = malloc(sizeof(int) * (size_t)S);
+    int32_t *prompt = malloc(sizeof(int32_t) * (size_t)S * P), *tok = malloc(sizeof(int32_t) * (size_t)S),
+            *top = malloc(sizeof(int32_t) * (size_t)S);
+    for (int i = 0; i < S * P; i++) slot[i] = i / P, prompt[i] = (int32_t)(lo + test_rand() % (unsigned)(hi - lo));
+    for (int s = 0; s < S; s++) out[s] = s * P + P - 1;
+    float *lg = malloc(sizeof(float) * (size_t)S * V);
+    CHECK(tp_generator_forward(a, S * P, slot, prompt, S, out, lg, &err) == 0);
+    CHECK(tp_generator_forward_argmax(b, S * P, slot, prompt, S, out, top, &err) == 0);
+    tp_sample_scratch sc = {0};
+    tp_sampler greedy = {.greedy = true, .temperature = 1, .top_p = 1};
+    int differ = 0;
+    *exact = 0;
+    for (int t = 0; t < steps; t++) {
+        for (int s = 0; s < S; s++) tok[s] = tp_sample(&greedy, lg + (size_t)s * V, V, NULL, &sc);
+        differ += memcmp(tok, top, sizeof(int32_t) * (size_t)S) != 0;
+        for (int s = 0; s < S; s++) slot[s] = s, out[s] = s;
+        CHECK(tp_generator_forward(a, S, slot, tok, S, out, lg, &err) == 0);
+        CHECK(tp_generator_forward_argmax(b, S, slot, tok, S, out, top, &err) == 0);
+        *exact += tp_generator_screened_rows(b) > 0 ? tp_generator_screened_rows(b) : 0;
+    }
+    tp_sample_scratch_free(&sc);
+    free(slot), free(out), free(prompt), free(tok), free(top), free(lg);
+    return differ;
+}
+
+// Argmax steps give the tokens that argmax over the same steps' logits gives: bf16 weights
+// through the head's screen (where the CPU can make one), fp32 weights through the full
+// product; 3 slots, 24 steps, each model.
 static void test_argmax_steps(void) {
     for (size_t c = 0; c < sizeof CASES / sizeof *CASES; c++)
         for (int bf16 = 0; bf16 < 2; bf16++) {
             tp_model *m = fixture_load_model(FIX, CASES[c]);
             if (!m) continue;
-            enum { S = 3, P = 9, STEPS = 24 };
-            int V = m->cfg.vocab_size;
             tp_err err;
-            tp_generator *a = tp_generator_new(m, S, 64, &err), *b = tp_generator_new(m, S, 64, &err);
+            tp_generator *a = tp_generator_new(m, 3, 64, &err), *b = tp_generator_new(m, 3, 64, &err);
             CHECK(a && b);
             if (bf16) CHECK(tp_generator_bf16_weights(a, &err) == 0 && tp_generator_bf16_weights(b, &err) == 0);
-            int slot[S * P], out[S];
-            int32_t prompt[S * P], tok[S], top[S];
-            for (int i = 0; i < S * P; i++) slot[i] = i / P, prompt[i] = (int32_t)(test_rand() % (unsigned)V);
-            for (int s = 0; s < S; s++) out[s] = s * P + P - 1;
-            float *lg = malloc(sizeof(float) * S * V);
-            CHECK(tp_generator_forward(a, S * P, slot, prompt, S, out, lg, &err) == 0);
-            CHECK(tp_generator_forward_argmax(b, S * P, slot, prompt, S, out, top, &err) == 0);
-            tp_sample_scratch sc = {0};
-            tp_sampler greedy = {.greedy = true, .temperature = 1, .top_p = 1};
-            int differ = 0;
-            for (int t = 0; t < STEPS; t++) {
-                for (int s = 0; s < S; s++) tok[s] = tp_sample(&greedy, lg + (size_t)s * V, V, NULL, &sc);
-                differ += memcmp(tok, top, sizeof tok) != 0;
-                for (int s = 0; s < S; s++) slot[s] = s, out[s] = s;
-                CHECK(tp_generator_forward(a, S, slot, tok, S, out, lg, &err) == 0);
-                CHECK(tp_generator_forward_argmax(b, S, slot, tok, S, out, top, &err) == 0);
-            }
-            CHECK_MSG(!differ, "%s%s: argmax steps differ from the logits' argmax at %d of %d steps", CASES[c],
-                      bf16 ? " bf16" : "", differ, STEPS);
+            long exact;
+            int V = m->cfg.vocab_size, differ = argmax_vs_logits(a, b, 3, 9, 24, V, 0, V, &exact);
+            CHECK_MSG(!differ, "%s%s: argmax steps differ from the logits' argmax at %d of 24 steps", CASES[c],
+                      bf16 ? " bf16" : "", differ);
             if (!bf16) CHECK(!tp_generator_has_screen(b) && tp_generator_screened_rows(b) == -1);
             if (bf16 && tp_generator_has_screen(b)) printf("# %s bf16: argmax steps through the head's screen\n", CASES[c]);
-            tp_sample_scratch_free(&sc);
-            free(lg);
             tp_generator_free(a), tp_generator_free(b);
             tp_model_free(m);
         }
@@ -467,28 +480,11 @@ static void test_smollm2_argmax(void) {
     CHECK_MSG(m, "%s", err.msg);
     if (!m) return;
     enum { S = 8, P = 24, STEPS = 40 };
-    int V = m->cfg.vocab_size;
-    tp_generator *a = tp_generator_new_kv(m, S, P + STEPS + 1, true, &err), *b = tp_generator_new_kv(m, S, P + STEPS + 1, true, &err);
+    tp_generator *a = tp_generator_new_kv(m, S, P + STEPS + 1, true, &err),
+                 *b = tp_generator_new_kv(m, S, P + STEPS + 1, true, &err);
     CHECK(a && b && tp_generator_bf16_weights(a, &err) == 0 && tp_generator_bf16_weights(b, &err) == 0);
-    int slot[S * P], out[S];
-    int32_t prompt[S * P], tok[S], top[S];
-    for (int i = 0; i < S * P; i++) slot[i] = i / P, prompt[i] = (int32_t)(200 + test_rand() % 8000);
-    for (int s = 0; s < S; s++) out[s] = s * P + P - 1;
-    float *lg = malloc(sizeof(float) * S * V);
-    CHECK(tp_generator_forward(a, S * P, slot, prompt, S, out, lg, &err) == 0);
-    CHECK(tp_generator_forward_argmax(b, S * P, slot, prompt, S, out, top, &err) == 0);
-    tp_sample_scratch sc = {0};
-    tp_sampler greedy = {.greedy = true, .temperature = 1, .top_p = 1};
-    int differ = 0;
-    long exact = 0;
-    for (int t = 0; t < STEPS; t++) {
-        for (int s = 0; s < S; s++) tok[s] = tp_sample(&greedy, lg + (size_t)s * V, V, NULL, &sc);
-        differ += memcmp(tok, top, sizeof tok) != 0;
-        for (int s = 0; s < S; s++) slot[s] = s, out[s] = s;
-        CHECK(tp_generator_forward(a, S, slot, tok, S, out, lg, &err) == 0);
-        CHECK(tp_generator_forward_argmax(b, S, slot, tok, S, out, top, &err) == 0);
-        exact += tp_generator_screened_rows(b);
-    }
+    long exact;
+    int differ = argmax_vs_logits(a, b, S, P, STEPS, m->cfg.vocab_size, 200, 8200, &exact);  // ordinary tokens' ids
     CHECK_MSG(!differ, "argmax steps differ from the logits' argmax at %d of %d steps", differ, STEPS);
     float probe_w[4] = {1, 2, 3, 4};
     head_screen *probe = head_screen_new(probe_w, 1, 4);  // NULL: no AVX-512 VNNI here
@@ -499,8 +495,6 @@ static void test_smollm2_argmax(void) {
         printf("# smollm2: argmax steps through the head's screen, %.1f rows a token computed exactly\n",
                (double)exact / (S * STEPS));
     }
-    tp_sample_scratch_free(&sc);
-    free(lg);
     tp_generator_free(a), tp_generator_free(b);
     tp_model_free(m);
 }
