@@ -627,6 +627,8 @@ void tp_generator_prepare_argmax(tp_generator *g) {
 
 bool tp_generator_has_screen(const tp_generator *g) { return g->screen != NULL; }
 
-long tp_generator_screened_rows(const tp_generator *g) { return g->screen ? head_screen_last_candidates(g->screen) : -1; }
+long tp_generator_screened_rows(const tp_generator *g) {
+    return g->screen ? head_screen_last_candidates(g->screen) : -1;
+}
 
 const float *tp_generator_logits(const tp_generator *g) { return g->last_logits; }

@@ -255,7 +255,8 @@ INLINE VNNI void settle_panel(const head_screen *s, const __m512i *acc, const __
         b = _mm512_fmadd_ps(b, slack, _mm512_fmadd_ps(_mm512_abs_ps(a), tiny, floor));
         _mm512_storeu_ps(s->hi + (size_t)(n0 + r) * stride + v0, _mm512_add_ps(a, b));
         float *lo_r = lo + (size_t)r * 16;
-        _mm512_storeu_ps(lo_r, _mm512_mask_max_ps(_mm512_loadu_ps(lo_r), live, _mm512_loadu_ps(lo_r), _mm512_sub_ps(a, b)));
+        __m512 lo_was = _mm512_loadu_ps(lo_r);
+        _mm512_storeu_ps(lo_r, _mm512_mask_max_ps(lo_was, live, lo_was, _mm512_sub_ps(a, b)));
     }
 }
 
@@ -272,7 +273,8 @@ INLINE VNNI void panel_sums(__m512i *acc, const uint8_t *panel, const int8_t *xq
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_si512();
     for (int l = 0; l < IC4 / 4; l++) {
         const uint8_t *line = panel + (size_t)l * 64;
-        if (prefetch) _mm_prefetch((const char *)line + PREFETCH_BYTES, _MM_HINT_T1);  // may point past the codes: never faults
+        // (may point past the codes: a prefetch never faults)
+        if (prefetch) _mm_prefetch((const char *)line + PREFETCH_BYTES, _MM_HINT_T1);
         __m512i codes = _mm512_loadu_si512(line);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {

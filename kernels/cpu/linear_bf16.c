@@ -262,7 +262,8 @@ __attribute__((target("avx512f"))) static void outputs_avx512(float *out, const 
             }
         }
         __m512 acc = _mm512_setzero_ps();
-        for (int k = 0; k < IC; k++) acc = _mm512_fmadd_ps(_mm512_set1_ps(x[k]), _mm512_loadu_ps(t + (size_t)k * 16), acc);
+        for (int k = 0; k < IC; k++)
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(x[k]), _mm512_loadu_ps(t + (size_t)k * 16), acc);
         _mm512_mask_storeu_ps(out + i0, (__mmask16)((1u << m) - 1), acc);
     }
     free(row16), free(t);

@@ -72,7 +72,8 @@ int main(int argc, char **argv) {
                 for (size_t i = 0; i < (size_t)N * IC; i++) x[i] = normalish(1.0);
                 if (outlying)
                     for (int n = 0; n < N; n++) x[(size_t)n * IC + 3] = 20, x[(size_t)n * IC + 100] = -20;
-                int32_t *top_full = malloc(sizeof(int32_t) * (size_t)N), *top_screen = malloc(sizeof(int32_t) * (size_t)N);
+                int32_t *top_full = malloc(sizeof(int32_t) * (size_t)N);
+                int32_t *top_screen = malloc(sizeof(int32_t) * (size_t)N);
                 long exact = 0;
                 int left = 0;
                 for (int k = 0; k < runs; k++) {

@@ -463,7 +463,8 @@ static void test_argmax_steps(void) {
             CHECK_MSG(!differ, "%s%s: argmax steps differ from the logits' argmax at %d of 24 steps", CASES[c],
                       bf16 ? " bf16" : "", differ);
             if (!bf16) CHECK(!tp_generator_has_screen(b) && tp_generator_screened_rows(b) == -1);
-            if (bf16 && tp_generator_has_screen(b)) printf("# %s bf16: argmax steps through the head's screen\n", CASES[c]);
+            if (bf16 && tp_generator_has_screen(b))
+                printf("# %s bf16: argmax steps through the head's screen\n", CASES[c]);
             tp_generator_free(a), tp_generator_free(b);
             tp_model_free(m);
         }
@@ -491,7 +492,8 @@ static void test_smollm2_argmax(void) {
     CHECK_MSG(!probe || tp_generator_has_screen(b), "the screen gave up on SmolLM2");
     head_screen_free(probe);
     if (tp_generator_has_screen(b)) {
-        CHECK_MSG(exact > 0 && exact <= (long)S * STEPS * 64, "%ld rows computed exactly over %d rows", exact, S * STEPS);
+        CHECK_MSG(exact > 0 && exact <= (long)S * STEPS * 64, "%ld rows computed exactly over %d rows", exact,
+                  S * STEPS);
         printf("# smollm2: argmax steps through the head's screen, %.1f rows a token computed exactly\n",
                (double)exact / (S * STEPS));
     }

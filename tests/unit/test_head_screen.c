@@ -174,7 +174,8 @@ static void test_rows_closer_than_codes(void) {
         for (int v = 0; v < 200; v++) {
             int row = 100 + v * 5;
             for (int k = 0; k < IC; k++)
-                w[(size_t)row * IC + k] = x[(size_t)n * IC + k] * 0.03f * (1.0f + (float)(test_uniform() - 0.5) * 4e-3f);
+                w[(size_t)row * IC + k] =
+                    x[(size_t)n * IC + k] * 0.03f * (1.0f + (float)(test_uniform() - 0.5) * 4e-3f);
         }
         check_against_full(w, x + (size_t)n * IC, 1, V, IC, 0, "rows closer than the codes");
     }
