@@ -48,7 +48,7 @@ tp_engine *tp_engine_new(tp_model *m, const tp_tokenizer *tok, const tp_engine_o
         free(e);
         return NULL;
     }
-    if (o->greedy && o->bf16_weights) tp_generator_prepare_argmax(e->gen);
+    if (o->greedy) tp_generator_prepare_argmax(e->gen);
     e->slot_used = tp_xcalloc((size_t)o->max_batch, sizeof *e->slot_used);
     e->on_device = tp_model_backend(m)->device;
     if (!e->on_device) e->logits = tp_xmalloc((size_t)o->max_batch * e->V * sizeof *e->logits);

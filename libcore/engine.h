@@ -33,9 +33,9 @@ typedef struct tp_engine_opts {
                          // tokenizer spells in pieces), or NULL
     bool bf16_weights;   // cpu: decode with bf16 copies of the weights (tp_generator_bf16_weights)
     bool kv_bf16;        // cpu: a KV cache of bf16 rows (tp_generator_new_kv)
-    bool greedy;         // cpu, bf16 weights: requests will be greedy, so the head's screen
-                         // for argmax steps is made now (tp_generator_prepare_argmax), not
-                         // at the first greedy step
+    bool greedy;         // cpu: requests will be greedy, so the head's screen for argmax
+                         // steps is made now (tp_generator_prepare_argmax), not at the
+                         // first greedy step
 } tp_engine_opts;
 
 // A request's: how many samples, how they are drawn and when they end.

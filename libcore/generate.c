@@ -16,6 +16,7 @@
 #include "cpu/head_screen.h"
 #include "cpu/kv_bf16.h"
 #include "cpu/linear_bf16.h"
+#include "cpu/linear_rows.h"
 #include "cpu/rope_table.h"
 #include "sample.h"
 
@@ -66,7 +67,7 @@ struct tp_generator {
     uint16_t *head16;
     uint16_t *w16_block;  // where w16's matrices and head16 live
     // An int8 screen of the head for steps that keep only each row's argmax (greedy), made
-    // at the first such step with bf16 weights; screen_tried: made or found impossible.
+    // at the first such step (cpu); screen_tried: made or found impossible.
     head_screen *screen;
     bool screen_tried;
     long screen_rows, screen_left;  // rows given to it, rows it left to the full product
@@ -163,7 +164,7 @@ static void free_scratch(tp_generator *g) {
 static void free_w16(tp_generator *g) {
     free(g->w16_block), free(g->w16);
     g->w16_block = NULL, g->w16 = NULL, g->head16 = NULL;
-    head_screen_free(g->screen), g->screen = NULL, g->screen_tried = false;
+    head_screen_free(g->screen), g->screen = NULL, g->screen_tried = false, g->screen_rows = g->screen_left = 0;
 }
 
 // Bytes of W [OC, IC] packed for linear_forward_w16, in whole cache lines.
@@ -486,7 +487,9 @@ static void head_argmax(tp_generator *g, int n_out, float *dst, int32_t *top) {
     int C = c->hidden_size, V = c->vocab_size;
     tp_generator_prepare_argmax(g);
     int left = n_out;
-    if (g->screen) {
+    // fp32 weights: the full product of more rows than linear_forward_rows takes is the
+    // BLAS's, whose bits the screen's exact rows would not reproduce.
+    if (g->screen && (g->head16 || n_out <= LINEAR_ROWS_MAX)) {
         left = head_screen_argmax(g->screen, g->m->W.lm_head, g->ln, n_out, top);
         g->screen_rows += n_out, g->screen_left += left;
         // A screen that leaves most rows (states or a head it bounds loosely) costs more
@@ -617,12 +620,14 @@ int tp_generator_forward_argmax(tp_generator *g, int n, const int *slot, const i
 }
 
 void tp_generator_prepare_argmax(tp_generator *g) {
-    const tp_model_config *c = &g->m->cfg;
+    if (g->be->device || g->screen_tried) return;
+    g->screen_tried = true;
     const char *env = getenv("TP_HEAD_SCREEN");
-    bool off = env && !strcmp(env, "0");
-    if (g->head16 && !g->screen_tried && !off)
-        g->screen = head_screen_new(g->m->W.lm_head, c->vocab_size, c->hidden_size);
-    g->screen_tried = g->head16 != NULL;
+    if (env && !strcmp(env, "0")) return;
+    const tp_model_config *c = &g->m->cfg;
+    const float *w = g->m->W.lm_head;
+    g->screen = g->head16 ? head_screen_new(w, c->vocab_size, c->hidden_size)
+                          : head_screen_new_fp32(w, c->vocab_size, c->hidden_size);
 }
 
 bool tp_generator_has_screen(const tp_generator *g) { return g->screen != NULL; }

@@ -48,19 +48,23 @@ int tp_generator_forward(tp_generator *g, int n, const int *slot, const int32_t 
                          float *logits, tp_err *err);
 // The same call keeping only each out row's largest logit: top[i] := the index of the first
 // largest logit of row i, as argmax over tp_generator_forward's logits gives it (cpu only;
-// what greedy decoding draws). With bf16 weights on a CPU with AVX-512 VNNI an int8 copy
-// of the head (made at the first such call: 1 byte a head weight) screens the vocabulary
-// and only the rows that could be the largest are computed exactly, in the full product's
-// arithmetic: the same indices, for about half the head's reading (cpu/head_screen.h).
+// what greedy decoding draws). On a CPU with AVX-512 VNNI an int8 copy of the head (made at
+// the first such call: 1 byte a head weight) screens the vocabulary and only the rows that
+// could be the largest are computed exactly, in the full product's arithmetic: the same
+// indices, for half (bf16 weights) or a quarter (fp32) of the head's reading
+// (cpu/head_screen.h). With fp32 weights only for calls of up to 16 out rows (past that
+// the full product is the BLAS's).
 int tp_generator_forward_argmax(tp_generator *g, int n, const int *slot, const int32_t *token, int n_out,
                                 const int *out_idx, int32_t *top, tp_err *err);
-// Makes the screen now if it can be made (bf16 weights, AVX-512 VNNI; not with
-// TP_HEAD_SCREEN=0 in the environment, for comparing: the same tokens) and is not yet:
+// Makes the screen now if it can be made (cpu, AVX-512 VNNI; not with TP_HEAD_SCREEN=0 in
+// the environment, for comparing: the same tokens) and is not yet (after
+// tp_generator_bf16_weights when there are bf16 weights: making them drops it):
 // 0.1-0.3 s and 1 byte a head weight at SmolLM2-135M's shape, better spent before the
 // first step than during it when every request will be greedy.
 void tp_generator_prepare_argmax(tp_generator *g);
 bool tp_generator_has_screen(const tp_generator *g);
-// How many logits the last argmax call computed exactly (all rows); -1 without a screen.
+// How many logits the last argmax call through the screen computed exactly (all rows); -1
+// without a screen.
 long tp_generator_screened_rows(const tp_generator *g);
 // Where the last call's logits [n_out, V] are, in the backend's memory (valid until the next call).
 const float *tp_generator_logits(const tp_generator *g);

@@ -20,6 +20,7 @@
 #include "cpu/head_screen.h"
 
 #include "cpu/linear_bf16.h"
+#include "cpu/linear_rows.h"
 #include "error.h"
 
 #include <math.h>
@@ -39,6 +40,7 @@ enum { ROWS = 16, GROUP = 8 };  // head rows a panel; tokens a pass over a panel
 
 struct head_screen {
     int V, IC, IC4, panels;
+    bool bf16;          // the logits are linear_forward_w16's (W rounded to bf16), else linear_forward_rows's
     uint8_t *codes;     // [panels][IC4 / 4][ROWS][4]
     float *scale;       // [panels·ROWS]: s, the row's max |w| / 127 (0 past V)
     float *code_norm;   // s ||q||, raised by SLACK, rounded up
@@ -92,19 +94,18 @@ static float widen(uint16_t h) {
     return f;
 }
 
-// Row v's codes and bounds from its bf16 values b16 [IC]; false when one is not finite.
-static bool code_row(head_screen *s, const uint16_t *b16, int v, double gamma) {
+// Row v's codes and bounds from its values row [IC]; false when one is not finite.
+static bool code_row(head_screen *s, const float *row, int v, double gamma) {
     uint8_t *panel = s->codes + (size_t)(v / ROWS) * s->IC4 * ROWS;
     int lane = v % ROWS;
     double mx = 0;
     for (int k = 0; k < s->IC; k++) {
-        float f = widen(b16[k]);
-        if (!isfinite(f)) return false;
-        mx = fmax(mx, fabs((double)f));
+        if (!isfinite(row[k])) return false;
+        mx = fmax(mx, fabs((double)row[k]));
     }
     double sc = mx / 127, q2 = 0, e2 = 0, w2 = 0;
     for (int k = 0; k < s->IC4; k++) {
-        double f = k < s->IC ? (double)widen(b16[k]) : 0;
+        double f = k < s->IC ? (double)row[k] : 0;
         long q = sc > 0 ? lrint(f / sc) : 0;
         q = q > 127 ? 127 : q < -127 ? -127 : q;
         double e = f - sc * (double)q;
@@ -131,10 +132,10 @@ static float median(const float *x, int n) {
     return m;
 }
 
-head_screen *head_screen_new(const float *w, int V, int IC) {
+static head_screen *make(const float *w, int V, int IC, bool bf16) {
     if (!have_vnni() || V <= 0 || IC <= 0 || IC > 65536) return NULL;
     head_screen *s = tp_xcalloc(1, sizeof *s);
-    s->V = V, s->IC = IC, s->IC4 = (IC + 3) / 4 * 4, s->panels = (V + ROWS - 1) / ROWS;
+    s->V = V, s->IC = IC, s->IC4 = (IC + 3) / 4 * 4, s->panels = (V + ROWS - 1) / ROWS, s->bf16 = bf16;
     size_t rows = (size_t)s->panels * ROWS;
     s->codes = tp_xmalloc(rows * s->IC4);
     memset(s->codes, 128, rows * s->IC4);  // rows past V: q = 0
@@ -148,12 +149,17 @@ head_screen *head_screen_new(const float *w, int V, int IC) {
 #pragma omp parallel reduction(| : bad)
     {
         uint16_t *b16 = tp_xmalloc((size_t)IC * sizeof *b16);
+        float *row = tp_xmalloc((size_t)IC * sizeof *row);
 #pragma omp for schedule(static)
         for (int v = 0; v < V; v++) {
-            weights_to_bf16(b16, w + (size_t)v * IC, (size_t)IC);
-            bad |= !code_row(s, b16, v, gamma);
+            const float *wv = w + (size_t)v * IC;
+            if (bf16) {
+                weights_to_bf16(b16, wv, (size_t)IC);
+                for (int k = 0; k < IC; k++) row[k] = widen(b16[k]);
+            }
+            bad |= !code_row(s, bf16 ? row : wv, v, gamma);
         }
-        free(b16);
+        free(b16), free(row);
     }
     if (bad) {
         head_screen_free(s);
@@ -162,6 +168,9 @@ head_screen *head_screen_new(const float *w, int V, int IC) {
     s->code_norm_mid = median(s->code_norm, V), s->rest_norm_mid = median(s->rest_norm, V);
     return s;
 }
+
+head_screen *head_screen_new(const float *w, int V, int IC) { return make(w, V, IC, true); }
+head_screen *head_screen_new_fp32(const float *w, int V, int IC) { return make(w, V, IC, false); }
 
 void head_screen_free(head_screen *s) {
     if (!s) return;
@@ -375,7 +384,8 @@ int head_screen_argmax(head_screen *s, const float *w, const float *x, int N, in
         int count = s->tok[(size_t)n * TOK_STATS + TOK_OK] != 0 ? candidates(s, n, M, cand) : -1;
         top[n] = -1;
         if (count > 0) {
-            linear_w16_outputs(exact, x + (size_t)n * s->IC, w, cand, count, s->IC);
+            if (s->bf16) linear_w16_outputs(exact, x + (size_t)n * s->IC, w, cand, count, s->IC);
+            else linear_rows_outputs(exact, x + (size_t)n * s->IC, w, cand, count, s->IC);
             int best = 0;
             bool finite = true;
             for (int i = 0; i < count; i++) {

@@ -29,11 +29,15 @@ enum { HEAD_SCREEN_MAX_CANDIDATES = 512 };
 // w16_pack rounds it). NULL when the CPU has no AVX-512 VNNI, IC > 65,536, or W rounded
 // to bf16 holds a value that is not finite.
 head_screen *head_screen_new(const float *w, int V, int IC);
+// The same for the logits of x · W as linear_forward_rows computes them (fp32 weights; the
+// argmax below is then that of its outputs).
+head_screen *head_screen_new_fp32(const float *w, int V, int IC);
 void head_screen_free(head_screen *s);
 size_t head_screen_bytes(const head_screen *s);  // what it holds: the codes and the per-row bounds
 
-// top[n] := the first index of the largest of linear_forward_w16's outputs for row n of
-// x [N, IC] against W (the same W the screen was made from), n < N. A row it cannot
+// top[n] := the first index of the largest of linear_forward_w16's (or, fp32,
+// linear_forward_rows's) outputs for row n of x [N, IC] against W (the same W the screen
+// was made from), n < N. A row it cannot
 // settle (x not finite, an exact logit not finite, or more than HEAD_SCREEN_MAX_CANDIDATES
 // rows within the bounds) gets -1; returns how many did. Not reentrant: the screen holds
 // the call's scratch.

@@ -127,15 +127,37 @@ static void forward_tiles(float *out, const float *x, const float *w, const floa
     }
 }
 
-bool linear_forward_rows(float *out, const float *x, const float *w, const float *bias, int N, int IC, int OC) {
+// Each row alone as a tile of one (its bits: the same in any tile). The rows are seldom
+// cached: all their lines are requested first, so the misses overlap.
+AVX512 static void outputs_tiles(float *out, const float *x, const float *w, const int32_t *rows, int n, int IC) {
+    for (int i = 0; i < n; i++)
+        for (size_t b = 0; b < (size_t)IC * sizeof *w; b += 64)
+            _mm_prefetch((const char *)(w + (size_t)rows[i] * IC) + b, _MM_HINT_T0);
+    for (int i = 0; i < n; i++) {
+        const float *row = w + (size_t)rows[i] * IC, *tile_rows[R] = {row, row, row, row};
+        tile(out + i, x, tile_rows, NULL, 1, IC, 1, 1, 0);
+    }
+}
+
+static bool have_avx512(void) {
     static int avx512 = -1;
     if (avx512 < 0) {
         __builtin_cpu_init();
         avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                  __builtin_cpu_supports("avx512vl");
     }
-    if (!avx512) return false;
+    return avx512;
+}
+
+bool linear_forward_rows(float *out, const float *x, const float *w, const float *bias, int N, int IC, int OC) {
+    if (!have_avx512()) return false;
     if (N > 0 && OC > 0) forward_tiles(out, x, w, bias, N, IC, OC);
+    return true;
+}
+
+bool linear_rows_outputs(float *out, const float *x, const float *w, const int32_t *rows, int n, int IC) {
+    if (!have_avx512()) return false;
+    if (n > 0 && IC > 0) outputs_tiles(out, x, w, rows, n, IC);
     return true;
 }
 
@@ -143,6 +165,11 @@ bool linear_forward_rows(float *out, const float *x, const float *w, const float
 
 bool linear_forward_rows(float *out, const float *x, const float *w, const float *bias, int N, int IC, int OC) {
     (void)out, (void)x, (void)w, (void)bias, (void)N, (void)IC, (void)OC;
+    return false;
+}
+
+bool linear_rows_outputs(float *out, const float *x, const float *w, const int32_t *rows, int n, int IC) {
+    (void)out, (void)x, (void)w, (void)rows, (void)n, (void)IC;
     return false;
 }
 

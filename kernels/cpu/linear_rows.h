@@ -4,6 +4,7 @@
 #define TP_LINEAR_ROWS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 // Up to this many rows of x linear_forward goes through linear_forward_rows: a decode
 // step's batch. Past it the BLAS's blocked GEMM is as fast or faster.
@@ -14,5 +15,10 @@ enum { LINEAR_ROWS_MAX = 16 };
 // then + bias: its bits do not depend on N, on the other rows of x or on the thread count.
 // false (and nothing written) where the CPU lacks AVX-512 (F, BW, VL).
 bool linear_forward_rows(float *out, const float *x, const float *w, const float *bias, int N, int IC, int OC);
+
+// out[i] := linear_forward_rows's output for row rows[i] of W [.., IC] and the one row x
+// [IC], no bias, i < n: the same bits, for a few rows scattered through W. false (and
+// nothing written) where the CPU lacks AVX-512.
+bool linear_rows_outputs(float *out, const float *x, const float *w, const int32_t *rows, int n, int IC);
 
 #endif

@@ -87,14 +87,16 @@ expect kv-cache-bad 2 "--kv-cache" "$RO" -m "$TMP/model" --kv-cache fp16 "$TMP/p
 [ "$(sed -n '1p' "$TMP/g1")" = "$(sed -n '1p' "$TMP/g2")" ] && [ "$(sed -n '3p' "$TMP/g1")" = "$(sed -n '2p' "$TMP/g2")" ] &&
     ok greedy-batch-independent || not_ok greedy-batch-independent
 
-# Greedy with bf16 weights keeps only each step's argmax, through the head's int8 screen
-# where the CPU has AVX-512 VNNI: the same records as with the screen off.
-# shellcheck disable=SC2086
-"$RO" -q $RUN --greedy -n 2 --matmul bf16 "$TMP/probs.jsonl" >"$TMP/screen.jsonl"
-# shellcheck disable=SC2086
-TP_HEAD_SCREEN=0 "$RO" -q $RUN --greedy -n 2 --matmul bf16 "$TMP/probs.jsonl" >"$TMP/noscreen.jsonl"
-[ "$(wc -l <"$TMP/screen.jsonl")" -eq 6 ] && cmp -s "$TMP/screen.jsonl" "$TMP/noscreen.jsonl" &&
-    ok greedy-head-screen-same-records || not_ok greedy-head-screen-same-records
+# Greedy keeps only each step's argmax, through the head's int8 screen where the CPU has
+# AVX-512 VNNI: the same records as with the screen off, fp32 and bf16 weights.
+for mm in fp32 bf16; do
+    # shellcheck disable=SC2086
+    "$RO" -q $RUN --greedy -n 2 --matmul $mm "$TMP/probs.jsonl" >"$TMP/screen.jsonl"
+    # shellcheck disable=SC2086
+    TP_HEAD_SCREEN=0 "$RO" -q $RUN --greedy -n 2 --matmul $mm "$TMP/probs.jsonl" >"$TMP/noscreen.jsonl"
+    [ "$(wc -l <"$TMP/screen.jsonl")" -eq 6 ] && cmp -s "$TMP/screen.jsonl" "$TMP/noscreen.jsonl" &&
+        ok greedy-head-screen-same-records-$mm || not_ok greedy-head-screen-same-records-$mm
+done
 
 # Stops and lengths.
 # shellcheck disable=SC2086

@@ -1,11 +1,13 @@
 // The head's argmax screen (kernels/cpu/head_screen.h) against the argmax of the full
-// bf16 product (linear_forward_w16): random heads and tokens at odd shapes and batch
-// sizes, equal maxima at several rows (the first wins), rows closer together than the
-// int8 codes resolve (the screen's ranking alone would pick wrong), values near the ends
-// of float's range, and the rows it must leave (x zero, NaN or inf; too many candidates).
-// linear_w16_outputs gives linear_forward_w16's bits.
+// product, bf16 (linear_forward_w16) and fp32 (linear_forward_rows): random heads and
+// tokens at odd shapes and batch sizes, equal maxima at several rows (the first wins), rows
+// closer together than the int8 codes resolve (the screen's ranking alone would pick
+// wrong), cases built so that each bound term decides, values near the ends of float's
+// range, and the rows it must leave (x zero, NaN or inf; too many candidates).
+// linear_w16_outputs and linear_rows_outputs give their products' bits.
 #include "cpu/head_screen.h"
 #include "cpu/linear_bf16.h"
+#include "cpu/linear_rows.h"
 #include "test.h"
 
 #include <omp.h>
@@ -30,12 +32,14 @@ static float *random_matrix(int rows, int cols, double scale) {
     return m;
 }
 
-// The argmax of linear_forward_w16's outputs for each row of x: the first of equal maxima.
-static void full_argmax(int32_t *top, const float *w, const float *x, int N, int V, int IC) {
+// The argmax of linear_forward_w16's (fp32: linear_forward_rows's) outputs for each row of
+// x: the first of equal maxima.
+static void full_argmax_of(int32_t *top, const float *w, const float *x, int N, int V, int IC, bool fp32) {
     uint16_t *wp = malloc(sizeof(uint16_t) * w16_packed_elems(IC, V));
     float *out = malloc(sizeof(float) * (size_t)N * V);
     w16_pack(wp, w, IC, V);
-    linear_forward_w16(out, x, wp, NULL, N, IC, V);
+    if (fp32) CHECK(linear_forward_rows(out, x, w, NULL, N, IC, V));
+    else linear_forward_w16(out, x, wp, NULL, N, IC, V);
     for (int n = 0; n < N; n++) {
         const float *o = out + (size_t)n * V;
         int best = 0;
@@ -46,30 +50,41 @@ static void full_argmax(int32_t *top, const float *w, const float *x, int N, int
     free(wp), free(out);
 }
 
-// The screen's answers for x [N, IC] against the full product's, with the states' codes
-// chosen and with 1 and 2 codes an element: every settled row equal, and `unsettled_ok`
-// rows at most left.
-static void check_against_full(const float *w, const float *x, int N, int V, int IC, int unsettled_ok,
-                               const char *what) {
-    head_screen *s = head_screen_new(w, V, IC);
+static void full_argmax(int32_t *top, const float *w, const float *x, int N, int V, int IC) {
+    full_argmax_of(top, w, x, N, V, IC, false);
+}
+
+// The screen's answers for x [N, IC] against the full product's, bf16 (or fp32) screen,
+// with the states' codes chosen and with 1 and 2 codes an element: every settled row equal,
+// and `unsettled_ok` rows at most left.
+static void check_kind(const float *w, const float *x, int N, int V, int IC, int unsettled_ok, const char *what,
+                       bool fp32) {
+    head_screen *s = fp32 ? head_screen_new_fp32(w, V, IC) : head_screen_new(w, V, IC);
     CHECK_MSG(s, "%s: no screen", what);
     if (!s) return;
+    const char *kind = fp32 ? "fp32" : "bf16";
     int32_t *top = malloc(sizeof(int32_t) * (size_t)N), *want = malloc(sizeof(int32_t) * (size_t)N);
-    full_argmax(want, w, x, N, V, IC);
+    full_argmax_of(want, w, x, N, V, IC, fp32);
     for (int codes = 0; codes <= 2; codes++) {
         head_screen_state_codes(s, codes);
         for (int n = 0; n < N; n++) top[n] = -7;
         int left = head_screen_argmax(s, w, x, N, top), minus = 0;
         for (int n = 0; n < N; n++) {
             minus += top[n] == -1;
-            CHECK_MSG(top[n] == -1 || top[n] == want[n], "%s, codes %d: row %d of %d: screen %d, full product %d", what,
-                      codes, n, N, top[n], want[n]);
+            CHECK_MSG(top[n] == -1 || top[n] == want[n], "%s, %s, codes %d: row %d of %d: screen %d, full product %d",
+                      what, kind, codes, n, N, top[n], want[n]);
         }
-        CHECK_MSG(left == minus && left <= unsettled_ok, "%s, codes %d: %d rows left (%d marked), %d allowed", what,
-                  codes, left, minus, unsettled_ok);
+        CHECK_MSG(left == minus && left <= unsettled_ok, "%s, %s, codes %d: %d rows left (%d marked), %d allowed",
+                  what, kind, codes, left, minus, unsettled_ok);
     }
     free(top), free(want);
     head_screen_free(s);
+}
+
+static void check_against_full(const float *w, const float *x, int N, int V, int IC, int unsettled_ok,
+                               const char *what) {
+    check_kind(w, x, N, V, IC, unsettled_ok, what, false);
+    check_kind(w, x, N, V, IC, unsettled_ok, what, true);
 }
 
 static head_screen *probe(void) {
@@ -102,6 +117,25 @@ static void test_outputs_are_the_product(void) {
         for (int i = 0; i < OC; i++) differ += memcmp(&some[i], &full[rows[i]], sizeof(float)) != 0;
         CHECK_MSG(!differ, "IC %d OC %d: %d of %d outputs differ from linear_forward_w16's bits", IC, OC, differ, OC);
         free(w), free(x), free(wp), free(full), free(some), free(rows);
+    }
+}
+
+// linear_rows_outputs equals linear_forward_rows bit for bit, rows in any order.
+static void test_rows_outputs_are_the_product(void) {
+    if (!have_avx512()) SKIP("no AVX-512: linear_forward_rows is not there");
+    const int shapes[][2] = {{1, 1}, {7, 3}, {70, 33}, {576, 100}, {1000, 17}};
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+        int IC = shapes[c][0], OC = shapes[c][1];
+        float *w = random_matrix(OC, IC, 0.05), *x = random_matrix(1, IC, 1.0);
+        float *full = malloc(sizeof(float) * (size_t)OC), *some = malloc(sizeof(float) * (size_t)OC);
+        int32_t *rows = malloc(sizeof(int32_t) * (size_t)OC);
+        CHECK(linear_forward_rows(full, x, w, NULL, 1, IC, OC));
+        for (int i = 0; i < OC; i++) rows[i] = (i * 7) % OC, some[i] = NAN;
+        CHECK(linear_rows_outputs(some, x, w, rows, OC, IC));
+        int differ = 0;
+        for (int i = 0; i < OC; i++) differ += memcmp(&some[i], &full[rows[i]], sizeof(float)) != 0;
+        CHECK_MSG(!differ, "IC %d OC %d: %d of %d outputs differ from linear_forward_rows's bits", IC, OC, differ, OC);
+        free(w), free(x), free(full), free(some), free(rows);
     }
 }
 
@@ -356,6 +390,7 @@ static void test_threads(void) {
 
 int main(void) {
     RUN(test_outputs_are_the_product);
+    RUN(test_rows_outputs_are_the_product);
     RUN(test_random_heads);
     RUN(test_negative_logits);
     RUN(test_equal_maxima);
