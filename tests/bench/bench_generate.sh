@@ -3,9 +3,9 @@
 # SmolLM2-135M-shaped model (random weights, same threads), prefill of 128-token prompts
 # and 64 greedy decode steps at batch 1, 8 and 64, in one run on this machine: fp32 against
 # fp32, then our bf16 weights (rollout --matmul bf16) with the fp32 KV cache and with a
-# bf16 one (--kv-cache bf16) against transformers in bfloat16 (whose cache is bf16); the
-# latter's steps keep only each row's argmax (through the head's int8 screen), as rollout
-# --greedy runs them.
+# bf16 one (--kv-cache bf16) against transformers in bfloat16 (whose cache is bf16). The
+# fp32 and the bf16 + bf16-cache steps keep only each row's argmax (through the head's
+# int8 screen), as rollout --greedy runs them; the plain bf16 line writes logits.
 # Then sampled decode as GRPO rollouts run it (temperature 1, top-p 0.95, batch 8 as one
 # prompt's 8 samples): the engine (engine_bench) against generate(do_sample=True).
 # Prints tokens/s, the ratios, and KV-cache bytes per token. Our decode figure is the
@@ -21,7 +21,8 @@ ratio() {  # ratio MODE "our line" "their line"
 }
 for mode in fp32 bf16; do
     for B in 1 8 64; do
-        tp=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/gen_step" "$CFG" "$B" "$P" "$D" $([ $mode = bf16 ] && echo bf16)) ||
+        tp=$(OMP_NUM_THREADS=$THREADS "$BUILD/bench/gen_step" "$CFG" "$B" "$P" "$D" $([ $mode = bf16 ] && echo bf16 ||
+            echo argmax)) ||
             { echo "gen_step failed"; exit 1; }
         echo "$tp"
         tk=
