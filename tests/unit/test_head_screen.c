@@ -99,44 +99,33 @@ static head_screen *probe(void) {
         head_screen_free(p_);                                                    \
     } while (0)
 
-// linear_w16_outputs equals linear_forward_w16 bit for bit, rows in any order.
+// linear_w16_outputs equals linear_forward_w16 bit for bit, and linear_rows_outputs
+// linear_forward_rows, rows in any order (permuted, and 7 apart modulo OC: repeats).
 static void test_outputs_are_the_product(void) {
     if (!have_avx512()) SKIP("no AVX-512: linear_forward_w16 takes its plain-C path");
     const int shapes[][2] = {{1, 1}, {7, 3}, {70, 33}, {576, 100}, {1000, 17}};
-    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
-        int IC = shapes[c][0], OC = shapes[c][1];
-        float *w = random_matrix(OC, IC, 0.05), *x = random_matrix(1, IC, 1.0);
-        uint16_t *wp = malloc(sizeof(uint16_t) * w16_packed_elems(IC, OC));
-        float *full = malloc(sizeof(float) * (size_t)OC), *some = malloc(sizeof(float) * (size_t)OC);
-        int32_t *rows = malloc(sizeof(int32_t) * (size_t)OC);
-        w16_pack(wp, w, IC, OC);
-        linear_forward_w16(full, x, wp, NULL, 1, IC, OC);
-        for (int i = 0; i < OC; i++) rows[i] = OC - 1 - i, some[i] = NAN;
-        linear_w16_outputs(some, x, w, rows, OC, IC);
-        int differ = 0;
-        for (int i = 0; i < OC; i++) differ += memcmp(&some[i], &full[rows[i]], sizeof(float)) != 0;
-        CHECK_MSG(!differ, "IC %d OC %d: %d of %d outputs differ from linear_forward_w16's bits", IC, OC, differ, OC);
-        free(w), free(x), free(wp), free(full), free(some), free(rows);
-    }
-}
-
-// linear_rows_outputs equals linear_forward_rows bit for bit, rows in any order.
-static void test_rows_outputs_are_the_product(void) {
-    if (!have_avx512()) SKIP("no AVX-512: linear_forward_rows is not there");
-    const int shapes[][2] = {{1, 1}, {7, 3}, {70, 33}, {576, 100}, {1000, 17}};
-    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
-        int IC = shapes[c][0], OC = shapes[c][1];
-        float *w = random_matrix(OC, IC, 0.05), *x = random_matrix(1, IC, 1.0);
-        float *full = malloc(sizeof(float) * (size_t)OC), *some = malloc(sizeof(float) * (size_t)OC);
-        int32_t *rows = malloc(sizeof(int32_t) * (size_t)OC);
-        CHECK(linear_forward_rows(full, x, w, NULL, 1, IC, OC));
-        for (int i = 0; i < OC; i++) rows[i] = (i * 7) % OC, some[i] = NAN;
-        CHECK(linear_rows_outputs(some, x, w, rows, OC, IC));
-        int differ = 0;
-        for (int i = 0; i < OC; i++) differ += memcmp(&some[i], &full[rows[i]], sizeof(float)) != 0;
-        CHECK_MSG(!differ, "IC %d OC %d: %d of %d outputs differ from linear_forward_rows's bits", IC, OC, differ, OC);
-        free(w), free(x), free(full), free(some), free(rows);
-    }
+    for (int fp32 = 0; fp32 < 2; fp32++)
+        for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+            int IC = shapes[c][0], OC = shapes[c][1];
+            float *w = random_matrix(OC, IC, 0.05), *x = random_matrix(1, IC, 1.0);
+            uint16_t *wp = malloc(sizeof(uint16_t) * w16_packed_elems(IC, OC));
+            float *full = malloc(sizeof(float) * (size_t)OC), *some = malloc(sizeof(float) * (size_t)OC);
+            int32_t *rows = malloc(sizeof(int32_t) * (size_t)OC);
+            for (int i = 0; i < OC; i++) rows[i] = fp32 ? (i * 7) % OC : OC - 1 - i, some[i] = NAN;
+            if (fp32) {
+                CHECK(linear_forward_rows(full, x, w, NULL, 1, IC, OC));
+                CHECK(linear_rows_outputs(some, x, w, rows, OC, IC));
+            } else {
+                w16_pack(wp, w, IC, OC);
+                linear_forward_w16(full, x, wp, NULL, 1, IC, OC);
+                linear_w16_outputs(some, x, w, rows, OC, IC);
+            }
+            int differ = 0;
+            for (int i = 0; i < OC; i++) differ += memcmp(&some[i], &full[rows[i]], sizeof(float)) != 0;
+            CHECK_MSG(!differ, "%s IC %d OC %d: %d of %d outputs differ from the product's bits",
+                      fp32 ? "fp32" : "bf16", IC, OC, differ, OC);
+            free(w), free(x), free(wp), free(full), free(some), free(rows);
+        }
 }
 
 // Random heads (V not a multiple of 16, IC not of 4) and 1..19 tokens (groups of 8 and
@@ -390,7 +379,6 @@ static void test_threads(void) {
 
 int main(void) {
     RUN(test_outputs_are_the_product);
-    RUN(test_rows_outputs_are_the_product);
     RUN(test_random_heads);
     RUN(test_negative_logits);
     RUN(test_equal_maxima);
