@@ -197,7 +197,7 @@ static void check_stop(tp_engine *e, tp_request *r, tp_sample_out *s) {
 static sample_params device_params(const tp_sampler *sm, uint64_t *rng) {
     sample_params p = {.inv_temperature = sm->temperature > 0 ? (float)(1.0 / sm->temperature) : 1.0f,
                        .top_k = sm->top_k, .top_p = (float)sm->top_p, .min_p = (float)sm->min_p,
-                       .greedy = sm->greedy || sm->temperature <= 0};
+                       .greedy = tp_sampler_is_greedy(sm)};
     if (!p.greedy) p.u = (double)(tp_splitmix64(rng) >> 11) * 0x1.0p-53;
     return p;
 }
@@ -268,7 +268,7 @@ static bool argmax_only(const tp_engine *e, int n, tp_request **of) {
     if (e->on_device) return false;
     for (int i = 0; i < n; i++) {
         const tp_request_opts *o = &of[i]->o;
-        if (!(o->sampler.greedy || o->sampler.temperature <= 0) || o->logprobs) return false;
+        if (!tp_sampler_is_greedy(&o->sampler) || o->logprobs) return false;
     }
     return true;
 }

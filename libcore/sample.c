@@ -161,7 +161,7 @@ static void top_p_cut(keep_rule *r, const float *zs, const float *w, int V, floa
 }
 
 int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng, tp_sample_scratch *sc) {
-    if (s->greedy || s->temperature <= 0) return argmax(logits, V);
+    if (tp_sampler_is_greedy(s)) return argmax(logits, V);
     grow(sc, V);
     float inv_t = (float)(1.0 / s->temperature), *w = sc->p;
     scale_logits(w, logits, V, inv_t);

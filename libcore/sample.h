@@ -26,6 +26,9 @@ typedef struct tp_sample_scratch {
     int cap;
 } tp_sample_scratch;
 
+// Whether s draws the argmax: greedy, or temperature 0.
+static inline bool tp_sampler_is_greedy(const tp_sampler *s) { return s->greedy || s->temperature <= 0; }
+
 int32_t tp_sample(const tp_sampler *s, const float *logits, int V, uint64_t *rng, tp_sample_scratch *scratch);
 void tp_sample_scratch_free(tp_sample_scratch *scratch);
 

@@ -2,6 +2,8 @@
 #ifndef TP_CPU_OPS_H
 #define TP_CPU_OPS_H
 
+#include <stdint.h>
+
 // Hot loops are also compiled for AVX2 and AVX-512 and chosen at run time: the build
 // targets plain x86-64 (SSE2), a quarter of what current CPUs do per cycle, and CI
 // machines differ, so no -march=native. In ISO C mode GCC fuses no multiply-add and the
@@ -25,5 +27,10 @@ float max_not_nan(const float *x, long n);
 // sum of x [n] in double, in 8 interleaved partial sums (the tail into the first): a
 // fixed order that vectorises, 8x shorter dependency chain than one running sum.
 double sum_in_double(const float *x, long n);
+
+// Requests every line of rows rows[0..n) of W [.., IC] (fp32): rows scattered through a
+// large matrix, seldom cached, whose misses then overlap (one row after another took 1-2
+// us a row).
+void prefetch_rows_of(const float *w, const int32_t *rows, int n, int IC);
 
 #endif

@@ -81,3 +81,9 @@ VECTOR_CLONES double sum_in_double(const float *x, long n) {
     for (; j < n; j++) part[0] += x[j];
     return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
+
+void prefetch_rows_of(const float *w, const int32_t *rows, int n, int IC) {
+    for (int i = 0; i < n; i++)
+        for (size_t b = 0; b < (size_t)IC * sizeof *w; b += 64)
+            __builtin_prefetch((const char *)(w + (size_t)rows[i] * IC) + b, 0, 3);
+}

@@ -19,7 +19,6 @@
 #include "cpu/cpu_ops.h"
 #include "error.h"
 
-#include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,27 +65,6 @@ void w16_pack(uint16_t *dst, const float *w, int IC, int OC) {
             uint16_t *d = dst + (size_t)p * IC * PANEL + lane;
             for (int k = 0; k < IC; k++) d[(size_t)k * PANEL] = o < OC ? round_bf16(w[(size_t)o * IC + k]) : 0;
         }
-}
-
-// linear_w16_outputs without AVX-512: rows 8 at a time, 8 independent multiply-add chains.
-__attribute__((target("fma"))) static void outputs_scalar(float *out, const float *x, const float *w,
-                                                          const int32_t *rows, int n, int IC) {
-    enum { ROWS_AT_ONCE = 8 };
-    uint16_t *row16 = tp_xmalloc((size_t)ROWS_AT_ONCE * IC * sizeof *row16);
-    for (int i0 = 0; i0 < n; i0 += ROWS_AT_ONCE) {
-        int m = n - i0 < ROWS_AT_ONCE ? n - i0 : ROWS_AT_ONCE;
-        float acc[ROWS_AT_ONCE] = {0};
-        for (int j = 0; j < m; j++) weights_to_bf16(row16 + (size_t)j * IC, w + (size_t)rows[i0 + j] * IC, (size_t)IC);
-        for (int k = 0; k < IC; k++)
-            for (int j = 0; j < m; j++) {
-                uint32_t u = (uint32_t)row16[(size_t)j * IC + k] << 16;
-                float wk;
-                memcpy(&wk, &u, 4);
-                acc[j] = fmaf(x[k], wk, acc[j]);
-            }
-        memcpy(out + i0, acc, (size_t)m * sizeof *acc);
-    }
-    free(row16);
 }
 
 // ---- the portable path ----
@@ -249,11 +227,7 @@ __attribute__((target("avx512f"))) static void outputs_avx512(float *out, const 
     float *t = tp_xmalloc((size_t)IC * 16 * sizeof *t);
     for (int i0 = 0; i0 < n; i0 += 16) {
         int m = n - i0 < 16 ? n - i0 : 16;
-        // The rows are scattered through W and seldom cached: all their lines are requested
-        // first, so the misses overlap (one row after another took 1-2 us a row).
-        for (int j = 0; j < m; j++)
-            for (size_t b = 0; b < (size_t)IC * sizeof *w; b += 64)
-                _mm_prefetch((const char *)(w + (size_t)rows[i0 + j] * IC) + b, _MM_HINT_T0);
+        prefetch_rows_of(w, rows + i0, m, IC);
         for (int j = 0; j < 16; j++) {
             if (j < m) weights_to_bf16(row16, w + (size_t)rows[i0 + j] * IC, (size_t)IC);
             for (int k = 0; k < IC; k++) {
@@ -270,14 +244,15 @@ __attribute__((target("avx512f"))) static void outputs_avx512(float *out, const 
 }
 #endif
 
-void linear_w16_outputs(float *out, const float *x, const float *w, const int32_t *rows, int n, int IC) {
+bool linear_w16_outputs(float *out, const float *x, const float *w, const int32_t *rows, int n, int IC) {
 #if HAVE_X86
     if (have_avx512()) {
-        outputs_avx512(out, x, w, rows, n, IC);
-        return;
+        if (n > 0 && IC > 0) outputs_avx512(out, x, w, rows, n, IC);
+        return true;
     }
 #endif
-    outputs_scalar(out, x, w, rows, n, IC);
+    (void)out, (void)x, (void)w, (void)rows, (void)n, (void)IC;
+    return false;
 }
 
 void linear_forward_w16(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC, int OC) {

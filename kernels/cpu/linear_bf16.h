@@ -6,6 +6,7 @@
 #ifndef TP_LINEAR_BF16_H
 #define TP_LINEAR_BF16_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,8 +38,9 @@ void linear_forward_w16(float *out, const float *x, const uint16_t *wp, const fl
 // out[i] := the output linear_forward_w16 gives on the AVX-512 path for output row
 // rows[i] of W [OC, IC] (fp32, rounded to bf16 here as w16_pack rounds it) and the one row
 // x [IC], no bias, i < n: the same bits (one fused multiply-add a k, in order from 0), for
-// a few rows without reading the packed panels.
-void linear_w16_outputs(float *out, const float *x, const float *w, const int32_t *rows, int n, int IC);
+// a few rows without reading the packed panels. false (and nothing written) where the CPU
+// lacks AVX-512 (the plain-C path's bits differ).
+bool linear_w16_outputs(float *out, const float *x, const float *w, const int32_t *rows, int n, int IC);
 
 // The plain-C path linear_forward_w16 takes on CPUs without AVX-512; exposed so tests can
 // run it on machines that have AVX-512.

@@ -11,6 +11,8 @@
 // tile it falls in, or on the thread count.
 #include "cpu/linear_rows.h"
 
+#include "cpu/cpu_ops.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -127,12 +129,10 @@ static void forward_tiles(float *out, const float *x, const float *w, const floa
     }
 }
 
-// Each row alone as a tile of one (its bits: the same in any tile). The rows are seldom
-// cached: all their lines are requested first, so the misses overlap.
+// Each row alone as a tile of one (its bits: the same in any tile), all their lines
+// requested first.
 AVX512 static void outputs_tiles(float *out, const float *x, const float *w, const int32_t *rows, int n, int IC) {
-    for (int i = 0; i < n; i++)
-        for (size_t b = 0; b < (size_t)IC * sizeof *w; b += 64)
-            _mm_prefetch((const char *)(w + (size_t)rows[i] * IC) + b, _MM_HINT_T0);
+    prefetch_rows_of(w, rows, n, IC);
     for (int i = 0; i < n; i++) {
         const float *row = w + (size_t)rows[i] * IC, *tile_rows[R] = {row, row, row, row};
         tile(out + i, x, tile_rows, NULL, 1, IC, 1, 1, 0);
