@@ -7,12 +7,14 @@
 #include "generate.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
 #include "cpu/attention_shared.h"
+#include "cpu/cpu_ops.h"
 #include "cpu/head_screen.h"
 #include "cpu/kv_bf16.h"
 #include "cpu/linear_bf16.h"
@@ -54,6 +56,7 @@ struct tp_generator {
     // TP_SHARED_ROWS=0 (for comparing: the same bits).
     int *share_src, *share_n;
     bool share_rows;
+    bool layer_regions;  // cpu bf16 decode: a layer in two parallel regions (TP_LAYER_REGIONS=0: op by op)
     int32_t *share_row0, *share_len;  // host [room]: the call's tokens' shared rows (cpu decode)
     bool shared_call;                 // some token of the call has them
     // per-call scratch (backend memory) for up to `room` tokens and `room_out` logit rows
@@ -137,6 +140,8 @@ tp_generator *tp_generator_new_kv(tp_model *m, int n_slots, int cap, bool kv_bf1
     for (int s = 0; s < n_slots; s++) g->share_src[s] = -1;
     const char *shared = getenv("TP_SHARED_ROWS");
     g->share_rows = !(shared && !strcmp(shared, "0"));
+    const char *regions = getenv("TP_LAYER_REGIONS");
+    g->layer_regions = !(regions && !strcmp(regions, "0"));
     const char *env = getenv("TP_CUDA_GRAPHS");
     g->graphs = be->graph_begin && !(env && strcmp(env, "0") == 0);
     return g;
@@ -262,6 +267,63 @@ static void lin_residual(const tp_generator *g, float *out, const float *x, cons
     }
     lin(g, out, x, w, w16, b, n, IC, OC);
     g->be->add_inplace(out, residual, (long)n * OC);
+}
+
+// The cpu's bf16 decode (calls of up to W16_MAX_ROWS tokens) runs a layer's products and
+// the small operations between them in two parallel regions: each thread normalises a
+// share of the rows, then computes its columns of every product and adds the residual
+// and the SwiGLU to the columns it computed, with a barrier where the next part needs the
+// whole of the last (a norm needs whole rows, a product every column of its input). Op by
+// op (TP_LAYER_REGIONS=0: the same bits) forks ~9 regions a layer and runs the norms,
+// SwiGLU and residual adds on one thread, over rows the other thread half wrote.
+static bool in_regions(const tp_generator *g, int n) { return g->w16 && g->layer_regions && n <= W16_MAX_ROWS; }
+
+// q, k, v = ln · W^T (+ b), ln = rmsnorm(x) · norm; then (a share of the tokens each) q
+// and k normalised per head (qk_norm) and rotated, k and v into the cache rows kv_rows.
+static void qkv_regions(const tp_generator *g, const tp_layer_tensors *w, const w16_layer *h, void *kc, void *vc,
+                        const int32_t *kv_rows, int n) {
+    const tp_model_config *c = &g->m->cfg;
+    int C = c->hidden_size, NH = c->num_heads, KVH = c->num_kv_heads, HD = c->head_dim, Q = NH * HD, KV = g->KV;
+    float eps = (float)c->rms_norm_eps;
+    float *q = c->qk_norm ? g->q_raw : g->q, *k = c->qk_norm ? g->k_raw : g->kk;
+#pragma omp parallel
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads(), n0 = n * t / T, n1 = n * (t + 1) / T;
+        rmsnorm_forward_rows(g->ln, g->x, w->ln1, C, eps, n0, n1);
+#pragma omp barrier
+        linear_forward_w16_share(q, g->ln, h->wq, w->bq, NULL, n, C, Q, t, T);
+        linear_forward_w16_share(k, g->ln, h->wk, w->bk, NULL, n, C, KV, t, T);
+        linear_forward_w16_share(g->vv, g->ln, h->wv, w->bv, NULL, n, C, KV, t, T);
+#pragma omp barrier
+        if (c->qk_norm) {
+            rmsnorm_forward_rows(g->q, g->q_raw, w->q_norm, HD, eps, n0 * NH, n1 * NH);
+            rmsnorm_forward_rows(g->kk, g->k_raw, w->k_norm, HD, eps, n0 * KVH, n1 * KVH);
+        }
+        if (n0 < n1)
+            rope_kv_cache_table(g->q + (size_t)n0 * Q, g->kk + (size_t)n0 * KV, g->vv + (size_t)n0 * KV, kc, vc,
+                                g->kv16, kv_rows + n0, g->rope_cs + (size_t)n0 * HD, n1 - n0, NH, KVH, HD);
+    }
+}
+
+// mid = x + o(att), then x = mid + down(silu(ln · Wg^T) * (ln · Wu^T)), ln = rmsnorm(mid) · norm.
+static void out_mlp_regions(const tp_generator *g, const tp_layer_tensors *w, const w16_layer *h, int n) {
+    const tp_model_config *c = &g->m->cfg;
+    int C = c->hidden_size, F = c->intermediate_size, Q = c->num_heads * c->head_dim;
+    float eps = (float)c->rms_norm_eps;
+#pragma omp parallel
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads(), c0, c1;
+        linear_forward_w16_share(g->mid, g->att, h->wo, w->bo, g->x, n, Q, C, t, T);
+#pragma omp barrier
+        rmsnorm_forward_rows(g->ln, g->mid, w->ln2, C, eps, n * t / T, n * (t + 1) / T);
+#pragma omp barrier
+        linear_forward_w16_share(g->gate, g->ln, h->gate, NULL, NULL, n, C, F, t, T);
+        linear_forward_w16_share(g->up, g->ln, h->up, NULL, NULL, n, C, F, t, T);
+        w16_share_columns(F, t, T, &c0, &c1);
+        swiglu_forward_columns(g->act, g->gate, g->up, n, F, c0, c1);
+#pragma omp barrier
+        linear_forward_w16_share(g->x, g->act, h->down, NULL, g->mid, n, F, C, t, T);
+    }
 }
 
 void tp_generator_free(tp_generator *g) {
@@ -396,21 +458,25 @@ static void layer(tp_generator *g, int l, int n) {
     const int32_t *pos = ids(g, g->dev_ids, IDS_POS);
     const w16_layer *h = g->w16 ? &g->w16[l] : &(w16_layer){0};
     float *q = c->qk_norm ? g->q_raw : g->q, *k = c->qk_norm ? g->k_raw : g->kk;
-    norm_lin_many(g, (float *[]){q, k, g->vv}, g->x, w->ln1, (const float *[]){w->wq, w->wk, w->wv},
-                  (const uint16_t *[]){h->wq, h->wk, h->wv}, (const float *[]){w->bq, w->bk, w->bv},
-                  (int[]){Q, KV, KV}, 3, n, C);
-    if (c->qk_norm) {
-        be->rmsnorm_forward(g->q, g->qr, g->q_raw, w->q_norm, n * NH, HD, eps);
-        be->rmsnorm_forward(g->kk, g->kr, g->k_raw, w->k_norm, n * KVH, HD, eps);
-    }
     // Rotated, into the cache, then every token attends to its slot's prefix. Whole
     // prompts: the training forward's flash attention over packed rows; otherwise each
     // token against its slot's cache.
     void *kc = layer_base(g, g->k, l), *vc = layer_base(g, g->v, l);
     const int32_t *kv_rows = ids(g, g->dev_ids, IDS_KVROW), *row0 = ids(g, g->dev_ids, IDS_ROW0);
     const int32_t *klen = ids(g, g->dev_ids, IDS_KLEN);
-    if (!be->device) rope_kv_cache_table(g->q, g->kk, g->vv, kc, vc, g->kv16, kv_rows, g->rope_cs, n, NH, KVH, HD);
-    else be->rope_kv_cache_forward(g->q, g->kk, g->vv, kc, vc, kv_rows, pos, inv_freq, n, NH, KVH, HD);
+    if (in_regions(g, n)) {
+        qkv_regions(g, w, h, kc, vc, kv_rows, n);
+    } else {
+        norm_lin_many(g, (float *[]){q, k, g->vv}, g->x, w->ln1, (const float *[]){w->wq, w->wk, w->wv},
+                      (const uint16_t *[]){h->wq, h->wk, h->wv}, (const float *[]){w->bq, w->bk, w->bv},
+                      (int[]){Q, KV, KV}, 3, n, C);
+        if (c->qk_norm) {
+            be->rmsnorm_forward(g->q, g->qr, g->q_raw, w->q_norm, n * NH, HD, eps);
+            be->rmsnorm_forward(g->kk, g->kr, g->k_raw, w->k_norm, n * KVH, HD, eps);
+        }
+        if (!be->device) rope_kv_cache_table(g->q, g->kk, g->vv, kc, vc, g->kv16, kv_rows, g->rope_cs, n, NH, KVH, HD);
+        else be->rope_kv_cache_forward(g->q, g->kk, g->vv, kc, vc, kv_rows, pos, inv_freq, n, NH, KVH, HD);
+    }
     float scale = 1.0f / sqrtf((float)HD);
     if (g->fresh)
         be->attention_forward(g->att, g->lse, g->q, g->kk, g->vv, ids(g, g->dev_ids, IDS_SEG), n, NH, KVH, HD, scale);
@@ -421,6 +487,10 @@ static void layer(tp_generator *g, int l, int n) {
         attention_decode_bf16(g->att, g->q, kc, vc, row0, klen, n, NH, KVH, HD, scale);
     else
         be->attention_decode(g->att, g->q, kc, vc, row0, klen, n, NH, KVH, HD, scale);
+    if (in_regions(g, n)) {
+        out_mlp_regions(g, w, h, n);
+        return;
+    }
     lin_residual(g, g->mid, g->att, w->wo, h->wo, w->bo, g->x, n, Q, C);  // mid = x + o(att)
     norm_lin_swiglu(g, g->mid, w->ln2, w->w_gate, h->gate, w->w_up, h->up, n, C, F);
     lin_residual(g, g->x, g->act, w->w_down, h->down, NULL, g->mid, n, F, C);  // x = mid + down(act)

@@ -195,18 +195,23 @@ AVX512 static void panels_avx512(float *out, const float *x, const uint16_t *wp,
 #undef ROWS
 }
 
-// Each thread takes a contiguous run of panels, one stream through memory; its first
+// Thread t's panels, one contiguous run of them (one stream through memory), whose first
 // lines are fetched before the first panel needs them.
+static void share_avx512(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC, int OC,
+                         int p0, int p1) {
+    const char *first = (const char *)(wp + (size_t)p0 * IC * PANEL);
+    size_t mine = (size_t)(p1 - p0) * IC * PANEL * sizeof *wp;
+    for (size_t b = 0; b < PREFETCH_BYTES && b < mine; b += 64) _mm_prefetch(first + b, _MM_HINT_T1);
+    if (p0 < p1) panels_avx512(out, x, wp, bias, N, IC, OC, p0, p1);
+}
+
 static void forward_panels(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC, int OC) {
     int panels = (OC + PANEL - 1) / PANEL;
 #pragma omp parallel if ((long)OC * IC >= PARALLEL_MIN)
     {
         int threads = omp_get_num_threads(), t = omp_get_thread_num();
-        int p0 = (int)((long)panels * t / threads), p1 = (int)((long)panels * (t + 1) / threads);
-        const char *first = (const char *)(wp + (size_t)p0 * IC * PANEL);
-        size_t mine = (size_t)(p1 - p0) * IC * PANEL * sizeof *wp;
-        for (size_t b = 0; b < PREFETCH_BYTES && b < mine; b += 64) _mm_prefetch(first + b, _MM_HINT_T1);
-        if (p0 < p1) panels_avx512(out, x, wp, bias, N, IC, OC, p0, p1);
+        share_avx512(out, x, wp, bias, N, IC, OC, (int)((long)panels * t / threads),
+                     (int)((long)panels * (t + 1) / threads));
     }
 }
 
@@ -253,6 +258,37 @@ bool linear_w16_outputs(float *out, const float *x, const float *w, const int32_
 #endif
     (void)out, (void)x, (void)w, (void)rows, (void)n, (void)IC;
     return false;
+}
+
+// Panels p0..p1 of W (of `panels`) for thread t of T: a contiguous run, as forward_panels splits them.
+static void share_panels(int OC, int t, int T, int *p0, int *p1) {
+    int panels = (OC + PANEL - 1) / PANEL;
+    *p0 = (int)((long)panels * t / T), *p1 = (int)((long)panels * (t + 1) / T);
+}
+
+void w16_share_columns(int OC, int t, int T, int *c0, int *c1) {
+    int p0, p1;
+    share_panels(OC, t, T, &p0, &p1);
+    *c0 = p0 * PANEL < OC ? p0 * PANEL : OC, *c1 = p1 * PANEL < OC ? p1 * PANEL : OC;
+}
+
+void linear_forward_w16_share(float *out, const float *x, const uint16_t *wp, const float *bias,
+                              const float *residual, int N, int IC, int OC, int t, int T) {
+    if (N <= 0 || OC <= 0) return;
+    int p0, p1, c0, c1;
+    share_panels(OC, t, T, &p0, &p1);
+    bool done = false;
+#if HAVE_X86
+    if (have_avx512()) share_avx512(out, x, wp, bias, N, IC, OC, p0, p1), done = true;
+#endif
+    for (int p = p0; p < p1 && !done; p++) panel_portable(out, x, wp + (size_t)p * IC * PANEL, bias, N, IC, OC, p);
+    if (!residual) return;
+    w16_share_columns(OC, t, T, &c0, &c1);
+    for (int n = 0; n < N; n++) {
+        float *o = out + (size_t)n * OC;
+        const float *r = residual + (size_t)n * OC;
+        for (int c = c0; c < c1; c++) o[c] += r[c];
+    }
 }
 
 void linear_forward_w16(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC, int OC) {

@@ -35,6 +35,19 @@ void w16_pack(uint16_t *dst, const float *w, int IC, int OC);
 // then an add, so its bits differ from the AVX-512 path's).
 void linear_forward_w16(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC, int OC);
 
+// Thread t of T's share of linear_forward_w16, for a caller that runs its own parallel
+// region (every thread t = 0..T-1 calls it; nothing here waits for the others): the
+// columns w16_share_columns gives, of every row, the same bits as linear_forward_w16,
+// then + residual [N, OC] on those columns when not NULL (the bits of an add after it).
+// A decode step runs a layer's products and the small operations between them in one
+// region this way, each thread on the columns it computed.
+void linear_forward_w16_share(float *out, const float *x, const uint16_t *wp, const float *bias,
+                              const float *residual, int N, int IC, int OC, int t, int T);
+
+// [*c0, *c1): the output columns linear_forward_w16_share computes for thread t of T, a
+// contiguous run of whole panels (empty when there are fewer panels than threads).
+void w16_share_columns(int OC, int t, int T, int *c0, int *c1);
+
 // out[i] := the output linear_forward_w16 gives on the AVX-512 path for output row
 // rows[i] of W [OC, IC] (fp32, rounded to bf16 here as w16_pack rounds it) and the one row
 // x [IC], no bias, i < n: the same bits (one fused multiply-add a k, in order from 0), for

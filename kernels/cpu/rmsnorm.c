@@ -30,6 +30,10 @@ void rmsnorm_forward(float *out, float *rstd, const float *x, const float *weigh
         norm_row(out + (size_t)n * C, rstd ? rstd + n : NULL, x + (size_t)n * C, weight, C, eps);
 }
 
+void rmsnorm_forward_rows(float *out, const float *x, const float *weight, int C, float eps, int n0, int n1) {
+    for (int n = n0; n < n1; n++) norm_row(out + (size_t)n * C, NULL, x + (size_t)n * C, weight, C, eps);
+}
+
 void add_rmsnorm_forward(float *sum, float *out, float *rstd, const float *a, const float *b, const float *weight,
                          int N, int C, float eps) {
 #pragma omp parallel for schedule(static) if ((long)N * C > 1 << 16)

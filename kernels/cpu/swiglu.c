@@ -38,6 +38,13 @@ void swiglu_forward(float *out, const float *gate, const float *up, long n) {
     }
 }
 
+void swiglu_forward_columns(float *out, const float *gate, const float *up, int N, int F, int c0, int c1) {
+    for (int n = 0; n < N && c0 < c1; n++) {
+        size_t at = (size_t)n * F + (size_t)c0;
+        forward_chunk(out + at, gate + at, up + at, c1 - c0);
+    }
+}
+
 void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n) {
     long chunks = (n + CHUNK - 1) / CHUNK;
 #pragma omp parallel for schedule(static) if (chunks > 1)

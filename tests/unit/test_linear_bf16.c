@@ -270,6 +270,49 @@ static void test_w16_partial_panels(void) {
         }
 }
 
+// The shares of T threads (called one after another here) cover the columns in
+// contiguous runs of whole panels and write, between them, linear_forward_w16's bits,
+// then + residual on each one's own columns: an add after the product, bit for bit.
+static void test_w16_share(void) {
+    static const int shapes[][2] = {{576, 1536}, {17, 33}, {100, 95}, {40, 5}};
+    static const int Ts[] = {1, 2, 3, 5, 40}, Ns[] = {1, 8, 13};
+    for (int s = 0; s < 4; s++) {
+        int IC = shapes[s][0], OC = shapes[s][1];
+        struct weights m = make_weights(IC, OC);
+        for (int n = 0; n < 3; n++) {
+            int N = Ns[n];
+            size_t no = (size_t)N * OC;
+            const float *x = m.x + (size_t)(NMAX - N) * IC, *b = n & 1 ? m.bias : NULL;
+            float *want = falloc(no), *got = falloc(no), *res = falloc(no);
+            fill(res, no, -2, 2);
+            linear_forward_w16(want, x, m.w16, b, N, IC, OC);
+            for (int k = 0; k < 5; k++)
+                for (int with_res = 0; with_res < 2; with_res++) {
+                    int T = Ts[k], next = 0;
+                    bool runs = true;
+                    poison(got, no);
+                    for (int t = 0; t < T; t++) {
+                        int c0, c1;
+                        w16_share_columns(OC, t, T, &c0, &c1);
+                        runs = runs && c0 == next && c1 >= c0 && (c1 == OC || c1 % 32 == 0);
+                        next = c1;
+                        linear_forward_w16_share(got, x, m.w16, b, with_res ? res : NULL, N, IC, OC, t, T);
+                    }
+                    CHECK_MSG(runs && next == OC, "OC=%d T=%d: the shares' columns are not contiguous runs", OC, T);
+                    bool same = true;
+                    for (size_t i = 0; i < no; i++) {
+                        float w = with_res ? want[i] + res[i] : want[i];
+                        same = same && !memcmp(&got[i], &w, sizeof w);
+                    }
+                    CHECK_MSG(same, "N=%d IC=%d OC=%d T=%d residual=%d: other bits than linear_forward_w16", N, IC,
+                              OC, T, with_res);
+                }
+            free(want), free(got), free(res);
+        }
+        free_weights(&m);
+    }
+}
+
 // IC = 0: the bias (or zeros); N = 0 writes nothing.
 static void test_w16_degenerate(void) {
     float bias[3] = {1, -2, 3}, out[6], x[1] = {NAN};
@@ -355,6 +398,7 @@ int main(void) {
     RUN(test_w16_grid);
     RUN(test_w16_small_shapes);
     RUN(test_w16_partial_panels);
+    RUN(test_w16_share);
     RUN(test_w16_degenerate);
     RUN(test_w16_nonfinite_weight);
     RUN(test_w16_threads);
