@@ -12,14 +12,6 @@
 #define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define VECTOR_CLONES
-// Rows n0..n1-1 of rmsnorm_forward (no rstd): the same bits, on the calling thread (a
-// share of the rows for a caller that runs its own parallel region).
-void rmsnorm_forward_rows(float *out, const float *x, const float *weight, int C, float eps, int n0, int n1);
-
-// Columns c0..c1-1 of every row of swiglu_forward on [N, F]: the same bits (each element
-// is computed alone), on the calling thread.
-void swiglu_forward_columns(float *out, const float *gate, const float *up, int N, int F, int c0, int c1);
-
 #endif
 
 // sum a[k] * b[k] over k < K, in 16 partial sums (a fixed order that vectorises without
@@ -40,6 +32,10 @@ double sum_in_double(const float *x, long n);
 // large matrix, seldom cached, whose misses then overlap (one row after another took 1-2
 // us a row).
 void prefetch_rows_of(const float *w, const int32_t *rows, int n, int IC);
+
+// out [N, OC] += residual [N, OC] in columns c0..c1-1 only (add_inplace's bits): the
+// residual of the columns one thread's share of a product wrote.
+void add_columns(float *out, const float *residual, int N, int OC, int c0, int c1);
 
 // Rows n0..n1-1 of rmsnorm_forward (no rstd): the same bits, on the calling thread (a
 // share of the rows for a caller that runs its own parallel region).

@@ -82,6 +82,14 @@ VECTOR_CLONES double sum_in_double(const float *x, long n) {
     return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
 
+void add_columns(float *out, const float *residual, int N, int OC, int c0, int c1) {
+    for (int n = 0; n < N; n++) {
+        float *o = out + (size_t)n * OC;
+        const float *r = residual + (size_t)n * OC;
+        for (int c = c0; c < c1; c++) o[c] += r[c];
+    }
+}
+
 void prefetch_rows_of(const float *w, const int32_t *rows, int n, int IC) {
     for (int i = 0; i < n; i++)
         for (size_t b = 0; b < (size_t)IC * sizeof *w; b += 64)

@@ -282,13 +282,8 @@ void linear_forward_w16_share(float *out, const float *x, const uint16_t *wp, co
     if (have_avx512()) share_avx512(out, x, wp, bias, N, IC, OC, p0, p1), done = true;
 #endif
     for (int p = p0; p < p1 && !done; p++) panel_portable(out, x, wp + (size_t)p * IC * PANEL, bias, N, IC, OC, p);
-    if (!residual) return;
     w16_share_columns(OC, t, T, &c0, &c1);
-    for (int n = 0; n < N; n++) {
-        float *o = out + (size_t)n * OC;
-        const float *r = residual + (size_t)n * OC;
-        for (int c = c0; c < c1; c++) o[c] += r[c];
-    }
+    if (residual) add_columns(out, residual, N, OC, c0, c1);
 }
 
 void linear_forward_w16(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC, int OC) {

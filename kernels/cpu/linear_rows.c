@@ -15,6 +15,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <omp.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_X86 1
@@ -105,27 +106,36 @@ AVX512 static void tile_rows(float *out, const float *x, const float *const w[R]
 #undef G
 }
 
-// Tiles of R weight rows split across the threads (contiguous runs: one stream each); the
-// last tile's missing rows repeat its last row (computed, not stored).
-static void forward_tiles(float *out, const float *x, const float *w, const float *bias, int N, int IC, int OC) {
-    int tiles = (OC + R - 1) / R;
+// Tiles t0..t1-1 of R weight rows (a contiguous run: one stream); the last tile's missing
+// rows repeat its last row (computed, not stored).
+static void tiles_run(float *out, const float *x, const float *w, const float *bias, int N, int IC, int OC, int t0,
+                      int t1) {
     size_t tile_elems = (size_t)R * (size_t)IC;
     size_t pf = tile_elems ? (PREFETCH_BYTES / 4 + tile_elems - 1) / tile_elems * tile_elems : 0;
+    for (int t = t0; t < t1; t++) {
+        int o = t * R, live = OC - o < R ? OC - o : R;
+        const float *rows[R];
+        for (int r = 0; r < R; r++) rows[r] = w + (size_t)(o + (r < live ? r : live - 1)) * IC;
+        if (t == t0) {  // this run's first lines: later tiles prefetch the ones ahead of them
+            const char *p = (const char *)rows[0], *end = (const char *)(w + (size_t)OC * IC);
+            for (size_t i = 0; i < 4 * pf && i < (size_t)(end - p); i += 64) _mm_prefetch(p + i, _MM_HINT_T1);
+        }
+        tile_rows(out + o, x, rows, bias ? bias + o : NULL, N, IC, OC, (__mmask8)((1u << live) - 1), pf);
+    }
+}
+
+// Tiles t0..t1-1 for thread t of T: a contiguous run each.
+static void share_tiles(int OC, int t, int T, int *t0, int *t1) {
+    int tiles = (OC + R - 1) / R;
+    *t0 = (int)((long)tiles * t / T), *t1 = (int)((long)tiles * (t + 1) / T);
+}
+
+static void forward_tiles(float *out, const float *x, const float *w, const float *bias, int N, int IC, int OC) {
 #pragma omp parallel if ((long)OC * IC >= PARALLEL_MIN)
     {
-        bool primed = false;
-#pragma omp for schedule(static)
-        for (int t = 0; t < tiles; t++) {
-            int o = t * R, live = OC - o < R ? OC - o : R;
-            const float *rows[R];
-            for (int r = 0; r < R; r++) rows[r] = w + (size_t)(o + (r < live ? r : live - 1)) * IC;
-            if (!primed) {  // this thread's first lines: later tiles prefetch the ones ahead of them
-                const char *p = (const char *)rows[0], *end = (const char *)(w + (size_t)OC * IC);
-                for (size_t i = 0; i < 4 * pf && i < (size_t)(end - p); i += 64) _mm_prefetch(p + i, _MM_HINT_T1);
-                primed = true;
-            }
-            tile_rows(out + o, x, rows, bias ? bias + o : NULL, N, IC, OC, (__mmask8)((1u << live) - 1), pf);
-        }
+        int t0, t1;
+        share_tiles(OC, omp_get_thread_num(), omp_get_num_threads(), &t0, &t1);
+        tiles_run(out, x, w, bias, N, IC, OC, t0, t1);
     }
 }
 
@@ -149,9 +159,29 @@ static bool have_avx512(void) {
     return avx512;
 }
 
+bool linear_rows_available(void) { return have_avx512(); }
+
 bool linear_forward_rows(float *out, const float *x, const float *w, const float *bias, int N, int IC, int OC) {
     if (!have_avx512()) return false;
     if (N > 0 && OC > 0) forward_tiles(out, x, w, bias, N, IC, OC);
+    return true;
+}
+
+void rows_share_columns(int OC, int t, int T, int *c0, int *c1) {
+    int t0, t1;
+    share_tiles(OC, t, T, &t0, &t1);
+    *c0 = t0 * R < OC ? t0 * R : OC, *c1 = t1 * R < OC ? t1 * R : OC;
+}
+
+bool linear_forward_rows_share(float *out, const float *x, const float *w, const float *bias, const float *residual,
+                               int N, int IC, int OC, int t, int T) {
+    if (!have_avx512()) return false;
+    if (N <= 0 || OC <= 0) return true;
+    int t0, t1, c0, c1;
+    share_tiles(OC, t, T, &t0, &t1);
+    tiles_run(out, x, w, bias, N, IC, OC, t0, t1);
+    rows_share_columns(OC, t, T, &c0, &c1);
+    if (residual) add_columns(out, residual, N, OC, c0, c1);
     return true;
 }
 
@@ -170,6 +200,18 @@ bool linear_forward_rows(float *out, const float *x, const float *w, const float
 
 bool linear_rows_outputs(float *out, const float *x, const float *w, const int32_t *rows, int n, int IC) {
     (void)out, (void)x, (void)w, (void)rows, (void)n, (void)IC;
+    return false;
+}
+
+bool linear_rows_available(void) { return false; }
+
+void rows_share_columns(int OC, int t, int T, int *c0, int *c1) {
+    *c0 = (int)((long)OC * t / T), *c1 = (int)((long)OC * (t + 1) / T);
+}
+
+bool linear_forward_rows_share(float *out, const float *x, const float *w, const float *bias, const float *residual,
+                               int N, int IC, int OC, int t, int T) {
+    (void)out, (void)x, (void)w, (void)bias, (void)residual, (void)N, (void)IC, (void)OC, (void)t, (void)T;
     return false;
 }
 

@@ -16,6 +16,21 @@ enum { LINEAR_ROWS_MAX = 16 };
 // false (and nothing written) where the CPU lacks AVX-512 (F, BW, VL).
 bool linear_forward_rows(float *out, const float *x, const float *w, const float *bias, int N, int IC, int OC);
 
+// Whether linear_forward_rows runs here (the CPU has AVX-512).
+bool linear_rows_available(void);
+
+// Thread t of T's share of linear_forward_rows, for a caller that runs its own parallel
+// region (every thread t = 0..T-1 calls it): the columns rows_share_columns gives, of
+// every row, with linear_forward_rows's bits, then + residual [N, OC] on those columns
+// when not NULL (an add after it). false (and nothing written) where the CPU lacks
+// AVX-512.
+bool linear_forward_rows_share(float *out, const float *x, const float *w, const float *bias, const float *residual,
+                               int N, int IC, int OC, int t, int T);
+
+// [*c0, *c1): the columns linear_forward_rows_share computes for thread t of T, a
+// contiguous run of whole tiles of 4 (empty when there are fewer tiles than threads).
+void rows_share_columns(int OC, int t, int T, int *c0, int *c1);
+
 // out[i] := linear_forward_rows's output for row rows[i] of W [.., IC] and the one row x
 // [IC], no bias, i < n: the same bits, for a few rows scattered through W. false (and
 // nothing written) where the CPU lacks AVX-512.

@@ -414,48 +414,55 @@ static void test_copies_share_rows(void) {
     tp_model_free(m);
 }
 
-// The cpu's bf16 decode in two parallel regions a layer (each thread normalising a share
-// of the rows, its columns of every product with their residual and SwiGLU, a share of
-// the tokens' RoPE and cache rows) gives the bits of the op-by-op path
-// (TP_LAYER_REGIONS=0): every fixture (qk-norm, biases, tied and untied heads), fp32 and
-// bf16 caches, 1 and 3 threads, a prefill of 3 prompts in one call and 10 decode steps.
+// Decode on the cpu in two parallel regions a layer (each thread normalising a share of
+// the rows, its columns of every product with their residual and SwiGLU, a share of the
+// tokens' RoPE and cache rows) gives the bits of the op-by-op path (TP_LAYER_REGIONS=0):
+// every fixture (qk-norm, biases, tied and untied heads), bf16 and fp32 weights, fp32 and
+// bf16 caches, 1 and 3 threads; prompts of 24 tokens in one call (fp32: past
+// LINEAR_ROWS_MAX, op by op on both) and 12, then 10 decode steps of 3 tokens.
 static void test_layer_regions(void) {
     enum { S = 3, P = 12, STEPS = 10 };
     for (size_t c = 0; c < sizeof CASES / sizeof *CASES; c++)
-        for (int kv16 = 0; kv16 < 2; kv16++)
-            for (int threads = 1; threads <= 3; threads += 2) {
-                tp_model *m = fixture_load_model(FIX, CASES[c]);
-                if (!m) continue;
-                omp_set_num_threads(threads);
-                int V = m->cfg.vocab_size;
-                tp_err err;
-                tp_generator *g[2];
-                g[0] = tp_generator_new_kv(m, S, 64, kv16, &err);
-                setenv("TP_LAYER_REGIONS", "0", 1);
-                g[1] = tp_generator_new_kv(m, S, 64, kv16, &err);
-                unsetenv("TP_LAYER_REGIONS");
-                CHECK(g[0] && g[1] && tp_generator_bf16_weights(g[0], &err) == 0 &&
-                      tp_generator_bf16_weights(g[1], &err) == 0);
-                int slot[S * P], out[S], all[S];
-                int32_t prompt[S * P], tok[S];
-                for (int i = 0; i < S * P; i++) slot[i] = i / P, prompt[i] = (int32_t)(test_rand() % (unsigned)V);
-                for (int s = 0; s < S; s++) out[s] = s * P + P - 1, all[s] = s;
-                float *lg[2] = {malloc(sizeof(float) * S * V), malloc(sizeof(float) * S * V)};
-                for (int i = 0; i < 2; i++)
-                    CHECK(tp_generator_forward(g[i], S * P, slot, prompt, S, out, lg[i], &err) == 0);
-                int same = !memcmp(lg[0], lg[1], sizeof(float) * S * V);
-                for (int step = 0; step < STEPS; step++) {
-                    for (int s = 0; s < S; s++) tok[s] = (int32_t)(test_rand() % (unsigned)V);
+        for (int bf16 = 0; bf16 < 2; bf16++)
+            for (int kv16 = 0; kv16 < 2; kv16++)
+                for (int threads = 1; threads <= 3; threads += 2) {
+                    tp_model *m = fixture_load_model(FIX, CASES[c]);
+                    if (!m) continue;
+                    omp_set_num_threads(threads);
+                    int V = m->cfg.vocab_size;
+                    tp_err err;
+                    tp_generator *g[2];
+                    g[0] = tp_generator_new_kv(m, S, 64, kv16, &err);
+                    setenv("TP_LAYER_REGIONS", "0", 1);
+                    g[1] = tp_generator_new_kv(m, S, 64, kv16, &err);
+                    unsetenv("TP_LAYER_REGIONS");
+                    CHECK(g[0] && g[1]);
+                    if (bf16)
+                        CHECK(tp_generator_bf16_weights(g[0], &err) == 0 && tp_generator_bf16_weights(g[1], &err) == 0);
+                    int slot[S * P], out[S], all[S];
+                    int32_t prompt[S * P], tok[S];
+                    for (int i = 0; i < S * P; i++) slot[i] = i / P, prompt[i] = (int32_t)(test_rand() % (unsigned)V);
+                    for (int s = 0; s < S; s++) out[s] = s * P + P - 1, all[s] = s;
+                    float *lg[2] = {malloc(sizeof(float) * S * V), malloc(sizeof(float) * S * V)};
+                    int same = 0, last = P - 1;
                     for (int i = 0; i < 2; i++)
-                        CHECK(tp_generator_forward(g[i], S, all, tok, S, all, lg[i], &err) == 0);
-                    same += !memcmp(lg[0], lg[1], sizeof(float) * S * V);
+                        CHECK(tp_generator_forward(g[i], 2 * P, slot, prompt, 2, out, lg[i], &err) == 0);
+                    same += !memcmp(lg[0], lg[1], sizeof(float) * 2 * V);
+                    for (int i = 0; i < 2; i++)
+                        CHECK(tp_generator_forward(g[i], P, slot + 2 * P, prompt + 2 * P, 1, &last, lg[i], &err) == 0);
+                    same += !memcmp(lg[0], lg[1], sizeof(float) * V);
+                    for (int step = 0; step < STEPS; step++) {
+                        for (int s = 0; s < S; s++) tok[s] = (int32_t)(test_rand() % (unsigned)V);
+                        for (int i = 0; i < 2; i++)
+                            CHECK(tp_generator_forward(g[i], S, all, tok, S, all, lg[i], &err) == 0);
+                        same += !memcmp(lg[0], lg[1], sizeof(float) * S * V);
+                    }
+                    CHECK_MSG(same == STEPS + 2, "%s, bf16 %d, kv16 %d, %d threads: %d of %d calls with the same bits",
+                              CASES[c], bf16, kv16, threads, same, STEPS + 2);
+                    free(lg[0]), free(lg[1]);
+                    tp_generator_free(g[0]), tp_generator_free(g[1]);
+                    tp_model_free(m);
                 }
-                CHECK_MSG(same == STEPS + 1, "%s, kv16 %d, %d threads: %d of %d calls with the same bits", CASES[c],
-                          kv16, threads, same, STEPS + 1);
-                free(lg[0]), free(lg[1]);
-                tp_generator_free(g[0]), tp_generator_free(g[1]);
-                tp_model_free(m);
-            }
     omp_set_num_threads(omp_get_num_procs());
 }
 

@@ -9,6 +9,7 @@
 
 #include <omp.h>
 #include <stdint.h>
+#include <string.h>
 
 enum { PAD = 32 };
 
@@ -81,6 +82,47 @@ static void test_bits(void) {
     free(w), free(b), free(x), free(all), free(part);
 }
 
+// The shares of T threads (called one after another here) cover the columns in
+// contiguous runs of whole tiles of 4 and write, between them, linear_forward_rows's bits,
+// then + residual on each one's own columns: an add after the product, bit for bit.
+static void test_share(void) {
+    if (!linear_rows_available()) {
+        printf("# skip: no AVX-512 here\n");
+        return;
+    }
+    static const int shapes[][2] = {{576, 1536}, {17, 33}, {100, 9}, {40, 3}}, Ts[] = {1, 2, 3, 5, 40};
+    for (int sh = 0; sh < 4; sh++)
+        for (int N = 1; N <= LINEAR_ROWS_MAX; N += 7) {
+            int IC = shapes[sh][0], OC = shapes[sh][1];
+            size_t no = (size_t)N * OC;
+            float *w = floats((size_t)IC * OC, -0.5, 0.5), *b = N & 1 ? floats((size_t)OC, -1, 1) : NULL;
+            float *x = floats((size_t)N * IC, -1, 1), *res = floats(no, -2, 2);
+            float *want = malloc(sizeof(float) * no), *got = malloc(sizeof(float) * no);
+            CHECK(linear_forward_rows(want, x, w, b, N, IC, OC));
+            for (int k = 0; k < 5; k++)
+                for (int with_res = 0; with_res < 2; with_res++) {
+                    int T = Ts[k], next = 0;
+                    bool runs = true, same = true;
+                    for (size_t i = 0; i < no; i++) got[i] = NAN;
+                    for (int t = 0; t < T; t++) {
+                        int c0, c1;
+                        rows_share_columns(OC, t, T, &c0, &c1);
+                        runs = runs && c0 == next && c1 >= c0 && (c1 == OC || c1 % 4 == 0);
+                        next = c1;
+                        CHECK(linear_forward_rows_share(got, x, w, b, with_res ? res : NULL, N, IC, OC, t, T));
+                    }
+                    for (size_t i = 0; i < no; i++) {
+                        float v = with_res ? want[i] + res[i] : want[i];
+                        same = same && !memcmp(&got[i], &v, sizeof v);
+                    }
+                    CHECK_MSG(runs && next == OC, "OC=%d T=%d: the shares' columns are not contiguous runs", OC, T);
+                    CHECK_MSG(same, "N=%d IC=%d OC=%d T=%d residual=%d: other bits than linear_forward_rows", N, IC,
+                              OC, T, with_res);
+                }
+            free(w), free(b), free(x), free(res), free(want), free(got);
+        }
+}
+
 // linear_forward: the rows kernel's bits up to LINEAR_ROWS_MAX rows, the BLAS's after.
 static void test_linear_forward_switch(void) {
     if (!linear_forward_rows(NULL, NULL, NULL, NULL, 0, 0, 0)) return;
@@ -98,6 +140,7 @@ static void test_linear_forward_switch(void) {
 int main(void) {
     RUN(test_shapes);
     RUN(test_bits);
+    RUN(test_share);
     RUN(test_linear_forward_switch);
     return TEST_SUMMARY();
 }
