@@ -56,7 +56,7 @@ struct tp_generator {
     // TP_SHARED_ROWS=0 (for comparing: the same bits).
     int *share_src, *share_n;
     bool share_rows;
-    bool layer_regions;  // cpu bf16 decode: a layer in two parallel regions (TP_LAYER_REGIONS=0: op by op)
+    bool layer_regions;  // cpu decode: a layer in two parallel regions (TP_LAYER_REGIONS=0: op by op)
     int32_t *share_row0, *share_len;  // host [room]: the call's tokens' shared rows (cpu decode)
     bool shared_call;                 // some token of the call has them
     // per-call scratch (backend memory) for up to `room` tokens and `room_out` logit rows

@@ -346,6 +346,20 @@ static tp_model *hd64_model(void) {
     return m;
 }
 
+// g[0] a generator as the environment leaves it, g[1] the same with `off`=0 (a switch read
+// when a generator is made): the pair a test compares bit for bit.
+static bool generators_with_and_without(tp_generator *g[2], const char *off, tp_model *m, int S, int cap, bool kv16) {
+    tp_err err;
+    g[0] = tp_generator_new_kv(m, S, cap, kv16, &err);
+    setenv(off, "0", 1);
+    g[1] = tp_generator_new_kv(m, S, cap, kv16, &err);
+    unsetenv(off);
+    CHECK_MSG(g[0] && g[1], "%s", err.msg);
+    if (g[0] && g[1]) return true;
+    tp_generator_free(g[0]), tp_generator_free(g[1]);
+    return false;
+}
+
 // Samples of one prompt decoded from copies of its slot (whose attention reads the
 // prompt's rows once for all of them) give the bits of the same calls with the sharing
 // off (TP_SHARED_ROWS=0): fp32 and bf16 caches, 1 and 2 threads, through a copy of a
@@ -369,12 +383,7 @@ static void test_copies_share_rows(void) {
             omp_set_num_threads(threads);
             tp_err err;
             tp_generator *g[2];
-            g[0] = tp_generator_new_kv(m, S, 128, kv16, &err);
-            setenv("TP_SHARED_ROWS", "0", 1);
-            g[1] = tp_generator_new_kv(m, S, 128, kv16, &err);
-            unsetenv("TP_SHARED_ROWS");
-            CHECK(g[0] && g[1]);
-            if (!g[0] || !g[1]) break;
+            if (!generators_with_and_without(g, "TP_SHARED_ROWS", m, S, 128, kv16)) break;
             float *lg[2] = {la, lb};
             for (int i = 0; i < 2; i++) {
                 for (int t = 0; t < P; t++) slots[t] = 0;
@@ -432,11 +441,10 @@ static void test_layer_regions(void) {
                     int V = m->cfg.vocab_size;
                     tp_err err;
                     tp_generator *g[2];
-                    g[0] = tp_generator_new_kv(m, S, 64, kv16, &err);
-                    setenv("TP_LAYER_REGIONS", "0", 1);
-                    g[1] = tp_generator_new_kv(m, S, 64, kv16, &err);
-                    unsetenv("TP_LAYER_REGIONS");
-                    CHECK(g[0] && g[1]);
+                    if (!generators_with_and_without(g, "TP_LAYER_REGIONS", m, S, 64, kv16)) {
+                        tp_model_free(m);
+                        continue;
+                    }
                     if (bf16)
                         CHECK(tp_generator_bf16_weights(g[0], &err) == 0 && tp_generator_bf16_weights(g[1], &err) == 0);
                     int slot[S * P], out[S], all[S];
