@@ -459,6 +459,13 @@ extern "C" void cuda_rmsnorm_linear_swiglu_forward(float *act, float *gate, floa
                                                    const float *norm_weight, float eps, const float *w_gate,
                                                    const float *w_up, int N, int IC, int F) {
     if (N <= 0 || gemv_forward_many(1, &act, x, norm_weight, eps, &w_gate, &w_up, NULL, NULL, &F, N, IC)) return;
+    // A norm the pair kernel does not fold (rows split over warps, IC >= 2048: 3B and 7B
+    // shapes): normalise first, then the pair kernel without it, as before the norms were
+    // folded (the bits of the products and swiglu_forward, one kernel fewer).
+    if (norm_weight) {
+        cuda_rmsnorm_forward(ln, NULL, x, norm_weight, N, IC, eps), x = ln, norm_weight = NULL;
+        if (gemv_forward_many(1, &act, x, NULL, 0.0f, &w_gate, &w_up, NULL, NULL, &F, N, IC)) return;
+    }
     float *const outs[2] = {gate, up};
     const float *const ws[2] = {w_gate, w_up}, *const bs[2] = {NULL, NULL};
     const int ocs[2] = {F, F};
