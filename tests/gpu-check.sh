@@ -5,7 +5,8 @@
 # written to $OUT/gpu-check.txt when $OUT is set. Uses the binaries of tests/gpu-bundle.sh
 # in .gpu/ when they are there (the lent machines lack our build dependencies), else builds.
 # Each step has its own time limit so the whole run stays under about 6 minutes.
-# CUDA_TESTS="test_cuda_x ..." and CLI_TESTS="test_y ..." run only those; SKIP_SFT_BENCH=1 leaves out the SFT step benchmarks and the profile (when device time is short); SKIP_PROFILE=1 the ncu kernel profile.
+# CUDA_TESTS="test_cuda_x ..." and CLI_TESTS="test_y ..." run only those (PDL_TESTS, run again
+# under TP_CUDA_PDL=late and =0: test_cuda_ops unless given); SKIP_SFT_BENCH=1 leaves out the SFT step benchmarks and the profile (when device time is short); SKIP_PROFILE=1 the ncu kernel profile.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,6 +49,18 @@ for t in ${CUDA_TESTS:-"$B"/tests/test_cuda_*}; do
     cat "$OUTDIR/$name.txt" >>"$log"
     row "$name" "rc=$rc $(tail -n 1 "$OUTDIR/$name.txt" | sed 's/^# //')"
     grep -E '^(not ok|skip)|^# ' "$OUTDIR/$name.txt" | grep -v ' passed, ' | sed 's/^/    /' | tee -a "$out"
+done
+# The kernels' other launch orders: the same tests with TP_CUDA_PDL=late and =0 (the flag
+# is read once a process, so each is a run of its own). A test that fails in one mode only
+# points at launch ordering rather than arithmetic. PDL_TESTS="" skips them.
+for mode in late 0; do
+    for t in ${PDL_TESTS-test_cuda_ops}; do
+        TP_CUDA_PDL=$mode timeout 90 "$B/tests/$t" >"$OUTDIR/$t.pdl-$mode.txt" 2>&1
+        rc=$?
+        cat "$OUTDIR/$t.pdl-$mode.txt" >>"$log"
+        row "$t TP_CUDA_PDL=$mode" "rc=$rc $(tail -n 1 "$OUTDIR/$t.pdl-$mode.txt" | sed 's/^# //')"
+        grep -E '^not ok' "$OUTDIR/$t.pdl-$mode.txt" | sed 's/^/    /' | tee -a "$out"
+    done
 done
 for t in ${CLI_TESTS:-test_sft_train_cuda test_rollout_cuda}; do
     BIN=$B/bin timeout 150 sh tests/cli/$t.sh >"$OUTDIR/$t.txt" 2>&1
