@@ -67,6 +67,12 @@ void w16_pack(uint16_t *dst, const float *w, int IC, int OC) {
         }
 }
 
+// Panels p0..p1-1 of W for thread t of T: a contiguous run.
+static void share_panels(int OC, int t, int T, int *p0, int *p1) {
+    int panels = (OC + PANEL - 1) / PANEL;
+    *p0 = (int)((long)panels * t / T), *p1 = (int)((long)panels * (t + 1) / T);
+}
+
 // ---- the portable path ----
 
 // out [N, OC] columns p·32.. of one panel: each row's 32 sums in registers or L1 while
@@ -206,14 +212,14 @@ static void share_avx512(float *out, const float *x, const uint16_t *wp, const f
 }
 
 static void forward_panels(float *out, const float *x, const uint16_t *wp, const float *bias, int N, int IC, int OC) {
-    int panels = (OC + PANEL - 1) / PANEL;
 #pragma omp parallel if ((long)OC * IC >= PARALLEL_MIN)
     {
-        int threads = omp_get_num_threads(), t = omp_get_thread_num();
-        share_avx512(out, x, wp, bias, N, IC, OC, (int)((long)panels * t / threads),
-                     (int)((long)panels * (t + 1) / threads));
+        int p0, p1;
+        share_panels(OC, omp_get_thread_num(), omp_get_num_threads(), &p0, &p1);
+        share_avx512(out, x, wp, bias, N, IC, OC, p0, p1);
     }
 }
+
 
 static bool have_avx512(void) {
     __builtin_cpu_init();
@@ -260,11 +266,6 @@ bool linear_w16_outputs(float *out, const float *x, const float *w, const int32_
     return false;
 }
 
-// Panels p0..p1 of W (of `panels`) for thread t of T: a contiguous run, as forward_panels splits them.
-static void share_panels(int OC, int t, int T, int *p0, int *p1) {
-    int panels = (OC + PANEL - 1) / PANEL;
-    *p0 = (int)((long)panels * t / T), *p1 = (int)((long)panels * (t + 1) / T);
-}
 
 void w16_share_columns(int OC, int t, int T, int *c0, int *c1) {
     int p0, p1;
