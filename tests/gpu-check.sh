@@ -84,6 +84,12 @@ for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
     echo "$1 B=$2: torch: ${pt:-failed}" >>"$log"
     row "$1 B=$2 T=2048 thinkpipe" "$(field "$tp" tokens/s) tok/s, $(field "$tp" devmem_mb) MB, MFU $(field "$tp" mfu)"
     row "$1 B=$2 T=2048 torch" "$(field "$pt" tokens/s) tok/s, $(field "$pt" devmem_mb) MB, MFU $(field "$pt" mfu)"
+    # the same step with the mma.sync attention kernels (attention_mma.cu) instead of WMMA
+    tm=$(TP_CUDA_ATTENTION=mma timeout 90 "$B/bench/model_step" "$cfg" "$2" 2048 3 --device cuda --matmul bf16 \
+        2>>"$log" | tail -n 1)
+    echo "$1 B=$2: thinkpipe, TP_CUDA_ATTENTION=mma: ${tm:-failed}" >>"$log"
+    row "$1 B=$2 T=2048 thinkpipe, mma attention" \
+        "$(field "$tm" tokens/s) tok/s, $(field "$tm" devmem_mb) MB, MFU $(field "$tm" mfu)"
     a=$(field "$tp" tokens/s) b=$(field "$pt" tokens/s) ma=$(field "$tp" devmem_mb) mb=$(field "$pt" devmem_mb)
     if [ -n "$a" ] && [ -n "$b" ]; then
         row "$1 ratio thinkpipe/torch" "$(awk -v a="$a" -v b="$b" -v ma="$ma" -v mb="$mb" \

@@ -492,11 +492,40 @@ void attention_row_dot(float *D, const float *dout, const float *out, long rows,
     CUDA_LAUNCH_CHECK();
 }
 
+// Which tensor-core kernels bf16 mode runs: 1 mma.sync, 0 WMMA, -1 not chosen yet (then
+// TP_CUDA_ATTENTION decides: "mma", else WMMA, the path measured on GPUs so far).
+static int attention_kernel = -1;
+
+extern "C" int cuda_set_attention_kernel(const char *name) {
+    if (!strcmp(name, "mma")) attention_kernel = 1;
+    else if (!strcmp(name, "wmma")) attention_kernel = 0;
+    else return -1;
+    return 0;
+}
+
+// The kernels the last forward or backward call ran (cuda_attention_last_path).
+static const char *last_path = "none";
+extern "C" const char *cuda_attention_last_path(void) { return last_path; }
+
+bool cuda_attention_mma(void) {
+    if (attention_kernel < 0) {
+        const char *env = getenv("TP_CUDA_ATTENTION");
+        attention_kernel = env && !strcmp(env, "mma");
+    }
+    return attention_kernel == 1;
+}
+
 extern "C" void cuda_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                        const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
     if (N <= 0 || !heads_ok(NH, KVH)) return;
-    // bf16 matrix products: the tensor-core path (attention_tc.cu) for HD 64 and 128.
-    if (cuda_matmul_bf16() && attention_tc_forward(out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale)) return;
+    // bf16 matrix products: a tensor-core path (attention_tc.h) for HD 64 and 128.
+    if (cuda_matmul_bf16()) {
+        last_path = "mma";
+        if (cuda_attention_mma() && attention_mma_forward(out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale)) return;
+        last_path = "wmma";
+        if (attention_tc_forward(out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale)) return;
+    }
+    last_path = "fp32";
     switch (HD) {
     case 16: launch_forward<16>(out, lse, q, k, v, seg_start, N, NH, KVH, scale); break;
     case 32: launch_forward<32>(out, lse, q, k, v, seg_start, N, NH, KVH, scale); break;
@@ -516,9 +545,15 @@ extern "C" void cuda_attention_backward(float *dq, float *dk, float *dv, const f
         cuda_note_message("attention backward: head_dim must be 16, 32, 64 or 128", __FILE__, __LINE__);
         return;
     }
-    if (cuda_matmul_bf16() &&
-        attention_tc_backward(dq, dk, dv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale))
-        return;
+    if (cuda_matmul_bf16()) {
+        last_path = "mma";
+        if (cuda_attention_mma() &&
+            attention_mma_backward(dq, dk, dv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale))
+            return;
+        last_path = "wmma";
+        if (attention_tc_backward(dq, dk, dv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale)) return;
+    }
+    last_path = "fp32";
     // D [N, NH] = rowsum(dout ∘ out), in the op's scratch slot.
     const long rows = (long)N * NH;
     float *D = (float *)cuda_scratch(SCRATCH_ATTENTION, sizeof(float) * (size_t)rows);

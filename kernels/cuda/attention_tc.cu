@@ -424,7 +424,7 @@ template <int HD> struct DkvSmem {
 // in halves of 32 queries: S^T = K Q^T, dP^T = V dO^T, P^T and dS^T as in the dq kernel
 // (bf16, in shared memory); then dV += P^T dO and dK += dS^T Q. At the end, with
 // direct (one query head per kv head) dk, dv [N, KVH, HD] += the sums; otherwise the sums
-// of head h are stored (=) into pk, pv [N, NH, HD], which attention_tc_reduce_kernel adds
+// of head h are stored (=) into pk, pv [N, NH, HD], which attention_group_reduce adds
 // up over the group's heads in order.
 template <int HD>
 __global__ void __launch_bounds__(THREADS, 2)
@@ -542,29 +542,6 @@ __global__ void __launch_bounds__(THREADS, 2)
     for (int c0 = 0; c0 < NF; c0 += 4) write_block<HD>(dv, dv_acc + c0, Sw, wj, jend, heads, head, c0 * 16, direct);
 }
 
-// dk, dv [N, KVH, HD] += the sums over each group's query heads, in head order, of
-// pk, pv [N, NH, HD]; one thread per 4 floats.
-__global__ void attention_tc_reduce_kernel(float *__restrict__ dk, float *__restrict__ dv,
-                                           const float *__restrict__ pk, const float *__restrict__ pv, int N,
-                                           int NH, int KVH, int HD) {
-    const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x, n4 = (long)N * KVH * HD / 4;
-    if (idx >= n4) return;
-    const long e = idx * 4, n = e / ((long)KVH * HD);
-    const int g = (int)(e / HD % KVH), d = (int)(e % HD), G = NH / KVH;
-    float4 sk = make_float4(0.0f, 0.0f, 0.0f, 0.0f), sv = sk;
-    for (int t = 0; t < G; t++) {
-        const size_t off = ((size_t)n * NH + g * G + t) * HD + d;
-        const float4 a = *reinterpret_cast<const float4 *>(pk + off), b = *reinterpret_cast<const float4 *>(pv + off);
-        sk.x += a.x, sk.y += a.y, sk.z += a.z, sk.w += a.w;
-        sv.x += b.x, sv.y += b.y, sv.z += b.z, sv.w += b.w;
-    }
-    float4 *pdk = reinterpret_cast<float4 *>(dk + e), *pdv = reinterpret_cast<float4 *>(dv + e);
-    float4 a = *pdk, b = *pdv;
-    a.x += sk.x, a.y += sk.y, a.z += sk.z, a.w += sk.w;
-    b.x += sv.x, b.y += sv.y, b.z += sv.z, b.w += sv.w;
-    *pdk = a, *pdv = b;
-}
-
 // ---- launches ----
 
 template <int HD>
@@ -596,16 +573,41 @@ void launch_backward(float *dq, float *dk, float *dv, float *pk, float *pv, cons
     attention_tc_dkdv_kernel<HD><<<grid_dkdv, THREADS, smem_dkdv, cuda_stream()>>>(
         direct ? dk : pk, direct ? dv : pv, direct, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale, sl2);
     CUDA_LAUNCH_CHECK();
-    if (!direct) {
-        const long n4 = (long)N * KVH * HD / 4;
-        attention_tc_reduce_kernel<<<cuda_blocks(n4, 256), 256, 0, cuda_stream()>>>(dk, dv, pk, pv, N, NH, KVH, HD);
-        CUDA_LAUNCH_CHECK();
-    }
+    if (!direct) attention_group_reduce(dk, dv, pk, pv, N, NH, KVH, HD);
 }
 
 bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
+// dk, dv [N, KVH, HD] += the sums over each group's query heads, in head order, of
+// pk, pv [N, NH, HD]; one thread per 4 floats.
+__global__ void attention_group_reduce_kernel(float *__restrict__ dk, float *__restrict__ dv,
+                                           const float *__restrict__ pk, const float *__restrict__ pv, int N,
+                                           int NH, int KVH, int HD) {
+    const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x, n4 = (long)N * KVH * HD / 4;
+    if (idx >= n4) return;
+    const long e = idx * 4, n = e / ((long)KVH * HD);
+    const int g = (int)(e / HD % KVH), d = (int)(e % HD), G = NH / KVH;
+    float4 sk = make_float4(0.0f, 0.0f, 0.0f, 0.0f), sv = sk;
+    for (int t = 0; t < G; t++) {
+        const size_t off = ((size_t)n * NH + g * G + t) * HD + d;
+        const float4 a = *reinterpret_cast<const float4 *>(pk + off), b = *reinterpret_cast<const float4 *>(pv + off);
+        sk.x += a.x, sk.y += a.y, sk.z += a.z, sk.w += a.w;
+        sv.x += b.x, sv.y += b.y, sv.z += b.z, sv.w += b.w;
+    }
+    float4 *pdk = reinterpret_cast<float4 *>(dk + e), *pdv = reinterpret_cast<float4 *>(dv + e);
+    float4 a = *pdk, b = *pdv;
+    a.x += sk.x, a.y += sk.y, a.z += sk.z, a.w += sk.w;
+    b.x += sv.x, b.y += sv.y, b.z += sv.z, b.w += sv.w;
+    *pdk = a, *pdv = b;
+}
+
 }  // namespace
+
+void attention_group_reduce(float *dk, float *dv, const float *pk, const float *pv, int N, int NH, int KVH, int HD) {
+    const long n4 = (long)N * KVH * HD / 4;
+    attention_group_reduce_kernel<<<cuda_blocks(n4, 256), 256, 0, cuda_stream()>>>(dk, dv, pk, pv, N, NH, KVH, HD);
+    CUDA_LAUNCH_CHECK();
+}
 
 bool attention_tc_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                           const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {

@@ -1,6 +1,7 @@
-// attention_tc.h — the bf16 tensor-core path of causal attention (attention_tc.cu), used by
+// attention_tc.h — the bf16 tensor-core paths of causal attention, used by
 // cuda_attention_forward / cuda_attention_backward (attention.cu) when the backend's matrix
-// products are in bf16 mode. Same contract as ops.h (fp32 tensors in device memory; the
+// products are in bf16 mode: WMMA (attention_tc.cu) and mma.sync (attention_mma.cu, the
+// one cuda_attention_mma() picks). Same contract as ops.h (fp32 tensors in device memory; the
 // backward pass accumulates into dq, dk, dv); inside, tiles are rounded to bf16 and
 // multiplied on tensor cores with fp32 sums, softmax statistics stay fp32.
 //
@@ -17,6 +18,19 @@ bool attention_tc_forward(float *out, float *lse, const float *q, const float *k
 bool attention_tc_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                            const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
                            int KVH, int HD, float scale);
+
+// The same contracts, on mma.sync fragments (attention_mma.cu).
+bool attention_mma_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                           const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
+bool attention_mma_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                            const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
+                            int KVH, int HD, float scale);
+// Whether the mma.sync path is chosen (cuda_set_attention_kernel, else TP_CUDA_ATTENTION).
+bool cuda_attention_mma(void);
+
+// dk, dv [N, KVH, HD] += the sums over each group's query heads, in head order, of the
+// per-head partial sums pk, pv [N, NH, HD] (GQA backward; HD % 4 == 0, 16-byte aligned).
+void attention_group_reduce(float *dk, float *dv, const float *pk, const float *pv, int N, int NH, int KVH, int HD);
 
 // D [rows] = rowsum(dout ∘ out) over HD (rows = N·NH), in double per row: the backward
 // pass of both paths needs it (attention.cu).

@@ -39,7 +39,7 @@ static inline unsigned cuda_blocks(long n, int threads) { return (unsigned)((n +
 void *cuda_scratch(int slot, size_t bytes);
 enum {
     SCRATCH_EMBEDDING = 0, SCRATCH_COLSUM, SCRATCH_ATTENTION, SCRATCH_CE, SCRATCH_NORM, SCRATCH_BF16_A, SCRATCH_BF16_B,
-    SCRATCH_DECODE, SCRATCH_DECODE_COUNT, SCRATCH_SAMPLE,
+    SCRATCH_DECODE, SCRATCH_DECODE_COUNT, SCRATCH_SAMPLE, SCRATCH_ATTENTION_BF16,
     SCRATCH_COUNT
 };
 
@@ -78,8 +78,10 @@ bool cuda_pdl(void);
 bool cuda_pdl_late(void);
 
 // Whether this translation unit's kernels trigger late: every .cu file has its own copy
-// (no relocatable device code), set before its first dependent launch.
-static __device__ int pdl_late_flag;
+// (no relocatable device code), set before its first dependent launch. Constant memory:
+// every thread of every kernel reads it on entry, before the trigger, and the constant
+// cache serves that load (a global would be an L2 round trip ahead of launch_dependents).
+static __constant__ int pdl_late_flag;
 static bool pdl_late_set;
 
 // On entry: triggers the dependents now unless they are to wait for this kernel's own wait,

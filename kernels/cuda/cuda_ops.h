@@ -67,6 +67,12 @@ void cuda_linear_backward(float *dx, float *dweight, float *dbias, const float *
                           const float *weight, int N, int IC, int OC);
 void cuda_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
 void cuda_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
+// In bf16 mode, head sizes 64 and 128 run on tensor cores: "wmma" (attention_tc.cu) or
+// "mma" (mma.sync, attention_mma.cu). Overrides TP_CUDA_ATTENTION; -1 for another name.
+int cuda_set_attention_kernel(const char *name);
+// The kernels the last attention_forward / _backward call took: "mma", "wmma" or "fp32"
+// (a tensor-core path that cannot take a call, a misaligned tensor say, falls back).
+const char *cuda_attention_last_path(void);
 void cuda_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                             const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
 void cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,

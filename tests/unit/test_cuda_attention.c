@@ -2,7 +2,8 @@
 // lse) and the backward pass (dq, dk, dv accumulated into), on one sequence, packed rows
 // of several sequences, GQA and plain multi-head shapes and every head size up to 128;
 // in fp32 (the default) and again in bf16 matmul mode, where head sizes 64 and 128 take
-// the tensor-core path (attention_tc.cu) and the others stay on fp32.
+// a tensor-core path, each of the two in turn (WMMA: attention_tc.cu; mma.sync:
+// attention_mma.cu), and the others stay on fp32.
 // Skipped without CUDA or without a GPU.
 #include "ops.h"
 #include "test.h"
@@ -74,12 +75,16 @@ struct attn_case {
     const char *name;
     int NH, KVH, HD;
     int lens[8];  // sequence lengths packed along N, ended by 0
+    int no_seg;   // pass seg_start NULL (one sequence) to both sides
 };
 
-static double worst_fwd, worst_bwd, worst_fwd_tc, worst_bwd_tc;
+// The tensor-core kernels bf16 mode can take (cuda_set_attention_kernel).
+static const char *const tc_kernels[2] = {"wmma", "mma"};
+static double worst_fwd, worst_bwd, worst_fwd_tc[2], worst_bwd_tc[2];
 
-// tc: run in bf16 matmul mode (the caller sets it): tolerance 1e-2 instead of 1e-5 where
-// the tensor-core path takes the head size, plus the increment check at 2e-2.
+// tc: 0 fp32; 1 + i: bf16 matmul mode with tensor-core kernel tc_kernels[i] (the caller
+// sets both): tolerance 1e-2 instead of 1e-5 where the tensor-core path takes the head
+// size, plus the increment check at 2e-2.
 static void run_case(const struct attn_case *c, int tc) {
     int N = 0, nseq = 0;
     while (c->lens[nseq]) N += c->lens[nseq++];
@@ -100,12 +105,16 @@ static void run_case(const struct attn_case *c, int tc) {
     float *out_again = malloc(bq), *lse_again = malloc(bl);
     const int on_tc = tc && (HD == 64 || HD == 128);
     const double tol = on_tc ? 1e-2 : 1e-5, tol_inc = 2e-2;
-    const char *mode = !tc ? "fp32" : on_tc ? "bf16 tensor cores" : "bf16 mode, fp32 path";
+    char mode[64];
+    snprintf(mode, sizeof mode, "%s", !tc ? "fp32" : "bf16 mode, fp32 path");
+    if (on_tc) snprintf(mode, sizeof mode, "bf16 tensor cores, %s", tc_kernels[tc - 1]);
+    const char *path = on_tc ? tc_kernels[tc - 1] : "fp32";  // the kernels that must have run
+    const int32_t *seg_arg = c->no_seg ? NULL : seg;
     fill(q, nq), fill(k, nkv), fill(v, nkv), fill(dout, nq);
     fill(dq0, nq), fill(dk0, nkv), fill(dv0, nkv);
 
     // ---- forward ----
-    attention_forward(out_ref, lse_ref, q, k, v, seg, N, NH, KVH, HD, scale);
+    attention_forward(out_ref, lse_ref, q, k, v, seg_arg, N, NH, KVH, HD, scale);
     float *d_q = dev_from(q, bq), *d_k = dev_from(k, bkv), *d_v = dev_from(v, bkv);
     int32_t *d_seg = dev_from(seg, sizeof(int32_t) * (size_t)N);
     float *d_out = dev_alloc(bq), *d_lse = dev_alloc(bl), *d_dout = dev_from(dout, bq);
@@ -114,8 +123,10 @@ static void run_case(const struct attn_case *c, int tc) {
     for (int pass = 0; pass < 2; pass++) {  // twice: the result must not change by a bit
         cudaMemset(d_out, 0xff, bq);  // NaN poison: an element the kernel forgets fails the comparison
         cudaMemset(d_lse, 0xff, bl);
-        cuda_attention_forward(d_out, d_lse, d_q, d_k, d_v, d_seg, N, NH, KVH, HD, scale);
+        cuda_attention_forward(d_out, d_lse, d_q, d_k, d_v, c->no_seg ? NULL : d_seg, N, NH, KVH, HD, scale);
         check_gpu("forward", c->name);
+        CHECK_MSG(!strcmp(cuda_attention_last_path(), path), "case %s (%s): the forward pass ran %s", c->name, mode,
+                  cuda_attention_last_path());
         cuda_download(pass ? out_again : out_got, d_out, bq);
         cuda_download(pass ? lse_again : lse_got, d_lse, bl);
         check_gpu("forward download", c->name);
@@ -125,19 +136,21 @@ static void run_case(const struct attn_case *c, int tc) {
     CHECK_MSG(e_lse <= tol, "case %s (%s): lse max rel err %.3g", c->name, mode, e_lse);
     CHECK_MSG(!memcmp(out_got, out_again, bq) && !memcmp(lse_got, lse_again, bl),
               "case %s (%s): the forward pass is not deterministic", c->name, mode);
-    if (on_tc) worst_fwd_tc = fmax(worst_fwd_tc, fmax(e_out, e_lse));
+    if (on_tc) worst_fwd_tc[tc - 1] = fmax(worst_fwd_tc[tc - 1], fmax(e_out, e_lse));
     else worst_fwd = fmax(worst_fwd, fmax(e_out, e_lse));
 
     // ---- backward, from the CPU's out and lse; the gradients start from dq0, dk0, dv0 ----
     memcpy(dq_ref, dq0, bq), memcpy(dk_ref, dk0, bkv), memcpy(dv_ref, dv0, bkv);
-    attention_backward(dq_ref, dk_ref, dv_ref, dout, out_ref, lse_ref, q, k, v, seg, N, NH, KVH, HD, scale);
+    attention_backward(dq_ref, dk_ref, dv_ref, dout, out_ref, lse_ref, q, k, v, seg_arg, N, NH, KVH, HD, scale);
     cuda_upload(d_out, out_ref, bq);
     cuda_upload(d_lse, lse_ref, bl);
     for (int pass = 0; pass < 2; pass++) {  // twice: the result must not change by a bit
         cuda_upload(d_dq, dq0, bq), cuda_upload(d_dk, dk0, bkv), cuda_upload(d_dv, dv0, bkv);
-        cuda_attention_backward(d_dq, d_dk, d_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, d_seg, N, NH, KVH, HD,
-                                scale);
+        cuda_attention_backward(d_dq, d_dk, d_dv, d_dout, d_out, d_lse, d_q, d_k, d_v, c->no_seg ? NULL : d_seg, N,
+                                NH, KVH, HD, scale);
         check_gpu("backward", c->name);
+        CHECK_MSG(!strcmp(cuda_attention_last_path(), path), "case %s (%s): the backward pass ran %s", c->name,
+                  mode, cuda_attention_last_path());
         cuda_download(pass ? dq_again : dq_got, d_dq, bq);
         cuda_download(pass ? dk_again : dk_got, d_dk, bkv);
         cuda_download(pass ? dv_again : dv_got, d_dv, bkv);
@@ -156,7 +169,8 @@ static void run_case(const struct attn_case *c, int tc) {
         CHECK_MSG(i_dq <= tol_inc, "case %s (%s): dq increment max rel err %.3g", c->name, mode, i_dq);
         CHECK_MSG(i_dk <= tol_inc, "case %s (%s): dk increment max rel err %.3g", c->name, mode, i_dk);
         CHECK_MSG(i_dv <= tol_inc, "case %s (%s): dv increment max rel err %.3g", c->name, mode, i_dv);
-        worst_bwd_tc = fmax(worst_bwd_tc, fmax(fmax(e_dq, fmax(e_dk, e_dv)), fmax(i_dq, fmax(i_dk, i_dv))));
+        worst_bwd_tc[tc - 1] =
+            fmax(worst_bwd_tc[tc - 1], fmax(fmax(e_dq, fmax(e_dk, e_dv)), fmax(i_dq, fmax(i_dk, i_dv))));
         if (getenv("TP_ATTN_VERBOSE"))
             printf("# %s [%s]: out %.3g lse %.3g dq %.3g dk %.3g dv %.3g, increments dq %.3g dk %.3g dv %.3g\n",
                    c->name, mode, e_out, e_lse, e_dq, e_dk, e_dv, i_dq, i_dk, i_dv);
@@ -180,26 +194,36 @@ static void test_cuda_matches_cpu(void) {
 #else
     if (cuda_device_count() == 0) SKIP("no GPU on this machine");
     static const struct attn_case cases[] = {
-        {"one sequence", 4, 2, 64, {300}},
-        {"packed rows", 8, 2, 128, {50, 100, 50, 200, 7, 193}},  // 3 rows of T = 200
-        {"hd16", 2, 1, 16, {65}},
-        {"hd32 no gqa, length-1 sequences", 6, 6, 32, {1, 40, 1, 1, 70, 1, 23}},
-        {"long", 2, 1, 64, {1237, 811}},
-        {"hd128 gqa 3, packed", 6, 2, 128, {129, 64, 1, 190}},
-        {"hd64 gqa 7, packed", 14, 2, 64, {100, 33, 250}},
+        {"one sequence", 4, 2, 64, {300}, 0},
+        {"packed rows", 8, 2, 128, {50, 100, 50, 200, 7, 193}, 0},  // 3 rows of T = 200
+        {"hd16", 2, 1, 16, {65}, 0},
+        {"hd32 no gqa, length-1 sequences", 6, 6, 32, {1, 40, 1, 1, 70, 1, 23}, 0},
+        {"long", 2, 1, 64, {1237, 811}, 0},
+        {"hd128 gqa 3, packed", 6, 2, 128, {129, 64, 1, 190}, 0},
+        {"hd64 gqa 7, packed", 14, 2, 64, {100, 33, 250}, 0},
+        {"hd128 no gqa, partial tiles", 4, 4, 128, {31, 97, 2, 70}, 0},
+        {"hd64 no gqa, many short", 3, 3, 64, {5, 17, 1, 64, 65, 3, 130}, 0},
+        {"hd64 gqa 2, fewer than a tile", 4, 2, 64, {40}, 0},
+        {"hd128 gqa 2, no seg_start", 4, 2, 128, {150}, 1},
     };
-    worst_fwd = worst_bwd = worst_fwd_tc = worst_bwd_tc = 0;
+    worst_fwd = worst_bwd = 0;
+    for (int t = 0; t < 2; t++) worst_fwd_tc[t] = worst_bwd_tc[t] = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         run_case(&cases[i], 0);
-        // bf16 mode for the tensor-core path; fp32 again right after, whatever happened
+        // bf16 mode for the tensor-core paths; fp32 again right after, whatever happened
         CHECK(cuda_set_matmul_precision("bf16") == 0);
-        run_case(&cases[i], 1);
+        for (int t = 0; t < 2; t++) {
+            CHECK(cuda_set_attention_kernel(tc_kernels[t]) == 0);
+            run_case(&cases[i], 1 + t);
+        }
         CHECK(cuda_set_matmul_precision("fp32") == 0);
     }
+    CHECK(cuda_set_attention_kernel("no such kernel") == -1);
     char name[256];
     if (cuda_device_describe(name, sizeof name) == 0)
-        printf("# cuda attention on %s: max rel err fwd %.3g bwd %.3g; tensor cores (bf16) fwd %.3g bwd %.3g\n",
-               name, worst_fwd, worst_bwd, worst_fwd_tc, worst_bwd_tc);
+        printf("# cuda attention on %s: max rel err fwd %.3g bwd %.3g; tensor cores (bf16): wmma fwd %.3g bwd %.3g, "
+               "mma fwd %.3g bwd %.3g\n",
+               name, worst_fwd, worst_bwd, worst_fwd_tc[0], worst_bwd_tc[0], worst_fwd_tc[1], worst_bwd_tc[1]);
 #endif
 }
 
@@ -270,8 +294,9 @@ static void speed_case(int N, int NH, int KVH, int HD, int len) {
     }
     for (int n = 0; n < N; n++) seg[n] = n / len * len;
     if (ok) cuda_upload(d_seg, seg, sizeof(int32_t) * (size_t)N);
-    for (int tc = 0; ok && tc < 2; tc++) {
+    for (int tc = 0; ok && tc < 3; tc++) {  // fp32, then each tensor-core kernel
         CHECK(cuda_set_matmul_precision(tc ? "bf16" : "fp32") == 0);
+        if (tc) CHECK(cuda_set_attention_kernel(tc_kernels[tc - 1]) == 0);
         // The forward pass first: the backward pass needs its lse (finite probabilities).
         double tf = time_attention(0, b, d_seg, N, NH, KVH, HD), tb = time_attention(1, b, d_seg, N, NH, KVH, HD);
         CHECK(cuda_set_matmul_precision("fp32") == 0);
@@ -279,7 +304,7 @@ static void speed_case(int N, int NH, int KVH, int HD, int len) {
         double flop = pairs * NH * HD * 2;                      // one matrix product
         printf("# cuda attention speed [%s], N=%d NH=%d KVH=%d HD=%d, sequences of %d: fwd %.2f ms %.1f TFLOP/s, "
                "bwd %.2f ms %.1f TFLOP/s\n",
-               tc ? "bf16 tensor cores" : "fp32", N, NH, KVH, HD, len, tf * 1e3, 2 * flop / tf * 1e-12, tb * 1e3,
+               tc ? tc_kernels[tc - 1] : "fp32", N, NH, KVH, HD, len, tf * 1e3, 2 * flop / tf * 1e-12, tb * 1e3,
                5 * flop / tb * 1e-12);
     }
     for (int i = 0; i < 9; i++) cuda_free(b[i]);

@@ -332,8 +332,10 @@ static void test_rope(void) {
 }
 
 // The decode step's fused products (the norm before, SwiGLU or the residual add after)
-// against their CPU twins, N = 9 taking the GEMM path; IC 2048 splits rows over warps.
-static const int fused_cases[][2] = {{1, 896}, {3, 896}, {8, 896}, {9, 896}, {2, 2048}};  // N, IC
+// against their CPU twins, N = 9 taking the GEMM path; IC 2048 splits rows over warps;
+// IC 1536 (Qwen2.5-1.5B's hidden size) and 64 (fewer 8-weight chunks than lanes) fold the
+// norm too.
+static const int fused_cases[][2] = {{1, 896}, {3, 896}, {8, 896}, {9, 896}, {2, 2048}, {4, 1536}, {5, 64}};  // N, IC
 
 // Random rows whose scales differ (row n times n + 1): a kernel that normalised one row by
 // another's rstd would be off by far more than the tolerance.
@@ -349,7 +351,7 @@ static float *rnd_rows(int N, int IC) {
 static void test_rmsnorm_linear(void) {
     NEED_GPU();
     CHECK(cuda_set_matmul_precision("bf16") == 0);
-    for (int t = 0; t < 5; t++) {
+    for (int t = 0; t < (int)(sizeof fused_cases / sizeof fused_cases[0]); t++) {
         int N = fused_cases[t][0], IC = fused_cases[t][1];
         const int OC[3] = {IC, IC / 8 + 2, IC / 8 + 1};  // partial last blocks of 4 outputs
         size_t nx = (size_t)N * IC;
@@ -400,7 +402,7 @@ static void test_rmsnorm_linear_swiglu(void) {
     NEED_GPU();
     CHECK(cuda_set_matmul_precision("bf16") == 0);
     int F = 1202;  // a partial last block of 4 outputs
-    for (int t = 0; t < 5; t++) {
+    for (int t = 0; t < (int)(sizeof fused_cases / sizeof fused_cases[0]); t++) {
         int N = fused_cases[t][0], IC = fused_cases[t][1];
         size_t nx = (size_t)N * IC, nf = (size_t)N * F, nw = (size_t)F * IC;
         float *x = rnd_rows(N, IC), *normw = rnd(IC), *wg = rnd(nw), *wu = rnd(nw);
@@ -481,7 +483,7 @@ static void test_linear_residual(void) {
     NEED_GPU();
     CHECK(cuda_set_matmul_precision("bf16") == 0);
     int OC = 640;
-    for (int t = 0; t < 5; t++) {
+    for (int t = 0; t < (int)(sizeof fused_cases / sizeof fused_cases[0]); t++) {
         int N = fused_cases[t][0], IC = fused_cases[t][1];
         size_t nx = (size_t)N * IC, no = (size_t)N * OC, nw = (size_t)OC * IC;
         float *x = rnd(nx), *w = rnd(nw), *b = rnd(OC), *r = rnd(no), *out = malloc(no * 4);
