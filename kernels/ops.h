@@ -65,6 +65,14 @@ void linear_residual_forward(float *out, const float *x, const float *weight, co
 // dx [N, IC] += dout · W (skipped when dx is NULL); dW [OC, IC] += dout^T · x; dbias [OC] += sum_n dout (if non-NULL)
 void linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x, const float *weight,
                      int N, int IC, int OC);
+// The backward of linear_forward_many (count products of one x, weight[i] [OC[i], IC]):
+// dx [N, IC] = sum over i of dout[i] [N, OC[i]] · weight[i], WRITTEN, not accumulated (so
+// the caller need not zero it; skipped when dx is NULL); dweight[i] += dout[i]^T · x and
+// dbias[i] += sum_n dout[i] (dbias NULL, or an entry NULL: none), as linear_backward does.
+// dx aliases none of the others.
+void linear_backward_many(int count, float *dx, float *const dweight[], float *const dbias[],
+                          const float *const dout[], const float *x, const float *const weight[], const int OC[],
+                          int N, int IC);
 
 // ---- rotary position embedding, HF half-rotation layout ----
 // inv_freq [HD/2] (llama3 scaling already applied by the caller). For each head h and

@@ -41,7 +41,7 @@ static const tp_backend CPU = {
     .rmsnorm_backward = rmsnorm_backward,
     .linear_forward = linear_forward,
     .linear_forward_many = linear_forward_many,
-    .linear_backward = linear_backward,
+    .linear_backward_many = linear_backward_many,
     .rmsnorm_linear_forward_many = rmsnorm_linear_forward_many,
     .rmsnorm_linear_swiglu_forward = rmsnorm_linear_swiglu_forward,
     .linear_residual_forward = linear_residual_forward,
@@ -91,7 +91,7 @@ static const tp_backend CUDA = {
     .rmsnorm_backward = cuda_rmsnorm_backward,
     .linear_forward = cuda_linear_forward,
     .linear_forward_many = cuda_linear_forward_many,
-    .linear_backward = cuda_linear_backward,
+    .linear_backward_many = cuda_linear_backward_many,
     .rmsnorm_linear_forward_many = cuda_rmsnorm_linear_forward_many,
     .rmsnorm_linear_swiglu_forward = cuda_rmsnorm_linear_swiglu_forward,
     .linear_residual_forward = cuda_linear_residual_forward,
@@ -147,9 +147,9 @@ static void p_linear_forward_many(int count, float *const out[], const float *x,
                                   const float *const b[], const int OC[], int N, int IC) {
     PROF("linear_forward", cuda_linear_forward_many(count, out, x, w, b, OC, N, IC));
 }
-static void p_linear_backward(float *dx, float *dw, float *db, const float *dout, const float *x, const float *w, int N,
-                              int IC, int OC) {
-    PROF("linear_backward", cuda_linear_backward(dx, dw, db, dout, x, w, N, IC, OC));
+static void p_linear_backward_many(int count, float *dx, float *const dw[], float *const db[], const float *const dout[],
+                                   const float *x, const float *const w[], const int OC[], int N, int IC) {
+    PROF("linear_backward", cuda_linear_backward_many(count, dx, dw, db, dout, x, w, OC, N, IC));
 }
 static void p_rope_forward(float *x, const int32_t *pos, const float *f, int N, int H, int HD) {
     PROF("rope", cuda_rope_forward(x, pos, f, N, H, HD));
@@ -242,7 +242,7 @@ static const tp_backend CUDA_PROFILED = {
     .rmsnorm_backward = p_rmsnorm_backward,
     .linear_forward = p_linear_forward,
     .linear_forward_many = p_linear_forward_many,
-    .linear_backward = p_linear_backward,
+    .linear_backward_many = p_linear_backward_many,
     .rmsnorm_linear_forward_many = p_rmsnorm_linear_forward_many,
     .rmsnorm_linear_swiglu_forward = p_rmsnorm_linear_swiglu_forward,
     .linear_residual_forward = p_linear_residual_forward,

@@ -55,8 +55,9 @@ typedef struct tp_backend {
     void (*linear_forward)(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC);
     void (*linear_forward_many)(int count, float *const out[], const float *x, const float *const weight[],
                                 const float *const bias[], const int OC[], int N, int IC);
-    void (*linear_backward)(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
-                            const float *weight, int N, int IC, int OC);
+    void (*linear_backward_many)(int count, float *dx, float *const dweight[], float *const dbias[],
+                                 const float *const dout[], const float *x, const float *const weight[],
+                                 const int OC[], int N, int IC);
     void (*rmsnorm_linear_forward_many)(int count, float *const out[], float *ln, const float *x,
                                         const float *norm_weight, float eps, const float *const weight[],
                                         const float *const bias[], const int OC[], int N, int IC);

@@ -410,17 +410,16 @@ static void layer_backward(tp_model *m, int l, layer_acts *a, tp_activations *s,
     int Q = NH * HD, KV = KVH * HD;
     size_t n = (size_t)N;
     const float *inv_freq = m->dev_inv_freq ? m->dev_inv_freq : m->inv_freq;
-    // MLP: out = mid + down(act)
-    zero(be, s->dact, n * F);
-    be->linear_backward(s->dact, g->w_down, NULL, s->dres, a->act, w->w_down, N, F, C);
+    // MLP: out = mid + down(act); linear_backward_many writes dx (no zeroing first)
+    be->linear_backward_many(1, s->dact, (float *[]){g->w_down}, NULL, (const float *[]){s->dres}, a->act,
+                             (const float *[]){w->w_down}, (int[]){C}, N, F);
     be->swiglu_backward(s->dgate, s->dup, s->dact, a->gate, a->up, (long)N * F);
-    zero(be, s->dln, n * C);
-    be->linear_backward(s->dln, g->w_gate, NULL, s->dgate, a->ln2, w->w_gate, N, C, F);
-    be->linear_backward(s->dln, g->w_up, NULL, s->dup, a->ln2, w->w_up, N, C, F);
+    be->linear_backward_many(2, s->dln, (float *[]){g->w_gate, g->w_up}, NULL, (const float *[]){s->dgate, s->dup},
+                             a->ln2, (const float *[]){w->w_gate, w->w_up}, (int[]){F, F}, N, C);
     be->rmsnorm_backward(s->dres, g->ln2, s->dln, a->mid, w->ln2, a->rstd2, N, C);  // dres: d/d(mid)
     // attention: mid = x + o(att)
-    zero(be, s->datt, n * Q);
-    be->linear_backward(s->datt, g->wo, g->bo, s->dres, a->att, w->wo, N, Q, C);
+    be->linear_backward_many(1, s->datt, (float *[]){g->wo}, (float *[]){g->bo}, (const float *[]){s->dres}, a->att,
+                             (const float *[]){w->wo}, (int[]){C}, N, Q);
     zero(be, s->dq, n * Q), zero(be, s->dk, n * KV), zero(be, s->dv, n * KV);
     be->attention_backward(s->dq, s->dk, s->dv, s->datt, a->att, a->lse, a->q, a->k, a->v, s->seg, N, NH, KVH, HD,
                            1.0f / sqrtf((float)HD));
@@ -433,10 +432,9 @@ static void layer_backward(tp_model *m, int l, layer_acts *a, tp_activations *s,
         be->rmsnorm_backward(s->dk_raw, g->k_norm, s->dk, a->k_raw, w->k_norm, a->k_rstd, N * KVH, HD);
         dq = s->dq_raw, dk = s->dk_raw;
     }
-    zero(be, s->dln, n * C);
-    be->linear_backward(s->dln, g->wq, g->bq, dq, a->ln1, w->wq, N, C, Q);
-    be->linear_backward(s->dln, g->wk, g->bk, dk, a->ln1, w->wk, N, C, KV);
-    be->linear_backward(s->dln, g->wv, g->bv, s->dv, a->ln1, w->wv, N, C, KV);
+    be->linear_backward_many(3, s->dln, (float *[]){g->wq, g->wk, g->wv}, (float *[]){g->bq, g->bk, g->bv},
+                             (const float *[]){dq, dk, s->dv}, a->ln1, (const float *[]){w->wq, w->wk, w->wv},
+                             (int[]){Q, KV, KV}, N, C);
     be->rmsnorm_backward(s->dres, g->ln1, s->dln, x, w->ln1, a->rstd1, N, C);  // dres: d/d(x)
 }
 
@@ -456,8 +454,8 @@ static void head_forward_backward(tp_model *m, tp_activations *a, const tp_batch
         be->linear_forward(a->logits, a->xg, m->W.lm_head, NULL, n, C, V);
         loss->sum += be->crossentropy_forward_backward(a->logits, a->target_b + i, n, V, loss_scale);
         // a->logits now holds d/d(logits)
-        zero(be, a->dxg, (size_t)n * C);
-        be->linear_backward(a->dxg, m->G.lm_head, NULL, a->logits, a->xg, m->W.lm_head, n, C, V);
+        be->linear_backward_many(1, a->dxg, (float *[]){m->G.lm_head}, NULL, (const float *[]){a->logits}, a->xg,
+                                 (const float *[]){m->W.lm_head}, (int[]){V}, n, C);
         be->scatter_add_rows(a->dlnf, a->dxg, a->rows_b + i, n, C);
     }
 }

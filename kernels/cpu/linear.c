@@ -4,6 +4,7 @@
 #include "cpu/linear_rows.h"
 #include "ops.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -43,6 +44,20 @@ void linear_backward(float *dx, float *dweight, float *dbias, const float *dout,
     if (dx) tp_sgemm(false, false, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dx, IC);
     if (dweight) tp_sgemm(true, false, OC, IC, N, 1.0f, dout, OC, x, IC, 1.0f, dweight, IC);
     if (dbias) bias_grad(dbias, dout, N, OC);
+}
+
+void linear_backward_many(int count, float *dx, float *const dweight[], float *const dbias[],
+                          const float *const dout[], const float *x, const float *const weight[], const int OC[],
+                          int N, int IC) {
+    if (N <= 0 || IC <= 0) return;
+    bool written = false;  // dx: the first product writes (beta = 0), the others add
+    for (int i = 0; i < count; i++) {
+        if (OC[i] <= 0) continue;
+        if (dx) tp_sgemm(false, false, N, IC, OC[i], 1.0f, dout[i], OC[i], weight[i], IC, written ? 1.0f : 0.0f, dx, IC);
+        written = true;
+        linear_backward(NULL, dweight[i], dbias ? dbias[i] : NULL, dout[i], x, weight[i], N, IC, OC[i]);
+    }
+    if (dx && !written) memset(dx, 0, sizeof(float) * (size_t)N * IC);
 }
 
 void linear_forward_many(int count, float *const out[], const float *x, const float *const weight[],

@@ -65,6 +65,9 @@ void cuda_linear_forward_many(int count, float *const out[], const float *x, con
                               const float *const bias[], const int OC[], int N, int IC);
 void cuda_linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
                           const float *weight, int N, int IC, int OC);
+void cuda_linear_backward_many(int count, float *dx, float *const dweight[], float *const dbias[],
+                               const float *const dout[], const float *x, const float *const weight[], const int OC[],
+                               int N, int IC);
 void cuda_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
 void cuda_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
 // In bf16 mode, head sizes 64 and 128 run on tensor cores: "wmma" (attention_tc.cu) or

@@ -116,35 +116,42 @@ void cuda_bf16_forget(const void *p, size_t bytes) {
     }
 }
 
-// The bf16 operand last converted into scratch B, still valid for the next product that
-// reads the same buffer (linear_backward's two products share dout).
-static const float *scratch_b_src;
-static size_t scratch_b_n;
-static unsigned long scratch_b_version;
+// What each operand scratch slot (SCRATCH_BF16_A, _B) holds: the bf16 copy of src's n floats
+// (src NULL: nothing reusable), still valid for a later product that reads the same buffer
+// when the caller says nothing wrote it in between (linear_backward's two products share
+// dout; linear_backward_many's weight products share x).
+static struct scratch_operand {
+    const float *src;
+    size_t n;
+    unsigned long version;
+} held[2];
 
-static const __nv_bfloat16 *operand_bf16(int slot, const float *x, size_t n, bool is_weight) {
+// The bf16 copy of x [n] for operand slot `slot` (SCRATCH_BF16_A or _B): a weight's cached
+// copy, the copy the slot already holds when reuse is allowed, else a conversion into it.
+static const __nv_bfloat16 *operand_bf16(int slot, const float *x, size_t n, bool is_weight, bool reuse) {
     const __nv_bfloat16 *b = is_weight ? weight_bf16(x, n) : NULL;
     if (b) return b;
+    struct scratch_operand *h = &held[slot == SCRATCH_BF16_B];
     __nv_bfloat16 *s = (__nv_bfloat16 *)cuda_scratch(slot, n * sizeof(__nv_bfloat16));
-    if (s) to_bf16(s, x, n);
+    if (!s) {
+        h->src = NULL;
+        return NULL;  // noted by cuda_scratch
+    }
+    if (reuse && !is_weight && h->src == x && h->n == n && h->version == cuda_weights_version) return s;
+    to_bf16(s, x, n);
+    *h = scratch_operand{is_weight ? NULL : x, n, cuda_weights_version};
     return s;
 }
 
 // C = op(A) op(B) (+ beta C) in bf16 operands; sizes as cuBLAS counts them.
-// reuse_b: B is unchanged since the previous product converted it (same buffer, nothing
-// written in between), so scratch B still holds its bf16 copy.
+// reuse_a, reuse_b: A (B) is unchanged since an earlier product converted it (same buffer,
+// nothing written in between), so its scratch slot may still hold the bf16 copy.
 static void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
                       bool a_weight, const float *B, int ldb, bool b_weight, float beta, float *C, int ldc,
-                      bool reuse_b) {
+                      bool reuse_a, bool reuse_b) {
     size_t na = (size_t)lda * (ta == CUBLAS_OP_N ? k : m), nb = (size_t)ldb * (tb == CUBLAS_OP_N ? n : k);
-    const __nv_bfloat16 *a = operand_bf16(SCRATCH_BF16_A, A, na, a_weight);
-    const __nv_bfloat16 *b;
-    if (reuse_b && !b_weight && scratch_b_src == B && scratch_b_n == nb && scratch_b_version == cuda_weights_version) {
-        b = (const __nv_bfloat16 *)cuda_scratch(SCRATCH_BF16_B, nb * sizeof(__nv_bfloat16));
-    } else {
-        b = operand_bf16(SCRATCH_BF16_B, B, nb, b_weight);
-        scratch_b_src = b_weight ? NULL : B, scratch_b_n = nb, scratch_b_version = cuda_weights_version;
-    }
+    const __nv_bfloat16 *a = operand_bf16(SCRATCH_BF16_A, A, na, a_weight, reuse_a);
+    const __nv_bfloat16 *b = operand_bf16(SCRATCH_BF16_B, B, nb, b_weight, reuse_b);
     if (!a || !b) return;  // noted by cuda_scratch
     const float alpha = 1.0f;
     CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &beta, C,
@@ -154,10 +161,10 @@ static void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, 
 // a_weight / b_weight: which operand is a weight matrix (its bf16 copy is cached).
 static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
                  bool a_weight, const float *B, int ldb, bool b_weight, float beta, float *C, int ldc,
-                 bool reuse_b) {
+                 bool reuse_a, bool reuse_b) {
     if (!ready() || m <= 0 || n <= 0) return;
     if (compute == CUBLAS_COMPUTE_32F_FAST_16BF) {
-        gemm_bf16(ta, tb, m, n, k, A, lda, a_weight, B, ldb, b_weight, beta, C, ldc, reuse_b);
+        gemm_bf16(ta, tb, m, n, k, A, lda, a_weight, B, ldb, b_weight, beta, C, ldc, reuse_a, reuse_b);
         return;
     }
     const float alpha = 1.0f;
@@ -426,7 +433,7 @@ static bool gemv_forward(float *out, const float *x, const float *weight, const 
 static bool forward_one(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC,
                         bool reuse_x) {
     if (gemv_forward(out, x, weight, bias, N, IC, OC)) return false;
-    gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, weight, IC, true, x, IC, false, 0.0f, out, OC, reuse_x);
+    gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, weight, IC, true, x, IC, false, 0.0f, out, OC, false, reuse_x);
     if (bias) {
         add_bias_kernel<<<cuda_blocks((long)N * OC, 256), 256, 0, cuda_stream()>>>(out, bias, N, OC);
         CUDA_LAUNCH_CHECK();
@@ -480,11 +487,32 @@ extern "C" void cuda_linear_residual_forward(float *out, const float *x, const f
     cuda_add_inplace(out, residual, (long)N * OC);
 }
 
+// dx (+)= dout · W with beta 1 (add) or 0 (write); dW += dout^T · x; dbias += sum_n dout.
+// dout is B of both products: converted to bf16 once (dx, written by the first, is not
+// dout); reuse_x: x's bf16 copy from an earlier product of this call may serve.
+static void backward_one(float *dx, bool add, float *dweight, float *dbias, const float *dout, const float *x,
+                         const float *weight, int N, int IC, int OC, bool reuse_x) {
+    if (dx) gemm(CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC, weight, IC, true, dout, OC, false, add ? 1.0f : 0.0f, dx, IC,
+                 false, false);
+    gemm(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, x, IC, false, dout, OC, false, 1.0f, dweight, IC, reuse_x, dx != NULL);
+    if (dbias) cuda_column_sum(dbias, dout, NULL, NULL, N, OC);
+}
+
 extern "C" void cuda_linear_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
                                      const float *weight, int N, int IC, int OC) {
-    if (N <= 0) return;
-    // dout is B of both products: converted to bf16 once (dx, written by the first, is not dout).
-    if (dx) gemm(CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC, weight, IC, true, dout, OC, false, 1.0f, dx, IC, false);
-    gemm(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, x, IC, false, dout, OC, false, 1.0f, dweight, IC, dx != NULL);
-    if (dbias) cuda_column_sum(dbias, dout, NULL, NULL, N, OC);
+    if (N > 0 && OC > 0) backward_one(dx, true, dweight, dbias, dout, x, weight, N, IC, OC, false);
+}
+
+extern "C" void cuda_linear_backward_many(int count, float *dx, float *const dweight[], float *const dbias[],
+                                          const float *const dout[], const float *x, const float *const weight[],
+                                          const int OC[], int N, int IC) {
+    if (N <= 0 || IC <= 0) return;
+    bool written = false;  // dx: the first product writes (beta 0: no zeroing first), the others add
+    for (int i = 0; i < count; i++) {
+        if (OC[i] <= 0) continue;
+        // x is A of every weight product and nothing writes it here: one bf16 copy serves all
+        backward_one(dx, written, dweight[i], dbias ? dbias[i] : NULL, dout[i], x, weight[i], N, IC, OC[i], written);
+        written = true;
+    }
+    if (dx && !written) cuda_memzero(dx, sizeof(float) * (size_t)N * IC);
 }

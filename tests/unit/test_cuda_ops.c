@@ -189,6 +189,40 @@ static void linear_many_case(int N, int IC, const char *precision, double tol) {
     free(x), cuda_free(d_x);
 }
 
+// The backward of three products of one input (q, k, v; one bias missing) against the CPU
+// twin: dx starts NaN (it is written, not accumulated: a kernel that added to it fails),
+// the weights' and biases' gradients start random and accumulate.
+static void linear_backward_many_case(int N, int IC, const char *precision, double tol) {
+    CHECK(cuda_set_matmul_precision(precision) == 0);
+    const int OC[3] = {3 * IC / 2, IC / 4, IC / 4};
+    size_t nx = (size_t)N * IC;
+    float *x = rnd(nx), *dx = malloc(nx * 4), *d_x = dev_copy(x, nx * 4), *d_dx = dev_poisoned(nx);
+    float *w[3], *dw[3], *db[3], *dout[3], *d_w[3], *d_dw[3], *d_db[3], *d_dout[3];
+    for (int i = 0; i < 3; i++) {
+        size_t nw = (size_t)OC[i] * IC, no = (size_t)N * OC[i];
+        w[i] = rnd(nw), dw[i] = rnd(nw), db[i] = i == 1 ? NULL : rnd(OC[i]), dout[i] = rnd(no);
+        d_w[i] = dev_copy(w[i], nw * 4), d_dw[i] = dev_copy(dw[i], nw * 4), d_dout[i] = dev_copy(dout[i], no * 4);
+        d_db[i] = db[i] ? dev_copy(db[i], OC[i] * 4) : NULL;
+    }
+    linear_backward_many(3, dx, dw, db, (const float *const *)dout, x, (const float *const *)w, OC, N, IC);
+    cuda_linear_backward_many(3, d_dx, d_dw, d_db, (const float *const *)d_dout, d_x, (const float *const *)d_w, OC,
+                              N, IC);
+    char what[96];
+    snprintf(what, sizeof what, "linear backward many dx: %dx%d %s", N, IC, precision);
+    expect_close(what, d_dx, dx, nx, tol);
+    for (int i = 0; i < 3; i++) {
+        snprintf(what, sizeof what, "linear backward many dweight %d: %dx%dx%d %s", i, N, IC, OC[i], precision);
+        expect_close(what, d_dw[i], dw[i], (size_t)OC[i] * IC, tol);
+        snprintf(what, sizeof what, "linear backward many dbias %d: %dx%dx%d %s", i, N, IC, OC[i], precision);
+        if (db[i]) expect_close(what, d_db[i], db[i], OC[i], tol);
+        free(w[i]), free(dw[i]), free(db[i]), free(dout[i]);
+        cuda_free(d_w[i]), cuda_free(d_dw[i]), cuda_free(d_db[i]), cuda_free(d_dout[i]);
+    }
+    CHECK_CUDA_OK();
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+    free(x), free(dx), cuda_free(d_x), cuda_free(d_dx);
+}
+
 // bf16 products of up to 8 rows take a kernel of their own (decode steps): each row's
 // output is the same bits whether it is computed alone or with 7 others.
 static void rows_independent_case(int IC) {
@@ -306,6 +340,9 @@ static void test_linear(void) {
     linear_case(1, 64, 1000, true, "fp32", 1e-5);
     linear_case(333, 896, 128, true, "bf16", 1e-2);
     linear_case(512, 1536, 256, false, "tf32", 5e-3);
+    linear_backward_many_case(77, 256, "bf16", 1e-2);
+    linear_backward_many_case(300, 896, "bf16", 1e-2);
+    linear_backward_many_case(77, 256, "fp32", 1e-5);
     CHECK(cuda_set_matmul_precision("fp16?") == -1);
 }
 

@@ -281,6 +281,58 @@ static void test_linear_backward_accumulates(void) {
     free(ex.ref), free(ex.mag), free(eW.ref), free(eW.mag), free(eb.ref), free(eb.mag);
 }
 
+// linear_backward_many: dx WRITTEN as the sum over the products (its old contents, NaN
+// here, must not leak in), each dW and dbias accumulated as linear_backward does; a product
+// with OC 0 adds nothing, one with a NULL bias has none; dx NULL skips dx; no product at all
+// leaves dx zero.
+static void test_linear_backward_many(void) {
+    enum { N = 33, IC = 29, COUNT = 3 };
+    const int OC[COUNT] = {300, 0, 41};
+    float *x = random_floats((size_t)N * IC), *dx = malloc(sizeof(float) * N * IC);
+    float *W[COUNT], *dout[COUNT], *dW[COUNT], *db[COUNT], *dW_ref[COUNT], *db_ref[COUNT];
+    double *dx_ref = calloc((size_t)N * IC, sizeof(double));
+    for (int i = 0; i < COUNT; i++) {
+        size_t nw = (size_t)OC[i] * IC + 1;
+        W[i] = random_floats(nw), dout[i] = random_floats((size_t)N * OC[i] + 1);
+        dW[i] = random_floats(nw), db[i] = i == 2 ? NULL : random_floats((size_t)OC[i] + 1);
+        dW_ref[i] = malloc(sizeof(float) * nw), memcpy(dW_ref[i], dW[i], sizeof(float) * nw);
+        db_ref[i] = db[i] ? malloc(sizeof(float) * (OC[i] + 1)) : NULL;
+        if (db[i]) memcpy(db_ref[i], db[i], sizeof(float) * (OC[i] + 1));
+        // the references: linear_backward of each product alone, dx summed in double
+        float *dxi = calloc((size_t)N * IC, sizeof(float));
+        linear_backward(dxi, dW_ref[i], db_ref[i], dout[i], x, W[i], N, IC, OC[i]);
+        for (size_t e = 0; e < (size_t)N * IC; e++) dx_ref[e] += dxi[e];
+        free(dxi);
+    }
+    for (size_t e = 0; e < (size_t)N * IC; e++) dx[e] = NAN;
+    linear_backward_many(COUNT, dx, dW, db, (const float *const *)dout, x, (const float *const *)W, OC, N, IC);
+    double worst = 0;
+    for (size_t e = 0; e < (size_t)N * IC; e++) {
+        double d = fabs(dx[e] - dx_ref[e]) / (1 + fabs(dx_ref[e]));
+        worst = d > worst || d != d ? d : worst;
+    }
+    CHECK_MSG(worst <= 1e-5, "dx differs from the sum of the products by %.3g", worst);
+    for (int i = 0; i < COUNT; i++) {
+        CHECK_MSG(!memcmp(dW[i], dW_ref[i], sizeof(float) * ((size_t)OC[i] * IC + 1)), "dW %d differs", i);
+        if (db[i]) CHECK_MSG(!memcmp(db[i], db_ref[i], sizeof(float) * (OC[i] + 1)), "dbias %d differs", i);
+    }
+    // dx NULL: the weights' gradients alone, the same again
+    linear_backward_many(COUNT, NULL, dW, db, (const float *const *)dout, x, (const float *const *)W, OC, N, IC);
+    for (int i = 0; i < COUNT; i++)
+        linear_backward(NULL, dW_ref[i], db_ref[i], dout[i], x, W[i], N, IC, OC[i]);
+    for (int i = 0; i < COUNT; i++)
+        CHECK_MSG(!memcmp(dW[i], dW_ref[i], sizeof(float) * ((size_t)OC[i] * IC + 1)), "dW %d (dx NULL)", i);
+    // no product with outputs: dx is zero
+    for (size_t e = 0; e < (size_t)N * IC; e++) dx[e] = NAN;
+    linear_backward_many(1, dx, dW + 1, NULL, (const float *const *)dout + 1, x, (const float *const *)W + 1, OC + 1,
+                         N, IC);
+    bool zero = true;
+    for (size_t e = 0; e < (size_t)N * IC; e++) zero = zero && dx[e] == 0.0f;
+    CHECK_MSG(zero, "dx is not zero after products with no outputs");
+    for (int i = 0; i < COUNT; i++) free(W[i]), free(dout[i]), free(dW[i]), free(db[i]), free(dW_ref[i]), free(db_ref[i]);
+    free(x), free(dx), free(dx_ref);
+}
+
 int main(int argc, char **argv) {
     RUN(test_backend_named);
     RUN(test_sgemm_shapes);
@@ -295,5 +347,6 @@ int main(int argc, char **argv) {
     RUN(test_sgemm_bad_shape_dies);
     RUN(test_linear_forward);
     RUN(test_linear_backward_accumulates);
+    RUN(test_linear_backward_many);
     return TEST_SUMMARY();
 }
