@@ -147,8 +147,9 @@ static void p_linear_forward_many(int count, float *const out[], const float *x,
                                   const float *const b[], const int OC[], int N, int IC) {
     PROF("linear_forward", cuda_linear_forward_many(count, out, x, w, b, OC, N, IC));
 }
-static void p_linear_backward_many(int count, float *dx, float *const dw[], float *const db[], const float *const dout[],
-                                   const float *x, const float *const w[], const int OC[], int N, int IC) {
+static void p_linear_backward_many(int count, float *dx, float *const dw[], float *const db[],
+                                   const float *const dout[], const float *x, const float *const w[], const int OC[],
+                                   int N, int IC) {
     PROF("linear_backward", cuda_linear_backward_many(count, dx, dw, db, dout, x, w, OC, N, IC));
 }
 static void p_rope_forward(float *x, const int32_t *pos, const float *f, int N, int H, int HD) {

@@ -53,7 +53,8 @@ void linear_backward_many(int count, float *dx, float *const dweight[], float *c
     bool written = false;  // dx: the first product writes (beta = 0), the others add
     for (int i = 0; i < count; i++) {
         if (OC[i] <= 0) continue;
-        if (dx) tp_sgemm(false, false, N, IC, OC[i], 1.0f, dout[i], OC[i], weight[i], IC, written ? 1.0f : 0.0f, dx, IC);
+        const float beta = written ? 1.0f : 0.0f;
+        if (dx) tp_sgemm(false, false, N, IC, OC[i], 1.0f, dout[i], OC[i], weight[i], IC, beta, dx, IC);
         written = true;
         linear_backward(NULL, dweight[i], dbias ? dbias[i] : NULL, dout[i], x, weight[i], N, IC, OC[i]);
     }

@@ -612,13 +612,15 @@ static void test_swiglu_add_rows(void) {
 
 static void test_crossentropy(void) {
     NEED_GPU();
-    const int shapes[][2] = {{20, 5000}, {3, 151936}, {64, 257}};
-    for (int s = 0; s < 3; s++) {
+    // rows of 4-float multiples take float4s, the others single floats
+    const int shapes[][2] = {{20, 5000}, {3, 151936}, {64, 257}, {4, 4099}};
+    for (int s = 0; s < 4; s++) {
         int n = shapes[s][0], V = shapes[s][1];
         size_t nv = (size_t)n * V;
         float *logits = malloc(nv * 4);
         fill_uniform(logits, nv, -8, 8);
         logits[5] = 30;  // one row with a confident prediction
+        for (int j = 0; j < V; j++) logits[(size_t)V + j] = -20.0f + 30.0f * j / V;  // a row's max moves every step
         int32_t *t = malloc(n * 4);
         for (int i = 0; i < n; i++) t[i] = i % 5 == 3 ? -1 : (int32_t)(test_rand() % V);
         t[0] = 5;

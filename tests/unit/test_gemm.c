@@ -329,7 +329,8 @@ static void test_linear_backward_many(void) {
     bool zero = true;
     for (size_t e = 0; e < (size_t)N * IC; e++) zero = zero && dx[e] == 0.0f;
     CHECK_MSG(zero, "dx is not zero after products with no outputs");
-    for (int i = 0; i < COUNT; i++) free(W[i]), free(dout[i]), free(dW[i]), free(db[i]), free(dW_ref[i]), free(db_ref[i]);
+    for (int i = 0; i < COUNT; i++)
+        free(W[i]), free(dout[i]), free(dW[i]), free(db[i]), free(dW_ref[i]), free(db_ref[i]);
     free(x), free(dx), free(dx_ref);
 }
 
