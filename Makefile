@@ -38,7 +38,7 @@ ifneq ($(NVCC),)
   CFLAGS      += -DTP_HAVE_CUDA -I$(CUDA_HOME)/include
   # cuBLAS is linked dynamically (its static library is hundreds of MB); the rpath finds it
   # where the toolkit is, LD_LIBRARY_PATH elsewhere (tests/gpu-check.sh looks for it).
-  LDLIBS      += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -lrt -ldl -lpthread -lstdc++
+  LDLIBS      += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart_static -lrt -ldl -lpthread -lstdc++
 endif
 
 # MPI (data parallelism across processes): built in when OpenMPI's pkg-config file is

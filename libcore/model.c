@@ -216,8 +216,7 @@ static void layer_forward(const tp_model *m, int l, layer_acts *a, const tp_acti
     be->linear_forward_many(2, (float *[]){a->gate, a->up}, a->ln2, (const float *[]){w->w_gate, w->w_up},
                             (const float *[]){NULL, NULL}, (int[]){F, F}, N, C);
     be->swiglu_forward(a->act, a->gate, a->up, (long)N * F);
-    be->linear_forward(out, a->act, w->w_down, NULL, N, F, C);
-    be->add_inplace(out, a->mid, (long)N * C);
+    be->linear_residual_forward(out, a->act, w->w_down, NULL, a->mid, N, F, C);  // out = mid + down(act)
 }
 
 static layer_acts *slot_of(tp_activations *a, int l) { return &a->slot[a->n_slots == 1 ? 0 : l]; }

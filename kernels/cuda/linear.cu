@@ -1,9 +1,12 @@
 // linear.cu — out = x · W^T (+ bias) and its gradients through cuBLAS.
 //
 // In bf16 mode the operands are rounded to bf16 first (weights once per update, cached;
-// activations per call) and cuBLAS multiplies bf16 × bf16 into fp32 with fp32 sums: the
+// activations per call) and cuBLASLt multiplies bf16 × bf16 into fp32 with fp32 sums: the
 // same numbers as cuBLAS's own FAST_16BF mode on fp32 data, which measured 3-4x slower
-// (about 160 TFLOP/s on an H100 against 500+ for bf16 operands).
+// (about 160 TFLOP/s on an H100 against 500+ for bf16 operands). A bias is added by the
+// product's epilogue, and a residual comes in as its C matrix (D = A·B + residual), so
+// neither takes a pass of its own over the output. Where cuBLASLt offers no algorithm (or
+// TP_CUDA_LT=0) the product goes through cublasGemmEx and separate kernels add the rest.
 //
 // cuBLAS is column-major; a row-major [R, K] matrix is a column-major [K, R] one, so each
 // product below is written for the transposed (column-major) view of our buffers:
@@ -14,8 +17,10 @@
 #include "cuda/cuda_ops.h"
 #include "cuda/reduce.h"
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cstdlib>
 #include <cstring>
 
 static cublasHandle_t handle;
@@ -143,33 +148,154 @@ static const __nv_bfloat16 *operand_bf16(int slot, const float *x, size_t n, boo
     return s;
 }
 
-// C = op(A) op(B) (+ beta C) in bf16 operands; sizes as cuBLAS counts them.
-// reuse_a, reuse_b: A (B) is unchanged since an earlier product converted it (same buffer,
-// nothing written in between), so its scratch slot may still hold the bf16 copy.
-static void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
+// ---- cuBLASLt: bf16 products with their epilogues ----
+
+static cublasLtHandle_t lt;
+static void *lt_workspace;
+static bool lt_off;  // TP_CUDA_LT=0, or cuBLASLt could not start: cublasGemmEx only
+enum { LT_WORKSPACE = 32 << 20, LT_PLANS = 256 };
+
+static bool lt_ready(void) {
+    if (lt || lt_off) return !lt_off;
+    const char *env = getenv("TP_CUDA_LT");
+    if ((env && !strcmp(env, "0")) || cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS) {
+        lt = NULL, lt_off = true;
+        return false;
+    }
+    // Allocated once and never moved: captured decode graphs keep its address.
+    lt_workspace = cuda_alloc(LT_WORKSPACE);
+    return true;
+}
+
+// The largest power of two up to 256 that divides p's address: cuBLASLt's heuristic
+// assumes 256-byte aligned matrices unless told otherwise.
+static unsigned alignment(const void *p) {
+    unsigned a = 256;
+    while (a > 4 && ((uintptr_t)p & (a - 1))) a /= 2;
+    return a;
+}
+
+// A product's shape, epilogue and pointer alignments, with the descriptors and algorithm
+// cuBLASLt chose for them (ok false: none; the caller falls back to cublasGemmEx).
+struct lt_plan {
+    int ta, tb, m, n, k, lda, ldb, ldc;
+    bool bias;
+    unsigned align[5];  // A, B, C, D, bias
+    bool ok;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+    size_t workspace;
+};
+static lt_plan plans[LT_PLANS];
+static int n_plans;
+
+static bool lt_plan_make(lt_plan *p, const void *bias) {
+    const int32_t ta = p->ta, tb = p->tb, bias_type = CUDA_R_32F;
+    const uint32_t epilogue = p->bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    if (cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return false;
+    cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue);
+    if (p->bias) {
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type);
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+    }
+    // column-major: op(A) [m, k], op(B) [k, n], C and D [m, n]
+    const bool an = p->ta == CUBLAS_OP_N, bn = p->tb == CUBLAS_OP_N;
+    if (cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, an ? p->m : p->k, an ? p->k : p->m, p->lda) ||
+        cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_16BF, bn ? p->k : p->n, bn ? p->n : p->k, p->ldb) ||
+        cublasLtMatrixLayoutCreate(&p->lc, CUDA_R_32F, p->m, p->n, p->ldc))
+        return false;
+    cublasLtMatmulPreference_t pref;
+    if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return false;
+    const uint64_t ws = lt_workspace ? LT_WORKSPACE : 0;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    const cublasLtMatmulPreferenceAttributes_t align_attr[4] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (int i = 0; i < 4; i++)
+        cublasLtMatmulPreferenceSetAttribute(pref, align_attr[i], &p->align[i], sizeof p->align[i]);
+    cublasLtMatmulHeuristicResult_t result;
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &result,
+                                                       &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found < 1 || result.workspaceSize > ws) return false;
+    p->algo = result.algo, p->workspace = result.workspaceSize;
+    return true;
+}
+
+// The plan for this product, made on first use (NULL: cuBLASLt has none, or the table is full).
+static lt_plan *lt_plan_for(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, int lda, int ldb,
+                            int ldc, const void *A, const void *B, const void *C, const void *D, const void *bias) {
+    lt_plan key = {};
+    key.ta = ta, key.tb = tb, key.m = m, key.n = n, key.k = k, key.lda = lda, key.ldb = ldb, key.ldc = ldc;
+    key.bias = bias != NULL;
+    key.align[0] = alignment(A), key.align[1] = alignment(B), key.align[2] = alignment(C), key.align[3] = alignment(D);
+    key.align[4] = bias ? alignment(bias) : 0;
+    for (int i = 0; i < n_plans; i++) {
+        const lt_plan *p = &plans[i];
+        if (p->ta == key.ta && p->tb == key.tb && p->m == m && p->n == n && p->k == k && p->lda == lda &&
+            p->ldb == ldb && p->ldc == ldc && p->bias == key.bias && !memcmp(p->align, key.align, sizeof key.align))
+            return p->ok ? &plans[i] : NULL;
+    }
+    if (n_plans == LT_PLANS) return NULL;
+    lt_plan *p = &plans[n_plans++];
+    *p = key;
+    p->ok = lt_plan_make(p, bias);
+    return p->ok ? p : NULL;
+}
+
+// D = op(A) op(B) + beta·C (+ bias [m] on every column) through cuBLASLt; C may be D.
+// false when cuBLASLt has no algorithm for it (nothing was launched).
+static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const __nv_bfloat16 *A, int lda,
+                    const __nv_bfloat16 *B, int ldb, float beta, const float *C, float *D, int ldc,
+                    const float *bias) {
+    if (!lt_ready()) return false;
+    lt_plan *p = lt_plan_for(ta, tb, m, n, k, lda, ldb, ldc, A, B, C, D, bias);
+    if (!p) return false;
+    if (bias) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+    const float alpha = 1.0f;
+    CUBLAS_CHECK(cublasLtMatmul(lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, C, p->lc, D, p->lc, &p->algo,
+                                lt_workspace, p->workspace, cuda_stream()));
+    return true;
+}
+
+// C = op(A) op(B) + beta C (+ bias (+ residual)) in bf16 operands; sizes as cuBLAS counts
+// them. reuse_a, reuse_b: A (B) is unchanged since an earlier product converted it (same
+// buffer, nothing written in between), so its scratch slot may still hold the bf16 copy.
+// bias [m] and residual [m x n] (ld ldc; beta must be 0 with it) are added by the
+// epilogue when cuBLASLt takes the product: returns whether they were (false: the caller
+// adds them).
+static bool gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
                       bool a_weight, const float *B, int ldb, bool b_weight, float beta, float *C, int ldc,
-                      bool reuse_a, bool reuse_b) {
+                      bool reuse_a, bool reuse_b, const float *bias, const float *residual) {
     size_t na = (size_t)lda * (ta == CUBLAS_OP_N ? k : m), nb = (size_t)ldb * (tb == CUBLAS_OP_N ? n : k);
     const __nv_bfloat16 *a = operand_bf16(SCRATCH_BF16_A, A, na, a_weight, reuse_a);
     const __nv_bfloat16 *b = operand_bf16(SCRATCH_BF16_B, B, nb, b_weight, reuse_b);
-    if (!a || !b) return;  // noted by cuda_scratch
+    if (!a || !b) return true;  // noted by cuda_scratch: nothing to add to
+    if (lt_gemm(ta, tb, m, n, k, a, lda, b, ldb, residual ? 1.0f : beta, residual ? residual : C, C, ldc, bias))
+        return true;
     const float alpha = 1.0f;
     CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &beta, C,
                               CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return !bias && !residual;
 }
 
-// a_weight / b_weight: which operand is a weight matrix (its bf16 copy is cached).
-static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
+// a_weight / b_weight: which operand is a weight matrix (its bf16 copy is cached). bias,
+// residual: as gemm_bf16 (applied only there; the return says whether they were).
+static bool gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
                  bool a_weight, const float *B, int ldb, bool b_weight, float beta, float *C, int ldc,
-                 bool reuse_a, bool reuse_b) {
-    if (!ready() || m <= 0 || n <= 0) return;
-    if (compute == CUBLAS_COMPUTE_32F_FAST_16BF) {
-        gemm_bf16(ta, tb, m, n, k, A, lda, a_weight, B, ldb, b_weight, beta, C, ldc, reuse_a, reuse_b);
-        return;
-    }
+                 bool reuse_a, bool reuse_b, const float *bias = NULL, const float *residual = NULL) {
+    if (!ready() || m <= 0 || n <= 0) return true;
+    if (compute == CUBLAS_COMPUTE_32F_FAST_16BF)
+        return gemm_bf16(ta, tb, m, n, k, A, lda, a_weight, B, ldb, b_weight, beta, C, ldc, reuse_a, reuse_b, bias,
+                         residual);
     const float alpha = 1.0f;
     CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C,
                               CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
+    return !bias && !residual;
 }
 
 __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
@@ -423,27 +549,25 @@ static bool gemv_forward_many(int count, float *const out[], const float *x, con
     return true;
 }
 
-// The few-rows path when it applies (bf16 products, aligned rows); false: use the GEMM.
-static bool gemv_forward(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC) {
-    return gemv_forward_many(1, &out, x, NULL, 0.0f, &weight, NULL, &bias, NULL, &OC, N, IC);
-}
-
-// One product; reuse_x: x's bf16 copy from the previous product is still in scratch B.
-// Returns whether this product left x's bf16 copy there.
-static bool forward_one(float *out, const float *x, const float *weight, const float *bias, int N, int IC, int OC,
-                        bool reuse_x) {
-    if (gemv_forward(out, x, weight, bias, N, IC, OC)) return false;
-    gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, weight, IC, true, x, IC, false, 0.0f, out, OC, false, reuse_x);
+// One product (+ bias, + residual [N, OC]); reuse_x: x's bf16 copy from the previous
+// product is still in scratch B. Returns whether this product left x's bf16 copy there.
+static bool forward_one(float *out, const float *x, const float *weight, const float *bias, const float *residual,
+                        int N, int IC, int OC, bool reuse_x) {
+    if (gemv_forward_many(1, &out, x, NULL, 0.0f, &weight, NULL, &bias, &residual, &OC, N, IC)) return false;
+    if (gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, weight, IC, true, x, IC, false, 0.0f, out, OC, false, reuse_x, bias,
+             residual))
+        return true;
     if (bias) {
         add_bias_kernel<<<cuda_blocks((long)N * OC, 256), 256, 0, cuda_stream()>>>(out, bias, N, OC);
         CUDA_LAUNCH_CHECK();
     }
+    if (residual) cuda_add_inplace(out, residual, (long)N * OC);
     return true;
 }
 
 extern "C" void cuda_linear_forward(float *out, const float *x, const float *weight, const float *bias, int N, int IC,
                                     int OC) {
-    if (N > 0) forward_one(out, x, weight, bias, N, IC, OC, false);
+    if (N > 0) forward_one(out, x, weight, bias, NULL, N, IC, OC, false);
 }
 
 extern "C" void cuda_linear_forward_many(int count, float *const out[], const float *x, const float *const weight[],
@@ -451,7 +575,8 @@ extern "C" void cuda_linear_forward_many(int count, float *const out[], const fl
     if (N <= 0 || gemv_forward_many(count, out, x, NULL, 0.0f, weight, NULL, bias, NULL, OC, N, IC)) return;
     // x is B of every product and nothing writes it in between: one bf16 copy serves all
     bool converted = false;
-    for (int i = 0; i < count; i++) converted = forward_one(out[i], x, weight[i], bias[i], N, IC, OC[i], converted);
+    for (int i = 0; i < count; i++)
+        converted = forward_one(out[i], x, weight[i], bias[i], NULL, N, IC, OC[i], converted);
 }
 
 extern "C" void cuda_rmsnorm_linear_forward_many(int count, float *const out[], float *ln, const float *x,
@@ -482,9 +607,7 @@ extern "C" void cuda_rmsnorm_linear_swiglu_forward(float *act, float *gate, floa
 
 extern "C" void cuda_linear_residual_forward(float *out, const float *x, const float *weight, const float *bias,
                                              const float *residual, int N, int IC, int OC) {
-    if (N <= 0 || gemv_forward_many(1, &out, x, NULL, 0.0f, &weight, NULL, &bias, &residual, &OC, N, IC)) return;
-    cuda_linear_forward(out, x, weight, bias, N, IC, OC);
-    cuda_add_inplace(out, residual, (long)N * OC);
+    if (N > 0) forward_one(out, x, weight, bias, residual, N, IC, OC, false);
 }
 
 // dx (+)= dout · W with beta 1 (add) or 0 (write); dW += dout^T · x; dbias += sum_n dout.

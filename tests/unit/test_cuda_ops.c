@@ -515,31 +515,36 @@ static void test_fused_fallbacks(void) {
 }
 
 // o and down with the residual added on the way out: against the CPU twin, and bit for bit
-// the product then add_inplace.
+// the product then add_inplace (few rows). N = 9 takes the GEMM, with the residual as its C
+// matrix and the bias in its epilogue (cuBLASLt): once without a bias and once with.
+static void linear_residual_case(int N, int IC, bool bias) {
+    int OC = 640;
+    size_t nx = (size_t)N * IC, no = (size_t)N * OC, nw = (size_t)OC * IC;
+    float *x = rnd(nx), *w = rnd(nw), *b = rnd(OC), *r = rnd(no), *out = malloc(no * 4);
+    float *d_x = dev_copy(x, nx * 4), *d_w = dev_copy(w, nw * 4), *d_b = dev_copy(b, OC * 4);
+    float *d_r = dev_copy(r, no * 4), *d_out = dev_poisoned(no), *d_out2 = dev_poisoned(no);
+    linear_residual_forward(out, x, w, bias ? b : NULL, r, N, IC, OC);
+    cuda_linear_residual_forward(d_out, d_x, d_w, bias ? d_b : NULL, d_r, N, IC, OC);
+    char what[80];
+    snprintf(what, sizeof what, "linear_residual N=%d IC=%d bias=%d", N, IC, bias);
+    expect_close(what, d_out, out, no, 1e-2);
+    cuda_linear_forward(d_out2, d_x, d_w, bias ? d_b : NULL, N, IC, OC);
+    cuda_add_inplace(d_out2, d_r, (long)no);
+    float *o1 = host_of(d_out, no), *o2 = host_of(d_out2, no);
+    if (N <= 8)  // (the GEMM adds bias and residual in its epilogue, rounding differently)
+        CHECK_MSG(!memcmp(o1, o2, no * 4), "%s: differs from the product and add_inplace", what);
+    CHECK_CUDA_OK();
+    free(x), free(w), free(b), free(r), free(out), free(o1), free(o2);
+    cuda_free(d_x), cuda_free(d_w), cuda_free(d_b), cuda_free(d_r), cuda_free(d_out), cuda_free(d_out2);
+}
+
 static void test_linear_residual(void) {
     NEED_GPU();
     CHECK(cuda_set_matmul_precision("bf16") == 0);
-    int OC = 640;
     for (int t = 0; t < (int)(sizeof fused_cases / sizeof fused_cases[0]); t++) {
         int N = fused_cases[t][0], IC = fused_cases[t][1];
-        size_t nx = (size_t)N * IC, no = (size_t)N * OC, nw = (size_t)OC * IC;
-        float *x = rnd(nx), *w = rnd(nw), *b = rnd(OC), *r = rnd(no), *out = malloc(no * 4);
-        float *d_x = dev_copy(x, nx * 4), *d_w = dev_copy(w, nw * 4), *d_b = dev_copy(b, OC * 4);
-        float *d_r = dev_copy(r, no * 4), *d_out = dev_poisoned(no), *d_out2 = dev_poisoned(no);
-        bool bias = t == 1 || t == 4;  // with and without, rows split over warps (IC 2048) or not
-        linear_residual_forward(out, x, w, bias ? b : NULL, r, N, IC, OC);
-        cuda_linear_residual_forward(d_out, d_x, d_w, bias ? d_b : NULL, d_r, N, IC, OC);
-        char what[80];
-        snprintf(what, sizeof what, "linear_residual N=%d IC=%d bias=%d", N, IC, bias);
-        expect_close(what, d_out, out, no, 1e-2);
-        cuda_linear_forward(d_out2, d_x, d_w, bias ? d_b : NULL, N, IC, OC);
-        cuda_add_inplace(d_out2, d_r, (long)no);
-        float *o1 = host_of(d_out, no), *o2 = host_of(d_out2, no);
-        if (N <= 8)  // (N = 9: the same two ops on both sides)
-            CHECK_MSG(!memcmp(o1, o2, no * 4), "%s: differs from the product and add_inplace", what);
-        CHECK_CUDA_OK();
-        free(x), free(w), free(b), free(r), free(out), free(o1), free(o2);
-        cuda_free(d_x), cuda_free(d_w), cuda_free(d_b), cuda_free(d_r), cuda_free(d_out), cuda_free(d_out2);
+        if (N > 8) linear_residual_case(N, IC, false), linear_residual_case(N, IC, true);
+        else linear_residual_case(N, IC, t == 1 || t == 4);  // rows split over warps (IC 2048) or not
     }
     CHECK(cuda_set_matmul_precision("fp32") == 0);
 }
