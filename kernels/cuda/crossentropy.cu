@@ -46,8 +46,8 @@ __device__ __forceinline__ void online_add(float &m, double &s, float x) {
     if (x > m) {
         s = s * exp((double)m - (double)x) + 1.0;  // m = -inf at first: s = 0 * 0 + 1
         m = x;
-    } else if (m > -INFINITY) {  // (x = m = -inf would be exp(NaN); its term is 0)
-        s += (double)expf(x - m);
+    } else if (!(x == -INFINITY && m == -INFINITY)) {  // (that would be exp(NaN); its term is 0)
+        s += (double)expf(x - m);  // a NaN x makes s NaN, and the loss NaN, as on the CPU
     }
 }
 
@@ -84,7 +84,8 @@ __global__ void crossentropy_kernel(double *row_loss, float *logits, const int32
         for (int j = threadIdx.x; j < V; j += blockDim.x) online_add(m, s, x[j]);
     }
     const float mx = block_max(m, sf);
-    const double sum = block_sum_d(s > 0 ? s * exp((double)m - (double)mx) : 0.0, sd);
+    // a thread that saw only -inf adds 0 (not 0 * exp(NaN)); a NaN sum stays NaN
+    const double sum = block_sum_d(m == -INFINITY && s == 0 ? 0.0 : s * exp((double)m - (double)mx), sd);
     const float k = (float)(scale / sum);
     if (vec4) {
         float4 *x4 = reinterpret_cast<float4 *>(x);

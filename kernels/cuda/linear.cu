@@ -176,12 +176,14 @@ static unsigned alignment(const void *p) {
 }
 
 // A product's shape, epilogue and pointer alignments, with the descriptors and algorithm
-// cuBLASLt chose for them (ok false: none; the caller falls back to cublasGemmEx).
+// cuBLASLt chose for them (ok false: none; the caller falls back to cublasGemmEx). The
+// choice depends on the key alone, so a plan evicted and made again gives the same bits.
 struct lt_plan {
     int ta, tb, m, n, k, lda, ldb, ldc;
     bool bias;
     unsigned align[5];  // A, B, C, D, bias
     bool ok;
+    unsigned long used;  // when last asked for: the least recent is evicted when the table is full
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
@@ -189,6 +191,16 @@ struct lt_plan {
 };
 static lt_plan plans[LT_PLANS];
 static int n_plans;
+static unsigned long plan_clock;
+
+// Destroys what a plan holds (graphs captured with it keep only their kernels' arguments).
+static void lt_plan_free(lt_plan *p) {
+    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+    if (p->la) cublasLtMatrixLayoutDestroy(p->la);
+    if (p->lb) cublasLtMatrixLayoutDestroy(p->lb);
+    if (p->lc) cublasLtMatrixLayoutDestroy(p->lc);
+    p->desc = NULL, p->la = p->lb = p->lc = NULL;
+}
 
 static bool lt_plan_make(lt_plan *p, const void *bias) {
     const int32_t ta = p->ta, tb = p->tb, bias_type = CUDA_R_32F;
@@ -237,13 +249,24 @@ static lt_plan *lt_plan_for(cublasOperation_t ta, cublasOperation_t tb, int m, i
     for (int i = 0; i < n_plans; i++) {
         const lt_plan *p = &plans[i];
         if (p->ta == key.ta && p->tb == key.tb && p->m == m && p->n == n && p->k == k && p->lda == lda &&
-            p->ldb == ldb && p->ldc == ldc && p->bias == key.bias && !memcmp(p->align, key.align, sizeof key.align))
+            p->ldb == ldb && p->ldc == ldc && p->bias == key.bias && !memcmp(p->align, key.align, sizeof key.align)) {
+            plans[i].used = ++plan_clock;
             return p->ok ? &plans[i] : NULL;
+        }
     }
-    if (n_plans == LT_PLANS) return NULL;
-    lt_plan *p = &plans[n_plans++];
+    lt_plan *p;
+    if (n_plans < LT_PLANS) {
+        p = &plans[n_plans++];
+    } else {  // full: the least recently used goes
+        p = &plans[0];
+        for (int i = 1; i < LT_PLANS; i++)
+            if (plans[i].used < p->used) p = &plans[i];
+        lt_plan_free(p);
+    }
     *p = key;
     p->ok = lt_plan_make(p, bias);
+    if (!p->ok) lt_plan_free(p);  // (kept as the answer "none" for this key)
+    p->used = ++plan_clock;
     return p->ok ? p : NULL;
 }
 
@@ -553,6 +576,7 @@ static bool gemv_forward_many(int count, float *const out[], const float *x, con
 // product is still in scratch B. Returns whether this product left x's bf16 copy there.
 static bool forward_one(float *out, const float *x, const float *weight, const float *bias, const float *residual,
                         int N, int IC, int OC, bool reuse_x) {
+    if (OC <= 0) return false;  // nothing converted
     if (gemv_forward_many(1, &out, x, NULL, 0.0f, &weight, NULL, &bias, &residual, &OC, N, IC)) return false;
     if (gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, weight, IC, true, x, IC, false, 0.0f, out, OC, false, reuse_x, bias,
              residual))

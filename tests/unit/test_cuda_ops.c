@@ -191,10 +191,11 @@ static void linear_many_case(int N, int IC, const char *precision, double tol) {
 
 // The backward of three products of one input (q, k, v; one bias missing) against the CPU
 // twin: dx starts NaN (it is written, not accumulated: a kernel that added to it fails),
-// the weights' and biases' gradients start random and accumulate.
-static void linear_backward_many_case(int N, int IC, const char *precision, double tol) {
+// the weights' and biases' gradients start random and accumulate. empty_middle: the second
+// product has no outputs (it adds nothing, and x's bf16 copy must still serve the third).
+static void linear_backward_many_case(int N, int IC, const char *precision, double tol, bool empty_middle) {
     CHECK(cuda_set_matmul_precision(precision) == 0);
-    const int OC[3] = {3 * IC / 2, IC / 4, IC / 4};
+    const int OC[3] = {3 * IC / 2, empty_middle ? 0 : IC / 4, IC / 4};
     size_t nx = (size_t)N * IC;
     float *x = rnd(nx), *dx = malloc(nx * 4), *d_x = dev_copy(x, nx * 4), *d_dx = dev_poisoned(nx);
     float *w[3], *dw[3], *db[3], *dout[3], *d_w[3], *d_dw[3], *d_db[3], *d_dout[3];
@@ -340,10 +341,33 @@ static void test_linear(void) {
     linear_case(1, 64, 1000, true, "fp32", 1e-5);
     linear_case(333, 896, 128, true, "bf16", 1e-2);
     linear_case(512, 1536, 256, false, "tf32", 5e-3);
-    linear_backward_many_case(77, 256, "bf16", 1e-2);
-    linear_backward_many_case(300, 896, "bf16", 1e-2);
-    linear_backward_many_case(77, 256, "fp32", 1e-5);
+    linear_backward_many_case(77, 256, "bf16", 1e-2, false);
+    linear_backward_many_case(300, 896, "bf16", 1e-2, false);
+    linear_backward_many_case(77, 256, "bf16", 1e-2, true);
+    linear_backward_many_case(77, 256, "fp32", 1e-5, false);
     CHECK(cuda_set_matmul_precision("fp16?") == -1);
+}
+
+// cuBLASLt plans are kept per shape, at most a few hundred: a product whose plan was
+// evicted by 300 other shapes gives the same bits when it comes back (training and
+// scoring promise bits that do not depend on the shapes a process saw before).
+static void test_product_plans_evicted(void) {
+    NEED_GPU();
+    CHECK(cuda_set_matmul_precision("bf16") == 0);
+    int N = 16, IC = 64, OC = 96;
+    float *x = rnd((size_t)N * IC), *w = rnd((size_t)400 * IC), *b = rnd(400);
+    float *d_x = dev_copy(x, (size_t)N * IC * 4), *d_w = dev_copy(w, (size_t)400 * IC * 4), *d_b = dev_copy(b, 1600);
+    float *d_out = dev_poisoned((size_t)N * 400);
+    cuda_linear_forward(d_out, d_x, d_w, d_b, N, IC, OC);
+    float *first = host_of(d_out, (size_t)N * OC);
+    for (int oc = 100; oc < 400; oc++) cuda_linear_forward(d_out, d_x, d_w, d_b, N, IC, oc);  // 300 other shapes
+    cuda_linear_forward(d_out, d_x, d_w, d_b, N, IC, OC);
+    float *again = host_of(d_out, (size_t)N * OC);
+    CHECK_MSG(!memcmp(first, again, (size_t)N * OC * 4), "a product differs after its plan was evicted");
+    CHECK_CUDA_OK();
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+    free(x), free(w), free(b), free(first), free(again);
+    cuda_free(d_x), cuda_free(d_w), cuda_free(d_b), cuda_free(d_out);
 }
 
 static void test_rope(void) {
@@ -641,6 +665,27 @@ static void test_crossentropy(void) {
     }
 }
 
+// A NaN logit makes the row's loss NaN on both sides (a training step must not hide it).
+static void test_crossentropy_nan(void) {
+    NEED_GPU();
+    const int Vs[2] = {4096, 1001};  // float4 rows and single floats
+    for (int s = 0; s < 2; s++) {
+        int n = 2, V = Vs[s];
+        size_t nv = (size_t)n * V;
+        float *logits = malloc(nv * 4);
+        fill_uniform(logits, nv, -8, 8);
+        logits[V + 700] = NAN;  // row 1, mid-row
+        logits[0] = NAN;        // row 0, a thread's first element
+        int32_t t[2] = {3, 5}, *d_t = dev_copy(t, sizeof t);
+        float *d_logits = dev_copy(logits, nv * 4);
+        double ref = crossentropy_forward_backward(logits, t, n, V, 1.0f);
+        double got = cuda_crossentropy_forward_backward(d_logits, d_t, n, V, 1.0f);
+        CHECK_MSG(ref != ref && got != got, "V=%d: loss with a NaN logit: cpu %g, cuda %g", V, ref, got);
+        CHECK_CUDA_OK();
+        free(logits), cuda_free(d_logits), cuda_free(d_t);
+    }
+}
+
 static void test_optimizer_ops(void) {
     NEED_GPU();
     size_t n = 200003;
@@ -694,7 +739,9 @@ int main(void) {
     RUN(test_linear_residual);
     RUN(test_fused_fallbacks);
     RUN(test_rope_kv_cache);
+    RUN(test_product_plans_evicted);
     RUN(test_crossentropy);
+    RUN(test_crossentropy_nan);
     RUN(test_optimizer_ops);
     RUN(test_out_of_memory_is_null);
 #else
