@@ -115,6 +115,26 @@ __device__ __forceinline__ void load_tile_async(bf16 *dst, const bf16 *__restric
     }
 }
 
+// Key tile ti of ntiles (keys j0 = kbeg + 64 ti ..) ready in buffer ti & 1 of Ks, Vs: the
+// next tile's copies are started into the other buffer (freed by the last iteration's
+// barrier), then this thread's copies of tile ti are waited for; the caller's barrier then
+// makes every thread's visible.
+template <int HD>
+__device__ __forceinline__ void kv_tile_ready(bf16 *Ks, bf16 *Vs, const bf16 *__restrict__ k,
+                                              const bf16 *__restrict__ v, int ti, int ntiles, int j0, int qend,
+                                              int KVH, int kvh) {
+    constexpr int TILE = 64 * (HD + 8);
+    if (ti + 1 < ntiles) {
+        const int next = (ti + 1) & 1;
+        load_tile_async<HD, BK>(Ks + next * TILE, k, j0 + BK, qend, KVH, kvh);
+        load_tile_async<HD, BK>(Vs + next * TILE, v, j0 + BK, qend, KVH, kvh);
+        cp_async_commit();
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+}
+
 // Scores of a warp's 16 rows against a 64-column tile: s[nt] (columns 8nt .. 8nt + 7) =
 // A · B^T, A the warp's rows of As [16][LD] (at As), B the rows of Bs [64][LD], both
 // [row][HD] in shared memory. NT accumulators (NT * 8 columns).
@@ -227,14 +247,7 @@ __global__ void __launch_bounds__(THREADS, 2)
     const int ntiles = (qend - kbeg + BK - 1) / BK;
     for (int ti = 0; ti < ntiles; ti++) {
         const int j0 = kbeg + ti * BK, buf = ti & 1;
-        if (ti + 1 < ntiles) {  // the next tile into the other buffer, freed by the last barrier
-            load_tile_async<HD, BK>(Ks + (buf ^ 1) * TILE, k, j0 + BK, qend, KVH, kvh);
-            load_tile_async<HD, BK>(Vs + (buf ^ 1) * TILE, v, j0 + BK, qend, KVH, kvh);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        kv_tile_ready<HD>(Ks, Vs, k, v, ti, ntiles, j0, qend, KVH, kvh);
         __syncthreads();
         if (ti == 0)  // the query tile came with the first key tile
 #pragma unroll
@@ -359,14 +372,7 @@ __global__ void __launch_bounds__(THREADS, 2)
     const int ntiles = (qend - kbeg + BK - 1) / BK;
     for (int ti = 0; ti < ntiles; ti++) {
         const int j0 = kbeg + ti * BK, buf = ti & 1;
-        if (ti + 1 < ntiles) {
-            load_tile_async<HD, BK>(Ks + (buf ^ 1) * TILE, k, j0 + BK, qend, KVH, kvh);
-            load_tile_async<HD, BK>(Vs + (buf ^ 1) * TILE, v, j0 + BK, qend, KVH, kvh);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        kv_tile_ready<HD>(Ks, Vs, k, v, ti, ntiles, j0, qend, KVH, kvh);
         __syncthreads();
         if (j0 <= wlast && j0 + BK > wlo) {  // warp-uniform: some key of the tile for its rows
             const bf16 *Kt = Ks + buf * TILE, *Vt = Vs + buf * TILE;
@@ -557,8 +563,6 @@ void launch_backward(float *dq, float *dk, float *dv, float *pk, float *pv, cons
     if (!direct) attention_group_reduce(dk, dv, pk, pv, N, NH, KVH, HD);
 }
 
-bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
 }  // namespace
 
 bool attention_mma_forward(float *out, float *lse, const float *q, const float *k, const float *v,
@@ -580,16 +584,13 @@ bool attention_mma_backward(float *dq, float *dk, float *dv, const float *dout, 
     if ((HD != 64 && HD != 128) || !aligned16(dq) || !aligned16(dk) || !aligned16(dv) || !aligned16(dout) ||
         !aligned16(q) || !aligned16(k) || !aligned16(v))
         return false;
-    // Scratch: D [N, NH], then (grouped heads) the per-head dk, dv partial sums [N, NH, HD];
-    // the bf16 copies of q, dout, k, v in a slot of their own.
-    const size_t rows = (size_t)N * NH, dwords = (rows + 3) / 4 * 4, part = NH == KVH ? 0 : rows * HD;
-    const size_t nq = rows * HD, nkv = (size_t)N * KVH * HD;
-    float *D = (float *)cuda_scratch(SCRATCH_ATTENTION, sizeof(float) * (dwords + 2 * part));
+    // The bf16 copies of q, dout, k, v in a scratch slot of their own.
+    const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD;
+    float *D, *pk, *pv;
+    bool have = attention_backward_scratch(&D, &pk, &pv, dout, out, N, NH, KVH, HD);
     bf16 *b = (bf16 *)cuda_scratch(SCRATCH_ATTENTION_BF16, sizeof(bf16) * (2 * nq + 2 * nkv));
-    if (!D || !b) return true;  // out of device memory (noted): no other path is tried
-    float *pk = D + dwords, *pv = pk + part;
+    if (!have || !b) return true;  // out of device memory (noted): no other path is tried
     bf16 *bq = b, *bdo = bq + nq, *bk = bdo + nq, *bv = bk + nkv;
-    attention_row_dot(D, dout, out, (long)rows, HD);
     to_bf16(bq, q, nq), to_bf16(bdo, dout, nq), to_bf16(bk, k, nkv), to_bf16(bv, v, nkv);
     if (HD == 64) launch_backward<64>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, N, NH, KVH, scale);
     else launch_backward<128>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, N, NH, KVH, scale);

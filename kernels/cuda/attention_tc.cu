@@ -576,8 +576,6 @@ void launch_backward(float *dq, float *dk, float *dv, float *pk, float *pv, cons
     if (!direct) attention_group_reduce(dk, dv, pk, pv, N, NH, KVH, HD);
 }
 
-bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
 // dk, dv [N, KVH, HD] += the sums over each group's query heads, in head order, of
 // pk, pv [N, NH, HD]; one thread per 4 floats.
 __global__ void attention_group_reduce_kernel(float *__restrict__ dk, float *__restrict__ dv,
@@ -603,6 +601,16 @@ __global__ void attention_group_reduce_kernel(float *__restrict__ dk, float *__r
 
 }  // namespace
 
+bool attention_backward_scratch(float **D, float **pk, float **pv, const float *dout, const float *out, int N, int NH,
+                                int KVH, int HD) {
+    const size_t rows = (size_t)N * NH, dwords = (rows + 3) / 4 * 4, part = NH == KVH ? 0 : rows * HD;
+    float *s = (float *)cuda_scratch(SCRATCH_ATTENTION, sizeof(float) * (dwords + 2 * part));
+    if (!s) return false;
+    *D = s, *pk = s + dwords, *pv = *pk + part;
+    attention_row_dot(*D, dout, out, (long)rows, HD);
+    return true;
+}
+
 void attention_group_reduce(float *dk, float *dv, const float *pk, const float *pv, int N, int NH, int KVH, int HD) {
     const long n4 = (long)N * KVH * HD / 4;
     attention_group_reduce_kernel<<<cuda_blocks(n4, 256), 256, 0, cuda_stream()>>>(dk, dv, pk, pv, N, NH, KVH, HD);
@@ -623,12 +631,9 @@ bool attention_tc_backward(float *dq, float *dk, float *dv, const float *dout, c
     if ((HD != 64 && HD != 128) || !aligned16(dq) || !aligned16(dk) || !aligned16(dv) || !aligned16(dout) ||
         !aligned16(q) || !aligned16(k) || !aligned16(v))
         return false;
-    // Scratch: D [N, NH], then (grouped heads) the per-head dk, dv partial sums [N, NH, HD].
-    const size_t rows = (size_t)N * NH, dwords = (rows + 3) / 4 * 4, part = NH == KVH ? 0 : rows * HD;
-    float *D = (float *)cuda_scratch(SCRATCH_ATTENTION, sizeof(float) * (dwords + 2 * part));
-    if (!D) return true;  // the failure is noted; the fp32 path would fail the same way
-    float *pk = D + dwords, *pv = pk + part;
-    attention_row_dot(D, dout, out, (long)rows, HD);
+    float *D, *pk, *pv;
+    if (!attention_backward_scratch(&D, &pk, &pv, dout, out, N, NH, KVH, HD))
+        return true;  // the failure is noted; the fp32 path would fail the same way
     if (HD == 64) launch_backward<64>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale);
     else launch_backward<128>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale);
     return true;

@@ -28,6 +28,14 @@ bool attention_mma_backward(float *dq, float *dk, float *dv, const float *dout, 
 // Whether the mma.sync path is chosen (cuda_set_attention_kernel, else TP_CUDA_ATTENTION).
 bool cuda_attention_mma(void);
 
+// The tensor-core backward passes' scratch (slot SCRATCH_ATTENTION): D [N, NH] =
+// rowsum(dout ∘ out), computed here, then (grouped heads only) the per-head dk, dv partial
+// sums pk, pv [N, NH, HD], 16-byte aligned. false: out of device memory (noted).
+bool attention_backward_scratch(float **D, float **pk, float **pv, const float *dout, const float *out, int N, int NH,
+                                int KVH, int HD);
+
+static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
 // dk, dv [N, KVH, HD] += the sums over each group's query heads, in head order, of the
 // per-head partial sums pk, pv [N, NH, HD] (GQA backward; HD % 4 == 0, 16-byte aligned).
 void attention_group_reduce(float *dk, float *dv, const float *pk, const float *pv, int N, int NH, int KVH, int HD);
