@@ -467,7 +467,12 @@ static void test_rmsnorm_linear_swiglu(void) {
         int N = fused_cases[t][0], IC = fused_cases[t][1];
         size_t nx = (size_t)N * IC, nf = (size_t)N * F, nw = (size_t)F * IC;
         float *x = rnd_rows(N, IC), *normw = rnd(IC), *wg = rnd(nw), *wu = rnd(nw);
-        wg[0] = 40, wg[1] = -40;  // large gates: exp overflows on one side
+        // Gates 0 and 1 of every row far out on either side, with or without the norm:
+        // x and the norm weights positive, weight rows 0 and 1 all +40 and -40: gate 1 is -40
+        // times a sum of IC >= 64 positive terms of order 1 (with or without the norm), far
+        // below -88, so exp(-gate) overflows (silu's limit, -0); gate 0 the reverse.
+        for (size_t i = 0; i < nx; i++) x[i] = fabsf(x[i]) + 0.5f;
+        for (int c = 0; c < IC; c++) normw[c] = fabsf(normw[c]) + 0.5f, wg[c] = 40.0f, wg[IC + c] = -40.0f;
         float *act = malloc(nf * 4), *gate = malloc(nf * 4), *up = malloc(nf * 4), *ln = malloc(nx * 4);
         float *d_x = dev_copy(x, nx * 4), *d_norm = dev_copy(normw, IC * 4), *d_wg = dev_copy(wg, nw * 4);
         float *d_wu = dev_copy(wu, nw * 4), *d_ln = dev_poisoned(nx);
