@@ -135,14 +135,29 @@ __device__ __forceinline__ void kv_tile_ready(bf16 *Ks, bf16 *Vs, const bf16 *__
     }
 }
 
+template <int NF> __device__ __forceinline__ void zero_acc(float (&acc)[NF][4]) {
+#pragma unroll
+    for (int f = 0; f < NF; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
+}
+
+// This thread's query rows g and g + 8 of the warp's 16 from wfirst, and the first key each
+// sees (INT_MAX past N: none).
+__device__ __forceinline__ void thread_rows(int (&qi)[2], int (&qlo)[2], int wfirst, int g, int N,
+                                            const int32_t *__restrict__ seg_start) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        qi[r] = wfirst + g + 8 * r;
+        qlo[r] = qi[r] < N ? first_key(seg_start, qi[r]) : INT_MAX;
+    }
+}
+
 // Scores of a warp's 16 rows against a 64-column tile: s[nt] (columns 8nt .. 8nt + 7) =
 // A · B^T, A the warp's rows of As [16][LD] (at As), B the rows of Bs [64][LD], both
 // [row][HD] in shared memory. NT accumulators (NT * 8 columns).
 template <int HD, int NT>
 __device__ __forceinline__ void tile_scores(float (&s)[NT][4], const bf16 *As, const bf16 *Bs, int lane) {
     constexpr int LD = HD + 8;
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    zero_acc(s);
 #pragma unroll
     for (int kd = 0; kd < HD / 16; kd++) {
         unsigned a[4];
@@ -226,12 +241,8 @@ __global__ void __launch_bounds__(THREADS, 2)
     const int qend = min(i0 + BQ, N), kbeg = first_key(seg_start, i0);  // keys [kbeg, qend) cover the tile
     const int wfirst = i0 + warp * 16, wlast = min(wfirst + 15, N - 1);
     const int wlo = wfirst < N ? max(first_key(seg_start, wfirst), kbeg) : INT_MAX;
-    int qi[2], qlo[2];  // this thread's rows g, g + 8 and the first key each sees (none past N)
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        qi[r] = wfirst + g + 8 * r;
-        qlo[r] = qi[r] < N ? first_key(seg_start, qi[r]) : INT_MAX;
-    }
+    int qi[2], qlo[2];
+    thread_rows(qi, qlo, wfirst, g, N, seg_start);
 
     load_tile_async<HD, BQ>(Qs, q, i0, qend, NH, h);
     load_tile_async<HD, BK>(Ks, k, kbeg, qend, KVH, kvh);
@@ -239,8 +250,7 @@ __global__ void __launch_bounds__(THREADS, 2)
     cp_async_commit();
 
     float o[NO][4];
-#pragma unroll
-    for (int no = 0; no < NO; no++) o[no][0] = o[no][1] = o[no][2] = o[no][3] = 0.0f;
+    zero_acc(o);
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // running max (log2 units), this thread's sum
     unsigned qf[KD][4];                                           // the warp's queries as A operands
 
@@ -256,8 +266,7 @@ __global__ void __launch_bounds__(THREADS, 2)
         if (j0 <= wlast && j0 + BK > wlo) {  // warp-uniform: some key of the tile for its rows
             const bf16 *Kt = Ks + buf * TILE, *Vt = Vs + buf * TILE;
             float s[8][4];
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            zero_acc(s);
 #pragma unroll
             for (int kd = 0; kd < KD; kd++)
 #pragma unroll
@@ -350,13 +359,12 @@ __global__ void __launch_bounds__(THREADS, 2)
     const int wlo = wfirst < N ? max(first_key(seg_start, wfirst), kbeg) : INT_MAX;
     int qi[2], qlo[2];
     float ql2[2], qD[2];  // lse · log2 e and D of this thread's rows
+    thread_rows(qi, qlo, wfirst, g, N, seg_start);
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        const int i = wfirst + g + 8 * r;
-        const bool in = i < N;
-        qi[r] = i, qlo[r] = in ? first_key(seg_start, i) : INT_MAX;
-        ql2[r] = in ? lse[(size_t)i * NH + h] * LOG2E : 0.0f;
-        qD[r] = in ? D[(size_t)i * NH + h] : 0.0f;
+        const bool in = qi[r] < N;
+        ql2[r] = in ? lse[(size_t)qi[r] * NH + h] * LOG2E : 0.0f;
+        qD[r] = in ? D[(size_t)qi[r] * NH + h] : 0.0f;
     }
 
     load_tile_async<HD, BQ>(Qs, q, i0, qend, NH, h);
@@ -366,8 +374,7 @@ __global__ void __launch_bounds__(THREADS, 2)
     cp_async_commit();
 
     float acc[NO][4];
-#pragma unroll
-    for (int no = 0; no < NO; no++) acc[no][0] = acc[no][1] = acc[no][2] = acc[no][3] = 0.0f;
+    zero_acc(acc);
 
     const int ntiles = (qend - kbeg + BK - 1) / BK;
     for (int ti = 0; ti < ntiles; ti++) {
@@ -463,10 +470,7 @@ __global__ void __launch_bounds__(THREADS, 2)
     cp_async_commit();
 
     float dk_acc[NO][4], dv_acc[NO][4];
-#pragma unroll
-    for (int no = 0; no < NO; no++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) dk_acc[no][e] = dv_acc[no][e] = 0.0f;
+    zero_acc(dk_acc), zero_acc(dv_acc);
 
     const int ntiles = (iend - j0 + QT - 1) / QT;
     for (int ti = 0; ti < ntiles; ti++) {
