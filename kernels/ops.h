@@ -115,6 +115,24 @@ void swiglu_forward(float *out, const float *gate, const float *up, long n);
 // dgate, dup [N, F] (overwritten) from dout [N, F]
 void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n);
 
+// ---- the MLP block of a training step ----
+// gate = x · w_gate^T, up = x · w_up^T, act = silu(gate) * up; out = act · w_down^T + residual.
+// x [N, C], w_gate and w_up [F, C], w_down [C, F]. gate, up and act (and the backward's
+// dact, dgate, dup) [N, F] are kept in the backend's MLP activation type, mlp_act_bytes
+// an element: fp32 here; a GPU backend with bf16 products keeps them in bf16, since only
+// bf16 products and SwiGLU read them. The cpu ops are linear_forward_many + swiglu_forward,
+// linear_residual_forward, and the backward of the two, with those ops' bits.
+void mlp_up_forward(void *act, void *gate, void *up, const float *x, const float *w_gate, const float *w_up, int N,
+                    int C, int F);
+// out [N, C] = act · w_down^T + residual [N, C]; out aliases neither.
+void mlp_down_forward(float *out, const void *act, const float *w_down, const float *residual, int N, int F, int C);
+// The backward of both, from dout [N, C] = d/d(out): dx [N, C] = d/d(x) WRITTEN (not
+// accumulated, as linear_backward_many); dw_gate, dw_up, dw_down += their gradients.
+// dact, dgate, dup [N, F] are scratch of the MLP activation type.
+void mlp_backward(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const float *x,
+                  const void *act, const void *gate, const void *up, const float *w_gate, const float *w_up,
+                  const float *w_down, void *dact, void *dgate, void *dup, int N, int C, int F);
+
 // ---- elementwise ----
 void add_inplace(float *x, const float *y, long n);  // x += y
 

@@ -21,6 +21,7 @@ static int host_sync(char *err, int cap) {
     return 0;
 }
 static size_t host_free_bytes(void) { return 0; }
+static size_t fp32_bytes(void) { return sizeof(float); }
 
 static const tp_backend CPU = {
     .name = "cpu",
@@ -51,6 +52,10 @@ static const tp_backend CPU = {
     .attention_forward = attention_forward,
     .attention_backward = attention_backward,
     .attention_decode = attention_decode,
+    .mlp_act_bytes = fp32_bytes,
+    .mlp_up_forward = mlp_up_forward,
+    .mlp_down_forward = mlp_down_forward,
+    .mlp_backward = mlp_backward,
     .swiglu_forward = swiglu_forward,
     .swiglu_backward = swiglu_backward,
     .add_inplace = add_inplace,
@@ -107,6 +112,10 @@ static const tp_backend CUDA = {
     .rope_backward = cuda_rope_backward,
     .attention_forward = cuda_attention_forward,
     .attention_backward = cuda_attention_backward,
+    .mlp_act_bytes = cuda_mlp_act_bytes,
+    .mlp_up_forward = cuda_mlp_up_forward,
+    .mlp_down_forward = cuda_mlp_down_forward,
+    .mlp_backward = cuda_mlp_backward,
     .swiglu_forward = cuda_swiglu_forward,
     .swiglu_backward = cuda_swiglu_backward,
     .add_inplace = cuda_add_inplace,
@@ -199,6 +208,18 @@ static void p_swiglu_forward(float *out, const float *g, const float *u, long n)
 static void p_swiglu_backward(float *dg, float *du, const float *dout, const float *g, const float *u, long n) {
     PROF("swiglu_backward", cuda_swiglu_backward(dg, du, dout, g, u, n));
 }
+static void p_mlp_up_forward(void *act, void *g, void *u, const float *x, const float *wg, const float *wu, int N,
+                             int C, int F) {
+    PROF("mlp_up_forward", cuda_mlp_up_forward(act, g, u, x, wg, wu, N, C, F));
+}
+static void p_mlp_down_forward(float *out, const void *act, const float *wd, const float *r, int N, int F, int C) {
+    PROF("mlp_down_forward", cuda_mlp_down_forward(out, act, wd, r, N, F, C));
+}
+static void p_mlp_backward(float *dx, float *dwg, float *dwu, float *dwd, const float *dout, const float *x,
+                           const void *act, const void *g, const void *u, const float *wg, const float *wu,
+                           const float *wd, void *dact, void *dg, void *du, int N, int C, int F) {
+    PROF("mlp_backward", cuda_mlp_backward(dx, dwg, dwu, dwd, dout, x, act, g, u, wg, wu, wd, dact, dg, du, N, C, F));
+}
 static void p_add_inplace(float *x, const float *y, long n) { PROF("add_inplace", cuda_add_inplace(x, y, n)); }
 static void p_gather_rows(float *out, const float *x, const int32_t *idx, int n, int C) {
     PROF("gather/scatter_rows", cuda_gather_rows(out, x, idx, n, C));
@@ -259,6 +280,10 @@ static const tp_backend CUDA_PROFILED = {
     .rope_backward = p_rope_backward,
     .attention_forward = p_attention_forward,
     .attention_backward = p_attention_backward,
+    .mlp_act_bytes = cuda_mlp_act_bytes,
+    .mlp_up_forward = p_mlp_up_forward,
+    .mlp_down_forward = p_mlp_down_forward,
+    .mlp_backward = p_mlp_backward,
     .swiglu_forward = p_swiglu_forward,
     .swiglu_backward = p_swiglu_backward,
     .add_inplace = p_add_inplace,

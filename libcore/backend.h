@@ -2,7 +2,8 @@
 // they work on, as one table per backend, so model code is written once.
 //
 //   cpu   host memory, kernels/cpu (fp32; GEMMs through oneDNN/OpenBLAS)
-//   cuda  device memory, kernels/cuda (fp32 storage; matrix products in fp32, tf32 or bf16)
+//   cuda  device memory, kernels/cuda (fp32 storage, the MLP's [N, F] tensors bf16 with bf16
+//         products; matrix products in fp32, tf32 or bf16)
 //
 // Pointers handed to a backend's ops are that backend's memory: host pointers for cpu,
 // device pointers for cuda. Host code moves data with upload/download.
@@ -78,6 +79,15 @@ typedef struct tp_backend {
                                const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
     void (*attention_decode)(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
                              const int32_t *len, int n, int NH, int KVH, int HD, float scale);
+    // The MLP block; its [N, F] tensors take mlp_act_bytes() bytes an element (4: fp32, 2: bf16).
+    size_t (*mlp_act_bytes)(void);
+    void (*mlp_up_forward)(void *act, void *gate, void *up, const float *x, const float *w_gate, const float *w_up,
+                           int N, int C, int F);
+    void (*mlp_down_forward)(float *out, const void *act, const float *w_down, const float *residual, int N, int F,
+                             int C);
+    void (*mlp_backward)(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const float *x,
+                         const void *act, const void *gate, const void *up, const float *w_gate, const float *w_up,
+                         const float *w_down, void *dact, void *dgate, void *dup, int N, int C, int F);
     void (*swiglu_forward)(float *out, const float *gate, const float *up, long n);
     void (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n);
     void (*add_inplace)(float *x, const float *y, long n);

@@ -26,7 +26,7 @@ typedef struct layer_acts {
     float *att, *lse;      // attention output [N, Q], log-sum-exp [N*NH]
     float *mid;            // residual after attention [N, C]
     float *ln2, *rstd2;    // [N, C], [N]
-    float *gate, *up, *act;  // [N, F]
+    void *gate, *up, *act;   // [N, F] of the backend's MLP activation type (mlp_act_bytes)
 } layer_acts;
 
 struct tp_activations {
@@ -37,7 +37,9 @@ struct tp_activations {
     layer_acts *slot;
     float *lnf, *rstdf;  // final norm [N, C], [N]
     // backward scratch
-    float *dres, *dln, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dgate, *dup, *dact, *dlnf;
+    float *dres, *dln, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dlnf;
+    void *dgate, *dup, *dact;  // [N, F], as layer_acts.gate
+    size_t act_bytes;          // bytes an element of the MLP's [N, F] tensors
     // head, one chunk of tokens at a time
     int chunk;
     int32_t *rows, *target;  // [N], host: the flat index of each target token's predictor, the target
@@ -54,13 +56,15 @@ const tp_backend *tp_model_backend(const tp_model *m) { return m->be ? m->be : t
 
 // n floats of the backend's memory; a failure is remembered and reported by the caller
 // with the total asked for.
-static float *falloc(tp_activations *a, size_t n) {
-    size_t bytes = (n ? n : 1) * sizeof(float);
+static void *balloc(tp_activations *a, size_t bytes) {
+    bytes = bytes ? bytes : 1;
     a->bytes += bytes;
-    float *p = a->be->alloc(bytes);
+    void *p = a->be->alloc(bytes);
     if (!p) a->failed = true;
     return p;
 }
+static float *falloc(tp_activations *a, size_t n) { return balloc(a, n * sizeof(float)); }
+static void *act_alloc(tp_activations *a, size_t n) { return balloc(a, n * a->act_bytes); }
 
 static void bfree(const tp_backend *be, void *p) {
     if (p) be->free(p);
@@ -70,12 +74,12 @@ void tp_activations_free(tp_activations *a) {
     if (!a) return;
     for (int s = 0; s < a->n_slots; s++) {
         layer_acts *l = &a->slot[s];
-        float *bufs[] = {l->ln1, l->rstd1, l->q_raw, l->q_rstd, l->k_raw, l->k_rstd, l->q, l->k, l->v,
-                         l->att, l->lse, l->mid, l->ln2, l->rstd2, l->gate, l->up, l->act};
+        void *bufs[] = {l->ln1, l->rstd1, l->q_raw, l->q_rstd, l->k_raw, l->k_rstd, l->q, l->k, l->v,
+                        l->att, l->lse, l->mid, l->ln2, l->rstd2, l->gate, l->up, l->act};
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) bfree(a->be, bufs[i]);
     }
-    float *bufs[] = {a->res, a->lnf, a->rstdf, a->dres, a->dln, a->dq, a->dk, a->dv, a->dq_raw, a->dk_raw,
-                     a->datt, a->dgate, a->dup, a->dact, a->dlnf, a->xg, a->dxg, a->logits};
+    void *bufs[] = {a->res, a->lnf, a->rstdf, a->dres, a->dln, a->dq, a->dk, a->dv, a->dq_raw, a->dk_raw,
+                    a->datt, a->dgate, a->dup, a->dact, a->dlnf, a->xg, a->dxg, a->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) bfree(a->be, bufs[i]);
     bfree(a->be, a->dev_ints);
     free(a->slot);
@@ -98,6 +102,7 @@ static tp_activations *activations_new(const tp_model *m, int N) {
     tp_activations *a = tp_xcalloc(1, sizeof *a);
     a->be = tp_model_backend(m);
     a->N = N;
+    a->act_bytes = a->be->mlp_act_bytes();
     a->n_slots = m->recompute ? 1 : c->num_layers;
     a->res = falloc(a, (size_t)(c->num_layers + 1) * n * C);
     a->slot = tp_xcalloc((size_t)a->n_slots, sizeof *a->slot);
@@ -112,7 +117,7 @@ static tp_activations *activations_new(const tp_model *m, int N) {
         l->att = falloc(a, n * Q), l->lse = falloc(a, n * (size_t)c->num_heads);
         l->mid = falloc(a, n * C);
         l->ln2 = falloc(a, n * C), l->rstd2 = falloc(a, n);
-        l->gate = falloc(a, n * F), l->up = falloc(a, n * F), l->act = falloc(a, n * F);
+        l->gate = act_alloc(a, n * F), l->up = act_alloc(a, n * F), l->act = act_alloc(a, n * F);
     }
     a->lnf = falloc(a, n * C), a->rstdf = falloc(a, n);
     a->chunk = head_chunk(a->be, c->vocab_size, N);
@@ -134,7 +139,7 @@ static void activations_grad_buffers(tp_activations *a, const tp_model_config *c
     a->dxg = falloc(a, (size_t)a->chunk * C);
     a->dq = falloc(a, n * Q), a->dk = falloc(a, n * KV), a->dv = falloc(a, n * KV), a->datt = falloc(a, n * Q);
     if (c->qk_norm) a->dq_raw = falloc(a, n * Q), a->dk_raw = falloc(a, n * KV);
-    a->dgate = falloc(a, n * F), a->dup = falloc(a, n * F), a->dact = falloc(a, n * F);
+    a->dgate = act_alloc(a, n * F), a->dup = act_alloc(a, n * F), a->dact = act_alloc(a, n * F);
 }
 
 static int out_of_memory(const tp_model *m, tp_activations *a, int N, tp_err *err) {
@@ -146,10 +151,13 @@ static int out_of_memory(const tp_model *m, tp_activations *a, int N, tp_err *er
     return -1;
 }
 
-// Activations for N tokens (reallocated when N grows or the recompute setting changed).
+// Activations for N tokens (reallocated when N grows, or the recompute setting or the
+// MLP's activation type changed).
 static tp_activations *activations_for(tp_model *m, int N, bool grads, tp_err *err) {
     tp_activations *a = m->acts;
-    if (!(a && a->N >= N && a->n_slots == (m->recompute ? 1 : m->cfg.num_layers) && a->be == tp_model_backend(m))) {
+    const tp_backend *be = tp_model_backend(m);
+    if (!(a && a->N >= N && a->n_slots == (m->recompute ? 1 : m->cfg.num_layers) && a->be == be &&
+          a->act_bytes == be->mlp_act_bytes())) {
         tp_activations_free(a);
         a = m->acts = activations_new(m, N);
     }
@@ -213,10 +221,8 @@ static void layer_forward(const tp_model *m, int l, layer_acts *a, const tp_acti
     be->attention_forward(a->att, a->lse, a->q, a->k, a->v, s->seg, N, NH, KVH, HD, 1.0f / sqrtf((float)HD));
     be->linear_forward(a->mid, a->att, w->wo, w->bo, N, Q, C);
     be->add_rmsnorm_forward(a->mid, a->ln2, a->rstd2, a->mid, x, w->ln2, N, C, eps);  // mid += x; ln2 = norm(mid)
-    be->linear_forward_many(2, (float *[]){a->gate, a->up}, a->ln2, (const float *[]){w->w_gate, w->w_up},
-                            (const float *[]){NULL, NULL}, (int[]){F, F}, N, C);
-    be->swiglu_forward(a->act, a->gate, a->up, (long)N * F);
-    be->linear_residual_forward(out, a->act, w->w_down, NULL, a->mid, N, F, C);  // out = mid + down(act)
+    be->mlp_up_forward(a->act, a->gate, a->up, a->ln2, w->w_gate, w->w_up, N, C, F);
+    be->mlp_down_forward(out, a->act, w->w_down, a->mid, N, F, C);  // out = mid + down(act)
 }
 
 static layer_acts *slot_of(tp_activations *a, int l) { return &a->slot[a->n_slots == 1 ? 0 : l]; }
@@ -409,12 +415,9 @@ static void layer_backward(tp_model *m, int l, layer_acts *a, tp_activations *s,
     int Q = NH * HD, KV = KVH * HD;
     size_t n = (size_t)N;
     const float *inv_freq = m->dev_inv_freq ? m->dev_inv_freq : m->inv_freq;
-    // MLP: out = mid + down(act); linear_backward_many writes dx (no zeroing first)
-    be->linear_backward_many(1, s->dact, (float *[]){g->w_down}, NULL, (const float *[]){s->dres}, a->act,
-                             (const float *[]){w->w_down}, (int[]){C}, N, F);
-    be->swiglu_backward(s->dgate, s->dup, s->dact, a->gate, a->up, (long)N * F);
-    be->linear_backward_many(2, s->dln, (float *[]){g->w_gate, g->w_up}, NULL, (const float *[]){s->dgate, s->dup},
-                             a->ln2, (const float *[]){w->w_gate, w->w_up}, (int[]){F, F}, N, C);
+    // MLP: out = mid + down(act); mlp_backward and linear_backward_many write dx (no zeroing first)
+    be->mlp_backward(s->dln, g->w_gate, g->w_up, g->w_down, s->dres, a->ln2, a->act, a->gate, a->up, w->w_gate,
+                     w->w_up, w->w_down, s->dact, s->dgate, s->dup, N, C, F);
     be->rmsnorm_backward(s->dres, g->ln2, s->dln, a->mid, w->ln2, a->rstd2, N, C);  // dres: d/d(mid)
     // attention: mid = x + o(att)
     be->linear_backward_many(1, s->datt, (float *[]){g->wo}, (float *[]){g->bo}, (const float *[]){s->dres}, a->att,

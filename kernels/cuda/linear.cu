@@ -15,6 +15,7 @@
 //   dW^T  [IC, OC] += x^T · dout    : gemm(N, T, m=IC, n=OC, k=N,  A=x [IC x N],  B=dout [OC x N])
 #include "cuda/cuda_common.h"
 #include "cuda/cuda_ops.h"
+#include "cuda/product.h"
 #include "cuda/reduce.h"
 
 #include <cublasLt.h>
@@ -180,7 +181,7 @@ static unsigned alignment(const void *p) {
 // choice depends on the key alone, so a plan evicted and made again gives the same bits.
 struct lt_plan {
     int ta, tb, m, n, k, lda, ldb, ldc;
-    bool bias;
+    bool bias, d16;  // d16: C and D hold bf16
     unsigned align[5];  // A, B, C, D, bias
     bool ok;
     unsigned long used;  // when last asked for: the least recent is evicted when the table is full
@@ -217,7 +218,7 @@ static bool lt_plan_make(lt_plan *p, const void *bias) {
     const bool an = p->ta == CUBLAS_OP_N, bn = p->tb == CUBLAS_OP_N;
     if (cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, an ? p->m : p->k, an ? p->k : p->m, p->lda) ||
         cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_16BF, bn ? p->k : p->n, bn ? p->n : p->k, p->ldb) ||
-        cublasLtMatrixLayoutCreate(&p->lc, CUDA_R_32F, p->m, p->n, p->ldc))
+        cublasLtMatrixLayoutCreate(&p->lc, p->d16 ? CUDA_R_16BF : CUDA_R_32F, p->m, p->n, p->ldc))
         return false;
     cublasLtMatmulPreference_t pref;
     if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return false;
@@ -240,16 +241,18 @@ static bool lt_plan_make(lt_plan *p, const void *bias) {
 
 // The plan for this product, made on first use (NULL: cuBLASLt has none, or the table is full).
 static lt_plan *lt_plan_for(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, int lda, int ldb,
-                            int ldc, const void *A, const void *B, const void *C, const void *D, const void *bias) {
+                            int ldc, bool d16, const void *A, const void *B, const void *C, const void *D,
+                            const void *bias) {
     lt_plan key = {};
     key.ta = ta, key.tb = tb, key.m = m, key.n = n, key.k = k, key.lda = lda, key.ldb = ldb, key.ldc = ldc;
-    key.bias = bias != NULL;
+    key.bias = bias != NULL, key.d16 = d16;
     key.align[0] = alignment(A), key.align[1] = alignment(B), key.align[2] = alignment(C), key.align[3] = alignment(D);
     key.align[4] = bias ? alignment(bias) : 0;
     for (int i = 0; i < n_plans; i++) {
         const lt_plan *p = &plans[i];
         if (p->ta == key.ta && p->tb == key.tb && p->m == m && p->n == n && p->k == k && p->lda == lda &&
-            p->ldb == ldb && p->ldc == ldc && p->bias == key.bias && !memcmp(p->align, key.align, sizeof key.align)) {
+            p->ldb == ldb && p->ldc == ldc && p->bias == key.bias && p->d16 == d16 &&
+            !memcmp(p->align, key.align, sizeof key.align)) {
             plans[i].used = ++plan_clock;
             return p->ok ? &plans[i] : NULL;
         }
@@ -270,13 +273,14 @@ static lt_plan *lt_plan_for(cublasOperation_t ta, cublasOperation_t tb, int m, i
     return p->ok ? p : NULL;
 }
 
-// D = op(A) op(B) + beta·C (+ bias [m] on every column) through cuBLASLt; C may be D.
-// false when cuBLASLt has no algorithm for it (nothing was launched).
+// D = op(A) op(B) + beta·C (+ bias [m] on every column) through cuBLASLt; C may be D; C
+// and D hold bf16 when d16, else fp32. false when cuBLASLt has no algorithm for it
+// (nothing was launched).
 static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const __nv_bfloat16 *A, int lda,
-                    const __nv_bfloat16 *B, int ldb, float beta, const float *C, float *D, int ldc,
+                    const __nv_bfloat16 *B, int ldb, float beta, const void *C, void *D, int ldc, bool d16,
                     const float *bias) {
     if (!lt_ready()) return false;
-    lt_plan *p = lt_plan_for(ta, tb, m, n, k, lda, ldb, ldc, A, B, C, D, bias);
+    lt_plan *p = lt_plan_for(ta, tb, m, n, k, lda, ldb, ldc, d16, A, B, C, D, bias);
     if (!p) return false;
     if (bias) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
     const float alpha = 1.0f;
@@ -285,25 +289,51 @@ static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
     return true;
 }
 
-// C = op(A) op(B) + beta C (+ bias (+ residual)) in bf16 operands; sizes as cuBLAS counts
-// them. reuse_a, reuse_b: A (B) is unchanged since an earlier product converted it (same
-// buffer, nothing written in between), so its scratch slot may still hold the bf16 copy.
-// bias [m] and residual [m x n] (ld ldc; beta must be 0 with it) are added by the
-// epilogue when cuBLASLt takes the product: returns whether they were (false: the caller
-// adds them).
-static bool gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
-                      bool a_weight, const float *B, int ldb, bool b_weight, float beta, float *C, int ldc,
-                      bool reuse_a, bool reuse_b, const float *bias, const float *residual) {
-    size_t na = (size_t)lda * (ta == CUBLAS_OP_N ? k : m), nb = (size_t)ldb * (tb == CUBLAS_OP_N ? n : k);
-    const __nv_bfloat16 *a = operand_bf16(SCRATCH_BF16_A, A, na, a_weight, reuse_a);
-    const __nv_bfloat16 *b = operand_bf16(SCRATCH_BF16_B, B, nb, b_weight, reuse_b);
-    if (!a || !b) return true;  // noted by cuda_scratch: nothing to add to
-    if (lt_gemm(ta, tb, m, n, k, a, lda, b, ldb, residual ? 1.0f : beta, residual ? residual : C, C, ldc, bias))
+// C = op(a) op(b) + beta C (+ bias (+ residual)) on bf16 operands; C holds bf16 when c16
+// (no bias or residual then), else fp32. bias [m] and residual [m x n] (ld ldc; beta must
+// be 0 with it) are added by the epilogue when cuBLASLt takes the product: returns whether
+// they were (false: the caller adds them).
+static bool product_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const __nv_bfloat16 *a,
+                         int lda, const __nv_bfloat16 *b, int ldb, float beta, void *C, bool c16, int ldc,
+                         const float *bias, const float *residual) {
+    if (lt_gemm(ta, tb, m, n, k, a, lda, b, ldb, residual ? 1.0f : beta, residual ? residual : C, C, ldc, c16, bias))
         return true;
     const float alpha = 1.0f;
     CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &beta, C,
-                              CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                              c16 ? CUDA_R_16BF : CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return !bias && !residual;
+}
+
+// Elements of an operand of op(.) with leading dimension ld, as cuBLAS counts them.
+static size_t operand_size(cublasOperation_t op, int ld, int cols_if_n, int cols_if_t) {
+    return (size_t)ld * (op == CUBLAS_OP_N ? cols_if_n : cols_if_t);
+}
+
+// The product on fp32 A and B rounded to bf16 (sizes as cuBLAS counts them). reuse_a,
+// reuse_b: A (B) is unchanged since an earlier product converted it (same buffer, nothing
+// written in between), so its scratch slot may still hold the bf16 copy.
+static bool gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
+                      bool a_weight, const float *B, int ldb, bool b_weight, float beta, float *C, int ldc,
+                      bool reuse_a, bool reuse_b, const float *bias, const float *residual) {
+    const __nv_bfloat16 *a = operand_bf16(SCRATCH_BF16_A, A, operand_size(ta, lda, k, m), a_weight, reuse_a);
+    const __nv_bfloat16 *b = operand_bf16(SCRATCH_BF16_B, B, operand_size(tb, ldb, n, k), b_weight, reuse_b);
+    if (!a || !b) return true;  // noted by cuda_scratch: nothing to add to
+    return product_bf16(ta, tb, m, n, k, a, lda, b, ldb, beta, C, false, ldc, bias, residual);
+}
+
+void cuda_product_bf16(bool ta, bool tb, int m, int n, int k, cuda_operand A, int lda, cuda_operand B, int ldb,
+                       float beta, void *C, bool c16, int ldc, const float *residual) {
+    if (!ready() || m <= 0 || n <= 0) return;
+    const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const __nv_bfloat16 *a = A.bf16 ? (const __nv_bfloat16 *)A.p
+                                    : operand_bf16(SCRATCH_BF16_A, (const float *)A.p, operand_size(opa, lda, k, m),
+                                                   A.weight, A.reuse);
+    const __nv_bfloat16 *b = B.bf16 ? (const __nv_bfloat16 *)B.p
+                                    : operand_bf16(SCRATCH_BF16_B, (const float *)B.p, operand_size(opb, ldb, n, k),
+                                                   B.weight, B.reuse);
+    if (!a || !b) return;  // noted by cuda_scratch
+    if (!product_bf16(opa, opb, m, n, k, a, lda, b, ldb, beta, C, c16, ldc, NULL, residual) && residual)
+        cuda_add_inplace((float *)C, residual, (long)m * n);  // (ldc == m: the callers' outputs are dense)
 }
 
 // a_weight / b_weight: which operand is a weight matrix (its bf16 copy is cached). bias,

@@ -85,7 +85,8 @@ static void compare_case(const char *name, const char *precision, double tol) {
             CHECK_MSG(d <= tol, "%s %s: gradient of %s differs by %.3g", name, precision, q->name, d);
             if (d > worst) worst = d;
         }
-        printf("# %s %s: logits and gradients within %.3g of the cpu\n", name, precision, worst);
+        printf("# %s %s (MLP activations of %zu bytes): logits and gradients within %.3g of the cpu\n", name,
+               precision, cuda_mlp_act_bytes(), worst);
         free(lc), free(lg);
     }
     pair_close(&p);
@@ -98,9 +99,18 @@ static void test_fp32_matches_cpu(void) {
     for (size_t i = 0; i < sizeof CASES / sizeof *CASES; i++) compare_case(CASES[i], "fp32", 1e-4);
 }
 
+// With the MLP's [N, F] tensors in bf16 (the default) and in fp32.
 static void test_bf16_within_tolerance(void) {
     NEED_GPU();
-    for (size_t i = 0; i < sizeof CASES / sizeof *CASES; i++) compare_case(CASES[i], "bf16", 3e-2);
+    for (int act16 = 1; act16 >= 0; act16--) {
+        cuda_set_act16(act16);
+        CHECK(tp_backend_set_matmul(cuda(), "bf16") == 0);
+        CHECK(cuda_mlp_act_bytes() == (act16 ? 2 : 4));
+        for (size_t i = 0; i < sizeof CASES / sizeof *CASES; i++) compare_case(CASES[i], "bf16", 3e-2);
+    }
+    cuda_set_act16(-1);
+    CHECK(tp_backend_set_matmul(cuda(), "fp32") == 0);
+    CHECK(cuda_mlp_act_bytes() == 4);
 }
 
 // Five AdamW steps with clipping and a cosine schedule on both backends.
@@ -132,10 +142,11 @@ static void test_training_steps_match(void) {
     CHECK_CUDA_OK();
 }
 
-// The same batch twice gives the same bits, and recomputing activations changes nothing.
-static void test_deterministic_and_recompute(void) {
-    NEED_GPU();
+// The same batch twice gives the same bits, and recomputing activations changes nothing,
+// with fp32 products and with bf16 ones (the MLP's tensors in bf16).
+static void deterministic_case(const char *precision) {
     pair p;
+    CHECK(tp_backend_set_matmul(cuda(), precision) == 0);
     if (pair_open(&p, "llama3", true) == 0) {
         tp_err err;
         size_t bytes = p.gpu->n_floats * sizeof(float);
@@ -151,12 +162,19 @@ static void test_deterministic_and_recompute(void) {
             memcpy(g[run], p.gpu->g, bytes);
             loss[run] = l.sum;
         }
-        CHECK(loss[0] == loss[1] && memcmp(g[0], g[1], bytes) == 0);
-        CHECK(loss[0] == loss[2] && memcmp(g[0], g[2], bytes) == 0);
+        CHECK_MSG(loss[0] == loss[1] && memcmp(g[0], g[1], bytes) == 0, "%s: two runs differ", precision);
+        CHECK_MSG(loss[0] == loss[2] && memcmp(g[0], g[2], bytes) == 0, "%s: recomputing changed bits", precision);
         for (int run = 0; run < 3; run++) free(g[run]);
     }
     pair_close(&p);
+    CHECK(tp_backend_set_matmul(cuda(), "fp32") == 0);
     CHECK_CUDA_OK();
+}
+
+static void test_deterministic_and_recompute(void) {
+    NEED_GPU();
+    deterministic_case("fp32");
+    deterministic_case("bf16");
 }
 
 // A random Qwen2-style model of head size HD (hidden 256, 2 layers, vocabulary 1000) on the

@@ -644,6 +644,108 @@ static void test_swiglu_add_rows(void) {
     cuda_free(d_idx), cuda_free(d_x), cuda_free(d_rows), cuda_free(d_drows), cuda_free(d_dx);
 }
 
+// ---- the MLP block (mlp.cu) ----
+
+// A device buffer of `bytes` bytes of 0xFF: NaN read as fp32 and as bf16.
+static void *dev_poisoned_bytes(size_t bytes) {
+    unsigned char *h = malloc(bytes + 4);
+    memset(h, 0xFF, bytes);
+    void *d = dev_copy(h, bytes);
+    free(h);
+    return d;
+}
+
+// n elements of an MLP activation buffer (element_bytes 2: bf16, 4: fp32) as host floats.
+static float *act_host(const void *d, size_t n, size_t element_bytes) {
+    if (element_bytes == 4) return host_of(d, n);
+    uint16_t *h16 = malloc(n * 2 + 4);
+    float *h = malloc(n * 4 + 4);
+    cuda_download(h16, d, n * 2);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits = (uint32_t)h16[i] << 16;
+        memcpy(&h[i], &bits, 4);
+    }
+    free(h16);
+    return h;
+}
+
+static void expect_act_close(const char *what, const void *d, const float *ref, size_t n, size_t eb, double tol) {
+    float *got = act_host(d, n, eb);
+    double e = max_rel(got, ref, n);
+    if (e > worst_seen) worst_seen = e;
+    CHECK_MSG(e <= tol, "%s: max rel err %.3g > %.1g", what, e, tol);
+    free(got);
+}
+
+// The three MLP ops against the CPU's (fp32 throughout) on one shape. act16: the [N, F]
+// tensors in bf16 (with bf16 products; -1 the default). offset: the [N, F] buffers start
+// this many elements into their allocations (1: not 16-byte aligned, the one-at-a-time
+// SwiGLU kernel and products on 2-byte aligned pointers).
+static void mlp_case(int N, int C, int F, const char *precision, int act16, int offset, double tol) {
+    CHECK(cuda_set_matmul_precision(precision) == 0);
+    cuda_set_act16(act16);
+    const size_t eb = cuda_mlp_act_bytes(), nf = (size_t)N * F, nc = (size_t)N * C, nw = (size_t)F * C;
+    CHECK(eb == (!strcmp(precision, "bf16") && act16 != 0 ? 2u : 4u));
+    float *x = rnd(nc), *res = rnd(nc), *dout = rnd(nc), *wg = rnd(nw), *wu = rnd(nw), *wd = rnd(nw);
+    float *dwg = rnd(nw), *dwu = rnd(nw), *dwd = rnd(nw);
+    for (size_t i = 0; i < nw; i++) wg[i] *= 0.2f, wu[i] *= 0.2f, wd[i] *= 0.1f;  // gate values of a few units
+    float *act = malloc(nf * 4), *gate = malloc(nf * 4), *up = malloc(nf * 4), *out = malloc(nc * 4);
+    float *dx = malloc(nc * 4), *dact = malloc(nf * 4), *dgate = malloc(nf * 4), *dup = malloc(nf * 4);
+    float *d_x = dev_copy(x, nc * 4), *d_res = dev_copy(res, nc * 4), *d_dout = dev_copy(dout, nc * 4);
+    float *d_wg = dev_copy(wg, nw * 4), *d_wu = dev_copy(wu, nw * 4), *d_wd = dev_copy(wd, nw * 4);
+    float *d_dwg = dev_copy(dwg, nw * 4), *d_dwu = dev_copy(dwu, nw * 4), *d_dwd = dev_copy(dwd, nw * 4);
+    float *d_out = dev_poisoned(nc), *d_dx = dev_poisoned(nc);
+    char *bufs[6];  // act, gate, up, dact, dgate, dup
+    for (int i = 0; i < 6; i++) bufs[i] = dev_poisoned_bytes((nf + (size_t)offset) * eb);
+    void *b[6];
+    for (int i = 0; i < 6; i++) b[i] = bufs[i] + (size_t)offset * eb;
+    mlp_up_forward(act, gate, up, x, wg, wu, N, C, F);  // (the weight gradients start equal on both sides)
+    mlp_down_forward(out, act, wd, res, N, F, C);
+    mlp_backward(dx, dwg, dwu, dwd, dout, x, act, gate, up, wg, wu, wd, dact, dgate, dup, N, C, F);
+    cuda_mlp_up_forward(b[0], b[1], b[2], d_x, d_wg, d_wu, N, C, F);
+    cuda_mlp_down_forward(d_out, b[0], d_wd, d_res, N, F, C);
+    cuda_mlp_backward(d_dx, d_dwg, d_dwu, d_dwd, d_dout, d_x, b[0], b[1], b[2], d_wg, d_wu, d_wd, b[3], b[4], b[5], N,
+                      C, F);
+    char what[128];
+    const char *names[6] = {"act", "gate", "up", "dact", "dgate", "dup"};
+    const float *refs[6] = {act, gate, up, dact, dgate, dup};
+    for (int i = 0; i < 6; i++) {
+        snprintf(what, sizeof what, "mlp %s: %dx%dx%d %s, %zu-byte activations%s", names[i], N, C, F, precision, eb,
+                 offset ? ", misaligned" : "");
+        expect_act_close(what, b[i], refs[i], nf, eb, tol);
+    }
+    const float *dev[5] = {d_out, d_dx, d_dwg, d_dwu, d_dwd}, *ref[5] = {out, dx, dwg, dwu, dwd};
+    const char *dnames[5] = {"out", "dx", "dw_gate", "dw_up", "dw_down"};
+    const size_t dn[5] = {nc, nc, nw, nw, nw};
+    for (int i = 0; i < 5; i++) {
+        snprintf(what, sizeof what, "mlp %s: %dx%dx%d %s, %zu-byte activations%s", dnames[i], N, C, F, precision, eb,
+                 offset ? ", misaligned" : "");
+        expect_close(what, dev[i], ref[i], dn[i], tol);
+    }
+    CHECK_CUDA_OK();
+    cuda_set_act16(-1);
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+    float *h[] = {x, res, dout, wg, wu, wd, dwg, dwu, dwd, act, gate, up, out, dx, dact, dgate, dup};
+    for (size_t i = 0; i < sizeof h / sizeof *h; i++) free(h[i]);
+    float *d[] = {d_x, d_res, d_dout, d_wg, d_wu, d_wd, d_dwg, d_dwu, d_dwd, d_out, d_dx};
+    for (size_t i = 0; i < sizeof d / sizeof *d; i++) cuda_free(d[i]);
+    for (int i = 0; i < 6; i++) cuda_free(bufs[i]);
+}
+
+static void test_mlp(void) {
+    NEED_GPU();
+    // N x F not a multiple of 8 (SwiGLU's short last run); N <= 8 (the fp32 path's few-rows
+    // kernel); a Qwen-like ratio of F to C
+    const int shapes[][3] = {{37, 96, 260}, {5, 64, 200}, {128, 128, 704}};
+    for (int s = 0; s < 3; s++) {
+        const int N = shapes[s][0], C = shapes[s][1], F = shapes[s][2];
+        mlp_case(N, C, F, "fp32", -1, 0, 1e-5);
+        mlp_case(N, C, F, "bf16", 1, 0, 1e-2);
+        mlp_case(N, C, F, "bf16", 0, 0, 1e-2);
+    }
+    mlp_case(37, 96, 260, "bf16", 1, 1, 1e-2);
+}
+
 static void test_crossentropy(void) {
     NEED_GPU();
     // rows of 4-float multiples take float4s, the others single floats
@@ -745,6 +847,7 @@ int main(void) {
     RUN(test_fused_fallbacks);
     RUN(test_rope_kv_cache);
     RUN(test_product_plans_evicted);
+    RUN(test_mlp);
     RUN(test_crossentropy);
     RUN(test_crossentropy_nan);
     RUN(test_optimizer_ops);
