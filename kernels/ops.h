@@ -118,9 +118,9 @@ void swiglu_backward(float *dgate, float *dup, const float *dout, const float *g
 // ---- the MLP block of a training step ----
 // gate = x · w_gate^T, up = x · w_up^T, act = silu(gate) * up; out = act · w_down^T + residual.
 // x [N, C], w_gate and w_up [F, C], w_down [C, F]. gate, up and act (and the backward's
-// dact, dgate, dup) [N, F] are kept in the backend's MLP activation type, mlp_act_bytes
-// an element: fp32 here; a GPU backend with bf16 products keeps them in bf16, since only
-// bf16 products and SwiGLU read them. The cpu ops are linear_forward_many + swiglu_forward,
+// dact, dgate, dup) [N, F] take act_bytes an element (tp_backend): fp32 here; a GPU
+// backend with bf16 products keeps them in bf16, since only bf16 products and SwiGLU read
+// them. The cpu ops are linear_forward_many + swiglu_forward,
 // linear_residual_forward, and the backward of the two, with those ops' bits.
 void mlp_up_forward(void *act, void *gate, void *up, const float *x, const float *w_gate, const float *w_up, int N,
                     int C, int F);
@@ -171,6 +171,14 @@ void sample_rows(int32_t *token, const float *logits, const sample_params *param
 // Returns the sum over counted rows of -log softmax(logits)[target] (in double).
 // Run over chunks of tokens so a 151,936-token vocabulary never needs [N, V] floats.
 double crossentropy_forward_backward(float *logits, const int32_t *target, int n, int V, float scale);
+// The output head of a training step on one chunk of n tokens: logits [n, V] = x · w^T
+// (x [n, C], w [V, C]), the loss as crossentropy_forward_backward (returned), then from its
+// gradient dx [n, C] WRITTEN and dw [V, C] += (linear_backward_many). logits is scratch of
+// n*V elements of act_bytes each (a GPU backend with bf16 products keeps them in bf16,
+// as torch's autocast computes them, and the loss from those values); here it is fp32 and
+// these are those three ops' bits.
+double head_loss_backward(float *dx, float *dw, const float *x, const float *w, const int32_t *target, void *logits,
+                          int n, int C, int V, float scale);
 
 // ---- optimizer ----
 // AdamW on one tensor of n parameters, in float with torch's single-tensor order:

@@ -52,7 +52,7 @@ static const tp_backend CPU = {
     .attention_forward = attention_forward,
     .attention_backward = attention_backward,
     .attention_decode = attention_decode,
-    .mlp_act_bytes = fp32_bytes,
+    .act_bytes = fp32_bytes,
     .mlp_up_forward = mlp_up_forward,
     .mlp_down_forward = mlp_down_forward,
     .mlp_backward = mlp_backward,
@@ -63,6 +63,7 @@ static const tp_backend CPU = {
     .scatter_add_rows = scatter_add_rows,
     .sample_rows = sample_rows,
     .crossentropy_forward_backward = crossentropy_forward_backward,
+    .head_loss_backward = head_loss_backward,
     .adamw_span = adamw_span,
     .sum_squares = sum_squares,
     .scale = scale_inplace,
@@ -112,7 +113,7 @@ static const tp_backend CUDA = {
     .rope_backward = cuda_rope_backward,
     .attention_forward = cuda_attention_forward,
     .attention_backward = cuda_attention_backward,
-    .mlp_act_bytes = cuda_mlp_act_bytes,
+    .act_bytes = cuda_act_bytes,
     .mlp_up_forward = cuda_mlp_up_forward,
     .mlp_down_forward = cuda_mlp_down_forward,
     .mlp_backward = cuda_mlp_backward,
@@ -124,6 +125,7 @@ static const tp_backend CUDA = {
     .attention_decode = cuda_attention_decode,
     .sample_rows = cuda_sample_rows,
     .crossentropy_forward_backward = cuda_crossentropy_forward_backward,
+    .head_loss_backward = cuda_head_loss_backward,
     .adamw_span = cuda_adamw_span,
     .sum_squares = cuda_sum_squares,
     .scale = cuda_scale,
@@ -232,6 +234,12 @@ static double p_crossentropy(float *logits, const int32_t *t, int n, int V, floa
     PROF("crossentropy", r = cuda_crossentropy_forward_backward(logits, t, n, V, scale));
     return r;
 }
+static double p_head_loss_backward(float *dx, float *dw, const float *x, const float *w, const int32_t *t, void *z,
+                                   int n, int C, int V, float scale) {
+    double r;
+    PROF("head_loss_backward", r = cuda_head_loss_backward(dx, dw, x, w, t, z, n, C, V, scale));
+    return r;
+}
 static void p_adamw_span(float *p, const float *g, float *m, float *v, size_t n, float df, float b1, float b2,
                          float ss, float bc2, float eps) {
     PROF("adamw", cuda_adamw_span(p, g, m, v, n, df, b1, b2, ss, bc2, eps));
@@ -280,7 +288,7 @@ static const tp_backend CUDA_PROFILED = {
     .rope_backward = p_rope_backward,
     .attention_forward = p_attention_forward,
     .attention_backward = p_attention_backward,
-    .mlp_act_bytes = cuda_mlp_act_bytes,
+    .act_bytes = cuda_act_bytes,
     .mlp_up_forward = p_mlp_up_forward,
     .mlp_down_forward = p_mlp_down_forward,
     .mlp_backward = p_mlp_backward,
@@ -292,6 +300,7 @@ static const tp_backend CUDA_PROFILED = {
     .attention_decode = p_attention_decode,
     .sample_rows = p_sample_rows,
     .crossentropy_forward_backward = p_crossentropy,
+    .head_loss_backward = p_head_loss_backward,
     .adamw_span = p_adamw_span,
     .sum_squares = p_sum_squares,
     .scale = p_scale,

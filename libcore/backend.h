@@ -79,8 +79,9 @@ typedef struct tp_backend {
                                const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
     void (*attention_decode)(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
                              const int32_t *len, int n, int NH, int KVH, int HD, float scale);
-    // The MLP block; its [N, F] tensors take mlp_act_bytes() bytes an element (4: fp32, 2: bf16).
-    size_t (*mlp_act_bytes)(void);
+    // Bytes an element (4: fp32, 2: bf16) of the activations only products and elementwise
+    // ops read: the MLP block's [N, F] tensors, a head chunk's logits (ops.h).
+    size_t (*act_bytes)(void);
     void (*mlp_up_forward)(void *act, void *gate, void *up, const float *x, const float *w_gate, const float *w_up,
                            int N, int C, int F);
     void (*mlp_down_forward)(float *out, const void *act, const float *w_down, const float *residual, int N, int F,
@@ -96,6 +97,8 @@ typedef struct tp_backend {
     // token and params are host arrays (ops.h); synchronizes.
     void (*sample_rows)(int32_t *token, const float *logits, const struct sample_params *params, int n, int V);
     double (*crossentropy_forward_backward)(float *logits, const int32_t *target, int n, int V, float scale);
+    double (*head_loss_backward)(float *dx, float *dw, const float *x, const float *w, const int32_t *target,
+                                 void *logits, int n, int C, int V, float scale);
     void (*adamw_span)(float *p, const float *g, float *m, float *v, size_t n, float decay_factor, float b1, float b2,
                        float step_size, float bc2_sqrt, float eps);
     double (*sum_squares)(const float *x, size_t n);

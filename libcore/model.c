@@ -26,7 +26,7 @@ typedef struct layer_acts {
     float *att, *lse;      // attention output [N, Q], log-sum-exp [N*NH]
     float *mid;            // residual after attention [N, C]
     float *ln2, *rstd2;    // [N, C], [N]
-    void *gate, *up, *act;   // [N, F] of the backend's MLP activation type (mlp_act_bytes)
+    void *gate, *up, *act;   // [N, F] of the backend's MLP activation type (act_bytes)
 } layer_acts;
 
 struct tp_activations {
@@ -39,11 +39,12 @@ struct tp_activations {
     // backward scratch
     float *dres, *dln, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dlnf;
     void *dgate, *dup, *dact;  // [N, F], as layer_acts.gate
-    size_t act_bytes;          // bytes an element of the MLP's [N, F] tensors
-    // head, one chunk of tokens at a time
-    int chunk;
+    size_t act_bytes;          // bytes an element of the MLP's [N, F] tensors and training's logits
+    // head, one chunk of tokens at a time: chunk rows of fp32 logits, or in training
+    // train_chunk rows of act_bytes each in the same buffer (twice the rows in bf16)
+    int chunk, train_chunk;
     int32_t *rows, *target;  // [N], host: the flat index of each target token's predictor, the target
-    float *xg, *dxg, *logits;  // [chunk, C], [chunk, C], [chunk, V]
+    float *xg, *dxg, *logits;  // [train_chunk, C], [train_chunk, C], [chunk, V] floats
     // The batch's integers where the backend reads them: on a device, copies in dev_ints
     // (ids, pos, seg, rows, target: [N] each); on the cpu, the host arrays themselves.
     int32_t *dev_ints;
@@ -102,7 +103,7 @@ static tp_activations *activations_new(const tp_model *m, int N) {
     tp_activations *a = tp_xcalloc(1, sizeof *a);
     a->be = tp_model_backend(m);
     a->N = N;
-    a->act_bytes = a->be->mlp_act_bytes();
+    a->act_bytes = a->be->act_bytes();
     a->n_slots = m->recompute ? 1 : c->num_layers;
     a->res = falloc(a, (size_t)(c->num_layers + 1) * n * C);
     a->slot = tp_xcalloc((size_t)a->n_slots, sizeof *a->slot);
@@ -121,13 +122,15 @@ static tp_activations *activations_new(const tp_model *m, int N) {
     }
     a->lnf = falloc(a, n * C), a->rstdf = falloc(a, n);
     a->chunk = head_chunk(a->be, c->vocab_size, N);
+    a->train_chunk = (int)((size_t)a->chunk * sizeof(float) / a->act_bytes);
+    a->train_chunk = a->train_chunk < N ? a->train_chunk : N;
     a->rows = tp_xmalloc(n * sizeof *a->rows), a->target = tp_xmalloc(n * sizeof *a->target);
     if (a->be->device) {
         a->bytes += 5 * n * sizeof(int32_t);
         a->dev_ints = a->be->alloc(5 * n * sizeof(int32_t));
         if (!a->dev_ints) a->failed = true;
     }
-    a->xg = falloc(a, (size_t)a->chunk * C), a->logits = falloc(a, (size_t)a->chunk * (size_t)c->vocab_size);
+    a->xg = falloc(a, (size_t)a->train_chunk * C), a->logits = falloc(a, (size_t)a->chunk * (size_t)c->vocab_size);
     return a;
 }
 
@@ -136,7 +139,7 @@ static void activations_grad_buffers(tp_activations *a, const tp_model_config *c
     size_t C = (size_t)c->hidden_size, F = (size_t)c->intermediate_size, n = (size_t)a->N;
     size_t Q = (size_t)c->num_heads * c->head_dim, KV = (size_t)c->num_kv_heads * c->head_dim;
     a->dres = falloc(a, n * C), a->dln = falloc(a, n * C), a->dlnf = falloc(a, n * C);
-    a->dxg = falloc(a, (size_t)a->chunk * C);
+    a->dxg = falloc(a, (size_t)a->train_chunk * C);
     a->dq = falloc(a, n * Q), a->dk = falloc(a, n * KV), a->dv = falloc(a, n * KV), a->datt = falloc(a, n * Q);
     if (c->qk_norm) a->dq_raw = falloc(a, n * Q), a->dk_raw = falloc(a, n * KV);
     a->dgate = act_alloc(a, n * F), a->dup = act_alloc(a, n * F), a->dact = act_alloc(a, n * F);
@@ -157,7 +160,7 @@ static tp_activations *activations_for(tp_model *m, int N, bool grads, tp_err *e
     tp_activations *a = m->acts;
     const tp_backend *be = tp_model_backend(m);
     if (!(a && a->N >= N && a->n_slots == (m->recompute ? 1 : m->cfg.num_layers) && a->be == be &&
-          a->act_bytes == be->mlp_act_bytes())) {
+          a->act_bytes == be->act_bytes())) {
         tp_activations_free(a);
         a = m->acts = activations_new(m, N);
     }
@@ -450,14 +453,11 @@ static void head_forward_backward(tp_model *m, tp_activations *a, const tp_batch
     bind_targets(a, n_t);
     if (loss_scale == 0.0f) loss_scale = n_t ? 1.0f / (float)n_t : 0.0f;
     *loss = (tp_loss){0, n_t};
-    for (int i = 0; i < n_t; i += a->chunk) {
-        int n = n_t - i < a->chunk ? n_t - i : a->chunk;
+    for (int i = 0; i < n_t; i += a->train_chunk) {
+        int n = n_t - i < a->train_chunk ? n_t - i : a->train_chunk;
         be->gather_rows(a->xg, a->lnf, a->rows_b + i, n, C);
-        be->linear_forward(a->logits, a->xg, m->W.lm_head, NULL, n, C, V);
-        loss->sum += be->crossentropy_forward_backward(a->logits, a->target_b + i, n, V, loss_scale);
-        // a->logits now holds d/d(logits)
-        be->linear_backward_many(1, a->dxg, (float *[]){m->G.lm_head}, NULL, (const float *[]){a->logits}, a->xg,
-                                 (const float *[]){m->W.lm_head}, (int[]){V}, n, C);
+        loss->sum += be->head_loss_backward(a->dxg, m->G.lm_head, a->xg, m->W.lm_head, a->target_b + i, a->logits, n,
+                                            C, V, loss_scale);
         be->scatter_add_rows(a->dlnf, a->dxg, a->rows_b + i, n, C);
     }
 }

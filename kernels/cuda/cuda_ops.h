@@ -94,9 +94,10 @@ void cuda_rope_kv_cache_forward(float *q, float *k, const float *v, float *k_cac
                                 const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n, int NH,
                                 int KVH, int HD);
 void cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n);
-// The MLP block (ops.h mlp_*): its [N, F] tensors are bf16 in bf16 mode, unless
-// TP_CUDA_ACT16=0 or cuda_set_act16(0) (1 on, -1 back to the default); then fp32.
-size_t cuda_mlp_act_bytes(void);
+// The MLP block (ops.h mlp_*) and the head's logits (head_loss_backward) are kept in bf16
+// in bf16 mode (cuda_act_bytes() 2), unless TP_CUDA_ACT16=0 or cuda_set_act16(0) (1 on,
+// -1 back to the default); then fp32 (4).
+size_t cuda_act_bytes(void);
 void cuda_set_act16(int on);
 void cuda_mlp_up_forward(void *act, void *gate, void *up, const float *x, const float *w_gate, const float *w_up,
                          int N, int C, int F);
@@ -118,6 +119,8 @@ struct sample_params;
 void cuda_sample_rows(int32_t *token, const float *logits, const struct sample_params *params, int n, int V);
 // Returns the loss sum (synchronizes: the per-row losses are added on the host in row order).
 double cuda_crossentropy_forward_backward(float *logits, const int32_t *target, int n, int V, float scale);
+double cuda_head_loss_backward(float *dx, float *dw, const float *x, const float *w, const int32_t *target,
+                               void *logits, int n, int C, int V, float scale);
 
 // ---- optimizer ----
 // AdamW on one parameter tensor, torch's single-tensor arithmetic (see kernels/cpu/optim_ops.c).

@@ -19,7 +19,7 @@
 
 static int act16_forced = -1;  // cuda_set_act16: -1 the default (TP_CUDA_ACT16)
 
-static bool act16(void) {
+bool cuda_act16(void) {
     static int env = -1;
     if (env < 0) {
         const char *e = getenv("TP_CUDA_ACT16");
@@ -29,7 +29,7 @@ static bool act16(void) {
 }
 
 extern "C" void cuda_set_act16(int on) { act16_forced = on < 0 ? -1 : on != 0; }
-extern "C" size_t cuda_mlp_act_bytes(void) { return act16() ? 2 : 4; }
+extern "C" size_t cuda_act_bytes(void) { return cuda_act16() ? 2 : 4; }
 
 // ---- SwiGLU on bf16: out = silu(gate) * up, the fp32 kernel's formula ----
 
@@ -116,7 +116,7 @@ static cuda_operand bf16(const void *x) { return {x, true, false, false}; }
 extern "C" void cuda_mlp_up_forward(void *act, void *gate, void *up, const float *x, const float *w_gate,
                                     const float *w_up, int N, int C, int F) {
     if (N <= 0 || F <= 0) return;
-    if (!act16()) {
+    if (!cuda_act16()) {
         float *const outs[2] = {(float *)gate, (float *)up};
         const float *const ws[2] = {w_gate, w_up}, *const bs[2] = {NULL, NULL};
         const int ocs[2] = {F, F};
@@ -133,7 +133,7 @@ extern "C" void cuda_mlp_up_forward(void *act, void *gate, void *up, const float
 extern "C" void cuda_mlp_down_forward(float *out, const void *act, const float *w_down, const float *residual, int N,
                                       int F, int C) {
     if (N <= 0) return;
-    if (!act16()) {
+    if (!cuda_act16()) {
         cuda_linear_residual_forward(out, (const float *)act, w_down, NULL, residual, N, F, C);
         return;
     }
@@ -145,7 +145,7 @@ extern "C" void cuda_mlp_backward(float *dx, float *dw_gate, float *dw_up, float
                                   const float *w_gate, const float *w_up, const float *w_down, void *dact, void *dgate,
                                   void *dup, int N, int C, int F) {
     if (N <= 0) return;
-    if (!act16()) {
+    if (!cuda_act16()) {
         const float *const d1[1] = {dout}, *const w1[1] = {w_down};
         float *const g1[1] = {dw_down};
         const int oc1[1] = {C};

@@ -86,7 +86,7 @@ static void compare_case(const char *name, const char *precision, double tol) {
             if (d > worst) worst = d;
         }
         printf("# %s %s (MLP activations of %zu bytes): logits and gradients within %.3g of the cpu\n", name,
-               precision, cuda_mlp_act_bytes(), worst);
+               precision, cuda_act_bytes(), worst);
         free(lc), free(lg);
     }
     pair_close(&p);
@@ -105,12 +105,12 @@ static void test_bf16_within_tolerance(void) {
     for (int act16 = 1; act16 >= 0; act16--) {
         cuda_set_act16(act16);
         CHECK(tp_backend_set_matmul(cuda(), "bf16") == 0);
-        CHECK(cuda_mlp_act_bytes() == (act16 ? 2 : 4));
+        CHECK(cuda_act_bytes() == (act16 ? 2 : 4));
         for (size_t i = 0; i < sizeof CASES / sizeof *CASES; i++) compare_case(CASES[i], "bf16", 3e-2);
     }
     cuda_set_act16(-1);
     CHECK(tp_backend_set_matmul(cuda(), "fp32") == 0);
-    CHECK(cuda_mlp_act_bytes() == 4);
+    CHECK(cuda_act_bytes() == 4);
 }
 
 // Five AdamW steps with clipping and a cosine schedule on both backends.

@@ -684,7 +684,7 @@ static void expect_act_close(const char *what, const void *d, const float *ref, 
 static void mlp_case(int N, int C, int F, const char *precision, int act16, int offset, double tol) {
     CHECK(cuda_set_matmul_precision(precision) == 0);
     cuda_set_act16(act16);
-    const size_t eb = cuda_mlp_act_bytes(), nf = (size_t)N * F, nc = (size_t)N * C, nw = (size_t)F * C;
+    const size_t eb = cuda_act_bytes(), nf = (size_t)N * F, nc = (size_t)N * C, nw = (size_t)F * C;
     CHECK(eb == (!strcmp(precision, "bf16") && act16 != 0 ? 2u : 4u));
     float *x = rnd(nc), *res = rnd(nc), *dout = rnd(nc), *wg = rnd(nw), *wu = rnd(nw), *wd = rnd(nw);
     float *dwg = rnd(nw), *dwu = rnd(nw), *dwd = rnd(nw);
@@ -744,6 +744,50 @@ static void test_mlp(void) {
         mlp_case(N, C, F, "bf16", 0, 0, 1e-2);
     }
     mlp_case(37, 96, 260, "bf16", 1, 1, 1e-2);
+}
+
+// The head of a training step on one chunk: loss, the gradient left in the logits, dx
+// (written) and dw (accumulated) against the CPU's fp32; rows with target -1 count nothing.
+static void head_case(int n, int C, int V, const char *precision, int act16, double tol) {
+    CHECK(cuda_set_matmul_precision(precision) == 0);
+    cuda_set_act16(act16);
+    const size_t eb = cuda_act_bytes(), nx = (size_t)n * C, nw = (size_t)V * C, nz = (size_t)n * V;
+    float *x = rnd(nx), *w = rnd(nw), *dw = rnd(nw), *dx = malloc(nx * 4), *z = malloc(nz * 4);
+    for (size_t i = 0; i < nw; i++) w[i] *= 0.5f;  // logits of a few units
+    int32_t *t = malloc((size_t)n * sizeof *t);
+    for (int r = 0; r < n; r++) t[r] = r % 5 == 3 ? -1 : (int32_t)(test_rand() % (unsigned)V);
+    float *d_x = dev_copy(x, nx * 4), *d_w = dev_copy(w, nw * 4), *d_dw = dev_copy(dw, nw * 4), *d_dx = dev_poisoned(nx);
+    int32_t *d_t = dev_copy(t, (size_t)n * sizeof *t);
+    void *d_z = dev_poisoned_bytes(nz * eb);
+    const float scale = 0.25f;
+    double loss = head_loss_backward(dx, dw, x, w, t, z, n, C, V, scale);
+    double d_loss = cuda_head_loss_backward(d_dx, d_dw, d_x, d_w, d_t, d_z, n, C, V, scale);
+    CHECK_MSG(fabs(d_loss - loss) <= tol * fabs(loss), "head %dx%dx%d %s, %zu-byte logits: loss %.9g vs %.9g", n, C,
+              V, precision, eb, d_loss, loss);
+    char what[128];
+    snprintf(what, sizeof what, "head dlogits: %dx%dx%d %s, %zu-byte logits", n, C, V, precision, eb);
+    expect_act_close(what, d_z, z, nz, eb, tol);
+    snprintf(what, sizeof what, "head dx: %dx%dx%d %s, %zu-byte logits", n, C, V, precision, eb);
+    expect_close(what, d_dx, dx, nx, tol);
+    snprintf(what, sizeof what, "head dw: %dx%dx%d %s, %zu-byte logits", n, C, V, precision, eb);
+    expect_close(what, d_dw, dw, nw, tol);
+    CHECK_CUDA_OK();
+    cuda_set_act16(-1);
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+    free(x), free(w), free(dw), free(dx), free(z), free(t);
+    cuda_free(d_x), cuda_free(d_w), cuda_free(d_dw), cuda_free(d_dx), cuda_free(d_t), cuda_free(d_z);
+}
+
+static void test_head_loss(void) {
+    NEED_GPU();
+    // V of 8-element multiples (16-byte bf16 runs) and not; Qwen's vocabulary
+    const int shapes[][3] = {{20, 64, 5000}, {7, 96, 4099}, {3, 64, 151936}};
+    for (int s = 0; s < 3; s++) {
+        const int n = shapes[s][0], C = shapes[s][1], V = shapes[s][2];
+        head_case(n, C, V, "fp32", -1, 1e-5);
+        head_case(n, C, V, "bf16", 1, 1e-2);
+        head_case(n, C, V, "bf16", 0, 1e-2);
+    }
 }
 
 static void test_crossentropy(void) {
@@ -848,6 +892,7 @@ int main(void) {
     RUN(test_rope_kv_cache);
     RUN(test_product_plans_evicted);
     RUN(test_mlp);
+    RUN(test_head_loss);
     RUN(test_crossentropy);
     RUN(test_crossentropy_nan);
     RUN(test_optimizer_ops);
