@@ -176,7 +176,8 @@ double crossentropy_forward_backward(float *logits, const int32_t *target, int n
 // gradient dx [n, C] WRITTEN and dw [V, C] += (linear_backward_many). logits is scratch of
 // n*V elements of act_bytes each (a GPU backend with bf16 products keeps them in bf16,
 // as torch's autocast computes them, and the loss from those values); here it is fp32 and
-// these are those three ops' bits.
+// these are those three ops' bits. (A log-prob that must equal another path's exactly, as
+// GRPO's on-policy ratio needs, must come from logits of the same type on both paths.)
 double head_loss_backward(float *dx, float *dw, const float *x, const float *w, const int32_t *target, void *logits,
                           int n, int C, int V, float scale);
 
