@@ -172,7 +172,7 @@ static bool lt_ready(void) {
 // assumes 256-byte aligned matrices unless told otherwise.
 static unsigned alignment(const void *p) {
     unsigned a = 256;
-    while (a > 4 && ((uintptr_t)p & (a - 1))) a /= 2;
+    while (a > 1 && ((uintptr_t)p & (a - 1))) a /= 2;
     return a;
 }
 

@@ -177,6 +177,40 @@ static void test_deterministic_and_recompute(void) {
     deterministic_case("bf16");
 }
 
+// The same random model (config json, weights from seed 7) on the cpu (m[0]) and the gpu
+// (m[1], with gradients); false, with a failed check, when either cannot be made.
+static bool random_pair(const char *json, tp_model *m[2]) {
+    tp_err err;
+    m[0] = m[1] = NULL;
+    for (int i = 0; i < 2; i++) {
+        jv cfg;
+        CHECK_MSG(tp_json_parse(json, strlen(json), &cfg, &err) == 0, "%s", err.msg);
+        m[i] = tp_model_new(cfg, &err);
+        CHECK_MSG(m[i] != NULL, "%s", err.msg);
+        if (!m[i]) break;
+        tp_model_init_weights(m[i], 7);
+    }
+    if (!m[0] || !m[1] || tp_model_use_backend(m[1], cuda(), true, &err) < 0) {
+        CHECK_MSG(false, "random model: %s", err.msg);
+        tp_model_free(m[0]), tp_model_free(m[1]);
+        return false;
+    }
+    return true;
+}
+
+// Relative L2 distance of the gpu model's gradients from the cpu's, the worst tensor
+// (pulls the gpu's first).
+static double worst_gradient(tp_model *m[2], const char **which) {
+    tp_model_pull(m[1], true);
+    double worst = 0;
+    for (int i = 0; i < m[0]->n_params; i++) {
+        const tp_param *q = &m[0]->params[i];
+        double d = rel_l2(m[1]->g + q->offset, m[0]->g + q->offset, q->numel);
+        if (d > worst) worst = d, *which = q->name;
+    }
+    return worst;
+}
+
 // A random Qwen2-style model of head size HD (hidden 256, 2 layers, vocabulary 1000) on the
 // cpu and on the gpu in bf16 mode, through each tensor-core attention kernel in turn: the
 // loss and every gradient within bf16 tolerance of the cpu's fp32, over packed rows.
@@ -188,20 +222,8 @@ static void tensor_core_case(int HD) {
              "\"rms_norm_eps\": 1e-6, \"rope_theta\": 10000.0, \"tie_word_embeddings\": true}",
              256 / HD, 256 / HD / 2);
     tp_err err;
-    tp_model *m[2] = {NULL, NULL};  // cpu, gpu
-    for (int i = 0; i < 2; i++) {
-        jv cfg;
-        CHECK_MSG(tp_json_parse(json, strlen(json), &cfg, &err) == 0, "%s", err.msg);
-        m[i] = tp_model_new(cfg, &err);
-        CHECK_MSG(m[i] != NULL, "%s", err.msg);
-        if (!m[i]) break;
-        tp_model_init_weights(m[i], 7);
-    }
-    if (!m[0] || !m[1] || tp_model_use_backend(m[1], cuda(), true, &err) < 0) {
-        CHECK_MSG(false, "HD %d model: %s", HD, err.msg);
-        tp_model_free(m[0]), tp_model_free(m[1]);
-        return;
-    }
+    tp_model *m[2];  // cpu, gpu
+    if (!random_pair(json, m)) return;
     enum { B = 2, T = 160 };
     int32_t ids[B * T], pos[B * T], seg[B * T];
     uint8_t mask[B * T];
@@ -224,15 +246,10 @@ static void tensor_core_case(int HD) {
         CHECK_STR(cuda_attention_last_path(), kernels[k]);
         CHECK_MSG(fabs(lg.sum - lc.sum) <= 3e-2 * fabs(lc.sum), "HD %d %s: loss %.9g vs %.9g", HD, kernels[k],
                   lg.sum, lc.sum);
-        tp_model_pull(m[1], true);
-        double worst = 0;
-        for (int i = 0; i < m[0]->n_params; i++) {
-            const tp_param *q = &m[0]->params[i];
-            double d = rel_l2(m[1]->g + q->offset, m[0]->g + q->offset, q->numel);
-            // 5e-2: the fixtures' bf16 worst is ~1.8e-2; a wrong attention kernel is off by O(1)
-            CHECK_MSG(d <= 5e-2, "HD %d %s: gradient of %s differs by %.3g", HD, kernels[k], q->name, d);
-            worst = d > worst ? d : worst;
-        }
+        const char *which = "";
+        double worst = worst_gradient(m, &which);
+        // 5e-2: the fixtures' bf16 worst is ~1.8e-2; a wrong attention kernel is off by O(1)
+        CHECK_MSG(worst <= 5e-2, "HD %d %s: gradient of %s differs by %.3g", HD, kernels[k], which, worst);
         printf("# random model, HD %d, bf16 with %s attention: loss %.6f (cpu %.6f), gradients within %.3g\n", HD,
                kernels[k], lg.sum / lg.count, lc.sum / lc.count, worst);
     }
@@ -245,6 +262,49 @@ static void test_tensor_core_attention(void) {
     NEED_GPU();
     tensor_core_case(64);
     tensor_core_case(128);
+}
+
+// Qwen's vocabulary and 4096 target tokens: the training head takes several chunks (883
+// rows of fp32 logits, 1766 of bf16 ones, in the same buffer), so the chunk loop, the
+// scatter of each chunk's dx and the weight gradient summed over chunks are all checked
+// against the cpu (55 rows a chunk there), with bf16 logits and with fp32 ones.
+static void test_head_chunks(void) {
+    NEED_GPU();
+    const char *json = "{\"model_type\": \"qwen2\", \"vocab_size\": 151936, \"hidden_size\": 64, "
+                       "\"intermediate_size\": 128, \"num_hidden_layers\": 1, \"num_attention_heads\": 1, "
+                       "\"num_key_value_heads\": 1, \"rms_norm_eps\": 1e-6, \"rope_theta\": 10000.0, "
+                       "\"tie_word_embeddings\": true}";
+    tp_model *m[2];
+    if (!random_pair(json, m)) return;
+    enum { B = 2, T = 2048 };
+    int32_t *ids = malloc(B * T * sizeof *ids), *pos = malloc(B * T * sizeof *pos), *seg = malloc(B * T * sizeof *seg);
+    uint8_t *mask = malloc(B * T);
+    for (int i = 0; i < B * T; i++)
+        ids[i] = (int32_t)(((long)i * 7919 + 13) % 151936), pos[i] = i % T, seg[i] = i / T * T, mask[i] = 1;
+    tp_batch b = {B, T, ids, pos, seg, mask};
+    tp_err err;
+    tp_loss lc, lg;
+    tp_model_zero_grad(m[0]);
+    CHECK(tp_model_forward_backward(m[0], &b, 0, &lc, &err) == 0);
+    CHECK(tp_backend_set_matmul(cuda(), "bf16") == 0);
+    for (int act16 = 1; act16 >= 0; act16--) {
+        cuda_set_act16(act16);
+        tp_model_zero_grad(m[1]);
+        int rc = tp_model_forward_backward(m[1], &b, 0, &lg, &err);
+        CHECK_MSG(rc == 0, "%s", err.msg);
+        CHECK(lg.count == lc.count && lc.count == B * (T - 1));
+        CHECK_MSG(fabs(lg.sum - lc.sum) <= 1e-2 * fabs(lc.sum), "act16 %d: loss %.9g vs %.9g", act16, lg.sum, lc.sum);
+        const char *which = "";
+        double worst = worst_gradient(m, &which);
+        CHECK_MSG(worst <= 5e-2, "act16 %d: gradient of %s differs by %.3g", act16, which, worst);
+        printf("# vocabulary 151936, 4094 targets, %s logits: loss %.6f (cpu %.6f), gradients within %.3g\n",
+               act16 ? "bf16" : "fp32", lg.sum / lg.count, lc.sum / lc.count, worst);
+    }
+    cuda_set_act16(-1);
+    CHECK(tp_backend_set_matmul(cuda(), "fp32") == 0);
+    free(ids), free(pos), free(seg), free(mask);
+    tp_model_free(m[0]), tp_model_free(m[1]);
+    CHECK_CUDA_OK();
 }
 
 // Activations that cannot fit: a message with the sizes and a hint, no crash, and the
@@ -304,6 +364,7 @@ int main(void) {
     RUN(test_training_steps_match);
     RUN(test_deterministic_and_recompute);
     RUN(test_tensor_core_attention);
+    RUN(test_head_chunks);
     RUN(test_out_of_memory_message);
 #else
     RUN(test_no_cuda);

@@ -688,7 +688,10 @@ static void mlp_case(int N, int C, int F, const char *precision, int act16, int 
     CHECK(eb == (!strcmp(precision, "bf16") && act16 != 0 ? 2u : 4u));
     float *x = rnd(nc), *res = rnd(nc), *dout = rnd(nc), *wg = rnd(nw), *wu = rnd(nw), *wd = rnd(nw);
     float *dwg = rnd(nw), *dwu = rnd(nw), *dwd = rnd(nw);
-    for (size_t i = 0; i < nw; i++) wg[i] *= 0.2f, wu[i] *= 0.2f, wd[i] *= 0.1f;  // gate values of a few units
+    for (size_t i = 0; i < nw; i++) {
+        wg[i] *= 0.2f, wu[i] *= 0.2f, wd[i] *= 0.1f;  // gate values of a few units
+        dwg[i] *= 0.01f, dwu[i] *= 0.01f, dwd[i] *= 0.01f;  // accumulated into, but the increment dominates
+    }
     float *act = malloc(nf * 4), *gate = malloc(nf * 4), *up = malloc(nf * 4), *out = malloc(nc * 4);
     float *dx = malloc(nc * 4), *dact = malloc(nf * 4), *dgate = malloc(nf * 4), *dup = malloc(nf * 4);
     float *d_x = dev_copy(x, nc * 4), *d_res = dev_copy(res, nc * 4), *d_dout = dev_copy(dout, nc * 4);
@@ -714,6 +717,12 @@ static void mlp_case(int N, int C, int F, const char *precision, int act16, int 
                  offset ? ", misaligned" : "");
         expect_act_close(what, b[i], refs[i], nf, eb, tol);
     }
+    for (int i = 0; i < 6 && offset; i++) {  // the element before a misaligned buffer is untouched
+        uint16_t before[2] = {0, 0};
+        cuda_download(before, bufs[i], eb);
+        CHECK_MSG(before[0] == 0xFFFF && (eb == 2 || before[1] == 0xFFFF), "mlp %s: written before its start",
+                  names[i]);
+    }
     const float *dev[5] = {d_out, d_dx, d_dwg, d_dwu, d_dwd}, *ref[5] = {out, dx, dwg, dwu, dwd};
     const char *dnames[5] = {"out", "dx", "dw_gate", "dw_up", "dw_down"};
     const size_t dn[5] = {nc, nc, nw, nw, nw};
@@ -732,6 +741,9 @@ static void mlp_case(int N, int C, int F, const char *precision, int act16, int 
     for (int i = 0; i < 6; i++) cuda_free(bufs[i]);
 }
 
+// bf16 tolerance 2e-2: gate, up and act, and the gradients, are each rounded to bf16 as
+// well as the products' operands (a numpy model of these shapes puts the worst case near
+// 1.2e-2 over 300 seeds).
 static void test_mlp(void) {
     NEED_GPU();
     // N x F not a multiple of 8 (SwiGLU's short last run); N <= 8 (the fp32 path's few-rows
@@ -740,10 +752,10 @@ static void test_mlp(void) {
     for (int s = 0; s < 3; s++) {
         const int N = shapes[s][0], C = shapes[s][1], F = shapes[s][2];
         mlp_case(N, C, F, "fp32", -1, 0, 1e-5);
-        mlp_case(N, C, F, "bf16", 1, 0, 1e-2);
-        mlp_case(N, C, F, "bf16", 0, 0, 1e-2);
+        mlp_case(N, C, F, "bf16", 1, 0, 2e-2);
+        mlp_case(N, C, F, "bf16", 0, 0, 2e-2);
     }
-    mlp_case(37, 96, 260, "bf16", 1, 1, 1e-2);
+    mlp_case(37, 96, 260, "bf16", 1, 1, 2e-2);
 }
 
 // The head of a training step on one chunk: loss, the gradient left in the logits, dx
@@ -753,10 +765,11 @@ static void head_case(int n, int C, int V, const char *precision, int act16, dou
     cuda_set_act16(act16);
     const size_t eb = cuda_act_bytes(), nx = (size_t)n * C, nw = (size_t)V * C, nz = (size_t)n * V;
     float *x = rnd(nx), *w = rnd(nw), *dw = rnd(nw), *dx = malloc(nx * 4), *z = malloc(nz * 4);
-    for (size_t i = 0; i < nw; i++) w[i] *= 0.5f;  // logits of a few units
+    for (size_t i = 0; i < nw; i++) w[i] *= 0.5f, dw[i] *= 1e-4f;  // logits up to ~25; dw: the increment dominates
     int32_t *t = malloc((size_t)n * sizeof *t);
     for (int r = 0; r < n; r++) t[r] = r % 5 == 3 ? -1 : (int32_t)(test_rand() % (unsigned)V);
-    float *d_x = dev_copy(x, nx * 4), *d_w = dev_copy(w, nw * 4), *d_dw = dev_copy(dw, nw * 4), *d_dx = dev_poisoned(nx);
+    float *d_x = dev_copy(x, nx * 4), *d_w = dev_copy(w, nw * 4), *d_dw = dev_copy(dw, nw * 4);
+    float *d_dx = dev_poisoned(nx);
     int32_t *d_t = dev_copy(t, (size_t)n * sizeof *t);
     void *d_z = dev_poisoned_bytes(nz * eb);
     const float scale = 0.25f;
@@ -778,6 +791,10 @@ static void head_case(int n, int C, int V, const char *precision, int act16, dou
     cuda_free(d_x), cuda_free(d_w), cuda_free(d_dw), cuda_free(d_dx), cuda_free(d_t), cuda_free(d_z);
 }
 
+// bf16 logits of up to ~25 are rounded by up to 0.06, which moves the probabilities (and so
+// the gradient) by up to ~6% of themselves: torch's autocast logits do the same. A numpy
+// model of the shapes puts the worst case at 2.9e-2 of the largest gradient with bf16
+// logits, 1.2e-2 with fp32 ones (bf16 operands only); a wrong index is off by O(1).
 static void test_head_loss(void) {
     NEED_GPU();
     // V of 8-element multiples (16-byte bf16 runs) and not; Qwen's vocabulary
@@ -785,8 +802,8 @@ static void test_head_loss(void) {
     for (int s = 0; s < 3; s++) {
         const int n = shapes[s][0], C = shapes[s][1], V = shapes[s][2];
         head_case(n, C, V, "fp32", -1, 1e-5);
-        head_case(n, C, V, "bf16", 1, 1e-2);
-        head_case(n, C, V, "bf16", 0, 1e-2);
+        head_case(n, C, V, "bf16", 1, 5e-2);
+        head_case(n, C, V, "bf16", 0, 3e-2);
     }
 }
 
