@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/cpu_ops.h"
 #include "ops.h"
 #ifdef TP_HAVE_CUDA
 #include "cuda/cuda_ops.h"
@@ -70,6 +71,21 @@ static const tp_backend CPU = {
 };
 
 const tp_backend *tp_backend_cpu(void) { return &CPU; }
+
+static size_t bf16_bytes(void) { return 2; }
+
+const tp_backend *tp_backend_cpu_act16(void) {
+    static tp_backend t;
+    if (!t.name) {
+        t = CPU;
+        t.act_bytes = bf16_bytes;
+        t.mlp_up_forward = mlp_up_forward_bf16;
+        t.mlp_down_forward = mlp_down_forward_bf16;
+        t.mlp_backward = mlp_backward_bf16;
+        t.head_loss_backward = head_loss_backward_bf16;
+    }
+    return &t;
+}
 
 #ifdef TP_HAVE_CUDA
 // 512 MB of fp32 logits a chunk (883 rows of Qwen's 151,936). The head's weight gradient

@@ -106,6 +106,10 @@ typedef struct tp_backend {
 } tp_backend;
 
 const tp_backend *tp_backend_cpu(void);
+// The cpu with the activations a GPU with bf16 products keeps in bf16 (act_bytes 2: the MLP's
+// [N, F] tensors, the training head's logits) stored and rounded the same way, products
+// still fp32: for tests of the model's handling of 2-byte activations on any machine.
+const tp_backend *tp_backend_cpu_act16(void);
 // "cpu", "cuda" or "auto" (cuda when this build has it and a GPU is present, else cpu).
 // NULL with a message when the backend cannot be used here (no GPU, a CPU-only build).
 const tp_backend *tp_backend_named(const char *name, tp_err *err);

@@ -45,4 +45,17 @@ void rmsnorm_forward_rows(float *out, const float *x, const float *weight, int C
 // is computed alone), on the calling thread.
 void swiglu_forward_columns(float *out, const float *gate, const float *up, int N, int F, int c0, int c1);
 
+// The MLP block and training head of ops.h with their activations stored in bf16 (2-byte
+// gate, up, act, dact, dgate, dup and logits), rounded where a GPU with bf16 products
+// rounds them; the products stay fp32 (kernels/cpu/mlp.c; tp_backend_cpu_act16).
+void mlp_up_forward_bf16(void *act, void *gate, void *up, const float *x, const float *w_gate, const float *w_up,
+                         int N, int C, int F);
+void mlp_down_forward_bf16(float *out, const void *act, const float *w_down, const float *residual, int N, int F,
+                           int C);
+void mlp_backward_bf16(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const float *x,
+                       const void *act, const void *gate, const void *up, const float *w_gate, const float *w_up,
+                       const float *w_down, void *dact, void *dgate, void *dup, int N, int C, int F);
+double head_loss_backward_bf16(float *dx, float *dw, const float *x, const float *w, const int32_t *target,
+                               void *logits, int n, int C, int V, float scale);
+
 #endif

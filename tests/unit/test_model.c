@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "json.h"
 #include "model.h"
 #include "safetensors.h"
@@ -142,6 +143,90 @@ static void test_recompute_accumulate_rows(void) {
     free(all), free(some), free(g1);
     fixture_close(&f);
     tp_model_free(m);
+}
+
+// The activations a GPU with bf16 products keeps in bf16 (the MLP's [N, F] tensors, the
+// training head's logits), stored and rounded that way on the cpu (tp_backend_cpu_act16):
+// the loss and every gradient within bf16 tolerance of transformers' fp32, and not its
+// fp32 bits (the rounding happened).
+static void test_bf16_activation_storage(void) {
+    for (size_t c = 0; c < sizeof CASES / sizeof *CASES; c++) {
+        fixture f;
+        if (fixture_open(&f, CASES[c]) < 0) continue;
+        tp_model *m = load_case(CASES[c]);
+        tp_err err;
+        if (!m || tp_model_use_backend(m, tp_backend_cpu_act16(), true, &err) < 0) {
+            CHECK_MSG(false, "%s: no model", CASES[c]);
+            fixture_close(&f), tp_model_free(m);
+            continue;
+        }
+        tp_loss loss;
+        tp_model_zero_grad(m);
+        CHECK_MSG(tp_model_forward_backward(m, &f.batch, 0.0f, &loss, &err) == 0, "%s", err.msg);
+        const tp_tensor *want_loss = want(&f, "loss");
+        double ref = want_loss ? tp_tensor_get(want_loss->data, want_loss->dtype, 0) : NAN;
+        double e_loss = fabs(loss.sum / (double)loss.count - ref) / fabs(ref), worst = 0;
+        CHECK_MSG(e_loss <= 1e-2, "%s: loss off by %.3g with bf16 activations", CASES[c], e_loss);
+        for (int i = 0; i < m->n_params; i++) {
+            const tp_param *p = &m->params[i];
+            char gname[128];
+            snprintf(gname, sizeof gname, "grad.%s", p->name);
+            const tp_tensor *g = want(&f, gname);
+            double e = g ? rel_l2(m->g + p->offset, g, p->numel) : INFINITY;
+            CHECK_MSG(e <= 3e-2, "%s: %s gradient off by %.3g with bf16 activations", CASES[c], p->name, e);
+            worst = fmax(worst, e);
+        }
+        CHECK_MSG(worst > 1e-5, "%s: bf16 activations left the gradients at fp32 accuracy (%.3g)", CASES[c], worst);
+        printf("# %s, bf16 activations: loss %.2g, worst gradient %.2g (relative errors)\n", CASES[c], e_loss, worst);
+        fixture_close(&f);
+        tp_model_free(m);
+    }
+}
+
+// Qwen's vocabulary and 318 target tokens: the cpu's head takes 55 rows of fp32 logits a
+// chunk, 110 of bf16 ones in the same buffer, so the bf16 training head runs 3 chunks
+// (their scatter of dx, the weight gradient summed over chunks), against the fp32 cpu.
+static void test_bf16_head_chunks(void) {
+    const char *text = "{\"model_type\": \"qwen2\", \"vocab_size\": 151936, \"hidden_size\": 64, "
+                       "\"intermediate_size\": 128, \"num_hidden_layers\": 1, \"num_attention_heads\": 2, "
+                       "\"num_key_value_heads\": 1, \"rms_norm_eps\": 1e-6, \"rope_theta\": 10000.0, "
+                       "\"tie_word_embeddings\": true}";
+    tp_err err;
+    tp_model *m[2];
+    for (int i = 0; i < 2; i++) {
+        jv cfg;
+        if (tp_json_parse(text, strlen(text), &cfg, &err) < 0) abort();
+        m[i] = tp_model_new(cfg, &err);
+        CHECK_MSG(m[i] != NULL, "%s", err.msg);
+        if (!m[i]) return;
+        tp_model_init_weights(m[i], 3);
+    }
+    CHECK(tp_model_use_backend(m[1], tp_backend_cpu_act16(), true, &err) == 0);
+    enum { B = 2, T = 160 };
+    int32_t ids[B * T], pos[B * T], seg[B * T];
+    uint8_t mask[B * T];
+    for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 7919L + 13) % 151936), pos[i] = i % T, seg[i] = i / T * T;
+    for (int i = 0; i < B * T; i++) mask[i] = i % 7 != 3;  // some tokens are not targets
+    tp_batch b = {B, T, ids, pos, seg, mask};
+    tp_loss l[2];
+    for (int i = 0; i < 2; i++) {
+        tp_model_zero_grad(m[i]);
+        CHECK_MSG(tp_model_forward_backward(m[i], &b, 0.0f, &l[i], &err) == 0, "%s", err.msg);
+    }
+    CHECK(l[0].count == l[1].count && l[0].count > 2 * 110);
+    CHECK_MSG(fabs(l[1].sum - l[0].sum) <= 1e-2 * fabs(l[0].sum), "loss %.9g vs %.9g", l[1].sum, l[0].sum);
+    double worst = 0;
+    for (int i = 0; i < m[0]->n_params; i++) {
+        const tp_param *p = &m[0]->params[i];
+        tp_tensor ref = {.dtype = TP_F32, .ndim = 1, .shape = {(int64_t)p->numel}, .data = m[0]->g + p->offset};
+        double e = rel_l2(m[1]->g + p->offset, &ref, p->numel);
+        CHECK_MSG(e <= 3e-2, "%s gradient off by %.3g with bf16 activations", p->name, e);
+        worst = fmax(worst, e);
+    }
+    CHECK(worst > 1e-5);
+    printf("# vocabulary 151936, %lld targets in chunks of 110, bf16 activations: loss %.6f (fp32 %.6f), worst "
+           "gradient %.2g\n", (long long)l[0].count, l[1].sum / l[1].count, l[0].sum / l[0].count, worst);
+    tp_model_free(m[0]), tp_model_free(m[1]);
 }
 
 static jv tiny_config(void) {
@@ -407,6 +492,8 @@ int main(void) {
     RUN(test_llama3);
     RUN(test_llama3_tied);
     RUN(test_recompute_accumulate_rows);
+    RUN(test_bf16_activation_storage);
+    RUN(test_bf16_head_chunks);
     RUN(test_init);
     RUN(test_bf16_sharded_and_f16);
     RUN(test_bad_weights);
