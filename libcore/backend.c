@@ -228,15 +228,17 @@ static void p_swiglu_backward(float *dg, float *du, const float *dout, const flo
 }
 static void p_mlp_up_forward(void *act, void *g, void *u, const float *x, const float *wg, const float *wu, int N,
                              int C, int F) {
-    PROF("mlp_up_forward", cuda_mlp_up_forward(act, g, u, x, wg, wu, N, C, F));
+    // rows "linear_*" and, from the parts these ops mark, "swiglu_*" and "crossentropy"
+    PROF("linear_forward", cuda_mlp_up_forward(act, g, u, x, wg, wu, N, C, F));
 }
 static void p_mlp_down_forward(float *out, const void *act, const float *wd, const float *r, int N, int F, int C) {
-    PROF("mlp_down_forward", cuda_mlp_down_forward(out, act, wd, r, N, F, C));
+    PROF("linear_forward", cuda_mlp_down_forward(out, act, wd, r, N, F, C));
 }
 static void p_mlp_backward(float *dx, float *dwg, float *dwu, float *dwd, const float *dout, const float *x,
                            const void *act, const void *g, const void *u, const float *wg, const float *wu,
                            const float *wd, void *dact, void *dg, void *du, int N, int C, int F) {
-    PROF("mlp_backward", cuda_mlp_backward(dx, dwg, dwu, dwd, dout, x, act, g, u, wg, wu, wd, dact, dg, du, N, C, F));
+    PROF("linear_backward",
+         cuda_mlp_backward(dx, dwg, dwu, dwd, dout, x, act, g, u, wg, wu, wd, dact, dg, du, N, C, F));
 }
 static void p_add_inplace(float *x, const float *y, long n) { PROF("add_inplace", cuda_add_inplace(x, y, n)); }
 static void p_gather_rows(float *out, const float *x, const int32_t *idx, int n, int C) {
@@ -253,7 +255,7 @@ static double p_crossentropy(float *logits, const int32_t *t, int n, int V, floa
 static double p_head_loss_backward(float *dx, float *dw, const float *x, const float *w, const int32_t *t, void *z,
                                    int n, int C, int V, float scale) {
     double r;
-    PROF("head_loss_backward", r = cuda_head_loss_backward(dx, dw, x, w, t, z, n, C, V, scale));
+    PROF("linear_backward", r = cuda_head_loss_backward(dx, dw, x, w, t, z, n, C, V, scale));
     return r;
 }
 static void p_adamw_span(float *p, const float *g, float *m, float *v, size_t n, float df, float b1, float b2,

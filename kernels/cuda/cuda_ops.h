@@ -141,9 +141,12 @@ int cuda_nccl_sum_f32(float *x, size_t n, char *err, int cap);  // in place on e
 void cuda_nccl_finalize(void);
 
 // ---- profiling (profile.cu; used by the profiled table in libcore/backend.c) ----
-int cuda_profile_op(const char *name);  // a slot for the op (name: a string literal)
+int cuda_profile_op(const char *name);  // the row of that name (a string that lives on), made on first use
 void cuda_profile_begin(void);
 void cuda_profile_end(int op);  // waits for the op and adds its device time
+// Inside a profiled op: the device time since the op began, or since its last part, goes
+// to row `name` (the op's own row gets what follows the last part). Nothing otherwise.
+void cuda_profile_part(const char *name);
 
 #ifdef __cplusplus
 }

@@ -121,13 +121,17 @@ extern "C" void cuda_mlp_up_forward(void *act, void *gate, void *up, const float
         const float *const ws[2] = {w_gate, w_up}, *const bs[2] = {NULL, NULL};
         const int ocs[2] = {F, F};
         cuda_linear_forward_many(2, outs, x, ws, bs, ocs, N, C);
+        cuda_profile_part("linear_forward");
         cuda_swiglu_forward((float *)act, (const float *)gate, (const float *)up, (long)N * F);
+        cuda_profile_part("swiglu_forward");
         return;
     }
     // x is B of both and nothing writes it in between: rounded to bf16 once
     cuda_product_bf16(true, false, F, N, C, weight(w_gate), C, fp32(x, false), C, 0.0f, gate, true, F, NULL);
     cuda_product_bf16(true, false, F, N, C, weight(w_up), C, fp32(x, true), C, 0.0f, up, true, F, NULL);
+    cuda_profile_part("linear_forward");
     swiglu16<false>(act, NULL, NULL, gate, up, (long)N * F);
+    cuda_profile_part("swiglu_forward");
 }
 
 extern "C" void cuda_mlp_down_forward(float *out, const void *act, const float *w_down, const float *residual, int N,
@@ -150,8 +154,10 @@ extern "C" void cuda_mlp_backward(float *dx, float *dw_gate, float *dw_up, float
         float *const g1[1] = {dw_down};
         const int oc1[1] = {C};
         cuda_linear_backward_many(1, (float *)dact, g1, NULL, d1, (const float *)act, w1, oc1, N, F);
+        cuda_profile_part("linear_backward");
         cuda_swiglu_backward((float *)dgate, (float *)dup, (const float *)dact, (const float *)gate,
                              (const float *)up, (long)N * F);
+        cuda_profile_part("swiglu_backward");
         const float *const d2[2] = {(const float *)dgate, (const float *)dup}, *const w2[2] = {w_gate, w_up};
         float *const g2[2] = {dw_gate, dw_up};
         const int oc2[2] = {F, F};
@@ -165,7 +171,9 @@ extern "C" void cuda_mlp_backward(float *dx, float *dw_gate, float *dw_up, float
     // down (IC = F, OC = C): dout is B of both products, rounded once
     cuda_product_bf16(false, false, F, N, C, weight(w_down), F, fp32(dout, false), C, 0.0f, dact, true, F, NULL);
     cuda_product_bf16(false, true, F, C, N, bf16(act), F, fp32(dout, true), C, 1.0f, dw_down, false, F, NULL);
+    cuda_profile_part("linear_backward");
     swiglu16<true>(dgate, dup, dact, gate, up, (long)N * F);
+    cuda_profile_part("swiglu_backward");
     // gate and up (IC = C, OC = F): dx written by the first, added to by the second; x is
     // A of both weight products, rounded once
     cuda_product_bf16(false, false, C, N, F, weight(w_gate), C, bf16(dgate), F, 0.0f, dx, false, C, NULL);

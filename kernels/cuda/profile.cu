@@ -2,12 +2,15 @@
 //
 // Each op of the cuda backend is bracketed by two CUDA events; the stop event is waited
 // for, so the ops run one at a time (a profiled run is slower) but each one's time is its
-// own. At exit a table of calls, milliseconds and shares goes to stderr.
+// own. At exit a table of calls, milliseconds and shares goes to stderr. An op made of
+// several kinds of work (mlp.cu's, the training head) marks where each part ends
+// (cuda_profile_part), so products, SwiGLU and the loss keep rows of their own.
 #include "cuda/cuda_common.h"
 #include "cuda/cuda_ops.h"
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 enum { MAX_OPS = 64 };
 static struct {
@@ -16,7 +19,9 @@ static struct {
     double ms;
 } ops[MAX_OPS];
 static int n_ops;
-static cudaEvent_t start_ev, stop_ev;
+static cudaEvent_t start_ev, stop_ev, part_ev[2];
+static cudaEvent_t *since;  // while an op is timed: the event its next part or its end counts from
+static int next_part;       // which of part_ev the next part records
 static bool ready;
 
 static void report(void) {
@@ -31,7 +36,7 @@ static void report(void) {
 
 extern "C" int cuda_profile_op(const char *name) {
     for (int i = 0; i < n_ops; i++)
-        if (ops[i].name == name) return i;
+        if (!strcmp(ops[i].name, name)) return i;
     if (n_ops == MAX_OPS) return -1;
     ops[n_ops].name = name;
     return n_ops++;
@@ -41,16 +46,32 @@ extern "C" void cuda_profile_begin(void) {
     if (!ready) {
         CUDA_CHECK(cudaEventCreate(&start_ev));
         CUDA_CHECK(cudaEventCreate(&stop_ev));
+        CUDA_CHECK(cudaEventCreate(&part_ev[0]));
+        CUDA_CHECK(cudaEventCreate(&part_ev[1]));
         atexit(report);
         ready = true;
     }
     CUDA_CHECK(cudaEventRecord(start_ev, cuda_stream()));
+    since = &start_ev;
+}
+
+// The device time since `since` (then waited for) added to row op; `since` moves to ev.
+static void count_until(cudaEvent_t *ev, int op) {
+    CUDA_CHECK(cudaEventRecord(*ev, cuda_stream()));
+    CUDA_CHECK(cudaEventSynchronize(*ev));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, *since, *ev));
+    if (op >= 0) ops[op].calls++, ops[op].ms += ms;
+    since = ev;
+}
+
+extern "C" void cuda_profile_part(const char *name) {
+    if (!since) return;  // not profiling, or outside an op
+    count_until(&part_ev[next_part], cuda_profile_op(name));
+    next_part ^= 1;
 }
 
 extern "C" void cuda_profile_end(int op) {
-    CUDA_CHECK(cudaEventRecord(stop_ev, cuda_stream()));
-    CUDA_CHECK(cudaEventSynchronize(stop_ev));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start_ev, stop_ev));
-    if (op >= 0) ops[op].calls++, ops[op].ms += ms;
+    count_until(&stop_ev, op);
+    since = NULL;
 }
