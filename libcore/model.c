@@ -55,8 +55,8 @@ struct tp_activations {
 
 const tp_backend *tp_model_backend(const tp_model *m) { return m->be ? m->be : tp_backend_cpu(); }
 
-// n floats of the backend's memory; a failure is remembered and reported by the caller
-// with the total asked for.
+// bytes of the backend's memory (falloc: n floats; act_alloc: n elements of act_bytes); a
+// failure is remembered and reported by the caller with the total asked for.
 static void *balloc(tp_activations *a, size_t bytes) {
     bytes = bytes ? bytes : 1;
     a->bytes += bytes;
@@ -155,7 +155,7 @@ static int out_of_memory(const tp_model *m, tp_activations *a, int N, tp_err *er
 }
 
 // Activations for N tokens (reallocated when N grows, or the recompute setting or the
-// MLP's activation type changed).
+// backend's act_bytes changed).
 static tp_activations *activations_for(tp_model *m, int N, bool grads, tp_err *err) {
     tp_activations *a = m->acts;
     const tp_backend *be = tp_model_backend(m);

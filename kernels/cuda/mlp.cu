@@ -7,8 +7,8 @@
 // the products write them directly (cuBLASLt's output in bf16, rounded to nearest even)
 // and read them as they are, and SwiGLU reads and writes bf16 with fp32 arithmetic. That
 // halves their memory and, by our count, cuts the traffic per [N, F] element of a layer
-// from about 80 bytes to 34 (forward 28 -> 12, backward 52 -> 22). TP_CUDA_ACT16=0, fp32 or tf32
-// products, keep them in fp32 through the single ops.
+// from about 80 bytes to 34 (forward 28 -> 12, backward 52 -> 22). With TP_CUDA_ACT16=0,
+// or fp32 or tf32 products, they stay fp32, through the single ops.
 #include "cuda/cuda_common.h"
 #include "cuda/cuda_ops.h"
 #include "cuda/product.h"
