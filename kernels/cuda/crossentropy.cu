@@ -165,6 +165,7 @@ extern "C" double cuda_head_loss_backward(float *dx, float *dw, const float *x, 
         const float *const dz[1] = {z}, *const ws[1] = {w};
         const int ocs[1] = {V};
         cuda_linear_backward_many(1, dx, dws, NULL, dz, x, ws, ocs, n, C);
+        cuda_profile_part("linear_backward");
         return loss;
     }
     const cuda_operand weight = {w, false, true, false}, z16 = {logits, true, false, false};
@@ -176,5 +177,6 @@ extern "C" double cuda_head_loss_backward(float *dx, float *dw, const float *x, 
     cuda_profile_part("crossentropy");
     cuda_product_bf16(false, false, C, n, V, weight, C, z16, V, 0.0f, dx, false, C, NULL);
     cuda_product_bf16(false, true, C, V, n, cuda_operand{x, false, false, false}, C, z16, V, 1.0f, dw, false, C, NULL);
+    cuda_profile_part("linear_backward");
     return loss;
 }

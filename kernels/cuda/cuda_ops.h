@@ -145,7 +145,8 @@ int cuda_profile_op(const char *name);  // the row of that name (a string that l
 void cuda_profile_begin(void);
 void cuda_profile_end(int op);  // waits for the op and adds its device time
 // Inside a profiled op: the device time since the op began, or since its last part, goes
-// to row `name` (the op's own row gets what follows the last part). Nothing otherwise.
+// to row `name`, with a call. An op that marks parts marks its last one too: its own row
+// then gets the (next to no) time after that, and no call. Nothing outside a profiled op.
 void cuda_profile_part(const char *name);
 
 #ifdef __cplusplus

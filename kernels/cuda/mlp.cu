@@ -162,6 +162,7 @@ extern "C" void cuda_mlp_backward(float *dx, float *dw_gate, float *dw_up, float
         float *const g2[2] = {dw_gate, dw_up};
         const int oc2[2] = {F, F};
         cuda_linear_backward_many(2, dx, g2, NULL, d2, x, w2, oc2, N, C);
+        cuda_profile_part("linear_backward");
         return;
     }
     if (F <= 0) {  // no products: dx is still written
@@ -180,4 +181,5 @@ extern "C" void cuda_mlp_backward(float *dx, float *dw_gate, float *dw_up, float
     cuda_product_bf16(false, false, C, N, F, weight(w_up), C, bf16(dup), F, 1.0f, dx, false, C, NULL);
     cuda_product_bf16(false, true, C, F, N, fp32(x, false), C, bf16(dgate), F, 1.0f, dw_gate, false, C, NULL);
     cuda_product_bf16(false, true, C, F, N, fp32(x, true), C, bf16(dup), F, 1.0f, dw_up, false, C, NULL);
+    cuda_profile_part("linear_backward");
 }

@@ -22,6 +22,7 @@ static int n_ops;
 static cudaEvent_t start_ev, stop_ev, part_ev[2];
 static cudaEvent_t *since;  // while an op is timed: the event its next part or its end counts from
 static int next_part;       // which of part_ev the next part records
+static bool parted;         // the op being timed marked a part: its end counts time, not a call
 static bool ready;
 
 static void report(void) {
@@ -53,25 +54,28 @@ extern "C" void cuda_profile_begin(void) {
     }
     CUDA_CHECK(cudaEventRecord(start_ev, cuda_stream()));
     since = &start_ev;
+    parted = false;
 }
 
-// The device time since `since` (then waited for) added to row op; `since` moves to ev.
-static void count_until(cudaEvent_t *ev, int op) {
+// The device time since `since` (then waited for) added to row op, and a call when
+// counted; `since` moves to ev.
+static void count_until(cudaEvent_t *ev, int op, bool counted) {
     CUDA_CHECK(cudaEventRecord(*ev, cuda_stream()));
     CUDA_CHECK(cudaEventSynchronize(*ev));
     float ms = 0;
     CUDA_CHECK(cudaEventElapsedTime(&ms, *since, *ev));
-    if (op >= 0) ops[op].calls++, ops[op].ms += ms;
+    if (op >= 0) ops[op].calls += counted, ops[op].ms += ms;
     since = ev;
 }
 
 extern "C" void cuda_profile_part(const char *name) {
     if (!since) return;  // not profiling, or outside an op
-    count_until(&part_ev[next_part], cuda_profile_op(name));
+    count_until(&part_ev[next_part], cuda_profile_op(name), true);
     next_part ^= 1;
+    parted = true;
 }
 
 extern "C" void cuda_profile_end(int op) {
-    count_until(&stop_ev, op);
+    count_until(&stop_ev, op, !parted);  // an op in parts marks its last one itself
     since = NULL;
 }

@@ -148,7 +148,7 @@ static void test_recompute_accumulate_rows(void) {
 // The activations a GPU with bf16 products keeps in bf16 (the MLP's [N, F] tensors, the
 // training head's logits), stored and rounded that way on the cpu (tp_backend_cpu_act16):
 // the loss and every gradient within bf16 tolerance of transformers' fp32, and not its
-// fp32 bits (the rounding happened).
+// fp32 bits (the rounding happened); --recompute gives the same bits.
 static void test_bf16_activation_storage(void) {
     for (size_t c = 0; c < sizeof CASES / sizeof *CASES; c++) {
         fixture f;
@@ -177,15 +177,27 @@ static void test_bf16_activation_storage(void) {
             worst = fmax(worst, e);
         }
         CHECK_MSG(worst > 1e-5, "%s: bf16 activations left the gradients at fp32 accuracy (%.3g)", CASES[c], worst);
+        // recomputing the activations layer by layer gives the same bits
+        size_t bytes = m->n_floats * sizeof(float);
+        float *g = malloc(bytes);
+        memcpy(g, m->g, bytes);
+        m->recompute = true;
+        tp_loss again;
+        tp_model_zero_grad(m);
+        CHECK_MSG(tp_model_forward_backward(m, &f.batch, 0.0f, &again, &err) == 0, "%s", err.msg);
+        CHECK_MSG(again.sum == loss.sum && !memcmp(g, m->g, bytes), "%s: recomputing changed bits", CASES[c]);
+        free(g);
         printf("# %s, bf16 activations: loss %.2g, worst gradient %.2g (relative errors)\n", CASES[c], e_loss, worst);
         fixture_close(&f);
         tp_model_free(m);
     }
 }
 
-// Qwen's vocabulary and 318 target tokens: the cpu's head takes 55 rows of fp32 logits a
+// Qwen's vocabulary and 272 target tokens: the cpu's head takes 55 rows of fp32 logits a
 // chunk, 110 of bf16 ones in the same buffer, so the bf16 training head runs 3 chunks
 // (their scatter of dx, the weight gradient summed over chunks), against the fp32 cpu.
+// The tied head is scaled so the logits spread over several units and their rounding
+// shows in the loss.
 static void test_bf16_head_chunks(void) {
     const char *text = "{\"model_type\": \"qwen2\", \"vocab_size\": 151936, \"hidden_size\": 64, "
                        "\"intermediate_size\": 128, \"num_hidden_layers\": 1, \"num_attention_heads\": 2, "
@@ -200,6 +212,7 @@ static void test_bf16_head_chunks(void) {
         CHECK_MSG(m[i] != NULL, "%s", err.msg);
         if (!m[i]) return;
         tp_model_init_weights(m[i], 3);
+        for (size_t k = 0; k < (size_t)151936 * 64; k++) m[i]->W.lm_head[k] *= 50.0f;
     }
     CHECK(tp_model_use_backend(m[1], tp_backend_cpu_act16(), true, &err) == 0);
     enum { B = 2, T = 160 };
@@ -215,6 +228,7 @@ static void test_bf16_head_chunks(void) {
     }
     CHECK(l[0].count == l[1].count && l[0].count > 2 * 110);
     CHECK_MSG(fabs(l[1].sum - l[0].sum) <= 1e-2 * fabs(l[0].sum), "loss %.9g vs %.9g", l[1].sum, l[0].sum);
+    CHECK_MSG(l[1].sum != l[0].sum, "bf16 logits left the loss at its fp32 bits");
     double worst = 0;
     for (int i = 0; i < m[0]->n_params; i++) {
         const tp_param *p = &m[0]->params[i];

@@ -3,9 +3,13 @@
 // differences taken in double through that reference (attention at larger sizes against
 // an analytic double backward, itself checked by finite differences), the += semantics
 // of the backward ops, packed rows, GQA, and bit-identical results for any thread count.
+#include "cpu/cpu_ops.h"
 #include "cpu/rope_table.h"
 #include "ops.h"
+#include "tensor.h"
 #include "test.h"
+
+#include <string.h>
 
 #include <omp.h>
 #include <stdint.h>
@@ -671,6 +675,66 @@ static void test_thread_count_independent(void) {
     }
 }
 
+// ---- the MLP block and training head with bf16 storage (tp_backend_cpu_act16's ops) ----
+
+// x [n] rounded to bf16 in place; the bits into h.
+static void round16(float *x, uint16_t *h, size_t n) {
+    for (size_t i = 0; i < n; i++) h[i] = tp_f32_to_bf16(x[i]), x[i] = tp_bf16_to_f32(h[i]);
+}
+
+// Every stored tensor bit for bit what the GPU's bf16 storage keeps: each [N, F] tensor
+// and the logits and their gradient rounded as written and read back rounded, the fp32
+// ops' arithmetic between.
+static void test_bf16_storage_rounds_where_the_gpu_does(void) {
+    enum { N = 5, C = 16, F = 24, V = 40 };
+    float x[N * C], res[N * C], dout[N * C], wg[F * C], wu[F * C], wd[C * F], w[V * C];
+    fill(x, N * C, -2, 2), fill(res, N * C, -1, 1), fill(dout, N * C, -1, 1);
+    fill(wg, F * C, -0.5, 0.5), fill(wu, F * C, -0.5, 0.5), fill(wd, C * F, -0.5, 0.5), fill(w, V * C, -1, 1);
+    // the twin
+    uint16_t act[N * F], gate[N * F], up[N * F], dact[N * F], dgate[N * F], dup[N * F], z16[N * V];
+    float out[N * C], dx[N * C], dwg[F * C] = {0}, dwu[F * C] = {0}, dwd[C * F] = {0}, hdx[N * C], hdw[V * C] = {0};
+    mlp_up_forward_bf16(act, gate, up, x, wg, wu, N, C, F);
+    mlp_down_forward_bf16(out, act, wd, res, N, F, C);
+    mlp_backward_bf16(dx, dwg, dwu, dwd, dout, x, act, gate, up, wg, wu, wd, dact, dgate, dup, N, C, F);
+    int32_t target[N] = {3, -1, 39, 0, 17};
+    double loss = head_loss_backward_bf16(hdx, hdw, x, w, target, z16, N, C, V, 0.5f);
+    // the same by hand
+    uint16_t b[N * V];
+    float g[N * F], u[N * F], a[N * F], da[N * F], dg[N * F], du[N * F], want[N * C], zero_w[V * C] = {0};
+    float wdwg[F * C] = {0}, wdwu[F * C] = {0}, wdwd[C * F] = {0}, z[N * V];
+    linear_forward(g, x, wg, NULL, N, C, F), linear_forward(u, x, wu, NULL, N, C, F);
+    round16(g, b, N * F);
+    CHECK(!memcmp(b, gate, sizeof gate));
+    round16(u, b, N * F);
+    CHECK(!memcmp(b, up, sizeof up));
+    swiglu_forward(a, g, u, N * F);
+    round16(a, b, N * F);
+    CHECK(!memcmp(b, act, sizeof act));
+    linear_residual_forward(want, a, wd, NULL, res, N, F, C);
+    CHECK(!memcmp(want, out, sizeof out));
+    linear_backward_many(1, da, (float *[]){wdwd}, NULL, (const float *[]){dout}, a, (const float *[]){wd}, (int[]){C},
+                         N, F);
+    round16(da, b, N * F);
+    CHECK(!memcmp(b, dact, sizeof dact) && !memcmp(wdwd, dwd, sizeof dwd));
+    swiglu_backward(dg, du, da, g, u, N * F);
+    round16(dg, b, N * F);
+    CHECK(!memcmp(b, dgate, sizeof dgate));
+    round16(du, b, N * F);
+    CHECK(!memcmp(b, dup, sizeof dup));
+    linear_backward_many(2, want, (float *[]){wdwg, wdwu}, NULL, (const float *[]){dg, du}, x,
+                         (const float *[]){wg, wu}, (int[]){F, F}, N, C);
+    CHECK(!memcmp(want, dx, sizeof dx) && !memcmp(wdwg, dwg, sizeof dwg) && !memcmp(wdwu, dwu, sizeof dwu));
+    linear_forward(z, x, w, NULL, N, C, V);
+    round16(z, b, N * V);
+    double want_loss = crossentropy_forward_backward(z, target, N, V, 0.5f);
+    CHECK(want_loss == loss);
+    round16(z, b, N * V);
+    CHECK(!memcmp(b, z16, sizeof z16));
+    linear_backward_many(1, want, (float *[]){zero_w}, NULL, (const float *[]){z}, x, (const float *[]){w}, (int[]){V},
+                         N, C);
+    CHECK(!memcmp(want, hdx, sizeof hdx) && !memcmp(zero_w, hdw, sizeof hdw));
+}
+
 int main(void) {
     RUN(test_exp);
     RUN(test_embedding);
@@ -687,5 +751,6 @@ int main(void) {
     RUN(test_attention_segments_isolated);
     RUN(test_attention_accumulates);
     RUN(test_thread_count_independent);
+    RUN(test_bf16_storage_rounds_where_the_gpu_does);
     return TEST_SUMMARY();
 }
