@@ -4,7 +4,7 @@
 # against PyTorch + transformers on the same card, and prints a short table — also
 # written to $OUT/gpu-check.txt when $OUT is set. Uses the binaries of tests/gpu-bundle.sh
 # in .gpu/ when they are there (the lent machines lack our build dependencies), else builds.
-# Each step has its own time limit so the whole run stays under about 6 minutes.
+# Each step has its own time limit; each section's heading says how long the run has taken.
 # CUDA_TESTS="test_cuda_x ..." and CLI_TESTS="test_y ..." run only those (PDL_TESTS, run again
 # under TP_CUDA_PDL=late and =0: test_cuda_ops unless given); SKIP_SFT_BENCH=1 leaves out the SFT step benchmarks and the profile (when device time is short); SKIP_PROFILE=1 the ncu kernel profile.
 set -u
@@ -34,20 +34,25 @@ nccl=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 /usr/lib/x86_64-linux
 export LD_LIBRARY_PATH="${cublas:-}:${nccl:-}:${LD_LIBRARY_PATH:-}:$B/lib"
 export PATH="$B/bin:$PATH"  # our jq with our libjq
 row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$out"; }
+# A section's heading, with the seconds the run has taken so far (the whole should stay
+# under 8 minutes; these say where to trim).
+T0=$(date +%s)
+section() { echo "== $1 [$(($(date +%s) - T0)) s in]" | tee -a "$out"; }
 {
     echo "gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
     echo "binaries: $B; cublas: ${cublas:-not found}; nccl: ${nccl:-not found}"
 } | tee "$out"
 
-echo "== CUDA tests against the CPU twins" | tee -a "$out"
+section "CUDA tests against the CPU twins"
 for t in ${CUDA_TESTS:-"$B"/tests/test_cuda_*}; do
     [ -x "$t" ] || t=$B/tests/$t
     name=$(basename "$t")
+    t1=$(date +%s)
     timeout 90 "$t" >"$OUTDIR/$name.txt" 2>&1
     rc=$?
     cat "$OUTDIR/$name.txt" >>"$log"
-    row "$name" "rc=$rc $(tail -n 1 "$OUTDIR/$name.txt" | sed 's/^# //')"
+    row "$name" "rc=$rc $(tail -n 1 "$OUTDIR/$name.txt" | sed 's/^# //') ($(($(date +%s) - t1)) s)"
     [ "$name" = test_cuda_attention ] && attention_rc=$rc
     grep -E '^(not ok|skip)|^# ' "$OUTDIR/$name.txt" | grep -v ' passed, ' | sed 's/^/    /' | tee -a "$out"
 done
@@ -74,18 +79,18 @@ for t in ${PDL_TESTS-test_cuda_ops}; do
     grep -E '^not ok' "$OUTDIR/$t.lt-0.txt" | sed 's/^/    /' | tee -a "$out"
 done
 for t in ${CLI_TESTS:-test_sft_train_cuda test_rollout_cuda}; do
+    t1=$(date +%s)
     BIN=$B/bin timeout 150 sh tests/cli/$t.sh >"$OUTDIR/$t.txt" 2>&1
     rc=$?
     cat "$OUTDIR/$t.txt" >>"$log"
-    row "$t" "rc=$rc $(grep -c '^ok' "$OUTDIR/$t.txt") ok, $(grep -c '^not ok' "$OUTDIR/$t.txt") failed"
+    row "$t" "rc=$rc $(grep -c '^ok' "$OUTDIR/$t.txt") ok, $(grep -c '^not ok' "$OUTDIR/$t.txt") failed ($(($(date +%s) - t1)) s)"
     grep -E '^(not ok|skip|#)|^  ' "$OUTDIR/$t.txt" | head -n 30 | sed 's/^/    /' | tee -a "$out"
 done
 
 cfgdir=tests/bench/configs  # Qwen2.5 shapes, random weights
 field() { echo "$1" | tr ' ' '\n' | awk -v k="$2" 'prev == k { print; exit } { prev = $0 }'; }
 if [ "${SKIP_SFT_BENCH:-0}" != 1 ]; then
-echo "== SFT step, seq 2048, thinkpipe (fp32 master, bf16 products) vs transformers + torch AdamW (bf16 autocast, SDPA)" |
-    tee -a "$out"
+section "SFT step, seq 2048, thinkpipe (fp32 master, bf16 products) vs transformers + torch AdamW (bf16 autocast, SDPA)"
 for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
     set -- $shape
     cfg=$cfgdir/$1.json
@@ -119,7 +124,7 @@ for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
     fi
 done
 fi
-echo "== decode, qwen2.5-0.5b shape: thinkpipe engine (bf16 products) vs transformers generate (bf16, SDPA)" | tee -a "$out"
+section "decode, qwen2.5-0.5b shape: thinkpipe engine (bf16 products) vs transformers generate (bf16, SDPA)"
 for b in "$B"/bench/bench_cuda_decode "$B"/bench/bench_cuda_sample; do
     [ -x "$b" ] && timeout 60 "$b" 2>>"$log" | sed 's/^/    /' | tee -a "$out"
 done
@@ -161,17 +166,17 @@ for n in 1 64 256; do
     [ -n "$a" ] && [ -n "$b" ] && row "decode batch $n ratio thinkpipe/transformers" \
         "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2fx", a / b }')"
 done
-echo "== where a batch-1 decode step's device time goes (TP_PROFILE=1: op by op, no graphs, 32 tokens)" | tee -a "$out"
+section "where a batch-1 decode step's device time goes (TP_PROFILE=1: op by op, no graphs, 32 tokens)"
 TP_PROFILE=1 timeout 60 "$B/bench/engine_bench" "$cfg" 1 1 128 32 --device cuda --greedy 2>&1 |
     grep -E 'TP_PROFILE|calls' | tee -a "$out"
 [ "${SKIP_SFT_BENCH:-0}" = 1 ] || {
-echo "== where the device time goes (TP_PROFILE=1, qwen2.5-0.5b B=4 T=2048, 2 steps + warm-up)" | tee -a "$out"
+section "where the device time goes (TP_PROFILE=1, qwen2.5-0.5b B=4 T=2048, 2 steps + warm-up)"
 TP_PROFILE=1 timeout 60 "$B/bench/model_step" "$cfgdir/qwen2.5-0.5b.json" 4 2048 2 --device cuda --matmul bf16 2>&1 |
     grep -E 'TP_PROFILE|calls|thinkpipe' | tee -a "$out"
 }
 if [ "${SKIP_PROFILE:-0}" != 1 ]; then
-    echo "== a batch-1 decode step kernel by kernel (ncu, tests/gpu-profile.sh)" | tee -a "$out"
+    section "a batch-1 decode step kernel by kernel (ncu, tests/gpu-profile.sh)"
     OUT=$OUTDIR B=$B COUNT=${COUNT:-240} timeout 150 sh tests/gpu-profile.sh >/dev/null 2>&1
     sed -n '1,24p' "$OUTDIR/gpu-profile.txt" 2>/dev/null | tee -a "$out"
 fi
-echo "== done; full log in $log" | tee -a "$out"
+section "done; full log in $log"
