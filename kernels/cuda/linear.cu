@@ -304,9 +304,11 @@ static bool product_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int 
     return !bias && !residual;
 }
 
-// Elements of an operand of op(.) with leading dimension ld, as cuBLAS counts them.
-static size_t operand_size(cublasOperation_t op, int ld, int cols_if_n, int cols_if_t) {
-    return (size_t)ld * (op == CUBLAS_OP_N ? cols_if_n : cols_if_t);
+// Operand o of op(.) with leading dimension ld in bf16: as it is, or its fp32 data through
+// operand_bf16 into scratch slot `slot` (cols: its columns as cuBLAS counts them).
+static const __nv_bfloat16 *operand_of(int slot, cuda_operand o, int ld, int cols) {
+    if (o.bf16) return (const __nv_bfloat16 *)o.p;
+    return operand_bf16(slot, (const float *)o.p, (size_t)ld * cols, o.weight, o.reuse);
 }
 
 // The product on fp32 A and B rounded to bf16 (sizes as cuBLAS counts them). reuse_a,
@@ -315,8 +317,8 @@ static size_t operand_size(cublasOperation_t op, int ld, int cols_if_n, int cols
 static bool gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
                       bool a_weight, const float *B, int ldb, bool b_weight, float beta, float *C, int ldc,
                       bool reuse_a, bool reuse_b, const float *bias, const float *residual) {
-    const __nv_bfloat16 *a = operand_bf16(SCRATCH_BF16_A, A, operand_size(ta, lda, k, m), a_weight, reuse_a);
-    const __nv_bfloat16 *b = operand_bf16(SCRATCH_BF16_B, B, operand_size(tb, ldb, n, k), b_weight, reuse_b);
+    const __nv_bfloat16 *a = operand_of(SCRATCH_BF16_A, {A, false, a_weight, reuse_a}, lda, ta == CUBLAS_OP_N ? k : m);
+    const __nv_bfloat16 *b = operand_of(SCRATCH_BF16_B, {B, false, b_weight, reuse_b}, ldb, tb == CUBLAS_OP_N ? n : k);
     if (!a || !b) return true;  // noted by cuda_scratch: nothing to add to
     return product_bf16(ta, tb, m, n, k, a, lda, b, ldb, beta, C, false, ldc, bias, residual);
 }
@@ -324,14 +326,10 @@ static bool gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, 
 void cuda_product_bf16(bool ta, bool tb, int m, int n, int k, cuda_operand A, int lda, cuda_operand B, int ldb,
                        float beta, void *C, bool c16, int ldc, const float *residual) {
     if (!ready() || m <= 0 || n <= 0) return;
-    const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const __nv_bfloat16 *a = A.bf16 ? (const __nv_bfloat16 *)A.p
-                                    : operand_bf16(SCRATCH_BF16_A, (const float *)A.p, operand_size(opa, lda, k, m),
-                                                   A.weight, A.reuse);
-    const __nv_bfloat16 *b = B.bf16 ? (const __nv_bfloat16 *)B.p
-                                    : operand_bf16(SCRATCH_BF16_B, (const float *)B.p, operand_size(opb, ldb, n, k),
-                                                   B.weight, B.reuse);
+    const __nv_bfloat16 *a = operand_of(SCRATCH_BF16_A, A, lda, ta ? m : k);
+    const __nv_bfloat16 *b = operand_of(SCRATCH_BF16_B, B, ldb, tb ? k : n);
     if (!a || !b) return;  // noted by cuda_scratch
+    const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (!product_bf16(opa, opb, m, n, k, a, lda, b, ldb, beta, C, c16, ldc, NULL, residual) && residual)
         cuda_add_inplace((float *)C, residual, (long)m * n);  // (ldc == m: the callers' outputs are dense)
 }

@@ -35,6 +35,16 @@ static inline float *dev_poisoned(size_t n) {
     return d;
 }
 
+// A device buffer of `bytes` bytes of 0xFF: NaN read as fp32 and as bf16 (buffers of 2-byte
+// elements, which dev_poisoned's fp32 NaNs would leave half zeros).
+static inline void *dev_poisoned_bytes(size_t bytes) {
+    unsigned char *h = malloc(bytes + 4);
+    memset(h, 0xFF, bytes);
+    void *d = dev_copy(h, bytes);
+    free(h);
+    return d;
+}
+
 static inline float *host_of(const float *d, size_t n) {
     float *h = malloc(n * sizeof *h + 4);
     cuda_download(h, d, n * sizeof *h);

@@ -4,6 +4,7 @@
 // values on both sides. Skipped without a GPU. (Attention: test_cuda_attention.c.)
 #include "cuda_test.h"
 #include "ops.h"
+#include "tensor.h"
 
 #ifdef TP_HAVE_CUDA
 static double worst_seen;
@@ -646,25 +647,13 @@ static void test_swiglu_add_rows(void) {
 
 // ---- the MLP block (mlp.cu) ----
 
-// A device buffer of `bytes` bytes of 0xFF: NaN read as fp32 and as bf16.
-static void *dev_poisoned_bytes(size_t bytes) {
-    unsigned char *h = malloc(bytes + 4);
-    memset(h, 0xFF, bytes);
-    void *d = dev_copy(h, bytes);
-    free(h);
-    return d;
-}
-
 // n elements of an MLP activation buffer (element_bytes 2: bf16, 4: fp32) as host floats.
 static float *act_host(const void *d, size_t n, size_t element_bytes) {
     if (element_bytes == 4) return host_of(d, n);
     uint16_t *h16 = malloc(n * 2 + 4);
     float *h = malloc(n * 4 + 4);
     cuda_download(h16, d, n * 2);
-    for (size_t i = 0; i < n; i++) {
-        uint32_t bits = (uint32_t)h16[i] << 16;
-        memcpy(&h[i], &bits, 4);
-    }
+    for (size_t i = 0; i < n; i++) h[i] = tp_bf16_to_f32(h16[i]);
     free(h16);
     return h;
 }
