@@ -5,6 +5,7 @@
 # written to $OUT/gpu-check.txt when $OUT is set. Uses the binaries of tests/gpu-bundle.sh
 # in .gpu/ when they are there (the lent machines lack our build dependencies), else builds.
 # Each step has its own time limit; each section's heading says how long the run has taken.
+# A failed test is run again under each knob that turns an unrun path off (triage, below).
 # CUDA_TESTS="test_cuda_x ..." and CLI_TESTS="test_y ..." run only those (PDL_TESTS, run again
 # under TP_CUDA_PDL=late and =0: test_cuda_ops unless given); SKIP_SFT_BENCH=1 leaves out the SFT step benchmarks and the profile (when device time is short); SKIP_PROFILE=1 the ncu kernel profile.
 set -u
@@ -38,6 +39,31 @@ row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$out"; }
 # under 8 minutes; these say where to trim).
 T0=$(date +%s)
 section() { echo "== $1 [$(($(date +%s) - T0)) s in]" | tee -a "$out"; }
+# A failed test again under each knob that turns one of the unrun paths off (GPU_NOTES.md,
+# "Not yet run"): the knob it passes under names the code to read first, without another
+# device call. A test that timed out is not rerun (a hang would cost its limit a knob), nor
+# is a test whose limit would take the run past TRIAGE_UNTIL seconds (default 360).
+KNOBS="TP_CUDA_ACT16=0 TP_CUDA_LT=0 TP_CUDA_PDL=0 TP_CUDA_GRAPHS=0"
+triage() {  # name rc limit command...
+    name=$1 rc=$2 limit=$3
+    shift 3
+    [ "$rc" = 0 ] && return
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        row "  $name timed out" "not rerun under the knobs"
+        return
+    fi
+    for knob in $KNOBS; do
+        if [ $(($(date +%s) - T0 + limit)) -gt "${TRIAGE_UNTIL:-360}" ]; then
+            row "  $name again" "not rerun under $knob and after: could take the run past ${TRIAGE_UNTIL:-360} s"
+            return
+        fi
+        env "$knob" timeout "$limit" "$@" >"$OUTDIR/$name.$knob.txt" 2>&1
+        krc=$?
+        cat "$OUTDIR/$name.$knob.txt" >>"$log"
+        row "  $name again with $knob" "rc=$krc $(grep -c '^not ok' "$OUTDIR/$name.$knob.txt") failed"
+        [ "$krc" = 0 ] || grep -E '^not ok' "$OUTDIR/$name.$knob.txt" | head -n 5 | sed 's/^/      /' | tee -a "$out"
+    done
+}
 {
     echo "gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
@@ -55,6 +81,7 @@ for t in ${CUDA_TESTS:-"$B"/tests/test_cuda_*}; do
     row "$name" "rc=$rc $(tail -n 1 "$OUTDIR/$name.txt" | sed 's/^# //') ($(($(date +%s) - t1)) s)"
     [ "$name" = test_cuda_attention ] && attention_rc=$rc
     grep -E '^(not ok|skip)|^# ' "$OUTDIR/$name.txt" | grep -v ' passed, ' | sed 's/^/    /' | tee -a "$out"
+    triage "$name" "$rc" 60 "$t"
 done
 # The kernels' other launch orders: the same tests with TP_CUDA_PDL=late and =0 (the flag
 # is read once a process, so each is a run of its own). A test that fails in one mode only
@@ -85,10 +112,17 @@ for t in ${CLI_TESTS:-test_sft_train_cuda test_rollout_cuda}; do
     cat "$OUTDIR/$t.txt" >>"$log"
     row "$t" "rc=$rc $(grep -c '^ok' "$OUTDIR/$t.txt") ok, $(grep -c '^not ok' "$OUTDIR/$t.txt") failed ($(($(date +%s) - t1)) s)"
     grep -E '^(not ok|skip|#)|^  ' "$OUTDIR/$t.txt" | head -n 30 | sed 's/^/    /' | tee -a "$out"
+    triage "$t" "$rc" 150 env "BIN=$B/bin" sh "tests/cli/$t.sh"
 done
 
 cfgdir=tests/bench/configs  # Qwen2.5 shapes, random weights
 field() { echo "$1" | tr ' ' '\n' | awk -v k="$2" 'prev == k { print; exit } { prev = $0 }'; }
+# An SFT row: speed, memory, MFU, and the last step's loss (random weights and tokens: about
+# ln(vocabulary) = 11.9; far from it, or nan, and the speed means nothing).
+sft_row() {
+    [ -n "$1" ] || { echo failed; return; }
+    echo "$(field "$1" tokens/s) tok/s, $(field "$1" devmem_mb) MB, MFU $(field "$1" mfu), loss $(field "$1" loss)"
+}
 if [ "${SKIP_SFT_BENCH:-0}" != 1 ]; then
 section "SFT step, seq 2048, thinkpipe (fp32 master, bf16 products) vs transformers + torch AdamW (bf16 autocast, SDPA)"
 for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
@@ -98,24 +132,22 @@ for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
     pt=$(PYTHONUNBUFFERED=1 timeout 90 python3 tests/bench/torch_gpu_step.py "$cfg" "$2" 2048 3 2>>"$log" | tail -n 1)
     echo "$1 B=$2: thinkpipe: ${tp:-failed}" >>"$log"
     echo "$1 B=$2: torch: ${pt:-failed}" >>"$log"
-    row "$1 B=$2 T=2048 thinkpipe" "$(field "$tp" tokens/s) tok/s, $(field "$tp" devmem_mb) MB, MFU $(field "$tp" mfu)"
-    row "$1 B=$2 T=2048 torch" "$(field "$pt" tokens/s) tok/s, $(field "$pt" devmem_mb) MB, MFU $(field "$pt" mfu)"
+    row "$1 B=$2 T=2048 thinkpipe" "$(sft_row "$tp")"
+    row "$1 B=$2 T=2048 torch" "$(sft_row "$pt")"
     # the same step with the mma.sync attention kernels (attention_mma.cu) instead of WMMA,
     # when their test passed (a kernel that hangs would cost 90 s a shape)
     if [ "${attention_rc:-1}" = 0 ]; then
         tm=$(TP_CUDA_ATTENTION=mma timeout 90 "$B/bench/model_step" "$cfg" "$2" 2048 3 --device cuda \
             --matmul bf16 2>>"$log" | tail -n 1)
         echo "$1 B=$2: thinkpipe, TP_CUDA_ATTENTION=mma: ${tm:-failed}" >>"$log"
-        row "$1 B=$2 T=2048 thinkpipe, mma attention" \
-            "$(field "$tm" tokens/s) tok/s, $(field "$tm" devmem_mb) MB, MFU $(field "$tm" mfu)"
+        row "$1 B=$2 T=2048 thinkpipe, mma attention" "$(sft_row "$tm")"
     fi
     # the same with the MLP's [N, F] tensors in fp32 (as before mlp.cu): what their bf16 storage gains
     if [ "$1" = qwen2.5-0.5b ]; then
         tf=$(TP_CUDA_ACT16=0 timeout 90 "$B/bench/model_step" "$cfg" "$2" 2048 3 --device cuda --matmul bf16 \
             2>>"$log" | tail -n 1)
         echo "$1 B=$2: thinkpipe, TP_CUDA_ACT16=0: ${tf:-failed}" >>"$log"
-        row "$1 B=$2 T=2048 thinkpipe, MLP tensors fp32" \
-            "$(field "$tf" tokens/s) tok/s, $(field "$tf" devmem_mb) MB, MFU $(field "$tf" mfu)"
+        row "$1 B=$2 T=2048 thinkpipe, MLP tensors fp32" "$(sft_row "$tf")"
     fi
     a=$(field "$tp" tokens/s) b=$(field "$pt" tokens/s) ma=$(field "$tp" devmem_mb) mb=$(field "$pt" devmem_mb)
     if [ -n "$a" ] && [ -n "$b" ]; then

@@ -6,6 +6,7 @@
 #ifndef TP_CUDA_OPS_H
 #define TP_CUDA_OPS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -148,6 +149,12 @@ void cuda_profile_end(int op);  // waits for the op and adds its device time
 // to row `name`, with a call. An op that marks parts marks its last one too: its own row
 // then gets the (next to no) time after that, and no call. Nothing outside a profiled op.
 void cuda_profile_part(const char *name);
+// Inside a profiled op: brackets one cuBLAS call (begin's answer goes to end; -1: not timed),
+// so its device time is tabled by shape at exit. m n k, ta tb: as cuBLAS is called; in16,
+// out16: bf16 operands, bf16 output; accumulate: beta != 0 or a residual as C; lt: cuBLASLt.
+int cuda_profile_product_begin(void);
+void cuda_profile_product_end(int t, int m, int n, int k, bool ta, bool tb, bool in16, bool out16, bool accumulate,
+                              bool lt);
 
 #ifdef __cplusplus
 }

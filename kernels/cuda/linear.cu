@@ -284,8 +284,10 @@ static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
     if (!p) return false;
     if (bias) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
     const float alpha = 1.0f;
+    const int timer = cuda_profile_product_begin();
     CUBLAS_CHECK(cublasLtMatmul(lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, C, p->lc, D, p->lc, &p->algo,
                                 lt_workspace, p->workspace, cuda_stream()));
+    cuda_profile_product_end(timer, m, n, k, ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, true, d16, beta != 0.0f, true);
     return true;
 }
 
@@ -299,8 +301,10 @@ static bool product_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int 
     if (lt_gemm(ta, tb, m, n, k, a, lda, b, ldb, residual ? 1.0f : beta, residual ? residual : C, C, ldc, c16, bias))
         return true;
     const float alpha = 1.0f;
+    const int timer = cuda_profile_product_begin();
     CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &beta, C,
                               c16 ? CUDA_R_16BF : CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    cuda_profile_product_end(timer, m, n, k, ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, true, c16, beta != 0.0f, false);
     return !bias && !residual;
 }
 
@@ -344,8 +348,10 @@ static bool gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k
         return gemm_bf16(ta, tb, m, n, k, A, lda, a_weight, B, ldb, b_weight, beta, C, ldc, reuse_a, reuse_b, bias,
                          residual);
     const float alpha = 1.0f;
+    const int timer = cuda_profile_product_begin();
     CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C,
                               CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
+    cuda_profile_product_end(timer, m, n, k, ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, false, false, beta != 0.0f, false);
     return !bias && !residual;
 }
 
