@@ -49,20 +49,31 @@ constexpr unsigned FULL = 0xffffffffu;
 // registers a thread, so the transposed scores of 32 queries at a time, not 64.
 template <int HD> __host__ __device__ constexpr int dkdv_queries() { return HD == 128 ? 32 : 64; }
 
+// (TP_CUDA_SIM: tests/sim runs these instructions on the CPU, with the layouts described here.)
+#ifndef TP_CUDA_SIM
 __device__ __forceinline__ unsigned smem_addr(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
+#endif
 
 // Four 8 x 8 bf16 matrices from shared memory; lane l gives the address of row l % 8 of
 // matrix l / 8, and holds, of matrix i, r[i] = (row l/4, columns 2(l%4), +1), or with
 // .trans (rows 2(l%4), +1 of column l/4).
 __device__ __forceinline__ void ldsm4(unsigned (&r)[4], const bf16 *p) {
+#ifdef TP_CUDA_SIM
+    ::sim::ldmatrix_x4(r, p, false);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)));
+#endif
 }
 __device__ __forceinline__ void ldsm4_t(unsigned (&r)[4], const bf16 *p) {
+#ifdef TP_CUDA_SIM
+    ::sim::ldmatrix_x4(r, p, true);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)));
+#endif
 }
 
 // d [16 x 8] += a [16 x 16] · b [16 x 8], bf16 operands, fp32 sums. Fragments: a[0] rows
@@ -70,11 +81,15 @@ __device__ __forceinline__ void ldsm4_t(unsigned (&r)[4], const bf16 *p) {
 // b0 = (k 2t, +1; n g), b1 = (k 2t + 8, +9; n g); d[0], d[1] = (g; 2t, +1), d[2], d[3]
 // = (g + 8; 2t, +1).
 __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+#ifdef TP_CUDA_SIM
+    ::sim::mma_m16n8k16_bf16(d, a, b0, b1);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 // Two floats as bf16 (nearest even), lo in the low half: the element of the lower column.
@@ -90,6 +105,13 @@ __device__ __forceinline__ void acc_to_a(unsigned (&a)[4], const float (&c0)[4],
 }
 
 // 16 bytes global -> shared without a register stop; full false: zeros, nothing read.
+#ifdef TP_CUDA_SIM
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool full) {
+    ::sim::cp_async(dst, src, 16, full);
+}
+__device__ __forceinline__ void cp_async_commit(void) { ::sim::cp_async_commit(); }
+template <int PENDING> __device__ __forceinline__ void cp_async_wait(void) { ::sim::cp_async_wait(PENDING); }
+#else
 __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool full) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                  "r"(full ? 16 : 0));
@@ -98,6 +120,7 @@ __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.c
 template <int PENDING> __device__ __forceinline__ void cp_async_wait(void) {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
 }
+#endif
 
 // dst [ROWS][HD + 8] := rows r0 .. r0 + ROWS - 1 of head `head` of src [*, heads, HD]
 // (bf16); rows >= rend are zero (so a zero probability times them stays zero). The pad
@@ -411,8 +434,12 @@ template <int HD> struct DkvSmem {
 
 // 4 bytes global -> shared (cp.async.ca); full false: zero.
 __device__ __forceinline__ void cp_async4(void *dst, const void *src, bool full) {
+#ifdef TP_CUDA_SIM
+    ::sim::cp_async(dst, src, 4, full);
+#else
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                  "r"(full ? 4 : 0));
+#endif
 }
 
 // The dk/dv kernel's query tile i0 .. i0 + QT - 1 into buffer `buf`: rows of q and dout, and

@@ -108,12 +108,19 @@ __device__ __forceinline__ void pdl_wait(bool late) {
 }
 // Brings a weight row of `bytes` into L2 (a lane of a warp: every 32nd 128-byte line).
 __device__ __forceinline__ void prefetch_l2(const void *row, size_t bytes, int lane) {
+#if defined(__CUDA_ARCH__)
     for (size_t off = (size_t)lane * 128; off < bytes; off += 32 * 128)
         asm volatile("prefetch.global.L2 [%0];" ::"l"((const char *)row + off));
+#else
+    (void)row, (void)bytes, (void)lane;  // (the host pass, and tests/sim: nothing to prefetch)
+#endif
 }
 
 template <typename... Params, typename... Args>
 void cuda_launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Args... args) {
+#ifdef TP_CUDA_SIM  // tests/sim: an ordinary launch (the simulator runs kernels one at a time anyway)
+    ::sim::launcher(kernel, grid, block, smem)(args...);
+#else
     if (!pdl_late_set) {  // the first launch of this file's kernels: never inside a graph capture
         int late = cuda_pdl_late();
         CUDA_CHECK(cudaMemcpyToSymbol(pdl_late_flag, &late, sizeof late));
@@ -126,6 +133,7 @@ void cuda_launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, siz
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr, cfg.numAttrs = cuda_pdl() ? 1 : 0;
     CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+#endif
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -15,6 +15,16 @@
         if (cuda_device_count() == 0) SKIP("no GPU on this machine"); \
     } while (0)
 
+// Skips a measurement of speed on tests/sim's simulator, where kernels run on the CPU at a
+// millionth of a GPU's speed (its device name says so).
+#define NEED_REAL_GPU()                                                                      \
+    do {                                                                                     \
+        char dev_[256];                                                                      \
+        NEED_GPU();                                                                          \
+        if (cuda_device_describe(dev_, sizeof dev_) == 0 && strstr(dev_, "simulator"))       \
+            SKIP("a speed measurement: not on the simulator");                               \
+    } while (0)
+
 static inline void fill_uniform(float *p, size_t n, double lo, double hi) {
     for (size_t i = 0; i < n; i++) p[i] = (float)(lo + (hi - lo) * test_uniform());
 }

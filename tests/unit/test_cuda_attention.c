@@ -6,6 +6,7 @@
 // attention_mma.cu), and the others stay on fp32.
 // Skipped without CUDA or without a GPU.
 #include "ops.h"
+#include "cuda_test.h"
 #include "test.h"
 #ifdef TP_HAVE_CUDA
 #include "cuda/cuda_ops.h"
@@ -317,7 +318,7 @@ static void test_cuda_speed(void) {
 #ifndef TP_HAVE_CUDA
     SKIP("built without CUDA (nvcc not found)");
 #else
-    if (cuda_device_count() == 0) SKIP("no GPU on this machine");
+    NEED_REAL_GPU();
     speed_case(8192, 8, 2, 128, 8192);
     speed_case(8192, 8, 2, 128, 512);
     speed_case(4 * 2048, 14, 2, 64, 2048);

@@ -139,7 +139,7 @@ static void test_sample_edges(void) {
 
 // Rough time per call, for the record (tests/bench/bench_cuda_sample.c measures properly).
 static void test_sample_time(void) {
-    NEED_GPU();
+    NEED_REAL_GPU();
     enum { N = 256, V = 151936 };
     float *x = logits(N, V, 0), *d_x = dev_copy(x, sizeof(float) * (size_t)N * V);
     sample_params p[N];

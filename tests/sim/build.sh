@@ -1,0 +1,52 @@
+#!/bin/sh
+# Builds the CUDA tests against the simulator (tests/sim/sim.h): kernels/cuda/*.cu compiled
+# by g++ for the CPU, with each kernel launch rewritten into a simulator call, linked with
+# the library's C objects (built with CUDA support) and stand-ins for the CUDA runtime and
+# cuBLAS — no GPU, driver or nvcc needed at run time. Output: $SIM/tests/test_cuda_* .
+#   sh tests/sim/build.sh            (after make: uses $BUILD's objects, default build/release)
+set -eu
+cd "$(dirname "$0")/../.."
+BUILD=${BUILD:-build/release}
+SIM=${SIM:-build/sim}
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+CXX=${CXX:-g++}
+CXXFLAGS="-std=c++17 -O1 -g -DTP_CUDA_SIM -include tests/sim/prelude.h -Itests/sim/include -Itests/sim \
+ -Ilibcore -Ikernels -I$CUDA_HOME/include -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unused-function -Wno-unknown-pragmas -Wno-unused-variable -Wno-sign-compare"
+mkdir -p "$SIM/src" "$SIM/obj" "$SIM/tests"
+objs=""
+for cu in kernels/cuda/*.cu; do
+    name=$(basename "$cu" .cu)
+    src=$SIM/src/$name.cpp obj=$SIM/obj/$name.o
+    # kernel<<<grid, block, smem, stream>>>(args)  ->  ::sim::launcher(kernel, grid, block, smem, stream)(args)
+    # extern __shared__ T name[];                  ->  T *name = (T *)::sim::dynamic_smem();
+    perl -0777 -pe 's/([A-Za-z_]\w*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\(/::sim::launcher($1, $2)(/gs;
+        s/extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]*?\w)\s+(\w+)\[\];/$1 *$2 = ($1 *)::sim::dynamic_smem();/g' \
+        "$cu" >"$src.new"
+    cmp -s "$src.new" "$src" && rm "$src.new" || mv "$src.new" "$src"
+    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ tests/sim/prelude.h -nt "$obj" ] || [ tests/sim/sim.h -nt "$obj" ] ||
+        [ -n "$(find kernels/cuda -name '*.h' -newer "$obj")" ]; then
+        echo "sim: $cu"
+        $CXX $CXXFLAGS -c "$src" -o "$obj"
+    fi
+    objs="$objs $obj"
+done
+for f in runtime cublas; do
+    if [ ! -f "$SIM/obj/sim_$f.o" ] || [ "tests/sim/$f.cpp" -nt "$SIM/obj/sim_$f.o" ] ||
+        [ tests/sim/sim.h -nt "$SIM/obj/sim_$f.o" ]; then
+        $CXX -std=c++17 -O2 -g -Itests/sim -Ikernels -I"$CUDA_HOME/include" -Wall -Wextra -Werror \
+            -c "tests/sim/$f.cpp" -o "$SIM/obj/sim_$f.o"
+    fi
+    objs="$objs $SIM/obj/sim_$f.o"
+done
+[ -f tests/sim/switch.S ] && { $CXX -c tests/sim/switch.S -o "$SIM/obj/sim_switch.o"; objs="$objs $SIM/obj/sim_switch.o"; }
+# The library's C objects (libcore and the cpu kernels, compiled with TP_HAVE_CUDA by make).
+cobjs=$(ls "$BUILD"/obj/libcore/*.o "$BUILD"/obj/kernels/cpu/*.o)
+rm -f "$SIM/libsim.a" && ar rcs "$SIM/libsim.a" $cobjs $objs
+CFLAGS="-std=c11 -D_GNU_SOURCE -O1 -g -fopenmp -DTP_VERSION=\"sim\" -DTP_HAVE_CUDA -Ilibcore -Ikernels -Itests/unit \
+ -I$CUDA_HOME/include"
+for t in tests/unit/test_cuda_*.c; do
+    name=$(basename "$t" .c)
+    cc $CFLAGS "$t" -o "$SIM/tests/$name" "$SIM/libsim.a" -lonig -lutf8proc -ljq -larchive -lzstd -lz -lm -fopenmp \
+        -ldl -lpthread -lstdc++
+done
+echo "sim: $SIM/tests/"
