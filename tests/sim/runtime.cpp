@@ -324,12 +324,16 @@ void mma_m16n8k16_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsig
     for (int e = 0; e < 4; e++) d[e] = out[e];
 }
 
+// A copy may land any time from its issue to the wait that covers it. Each lands at one end
+// or the other, at random (TP_SIM_SEED): at issue, a buffer refilled while other threads
+// still read it shows; at the wait, a read before the wait does.
 void cp_async(void *dst, const void *src, int bytes, bool full) {
     copy c;
     c.dst = (unsigned char *)dst, c.bytes = bytes, c.group = -1;
     if (full) memcpy(c.data, src, bytes);
     else memset(c.data, 0, bytes);
-    current->copies.push_back(c);
+    if (rng() & 1) memcpy(c.dst, c.data, bytes);
+    else current->copies.push_back(c);
 }
 void cp_async_commit() {
     for (copy &c : current->copies)

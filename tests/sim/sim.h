@@ -49,8 +49,9 @@ void *dynamic_smem();
 // ldmatrix .x4 (.trans): lane l gives the address of row l % 8 of matrix l / 8 and gets, of
 // matrix i, the 32 bits at (row l / 4, columns 2(l % 4), +1) (transposed: rows 2(l % 4), +1 of
 // column l / 4); mma.m16n8k16.row.col f32 += bf16 x bf16 (fragments as in the PTX manual);
-// cp.async: the source read when issued, the destination written only when a
-// cp.async.wait_group covering its group runs (so a missing wait reads stale shared memory).
+// cp.async: the source read when issued, the destination written then or only when a
+// cp.async.wait_group covering its group runs, at random (so both a missing wait and a
+// buffer refilled too early show).
 void ldmatrix_x4(unsigned (&r)[4], const void *row_address, bool trans);
 void mma_m16n8k16_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1);
 void cp_async(void *dst, const void *src, int bytes, bool full);
