@@ -4,6 +4,7 @@
 #   make test       build and run every test; ends with "N passed, N failed, N skipped"
 #   make test SAN=1 the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make fuzz       libFuzzer targets, FUZZ_SECONDS each (default 60)
+#   make sim-check  every CUDA test on the CPU simulator (tests/sim; no GPU needed)
 #   make bench      throughput benchmarks against peers (not tests)
 #   make install    PREFIX=/usr/local
 
@@ -59,7 +60,7 @@ BENCHES   := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/
 # Test servers (tests/server/): stand-ins for remote APIs, for the tests and the offline demo.
 SERVERS   := $(patsubst tests/server/%.c,$(BUILD)/tests/%,$(wildcard tests/server/*.c))
 
-.PHONY: all deps test fuzz bench install clean gpu-check FORCE
+.PHONY: all deps test fuzz bench install clean gpu-check sim-check FORCE
 all: $(LIB) $(TOOLS) $(TESTS) $(BENCHES) $(SERVERS)
 
 deps:
@@ -143,6 +144,13 @@ bench: $(LIB) $(TOOLS) $(BENCHES)
 
 gpu-check:
 	@sh tests/gpu-check.sh
+
+# Every CUDA test on the simulator (tests/sim: kernels/cuda compiled for the CPU), unit and
+# CLI; needs the CUDA headers, not a GPU. About 25 minutes on 2 cores.
+sim-check: all
+	@BUILD=$(BUILD) SAN=$(SAN) NVCC="$(NVCC)" SIM_ONLY=1 \
+	  SIM_TESTS="test_cuda_ops test_cuda_decode test_cuda_attention test_cuda_sample test_cuda_generate test_cuda_model" \
+	  SIM_CLI_TESTS="test_sft_train_cuda test_rollout_cuda" sh tests/run.sh
 
 install: $(LIB) $(TOOLS)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/thinkpipe \

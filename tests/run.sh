@@ -29,7 +29,8 @@ count() {  # count OUTPUT_FILE STATUS NAME
     pass=$((pass + p)) fail=$((fail + f)) skip=$((skip + s))
 }
 
-for t in "$BUILD"/tests/test_*; do
+# SIM_ONLY=1 (make sim-check): only the simulator's runs below.
+[ "${SIM_ONLY:-0}" = 1 ] || for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
     "$t" >"$tmp/out" 2>"$tmp/err"
@@ -39,7 +40,7 @@ for t in "$BUILD"/tests/test_*; do
     if [ $rc -ne 0 ]; then sed 's/^/    /' "$tmp/err" | head -n 40; fi
 done
 
-for s in tests/cli/test_*.sh; do
+[ "${SIM_ONLY:-0}" = 1 ] || for s in tests/cli/test_*.sh; do
     name=$(basename "$s" .sh)
     sh "$s" >"$tmp/out" 2>"$tmp/err"
     rc=$?
@@ -47,6 +48,38 @@ for s in tests/cli/test_*.sh; do
     count "$tmp/out" $rc "$name"
     if [ $rc -ne 0 ]; then sed 's/^/    /' "$tmp/err" | head -n 40; fi
 done
+
+# The CUDA tests again on tests/sim's simulator (kernels/cuda compiled for the CPU, no GPU
+# needed): the kernels' indexing, layouts, barriers and plumbing checked on every machine
+# with the CUDA headers. The default run takes the three quickest; make sim-check takes all
+# (SIM_TESTS) and the CUDA CLI tests with the programs built on it (SIM_CLI_TESTS). Not under
+# SAN=1: the simulator's hand-switched stacks confuse AddressSanitizer.
+sim_tests=${SIM_TESTS:-test_cuda_ops test_cuda_decode test_cuda_attention}
+if [ -n "${NVCC:-}" ] && [ "$SAN" != 1 ]; then
+    if BUILD=$BUILD sh tests/sim/build.sh >"$tmp/simbuild" 2>&1; then
+        for name in $sim_tests; do
+            "build/sim/tests/$name" >"$tmp/out" 2>"$tmp/err"
+            rc=$?
+            sed -i "s/^\(ok\|not ok\|skip\) - /\1 - sim:/" "$tmp/out"
+            echo "sim:$name: $(tail -n 1 "$tmp/out" | sed 's/^# //')"
+            count "$tmp/out" $rc "sim:$name"
+            if [ $rc -ne 0 ]; then sed 's/^/    /' "$tmp/err" | head -n 40; fi
+        done
+        # the programs built on the simulator, through the CUDA CLI tests (SIM_CLI_TESTS)
+        for name in ${SIM_CLI_TESTS:-}; do
+            BIN="$PWD/build/sim/bin" sh "tests/cli/$name.sh" >"$tmp/out" 2>"$tmp/err"
+            rc=$?
+            sed -i "s/^\(ok\|not ok\|skip\) - /\1 - sim:/" "$tmp/out"
+            echo "sim:$name: $(grep -c '^ok - ' "$tmp/out") ok"
+            count "$tmp/out" $rc "sim:$name"
+            if [ $rc -ne 0 ]; then sed 's/^/    /' "$tmp/err" | head -n 40; fi
+        done
+    else
+        echo "not ok - sim: tests/sim/build.sh failed"
+        sed 's/^/    /' "$tmp/simbuild" | tail -n 30
+        fail=$((fail + 1))
+    fi
+fi
 
 echo "tests: $pass passed, $fail failed, $skip skipped"
 [ "$fail" -eq 0 ]

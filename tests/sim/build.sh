@@ -10,8 +10,11 @@ BUILD=${BUILD:-build/release}
 SIM=${SIM:-build/sim}
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 CXX=${CXX:-g++}
-CXXFLAGS="-std=c++17 -O1 -g -DTP_CUDA_SIM -include tests/sim/prelude.h -Itests/sim/include -Itests/sim \
- -Ilibcore -Ikernels -I$CUDA_HOME/include -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unused-function -Wno-unknown-pragmas -Wno-unused-variable -Wno-sign-compare"
+# (-fno-strict-aliasing: CUDA code reads bf16 pairs through unsigned ints; the warnings
+# silenced are ones nvcc never gives device code: unused template helpers, #pragma unroll.)
+CXXFLAGS="-std=c++17 -O${SIM_O:-2} -g -fno-strict-aliasing -DTP_CUDA_SIM -include tests/sim/prelude.h \
+ -Itests/sim/include -Itests/sim -Ilibcore -Ikernels -I$CUDA_HOME/include -Wall -Wextra -Werror \
+ -Wno-unused-parameter -Wno-unused-function -Wno-unknown-pragmas -Wno-unused-variable -Wno-sign-compare"
 mkdir -p "$SIM/src" "$SIM/obj" "$SIM/tests"
 objs=""
 for cu in kernels/cuda/*.cu; do
@@ -20,11 +23,11 @@ for cu in kernels/cuda/*.cu; do
     # kernel<<<grid, block, smem, stream>>>(args)  ->  ::sim::launcher(kernel, grid, block, smem, stream)(args)
     # extern __shared__ T name[];                  ->  T *name = (T *)::sim::dynamic_smem();
     perl -0777 -pe 's/([A-Za-z_]\w*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\(/::sim::launcher($1, $2)(/gs;
-        s/extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]*?\w)\s+(\w+)\[\];/$1 *$2 = ($1 *)::sim::dynamic_smem();/g' \
-        "$cu" >"$src.new"
+        s/extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]*?\w)\s+(\w+)\[\];
+         /$1 *$2 = ($1 *)::sim::dynamic_smem();/gx' "$cu" >"$src.new"
     cmp -s "$src.new" "$src" && rm "$src.new" || mv "$src.new" "$src"
-    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ tests/sim/prelude.h -nt "$obj" ] || [ tests/sim/sim.h -nt "$obj" ] ||
-        [ -n "$(find kernels/cuda -name '*.h' -newer "$obj")" ]; then
+    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ tests/sim/prelude.h -nt "$obj" ] ||
+        [ tests/sim/sim.h -nt "$obj" ] || [ -n "$(find kernels/cuda tests/sim/include -name '*.h' -newer "$obj")" ]; then
         echo "sim: $cu"
         $CXX $CXXFLAGS -c "$src" -o "$obj"
     fi
@@ -38,7 +41,6 @@ for f in runtime cublas; do
     fi
     objs="$objs $SIM/obj/sim_$f.o"
 done
-[ -f tests/sim/switch.S ] && { $CXX -c tests/sim/switch.S -o "$SIM/obj/sim_switch.o"; objs="$objs $SIM/obj/sim_switch.o"; }
 # The library's C objects (libcore and the cpu kernels, compiled with TP_HAVE_CUDA by make).
 cobjs=$(ls "$BUILD"/obj/libcore/*.o "$BUILD"/obj/kernels/cpu/*.o)
 rm -f "$SIM/libsim.a" && ar rcs "$SIM/libsim.a" $cobjs $objs
@@ -49,4 +51,14 @@ for t in tests/unit/test_cuda_*.c; do
     cc $CFLAGS "$t" -o "$SIM/tests/$name" "$SIM/libsim.a" -lonig -lutf8proc -ljq -larchive -lzstd -lz -lm -fopenmp \
         -ldl -lpthread -lstdc++
 done
-echo "sim: $SIM/tests/"
+# The programs the CUDA CLI tests run (tests/cli/test_*_cuda.sh with BIN=$SIM/bin).
+mpi_cflags=$(pkg-config --cflags ompi-c 2>/dev/null || true)
+mpi_libs=$(pkg-config --libs ompi-c 2>/dev/null || true)
+[ -n "$mpi_libs" ] && CFLAGS="$CFLAGS -DTP_HAVE_MPI $mpi_cflags"
+mkdir -p "$SIM/bin" "$SIM/lib"
+cc -std=c11 -O2 -Wall -Wextra -Werror -shared -fPIC tests/sim/nccl.c -o "$SIM/lib/libnccl.so.2"
+for tool in tokenize sft-train rollout; do
+    cc $CFLAGS "tools/$tool.c" -o "$SIM/bin/$tool" "$SIM/libsim.a" -lonig -lutf8proc -ljq -larchive -lzstd -lz -lm \
+        -fopenmp -ldl -lpthread -lstdc++ $mpi_libs -Wl,-rpath,'$ORIGIN/../lib'
+done
+echo "sim: $SIM/tests/ $SIM/bin/"

@@ -18,7 +18,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -105,9 +104,11 @@ std::string kernel_name(const void *kernel) {
     abort();
 }
 
+void finish_current();
+
 void fiber_main() {
     (*body)();
-    current->state = DONE;
+    finish_current();
     sim_switch(&current->sp, scheduler_sp);
     die("a finished thread was resumed");
 }
@@ -135,42 +136,55 @@ void fiber_start(fiber &f) {
     f.sp = sp;
 }
 
-void block_on(fiber_state s) {
-    current->state = s;
+// Barriers are counted: the thread whose arrival completes one releases the others and
+// goes on without a switch; a thread that returns counts as arrived at every barrier.
+std::vector<int> warp_live, warp_arrived;  // per warp of the block
+int block_live, block_arrived, block_size;
+
+void release_warp(int w) {
+    for (int l = w * 32; l < std::min(block_size, w * 32 + 32); l++)
+        if (fibers[l].state == AT_WARP) fibers[l].state = RUNNABLE;
+    warp_arrived[w] = 0;
+}
+void release_block() {
+    for (int i = 0; i < block_size; i++)
+        if (fibers[i].state == AT_BLOCK) fibers[i].state = RUNNABLE;
+    block_arrived = 0;
+}
+
+void finish_current() {
+    const int w = current->linear / 32;
+    current->state = DONE;
+    if (--warp_live[w] > 0 && warp_arrived[w] == warp_live[w]) release_warp(w);
+    if (--block_live > 0 && block_arrived == block_live) release_block();
+}
+
+void arrive_warp() {
+    const int w = current->linear / 32;
+    if (++warp_arrived[w] == warp_live[w]) {
+        release_warp(w);
+        return;
+    }
+    current->state = AT_WARP;
+    sim_switch(&current->sp, scheduler_sp);
+}
+void arrive_block() {
+    if (++block_arrived == block_live) {
+        release_block();
+        return;
+    }
+    current->state = AT_BLOCK;
     sim_switch(&current->sp, scheduler_sp);
 }
 
-unsigned long seed() {
+// xorshift64*: the order of each round and where each cp.async lands (TP_SIM_SEED).
+uint64_t rng_state = [] {
     const char *e = getenv("TP_SIM_SEED");
-    return e ? strtoul(e, NULL, 10) : 1;
-}
-std::mt19937 rng(seed());
-
-// Releases the warps all of whose live lanes wait at a warp barrier, else the block barrier
-// when every live thread waits there; false when nothing can move (a deadlock).
-bool release(int n) {
-    bool any = false;
-    for (int w = 0; w * 32 < n; w++) {
-        int waiting = 0, live = 0;
-        for (int l = w * 32; l < std::min(n, w * 32 + 32); l++) {
-            if (fibers[l].state != DONE) live++;
-            if (fibers[l].state == AT_WARP) waiting++;
-        }
-        if (waiting && waiting == live) {
-            for (int l = w * 32; l < std::min(n, w * 32 + 32); l++)
-                if (fibers[l].state == AT_WARP) fibers[l].state = RUNNABLE;
-            any = true;
-        }
-    }
-    if (any) return true;
-    int at_block = 0, done = 0;
-    for (int i = 0; i < n; i++) at_block += fibers[i].state == AT_BLOCK, done += fibers[i].state == DONE;
-    if (at_block && at_block + done == n) {
-        for (int i = 0; i < n; i++)
-            if (fibers[i].state == AT_BLOCK) fibers[i].state = RUNNABLE;
-        return true;
-    }
-    return false;
+    return (e ? strtoull(e, NULL, 10) : 1) * 0x9E3779B97F4A7C15ull | 1;
+}();
+uint64_t rng() {
+    rng_state ^= rng_state >> 12, rng_state ^= rng_state << 25, rng_state ^= rng_state >> 27;
+    return rng_state * 0x2545F4914F6CDD1Dull;
 }
 
 [[noreturn]] void deadlock(int n) {
@@ -182,8 +196,13 @@ bool release(int n) {
     die("deadlock: a barrier some threads never reach");
 }
 
+// Runs the block's threads in rounds, each round in a random order, every runnable thread
+// until it waits at a barrier or returns. A round that leaves nobody runnable while some
+// have not returned is a deadlock.
 void run_block(int n, size_t smem_bytes) {
     if (smem_bytes) memset(smem_now, 0xff, smem_bytes);  // unwritten shared memory reads as NaN
+    block_size = block_live = n, block_arrived = 0;
+    warp_live.assign((n + 31) / 32, 0), warp_arrived.assign((n + 31) / 32, 0);
     for (int i = 0; i < n; i++) {
         fiber &f = fibers[i];
         f.linear = i;
@@ -192,22 +211,22 @@ void run_block(int n, size_t smem_bytes) {
         f.state = RUNNABLE;
         f.copies.clear();
         f.committed = 0;
+        warp_live[i / 32]++;
         fiber_start(f);
     }
     std::vector<int> order(n);
     for (int i = 0; i < n; i++) order[i] = i;
-    for (;;) {
-        std::shuffle(order.begin(), order.end(), rng);
+    while (block_live > 0) {
+        for (int i = n - 1; i > 0; i--) std::swap(order[i], order[rng() % (uint64_t)(i + 1)]);
+        bool ran = false;
         for (int i : order)
             if (fibers[i].state == RUNNABLE) {
                 current = &fibers[i];
                 sim_switch(&scheduler_sp, fibers[i].sp);
+                ran = true;
             }
         current = NULL;
-        bool all_done = true;
-        for (int i = 0; i < n; i++) all_done &= fibers[i].state == DONE;
-        if (all_done) return;
-        if (!release(n)) deadlock(n);
+        if (!ran) deadlock(n);
     }
 }
 
@@ -223,8 +242,8 @@ dim3 block_dim() { return block_now; }
 dim3 grid_dim() { return grid_now; }
 int lane() { return current->linear % 32; }
 int warp_id() { return current->linear / 32; }
-void sync_block() { block_on(AT_BLOCK); }
-void sync_warp() { block_on(AT_WARP); }
+void sync_block() { arrive_block(); }
+void sync_warp() { arrive_warp(); }
 void *warp_slot(int l) { return &slots[((size_t)warp_id() * 32 + l) * SLOT_BYTES]; }
 bool lane_exited(int l) {
     const size_t i = (size_t)warp_id() * 32 + l;

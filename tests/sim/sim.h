@@ -7,6 +7,9 @@
 // (seeded, TP_SIM_SEED), so a read of shared memory that a missing barrier leaves racing
 // shows up as a wrong answer. A barrier that some threads can never reach is reported
 // (the kernel, the block, the threads waiting where) and the process aborts.
+// Build and run: tests/sim/build.sh (make test runs the quick CUDA tests on it, make sim-check
+// all of them and the CUDA CLI tests). TP_SIM_SEED picks the random orders (default 1);
+// TP_SIM_MEMORY_MB the device memory (default 8192), so out-of-memory paths run too.
 // What it is for: the kernels' index arithmetic, fragment layouts, masks, barriers and
 // host-side plumbing, run where there is no GPU. What it is not: a timing model, or the
 // GPU's float arithmetic (expf, rsqrtf and fma are the host's), so tests keep tolerances.
