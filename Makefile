@@ -148,7 +148,7 @@ gpu-check:
 # Every CUDA test on the simulator (tests/sim: kernels/cuda compiled for the CPU), unit and
 # CLI; needs the CUDA headers, not a GPU. About 25 minutes on 2 cores.
 sim-check: all
-	@BUILD=$(BUILD) SAN=$(SAN) NVCC="$(NVCC)" SIM_ONLY=1 \
+	@BUILD=$(BUILD) SAN=$(SAN) NVCC="$(NVCC)" CUDA_ARCHS="$(CUDA_ARCHS)" SIM_ONLY=1 \
 	  SIM_TESTS="test_cuda_ops test_cuda_decode test_cuda_attention test_cuda_sample test_cuda_generate test_cuda_model" \
 	  SIM_CLI_TESTS="test_sft_train_cuda test_rollout_cuda" sh tests/run.sh
 

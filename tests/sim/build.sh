@@ -10,9 +10,10 @@ BUILD=${BUILD:-build/release}
 SIM=${SIM:-build/sim}
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 CXX=${CXX:-g++}
-# (-fno-strict-aliasing: CUDA code reads bf16 pairs through unsigned ints; the warnings
+# (-fno-strict-aliasing: CUDA code reads bf16 pairs through unsigned ints; -ffp-contract=off:
+# the __f*_rn helpers must stay unfused, as sample.cu's bit-exact sums need; the warnings
 # silenced are ones nvcc never gives device code: unused template helpers, #pragma unroll.)
-CXXFLAGS="-std=c++17 -O${SIM_O:-2} -g -fno-strict-aliasing -DTP_CUDA_SIM -include tests/sim/prelude.h \
+CXXFLAGS="-std=c++17 -O${SIM_O:-2} -g -fno-strict-aliasing -ffp-contract=off -DTP_CUDA_SIM -include tests/sim/prelude.h \
  -Itests/sim/include -Itests/sim -Ilibcore -Ikernels -I$CUDA_HOME/include -Wall -Wextra -Werror \
  -Wno-unused-parameter -Wno-unused-function -Wno-unknown-pragmas -Wno-unused-variable -Wno-sign-compare"
 mkdir -p "$SIM/src" "$SIM/obj" "$SIM/tests"
@@ -27,7 +28,8 @@ for cu in kernels/cuda/*.cu; do
          /$1 *$2 = ($1 *)::sim::dynamic_smem();/gx' "$cu" >"$src.new"
     cmp -s "$src.new" "$src" && rm "$src.new" || mv "$src.new" "$src"
     if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ tests/sim/prelude.h -nt "$obj" ] ||
-        [ tests/sim/sim.h -nt "$obj" ] || [ -n "$(find kernels/cuda tests/sim/include -name '*.h' -newer "$obj")" ]; then
+        [ tests/sim/sim.h -nt "$obj" ] || [ tests/sim/build.sh -nt "$obj" ] ||
+        [ -n "$(find kernels/cuda kernels/ops.h tests/sim/include -name '*.h' -newer "$obj")" ]; then
         echo "sim: $cu"
         $CXX $CXXFLAGS -c "$src" -o "$obj"
     fi
@@ -48,8 +50,8 @@ CFLAGS="-std=c11 -D_GNU_SOURCE -O1 -g -fopenmp -DTP_VERSION=\"sim\" -DTP_HAVE_CU
  -I$CUDA_HOME/include"
 for t in tests/unit/test_cuda_*.c; do
     name=$(basename "$t" .c)
-    cc $CFLAGS "$t" -o "$SIM/tests/$name" "$SIM/libsim.a" -lonig -lutf8proc -ljq -larchive -lzstd -lz -lm -fopenmp \
-        -ldl -lpthread -lstdc++
+    cc $CFLAGS -rdynamic "$t" -o "$SIM/tests/$name" "$SIM/libsim.a" -lonig -lutf8proc -ljq -larchive -lzstd -lz -lm \
+        -fopenmp -ldl -lpthread -lstdc++
 done
 # The programs the CUDA CLI tests run (tests/cli/test_*_cuda.sh with BIN=$SIM/bin).
 mpi_cflags=$(pkg-config --cflags ompi-c 2>/dev/null || true)

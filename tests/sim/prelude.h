@@ -64,8 +64,12 @@ template <typename T, typename Src> T shuffle(T v, Src src) {
     sync_warp();
     const int from = src(lane());
     T r = v;
-    if (from >= 0 && from < 32) std::memcpy(&r, warp_slot(from), sizeof r);
-    note_stale_read(from);
+    if (from >= 0 && from < 32 && lane_exited(from)) {  // undefined in CUDA: NaN bytes here
+        std::memset(&r, 0xff, sizeof r);
+        note_stale_read(from);
+    } else if (from >= 0 && from < 32) {
+        std::memcpy(&r, warp_slot(from), sizeof r);
+    }
     sync_warp();
     return r;
 }
@@ -166,8 +170,8 @@ inline unsigned __float_as_uint(float f) {
     std::memcpy(&i, &f, 4);
     return i;
 }
-// The round-to-nearest forms: the host's operators round to nearest already (and ISO C++
-// mode contracts nothing into an fma).
+// The round-to-nearest forms: the host's operators round to nearest already (and
+// tests/sim/build.sh passes -ffp-contract=off, so nothing is fused into an fma).
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }

@@ -85,6 +85,7 @@ dim3 grid_now, block_now;
 uint3 block_now_idx;
 std::vector<unsigned char> slots;  // warps x 32 lanes x SLOT_BYTES
 unsigned char *smem_now;
+size_t smem_bytes_now;
 const void *kernel_now;
 bool stale_reported;
 
@@ -246,8 +247,8 @@ void sync_block() { arrive_block(); }
 void sync_warp() { arrive_warp(); }
 void *warp_slot(int l) { return &slots[((size_t)warp_id() * 32 + l) * SLOT_BYTES]; }
 bool lane_exited(int l) {
-    const size_t i = (size_t)warp_id() * 32 + l;
-    return i >= fibers.size() || fibers[i].state == DONE;
+    const int i = warp_id() * 32 + l;
+    return i >= block_size || fibers[i].state == DONE;
 }
 void note_stale_read(int l) {
     if (l < 0 || l >= 32 || !lane_exited(l) || stale_reported) return;
@@ -274,20 +275,43 @@ void run_grid(const void *kernel, dim3 grid, dim3 block, size_t smem, std::funct
     slots.assign(((size_t)n + 31) / 32 * 32 * SLOT_BYTES, 0);
     std::vector<unsigned char> smem_buf(smem + 128);
     smem_now = (unsigned char *)(((uintptr_t)smem_buf.data() + 127) & ~(uintptr_t)127);
+    smem_bytes_now = smem;
     grid_now = grid, block_now = block, body = &fn, stale_reported = false;
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                block_now_idx = uint3{x, y, z};
-                run_block((int)n, smem);
-            }
+    // Blocks in a random order (TP_SIM_SEED): a kernel must not depend on which block runs
+    // first or last (e.g. a merge done by the last block of a group to arrive).
+    const size_t blocks = (size_t)grid.x * grid.y * grid.z;
+    std::vector<size_t> order(blocks);
+    for (size_t b = 0; b < blocks; b++) order[b] = b;
+    for (size_t b = blocks; b > 1; b--) std::swap(order[b - 1], order[rng() % b]);
+    for (size_t b : order) {
+        block_now_idx = uint3{(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y),
+                              (unsigned)(b / ((size_t)grid.x * grid.y))};
+        run_block((int)n, smem);
+    }
     body = NULL, kernel_now = NULL, smem_now = NULL;
 }
 
 // ---- the warp-wide and asynchronous instructions ----
 
+// An address the instruction requires `align`-aligned and, when shared, inside the block's
+// dynamic shared memory (the kernels that use these keep their tiles there); else the GPU
+// faults or reads another space, and so does the simulator, loudly.
+static void check_address(const void *p, size_t bytes, unsigned align, bool shared, const char *what) {
+    char msg[160];
+    if ((uintptr_t)p % align) {
+        snprintf(msg, sizeof msg, "%s at a misaligned address %p (needs %u bytes)", what, p, align);
+        die(msg);
+    }
+    const unsigned char *c = (const unsigned char *)p;
+    if (shared && !(smem_now && c >= smem_now && c + bytes <= smem_now + smem_bytes_now)) {
+        snprintf(msg, sizeof msg, "%s at %p: not in the block's dynamic shared memory", what, p);
+        die(msg);
+    }
+}
+
 void ldmatrix_x4(unsigned (&r)[4], const void *row_address, bool trans) {
     const int l = lane();
+    check_address(row_address, 16, 16, true, "ldmatrix row");
     memcpy(warp_slot(l), &row_address, sizeof row_address);
     sync_warp();
     auto row = [](int from) {
@@ -347,6 +371,8 @@ void mma_m16n8k16_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsig
 // or the other, at random (TP_SIM_SEED): at issue, a buffer refilled while other threads
 // still read it shows; at the wait, a read before the wait does.
 void cp_async(void *dst, const void *src, int bytes, bool full) {
+    check_address(dst, bytes, bytes, true, "cp.async destination");
+    if (full) check_address(src, bytes, bytes, false, "cp.async source");
     copy c;
     c.dst = (unsigned char *)dst, c.bytes = bytes, c.group = -1;
     if (full) memcpy(c.data, src, bytes);
@@ -374,7 +400,8 @@ namespace {
 struct graph {
     std::vector<std::function<void()>> work;
 };
-graph *capture;  // the graph being captured, or NULL
+graph *capture;        // the graph being captured, or NULL
+bool capture_invalid;  // a call CUDA refuses during capture was made: EndCapture fails, as on a GPU
 }  // namespace
 
 void enqueue(std::function<void()> work) {
@@ -405,22 +432,32 @@ cudaError_t note(cudaError_t e) {
     if (e != cudaSuccess) sim::last_error = e;
     return e;
 }
+// A call the GPU refuses while a stream is captured (allocation, a synchronous copy or set, a
+// wait): it fails, and so does the capture (the project's captures are thread-local mode).
+bool refused_in_capture() {
+    if (!sim::capturing()) return false;
+    sim::capture_invalid = true;
+    note(cudaErrorStreamCaptureUnsupported);
+    return true;
+}
 }  // namespace
 
 extern "C" {
 
 cudaError_t cudaMalloc(void **p, size_t size) {
     *p = NULL;
+    if (refused_in_capture()) return cudaErrorStreamCaptureUnsupported;
     if (allocated + size > memory_limit()) return note(cudaErrorMemoryAllocation);
     void *m = NULL;
     if (posix_memalign(&m, 256, size ? size : 1)) return note(cudaErrorMemoryAllocation);
-    memset(m, 0xa5, size);  // not zeros: cudaMalloc promises nothing
+    memset(m, 0xff, size);  // NaN as fp32, bf16 and double: a read of what nobody wrote shows
     allocations[m] = size;
     allocated += size;
     *p = m;
     return cudaSuccess;
 }
 cudaError_t cudaFree(void *p) {
+    if (refused_in_capture()) return cudaErrorStreamCaptureUnsupported;
     if (!p) return cudaSuccess;
     auto it = allocations.find(p);
     if (it == allocations.end()) return note(cudaErrorInvalidValue);
@@ -444,7 +481,7 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total) {
     return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, cudaMemcpyKind) {
-    if (sim::capturing()) return note(cudaErrorStreamCaptureUnsupported);
+    if (refused_in_capture()) return cudaErrorStreamCaptureUnsupported;
     if (n) memmove(dst, src, n);
     return cudaSuccess;
 }
@@ -455,6 +492,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind
     return cudaSuccess;
 }
 cudaError_t cudaMemset(void *p, int v, size_t n) {
+    if (refused_in_capture()) return cudaErrorStreamCaptureUnsupported;
     memset(p, v, n);
     return cudaSuccess;
 }
@@ -499,7 +537,9 @@ cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr attr, int) {
     }
     return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+    return refused_in_capture() ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
+}
 cudaError_t cudaGetLastError(void) {
     cudaError_t e = sim::last_error;
     sim::last_error = cudaSuccess;
@@ -541,17 +581,23 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int) {
 cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
 cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
-    return sim::capture ? note(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
+    return refused_in_capture() ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
 }
 cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
     if (sim::capture) return note(cudaErrorIllegalState);
     sim::capture = new sim::graph;
+    sim::capture_invalid = false;
     return cudaSuccess;
 }
 cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g) {
     if (!sim::capture) return note(cudaErrorIllegalState);
     *g = (cudaGraph_t)sim::capture;
     sim::capture = NULL;
+    if (sim::capture_invalid) {
+        delete (sim::graph *)*g;
+        *g = NULL;
+        return note(cudaErrorStreamCaptureInvalidated);
+    }
     return cudaSuccess;
 }
 cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus *st) {
@@ -590,7 +636,9 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
     sim::enqueue([ev]() { ev->ms = now_ms(); });
     return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) {
+    return refused_in_capture() ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
     *ms = (float)(((event_t *)b)->ms - ((event_t *)a)->ms);
     return cudaSuccess;

@@ -11,6 +11,9 @@
 
 #include <cuda_bf16.h>
 
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -48,33 +51,45 @@ void fill_fragment(fragment<Use, 16, 16, 16, T, L> &f, V v) {
     for (int e = 0; e < 8; e++) detail::from_float(f.x[e], (float)v);
 }
 
+// WMMA's pointer and stride rules (256-bit aligned pointer, ldm a multiple of 16 bytes): the
+// GPU faults or misreads otherwise, so the simulator stops.
+template <typename T> void check_tile(const T *p, unsigned ldm) {
+    if ((uintptr_t)p % 32 || ldm * sizeof(T) % 16) {
+        fprintf(stderr, "sim: wmma tile at %p with ldm %u: needs a 32-byte aligned pointer, ldm x %zu a multiple of "
+                        "16 bytes\n", (const void *)p, ldm, sizeof(T));
+        abort();
+    }
+}
+
 // matrix_a [row][k], matrix_b [k][col]: row_major reads p[r * ldm + c], col_major p[c * ldm + r].
+// Loads and stores are each lane's own elements and no barrier: they order no memory, as on
+// the GPU, so a missing __syncwarp between a lane's store and another's load shows.
 template <typename Use, typename T, typename L>
 void load_matrix_sync(fragment<Use, 16, 16, 16, T, L> &f, const T *p, unsigned ldm) {
+    check_tile(p, ldm);
     const int lane = ::sim::lane();
     constexpr bool col = std::is_same<L, col_major>::value;
     for (int e = 0; e < 8; e++) {
         const int i = detail::entry(e, lane), r = i / 16, c = i % 16;
         f.x[e] = col ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c];
     }
-    ::sim::sync_warp();  // a warp-wide instruction: every lane arrives
 }
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p, unsigned ldm, layout_t l) {
+    check_tile(p, ldm);
     const int lane = ::sim::lane();
     for (int e = 0; e < 8; e++) {
         const int i = detail::entry(e, lane), r = i / 16, c = i % 16;
         f.x[e] = l == mem_col_major ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c];
     }
-    ::sim::sync_warp();
 }
 inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm,
                               layout_t l) {
+    check_tile(p, ldm);
     const int lane = ::sim::lane();
     for (int e = 0; e < 8; e++) {
         const int i = detail::entry(e, lane), r = i / 16, c = i % 16;
         (l == mem_col_major ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c]) = f.x[e];
     }
-    ::sim::sync_warp();
 }
 
 // d = a · b + c over the warp (d may be c).
