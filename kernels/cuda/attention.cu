@@ -233,14 +233,15 @@ __global__ void __launch_bounds__(THREADS, HD <= 128 ? 2 : 1)
 
 // D [rows] = sum_d dout[row, d] · out[row, d] for rows = N·NH rows of HD, one warp per
 // row, summed in double like the CPU: dS = P (dP - D) subtracts nearly equal values.
-__global__ void attention_backward_d_kernel(float *__restrict__ D, const float *__restrict__ dout,
-                                            const float *__restrict__ out, long rows, int HD) {
+template <typename T>
+__global__ void attention_backward_d_kernel(float *__restrict__ D, const T *__restrict__ dout,
+                                            const T *__restrict__ out, long rows, int HD) {
     long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= rows) return;  // the whole warp: row is the same for its 32 lanes
-    const float *a = dout + row * HD, *o = out + row * HD;
+    const T *a = dout + row * HD, *o = out + row * HD;
     double sum = 0.0;
-    for (int d = lane; d < HD; d += 32) sum += (double)a[d] * o[d];
+    for (int d = lane; d < HD; d += 32) sum += (double)(float)a[d] * (double)(float)o[d];
     sum = warp_sum_d(sum);
     if (lane == 0) D[row] = (float)sum;
 }
@@ -486,10 +487,16 @@ bool heads_ok(int NH, int KVH) {
 
 }  // namespace
 
-void attention_row_dot(float *D, const float *dout, const float *out, long rows, int HD) {
+template <typename T> static void row_dot(float *D, const T *dout, const T *out, long rows, int HD) {
     const int threads = 256, warps = threads / 32;
-    attention_backward_d_kernel<<<cuda_blocks(rows, warps), threads, 0, cuda_stream()>>>(D, dout, out, rows, HD);
+    attention_backward_d_kernel<T><<<cuda_blocks(rows, warps), threads, 0, cuda_stream()>>>(D, dout, out, rows, HD);
     CUDA_LAUNCH_CHECK();
+}
+void attention_row_dot(float *D, const float *dout, const float *out, long rows, int HD) {
+    row_dot(D, dout, out, rows, HD);
+}
+void attention_row_dot(float *D, const __nv_bfloat16 *dout, const __nv_bfloat16 *out, long rows, int HD) {
+    row_dot(D, dout, out, rows, HD);
 }
 
 // Which tensor-core kernels bf16 mode runs: 1 mma.sync, 0 WMMA, -1 not chosen yet (then
@@ -534,6 +541,55 @@ extern "C" void cuda_attention_forward(float *out, float *lse, const float *q, c
     case 256: launch_forward<256>(out, lse, q, k, v, seg_start, N, NH, KVH, scale); break;
     default: cuda_note_message("attention: head_dim must be 16, 32, 64, 128 or 256", __FILE__, __LINE__);
     }
+}
+
+// ---- bf16 activations ----
+
+typedef __nv_bfloat16 bf16;
+
+extern "C" void cuda_attention_forward_bf16(void *out, float *lse, const void *q, const void *k, const void *v,
+                                            const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
+    if (N <= 0 || !heads_ok(NH, KVH)) return;
+    bf16 *o = (bf16 *)out;
+    const bf16 *bq = (const bf16 *)q, *bk = (const bf16 *)k, *bv = (const bf16 *)v;
+    if (cuda_matmul_bf16()) {
+        last_path = "mma";
+        if (cuda_attention_mma() && attention_mma_forward(o, lse, bq, bk, bv, seg_start, N, NH, KVH, HD, scale)) return;
+        last_path = "wmma";
+        if (attention_tc_forward(o, lse, bq, bk, bv, seg_start, N, NH, KVH, HD, scale)) return;
+    }
+    // fp32 copies [out | q | k | v] through the fp32 op
+    const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD;
+    float *w = (float *)cuda_scratch(SCRATCH_ATTENTION_WIDE, sizeof(float) * (2 * nq + 2 * nkv));
+    if (!w) return;  // noted
+    float *wo = w, *wq = wo + nq, *wk = wq + nq, *wv = wk + nkv;
+    cuda_widen_bf16(wq, q, nq), cuda_widen_bf16(wk, k, nkv), cuda_widen_bf16(wv, v, nkv);
+    cuda_attention_forward(wo, lse, wq, wk, wv, seg_start, N, NH, KVH, HD, scale);
+    cuda_round_bf16(out, wo, nq);
+}
+
+extern "C" void cuda_attention_backward_bf16(float *dq, float *dk, float *dv, const void *dout, const void *out,
+                                             const float *lse, const void *q, const void *k, const void *v,
+                                             const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
+    if (N <= 0 || !heads_ok(NH, KVH)) return;
+    const bf16 *bdo = (const bf16 *)dout, *bo = (const bf16 *)out;
+    const bf16 *bq = (const bf16 *)q, *bk = (const bf16 *)k, *bv = (const bf16 *)v;
+    if (cuda_matmul_bf16()) {
+        last_path = "mma";
+        if (cuda_attention_mma() &&
+            attention_mma_backward(dq, dk, dv, bdo, bo, lse, bq, bk, bv, seg_start, N, NH, KVH, HD, scale))
+            return;
+        last_path = "wmma";
+        if (attention_tc_backward(dq, dk, dv, bdo, bo, lse, bq, bk, bv, seg_start, N, NH, KVH, HD, scale)) return;
+    }
+    // fp32 copies [dout | out | q | k | v] through the fp32 op
+    const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD;
+    float *w = (float *)cuda_scratch(SCRATCH_ATTENTION_WIDE, sizeof(float) * (3 * nq + 2 * nkv));
+    if (!w) return;  // noted
+    float *wdo = w, *wo = wdo + nq, *wq = wo + nq, *wk = wq + nq, *wv = wk + nkv;
+    cuda_widen_bf16(wdo, dout, nq), cuda_widen_bf16(wo, out, nq);
+    cuda_widen_bf16(wq, q, nq), cuda_widen_bf16(wk, k, nkv), cuda_widen_bf16(wv, v, nkv);
+    cuda_attention_backward(dq, dk, dv, wdo, wo, lse, wq, wk, wv, seg_start, N, NH, KVH, HD, scale);
 }
 
 extern "C" void cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,

@@ -10,7 +10,8 @@
 //     and g + 8 and columns 2(lane%4), +1 of each 8-column accumulator, and two
 //     neighbouring accumulators of P (or dS) are, packed to bf16, exactly the A operand of
 //     the next product (16 rows x 16 keys);
-//   - tiles come from bf16 copies of q, k, v (and dout) made once per call, by cp.async,
+//   - tiles come from bf16 copies of q, k, v (and dout) made once per call (or from the
+//     tensors themselves when the model keeps them in bf16: no copies), by cp.async,
 //     double buffered: the next key (query) tile is on its way while this one is used;
 //   - operands are read from shared memory with ldmatrix (.trans for the products whose
 //     B operand is stored k-major: P V, dS K, P^T dO, dS^T Q).
@@ -239,6 +240,22 @@ __device__ __forceinline__ void store_rows(float *__restrict__ dst, const float 
     }
 }
 
+// The same rows rounded to bf16 (never added to).
+template <int HD>
+__device__ __forceinline__ void store_rows(bf16 *__restrict__ dst, const float (&acc)[HD / 8][4], int row0, int rend,
+                                           int heads, int head, int lane, bool) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = row0 + g + 8 * r;
+        if (row >= rend) continue;
+        bf16 *base = dst + ((size_t)row * heads + head) * HD + 2 * t;
+#pragma unroll
+        for (int no = 0; no < HD / 8; no++)
+            *reinterpret_cast<unsigned *>(base + no * 8) = pack_bf16(acc[no][2 * r], acc[no][2 * r + 1]);
+    }
+}
+
 // ---- forward ----
 
 template <int HD> struct FwdSmem {
@@ -249,9 +266,9 @@ template <int HD> struct FwdSmem {
 // One block per (tile of 64 queries, query head h); warp w owns queries i0 + 16w .. +15.
 // Per key tile: S = Q K^T, the online softmax in registers (log2 units, sl2 = scale ·
 // log2 e), O = O · alpha + P V. At the end out = O / l and lse = (m + log2 l) · ln 2.
-template <int HD>
+template <int HD, typename T>
 __global__ void __launch_bounds__(THREADS, 2)
-    attention_mma_forward_kernel(float *__restrict__ out, float *__restrict__ lse, const bf16 *__restrict__ q,
+    attention_mma_forward_kernel(T *__restrict__ out, float *__restrict__ lse, const bf16 *__restrict__ q,
                                  const bf16 *__restrict__ k, const bf16 *__restrict__ v,
                                  const int32_t *__restrict__ seg_start, int N, int NH, int KVH, float sl2) {
     constexpr int LD = HD + 8, TILE = FwdSmem<HD>::TILE, KD = HD / 16, NO = HD / 8;
@@ -562,14 +579,14 @@ void to_bf16(bf16 *out, const float *in, size_t n) {
 
 // ---- launches ----
 
-template <int HD>
-void launch_forward(float *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seg_start,
-                    int N, int NH, int KVH, float scale) {
+template <int HD, typename T>
+void launch_forward(T *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seg_start, int N,
+                    int NH, int KVH, float scale) {
     static bool opted;
     const size_t smem = FwdSmem<HD>::bytes;
-    allow_smem(attention_mma_forward_kernel<HD>, smem, &opted);
+    allow_smem(attention_mma_forward_kernel<HD, T>, smem, &opted);
     dim3 grid(cuda_blocks(N, BQ), (unsigned)NH);
-    attention_mma_forward_kernel<HD>
+    attention_mma_forward_kernel<HD, T>
         <<<grid, THREADS, smem, cuda_stream()>>>(out, lse, q, k, v, seg_start, N, NH, KVH, scale * LOG2E);
     CUDA_LAUNCH_CHECK();
 }
@@ -609,6 +626,14 @@ bool attention_mma_forward(float *out, float *lse, const float *q, const float *
     return true;
 }
 
+bool attention_mma_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                           const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
+    if ((HD != 64 && HD != 128) || !aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v)) return false;
+    if (HD == 64) launch_forward<64>(out, lse, q, k, v, seg_start, N, NH, KVH, scale);
+    else launch_forward<128>(out, lse, q, k, v, seg_start, N, NH, KVH, scale);
+    return true;
+}
+
 bool attention_mma_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                             const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
                             int KVH, int HD, float scale) {
@@ -625,5 +650,18 @@ bool attention_mma_backward(float *dq, float *dk, float *dv, const float *dout, 
     to_bf16(bq, q, nq), to_bf16(bdo, dout, nq), to_bf16(bk, k, nkv), to_bf16(bv, v, nkv);
     if (HD == 64) launch_backward<64>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, N, NH, KVH, scale);
     else launch_backward<128>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, N, NH, KVH, scale);
+    return true;
+}
+
+bool attention_mma_backward(float *dq, float *dk, float *dv, const bf16 *dout, const bf16 *out, const float *lse,
+                            const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seg_start, int N, int NH,
+                            int KVH, int HD, float scale) {
+    if ((HD != 64 && HD != 128) || !aligned16(dq) || !aligned16(dk) || !aligned16(dv) || !aligned16(dout) ||
+        !aligned16(q) || !aligned16(k) || !aligned16(v))
+        return false;
+    float *D, *pk, *pv;
+    if (!attention_backward_scratch(&D, &pk, &pv, dout, out, N, NH, KVH, HD)) return true;  // noted
+    if (HD == 64) launch_backward<64>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale);
+    else launch_backward<128>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale);
     return true;
 }

@@ -6,8 +6,9 @@
 // dq kernel (one block per query tile and head) and a dk/dv kernel (one block per key tile
 // and query head) that each own what they write: no atomics, every sum in a fixed order.
 //
-// q, k, v, out, dout, dq, dk, dv stay fp32 in global memory; a block rounds each 64-row
-// tile to bf16 as it stages it in shared memory ([64][HD + 8]: the pad puts the 8 rows of
+// q, k, v, out and dout are fp32 or bf16 in global memory (a model keeping its attention
+// activations in bf16 passes them as they are), dq, dk, dv fp32; a block rounds each
+// fp32 64-row tile to bf16 (or copies a bf16 one) as it stages it in shared memory ([64][HD + 8]: the pad puts the 8 rows of
 // each 16-byte-per-row fragment load in distinct banks). Products run on WMMA 16x16x16
 // fragments with fp32 accumulators: S = Q K^T, O += P V (P rounded to bf16); backward
 // dP = dO V^T, dS = P (dP - D), dV += P^T dO, dK += dS^T Q, dQ += dS K (P, dS rounded to
@@ -111,6 +112,26 @@ __device__ __forceinline__ void load_tile(bf16 *dst, const float *__restrict__ s
     }
 }
 
+// The same tile from bf16 src: copied as it is, 16 bytes (8 elements) a load, 8 loads in
+// flight per thread at HD 128 (4 at HD 64).
+template <int HD>
+__device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *__restrict__ src, int r0, int rend, int heads,
+                                          int head) {
+    constexpr int LD = HD + 8, C8 = HD / 8, IT = 64 * C8 / THREADS;
+    uint4 t[IT];
+#pragma unroll
+    for (int b = 0; b < IT; b++) {
+        int idx = b * THREADS + threadIdx.x, r = idx / C8, c = idx % C8, row = r0 + r;
+        t[b] = row < rend ? __ldg(reinterpret_cast<const uint4 *>(src + ((size_t)row * heads + head) * HD) + c)
+                          : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int b = 0; b < IT; b++) {
+        int idx = b * THREADS + threadIdx.x, r = idx / C8, c = idx % C8;
+        *reinterpret_cast<uint4 *>(dst + r * LD + c * 8) = t[b];
+    }
+}
+
 // x[e] *= f[row(e)] for every fragment of a row block (f: 16 floats of shared memory).
 template <int NF>
 __device__ __forceinline__ void scale_rows(FragC (&acc)[NF], const AccLayout &lay, const float *f) {
@@ -124,9 +145,18 @@ __device__ __forceinline__ void scale_rows(FragC (&acc)[NF], const AccLayout &la
 
 // Writes 4 accumulator fragments (a 16 x 64 block, columns col0 .. col0+63 of rows
 // row0 .. row0+15 of dst [*, heads, HD]) through the warp's staging area Sw [16][SLD]:
-// dst = x (add false) or dst += x (add true); rows >= rend are skipped.
-template <int HD>
-__device__ __forceinline__ void write_block(float *__restrict__ dst, const FragC *acc, float *Sw, int row0, int rend,
+// dst = x (add false) or dst += x (add true, fp32 dst only); rows >= rend are skipped.
+__device__ __forceinline__ void store4(float *p, float4 x, bool add) {
+    if (add) {
+        const float4 y = *reinterpret_cast<const float4 *>(p);
+        x.x += y.x, x.y += y.y, x.z += y.z, x.w += y.w;
+    }
+    *reinterpret_cast<float4 *>(p) = x;
+}
+__device__ __forceinline__ void store4(bf16 *p, float4 x, bool) { st_bf16x4(p, x); }  // (never add)
+
+template <int HD, typename T>
+__device__ __forceinline__ void write_block(T *__restrict__ dst, const FragC *acc, float *Sw, int row0, int rend,
                                             int heads, int head, int col0, bool add) {
     const int lane = threadIdx.x % 32;
 #pragma unroll
@@ -136,13 +166,8 @@ __device__ __forceinline__ void write_block(float *__restrict__ dst, const FragC
     for (int t = lane; t < 16 * 16; t += 32) {
         const int r = t / 16, c4 = t % 16, row = row0 + r;
         if (row < rend) {
-            float4 x = *reinterpret_cast<const float4 *>(Sw + r * SLD + c4 * 4);
-            float4 *p = reinterpret_cast<float4 *>(dst + ((size_t)row * heads + head) * HD + col0 + c4 * 4);
-            if (add) {
-                float4 y = *p;
-                x.x += y.x, x.y += y.y, x.z += y.z, x.w += y.w;
-            }
-            *p = x;
+            const float4 x = *reinterpret_cast<const float4 *>(Sw + r * SLD + c4 * 4);
+            store4(dst + ((size_t)row * heads + head) * HD + col0 + c4 * 4, x, add);
         }
     }
     __syncwarp();  // every lane has read Sw before the next block is stored
@@ -167,10 +192,10 @@ template <int HD> struct FwdSmem {
 // tensor cores, staged through shared memory where lane pairs run the online softmax of
 // one row each (lane 2r + half: columns half*32 .. +31 of row r), P = exp2(S·scale·log2e
 // - m) goes to shared memory in bf16, O is rescaled and O += P V. sl2 = scale · log2(e).
-template <int HD>
+template <int HD, typename T>
 __global__ void __launch_bounds__(THREADS, 2)
-    attention_tc_forward_kernel(float *__restrict__ out, float *__restrict__ lse, const float *__restrict__ q,
-                                const float *__restrict__ k, const float *__restrict__ v,
+    attention_tc_forward_kernel(T *__restrict__ out, float *__restrict__ lse, const T *__restrict__ q,
+                                const T *__restrict__ k, const T *__restrict__ v,
                                 const int32_t *__restrict__ seg_start, int N, int NH, int KVH, float sl2) {
     using L = FwdSmem<HD>;
     constexpr int LD = L::LD, NF = HD / 16;
@@ -301,11 +326,11 @@ template <int HD> struct DqSmem {
 // pass; warp w owns queries i0 + 16w .. +15: S = Q K^T, dP = dO V^T, P = exp2(S·sl2 -
 // lse·log2e), dS = P (dP - D) · scale (bf16, in shared memory), dQ += dS K. dq is
 // accumulated (+=) once per element at the end.
-template <int HD>
+template <int HD, typename T>
 __global__ void __launch_bounds__(THREADS, 2)
-    attention_tc_dq_kernel(float *__restrict__ dq, const float *__restrict__ dout, const float *__restrict__ lse,
-                           const float *__restrict__ D, const float *__restrict__ q, const float *__restrict__ k,
-                           const float *__restrict__ v, const int32_t *__restrict__ seg_start, int N, int NH,
+    attention_tc_dq_kernel(float *__restrict__ dq, const T *__restrict__ dout, const float *__restrict__ lse,
+                           const float *__restrict__ D, const T *__restrict__ q, const T *__restrict__ k,
+                           const T *__restrict__ v, const int32_t *__restrict__ seg_start, int N, int NH,
                            int KVH, float scale, float sl2) {
     using L = DqSmem<HD>;
     constexpr int LD = L::LD, NF = HD / 16;
@@ -426,12 +451,12 @@ template <int HD> struct DkvSmem {
 // direct (one query head per kv head) dk, dv [N, KVH, HD] += the sums; otherwise the sums
 // of head h are stored (=) into pk, pv [N, NH, HD], which attention_group_reduce adds
 // up over the group's heads in order.
-template <int HD>
+template <int HD, typename T>
 __global__ void __launch_bounds__(THREADS, 2)
     attention_tc_dkdv_kernel(float *__restrict__ dk, float *__restrict__ dv, bool direct,
-                             const float *__restrict__ dout, const float *__restrict__ lse,
-                             const float *__restrict__ D, const float *__restrict__ q, const float *__restrict__ k,
-                             const float *__restrict__ v, const int32_t *__restrict__ seg_start, int N, int NH,
+                             const T *__restrict__ dout, const float *__restrict__ lse,
+                             const float *__restrict__ D, const T *__restrict__ q, const T *__restrict__ k,
+                             const T *__restrict__ v, const int32_t *__restrict__ seg_start, int N, int NH,
                              int KVH, float scale, float sl2) {
     using L = DkvSmem<HD>;
     constexpr int LD = L::LD, NF = HD / 16;
@@ -544,33 +569,33 @@ __global__ void __launch_bounds__(THREADS, 2)
 
 // ---- launches ----
 
-template <int HD>
-void launch_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *seg_start,
-                    int N, int NH, int KVH, float scale) {
+template <int HD, typename T>
+void launch_forward(T *out, float *lse, const T *q, const T *k, const T *v, const int32_t *seg_start, int N, int NH,
+                    int KVH, float scale) {
     static bool opted;
     const size_t smem = FwdSmem<HD>::bytes;
-    allow_smem(attention_tc_forward_kernel<HD>, smem, &opted);
+    allow_smem(attention_tc_forward_kernel<HD, T>, smem, &opted);
     dim3 grid(cuda_blocks(N, BQ), (unsigned)NH);
-    attention_tc_forward_kernel<HD>
+    attention_tc_forward_kernel<HD, T>
         <<<grid, THREADS, smem, cuda_stream()>>>(out, lse, q, k, v, seg_start, N, NH, KVH, scale * LOG2E);
     CUDA_LAUNCH_CHECK();
 }
 
-template <int HD>
-void launch_backward(float *dq, float *dk, float *dv, float *pk, float *pv, const float *dout, const float *lse,
-                     const float *D, const float *q, const float *k, const float *v, const int32_t *seg_start, int N,
-                     int NH, int KVH, float scale) {
+template <int HD, typename T>
+void launch_backward(float *dq, float *dk, float *dv, float *pk, float *pv, const T *dout, const float *lse,
+                     const float *D, const T *q, const T *k, const T *v, const int32_t *seg_start, int N, int NH,
+                     int KVH, float scale) {
     static bool opted_dq, opted_dkdv;
     const size_t smem_dq = DqSmem<HD>::bytes, smem_dkdv = DkvSmem<HD>::bytes;
-    allow_smem(attention_tc_dq_kernel<HD>, smem_dq, &opted_dq);
-    allow_smem(attention_tc_dkdv_kernel<HD>, smem_dkdv, &opted_dkdv);
+    allow_smem(attention_tc_dq_kernel<HD, T>, smem_dq, &opted_dq);
+    allow_smem(attention_tc_dkdv_kernel<HD, T>, smem_dkdv, &opted_dkdv);
     const float sl2 = scale * LOG2E;
     dim3 grid_dq(cuda_blocks(N, BQ), (unsigned)NH), grid_dkdv(cuda_blocks(N, BK), (unsigned)NH);
-    attention_tc_dq_kernel<HD><<<grid_dq, THREADS, smem_dq, cuda_stream()>>>(dq, dout, lse, D, q, k, v, seg_start,
+    attention_tc_dq_kernel<HD, T><<<grid_dq, THREADS, smem_dq, cuda_stream()>>>(dq, dout, lse, D, q, k, v, seg_start,
                                                                             N, NH, KVH, scale, sl2);
     CUDA_LAUNCH_CHECK();
     const bool direct = NH == KVH;
-    attention_tc_dkdv_kernel<HD><<<grid_dkdv, THREADS, smem_dkdv, cuda_stream()>>>(
+    attention_tc_dkdv_kernel<HD, T><<<grid_dkdv, THREADS, smem_dkdv, cuda_stream()>>>(
         direct ? dk : pk, direct ? dv : pv, direct, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale, sl2);
     CUDA_LAUNCH_CHECK();
     if (!direct) attention_group_reduce(dk, dv, pk, pv, N, NH, KVH, HD);
@@ -601,8 +626,9 @@ __global__ void attention_group_reduce_kernel(float *__restrict__ dk, float *__r
 
 }  // namespace
 
-bool attention_backward_scratch(float **D, float **pk, float **pv, const float *dout, const float *out, int N, int NH,
-                                int KVH, int HD) {
+template <typename T>
+bool attention_backward_scratch(float **D, float **pk, float **pv, const T *dout, const T *out, int N, int NH, int KVH,
+                                int HD) {
     const size_t rows = (size_t)N * NH, dwords = (rows + 3) / 4 * 4, part = NH == KVH ? 0 : rows * HD;
     float *s = (float *)cuda_scratch(SCRATCH_ATTENTION, sizeof(float) * (dwords + 2 * part));
     if (!s) return false;
@@ -610,6 +636,10 @@ bool attention_backward_scratch(float **D, float **pk, float **pv, const float *
     attention_row_dot(*D, dout, out, (long)rows, HD);
     return true;
 }
+template bool attention_backward_scratch(float **, float **, float **, const float *, const float *, int, int, int,
+                                         int);
+template bool attention_backward_scratch(float **, float **, float **, const bf16 *, const bf16 *, int, int, int,
+                                         int);
 
 void attention_group_reduce(float *dk, float *dv, const float *pk, const float *pv, int N, int NH, int KVH, int HD) {
     const long n4 = (long)N * KVH * HD / 4;
@@ -617,17 +647,20 @@ void attention_group_reduce(float *dk, float *dv, const float *pk, const float *
     CUDA_LAUNCH_CHECK();
 }
 
-bool attention_tc_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                          const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
+namespace {
+
+template <typename T>
+bool tc_forward(T *out, float *lse, const T *q, const T *k, const T *v, const int32_t *seg_start, int N, int NH,
+                int KVH, int HD, float scale) {
     if ((HD != 64 && HD != 128) || !aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v)) return false;
     if (HD == 64) launch_forward<64>(out, lse, q, k, v, seg_start, N, NH, KVH, scale);
     else launch_forward<128>(out, lse, q, k, v, seg_start, N, NH, KVH, scale);
     return true;
 }
 
-bool attention_tc_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
-                           const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
-                           int KVH, int HD, float scale) {
+template <typename T>
+bool tc_backward(float *dq, float *dk, float *dv, const T *dout, const T *out, const float *lse, const T *q,
+                 const T *k, const T *v, const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
     if ((HD != 64 && HD != 128) || !aligned16(dq) || !aligned16(dk) || !aligned16(dv) || !aligned16(dout) ||
         !aligned16(q) || !aligned16(k) || !aligned16(v))
         return false;
@@ -637,4 +670,25 @@ bool attention_tc_backward(float *dq, float *dk, float *dv, const float *dout, c
     if (HD == 64) launch_backward<64>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale);
     else launch_backward<128>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale);
     return true;
+}
+
+}  // namespace
+
+bool attention_tc_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                          const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
+    return tc_forward(out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale);
+}
+bool attention_tc_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                          const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
+    return tc_forward(out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale);
+}
+bool attention_tc_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                           const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
+                           int KVH, int HD, float scale) {
+    return tc_backward(dq, dk, dv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale);
+}
+bool attention_tc_backward(float *dq, float *dk, float *dv, const bf16 *dout, const bf16 *out, const float *lse,
+                           const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seg_start, int N, int NH,
+                           int KVH, int HD, float scale) {
+    return tc_backward(dq, dk, dv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale);
 }

@@ -5,12 +5,17 @@
 // backward pass accumulates into dq, dk, dv); inside, tiles are rounded to bf16 and
 // multiplied on tensor cores with fp32 sums, softmax statistics stay fp32.
 //
+// Each has a second form with q, k, v, out and dout in bf16 (lse, D, dq, dk, dv fp32), for
+// models that keep those activations in bf16 (cuda_attention_forward_bf16): the kernels
+// are the same, their tiles copied rather than rounded, and out rounded to bf16 as stored.
+//
 // Each returns false, having done nothing, when it cannot take the call (HD other than 64
 // or 128, or a tensor not 16-byte aligned): the caller then runs the fp32 path.
 // The caller has already checked N > 0 and NH % KVH == 0.
 #ifndef TP_CUDA_ATTENTION_TC_H
 #define TP_CUDA_ATTENTION_TC_H
 
+#include <cuda_bf16.h>
 #include <stdint.h>
 
 bool attention_tc_forward(float *out, float *lse, const float *q, const float *k, const float *v,
@@ -18,6 +23,12 @@ bool attention_tc_forward(float *out, float *lse, const float *q, const float *k
 bool attention_tc_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                            const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
                            int KVH, int HD, float scale);
+bool attention_tc_forward(__nv_bfloat16 *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                          const __nv_bfloat16 *v, const int32_t *seg_start, int N, int NH, int KVH, int HD,
+                          float scale);
+bool attention_tc_backward(float *dq, float *dk, float *dv, const __nv_bfloat16 *dout, const __nv_bfloat16 *out,
+                           const float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                           const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
 
 // The same contracts, on mma.sync fragments (attention_mma.cu).
 bool attention_mma_forward(float *out, float *lse, const float *q, const float *k, const float *v,
@@ -25,14 +36,22 @@ bool attention_mma_forward(float *out, float *lse, const float *q, const float *
 bool attention_mma_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                             const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
                             int KVH, int HD, float scale);
+bool attention_mma_forward(__nv_bfloat16 *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                           const __nv_bfloat16 *v, const int32_t *seg_start, int N, int NH, int KVH, int HD,
+                           float scale);
+bool attention_mma_backward(float *dq, float *dk, float *dv, const __nv_bfloat16 *dout, const __nv_bfloat16 *out,
+                            const float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                            const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
 // Whether the mma.sync path is chosen (cuda_set_attention_kernel, else TP_CUDA_ATTENTION).
 bool cuda_attention_mma(void);
 
 // The tensor-core backward passes' scratch (slot SCRATCH_ATTENTION): D [N, NH] =
 // rowsum(dout ∘ out), computed here, then (grouped heads only) the per-head dk, dv partial
 // sums pk, pv [N, NH, HD], 16-byte aligned. false: out of device memory (noted).
-bool attention_backward_scratch(float **D, float **pk, float **pv, const float *dout, const float *out, int N, int NH,
-                                int KVH, int HD);
+// T: float or __nv_bfloat16.
+template <typename T>
+bool attention_backward_scratch(float **D, float **pk, float **pv, const T *dout, const T *out, int N, int NH, int KVH,
+                                int HD);
 
 static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
@@ -43,5 +62,6 @@ void attention_group_reduce(float *dk, float *dv, const float *pk, const float *
 // D [rows] = rowsum(dout ∘ out) over HD (rows = N·NH), in double per row: the backward
 // pass of both paths needs it (attention.cu).
 void attention_row_dot(float *D, const float *dout, const float *out, long rows, int HD);
+void attention_row_dot(float *D, const __nv_bfloat16 *dout, const __nv_bfloat16 *out, long rows, int HD);
 
 #endif

@@ -42,9 +42,13 @@ static inline unsigned cuda_blocks(long n, int threads) { return (unsigned)((n +
 void *cuda_scratch(int slot, size_t bytes);
 enum {
     SCRATCH_EMBEDDING = 0, SCRATCH_COLSUM, SCRATCH_ATTENTION, SCRATCH_CE, SCRATCH_NORM, SCRATCH_BF16_A, SCRATCH_BF16_B,
-    SCRATCH_DECODE, SCRATCH_DECODE_COUNT, SCRATCH_SAMPLE, SCRATCH_ATTENTION_BF16,
+    SCRATCH_DECODE, SCRATCH_DECODE_COUNT, SCRATCH_SAMPLE, SCRATCH_ATTENTION_BF16, SCRATCH_ATTENTION_WIDE,
     SCRATCH_COUNT
 };
+
+// out [n] = in [n] rounded to bf16 (nearest even), and back (exact).
+void cuda_round_bf16(void *out, const float *in, size_t n);
+void cuda_widen_bf16(float *out, const void *in, size_t n);
 
 // Drops the cached bf16 copies of weights in [p, p + bytes) (that memory is being freed).
 void cuda_bf16_forget(const void *p, size_t bytes);

@@ -82,6 +82,14 @@ void cuda_attention_forward(float *out, float *lse, const float *q, const float 
 void cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                              const float *q, const float *k, const float *v, const int32_t *seg_start, int N,
                              int NH, int KVH, int HD, float scale);
+// The same with q, k, v, out and dout in bf16 (lse, dq, dk, dv fp32), for the attention
+// block's bf16 activations: the tensor-core kernels read and write them as they are; other
+// head sizes go through fp32 copies and the fp32 kernels. Taken in any precision mode.
+void cuda_attention_forward_bf16(void *out, float *lse, const void *q, const void *k, const void *v,
+                                 const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
+void cuda_attention_backward_bf16(float *dq, float *dk, float *dv, const void *dout, const void *out,
+                                  const float *lse, const void *q, const void *k, const void *v,
+                                  const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
 void cuda_swiglu_forward(float *out, const float *gate, const float *up, long n);
 void cuda_rmsnorm_linear_forward_many(int count, float *const out[], float *ln, const float *x,
                                       const float *norm_weight, float eps, const float *const weight[],

@@ -2,6 +2,9 @@
 // residual add, row gather/scatter.
 #include "cuda/cuda_common.h"
 #include "cuda/cuda_ops.h"
+#include "cuda/act16.h"
+
+#include <cuda_bf16.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -83,7 +86,14 @@ extern "C" void cuda_embedding_backward(float *dtable, const float *dout, const 
 
 // One thread per (token, head, i < HD/2); the angle is the fp32 product pos · inv_freq,
 // as on the CPU and in transformers.
-__global__ void rope_kernel(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD, float sign) {
+__device__ __forceinline__ float as_float(float x) { return x; }
+__device__ __forceinline__ float as_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ void put(float *p, float x) { *p = x; }
+__device__ __forceinline__ void put(__nv_bfloat16 *p, float x) { *p = __float2bfloat16(x); }
+
+// x fp32, or bf16 (the attention block's bf16 q and k: fp32 arithmetic, rounded as stored).
+template <typename T>
+__global__ void rope_kernel(T *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD, float sign) {
     int half = HD / 2;
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)N * H * half) return;
@@ -92,17 +102,22 @@ __global__ void rope_kernel(float *x, const int32_t *pos, const float *inv_freq,
     int n = (int)(nh / H);
     float a = (float)pos[n] * inv_freq[f];
     float cs = cosf(a), sn = sign * sinf(a);
-    float *x1 = x + nh * HD + f, *x2 = x1 + half;
-    float a1 = *x1, a2 = *x2;
-    *x1 = a1 * cs - a2 * sn;
-    *x2 = a2 * cs + a1 * sn;
+    T *x1 = x + nh * HD + f, *x2 = x1 + half;
+    float a1 = as_float(*x1), a2 = as_float(*x2);
+    put(x1, a1 * cs - a2 * sn);
+    put(x2, a2 * cs + a1 * sn);
 }
 
-static void rope(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD, float sign) {
+template <typename T>
+static void rope(T *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD, float sign) {
     long n = (long)N * H * (HD / 2);
     if (n <= 0) return;
-    rope_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream()>>>(x, pos, inv_freq, N, H, HD, sign);
+    rope_kernel<T><<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream()>>>(x, pos, inv_freq, N, H, HD, sign);
     CUDA_LAUNCH_CHECK();
+}
+
+void cuda_rope16_forward(void *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD) {
+    rope((__nv_bfloat16 *)x, pos, inv_freq, N, H, HD, 1.0f);
 }
 
 extern "C" void cuda_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD) {
@@ -111,6 +126,28 @@ extern "C" void cuda_rope_forward(float *x, const int32_t *pos, const float *inv
 
 extern "C" void cuda_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD) {
     rope(dx, pos, inv_freq, N, H, HD, -1.0f);
+}
+
+// ---- bf16 <-> fp32 ----
+
+__global__ void round_bf16_kernel(__nv_bfloat16 *out, const float *in, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __float2bfloat16(in[i]);
+}
+__global__ void widen_bf16_kernel(float *out, const __nv_bfloat16 *in, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __bfloat162float(in[i]);
+}
+
+void cuda_round_bf16(void *out, const float *in, size_t n) {
+    if (n == 0) return;
+    round_bf16_kernel<<<cuda_blocks((long)n, THREADS), THREADS, 0, cuda_stream()>>>((__nv_bfloat16 *)out, in, n);
+    CUDA_LAUNCH_CHECK();
+}
+void cuda_widen_bf16(float *out, const void *in, size_t n) {
+    if (n == 0) return;
+    widen_bf16_kernel<<<cuda_blocks((long)n, THREADS), THREADS, 0, cuda_stream()>>>(out, (const __nv_bfloat16 *)in, n);
+    CUDA_LAUNCH_CHECK();
 }
 
 // ---- SwiGLU ----

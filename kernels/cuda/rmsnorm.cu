@@ -3,6 +3,24 @@
 #include "cuda/cuda_common.h"
 #include "cuda/cuda_ops.h"
 #include "cuda/reduce.h"
+#include "cuda/act16.h"
+
+#include <cuda_bf16.h>
+
+typedef __nv_bfloat16 bf16;
+
+// Element reads and writes for fp32 and bf16 rows (bf16: rounded to nearest even).
+__device__ __forceinline__ float as_float(float x) { return x; }
+__device__ __forceinline__ float as_float(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ void put(float *p, float x) { *p = x; }
+__device__ __forceinline__ void put(bf16 *p, float x) { *p = __float2bfloat16(x); }
+__device__ __forceinline__ void put4(float *p, float4 x) { *reinterpret_cast<float4 *>(p) = x; }
+__device__ __forceinline__ void put4(bf16 *p, float4 x) {
+    __nv_bfloat162 a = __floats2bfloat162_rn(x.x, x.y), b = __floats2bfloat162_rn(x.z, x.w);
+    uint2 u;
+    u.x = *reinterpret_cast<unsigned *>(&a), u.y = *reinterpret_cast<unsigned *>(&b);
+    *reinterpret_cast<uint2 *>(p) = u;
+}
 
 // One block per row, the row in registers: each thread loads K float4s (all its loads in
 // flight at once), the sum of squares goes through a fixed tree (lanes by shuffles, then
@@ -11,8 +29,9 @@
 // row: a warp striding it (the old kernel) waited for every load in turn (20 us a row).
 // sum = a + b when b is given (written to sum, which may alias a or b: every thread reads
 // its elements before it writes them), else the row is a.
-template <int K>
-__global__ void rmsnorm_rows_kernel(float *sum, float *out, float *rstd, const float *a, const float *b,
+// out: fp32, or bf16 (the attention block's bf16 activations; 8-byte aligned).
+template <int K, typename TO>
+__global__ void rmsnorm_rows_kernel(float *sum, TO *out, float *rstd, const float *a, const float *b,
                                     const float *__restrict__ weight, int C, float eps) {
     __shared__ float warp_ss[32];
     const int C4 = C / 4, warps = blockDim.x / 32, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -45,31 +64,32 @@ __global__ void rmsnorm_rows_kernel(float *sum, float *out, float *rstd, const f
     for (int w = 0; w < warps; w++) total += warp_ss[w];
     const float s = rsqrtf(total / C + eps);
     const float4 *w4 = reinterpret_cast<const float4 *>(weight);
-    float4 *o4 = reinterpret_cast<float4 *>(out + row * C);
 #pragma unroll
     for (int k = 0; k < K; k++) {
         int c = threadIdx.x + k * blockDim.x;
         if (c < C4) {
             float4 wv = w4[c], r;
             r.x = v[k].x * s * wv.x, r.y = v[k].y * s * wv.y, r.z = v[k].z * s * wv.z, r.w = v[k].w * s * wv.w;
-            o4[c] = r;
+            put4(out + row * C + 4 * c, r);
         }
     }
     if (rstd && threadIdx.x == 0) rstd[row] = s;
 }
 
 // Rows whose width is not a multiple of 4 (or unaligned): one warp per row, as before.
-__global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *x, const float *weight, int N, int C,
+// x and out fp32 or bf16 (Qwen3's per-head norms of bf16 q and k: rows of head_dim).
+template <typename TI, typename TO>
+__global__ void rmsnorm_forward_kernel(TO *out, float *rstd, const TI *x, const float *weight, int N, int C,
                                        float eps) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
-    const float *xr = x + (size_t)row * C;
+    const TI *xr = x + (size_t)row * C;
     float sum = 0.f;
-    for (int c = lane; c < C; c += 32) sum += xr[c] * xr[c];
+    for (int c = lane; c < C; c += 32) sum += as_float(xr[c]) * as_float(xr[c]);
     sum = warp_sum(sum);
     float s = rsqrtf(sum / C + eps);
-    float *o = out + (size_t)row * C;
-    for (int c = lane; c < C; c += 32) o[c] = xr[c] * s * weight[c];
+    TO *o = out + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) put(o + c, as_float(xr[c]) * s * weight[c]);
     if (rstd && lane == 0) rstd[row] = s;
 }
 
@@ -98,9 +118,11 @@ static bool misaligned16(const void *p) { return ((uintptr_t)p & 15) != 0; }
 
 // The block-per-row kernel when the rows allow it (C a multiple of 4, 16-byte aligned
 // rows, C <= 4 * 1024 * 4); false: the caller uses the warp-per-row kernel.
-static bool rows_kernel(float *sum, float *out, float *rstd, const float *a, const float *b, const float *weight, int N,
+template <typename TO>
+static bool rows_kernel(float *sum, TO *out, float *rstd, const float *a, const float *b, const float *weight, int N,
                         int C, float eps) {
-    if (C % 4 || misaligned16(out) || misaligned16(weight) || (sum && misaligned16(sum))) return false;
+    if (C % 4 || ((uintptr_t)out & (4 * sizeof(TO) - 1)) || misaligned16(weight) || (sum && misaligned16(sum)))
+        return false;
     const int C4 = C / 4;
     int K = (C4 + 1023) / 1024;
     if (K == 3) K = 4;
@@ -117,24 +139,27 @@ static bool rows_kernel(float *sum, float *out, float *rstd, const float *a, con
         a = sum, b = NULL, sum = NULL;
     }
     const int per = (C4 + K - 1) / K, threads = (per + 31) / 32 * 32;
-    auto kernel = K == 1 ? rmsnorm_rows_kernel<1> : K == 2 ? rmsnorm_rows_kernel<2> : rmsnorm_rows_kernel<4>;
+    auto kernel = K == 1 ? rmsnorm_rows_kernel<1, TO> : K == 2 ? rmsnorm_rows_kernel<2, TO> : rmsnorm_rows_kernel<4, TO>;
     cuda_launch_dependent(kernel, dim3(N), dim3(threads), 0, sum, out, rstd, a, b, weight, C, eps);
     return true;
 }
 
 // dx[n,:] += r·(dout·w) - r³·(Σ dout·w·x / C)·x, the dot product in double as on the CPU.
-__global__ void rmsnorm_backward_dx_kernel(float *dx, const float *dout, const float *x, const float *weight,
+// x fp32 or bf16.
+template <typename TX>
+__global__ void rmsnorm_backward_dx_kernel(float *dx, const float *dout, const TX *x, const float *weight,
                                            const float *rstd, int N, int C) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
-    const float *xr = x + (size_t)row * C, *dr = dout + (size_t)row * C;
+    const TX *xr = x + (size_t)row * C;
+    const float *dr = dout + (size_t)row * C;
     double dot = 0;
-    for (int c = lane; c < C; c += 32) dot += (double)dr[c] * weight[c] * xr[c];
+    for (int c = lane; c < C; c += 32) dot += (double)dr[c] * weight[c] * as_float(xr[c]);
     dot = warp_sum_d(dot);
     float r = rstd[row];
     float kx = (float)((double)r * r * r * dot / C);
     float *dxr = dx + (size_t)row * C;
-    for (int c = lane; c < C; c += 32) dxr[c] += r * (dr[c] * weight[c]) - kx * xr[c];
+    for (int c = lane; c < C; c += 32) dxr[c] += r * (dr[c] * weight[c]) - kx * as_float(xr[c]);
 }
 
 static unsigned row_blocks(int N) { return cuda_blocks(N, 256 / 32); }
@@ -142,7 +167,22 @@ static unsigned row_blocks(int N) { return cuda_blocks(N, 256 / 32); }
 extern "C" void cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight, int N, int C,
                                      float eps) {
     if (N <= 0 || rows_kernel(NULL, out, rstd, x, NULL, weight, N, C, eps)) return;
-    rmsnorm_forward_kernel<<<row_blocks(N), 256, 0, cuda_stream()>>>(out, rstd, x, weight, N, C, eps);
+    rmsnorm_forward_kernel<float, float><<<row_blocks(N), 256, 0, cuda_stream()>>>(out, rstd, x, weight, N, C, eps);
+    CUDA_LAUNCH_CHECK();
+}
+
+void cuda_rmsnorm_forward16(void *out, float *rstd, const void *x, bool x16, const float *weight, int N, int C,
+                            float eps) {
+    if (N <= 0) return;
+    bf16 *o = (bf16 *)out;
+    if (x16) {
+        rmsnorm_forward_kernel<bf16, bf16>
+            <<<row_blocks(N), 256, 0, cuda_stream()>>>(o, rstd, (const bf16 *)x, weight, N, C, eps);
+    } else {
+        if (rows_kernel(NULL, o, rstd, (const float *)x, NULL, weight, N, C, eps)) return;
+        rmsnorm_forward_kernel<float, bf16>
+            <<<row_blocks(N), 256, 0, cuda_stream()>>>(o, rstd, (const float *)x, weight, N, C, eps);
+    }
     CUDA_LAUNCH_CHECK();
 }
 
@@ -157,10 +197,23 @@ extern "C" void cuda_rmsnorm_backward(float *dx, float *dweight, const float *do
                                       const float *weight, const float *rstd, int N, int C) {
     if (N <= 0) return;
     if (dx) {
-        rmsnorm_backward_dx_kernel<<<row_blocks(N), 256, 0, cuda_stream()>>>(dx, dout, x, weight, rstd, N, C);
+        rmsnorm_backward_dx_kernel<float><<<row_blocks(N), 256, 0, cuda_stream()>>>(dx, dout, x, weight, rstd, N, C);
         CUDA_LAUNCH_CHECK();
     }
     if (dweight) cuda_column_sum(dweight, dout, x, rstd, N, C);
+}
+
+template <typename TB> static void column_sum(float *out, const float *a, const TB *b, const float *r, int N, int C);
+
+void cuda_rmsnorm16_backward(float *dx, float *dweight, const float *dout, const void *x, const float *weight,
+                             const float *rstd, int N, int C) {
+    if (N <= 0) return;
+    const bf16 *x16 = (const bf16 *)x;
+    if (dx) {
+        rmsnorm_backward_dx_kernel<bf16><<<row_blocks(N), 256, 0, cuda_stream()>>>(dx, dout, x16, weight, rstd, N, C);
+        CUDA_LAUNCH_CHECK();
+    }
+    if (dweight) column_sum(dweight, dout, x16, rstd, N, C);
 }
 
 // ---- column sums ----
@@ -170,7 +223,8 @@ enum { COL_TX = 32, COL_TY = 8, ROWS_PER_PART = 256 };
 // partial[p, c] = Σ over rows n of part p of a[n,c] (· b[n,c] · r[n] when b is given), in
 // double. Block (32, 8): lanes take consecutive columns (coalesced), the 8 row groups are
 // added in a fixed order through shared memory.
-__global__ void column_partial_kernel(double *partial, const float *a, const float *b, const float *r, int N, int C) {
+template <typename TB>
+__global__ void column_partial_kernel(double *partial, const float *a, const TB *b, const float *r, int N, int C) {
     __shared__ double acc[COL_TY][COL_TX];
     int c = blockIdx.x * COL_TX + threadIdx.x, p = blockIdx.y;
     int n0 = p * ROWS_PER_PART, n1 = min(N, n0 + ROWS_PER_PART);
@@ -178,7 +232,7 @@ __global__ void column_partial_kernel(double *partial, const float *a, const flo
     if (c < C)
         for (int n = n0 + threadIdx.y; n < n1; n += COL_TY) {
             double v = a[(size_t)n * C + c];
-            if (b) v *= (double)b[(size_t)n * C + c] * r[n];
+            if (b) v *= (double)as_float(b[(size_t)n * C + c]) * r[n];
             s += v;
         }
     acc[threadIdx.y][threadIdx.x] = s;
@@ -197,14 +251,18 @@ __global__ void column_finish_kernel(float *out, const double *partial, int part
     out[c] += (float)s;
 }
 
-void cuda_column_sum(float *out, const float *a, const float *b, const float *r, int N, int C) {
+template <typename TB> static void column_sum(float *out, const float *a, const TB *b, const float *r, int N, int C) {
     if (N <= 0 || C <= 0) return;
     int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART;
     double *partial = (double *)cuda_scratch(SCRATCH_COLSUM, (size_t)parts * C * sizeof(double));
     if (!partial) return;
     dim3 grid(cuda_blocks(C, COL_TX), parts), block(COL_TX, COL_TY);
-    column_partial_kernel<<<grid, block, 0, cuda_stream()>>>(partial, a, b, r, N, C);
+    column_partial_kernel<TB><<<grid, block, 0, cuda_stream()>>>(partial, a, b, r, N, C);
     CUDA_LAUNCH_CHECK();
     column_finish_kernel<<<cuda_blocks(C, 256), 256, 0, cuda_stream()>>>(out, partial, parts, C);
     CUDA_LAUNCH_CHECK();
+}
+
+void cuda_column_sum(float *out, const float *a, const float *b, const float *r, int N, int C) {
+    column_sum(out, a, b, r, N, C);
 }

@@ -7,6 +7,7 @@
 // Skipped without CUDA or without a GPU.
 #include "ops.h"
 #include "cuda_test.h"
+#include "tensor.h"
 #include "test.h"
 #ifdef TP_HAVE_CUDA
 #include "cuda/cuda_ops.h"
@@ -228,6 +229,108 @@ static void test_cuda_matches_cpu(void) {
 #endif
 }
 
+#ifdef TP_HAVE_CUDA
+// x [n] rounded to bf16 in place, and its bf16 bits in h.
+static void round_to_bf16(float *x, uint16_t *h, size_t n) {
+    for (size_t i = 0; i < n; i++) h[i] = tp_f32_to_bf16(x[i]), x[i] = tp_bf16_to_f32(h[i]);
+}
+
+static int bits_equal(const void *a, const void *b, size_t bytes) { return !memcmp(a, b, bytes); }
+
+// The bf16-activation forms on inputs bf16 holds exactly, against the fp32 forms on the same
+// values: the kernels stage identical bf16 tiles, so out must be the fp32 form's out rounded
+// to bf16 and lse, dq, dk, dv (from the same dout, out, lse) the same bits. `path`: the
+// kernels both must have run.
+static void bf16_io_case(const struct attn_case *c, const char *path) {
+    int N = 0, nseq = 0;
+    while (c->lens[nseq]) N += c->lens[nseq++];
+    const int NH = c->NH, KVH = c->KVH, HD = c->HD;
+    const float scale = 1.0f / sqrtf((float)HD);
+    const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD, nl = (size_t)N * NH;
+    const size_t all = 3 * nq + 2 * nkv;  // q, dout, out, k, v
+    int32_t *seg = malloc(sizeof(int32_t) * (size_t)N);
+    for (int s = 0, n = 0; s < nseq; s++)
+        for (int t = 0, first = n; t < c->lens[s]; t++) seg[n++] = first;
+    float *x = malloc(sizeof(float) * all), *y = malloc(sizeof(float) * all);
+    uint16_t *h = malloc(sizeof(uint16_t) * all), *out16 = malloc(sizeof(uint16_t) * nq);
+    float *lse32 = malloc(sizeof(float) * nl), *lse16 = malloc(sizeof(float) * nl);
+    float *g0 = malloc(sizeof(float) * (nq + 2 * nkv)), *g32 = malloc(sizeof(float) * (nq + 2 * nkv));
+    float *g16 = malloc(sizeof(float) * (nq + 2 * nkv));
+    fill(x, all), fill(g0, nq + 2 * nkv);
+    round_to_bf16(x, h, all);
+    // [q | dout | out | k | v] in both forms; out is written by the forward pass
+    float *d_x = dev_from(x, sizeof(float) * all), *d_g = dev_alloc(sizeof(float) * (nq + 2 * nkv));
+    uint16_t *d_h = dev_from(h, sizeof(uint16_t) * all);
+    float *d_lse = dev_alloc(sizeof(float) * nl);
+    int32_t *d_seg = dev_from(seg, sizeof(int32_t) * (size_t)N);
+    if (!d_x || !d_g || !d_h || !d_lse || !d_seg) goto done;
+    float *xq = d_x, *xdo = xq + nq, *xo = xdo + nq, *xk = xo + nq, *xv = xk + nkv;
+    uint16_t *hq = d_h, *hdo = hq + nq, *ho = hdo + nq, *hk = ho + nq, *hv = hk + nkv;
+    const int32_t *sa = c->no_seg ? NULL : d_seg;
+
+    cudaMemset(d_lse, 0xff, sizeof(float) * nl);
+    cuda_attention_forward(xo, d_lse, xq, xk, xv, sa, N, NH, KVH, HD, scale);
+    cuda_download(y, d_x, sizeof(float) * all), cuda_download(lse32, d_lse, sizeof(float) * nl);
+    cudaMemset(ho, 0xff, sizeof(uint16_t) * nq), cudaMemset(d_lse, 0xff, sizeof(float) * nl);
+    cuda_attention_forward_bf16(ho, d_lse, hq, hk, hv, sa, N, NH, KVH, HD, scale);
+    check_gpu("bf16 forward", c->name);
+    CHECK_MSG(!strcmp(cuda_attention_last_path(), path), "case %s (bf16 activations): the forward pass ran %s, not %s",
+              c->name, cuda_attention_last_path(), path);
+    cuda_download(out16, ho, sizeof(uint16_t) * nq), cuda_download(lse16, d_lse, sizeof(float) * nl);
+    size_t bad = 0;
+    for (size_t i = 0; i < nq; i++) bad += out16[i] != tp_f32_to_bf16(y[2 * nq + i]);
+    CHECK_MSG(bad == 0, "case %s (%s): %zu of %zu bf16 outputs are not the fp32 form's rounded", c->name, path, bad,
+              nq);
+    CHECK_MSG(bits_equal(lse16, lse32, sizeof(float) * nl) && max_rel_err(lse16, lse32, nl) == 0,
+              "case %s (%s): lse differs from the fp32 form's (or is NaN)", c->name, path);
+
+    // backward from the bf16 out (the fp32 form gets it widened) and the same lse
+    for (size_t i = 0; i < nq; i++) y[2 * nq + i] = tp_bf16_to_f32(out16[i]);
+    cuda_upload(xo, y + 2 * nq, sizeof(float) * nq);
+    float *gq = d_g, *gk = gq + nq, *gv = gk + nkv;
+    cuda_upload(d_g, g0, sizeof(float) * (nq + 2 * nkv));
+    cuda_attention_backward(gq, gk, gv, xdo, xo, d_lse, xq, xk, xv, sa, N, NH, KVH, HD, scale);
+    cuda_download(g32, d_g, sizeof(float) * (nq + 2 * nkv));
+    cuda_upload(d_g, g0, sizeof(float) * (nq + 2 * nkv));
+    cuda_attention_backward_bf16(gq, gk, gv, hdo, ho, d_lse, hq, hk, hv, sa, N, NH, KVH, HD, scale);
+    check_gpu("bf16 backward", c->name);
+    CHECK_MSG(!strcmp(cuda_attention_last_path(), path), "case %s (bf16 activations): the backward pass ran %s, not %s",
+              c->name, cuda_attention_last_path(), path);
+    cuda_download(g16, d_g, sizeof(float) * (nq + 2 * nkv));
+    CHECK_MSG(bits_equal(g16, g32, sizeof(float) * (nq + 2 * nkv)),
+              "case %s (%s): dq, dk, dv differ from the fp32 form's", c->name, path);
+    CHECK_MSG(max_rel_err(g16, g32, nq + 2 * nkv) == 0, "case %s (%s): NaN in dq, dk, dv", c->name, path);
+done:
+    cuda_free(d_x), cuda_free(d_g), cuda_free(d_h), cuda_free(d_lse), cuda_free(d_seg);
+    check_gpu("free", c->name);
+    free(seg), free(x), free(y), free(h), free(out16), free(lse32), free(lse16), free(g0), free(g32), free(g16);
+}
+#endif
+
+// The attention of a model keeping its activations in bf16 (cuda_attention_*_bf16): each
+// tensor-core path in bf16 mode, and the fp32 copies for other head sizes and modes.
+static void test_cuda_bf16_activations(void) {
+#ifndef TP_HAVE_CUDA
+    SKIP("built without CUDA (nvcc not found)");
+#else
+    if (cuda_device_count() == 0) SKIP("no GPU on this machine");
+    static const struct attn_case cases[] = {
+        {"hd64 gqa 7, packed", 14, 2, 64, {100, 33, 250}, 0},
+        {"hd128 gqa 3, packed", 6, 2, 128, {129, 64, 1, 190}, 0},
+        {"hd128 no gqa, no seg_start", 2, 2, 128, {97}, 1},
+        {"hd32 gqa 2 (fp32 copies)", 4, 2, 32, {70, 11}, 0},
+    };
+    CHECK(cuda_set_matmul_precision("bf16") == 0);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        for (int t = 0; t < 2; t++) {
+            CHECK(cuda_set_attention_kernel(tc_kernels[t]) == 0);
+            bf16_io_case(&cases[i], cases[i].HD == 32 ? "fp32" : tc_kernels[t]);
+        }
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+    bf16_io_case(&cases[0], "fp32");  // fp32 mode: copies through the fp32 kernels at any head size
+#endif
+}
+
 // N == 0 does nothing (the pointers are never touched); an unsupported head size is
 // reported through cuda_take_error rather than computed wrong.
 static void test_cuda_edges(void) {
@@ -328,6 +431,7 @@ static void test_cuda_speed(void) {
 
 int main(void) {
     RUN(test_cuda_matches_cpu);
+    RUN(test_cuda_bf16_activations);
     RUN(test_cuda_edges);
     RUN(test_cuda_speed);
     return TEST_SUMMARY();

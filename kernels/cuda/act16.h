@@ -1,0 +1,20 @@
+// act16.h — the ops on bf16 activations the attention block needs (C++ side): a model
+// whose activations are kept in bf16 (cuda_act16) stores the block's norms, q, k, v and
+// attention output in bf16, and these read and write them. Arithmetic is fp32; bf16
+// outputs are rounded to nearest even as they are stored.
+#ifndef TP_CUDA_ACT16_H
+#define TP_CUDA_ACT16_H
+
+#include <stdint.h>
+
+// out [N, C] bf16 = rmsnorm(x) as cuda_rmsnorm_forward's arithmetic; x fp32, or bf16 when x16
+// (Qwen3's per-head norms). rstd [N] fp32, may be NULL.
+void cuda_rmsnorm_forward16(void *out, float *rstd, const void *x, bool x16, const float *weight, int N, int C,
+                            float eps);
+// cuda_rmsnorm_backward with x [N, C] in bf16 (dx, dweight +=; dout, rstd fp32).
+void cuda_rmsnorm16_backward(float *dx, float *dweight, const float *dout, const void *x, const float *weight,
+                             const float *rstd, int N, int C);
+// cuda_rope_forward on x [N, H, HD] in bf16, in place.
+void cuda_rope16_forward(void *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
+
+#endif
