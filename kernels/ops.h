@@ -115,21 +115,71 @@ void swiglu_forward(float *out, const float *gate, const float *up, long n);
 // dgate, dup [N, F] (overwritten) from dout [N, F]
 void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n);
 
+// ---- the attention block of a training step ----
+// ln = rmsnorm(x, norm); q = ln · wq^T + bq, k and v likewise (with per-head norms, Qwen3:
+// these are q_raw, k_raw, and q = rmsnorm(q_raw, q_norm) over N*NH rows of HD, k likewise);
+// RoPE on q and k; att = attention(q, k, v) over packed rows; then
+//   mid = x + (att · wo^T + bo)   and   ln2 = rmsnorm(mid, norm2), the MLP block's input,
+// in the same pass as the residual add. Q = NH*HD, KV = KVH*HD.
+// ln, q_raw, k_raw, q, k, v, att, ln2 (and the backward's datt) take act_bytes an element
+// (tp_backend), like the MLP's [N, F] tensors: fp32 here; a GPU backend with bf16 products
+// keeps them in bf16, since only products, norms, RoPE and attention read them. rstd, lse
+// and the residual stream are fp32. The cpu ops are rmsnorm_forward, linear_forward_many,
+// rmsnorm_forward (per head), rope_forward, attention_forward, linear_forward and
+// add_rmsnorm_forward, with those ops' bits; the backward likewise.
+typedef struct attn_weights {
+    const float *norm;               // [C]
+    const float *wq, *wk, *wv, *wo;  // [Q, C], [KV, C], [KV, C], [C, Q]
+    const float *bq, *bk, *bv, *bo;  // [Q], [KV], [KV], [C]; each may be NULL
+    const float *q_norm, *k_norm;    // [HD] each, or both NULL: no per-head norms
+} attn_weights;
+typedef struct attn_grads {  // the same tensors' gradients (+=); NULL where the weight is
+    float *norm, *wq, *wk, *wv, *wo, *bq, *bk, *bv, *bo, *q_norm, *k_norm;
+} attn_grads;
+typedef struct attn_acts {  // what the forward pass keeps for the backward pass
+    void *ln;                // [N, C]
+    float *rstd;             // [N]
+    void *q_raw, *k_raw;     // [N, Q], [N, KV] (only with per-head norms)
+    float *q_rstd, *k_rstd;  // [N*NH], [N*KVH] (only with per-head norms)
+    void *q, *k, *v;         // [N, Q], [N, KV], [N, KV], after the norms and RoPE
+    void *att;               // [N, Q]
+    float *lse;              // [N*NH]
+} attn_acts;
+typedef struct attn_batch {  // the shapes, and the batch's positions and sequences
+    int N, C, NH, KVH, HD;
+    float eps;                        // the norms'
+    const int32_t *pos, *seg_start;   // [N] each, as rope_forward and attention_forward take them
+    const float *inv_freq;            // [HD / 2]
+} attn_batch;
+// x [N, C] -> mid, ln2 [N, C], rstd2 [N], and a's tensors. mid, ln2 alias nothing.
+void attn_forward(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x, const attn_weights *w,
+                  const float *norm2, const attn_batch *b);
+// Backward scratch: datt [N, Q] of act_bytes; dln [N, C], dq [N, Q], dk and dv [N, KV], and
+// with per-head norms dq_raw [N, Q], dk_raw [N, KV], fp32.
+typedef struct attn_scratch {
+    void *datt;
+    float *dln, *dq, *dk, *dv, *dq_raw, *dk_raw;
+} attn_scratch;
+// The backward of mid (not of ln2's norm: the caller adds its gradient into dres first):
+// dres [N, C] holds d/d(mid) on entry and d/d(x) on return; g's gradients are added to.
+void attn_backward(float *dres, const attn_grads *g, const attn_acts *a, const float *x, const attn_weights *w,
+                   const attn_scratch *s, const attn_batch *b);
+
 // ---- the MLP block of a training step ----
 // gate = x · w_gate^T, up = x · w_up^T, act = silu(gate) * up; out = act · w_down^T + residual.
-// x [N, C], w_gate and w_up [F, C], w_down [C, F]. gate, up and act (and the backward's
-// dact, dgate, dup) [N, F] take act_bytes an element (tp_backend): fp32 here; a GPU
-// backend with bf16 products keeps them in bf16, since only bf16 products and SwiGLU read
-// them. The cpu ops are linear_forward_many + swiglu_forward,
+// x [N, C], w_gate and w_up [F, C], w_down [C, F]. x (the attention block's ln2), gate, up
+// and act (and the backward's dact, dgate, dup) [N, F] take act_bytes an element
+// (tp_backend): fp32 here; a GPU backend with bf16 products keeps them in bf16, since only
+// bf16 products and SwiGLU read them. The cpu ops are linear_forward_many + swiglu_forward,
 // linear_residual_forward, and the backward of the two, with those ops' bits.
-void mlp_up_forward(void *act, void *gate, void *up, const float *x, const float *w_gate, const float *w_up, int N,
+void mlp_up_forward(void *act, void *gate, void *up, const void *x, const float *w_gate, const float *w_up, int N,
                     int C, int F);
 // out [N, C] = act · w_down^T + residual [N, C]; out aliases neither.
 void mlp_down_forward(float *out, const void *act, const float *w_down, const float *residual, int N, int F, int C);
 // The backward of both, from dout [N, C] = d/d(out): dx [N, C] = d/d(x) WRITTEN (not
 // accumulated, as linear_backward_many); dw_gate, dw_up, dw_down += their gradients.
 // dact, dgate, dup [N, F] are scratch of the MLP activation type.
-void mlp_backward(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const float *x,
+void mlp_backward(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const void *x,
                   const void *act, const void *gate, const void *up, const float *w_gate, const float *w_up,
                   const float *w_down, void *dact, void *dgate, void *dup, int N, int C, int F);
 

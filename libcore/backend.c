@@ -54,6 +54,8 @@ static const tp_backend CPU = {
     .attention_backward = attention_backward,
     .attention_decode = attention_decode,
     .act_bytes = fp32_bytes,
+    .attn_forward = attn_forward,
+    .attn_backward = attn_backward,
     .mlp_up_forward = mlp_up_forward,
     .mlp_down_forward = mlp_down_forward,
     .mlp_backward = mlp_backward,
@@ -79,6 +81,8 @@ const tp_backend *tp_backend_cpu_act16(void) {
     if (!t.name) {
         t = CPU;
         t.act_bytes = bf16_bytes;
+        t.attn_forward = attn_forward_bf16;
+        t.attn_backward = attn_backward_bf16;
         t.mlp_up_forward = mlp_up_forward_bf16;
         t.mlp_down_forward = mlp_down_forward_bf16;
         t.mlp_backward = mlp_backward_bf16;
@@ -130,6 +134,8 @@ static const tp_backend CUDA = {
     .attention_forward = cuda_attention_forward,
     .attention_backward = cuda_attention_backward,
     .act_bytes = cuda_act_bytes,
+    .attn_forward = cuda_attn_forward,
+    .attn_backward = cuda_attn_backward,
     .mlp_up_forward = cuda_mlp_up_forward,
     .mlp_down_forward = cuda_mlp_down_forward,
     .mlp_backward = cuda_mlp_backward,
@@ -226,7 +232,16 @@ static void p_swiglu_forward(float *out, const float *g, const float *u, long n)
 static void p_swiglu_backward(float *dg, float *du, const float *dout, const float *g, const float *u, long n) {
     PROF("swiglu_backward", cuda_swiglu_backward(dg, du, dout, g, u, n));
 }
-static void p_mlp_up_forward(void *act, void *g, void *u, const float *x, const float *wg, const float *wu, int N,
+static void p_attn_forward(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x,
+                           const attn_weights *w, const float *norm2, const attn_batch *b) {
+    // rows "rmsnorm_forward", "linear_forward", "rope", "attention_forward", from its parts
+    PROF("attention_forward", cuda_attn_forward(mid, ln2, rstd2, a, x, w, norm2, b));
+}
+static void p_attn_backward(float *dres, const attn_grads *g, const attn_acts *a, const float *x,
+                            const attn_weights *w, const attn_scratch *s, const attn_batch *b) {
+    PROF("attention_backward", cuda_attn_backward(dres, g, a, x, w, s, b));
+}
+static void p_mlp_up_forward(void *act, void *g, void *u, const void *x, const float *wg, const float *wu, int N,
                              int C, int F) {
     // rows "linear_*" and, from the parts these ops mark, "swiglu_*" and "crossentropy"
     PROF("linear_forward", cuda_mlp_up_forward(act, g, u, x, wg, wu, N, C, F));
@@ -234,7 +249,7 @@ static void p_mlp_up_forward(void *act, void *g, void *u, const float *x, const 
 static void p_mlp_down_forward(float *out, const void *act, const float *wd, const float *r, int N, int F, int C) {
     PROF("linear_forward", cuda_mlp_down_forward(out, act, wd, r, N, F, C));
 }
-static void p_mlp_backward(float *dx, float *dwg, float *dwu, float *dwd, const float *dout, const float *x,
+static void p_mlp_backward(float *dx, float *dwg, float *dwu, float *dwd, const float *dout, const void *x,
                            const void *act, const void *g, const void *u, const float *wg, const float *wu,
                            const float *wd, void *dact, void *dg, void *du, int N, int C, int F) {
     PROF("linear_backward",
@@ -307,6 +322,8 @@ static const tp_backend CUDA_PROFILED = {
     .attention_forward = p_attention_forward,
     .attention_backward = p_attention_backward,
     .act_bytes = cuda_act_bytes,
+    .attn_forward = p_attn_forward,
+    .attn_backward = p_attn_backward,
     .mlp_up_forward = p_mlp_up_forward,
     .mlp_down_forward = p_mlp_down_forward,
     .mlp_backward = p_mlp_backward,

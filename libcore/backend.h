@@ -2,8 +2,9 @@
 // they work on, as one table per backend, so model code is written once.
 //
 //   cpu   host memory, kernels/cpu (fp32; GEMMs through oneDNN/OpenBLAS)
-//   cuda  device memory, kernels/cuda (fp32 storage, the MLP's [N, F] tensors bf16 with bf16
-//         products; matrix products in fp32, tf32 or bf16)
+//   cuda  device memory, kernels/cuda (fp32 storage; with bf16 products the activations
+//         only products, norms, RoPE, attention and SwiGLU read are bf16: the attention
+//         block's and the MLP's; matrix products in fp32, tf32 or bf16)
 //
 // Pointers handed to a backend's ops are that backend's memory: host pointers for cpu,
 // device pointers for cuda. Host code moves data with upload/download.
@@ -15,8 +16,7 @@
 #include <stdint.h>
 
 #include "error.h"
-
-struct sample_params;  // kernels/ops.h
+#include "ops.h"
 
 typedef struct tp_backend {
     const char *name;
@@ -79,14 +79,19 @@ typedef struct tp_backend {
                                const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
     void (*attention_decode)(float *out, const float *q, const float *k, const float *v, const int32_t *row0,
                              const int32_t *len, int n, int NH, int KVH, int HD, float scale);
-    // Bytes an element (4: fp32, 2: bf16) of the activations only products and elementwise
-    // ops read: the MLP block's [N, F] tensors, a head chunk's logits (ops.h).
+    // Bytes an element (4: fp32, 2: bf16) of the activations only products, norms, RoPE,
+    // attention and elementwise ops read: the attention block's (ln, q, k, v, att, ln2),
+    // the MLP block's [N, F] tensors, a head chunk's logits (ops.h).
     size_t (*act_bytes)(void);
-    void (*mlp_up_forward)(void *act, void *gate, void *up, const float *x, const float *w_gate, const float *w_up,
+    void (*attn_forward)(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x,
+                         const attn_weights *w, const float *norm2, const attn_batch *b);
+    void (*attn_backward)(float *dres, const attn_grads *g, const attn_acts *a, const float *x, const attn_weights *w,
+                          const attn_scratch *s, const attn_batch *b);
+    void (*mlp_up_forward)(void *act, void *gate, void *up, const void *x, const float *w_gate, const float *w_up,
                            int N, int C, int F);
     void (*mlp_down_forward)(float *out, const void *act, const float *w_down, const float *residual, int N, int F,
                              int C);
-    void (*mlp_backward)(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const float *x,
+    void (*mlp_backward)(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const void *x,
                          const void *act, const void *gate, const void *up, const float *w_gate, const float *w_up,
                          const float *w_down, void *dact, void *dgate, void *dup, int N, int C, int F);
     void (*swiglu_forward)(float *out, const float *gate, const float *up, long n);
@@ -106,9 +111,10 @@ typedef struct tp_backend {
 } tp_backend;
 
 const tp_backend *tp_backend_cpu(void);
-// The cpu with the activations a GPU with bf16 products keeps in bf16 (act_bytes 2: the MLP's
-// [N, F] tensors, the training head's logits) stored and rounded the same way, products
-// still fp32: for tests of the model's handling of 2-byte activations on any machine.
+// The cpu with the activations a GPU with bf16 products keeps in bf16 (act_bytes 2: the
+// attention block's, the MLP's [N, F] tensors, the training head's logits) stored and
+// rounded the same way, products still fp32: for tests of the model's handling of 2-byte
+// activations on any machine.
 const tp_backend *tp_backend_cpu_act16(void);
 // "cpu", "cuda" or "auto" (cuda when this build has it and a GPU is present, else cpu).
 // NULL with a message when the backend cannot be used here (no GPU, a CPU-only build).

@@ -17,16 +17,14 @@
 #include "model_impl.h"
 #include "ops.h"
 
-// Activations of one layer for N tokens (Q = NH*HD, KV = KVH*HD).
+// Activations of one layer for N tokens (Q = NH*HD, KV = KVH*HD). The void * ones are of
+// the backend's activation type (act_bytes).
 typedef struct layer_acts {
-    float *ln1, *rstd1;    // [N, C], [N]
-    float *q_raw, *q_rstd; // Qwen3: q before its norm [N, Q], rstd [N*NH]
-    float *k_raw, *k_rstd; // Qwen3: [N, KV], [N*KVH]
-    float *q, *k, *v;      // [N, Q], [N, KV], [N, KV], after norm and RoPE
-    float *att, *lse;      // attention output [N, Q], log-sum-exp [N*NH]
-    float *mid;            // residual after attention [N, C]
-    float *ln2, *rstd2;    // [N, C], [N]
-    void *gate, *up, *act;   // [N, F] of the backend's MLP activation type (act_bytes)
+    attn_acts at;            // the attention block's (ops.h): ln1, q, k, v, att, ...
+    float *mid;              // residual after attention [N, C]
+    void *ln2;               // [N, C]
+    float *rstd2;            // [N]
+    void *gate, *up, *act;   // [N, F]
 } layer_acts;
 
 struct tp_activations {
@@ -37,9 +35,10 @@ struct tp_activations {
     layer_acts *slot;
     float *lnf, *rstdf;  // final norm [N, C], [N]
     // backward scratch
-    float *dres, *dln, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dlnf;
+    float *dres, *dln, *dlnf;
+    attn_scratch ds;           // the attention block's backward scratch (datt of act_bytes)
     void *dgate, *dup, *dact;  // [N, F], as layer_acts.gate
-    size_t act_bytes;          // bytes an element of the MLP's [N, F] tensors and training's logits
+    size_t act_bytes;          // bytes an element of the void * activations and training's logits
     // head, one chunk of tokens at a time: chunk rows of fp32 logits, or in training
     // train_chunk rows of act_bytes each in the same buffer (twice the rows in bf16)
     int chunk, train_chunk;
@@ -75,12 +74,13 @@ void tp_activations_free(tp_activations *a) {
     if (!a) return;
     for (int s = 0; s < a->n_slots; s++) {
         layer_acts *l = &a->slot[s];
-        void *bufs[] = {l->ln1, l->rstd1, l->q_raw, l->q_rstd, l->k_raw, l->k_rstd, l->q, l->k, l->v,
-                        l->att, l->lse, l->mid, l->ln2, l->rstd2, l->gate, l->up, l->act};
+        const attn_acts *t = &l->at;
+        void *bufs[] = {t->ln, t->rstd, t->q_raw, t->q_rstd, t->k_raw, t->k_rstd, t->q, t->k, t->v,
+                        t->att, t->lse, l->mid, l->ln2, l->rstd2, l->gate, l->up, l->act};
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) bfree(a->be, bufs[i]);
     }
-    void *bufs[] = {a->res, a->lnf, a->rstdf, a->dres, a->dln, a->dq, a->dk, a->dv, a->dq_raw, a->dk_raw,
-                    a->datt, a->dgate, a->dup, a->dact, a->dlnf, a->xg, a->dxg, a->logits};
+    void *bufs[] = {a->res, a->lnf, a->rstdf, a->dres, a->dln, a->ds.dq, a->ds.dk, a->ds.dv, a->ds.dq_raw,
+                    a->ds.dk_raw, a->ds.datt, a->dgate, a->dup, a->dact, a->dlnf, a->xg, a->dxg, a->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) bfree(a->be, bufs[i]);
     bfree(a->be, a->dev_ints);
     free(a->slot);
@@ -109,15 +109,16 @@ static tp_activations *activations_new(const tp_model *m, int N) {
     a->slot = tp_xcalloc((size_t)a->n_slots, sizeof *a->slot);
     for (int s = 0; s < a->n_slots; s++) {
         layer_acts *l = &a->slot[s];
-        l->ln1 = falloc(a, n * C), l->rstd1 = falloc(a, n);
+        attn_acts *t = &l->at;
+        t->ln = act_alloc(a, n * C), t->rstd = falloc(a, n);
         if (c->qk_norm) {
-            l->q_raw = falloc(a, n * Q), l->q_rstd = falloc(a, n * (size_t)c->num_heads);
-            l->k_raw = falloc(a, n * KV), l->k_rstd = falloc(a, n * (size_t)c->num_kv_heads);
+            t->q_raw = act_alloc(a, n * Q), t->q_rstd = falloc(a, n * (size_t)c->num_heads);
+            t->k_raw = act_alloc(a, n * KV), t->k_rstd = falloc(a, n * (size_t)c->num_kv_heads);
         }
-        l->q = falloc(a, n * Q), l->k = falloc(a, n * KV), l->v = falloc(a, n * KV);
-        l->att = falloc(a, n * Q), l->lse = falloc(a, n * (size_t)c->num_heads);
+        t->q = act_alloc(a, n * Q), t->k = act_alloc(a, n * KV), t->v = act_alloc(a, n * KV);
+        t->att = act_alloc(a, n * Q), t->lse = falloc(a, n * (size_t)c->num_heads);
         l->mid = falloc(a, n * C);
-        l->ln2 = falloc(a, n * C), l->rstd2 = falloc(a, n);
+        l->ln2 = act_alloc(a, n * C), l->rstd2 = falloc(a, n);
         l->gate = act_alloc(a, n * F), l->up = act_alloc(a, n * F), l->act = act_alloc(a, n * F);
     }
     a->lnf = falloc(a, n * C), a->rstdf = falloc(a, n);
@@ -140,8 +141,10 @@ static void activations_grad_buffers(tp_activations *a, const tp_model_config *c
     size_t Q = (size_t)c->num_heads * c->head_dim, KV = (size_t)c->num_kv_heads * c->head_dim;
     a->dres = falloc(a, n * C), a->dln = falloc(a, n * C), a->dlnf = falloc(a, n * C);
     a->dxg = falloc(a, (size_t)a->train_chunk * C);
-    a->dq = falloc(a, n * Q), a->dk = falloc(a, n * KV), a->dv = falloc(a, n * KV), a->datt = falloc(a, n * Q);
-    if (c->qk_norm) a->dq_raw = falloc(a, n * Q), a->dk_raw = falloc(a, n * KV);
+    attn_scratch *ds = &a->ds;
+    ds->dln = a->dln;
+    ds->dq = falloc(a, n * Q), ds->dk = falloc(a, n * KV), ds->dv = falloc(a, n * KV), ds->datt = act_alloc(a, n * Q);
+    if (c->qk_norm) ds->dq_raw = falloc(a, n * Q), ds->dk_raw = falloc(a, n * KV);
     a->dgate = act_alloc(a, n * F), a->dup = act_alloc(a, n * F), a->dact = act_alloc(a, n * F);
 }
 
@@ -202,28 +205,27 @@ static void zero(const tp_backend *be, float *p, size_t n) { be->memzero(p, n * 
 
 // ---- forward ----
 
+// The attention block's view of layer l's weights and of the batch.
+static attn_weights attn_weights_of(const tp_model *m, const tp_layer_tensors *w) {
+    bool qk = m->cfg.qk_norm;
+    return (attn_weights){w->ln1, w->wq, w->wk, w->wv, w->wo, w->bq, w->bk, w->bv, w->bo,
+                          qk ? w->q_norm : NULL, qk ? w->k_norm : NULL};
+}
+static attn_batch attn_batch_of(const tp_model *m, const tp_activations *s, int N) {
+    const tp_model_config *c = &m->cfg;
+    return (attn_batch){N, c->hidden_size, c->num_heads, c->num_kv_heads, c->head_dim, (float)c->rms_norm_eps,
+                        s->pos, s->seg, m->dev_inv_freq ? m->dev_inv_freq : m->inv_freq};
+}
+
 static void layer_forward(const tp_model *m, int l, layer_acts *a, const tp_activations *s, const float *x, float *out,
                           int N) {
     const tp_backend *be = s->be;
     const tp_model_config *c = &m->cfg;
     const tp_layer_tensors *w = &m->W.layers[l];
-    int C = c->hidden_size, F = c->intermediate_size, NH = c->num_heads, KVH = c->num_kv_heads, HD = c->head_dim;
-    int Q = NH * HD, KV = KVH * HD;
-    float eps = (float)c->rms_norm_eps;
-    const float *inv_freq = m->dev_inv_freq ? m->dev_inv_freq : m->inv_freq;
-    be->rmsnorm_forward(a->ln1, a->rstd1, x, w->ln1, N, C, eps);
-    float *q = c->qk_norm ? a->q_raw : a->q, *k = c->qk_norm ? a->k_raw : a->k;
-    be->linear_forward_many(3, (float *[]){q, k, a->v}, a->ln1, (const float *[]){w->wq, w->wk, w->wv},
-                            (const float *[]){w->bq, w->bk, w->bv}, (int[]){Q, KV, KV}, N, C);
-    if (c->qk_norm) {
-        be->rmsnorm_forward(a->q, a->q_rstd, a->q_raw, w->q_norm, N * NH, HD, eps);
-        be->rmsnorm_forward(a->k, a->k_rstd, a->k_raw, w->k_norm, N * KVH, HD, eps);
-    }
-    be->rope_forward(a->q, s->pos, inv_freq, N, NH, HD);
-    be->rope_forward(a->k, s->pos, inv_freq, N, KVH, HD);
-    be->attention_forward(a->att, a->lse, a->q, a->k, a->v, s->seg, N, NH, KVH, HD, 1.0f / sqrtf((float)HD));
-    be->linear_forward(a->mid, a->att, w->wo, w->bo, N, Q, C);
-    be->add_rmsnorm_forward(a->mid, a->ln2, a->rstd2, a->mid, x, w->ln2, N, C, eps);  // mid += x; ln2 = norm(mid)
+    int C = c->hidden_size, F = c->intermediate_size;
+    attn_weights aw = attn_weights_of(m, w);
+    attn_batch ab = attn_batch_of(m, s, N);
+    be->attn_forward(a->mid, a->ln2, a->rstd2, &a->at, x, &aw, w->ln2, &ab);  // mid = x + attn; ln2 = norm(mid)
     be->mlp_up_forward(a->act, a->gate, a->up, a->ln2, w->w_gate, w->w_up, N, C, F);
     be->mlp_down_forward(out, a->act, w->w_down, a->mid, N, F, C);  // out = mid + down(act)
 }
@@ -414,33 +416,18 @@ static void layer_backward(tp_model *m, int l, layer_acts *a, tp_activations *s,
     const tp_model_config *c = &m->cfg;
     const tp_layer_tensors *w = &m->W.layers[l];
     tp_layer_tensors *g = &m->G.layers[l];
-    int C = c->hidden_size, F = c->intermediate_size, NH = c->num_heads, KVH = c->num_kv_heads, HD = c->head_dim;
-    int Q = NH * HD, KV = KVH * HD;
-    size_t n = (size_t)N;
-    const float *inv_freq = m->dev_inv_freq ? m->dev_inv_freq : m->inv_freq;
-    // MLP: out = mid + down(act); mlp_backward and linear_backward_many write dx (no zeroing first)
+    int C = c->hidden_size, F = c->intermediate_size;
+    // MLP: out = mid + down(act); mlp_backward writes dx (no zeroing first)
     be->mlp_backward(s->dln, g->w_gate, g->w_up, g->w_down, s->dres, a->ln2, a->act, a->gate, a->up, w->w_gate,
                      w->w_up, w->w_down, s->dact, s->dgate, s->dup, N, C, F);
     be->rmsnorm_backward(s->dres, g->ln2, s->dln, a->mid, w->ln2, a->rstd2, N, C);  // dres: d/d(mid)
     // attention: mid = x + o(att)
-    be->linear_backward_many(1, s->datt, (float *[]){g->wo}, (float *[]){g->bo}, (const float *[]){s->dres}, a->att,
-                             (const float *[]){w->wo}, (int[]){C}, N, Q);
-    zero(be, s->dq, n * Q), zero(be, s->dk, n * KV), zero(be, s->dv, n * KV);
-    be->attention_backward(s->dq, s->dk, s->dv, s->datt, a->att, a->lse, a->q, a->k, a->v, s->seg, N, NH, KVH, HD,
-                           1.0f / sqrtf((float)HD));
-    be->rope_backward(s->dq, s->pos, inv_freq, N, NH, HD);
-    be->rope_backward(s->dk, s->pos, inv_freq, N, KVH, HD);
-    float *dq = s->dq, *dk = s->dk;
-    if (c->qk_norm) {
-        zero(be, s->dq_raw, n * Q), zero(be, s->dk_raw, n * KV);
-        be->rmsnorm_backward(s->dq_raw, g->q_norm, s->dq, a->q_raw, w->q_norm, a->q_rstd, N * NH, HD);
-        be->rmsnorm_backward(s->dk_raw, g->k_norm, s->dk, a->k_raw, w->k_norm, a->k_rstd, N * KVH, HD);
-        dq = s->dq_raw, dk = s->dk_raw;
-    }
-    be->linear_backward_many(3, s->dln, (float *[]){g->wq, g->wk, g->wv}, (float *[]){g->bq, g->bk, g->bv},
-                             (const float *[]){dq, dk, s->dv}, a->ln1, (const float *[]){w->wq, w->wk, w->wv},
-                             (int[]){Q, KV, KV}, N, C);
-    be->rmsnorm_backward(s->dres, g->ln1, s->dln, x, w->ln1, a->rstd1, N, C);  // dres: d/d(x)
+    attn_weights aw = attn_weights_of(m, w);
+    bool qk = c->qk_norm;
+    attn_grads ag = {g->ln1, g->wq, g->wk, g->wv, g->wo, g->bq, g->bk, g->bv, g->bo,
+                     qk ? g->q_norm : NULL, qk ? g->k_norm : NULL};
+    attn_batch ab = attn_batch_of(m, s, N);
+    be->attn_backward(s->dres, &ag, &a->at, x, &aw, &s->ds, &ab);  // dres: d/d(x)
 }
 
 // Logits, loss and their gradient a chunk of target tokens at a time; leaves d/d(lnf) in a->dlnf.

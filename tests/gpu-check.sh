@@ -142,12 +142,13 @@ for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
         echo "$1 B=$2: thinkpipe, TP_CUDA_ATTENTION=mma: ${tm:-failed}" >>"$log"
         row "$1 B=$2 T=2048 thinkpipe, mma attention" "$(sft_row "$tm")"
     fi
-    # the same with the MLP's [N, F] tensors in fp32 (as before mlp.cu): what their bf16 storage gains
+    # the same with the activations in fp32 (the attention block's and the MLP's; as before mlp.cu and
+    # attn.cu): what their bf16 storage gains
     if [ "$1" = qwen2.5-0.5b ]; then
         tf=$(TP_CUDA_ACT16=0 timeout 90 "$B/bench/model_step" "$cfg" "$2" 2048 3 --device cuda --matmul bf16 \
             2>>"$log" | tail -n 1)
         echo "$1 B=$2: thinkpipe, TP_CUDA_ACT16=0: ${tf:-failed}" >>"$log"
-        row "$1 B=$2 T=2048 thinkpipe, MLP tensors fp32" "$(sft_row "$tf")"
+        row "$1 B=$2 T=2048 thinkpipe, activations fp32" "$(sft_row "$tf")"
     fi
     a=$(field "$tp" tokens/s) b=$(field "$pt" tokens/s) ma=$(field "$tp" devmem_mb) mb=$(field "$pt" devmem_mb)
     if [ -n "$a" ] && [ -n "$b" ]; then

@@ -2,7 +2,10 @@
 #ifndef TP_CPU_OPS_H
 #define TP_CPU_OPS_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "ops.h"
 
 // Hot loops are also compiled for AVX2 and AVX-512 and chosen at run time: the build
 // targets plain x86-64 (SSE2), a quarter of what current CPUs do per cycle, and CI
@@ -45,17 +48,26 @@ void rmsnorm_forward_rows(float *out, const float *x, const float *weight, int C
 // is computed alone), on the calling thread.
 void swiglu_forward_columns(float *out, const float *gate, const float *up, int N, int F, int c0, int c1);
 
-// The MLP block and training head of ops.h with their activations stored in bf16 (2-byte
-// gate, up, act, dact, dgate, dup and logits), rounded where a GPU with bf16 products
-// rounds them; the products stay fp32 (kernels/cpu/mlp.c; tp_backend_cpu_act16).
-void mlp_up_forward_bf16(void *act, void *gate, void *up, const float *x, const float *w_gate, const float *w_up,
+// The attention and MLP blocks and training head of ops.h with their activations stored
+// in bf16 (2-byte ln, q, k, v, att, ln2, gate, up, act, their gradients that are stored,
+// and logits), rounded where a GPU with bf16 products rounds them; the products stay fp32
+// (kernels/cpu/attn.c, mlp.c; tp_backend_cpu_act16).
+void attn_forward_bf16(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x, const attn_weights *w,
+                       const float *norm2, const attn_batch *b);
+void attn_backward_bf16(float *dres, const attn_grads *g, const attn_acts *a, const float *x, const attn_weights *w,
+                        const attn_scratch *s, const attn_batch *b);
+void mlp_up_forward_bf16(void *act, void *gate, void *up, const void *x, const float *w_gate, const float *w_up,
                          int N, int C, int F);
 void mlp_down_forward_bf16(float *out, const void *act, const float *w_down, const float *residual, int N, int F,
                            int C);
-void mlp_backward_bf16(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const float *x,
+void mlp_backward_bf16(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const void *x,
                        const void *act, const void *gate, const void *up, const float *w_gate, const float *w_up,
                        const float *w_down, void *dact, void *dgate, void *dup, int N, int C, int F);
 double head_loss_backward_bf16(float *dx, float *dw, const float *x, const float *w, const int32_t *target,
                                void *logits, int n, int C, int V, float scale);
+// x [n] rounded to bf16 in place (values bf16 holds exactly), stored into h when not NULL;
+// and a new fp32 array of h's n values (free it).
+void act_round_bf16(float *x, uint16_t *h, size_t n);
+float *act_widen_bf16(const void *h, size_t n);
 
 #endif

@@ -8,7 +8,7 @@
 
 #include <stdlib.h>
 
-void mlp_up_forward(void *act, void *gate, void *up, const float *x, const float *w_gate, const float *w_up, int N,
+void mlp_up_forward(void *act, void *gate, void *up, const void *x, const float *w_gate, const float *w_up, int N,
                     int C, int F) {
     linear_forward_many(2, (float *[]){gate, up}, x, (const float *[]){w_gate, w_up}, (const float *[]){NULL, NULL},
                         (int[]){F, F}, N, C);
@@ -19,7 +19,7 @@ void mlp_down_forward(float *out, const void *act, const float *w_down, const fl
     linear_residual_forward(out, act, w_down, NULL, residual, N, F, C);
 }
 
-void mlp_backward(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const float *x,
+void mlp_backward(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const void *x,
                   const void *act, const void *gate, const void *up, const float *w_gate, const float *w_up,
                   const float *w_down, void *dact, void *dgate, void *dup, int N, int C, int F) {
     linear_backward_many(1, dact, (float *[]){dw_down}, NULL, (const float *[]){dout}, act, (const float *[]){w_down},
@@ -45,9 +45,7 @@ double head_loss_backward(float *dx, float *dw, const float *x, const float *w, 
 // these, so the model's handling of 2-byte activations (sizes, the head's chunks) is tested
 // on any machine, and its loss and gradients against fp32 within bf16 tolerance.
 
-// x [n] rounded to bf16 in place (fp32 values that bf16 holds exactly); stored into h when
-// h is not NULL.
-static void round_bf16(float *x, uint16_t *h, size_t n) {
+void act_round_bf16(float *x, uint16_t *h, size_t n) {
     for (size_t i = 0; i < n; i++) {
         uint16_t b = tp_f32_to_bf16(x[i]);
         x[i] = tp_bf16_to_f32(b);
@@ -55,7 +53,7 @@ static void round_bf16(float *x, uint16_t *h, size_t n) {
     }
 }
 
-static float *widened(const void *h, size_t n) {
+float *act_widen_bf16(const void *h, size_t n) {
     float *x = tp_xmalloc((n ? n : 1) * sizeof *x);
     for (size_t i = 0; i < n; i++) x[i] = tp_bf16_to_f32(((const uint16_t *)h)[i]);
     return x;
@@ -63,39 +61,39 @@ static float *widened(const void *h, size_t n) {
 
 static float *floats(size_t n) { return tp_xmalloc((n ? n : 1) * sizeof(float)); }
 
-void mlp_up_forward_bf16(void *act, void *gate, void *up, const float *x, const float *w_gate, const float *w_up,
+void mlp_up_forward_bf16(void *act, void *gate, void *up, const void *x16, const float *w_gate, const float *w_up,
                          int N, int C, int F) {
     size_t n = (size_t)N * F;
-    float *g = floats(n), *u = floats(n), *a = floats(n);
+    float *g = floats(n), *u = floats(n), *a = floats(n), *x = act_widen_bf16(x16, (size_t)N * C);
     linear_forward_many(2, (float *[]){g, u}, x, (const float *[]){w_gate, w_up}, (const float *[]){NULL, NULL},
                         (int[]){F, F}, N, C);
-    round_bf16(g, gate, n), round_bf16(u, up, n);
+    act_round_bf16(g, gate, n), act_round_bf16(u, up, n);
     swiglu_forward(a, g, u, (long)n);
-    round_bf16(a, act, n);
-    free(g), free(u), free(a);
+    act_round_bf16(a, act, n);
+    free(g), free(u), free(a), free(x);
 }
 
 void mlp_down_forward_bf16(float *out, const void *act, const float *w_down, const float *residual, int N, int F,
                            int C) {
-    float *a = widened(act, (size_t)N * F);
+    float *a = act_widen_bf16(act, (size_t)N * F);
     linear_residual_forward(out, a, w_down, NULL, residual, N, F, C);
     free(a);
 }
 
-void mlp_backward_bf16(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const float *x,
+void mlp_backward_bf16(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const void *x16,
                        const void *act, const void *gate, const void *up, const float *w_gate, const float *w_up,
                        const float *w_down, void *dact, void *dgate, void *dup, int N, int C, int F) {
     size_t n = (size_t)N * F;
-    float *a = widened(act, n), *g = widened(gate, n), *u = widened(up, n), *da = floats(n), *dg = floats(n),
-          *du = floats(n);
+    float *a = act_widen_bf16(act, n), *g = act_widen_bf16(gate, n), *u = act_widen_bf16(up, n);
+    float *da = floats(n), *dg = floats(n), *du = floats(n), *x = act_widen_bf16(x16, (size_t)N * C);
     linear_backward_many(1, da, (float *[]){dw_down}, NULL, (const float *[]){dout}, a, (const float *[]){w_down},
                          (int[]){C}, N, F);
-    round_bf16(da, dact, n);
+    act_round_bf16(da, dact, n);
     swiglu_backward(dg, du, da, g, u, (long)n);
-    round_bf16(dg, dgate, n), round_bf16(du, dup, n);
+    act_round_bf16(dg, dgate, n), act_round_bf16(du, dup, n);
     linear_backward_many(2, dx, (float *[]){dw_gate, dw_up}, NULL, (const float *[]){dg, du}, x,
                          (const float *[]){w_gate, w_up}, (int[]){F, F}, N, C);
-    free(a), free(g), free(u), free(da), free(dg), free(du);
+    free(a), free(g), free(u), free(da), free(dg), free(du), free(x);
 }
 
 double head_loss_backward_bf16(float *dx, float *dw, const float *x, const float *w, const int32_t *target,
@@ -103,9 +101,9 @@ double head_loss_backward_bf16(float *dx, float *dw, const float *x, const float
     size_t nz = (size_t)n * V;
     float *z = floats(nz);
     linear_forward(z, x, w, NULL, n, C, V);
-    round_bf16(z, NULL, nz);
+    act_round_bf16(z, NULL, nz);
     double loss = crossentropy_forward_backward(z, target, n, V, scale);
-    round_bf16(z, logits, nz);
+    act_round_bf16(z, logits, nz);
     linear_backward_many(1, dx, (float *[]){dw}, NULL, (const float *[]){z}, x, (const float *[]){w}, (int[]){V}, n,
                          C);
     free(z);

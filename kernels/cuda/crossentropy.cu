@@ -171,12 +171,13 @@ extern "C" double cuda_head_loss_backward(float *dx, float *dw, const float *x, 
     const cuda_operand weight = {w, false, true, false}, z16 = {logits, true, false, false};
     // logits^T [V, n] = w^T' x^T;  dx^T [C, n] = w dz^T;  dw^T [C, V] += x^T dz
     cuda_product_bf16(true, false, V, n, C, weight, C, cuda_operand{x, false, false, false}, C, 0.0f, logits, true, V,
-                      NULL);
+                      NULL, NULL);
     cuda_profile_part("linear_forward");
     const double loss = crossentropy((__nv_bfloat16 *)logits, target, n, V, scale);
     cuda_profile_part("crossentropy");
-    cuda_product_bf16(false, false, C, n, V, weight, C, z16, V, 0.0f, dx, false, C, NULL);
-    cuda_product_bf16(false, true, C, V, n, cuda_operand{x, false, false, false}, C, z16, V, 1.0f, dw, false, C, NULL);
+    cuda_product_bf16(false, false, C, n, V, weight, C, z16, V, 0.0f, dx, false, C, NULL, NULL);
+    cuda_product_bf16(false, true, C, V, n, cuda_operand{x, false, false, false}, C, z16, V, 1.0f, dw, false, C, NULL,
+                      NULL);
     cuda_profile_part("linear_backward");
     return loss;
 }

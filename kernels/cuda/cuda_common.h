@@ -25,7 +25,8 @@ void cuda_note_message(const char *msg, const char *file, int line);
 // (matrix products, attention) round their inputs to bf16 and accumulate in fp32.
 bool cuda_matmul_bf16(void);
 // True when, besides, the activations that only products and elementwise ops read are kept
-// in bf16 (mlp.cu: the MLP's [N, F] tensors; crossentropy.cu: a head chunk's logits).
+// in bf16 (attn.cu: the attention block's; mlp.cu: the MLP's [N, F] tensors;
+// crossentropy.cu: a head chunk's logits).
 bool cuda_act16(void);
 
 // The stream every op runs on: one stream, so ops run in call order. Not the legacy

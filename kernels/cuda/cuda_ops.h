@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ops.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -103,16 +105,20 @@ void cuda_rope_kv_cache_forward(float *q, float *k, const float *v, float *k_cac
                                 const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n, int NH,
                                 int KVH, int HD);
 void cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n);
-// The MLP block (ops.h mlp_*) and the head's logits (head_loss_backward) are kept in bf16
-// in bf16 mode (cuda_act_bytes() 2), unless TP_CUDA_ACT16=0 or cuda_set_act16(0) (1 on,
-// -1 back to the default); then fp32 (4).
+// The attention and MLP blocks' activations (ops.h attn_*, mlp_*) and the head's logits
+// (head_loss_backward) are kept in bf16 in bf16 mode (cuda_act_bytes() 2), unless
+// TP_CUDA_ACT16=0 or cuda_set_act16(0) (1 on, -1 back to the default); then fp32 (4).
 size_t cuda_act_bytes(void);
 void cuda_set_act16(int on);
-void cuda_mlp_up_forward(void *act, void *gate, void *up, const float *x, const float *w_gate, const float *w_up,
+void cuda_attn_forward(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x, const attn_weights *w,
+                       const float *norm2, const attn_batch *b);
+void cuda_attn_backward(float *dres, const attn_grads *g, const attn_acts *a, const float *x, const attn_weights *w,
+                        const attn_scratch *s, const attn_batch *b);
+void cuda_mlp_up_forward(void *act, void *gate, void *up, const void *x, const float *w_gate, const float *w_up,
                          int N, int C, int F);
 void cuda_mlp_down_forward(float *out, const void *act, const float *w_down, const float *residual, int N, int F,
                            int C);
-void cuda_mlp_backward(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const float *x,
+void cuda_mlp_backward(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout, const void *x,
                        const void *act, const void *gate, const void *up, const float *w_gate, const float *w_up,
                        const float *w_down, void *dact, void *dgate, void *dup, int N, int C, int F);
 void cuda_add_inplace(float *x, const float *y, long n);

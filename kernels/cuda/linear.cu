@@ -204,7 +204,8 @@ static void lt_plan_free(lt_plan *p) {
 }
 
 static bool lt_plan_make(lt_plan *p, const void *bias) {
-    const int32_t ta = p->ta, tb = p->tb, bias_type = CUDA_R_32F;
+    // a bf16 output takes its bias in bf16 (the weight's cached copy), as torch's autocast does
+    const int32_t ta = p->ta, tb = p->tb, bias_type = p->d16 ? CUDA_R_16BF : CUDA_R_32F;
     const uint32_t epilogue = p->bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     if (cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return false;
     cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
@@ -274,11 +275,11 @@ static lt_plan *lt_plan_for(cublasOperation_t ta, cublasOperation_t tb, int m, i
 }
 
 // D = op(A) op(B) + beta·C (+ bias [m] on every column) through cuBLASLt; C may be D; C
-// and D hold bf16 when d16, else fp32. false when cuBLASLt has no algorithm for it
-// (nothing was launched).
+// and D hold bf16 when d16, else fp32, and so does the bias. false when cuBLASLt has no
+// algorithm for it (nothing was launched).
 static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const __nv_bfloat16 *A, int lda,
                     const __nv_bfloat16 *B, int ldb, float beta, const void *C, void *D, int ldc, bool d16,
-                    const float *bias) {
+                    const void *bias) {
     if (!lt_ready()) return false;
     lt_plan *p = lt_plan_for(ta, tb, m, n, k, lda, ldb, ldc, d16, A, B, C, D, bias);
     if (!p) return false;
@@ -292,13 +293,15 @@ static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
 }
 
 // C = op(a) op(b) + beta C (+ bias (+ residual)) on bf16 operands; C holds bf16 when c16
-// (no bias or residual then), else fp32. bias [m] and residual [m x n] (ld ldc; beta must
-// be 0 with it) are added by the epilogue when cuBLASLt takes the product: returns whether
-// they were (false: the caller adds them).
+// (no residual then), else fp32. bias [m] (fp32; with c16 its cached bf16 copy is added)
+// and residual [m x n] (ld ldc; beta must be 0 with it) are added by the epilogue when
+// cuBLASLt takes the product: returns whether they were (false: the caller adds them).
 static bool product_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const __nv_bfloat16 *a,
                          int lda, const __nv_bfloat16 *b, int ldb, float beta, void *C, bool c16, int ldc,
                          const float *bias, const float *residual) {
-    if (lt_gemm(ta, tb, m, n, k, a, lda, b, ldb, residual ? 1.0f : beta, residual ? residual : C, C, ldc, c16, bias))
+    const void *epilogue_bias = c16 && bias ? (const void *)weight_bf16(bias, (size_t)m) : bias;
+    if ((!bias || epilogue_bias) && lt_gemm(ta, tb, m, n, k, a, lda, b, ldb, residual ? 1.0f : beta,
+                                            residual ? residual : C, C, ldc, c16, epilogue_bias))
         return true;
     const float alpha = 1.0f;
     const int timer = cuda_profile_product_begin();
@@ -327,15 +330,34 @@ static bool gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, 
     return product_bf16(ta, tb, m, n, k, a, lda, b, ldb, beta, C, false, ldc, bias, residual);
 }
 
+__global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long)N * OC) out[i] += bias[i % OC];
+}
+
+__global__ void add_bias16_kernel(__nv_bfloat16 *out, const float *bias, int m, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long)m * n) out[i] = __float2bfloat16(__bfloat162float(out[i]) + bias[i % m]);
+}
+
 void cuda_product_bf16(bool ta, bool tb, int m, int n, int k, cuda_operand A, int lda, cuda_operand B, int ldb,
-                       float beta, void *C, bool c16, int ldc, const float *residual) {
+                       float beta, void *C, bool c16, int ldc, const float *bias, const float *residual) {
     if (!ready() || m <= 0 || n <= 0) return;
     const __nv_bfloat16 *a = operand_of(SCRATCH_BF16_A, A, lda, ta ? m : k);
     const __nv_bfloat16 *b = operand_of(SCRATCH_BF16_B, B, ldb, tb ? k : n);
     if (!a || !b) return;  // noted by cuda_scratch
     const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    if (!product_bf16(opa, opb, m, n, k, a, lda, b, ldb, beta, C, c16, ldc, NULL, residual) && residual)
-        cuda_add_inplace((float *)C, residual, (long)m * n);  // (ldc == m: the callers' outputs are dense)
+    if (product_bf16(opa, opb, m, n, k, a, lda, b, ldb, beta, C, c16, ldc, bias, residual)) return;
+    // (ldc == m: the callers' outputs are dense)
+    const long mn = (long)m * n;
+    if (bias && c16) {
+        add_bias16_kernel<<<cuda_blocks(mn, 256), 256, 0, cuda_stream()>>>((__nv_bfloat16 *)C, bias, m, n);
+        CUDA_LAUNCH_CHECK();
+    } else if (bias) {
+        add_bias_kernel<<<cuda_blocks(mn, 256), 256, 0, cuda_stream()>>>((float *)C, bias, n, m);
+        CUDA_LAUNCH_CHECK();
+    }
+    if (residual) cuda_add_inplace((float *)C, residual, mn);
 }
 
 // a_weight / b_weight: which operand is a weight matrix (its bf16 copy is cached). bias,
@@ -353,11 +375,6 @@ static bool gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k
                               CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
     cuda_profile_product_end(timer, m, n, k, ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, false, false, beta != 0.0f, false);
     return !bias && !residual;
-}
-
-__global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (long)N * OC) out[i] += bias[i % OC];
 }
 
 // ---- few rows (decode steps): a warp per output column, the bf16 weights read once ----

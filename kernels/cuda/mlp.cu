@@ -7,8 +7,9 @@
 // the products write them directly (cuBLASLt's output in bf16, rounded to nearest even)
 // and read them as they are, and SwiGLU reads and writes bf16 with fp32 arithmetic. That
 // halves their memory and, by our count, cuts the traffic per [N, F] element of a layer
-// from about 80 bytes to 34 (forward 28 -> 12, backward 52 -> 22). With TP_CUDA_ACT16=0,
-// or fp32 or tf32 products, they stay fp32, through the single ops.
+// from about 80 bytes to 34 (forward 28 -> 12, backward 52 -> 22). The block's input x (the
+// attention block's ln2, attn.cu) is bf16 too. With TP_CUDA_ACT16=0, or fp32 or tf32
+// products, they stay fp32, through the single ops.
 #include "cuda/cuda_common.h"
 #include "cuda/cuda_ops.h"
 #include "cuda/product.h"
@@ -113,22 +114,22 @@ static cuda_operand weight(const float *w) { return {w, false, true, false}; }
 static cuda_operand fp32(const float *x, bool reuse) { return {x, false, false, reuse}; }
 static cuda_operand bf16(const void *x) { return {x, true, false, false}; }
 
-extern "C" void cuda_mlp_up_forward(void *act, void *gate, void *up, const float *x, const float *w_gate,
+extern "C" void cuda_mlp_up_forward(void *act, void *gate, void *up, const void *x, const float *w_gate,
                                     const float *w_up, int N, int C, int F) {
     if (N <= 0 || F <= 0) return;
     if (!cuda_act16()) {
         float *const outs[2] = {(float *)gate, (float *)up};
         const float *const ws[2] = {w_gate, w_up}, *const bs[2] = {NULL, NULL};
         const int ocs[2] = {F, F};
-        cuda_linear_forward_many(2, outs, x, ws, bs, ocs, N, C);
+        cuda_linear_forward_many(2, outs, (const float *)x, ws, bs, ocs, N, C);
         cuda_profile_part("linear_forward");
         cuda_swiglu_forward((float *)act, (const float *)gate, (const float *)up, (long)N * F);
         cuda_profile_part("swiglu_forward");
         return;
     }
-    // x is B of both and nothing writes it in between: rounded to bf16 once
-    cuda_product_bf16(true, false, F, N, C, weight(w_gate), C, fp32(x, false), C, 0.0f, gate, true, F, NULL);
-    cuda_product_bf16(true, false, F, N, C, weight(w_up), C, fp32(x, true), C, 0.0f, up, true, F, NULL);
+    // x (the attention block's ln2) is bf16 already
+    cuda_product_bf16(true, false, F, N, C, weight(w_gate), C, bf16(x), C, 0.0f, gate, true, F, NULL, NULL);
+    cuda_product_bf16(true, false, F, N, C, weight(w_up), C, bf16(x), C, 0.0f, up, true, F, NULL, NULL);
     cuda_profile_part("linear_forward");
     swiglu16<false>(act, NULL, NULL, gate, up, (long)N * F);
     cuda_profile_part("swiglu_forward");
@@ -141,11 +142,11 @@ extern "C" void cuda_mlp_down_forward(float *out, const void *act, const float *
         cuda_linear_residual_forward(out, (const float *)act, w_down, NULL, residual, N, F, C);
         return;
     }
-    cuda_product_bf16(true, false, C, N, F, weight(w_down), F, bf16(act), F, 0.0f, out, false, C, residual);
+    cuda_product_bf16(true, false, C, N, F, weight(w_down), F, bf16(act), F, 0.0f, out, false, C, NULL, residual);
 }
 
 extern "C" void cuda_mlp_backward(float *dx, float *dw_gate, float *dw_up, float *dw_down, const float *dout,
-                                  const float *x, const void *act, const void *gate, const void *up,
+                                  const void *x, const void *act, const void *gate, const void *up,
                                   const float *w_gate, const float *w_up, const float *w_down, void *dact, void *dgate,
                                   void *dup, int N, int C, int F) {
     if (N <= 0) return;
@@ -161,7 +162,7 @@ extern "C" void cuda_mlp_backward(float *dx, float *dw_gate, float *dw_up, float
         const float *const d2[2] = {(const float *)dgate, (const float *)dup}, *const w2[2] = {w_gate, w_up};
         float *const g2[2] = {dw_gate, dw_up};
         const int oc2[2] = {F, F};
-        cuda_linear_backward_many(2, dx, g2, NULL, d2, x, w2, oc2, N, C);
+        cuda_linear_backward_many(2, dx, g2, NULL, d2, (const float *)x, w2, oc2, N, C);
         cuda_profile_part("linear_backward");
         return;
     }
@@ -170,16 +171,16 @@ extern "C" void cuda_mlp_backward(float *dx, float *dw_gate, float *dw_up, float
         return;
     }
     // down (IC = F, OC = C): dout is B of both products, rounded once
-    cuda_product_bf16(false, false, F, N, C, weight(w_down), F, fp32(dout, false), C, 0.0f, dact, true, F, NULL);
-    cuda_product_bf16(false, true, F, C, N, bf16(act), F, fp32(dout, true), C, 1.0f, dw_down, false, F, NULL);
+    cuda_product_bf16(false, false, F, N, C, weight(w_down), F, fp32(dout, false), C, 0.0f, dact, true, F, NULL, NULL);
+    cuda_product_bf16(false, true, F, C, N, bf16(act), F, fp32(dout, true), C, 1.0f, dw_down, false, F, NULL, NULL);
     cuda_profile_part("linear_backward");
     swiglu16<true>(dgate, dup, dact, gate, up, (long)N * F);
     cuda_profile_part("swiglu_backward");
     // gate and up (IC = C, OC = F): dx written by the first, added to by the second; x is
-    // A of both weight products, rounded once
-    cuda_product_bf16(false, false, C, N, F, weight(w_gate), C, bf16(dgate), F, 0.0f, dx, false, C, NULL);
-    cuda_product_bf16(false, false, C, N, F, weight(w_up), C, bf16(dup), F, 1.0f, dx, false, C, NULL);
-    cuda_product_bf16(false, true, C, F, N, fp32(x, false), C, bf16(dgate), F, 1.0f, dw_gate, false, C, NULL);
-    cuda_product_bf16(false, true, C, F, N, fp32(x, true), C, bf16(dup), F, 1.0f, dw_up, false, C, NULL);
+    // A of both weight products, in bf16
+    cuda_product_bf16(false, false, C, N, F, weight(w_gate), C, bf16(dgate), F, 0.0f, dx, false, C, NULL, NULL);
+    cuda_product_bf16(false, false, C, N, F, weight(w_up), C, bf16(dup), F, 1.0f, dx, false, C, NULL, NULL);
+    cuda_product_bf16(false, true, C, F, N, bf16(x), C, bf16(dgate), F, 1.0f, dw_gate, false, C, NULL, NULL);
+    cuda_product_bf16(false, true, C, F, N, bf16(x), C, bf16(dup), F, 1.0f, dw_up, false, C, NULL, NULL);
     cuda_profile_part("linear_backward");
 }

@@ -15,12 +15,13 @@ struct cuda_operand {
 };
 
 // Column-major as cuBLAS counts (linear.cu's header has our buffers in that view):
-// C [m x n] = op(A) op(B) + beta C with bf16 operands and fp32 sums, op = transpose when
-// ta / tb. C holds bf16 when c16 (rounded to nearest even; beta 0 then, residual NULL),
-// else fp32, with residual [m x n] (ldc == m, beta 0) added when not NULL. fp32 A goes
-// through scratch slot SCRATCH_BF16_A, fp32 B through SCRATCH_BF16_B. Only in bf16 mode
+// C [m x n] = op(A) op(B) + beta C (+ bias [m] on every column) with bf16 operands and
+// fp32 sums, op = transpose when ta / tb. C holds bf16 when c16 (rounded to nearest even;
+// beta 0 then, residual NULL; the bias added in bf16, as torch's autocast adds it), else
+// fp32, with residual [m x n] (ldc == m, beta 0) added when not NULL. fp32 A goes through
+// scratch slot SCRATCH_BF16_A, fp32 B through SCRATCH_BF16_B. Only in bf16 mode
 // (cuda_matmul_bf16).
 void cuda_product_bf16(bool ta, bool tb, int m, int n, int k, cuda_operand A, int lda, cuda_operand B, int ldb,
-                       float beta, void *C, bool c16, int ldc, const float *residual);
+                       float beta, void *C, bool c16, int ldc, const float *bias, const float *residual);
 
 #endif

@@ -85,7 +85,7 @@ static void compare_case(const char *name, const char *precision, double tol) {
             CHECK_MSG(d <= tol, "%s %s: gradient of %s differs by %.3g", name, precision, q->name, d);
             if (d > worst) worst = d;
         }
-        printf("# %s %s (MLP activations of %zu bytes): logits and gradients within %.3g of the cpu\n", name,
+        printf("# %s %s (activations of %zu bytes): logits and gradients within %.3g of the cpu\n", name,
                precision, cuda_act_bytes(), worst);
         free(lc), free(lg);
     }
@@ -99,7 +99,8 @@ static void test_fp32_matches_cpu(void) {
     for (size_t i = 0; i < sizeof CASES / sizeof *CASES; i++) compare_case(CASES[i], "fp32", 1e-4);
 }
 
-// With the MLP's [N, F] tensors in bf16 (the default) and in fp32.
+// With the activations only products and elementwise ops read (the attention block's, the
+// MLP's [N, F] tensors) in bf16 (the default) and in fp32.
 static void test_bf16_within_tolerance(void) {
     NEED_GPU();
     for (int act16 = 1; act16 >= 0; act16--) {
@@ -143,7 +144,7 @@ static void test_training_steps_match(void) {
 }
 
 // The same batch twice gives the same bits, and recomputing activations changes nothing,
-// with fp32 products and with bf16 ones (the MLP's tensors in bf16).
+// with fp32 products and with bf16 ones (the activations in bf16).
 static void deterministic_case(const char *precision) {
     pair p;
     CHECK(tp_backend_set_matmul(cuda(), precision) == 0);

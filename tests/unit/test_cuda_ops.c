@@ -665,6 +665,17 @@ static float *act_host(const void *d, size_t n, size_t element_bytes) {
     return h;
 }
 
+// A device copy of x [n] of eb bytes an element: with 2, x is rounded to bf16 in place
+// first (the CPU side then computes from the values the device holds).
+static float *dev_act_copy(float *x, size_t n, size_t eb) {
+    if (eb == 4) return dev_copy(x, n * 4);
+    uint16_t *h = malloc(n * 2 + 2);
+    for (size_t i = 0; i < n; i++) h[i] = tp_f32_to_bf16(x[i]), x[i] = tp_bf16_to_f32(h[i]);
+    float *d = dev_copy(h, n * 2);
+    free(h);
+    return d;
+}
+
 static void expect_act_close(const char *what, const void *d, const float *ref, size_t n, size_t eb, double tol) {
     float *got = act_host(d, n, eb);
     double e = max_rel(got, ref, n);
@@ -673,8 +684,8 @@ static void expect_act_close(const char *what, const void *d, const float *ref, 
     free(got);
 }
 
-// The three MLP ops against the CPU's (fp32 throughout) on one shape. act16: the [N, F]
-// tensors in bf16 (with bf16 products; -1 the default). offset: the [N, F] buffers start
+// The three MLP ops against the CPU's (fp32 throughout) on one shape. act16: x and the
+// [N, F] tensors in bf16 (with bf16 products; -1 the default). offset: the [N, F] buffers start
 // this many elements into their allocations (1: not 16-byte aligned, the one-at-a-time
 // SwiGLU kernel and products on 2-byte aligned pointers).
 static void mlp_case(int N, int C, int F, const char *precision, int act16, int offset, double tol) {
@@ -690,7 +701,7 @@ static void mlp_case(int N, int C, int F, const char *precision, int act16, int 
     }
     float *act = malloc(nf * 4), *gate = malloc(nf * 4), *up = malloc(nf * 4), *out = malloc(nc * 4);
     float *dx = malloc(nc * 4), *dact = malloc(nf * 4), *dgate = malloc(nf * 4), *dup = malloc(nf * 4);
-    float *d_x = dev_copy(x, nc * 4), *d_res = dev_copy(res, nc * 4), *d_dout = dev_copy(dout, nc * 4);
+    float *d_x = dev_act_copy(x, nc, eb), *d_res = dev_copy(res, nc * 4), *d_dout = dev_copy(dout, nc * 4);
     float *d_wg = dev_copy(wg, nw * 4), *d_wu = dev_copy(wu, nw * 4), *d_wd = dev_copy(wd, nw * 4);
     float *d_dwg = dev_copy(dwg, nw * 4), *d_dwu = dev_copy(dwu, nw * 4), *d_dwd = dev_copy(dwd, nw * 4);
     float *d_out = dev_poisoned(nc), *d_dx = dev_poisoned(nc);
@@ -752,6 +763,164 @@ static void test_mlp(void) {
         mlp_case(N, C, F, "bf16", 0, 0, 2e-2);
     }
     mlp_case(37, 96, 260, "bf16", 1, 1, 2e-2);
+}
+
+// ---- the attention block ----
+
+struct attn_shape {
+    int lens[2];  // two sequences packed in one row
+    int C, NH, KVH, HD;
+    bool qk_norm, bias;  // Qwen3's per-head norms; Qwen2's q/k/v biases (and an o bias)
+};
+
+static float *scaled(size_t n, float s, float add) {
+    float *p = rnd(n);
+    for (size_t i = 0; i < n; i++) p[i] = p[i] * s + add;
+    return p;
+}
+
+// Host tensors of one side of attn_case: the activations as fp32 (cpu) or device buffers.
+typedef struct attn_side {
+    attn_acts a;
+    attn_scratch s;
+    attn_grads g;
+    float *mid, *ln2, *rstd2, *dres;
+} attn_side;
+
+// attn_forward and attn_backward against the CPU's (fp32 throughout) on one shape: every
+// stored activation, mid, ln2, d/d(x) and each weight gradient (started from small random
+// values, added to). act16: the activations in bf16 (bf16 products; -1 the default).
+static void attn_case(const struct attn_shape *sh, const char *precision, int act16, double tol) {
+    CHECK(cuda_set_matmul_precision(precision) == 0);
+    cuda_set_act16(act16);
+    const size_t eb = cuda_act_bytes();
+    const int N = sh->lens[0] + sh->lens[1], C = sh->C, NH = sh->NH, KVH = sh->KVH, HD = sh->HD;
+    const int Q = NH * HD, KV = KVH * HD;
+    const size_t nc = (size_t)N * C, nq = (size_t)N * Q, nkv = (size_t)N * KV;
+    const float ws = 1.0f / sqrtf((float)C);
+    // weights: norm, wq, wk, wv, wo, bq, bk, bv, bo, q_norm, k_norm
+    const size_t wn[11] = {C, (size_t)Q * C, (size_t)KV * C, (size_t)KV * C, (size_t)C * Q, Q, KV, KV, C, HD, HD};
+    float *hw[11], *dw[11] = {0}, *hg[11], *dg[11] = {0};
+    for (int i = 0; i < 11; i++) {
+        bool present = (i < 5) || (i < 9 ? sh->bias : sh->qk_norm);
+        hw[i] = present ? (i == 0 || i >= 9 ? scaled(wn[i], 0.1f, 1.0f) : scaled(wn[i], ws, 0.0f)) : NULL;
+        hg[i] = present ? scaled(wn[i], 0.01f, 0.0f) : NULL;
+        dw[i] = hw[i] ? dev_copy(hw[i], wn[i] * 4) : NULL;
+        dg[i] = hg[i] ? dev_copy(hg[i], wn[i] * 4) : NULL;
+    }
+    float *norm2 = scaled(C, 0.1f, 1.0f), *x = rnd(nc), *dres = scaled(nc, 0.5f, 0.0f);
+    int32_t *pos = malloc(N * 4), *seg = malloc(N * 4);
+    float *inv_freq = malloc(HD / 2 * 4);
+    for (int n = 0; n < N; n++) seg[n] = n < sh->lens[0] ? 0 : sh->lens[0], pos[n] = n - seg[n];
+    for (int i = 0; i < HD / 2; i++) inv_freq[i] = powf(10000.0f, -2.0f * i / HD);
+    float *d_norm2 = dev_copy(norm2, C * 4), *d_x = dev_copy(x, nc * 4);
+    int32_t *d_pos = dev_copy(pos, N * 4), *d_seg = dev_copy(seg, N * 4);
+    float *d_inv = dev_copy(inv_freq, HD / 2 * 4);
+
+    // the cpu, fp32
+    attn_side h = {0}, d = {0};
+    void **acts[8] = {&h.a.ln, &h.a.q_raw, &h.a.k_raw, &h.a.q, &h.a.k, &h.a.v, &h.a.att, (void **)&h.ln2};
+    void **dacts[8] = {&d.a.ln, &d.a.q_raw, &d.a.k_raw, &d.a.q, &d.a.k, &d.a.v, &d.a.att, (void **)&d.ln2};
+    const size_t an[8] = {nc, nq, nkv, nq, nkv, nkv, nq, nc};
+    const char *anames[8] = {"ln", "q_raw", "k_raw", "q", "k", "v", "att", "ln2"};
+    for (int i = 0; i < 8; i++) {
+        if ((i == 1 || i == 2) && !sh->qk_norm) continue;
+        *acts[i] = malloc(an[i] * 4);
+        *dacts[i] = dev_poisoned_bytes(an[i] * eb);
+    }
+    float **f32[5] = {&h.a.rstd, &h.a.q_rstd, &h.a.k_rstd, &h.a.lse, &h.rstd2};
+    float **df32[5] = {&d.a.rstd, &d.a.q_rstd, &d.a.k_rstd, &d.a.lse, &d.rstd2};
+    const size_t fn[5] = {N, (size_t)N * NH, (size_t)N * KVH, (size_t)N * NH, N};
+    const char *fnames[5] = {"rstd", "q_rstd", "k_rstd", "lse", "rstd2"};
+    for (int i = 0; i < 5; i++) {
+        if ((i == 1 || i == 2) && !sh->qk_norm) continue;
+        *f32[i] = malloc(fn[i] * 4);
+        *df32[i] = dev_poisoned(fn[i]);
+    }
+    h.mid = malloc(nc * 4), d.mid = dev_poisoned(nc);
+    // backward scratch (poisoned: the block must write before it reads)
+    h.s.datt = malloc(nq * 4), d.s.datt = dev_poisoned_bytes(nq * eb);
+    float **sc[6] = {&h.s.dln, &h.s.dq, &h.s.dk, &h.s.dv, &h.s.dq_raw, &h.s.dk_raw};
+    float **dsc[6] = {&d.s.dln, &d.s.dq, &d.s.dk, &d.s.dv, &d.s.dq_raw, &d.s.dk_raw};
+    const size_t sn[6] = {nc, nq, nkv, nkv, nq, nkv};
+    for (int i = 0; i < 6; i++) {
+        if (i >= 4 && !sh->qk_norm) continue;
+        *sc[i] = malloc(sn[i] * 4), *dsc[i] = dev_poisoned(sn[i]);
+    }
+    h.dres = malloc(nc * 4), memcpy(h.dres, dres, nc * 4), d.dres = dev_copy(dres, nc * 4);
+    const attn_weights hwt = {hw[0], hw[1], hw[2], hw[3], hw[4], hw[5], hw[6], hw[7], hw[8], hw[9], hw[10]};
+    const attn_weights dwt = {dw[0], dw[1], dw[2], dw[3], dw[4], dw[5], dw[6], dw[7], dw[8], dw[9], dw[10]};
+    h.g = (attn_grads){hg[0], hg[1], hg[2], hg[3], hg[4], hg[5], hg[6], hg[7], hg[8], hg[9], hg[10]};
+    d.g = (attn_grads){dg[0], dg[1], dg[2], dg[3], dg[4], dg[5], dg[6], dg[7], dg[8], dg[9], dg[10]};
+    const attn_batch hb = {N, C, NH, KVH, HD, 1e-6f, pos, seg, inv_freq};
+    const attn_batch db = {N, C, NH, KVH, HD, 1e-6f, d_pos, d_seg, d_inv};
+
+    attn_forward(h.mid, h.ln2, h.rstd2, &h.a, x, &hwt, norm2, &hb);
+    attn_backward(h.dres, &h.g, &h.a, x, &hwt, &h.s, &hb);
+    cuda_attn_forward(d.mid, d.ln2, d.rstd2, &d.a, d_x, &dwt, d_norm2, &db);
+    cuda_attn_backward(d.dres, &d.g, &d.a, d_x, &dwt, &d.s, &db);
+    CHECK_CUDA_OK();
+
+    char what[160];
+#define ATTN_WHAT(name)                                                                                          \
+    snprintf(what, sizeof what, "attn %s: N %d C %d NH %d KVH %d HD %d%s%s, %s, %zu-byte activations", name, N, C, \
+             NH, KVH, HD, sh->qk_norm ? " qk-norm" : "", sh->bias ? " bias" : "", precision, eb)
+    for (int i = 0; i < 8; i++) {
+        if (!*acts[i]) continue;
+        ATTN_WHAT(anames[i]);
+        expect_act_close(what, *dacts[i], *acts[i], an[i], eb, tol);
+    }
+    for (int i = 0; i < 5; i++) {
+        if (!*f32[i]) continue;
+        ATTN_WHAT(fnames[i]);
+        expect_close(what, *df32[i], *f32[i], fn[i], tol);
+    }
+    ATTN_WHAT("mid");
+    expect_close(what, d.mid, h.mid, nc, tol);
+    ATTN_WHAT("dx");
+    expect_close(what, d.dres, h.dres, nc, tol);
+    const char *gnames[11] = {"dnorm", "dwq", "dwk", "dwv", "dwo", "dbq", "dbk", "dbv", "dbo", "dq_norm", "dk_norm"};
+    for (int i = 0; i < 11; i++) {
+        if (!hg[i]) continue;
+        ATTN_WHAT(gnames[i]);
+        expect_close(what, dg[i], hg[i], wn[i], tol);
+    }
+#undef ATTN_WHAT
+    CHECK_CUDA_OK();
+    cuda_set_act16(-1);
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+    for (int i = 0; i < 8; i++) free(*acts[i]), cuda_free(*dacts[i]);
+    for (int i = 0; i < 5; i++) free(*f32[i]), cuda_free(*df32[i]);
+    for (int i = 0; i < 6; i++) free(*sc[i]), cuda_free(*dsc[i]);
+    for (int i = 0; i < 11; i++) free(hw[i]), free(hg[i]), cuda_free(dw[i]), cuda_free(dg[i]);
+    free(h.mid), free(h.s.datt), free(h.dres), free(norm2), free(x), free(dres), free(pos), free(seg), free(inv_freq);
+    cuda_free(d.mid), cuda_free(d.s.datt), cuda_free(d.dres), cuda_free(d_norm2), cuda_free(d_x), cuda_free(d_pos);
+    cuda_free(d_seg), cuda_free(d_inv);
+}
+
+// Qwen2-like (biases; HD 64: the tensor-core attention), Qwen3-like (per-head norms; HD 32:
+// attention through fp32 copies in bf16 mode), in fp32, and in bf16 with the activations
+// in bf16 and in fp32.
+static void test_attn_block(void) {
+    NEED_GPU();
+    const struct attn_shape shapes[] = {
+        {{100, 60}, 128, 4, 2, 64, false, true},
+        {{37, 33}, 96, 4, 2, 32, true, false},
+    };
+    const double before = worst_seen;
+    double worst[3] = {0, 0, 0};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        const char *prec[3] = {"fp32", "bf16", "bf16"};
+        const int act16[3] = {-1, 1, 0};
+        for (int m = 0; m < 3; m++) {
+            worst_seen = 0;
+            attn_case(&shapes[i], prec[m], act16[m], m ? 2e-2 : 1e-5);
+            worst[m] = fmax(worst[m], worst_seen);
+        }
+    }
+    printf("# attention block: worst max rel err fp32 %.3g, bf16 with bf16 activations %.3g, with fp32 %.3g\n",
+           worst[0], worst[1], worst[2]);
+    worst_seen = fmax(before, fmax(worst[0], fmax(worst[1], worst[2])));
 }
 
 // The head of a training step on one chunk: loss, the gradient left in the logits, dx
@@ -905,6 +1074,7 @@ int main(void) {
     RUN(test_rope_kv_cache);
     RUN(test_product_plans_evicted);
     RUN(test_mlp);
+    RUN(test_attn_block);
     RUN(test_head_loss);
     RUN(test_crossentropy);
     RUN(test_crossentropy_nan);

@@ -145,10 +145,11 @@ static void test_recompute_accumulate_rows(void) {
     tp_model_free(m);
 }
 
-// The activations a GPU with bf16 products keeps in bf16 (the MLP's [N, F] tensors, the
-// training head's logits), stored and rounded that way on the cpu (tp_backend_cpu_act16):
-// the loss and every gradient within bf16 tolerance of transformers' fp32, and not its
-// fp32 bits (the rounding happened); --recompute gives the same bits.
+// The activations a GPU with bf16 products keeps in bf16 (the attention block's, the MLP's
+// [N, F] tensors, the training head's logits), stored and rounded that way on the cpu
+// (tp_backend_cpu_act16): the loss and every gradient within bf16 tolerance of
+// transformers' fp32, and not its fp32 bits (the rounding happened); --recompute gives the
+// same bits.
 static void test_bf16_activation_storage(void) {
     for (size_t c = 0; c < sizeof CASES / sizeof *CASES; c++) {
         fixture f;

@@ -691,18 +691,21 @@ static void test_bf16_storage_rounds_where_the_gpu_does(void) {
     fill(x, N * C, -2, 2), fill(res, N * C, -1, 1), fill(dout, N * C, -1, 1);
     fill(wg, F * C, -0.5, 0.5), fill(wu, F * C, -0.5, 0.5), fill(wd, C * F, -0.5, 0.5), fill(w, V * C, -1, 1);
     // the twin
-    uint16_t act[N * F], gate[N * F], up[N * F], dact[N * F], dgate[N * F], dup[N * F], z16[N * V];
+    uint16_t act[N * F], gate[N * F], up[N * F], dact[N * F], dgate[N * F], dup[N * F], z16[N * V], x16[N * C];
     float out[N * C], dx[N * C], dwg[F * C] = {0}, dwu[F * C] = {0}, dwd[C * F] = {0}, hdx[N * C], hdw[V * C] = {0};
-    mlp_up_forward_bf16(act, gate, up, x, wg, wu, N, C, F);
+    float xr[N * C];  // the MLP's input is stored in bf16 too (the attention block's ln2)
+    memcpy(xr, x, sizeof x);
+    round16(xr, x16, N * C);
+    mlp_up_forward_bf16(act, gate, up, x16, wg, wu, N, C, F);
     mlp_down_forward_bf16(out, act, wd, res, N, F, C);
-    mlp_backward_bf16(dx, dwg, dwu, dwd, dout, x, act, gate, up, wg, wu, wd, dact, dgate, dup, N, C, F);
+    mlp_backward_bf16(dx, dwg, dwu, dwd, dout, x16, act, gate, up, wg, wu, wd, dact, dgate, dup, N, C, F);
     int32_t target[N] = {3, -1, 39, 0, 17};
     double loss = head_loss_backward_bf16(hdx, hdw, x, w, target, z16, N, C, V, 0.5f);
     // the same by hand
     uint16_t b[N * V];
     float g[N * F], u[N * F], a[N * F], da[N * F], dg[N * F], du[N * F], want[N * C], zero_w[V * C] = {0};
     float wdwg[F * C] = {0}, wdwu[F * C] = {0}, wdwd[C * F] = {0}, z[N * V];
-    linear_forward(g, x, wg, NULL, N, C, F), linear_forward(u, x, wu, NULL, N, C, F);
+    linear_forward(g, xr, wg, NULL, N, C, F), linear_forward(u, xr, wu, NULL, N, C, F);
     round16(g, b, N * F);
     CHECK(!memcmp(b, gate, sizeof gate));
     round16(u, b, N * F);
@@ -721,7 +724,7 @@ static void test_bf16_storage_rounds_where_the_gpu_does(void) {
     CHECK(!memcmp(b, dgate, sizeof dgate));
     round16(du, b, N * F);
     CHECK(!memcmp(b, dup, sizeof dup));
-    linear_backward_many(2, want, (float *[]){wdwg, wdwu}, NULL, (const float *[]){dg, du}, x,
+    linear_backward_many(2, want, (float *[]){wdwg, wdwu}, NULL, (const float *[]){dg, du}, xr,
                          (const float *[]){wg, wu}, (int[]){F, F}, N, C);
     CHECK(!memcmp(want, dx, sizeof dx) && !memcmp(wdwg, dwg, sizeof dwg) && !memcmp(wdwu, dwu, sizeof dwu));
     linear_forward(z, x, w, NULL, N, C, V);

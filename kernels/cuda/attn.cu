@@ -1,0 +1,185 @@
+// attn.cu — the attention block of a training step (ops.h attn_forward, attn_backward),
+// its activations in bf16 when the model keeps them so (cuda_act16).
+//
+// ln, q, k, v, att and the MLP's input ln2 are [N, C] and [N, Q] tensors that only
+// products, norms, RoPE and attention read. Stored in fp32, each was written in fp32 and
+// read again by every product or attention kernel that took it, to be rounded to bf16 in
+// a scratch copy (the attention kernels copied q, k, v and dout whole on every call).
+// In bf16 they are written once in bf16 and read as they are, as torch's autocast keeps
+// them: the norms write bf16, the q/k/v products write bf16 (bias added by the epilogue,
+// in bf16), RoPE and Qwen3's per-head norms read and write bf16 with fp32 arithmetic, the
+// attention kernels stage bf16 tiles directly and write bf16 out, and the o product reads
+// att as it is. What stays fp32: the residual stream (x, mid), rstd and lse, and the
+// backward's dq, dk, dv (attention adds into them) and dln; datt, written by a product
+// and read only by attention, is bf16.
+// With TP_CUDA_ACT16=0, or fp32 or tf32 products, the block is the single ops' calls on
+// fp32 tensors, with their bits.
+#include "cuda/act16.h"
+#include "cuda/cuda_common.h"
+#include "cuda/cuda_ops.h"
+#include "cuda/product.h"
+#include "cuda/reduce.h"
+
+#include <math.h>
+
+// ---- fp32 activations: the single ops ----
+
+static void forward32(float *mid, float *ln2, float *rstd2, const attn_acts *a, const float *x, const attn_weights *w,
+                      const float *norm2, const attn_batch *b) {
+    const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD;
+    float *ln = (float *)a->ln, *q = (float *)a->q, *k = (float *)a->k, *v = (float *)a->v;
+    cuda_rmsnorm_forward(ln, a->rstd, x, w->norm, N, C, b->eps);
+    cuda_profile_part("rmsnorm_forward");
+    float *const outs[3] = {w->q_norm ? (float *)a->q_raw : q, w->q_norm ? (float *)a->k_raw : k, v};
+    const float *const ws[3] = {w->wq, w->wk, w->wv}, *const bs[3] = {w->bq, w->bk, w->bv};
+    const int ocs[3] = {Q, KV, KV};
+    cuda_linear_forward_many(3, outs, ln, ws, bs, ocs, N, C);
+    cuda_profile_part("linear_forward");
+    if (w->q_norm) {
+        cuda_rmsnorm_forward(q, a->q_rstd, outs[0], w->q_norm, N * NH, HD, b->eps);
+        cuda_rmsnorm_forward(k, a->k_rstd, outs[1], w->k_norm, N * KVH, HD, b->eps);
+        cuda_profile_part("rmsnorm_forward");
+    }
+    cuda_rope_forward(q, b->pos, b->inv_freq, N, NH, HD);
+    cuda_rope_forward(k, b->pos, b->inv_freq, N, KVH, HD);
+    cuda_profile_part("rope");
+    cuda_attention_forward((float *)a->att, a->lse, q, k, v, b->seg_start, N, NH, KVH, HD, 1.0f / sqrtf((float)HD));
+    cuda_profile_part("attention_forward");
+    cuda_linear_forward(mid, (const float *)a->att, w->wo, w->bo, N, Q, C);
+    cuda_profile_part("linear_forward");
+    cuda_add_rmsnorm_forward(mid, ln2, rstd2, mid, x, norm2, N, C, b->eps);
+    cuda_profile_part("rmsnorm_forward");
+}
+
+static void backward32(float *dres, const attn_grads *g, const attn_acts *a, const float *x, const attn_weights *w,
+                       const attn_scratch *s, const attn_batch *b) {
+    const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD;
+    const size_t n = (size_t)N;
+    float *datt = (float *)s->datt;
+    {
+        float *const gw[1] = {g->wo}, *const gb[1] = {g->bo};
+        const float *const d1[1] = {dres}, *const w1[1] = {w->wo};
+        const int oc[1] = {C};
+        cuda_linear_backward_many(1, datt, gw, gb, d1, (const float *)a->att, w1, oc, N, Q);
+        cuda_profile_part("linear_backward");
+    }
+    cuda_memzero(s->dq, n * Q * sizeof(float)), cuda_memzero(s->dk, n * KV * sizeof(float));
+    cuda_memzero(s->dv, n * KV * sizeof(float));
+    cuda_attention_backward(s->dq, s->dk, s->dv, datt, (const float *)a->att, a->lse, (const float *)a->q,
+                            (const float *)a->k, (const float *)a->v, b->seg_start, N, NH, KVH, HD,
+                            1.0f / sqrtf((float)HD));
+    cuda_profile_part("attention_backward");
+    cuda_rope_backward(s->dq, b->pos, b->inv_freq, N, NH, HD);
+    cuda_rope_backward(s->dk, b->pos, b->inv_freq, N, KVH, HD);
+    cuda_profile_part("rope");
+    float *dq = s->dq, *dk = s->dk;
+    if (w->q_norm) {
+        cuda_memzero(s->dq_raw, n * Q * sizeof(float)), cuda_memzero(s->dk_raw, n * KV * sizeof(float));
+        cuda_rmsnorm_backward(s->dq_raw, g->q_norm, s->dq, (const float *)a->q_raw, w->q_norm, a->q_rstd, N * NH, HD);
+        cuda_rmsnorm_backward(s->dk_raw, g->k_norm, s->dk, (const float *)a->k_raw, w->k_norm, a->k_rstd, N * KVH,
+                              HD);
+        cuda_profile_part("rmsnorm_backward");
+        dq = s->dq_raw, dk = s->dk_raw;
+    }
+    float *const gw[3] = {g->wq, g->wk, g->wv}, *const gb[3] = {g->bq, g->bk, g->bv};
+    const float *const d3[3] = {dq, dk, s->dv}, *const w3[3] = {w->wq, w->wk, w->wv};
+    const int oc[3] = {Q, KV, KV};
+    cuda_linear_backward_many(3, s->dln, gw, gb, d3, (const float *)a->ln, w3, oc, N, C);
+    cuda_profile_part("linear_backward");
+    cuda_rmsnorm_backward(dres, g->norm, s->dln, x, w->norm, a->rstd, N, C);
+    cuda_profile_part("rmsnorm_backward");
+}
+
+// ---- bf16 activations ----
+// Products in the column-major view of linear.cu (mlp.cu has the three forms): an output
+// [N, OC] is out^T [OC x N] = W^T' · x^T (m = OC, n = N, k = IC).
+
+static cuda_operand weight(const float *w) { return {w, false, true, false}; }
+static cuda_operand fp32(const float *x, bool reuse) { return {x, false, false, reuse}; }
+static cuda_operand bf16(const void *x) { return {x, true, false, false}; }
+
+static void forward16(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x, const attn_weights *w,
+                      const float *norm2, const attn_batch *b) {
+    const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD;
+    cuda_rmsnorm_forward16(a->ln, a->rstd, x, false, w->norm, N, C, b->eps);
+    cuda_profile_part("rmsnorm_forward");
+    void *q = w->q_norm ? a->q_raw : a->q, *k = w->q_norm ? a->k_raw : a->k;
+    cuda_product_bf16(true, false, Q, N, C, weight(w->wq), C, bf16(a->ln), C, 0.0f, q, true, Q, w->bq, NULL);
+    cuda_product_bf16(true, false, KV, N, C, weight(w->wk), C, bf16(a->ln), C, 0.0f, k, true, KV, w->bk, NULL);
+    cuda_product_bf16(true, false, KV, N, C, weight(w->wv), C, bf16(a->ln), C, 0.0f, a->v, true, KV, w->bv, NULL);
+    cuda_profile_part("linear_forward");
+    if (w->q_norm) {
+        cuda_rmsnorm_forward16(a->q, a->q_rstd, a->q_raw, true, w->q_norm, N * NH, HD, b->eps);
+        cuda_rmsnorm_forward16(a->k, a->k_rstd, a->k_raw, true, w->k_norm, N * KVH, HD, b->eps);
+        cuda_profile_part("rmsnorm_forward");
+    }
+    cuda_rope16_forward(a->q, b->pos, b->inv_freq, N, NH, HD);
+    cuda_rope16_forward(a->k, b->pos, b->inv_freq, N, KVH, HD);
+    cuda_profile_part("rope");
+    cuda_attention_forward_bf16(a->att, a->lse, a->q, a->k, a->v, b->seg_start, N, NH, KVH, HD,
+                                1.0f / sqrtf((float)HD));
+    cuda_profile_part("attention_forward");
+    cuda_product_bf16(true, false, C, N, Q, weight(w->wo), Q, bf16(a->att), Q, 0.0f, mid, false, C, w->bo, x);
+    cuda_profile_part("linear_forward");
+    cuda_rmsnorm_forward16(ln2, rstd2, mid, false, norm2, N, C, b->eps);
+    cuda_profile_part("rmsnorm_forward");
+}
+
+// dx^T [IC, N] = W · dout^T (written when first, else added) and dW^T [IC, OC] += x^T · dout
+// (+ dbias) for one product of bf16 x: dout is B of both, rounded once.
+static void product_backward16(float *dx, bool first, float *dw, float *db, const float *dout, const void *x,
+                               const float *wt, int N, int IC, int OC) {
+    cuda_product_bf16(false, false, IC, N, OC, weight(wt), IC, fp32(dout, false), OC, first ? 0.0f : 1.0f, dx, false,
+                      IC, NULL, NULL);
+    cuda_product_bf16(false, true, IC, OC, N, bf16(x), IC, fp32(dout, true), OC, 1.0f, dw, false, IC, NULL, NULL);
+    if (db) cuda_column_sum(db, dout, NULL, NULL, N, OC);
+}
+
+static void backward16(float *dres, const attn_grads *g, const attn_acts *a, const float *x, const attn_weights *w,
+                       const attn_scratch *s, const attn_batch *b) {
+    const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD;
+    const size_t n = (size_t)N;
+    // o (IC = Q, OC = C): datt [N, Q] in bf16, read only by attention; dres is B of both
+    cuda_product_bf16(false, false, Q, N, C, weight(w->wo), Q, fp32(dres, false), C, 0.0f, s->datt, true, Q, NULL,
+                      NULL);
+    cuda_product_bf16(false, true, Q, C, N, bf16(a->att), Q, fp32(dres, true), C, 1.0f, g->wo, false, Q, NULL, NULL);
+    if (g->bo) cuda_column_sum(g->bo, dres, NULL, NULL, N, C);
+    cuda_profile_part("linear_backward");
+    cuda_memzero(s->dq, n * Q * sizeof(float)), cuda_memzero(s->dk, n * KV * sizeof(float));
+    cuda_memzero(s->dv, n * KV * sizeof(float));
+    cuda_attention_backward_bf16(s->dq, s->dk, s->dv, s->datt, a->att, a->lse, a->q, a->k, a->v, b->seg_start, N, NH,
+                                 KVH, HD, 1.0f / sqrtf((float)HD));
+    cuda_profile_part("attention_backward");
+    cuda_rope_backward(s->dq, b->pos, b->inv_freq, N, NH, HD);
+    cuda_rope_backward(s->dk, b->pos, b->inv_freq, N, KVH, HD);
+    cuda_profile_part("rope");
+    float *dq = s->dq, *dk = s->dk;
+    if (w->q_norm) {
+        cuda_memzero(s->dq_raw, n * Q * sizeof(float)), cuda_memzero(s->dk_raw, n * KV * sizeof(float));
+        cuda_rmsnorm16_backward(s->dq_raw, g->q_norm, s->dq, a->q_raw, w->q_norm, a->q_rstd, N * NH, HD);
+        cuda_rmsnorm16_backward(s->dk_raw, g->k_norm, s->dk, a->k_raw, w->k_norm, a->k_rstd, N * KVH, HD);
+        cuda_profile_part("rmsnorm_backward");
+        dq = s->dq_raw, dk = s->dk_raw;
+    }
+    // q, k, v (IC = C): dln written by the first, added to by the others; ln is bf16
+    product_backward16(s->dln, true, g->wq, g->bq, dq, a->ln, w->wq, N, C, Q);
+    product_backward16(s->dln, false, g->wk, g->bk, dk, a->ln, w->wk, N, C, KV);
+    product_backward16(s->dln, false, g->wv, g->bv, s->dv, a->ln, w->wv, N, C, KV);
+    cuda_profile_part("linear_backward");
+    cuda_rmsnorm_backward(dres, g->norm, s->dln, x, w->norm, a->rstd, N, C);
+    cuda_profile_part("rmsnorm_backward");
+}
+
+extern "C" void cuda_attn_forward(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x,
+                                  const attn_weights *w, const float *norm2, const attn_batch *b) {
+    if (b->N <= 0) return;
+    if (cuda_act16()) forward16(mid, ln2, rstd2, a, x, w, norm2, b);
+    else forward32(mid, (float *)ln2, rstd2, a, x, w, norm2, b);
+}
+
+extern "C" void cuda_attn_backward(float *dres, const attn_grads *g, const attn_acts *a, const float *x,
+                                   const attn_weights *w, const attn_scratch *s, const attn_batch *b) {
+    if (b->N <= 0) return;
+    if (cuda_act16()) backward16(dres, g, a, x, w, s, b);
+    else backward32(dres, g, a, x, w, s, b);
+}
