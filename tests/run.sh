@@ -29,24 +29,27 @@ count() {  # count OUTPUT_FILE STATUS NAME
     pass=$((pass + p)) fail=$((fail + f)) skip=$((skip + s))
 }
 
+# After one run, its output in $tmp/out and stderr in $tmp/err: prints "NAME: summary" (the
+# output's last line, or with "oks" the number of ok lines), counts its results (a name
+# "sim:..." marks each test "sim:" too) and shows the stderr of a failed run.
+finish() {  # finish NAME STATUS last|oks
+    case $1 in sim:*) sed -i "s/^\(ok\|not ok\|skip\) - /\1 - sim:/" "$tmp/out" ;; esac
+    if [ "$3" = last ]; then echo "$1: $(tail -n 1 "$tmp/out" | sed 's/^# //')"
+    else echo "$1: $(grep -c '^ok - ' "$tmp/out") ok"; fi
+    count "$tmp/out" "$2" "$1"
+    if [ "$2" -ne 0 ]; then sed 's/^/    /' "$tmp/err" | head -n 40; fi
+}
+
 # SIM_ONLY=1 (make sim-check): only the simulator's runs below.
 [ "${SIM_ONLY:-0}" = 1 ] || for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] || continue
-    name=$(basename "$t")
     "$t" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-    echo "$name: $(tail -n 1 "$tmp/out" | sed 's/^# //')"
-    count "$tmp/out" $rc "$name"
-    if [ $rc -ne 0 ]; then sed 's/^/    /' "$tmp/err" | head -n 40; fi
+    finish "$(basename "$t")" $? last
 done
 
 [ "${SIM_ONLY:-0}" = 1 ] || for s in tests/cli/test_*.sh; do
-    name=$(basename "$s" .sh)
     sh "$s" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-    echo "$name: $(grep -c '^ok - ' "$tmp/out") ok"
-    count "$tmp/out" $rc "$name"
-    if [ $rc -ne 0 ]; then sed 's/^/    /' "$tmp/err" | head -n 40; fi
+    finish "$(basename "$s" .sh)" $? oks
 done
 
 # The CUDA tests again on tests/sim's simulator (kernels/cuda compiled for the CPU, no GPU
@@ -59,20 +62,12 @@ if [ -n "${NVCC:-}" ] && [ "$SAN" != 1 ]; then
     if BUILD=$BUILD sh tests/sim/build.sh >"$tmp/simbuild" 2>&1; then
         for name in $sim_tests; do
             "build/sim/tests/$name" >"$tmp/out" 2>"$tmp/err"
-            rc=$?
-            sed -i "s/^\(ok\|not ok\|skip\) - /\1 - sim:/" "$tmp/out"
-            echo "sim:$name: $(tail -n 1 "$tmp/out" | sed 's/^# //')"
-            count "$tmp/out" $rc "sim:$name"
-            if [ $rc -ne 0 ]; then sed 's/^/    /' "$tmp/err" | head -n 40; fi
+            finish "sim:$name" $? last
         done
         # the programs built on the simulator, through the CUDA CLI tests (SIM_CLI_TESTS)
         for name in ${SIM_CLI_TESTS:-}; do
             BIN="$PWD/build/sim/bin" sh "tests/cli/$name.sh" >"$tmp/out" 2>"$tmp/err"
-            rc=$?
-            sed -i "s/^\(ok\|not ok\|skip\) - /\1 - sim:/" "$tmp/out"
-            echo "sim:$name: $(grep -c '^ok - ' "$tmp/out") ok"
-            count "$tmp/out" $rc "sim:$name"
-            if [ $rc -ne 0 ]; then sed 's/^/    /' "$tmp/err" | head -n 40; fi
+            finish "sim:$name" $? oks
         done
     else
         echo "not ok - sim: tests/sim/build.sh failed"

@@ -203,18 +203,29 @@ static void lt_plan_free(lt_plan *p) {
     p->desc = NULL, p->la = p->lb = p->lc = NULL;
 }
 
+// A plan whose descriptor or preference rejects an attribute is no plan (a rejected bias
+// pointer, say, would otherwise run with the default: no bias): the caller falls back.
 static bool lt_plan_make(lt_plan *p, const void *bias) {
     // a bf16 output takes its bias in bf16 (the weight's cached copy), as torch's autocast does
     const int32_t ta = p->ta, tb = p->tb, bias_type = p->d16 ? CUDA_R_16BF : CUDA_R_32F;
     const uint32_t epilogue = p->bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     if (cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return false;
-    cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-    cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-    cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue);
-    if (p->bias) {
-        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type);
-        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
-    }
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+    const struct {
+        cublasLtMatmulDescAttributes_t attr;
+        const void *value;
+        size_t size;
+    } attrs[] = {
+        {CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta},
+        {CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb},
+        {CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue},
+        {CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type},
+        {CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias},
+    };
+    const int n_attrs = p->bias ? 5 : 3;
+    for (int i = 0; i < n_attrs && st == CUBLAS_STATUS_SUCCESS; i++)
+        st = cublasLtMatmulDescSetAttribute(p->desc, attrs[i].attr, attrs[i].value, attrs[i].size);
+    if (st != CUBLAS_STATUS_SUCCESS) return false;
     // column-major: op(A) [m, k], op(B) [k, n], C and D [m, n]
     const bool an = p->ta == CUBLAS_OP_N, bn = p->tb == CUBLAS_OP_N;
     if (cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, an ? p->m : p->k, an ? p->k : p->m, p->lda) ||
@@ -224,16 +235,16 @@ static bool lt_plan_make(lt_plan *p, const void *bias) {
     cublasLtMatmulPreference_t pref;
     if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return false;
     const uint64_t ws = lt_workspace ? LT_WORKSPACE : 0;
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
     const cublasLtMatmulPreferenceAttributes_t align_attr[4] = {
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
-    for (int i = 0; i < 4; i++)
-        cublasLtMatmulPreferenceSetAttribute(pref, align_attr[i], &p->align[i], sizeof p->align[i]);
+    for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; i++)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, align_attr[i], &p->align[i], sizeof p->align[i]);
     cublasLtMatmulHeuristicResult_t result;
     int found = 0;
-    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &result,
-                                                       &found);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulAlgoGetHeuristic(lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &result, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found < 1 || result.workspaceSize > ws) return false;
     p->algo = result.algo, p->workspace = result.workspaceSize;
@@ -283,7 +294,9 @@ static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
     if (!lt_ready()) return false;
     lt_plan *p = lt_plan_for(ta, tb, m, n, k, lda, ldb, ldc, d16, A, B, C, D, bias);
     if (!p) return false;
-    if (bias) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+    if (bias && cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) !=
+                    CUBLAS_STATUS_SUCCESS)
+        return false;
     const float alpha = 1.0f;
     const int timer = cuda_profile_product_begin();
     CUBLAS_CHECK(cublasLtMatmul(lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, C, p->lc, D, p->lc, &p->algo,
@@ -343,6 +356,10 @@ __global__ void add_bias16_kernel(__nv_bfloat16 *out, const float *bias, int m, 
 void cuda_product_bf16(bool ta, bool tb, int m, int n, int k, cuda_operand A, int lda, cuda_operand B, int ldb,
                        float beta, void *C, bool c16, int ldc, const float *bias, const float *residual) {
     if (!ready() || m <= 0 || n <= 0) return;
+    if (c16 && residual) {  // (no caller asks for it: a bf16 output is never a residual stream)
+        cuda_note_message("cuda_product_bf16: a residual with a bf16 output", __FILE__, __LINE__);
+        return;
+    }
     const __nv_bfloat16 *a = operand_of(SCRATCH_BF16_A, A, lda, ta ? m : k);
     const __nv_bfloat16 *b = operand_of(SCRATCH_BF16_B, B, ldb, tb ? k : n);
     if (!a || !b) return;  // noted by cuda_scratch

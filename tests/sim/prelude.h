@@ -16,9 +16,12 @@
 
 #include "sim.h"
 
-// A block runs alone, so a block's __shared__ variables can be the function's statics.
+// A block runs alone, so a block's __shared__ variables can be the function's statics,
+// gathered in a section of their own that run_block fills with 0xFF before every block:
+// a read of what the block has not written is NaN (or -1), never a value an earlier block
+// left, as a GPU's shared memory promises nothing either.
 #undef __shared__
-#define __shared__ static
+#define __shared__ static __attribute__((section("sim_shared")))
 #undef __launch_bounds__
 #define __launch_bounds__(...)
 #undef __noinline__

@@ -25,6 +25,9 @@
 // sim_switch saves the callee-saved registers and the float control words on the current
 // stack, stores the stack pointer in *from, and resumes the context whose pointer is `to`.
 extern "C" void sim_switch(void **from, void *to);
+// The bounds of the section the kernels' static __shared__ variables live in (the linker
+// defines them; weak: a program without any has neither).
+extern "C" char __start_sim_shared[] __attribute__((weak)), __stop_sim_shared[] __attribute__((weak));
 asm(R"(
     .text
     .globl sim_switch
@@ -202,6 +205,8 @@ uint64_t rng() {
 // have not returned is a deadlock.
 void run_block(int n, size_t smem_bytes) {
     if (smem_bytes) memset(smem_now, 0xff, smem_bytes);  // unwritten shared memory reads as NaN
+    char *shared_lo = __start_sim_shared, *shared_hi = __stop_sim_shared;
+    if (shared_hi > shared_lo) memset(shared_lo, 0xff, (size_t)(shared_hi - shared_lo));  // static __shared__ too
     block_size = block_live = n, block_arrived = 0;
     warp_live.assign((n + 31) / 32, 0), warp_arrived.assign((n + 31) / 32, 0);
     for (int i = 0; i < n; i++) {
