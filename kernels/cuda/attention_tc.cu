@@ -7,12 +7,12 @@
 // and query head) that each own what they write: no atomics, every sum in a fixed order.
 //
 // q, k, v, out and dout are fp32 or bf16 in global memory (a model keeping its attention
-// activations in bf16 passes them as they are), dq, dk, dv fp32; a block rounds each
-// fp32 64-row tile to bf16 (or copies a bf16 one) as it stages it in shared memory ([64][HD + 8]: the pad puts the 8 rows of
-// each 16-byte-per-row fragment load in distinct banks). Products run on WMMA 16x16x16
-// fragments with fp32 accumulators: S = Q K^T, O += P V (P rounded to bf16); backward
-// dP = dO V^T, dS = P (dP - D), dV += P^T dO, dK += dS^T Q, dQ += dS K (P, dS rounded to
-// bf16 as the left operand). The online softmax (running max and sum), lse, D and all
+// activations in bf16 passes them as they are), dq, dk, dv fp32; a block rounds each fp32
+// 64-row tile to bf16 (or copies a bf16 one) as it stages it in shared memory ([64][HD + 8]:
+// the pad puts the 8 rows of each 16-byte-per-row fragment load in distinct banks).
+// Products run on WMMA 16x16x16 fragments with fp32 accumulators: S = Q K^T, O += P V (P
+// rounded to bf16); backward dP = dO V^T, dS = P (dP - D), dV += P^T dO, dK += dS^T Q,
+// dQ += dS K (P, dS rounded to bf16 as the left operand). The online softmax (running max and sum), lse, D and all
 // accumulators are fp32.
 //
 // Every kernel runs 4 warps (128 threads); a warp owns 16 rows of the 64-row tile it

@@ -24,6 +24,20 @@
 
 // ---- fp32 activations: the single ops ----
 
+// The scratch the attention's backward adds into, zeroed (with per-head norms, what their
+// backward adds into too).
+static void zero_dqkv(const attn_scratch *s, const attn_batch *b, bool qk_norm) {
+    const size_t nq = (size_t)b->N * b->NH * b->HD * sizeof(float), nkv = (size_t)b->N * b->KVH * b->HD * sizeof(float);
+    cuda_memzero(s->dq, nq), cuda_memzero(s->dk, nkv), cuda_memzero(s->dv, nkv);
+    if (qk_norm) cuda_memzero(s->dq_raw, nq), cuda_memzero(s->dk_raw, nkv);
+}
+
+static void rope_backward_qk(const attn_scratch *s, const attn_batch *b) {
+    cuda_rope_backward(s->dq, b->pos, b->inv_freq, b->N, b->NH, b->HD);
+    cuda_rope_backward(s->dk, b->pos, b->inv_freq, b->N, b->KVH, b->HD);
+    cuda_profile_part("rope");
+}
+
 static void forward32(float *mid, float *ln2, float *rstd2, const attn_acts *a, const float *x, const attn_weights *w,
                       const float *norm2, const attn_batch *b) {
     const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD;
@@ -54,7 +68,6 @@ static void forward32(float *mid, float *ln2, float *rstd2, const attn_acts *a, 
 static void backward32(float *dres, const attn_grads *g, const attn_acts *a, const float *x, const attn_weights *w,
                        const attn_scratch *s, const attn_batch *b) {
     const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD;
-    const size_t n = (size_t)N;
     float *datt = (float *)s->datt;
     {
         float *const gw[1] = {g->wo}, *const gb[1] = {g->bo};
@@ -63,18 +76,14 @@ static void backward32(float *dres, const attn_grads *g, const attn_acts *a, con
         cuda_linear_backward_many(1, datt, gw, gb, d1, (const float *)a->att, w1, oc, N, Q);
         cuda_profile_part("linear_backward");
     }
-    cuda_memzero(s->dq, n * Q * sizeof(float)), cuda_memzero(s->dk, n * KV * sizeof(float));
-    cuda_memzero(s->dv, n * KV * sizeof(float));
+    zero_dqkv(s, b, w->q_norm != NULL);
     cuda_attention_backward(s->dq, s->dk, s->dv, datt, (const float *)a->att, a->lse, (const float *)a->q,
                             (const float *)a->k, (const float *)a->v, b->seg_start, N, NH, KVH, HD,
                             1.0f / sqrtf((float)HD));
     cuda_profile_part("attention_backward");
-    cuda_rope_backward(s->dq, b->pos, b->inv_freq, N, NH, HD);
-    cuda_rope_backward(s->dk, b->pos, b->inv_freq, N, KVH, HD);
-    cuda_profile_part("rope");
+    rope_backward_qk(s, b);
     float *dq = s->dq, *dk = s->dk;
     if (w->q_norm) {
-        cuda_memzero(s->dq_raw, n * Q * sizeof(float)), cuda_memzero(s->dk_raw, n * KV * sizeof(float));
         cuda_rmsnorm_backward(s->dq_raw, g->q_norm, s->dq, (const float *)a->q_raw, w->q_norm, a->q_rstd, N * NH, HD);
         cuda_rmsnorm_backward(s->dk_raw, g->k_norm, s->dk, (const float *)a->k_raw, w->k_norm, a->k_rstd, N * KVH,
                               HD);
@@ -138,24 +147,19 @@ static void product_backward16(float *dx, bool first, float *dw, float *db, cons
 static void backward16(float *dres, const attn_grads *g, const attn_acts *a, const float *x, const attn_weights *w,
                        const attn_scratch *s, const attn_batch *b) {
     const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD;
-    const size_t n = (size_t)N;
     // o (IC = Q, OC = C): datt [N, Q] in bf16, read only by attention; dres is B of both
     cuda_product_bf16(false, false, Q, N, C, weight(w->wo), Q, fp32(dres, false), C, 0.0f, s->datt, true, Q, NULL,
                       NULL);
     cuda_product_bf16(false, true, Q, C, N, bf16(a->att), Q, fp32(dres, true), C, 1.0f, g->wo, false, Q, NULL, NULL);
     if (g->bo) cuda_column_sum(g->bo, dres, NULL, NULL, N, C);
     cuda_profile_part("linear_backward");
-    cuda_memzero(s->dq, n * Q * sizeof(float)), cuda_memzero(s->dk, n * KV * sizeof(float));
-    cuda_memzero(s->dv, n * KV * sizeof(float));
+    zero_dqkv(s, b, w->q_norm != NULL);
     cuda_attention_backward_bf16(s->dq, s->dk, s->dv, s->datt, a->att, a->lse, a->q, a->k, a->v, b->seg_start, N, NH,
                                  KVH, HD, 1.0f / sqrtf((float)HD));
     cuda_profile_part("attention_backward");
-    cuda_rope_backward(s->dq, b->pos, b->inv_freq, N, NH, HD);
-    cuda_rope_backward(s->dk, b->pos, b->inv_freq, N, KVH, HD);
-    cuda_profile_part("rope");
+    rope_backward_qk(s, b);
     float *dq = s->dq, *dk = s->dk;
     if (w->q_norm) {
-        cuda_memzero(s->dq_raw, n * Q * sizeof(float)), cuda_memzero(s->dk_raw, n * KV * sizeof(float));
         cuda_rmsnorm16_backward(s->dq_raw, g->q_norm, s->dq, a->q_raw, w->q_norm, a->q_rstd, N * NH, HD);
         cuda_rmsnorm16_backward(s->dk_raw, g->k_norm, s->dk, a->k_raw, w->k_norm, a->k_rstd, N * KVH, HD);
         cuda_profile_part("rmsnorm_backward");

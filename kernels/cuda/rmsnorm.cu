@@ -139,7 +139,9 @@ static bool rows_kernel(float *sum, TO *out, float *rstd, const float *a, const 
         a = sum, b = NULL, sum = NULL;
     }
     const int per = (C4 + K - 1) / K, threads = (per + 31) / 32 * 32;
-    auto kernel = K == 1 ? rmsnorm_rows_kernel<1, TO> : K == 2 ? rmsnorm_rows_kernel<2, TO> : rmsnorm_rows_kernel<4, TO>;
+    auto kernel = K == 1   ? rmsnorm_rows_kernel<1, TO>
+                  : K == 2 ? rmsnorm_rows_kernel<2, TO>
+                           : rmsnorm_rows_kernel<4, TO>;
     cuda_launch_dependent(kernel, dim3(N), dim3(threads), 0, sum, out, rstd, a, b, weight, C, eps);
     return true;
 }
