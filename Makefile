@@ -149,7 +149,8 @@ gpu-check:
 # CLI; needs the CUDA headers, not a GPU. About 25 minutes on 2 cores.
 sim-check: all
 	@BUILD=$(BUILD) SAN=$(SAN) NVCC="$(NVCC)" CUDA_ARCHS="$(CUDA_ARCHS)" SIM_ONLY=1 \
-	  SIM_TESTS="test_cuda_ops test_cuda_decode test_cuda_attention test_cuda_sample test_cuda_generate test_cuda_model" \
+	  SIM_TESTS="test_sim_self test_cuda_ops test_cuda_decode test_cuda_attention test_cuda_sample \
+	    test_cuda_generate test_cuda_model" \
 	  SIM_CLI_TESTS="test_sft_train_cuda test_rollout_cuda" sh tests/run.sh
 
 install: $(LIB) $(TOOLS)

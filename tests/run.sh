@@ -44,12 +44,14 @@ finish() {  # finish NAME STATUS last|oks
 [ "${SIM_ONLY:-0}" = 1 ] || for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] || continue
     "$t" >"$tmp/out" 2>"$tmp/err"
-    finish "$(basename "$t")" $? last
+    rc=$?  # (before any command substitution: bash sets $? from those)
+    finish "$(basename "$t")" $rc last
 done
 
 [ "${SIM_ONLY:-0}" = 1 ] || for s in tests/cli/test_*.sh; do
     sh "$s" >"$tmp/out" 2>"$tmp/err"
-    finish "$(basename "$s" .sh)" $? oks
+    rc=$?
+    finish "$(basename "$s" .sh)" $rc oks
 done
 
 # The CUDA tests again on tests/sim's simulator (kernels/cuda compiled for the CPU, no GPU
@@ -57,7 +59,7 @@ done
 # with the CUDA headers. The default run takes the three quickest; make sim-check takes all
 # (SIM_TESTS) and the CUDA CLI tests with the programs built on it (SIM_CLI_TESTS). Not under
 # SAN=1: the simulator's hand-switched stacks confuse AddressSanitizer.
-sim_tests=${SIM_TESTS:-test_cuda_ops test_cuda_decode test_cuda_attention}
+sim_tests=${SIM_TESTS:-test_sim_self test_cuda_ops test_cuda_decode test_cuda_attention}
 if [ -n "${NVCC:-}" ] && [ "$SAN" != 1 ]; then
     if BUILD=$BUILD sh tests/sim/build.sh >"$tmp/simbuild" 2>&1; then
         for name in $sim_tests; do

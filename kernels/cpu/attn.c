@@ -58,18 +58,31 @@ void attn_backward(float *dres, const attn_grads *g, const attn_acts *a, const f
 // Each tensor of act_bytes is computed in fp32 here, rounded to bf16 as the GPU stores it
 // (the products' bf16 outputs, the norms', RoPE's, attention's), and read back rounded:
 // q and k are rounded twice, as the product (or norm) stores them and again after RoPE.
+// The q, k, v biases are added in bf16, as the GPU's epilogue adds them to a bf16 output
+// (and torch's autocast); o's output is fp32, and so is its bias.
 
 static float *floats(size_t n) { return tp_xmalloc((n ? n : 1) * sizeof(float)); }
+
+// A bf16-rounded copy of bias [n] (free it), or NULL for none.
+static float *bias_bf16(const float *bias, size_t n) {
+    if (!bias) return NULL;
+    float *b = floats(n);
+    memcpy(b, bias, n * sizeof *b);
+    act_round_bf16(b, NULL, n);
+    return b;
+}
 
 void attn_forward_bf16(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x, const attn_weights *w,
                        const float *norm2, const attn_batch *b) {
     const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD;
     const size_t nc = (size_t)N * C, nq = (size_t)N * Q, nkv = (size_t)N * KV;
     float *ln = floats(nc), *q = floats(nq), *k = floats(nkv), *v = floats(nkv), *att = floats(nq);
+    float *bq = bias_bf16(w->bq, Q), *bk = bias_bf16(w->bk, KV), *bv = bias_bf16(w->bv, KV);
     rmsnorm_forward(ln, a->rstd, x, w->norm, N, C, b->eps);
     act_round_bf16(ln, a->ln, nc);
     linear_forward_many(3, (float *[]){q, k, v}, ln, (const float *[]){w->wq, w->wk, w->wv},
-                        (const float *[]){w->bq, w->bk, w->bv}, (int[]){Q, KV, KV}, N, C);
+                        (const float *[]){bq, bk, bv}, (int[]){Q, KV, KV}, N, C);
+    free(bq), free(bk), free(bv);
     act_round_bf16(v, a->v, nkv);
     if (w->q_norm) {  // q, k := the norms of their rounded values
         act_round_bf16(q, a->q_raw, nq), act_round_bf16(k, a->k_raw, nkv);

@@ -305,6 +305,12 @@ static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
     return true;
 }
 
+// out [m x n] (bf16) = sum + bf16(bias[row]) rounded, sum [m x n] fp32 (column-major: the row is i % m).
+__global__ void bias_round_kernel(__nv_bfloat16 *out, const float *sum, const float *bias, int m, long mn) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < mn) out[i] = __float2bfloat16(sum[i] + __bfloat162float(__float2bfloat16(bias[i % m])));
+}
+
 // C = op(a) op(b) + beta C (+ bias (+ residual)) on bf16 operands; C holds bf16 when c16
 // (no residual then), else fp32. bias [m] (fp32; with c16 its cached bf16 copy is added)
 // and residual [m x n] (ld ldc; beta must be 0 with it) are added by the epilogue when
@@ -316,12 +322,23 @@ static bool product_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int 
     if ((!bias || epilogue_bias) && lt_gemm(ta, tb, m, n, k, a, lda, b, ldb, residual ? 1.0f : beta,
                                             residual ? residual : C, C, ldc, c16, epilogue_bias))
         return true;
+    // A bf16 output with a bias without cuBLASLt: the fp32 sums through scratch, then the
+    // epilogue's arithmetic, bf16(sum + bf16(bias)), so either path gives the same values.
+    void *out = C;
+    if (c16 && bias && !(out = cuda_scratch(SCRATCH_PRODUCT, sizeof(float) * (size_t)m * n))) return true;  // noted
+    const bool out16 = c16 && !bias;
     const float alpha = 1.0f;
     const int timer = cuda_profile_product_begin();
-    CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &beta, C,
-                              c16 ? CUDA_R_16BF : CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    cuda_profile_product_end(timer, m, n, k, ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, true, c16, beta != 0.0f, false);
-    return !bias && !residual;
+    CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &beta, out,
+                              out16 ? CUDA_R_16BF : CUDA_R_32F, out16 || out == C ? ldc : m, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+    cuda_profile_product_end(timer, m, n, k, ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, true, out16, beta != 0.0f, false);
+    if (out == C) return !bias && !residual;
+    const long mn = (long)m * n;
+    bias_round_kernel<<<cuda_blocks(mn, 256), 256, 0, cuda_stream()>>>((__nv_bfloat16 *)C, (const float *)out, bias,
+                                                                        m, mn);
+    CUDA_LAUNCH_CHECK();
+    return true;
 }
 
 // Operand o of op(.) with leading dimension ld in bf16: as it is, or its fp32 data through
@@ -348,10 +365,6 @@ __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
     if (i < (long)N * OC) out[i] += bias[i % OC];
 }
 
-__global__ void add_bias16_kernel(__nv_bfloat16 *out, const float *bias, int m, long n) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (long)m * n) out[i] = __float2bfloat16(__bfloat162float(out[i]) + bias[i % m]);
-}
 
 void cuda_product_bf16(bool ta, bool tb, int m, int n, int k, cuda_operand A, int lda, cuda_operand B, int ldb,
                        float beta, void *C, bool c16, int ldc, const float *bias, const float *residual) {
@@ -367,10 +380,7 @@ void cuda_product_bf16(bool ta, bool tb, int m, int n, int k, cuda_operand A, in
     if (product_bf16(opa, opb, m, n, k, a, lda, b, ldb, beta, C, c16, ldc, bias, residual)) return;
     // (ldc == m: the callers' outputs are dense)
     const long mn = (long)m * n;
-    if (bias && c16) {
-        add_bias16_kernel<<<cuda_blocks(mn, 256), 256, 0, cuda_stream()>>>((__nv_bfloat16 *)C, bias, m, n);
-        CUDA_LAUNCH_CHECK();
-    } else if (bias) {
+    if (bias) {
         add_bias_kernel<<<cuda_blocks(mn, 256), 256, 0, cuda_stream()>>>((float *)C, bias, n, m);
         CUDA_LAUNCH_CHECK();
     }

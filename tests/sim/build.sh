@@ -17,15 +17,27 @@ CXXFLAGS="-std=c++17 -O${SIM_O:-2} -g -fno-strict-aliasing -ffp-contract=off -DT
  -Itests/sim/include -Itests/sim -Ilibcore -Ikernels -I$CUDA_HOME/include -Wall -Wextra -Werror \
  -Wno-unused-parameter -Wno-unused-function -Wno-unknown-pragmas -Wno-unused-variable -Wno-sign-compare"
 mkdir -p "$SIM/src" "$SIM/obj" "$SIM/tests"
+# The CUDA source $1 as C++ for the simulator, into $2:
+rewrite() {
+    # kernel<<<grid, block, smem, stream>>>(args)  ->  ::sim::launcher(kernel, grid, block, smem, stream)(args)
+    # extern __shared__ T name[];                  ->  T *name = (T *)::sim::dynamic_smem();
+    # __shared__ T name[dims];                      ->  static T name[dims]; (registered: sim::shared_static)
+    perl -0777 -pe 's/([A-Za-z_]\w*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\(/::sim::launcher($1, $2)(/gs;
+        s/extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]*?\w)\s+(\w+)\[\];
+         /$1 *$2 = ($1 *)::sim::dynamic_smem();/gx;
+        s/^(\s*)__shared__\s+((?:__align__\(\d+\)\s+)?)(\w+)\s+(\w+)((?:\[[^\];]*\])*)\s*;
+         /$1static $2$3 $4$5; static const bool $4_registered_ = ::sim::shared_static(&$4, sizeof $4);/gmx' \
+        "$1" >"$2"
+    if grep -n '^[^/]*__shared__' "$2"; then  # a declaration the rewrite did not take
+        echo "sim: $1: a __shared__ declaration build.sh cannot rewrite" >&2
+        exit 1
+    fi
+}
 objs=""
 for cu in kernels/cuda/*.cu; do
     name=$(basename "$cu" .cu)
     src=$SIM/src/$name.cpp obj=$SIM/obj/$name.o
-    # kernel<<<grid, block, smem, stream>>>(args)  ->  ::sim::launcher(kernel, grid, block, smem, stream)(args)
-    # extern __shared__ T name[];                  ->  T *name = (T *)::sim::dynamic_smem();
-    perl -0777 -pe 's/([A-Za-z_]\w*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\(/::sim::launcher($1, $2)(/gs;
-        s/extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]*?\w)\s+(\w+)\[\];
-         /$1 *$2 = ($1 *)::sim::dynamic_smem();/gx' "$cu" >"$src.new"
+    rewrite "$cu" "$src.new"
     cmp -s "$src.new" "$src" && rm "$src.new" || mv "$src.new" "$src"
     if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ tests/sim/prelude.h -nt "$obj" ] ||
         [ tests/sim/sim.h -nt "$obj" ] || [ tests/sim/build.sh -nt "$obj" ] ||
@@ -48,6 +60,11 @@ cobjs=$(ls "$BUILD"/obj/libcore/*.o "$BUILD"/obj/kernels/cpu/*.o)
 rm -f "$SIM/libsim.a" && ar rcs "$SIM/libsim.a" $cobjs $objs
 CFLAGS="-std=c11 -D_GNU_SOURCE -O1 -g -fopenmp -DTP_VERSION=\"sim\" -DTP_HAVE_CUDA -Ilibcore -Ikernels -Itests/unit \
  -I$CUDA_HOME/include"
+# The simulator's own checks (tests/sim/selftest.cu, rewritten like the kernels).
+selftest=$SIM/src/selftest.cpp
+rewrite tests/sim/selftest.cu "$selftest"
+$CXX $CXXFLAGS -rdynamic "$selftest" -o "$SIM/tests/test_sim_self" "$SIM/libsim.a" -lonig -lutf8proc -ljq -larchive \
+    -lzstd -lz -lm -fopenmp -ldl -lpthread
 for t in tests/unit/test_cuda_*.c; do
     name=$(basename "$t" .c)
     cc $CFLAGS -rdynamic "$t" -o "$SIM/tests/$name" "$SIM/libsim.a" -lonig -lutf8proc -ljq -larchive -lzstd -lz -lm \

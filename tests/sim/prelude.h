@@ -16,12 +16,10 @@
 
 #include "sim.h"
 
-// A block runs alone, so a block's __shared__ variables can be the function's statics,
-// gathered in a section of their own that run_block fills with 0xFF before every block:
-// a read of what the block has not written is NaN (or -1), never a value an earlier block
-// left, as a GPU's shared memory promises nothing either.
+// A block runs alone, so a block's __shared__ variables can be the function's statics
+// (build.sh rewrites each declaration so it is registered: sim::shared_static).
 #undef __shared__
-#define __shared__ static __attribute__((section("sim_shared")))
+#define __shared__ static
 #undef __launch_bounds__
 #define __launch_bounds__(...)
 #undef __noinline__

@@ -25,9 +25,6 @@
 // sim_switch saves the callee-saved registers and the float control words on the current
 // stack, stores the stack pointer in *from, and resumes the context whose pointer is `to`.
 extern "C" void sim_switch(void **from, void *to);
-// The bounds of the section the kernels' static __shared__ variables live in (the linker
-// defines them; weak: a program without any has neither).
-extern "C" char __start_sim_shared[] __attribute__((weak)), __stop_sim_shared[] __attribute__((weak));
 asm(R"(
     .text
     .globl sim_switch
@@ -88,6 +85,7 @@ dim3 grid_now, block_now;
 uint3 block_now_idx;
 std::vector<unsigned char> slots;  // warps x 32 lanes x SLOT_BYTES
 unsigned char *smem_now;
+std::vector<std::pair<void *, size_t>> shared_statics;  // sim::shared_static's registrations
 size_t smem_bytes_now;
 const void *kernel_now;
 bool stale_reported;
@@ -205,8 +203,7 @@ uint64_t rng() {
 // have not returned is a deadlock.
 void run_block(int n, size_t smem_bytes) {
     if (smem_bytes) memset(smem_now, 0xff, smem_bytes);  // unwritten shared memory reads as NaN
-    char *shared_lo = __start_sim_shared, *shared_hi = __stop_sim_shared;
-    if (shared_hi > shared_lo) memset(shared_lo, 0xff, (size_t)(shared_hi - shared_lo));  // static __shared__ too
+    for (const auto &v : shared_statics) memset(v.first, 0xff, v.second);  // and every static __shared__
     block_size = block_live = n, block_arrived = 0;
     warp_live.assign((n + 31) / 32, 0), warp_arrived.assign((n + 31) / 32, 0);
     for (int i = 0; i < n; i++) {
@@ -262,6 +259,12 @@ void note_stale_read(int l) {
             kernel_name(kernel_now).c_str(), l);
 }
 void *dynamic_smem() { return smem_now; }
+
+bool shared_static(void *p, size_t bytes) {
+    memset(p, 0xff, bytes);
+    shared_statics.emplace_back(p, bytes);
+    return true;
+}
 
 void run_grid(const void *kernel, dim3 grid, dim3 block, size_t smem, std::function<void()> fn) {
     kernel_now = kernel;

@@ -47,6 +47,11 @@ bool lane_exited(int lane);
 void note_stale_read(int lane);
 // The block's dynamic shared memory (extern __shared__), as sized by the launch.
 void *dynamic_smem();
+// A static __shared__ variable (a function static here: blocks run one at a time) of
+// `bytes` at p, registered the first time its declaration runs (build.sh rewrites each
+// declaration to call this): it is filled with 0xFF now and before every later block, so a
+// read of what the block has not written is NaN (or -1), never what an earlier block left.
+bool shared_static(void *p, size_t bytes);
 
 // The warp-wide and asynchronous instructions of attention_mma.cu, with PTX's layouts:
 // ldmatrix .x4 (.trans): lane l gives the address of row l % 8 of matrix l / 8 and gets, of

@@ -790,7 +790,9 @@ typedef struct attn_side {
 // attn_forward and attn_backward against the CPU's (fp32 throughout) on one shape: every
 // stored activation, mid, ln2, d/d(x) and each weight gradient (started from small random
 // values, added to). act16: the activations in bf16 (bf16 products; -1 the default).
-static void attn_case(const struct attn_shape *sh, const char *precision, int act16, double tol) {
+// offset: the activation buffers start this many elements into their allocations (1: not
+// 16-byte aligned: the norms' warp-per-row kernels, attention through fp32 copies).
+static void attn_case(const struct attn_shape *sh, const char *precision, int act16, int offset, double tol) {
     CHECK(cuda_set_matmul_precision(precision) == 0);
     cuda_set_act16(act16);
     const size_t eb = cuda_act_bytes();
@@ -823,10 +825,12 @@ static void attn_case(const struct attn_shape *sh, const char *precision, int ac
     void **dacts[8] = {&d.a.ln, &d.a.q_raw, &d.a.k_raw, &d.a.q, &d.a.k, &d.a.v, &d.a.att, (void **)&d.ln2};
     const size_t an[8] = {nc, nq, nkv, nq, nkv, nkv, nq, nc};
     const char *anames[8] = {"ln", "q_raw", "k_raw", "q", "k", "v", "att", "ln2"};
+    char *dalloc[8] = {0};  // the allocations under dacts (offset elements before)
     for (int i = 0; i < 8; i++) {
         if ((i == 1 || i == 2) && !sh->qk_norm) continue;
         *acts[i] = malloc(an[i] * 4);
-        *dacts[i] = dev_poisoned_bytes(an[i] * eb);
+        dalloc[i] = dev_poisoned_bytes((an[i] + (size_t)offset) * eb);
+        *dacts[i] = dalloc[i] + (size_t)offset * eb;
     }
     float **f32[5] = {&h.a.rstd, &h.a.q_rstd, &h.a.k_rstd, &h.a.lse, &h.rstd2};
     float **df32[5] = {&d.a.rstd, &d.a.q_rstd, &d.a.k_rstd, &d.a.lse, &d.rstd2};
@@ -863,8 +867,9 @@ static void attn_case(const struct attn_shape *sh, const char *precision, int ac
 
     char what[160];
 #define ATTN_WHAT(name)                                                                                          \
-    snprintf(what, sizeof what, "attn %s: N %d C %d NH %d KVH %d HD %d%s%s, %s, %zu-byte activations", name, N, C, \
-             NH, KVH, HD, sh->qk_norm ? " qk-norm" : "", sh->bias ? " bias" : "", precision, eb)
+    snprintf(what, sizeof what, "attn %s: N %d C %d NH %d KVH %d HD %d%s%s, %s, %zu-byte activations%s", name, N, \
+             C, NH, KVH, HD, sh->qk_norm ? " qk-norm" : "", sh->bias ? " bias" : "", precision, eb,                \
+             offset ? ", misaligned" : "")
     for (int i = 0; i < 8; i++) {
         if (!*acts[i]) continue;
         ATTN_WHAT(anames[i]);
@@ -889,7 +894,7 @@ static void attn_case(const struct attn_shape *sh, const char *precision, int ac
     CHECK_CUDA_OK();
     cuda_set_act16(-1);
     CHECK(cuda_set_matmul_precision("fp32") == 0);
-    for (int i = 0; i < 8; i++) free(*acts[i]), cuda_free(*dacts[i]);
+    for (int i = 0; i < 8; i++) free(*acts[i]), cuda_free(dalloc[i]);
     for (int i = 0; i < 5; i++) free(*f32[i]), cuda_free(*df32[i]);
     for (int i = 0; i < 6; i++) free(*sc[i]), cuda_free(*dsc[i]);
     for (int i = 0; i < 11; i++) free(hw[i]), free(hg[i]), cuda_free(dw[i]), cuda_free(dg[i]);
@@ -898,13 +903,14 @@ static void attn_case(const struct attn_shape *sh, const char *precision, int ac
     cuda_free(d_seg), cuda_free(d_inv);
 }
 
-// Qwen2-like (biases; HD 64: the tensor-core attention), Qwen3-like (per-head norms; HD 32:
-// attention through fp32 copies in bf16 mode), in fp32, and in bf16 with the activations
-// in bf16 and in fp32.
+// Qwen2-like (biases; HD 64: the tensor-core attention), Qwen3-like (per-head norms, HD
+// 128; with biases too), per-head norms at HD 32 (attention through fp32 copies in bf16
+// mode), in fp32, and in bf16 with the activations in bf16 and in fp32; then misaligned.
 static void test_attn_block(void) {
     NEED_GPU();
     const struct attn_shape shapes[] = {
         {{100, 60}, 128, 4, 2, 64, false, true},
+        {{45, 20}, 256, 4, 2, 128, true, true},
         {{37, 33}, 96, 4, 2, 32, true, false},
     };
     const double before = worst_seen;
@@ -914,10 +920,14 @@ static void test_attn_block(void) {
         const int act16[3] = {-1, 1, 0};
         for (int m = 0; m < 3; m++) {
             worst_seen = 0;
-            attn_case(&shapes[i], prec[m], act16[m], m ? 2e-2 : 1e-5);
+            attn_case(&shapes[i], prec[m], act16[m], 0, m ? 2e-2 : 1e-5);
             worst[m] = fmax(worst[m], worst_seen);
         }
     }
+    worst_seen = 0;
+    attn_case(&shapes[1], "bf16", 1, 1, 2e-2);
+    attn_case(&shapes[0], "fp32", -1, 1, 1e-5);
+    worst[1] = fmax(worst[1], worst_seen);
     printf("# attention block: worst max rel err fp32 %.3g, bf16 with bf16 activations %.3g, with fp32 %.3g\n",
            worst[0], worst[1], worst[2]);
     worst_seen = fmax(before, fmax(worst[0], fmax(worst[1], worst[2])));

@@ -738,6 +738,92 @@ static void test_bf16_storage_rounds_where_the_gpu_does(void) {
     CHECK(!memcmp(want, hdx, sizeof hdx) && !memcmp(zero_w, hdw, sizeof hdw));
 }
 
+// The bf16 twin of the attention block (attn_forward_bf16, attn_backward_bf16) against the
+// same ops by hand, rounding where the GPU's bf16 storage rounds: ln; q, k, v as the
+// products (q/k biases in bf16) store them; Qwen3's norms of the rounded q, k, rounded; q, k
+// again after RoPE; att; ln2; datt. Every stored tensor, mid, d/d(x) and gradient bit for bit.
+static void test_attn_bf16_rounds_where_the_gpu_does(void) {
+    enum { N = 6, C = 16, NH = 2, KVH = 1, HD = 8, Q = NH * HD, KV = KVH * HD };
+    float x[N * C], norm[C], norm2[C], wq[Q * C], wk[KV * C], wv[KV * C], wo[C * Q], bq[Q], bk[KV], bv[KV];
+    float qn_w[HD], kn_w[HD], inv_freq[HD / 2], dres[N * C];
+    fill(x, N * C, -2, 2), fill(norm, C, 0.5, 1.5), fill(norm2, C, 0.5, 1.5), fill(qn_w, HD, 0.5, 1.5);
+    fill(kn_w, HD, 0.5, 1.5), fill(wq, Q * C, -0.5, 0.5), fill(wk, KV * C, -0.5, 0.5), fill(wv, KV * C, -0.5, 0.5);
+    fill(wo, C * Q, -0.5, 0.5), fill(bq, Q, -1, 1), fill(bk, KV, -1, 1), fill(bv, KV, -1, 1), fill(dres, N * C, -1, 1);
+    for (int i = 0; i < HD / 2; i++) inv_freq[i] = powf(10000.0f, -2.0f * i / HD);
+    int32_t pos[N] = {0, 1, 2, 3, 0, 1}, seg[N] = {0, 0, 0, 0, 4, 4};
+    const attn_weights w = {norm, wq, wk, wv, wo, bq, bk, bv, NULL, qn_w, kn_w};
+    const attn_batch b = {N, C, NH, KVH, HD, 1e-6f, pos, seg, inv_freq};
+    // the twin
+    uint16_t ln[N * C], q_raw[N * Q], k_raw[N * KV], q[N * Q], k[N * KV], v[N * KV], att[N * Q], ln2[N * C];
+    uint16_t datt[N * Q];
+    float rstd[N], q_rstd[N * NH], k_rstd[N * KVH], lse[N * NH], mid[N * C], rstd2[N], d[N * C];
+    float dln[N * C], dq[N * Q], dk[N * KV], dv[N * KV], dq_raw[N * Q], dk_raw[N * KV];
+    float g[11][Q * C];
+    memset(g, 0, sizeof g);
+    const attn_acts a = {ln, rstd, q_raw, k_raw, q_rstd, k_rstd, q, k, v, att, lse};
+    const attn_scratch sc = {datt, dln, dq, dk, dv, dq_raw, dk_raw};
+    const attn_grads gr = {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], NULL, g[9], g[10]};
+    memcpy(d, dres, sizeof d);
+    attn_forward_bf16(mid, ln2, rstd2, &a, x, &w, norm2, &b);
+    attn_backward_bf16(d, &gr, &a, x, &w, &sc, &b);
+    // by hand
+    uint16_t h[N * Q];
+    float tl[N * C], tq[N * Q], tk[N * KV], tv[N * KV], tn[N * Q], ta[N * Q], tlse[N * NH], tr[N], tqr[N * NH];
+    float tkr[N * KVH], tmid[N * C], tl2[N * C], tr2[N], rb[Q + 2 * KV];
+    float h_g[11][Q * C], hd[N * C], hdln[N * C], hdq[N * Q], hdk[N * KV], hdv[N * KV], hdqr[N * Q], hdkr[N * KV];
+    float hdatt[N * Q], q_rr[N * Q], k_rr[N * KV];
+    memset(h_g, 0, sizeof h_g);
+    rmsnorm_forward(tl, tr, x, norm, N, C, 1e-6f);
+    round16(tl, h, N * C);
+    CHECK(!memcmp(h, ln, sizeof ln) && !memcmp(tr, rstd, sizeof rstd));
+    memcpy(rb, bq, sizeof bq), memcpy(rb + Q, bk, sizeof bk), memcpy(rb + Q + KV, bv, sizeof bv);
+    round16(rb, h, Q + 2 * KV);
+    linear_forward(tq, tl, wq, rb, N, C, Q), linear_forward(tk, tl, wk, rb + Q, N, C, KV);
+    linear_forward(tv, tl, wv, rb + Q + KV, N, C, KV);
+    round16(tv, h, N * KV);
+    CHECK(!memcmp(h, v, sizeof v));
+    round16(tq, h, N * Q);
+    CHECK(!memcmp(h, q_raw, sizeof q_raw));
+    memcpy(q_rr, tq, sizeof q_rr);
+    round16(tk, h, N * KV);
+    CHECK(!memcmp(h, k_raw, sizeof k_raw));
+    memcpy(k_rr, tk, sizeof k_rr);
+    rmsnorm_forward(tn, tqr, tq, qn_w, N * NH, HD, 1e-6f), memcpy(tq, tn, sizeof tq);
+    rmsnorm_forward(tn, tkr, tk, kn_w, N * KVH, HD, 1e-6f), memcpy(tk, tn, sizeof tk);
+    CHECK(!memcmp(tqr, q_rstd, sizeof q_rstd) && !memcmp(tkr, k_rstd, sizeof k_rstd));
+    round16(tq, h, N * Q), round16(tk, h, N * KV);
+    rope_forward(tq, pos, inv_freq, N, NH, HD), rope_forward(tk, pos, inv_freq, N, KVH, HD);
+    round16(tq, h, N * Q);
+    CHECK(!memcmp(h, q, sizeof q));
+    round16(tk, h, N * KV);
+    CHECK(!memcmp(h, k, sizeof k));
+    attention_forward(ta, tlse, tq, tk, tv, seg, N, NH, KVH, HD, 1.0f / sqrtf((float)HD));
+    round16(ta, h, N * Q);
+    CHECK(!memcmp(h, att, sizeof att) && !memcmp(tlse, lse, sizeof lse));
+    linear_forward(tmid, ta, wo, NULL, N, Q, C);
+    add_rmsnorm_forward(tmid, tl2, tr2, tmid, x, norm2, N, C, 1e-6f);
+    round16(tl2, h, N * C);
+    CHECK(!memcmp(h, ln2, sizeof ln2) && !memcmp(tmid, mid, sizeof mid) && !memcmp(tr2, rstd2, sizeof rstd2));
+    // backward
+    memcpy(hd, dres, sizeof hd);
+    linear_backward_many(1, hdatt, (float *[]){h_g[4]}, NULL, (const float *[]){hd}, ta, (const float *[]){wo},
+                         (int[]){C}, N, Q);
+    round16(hdatt, h, N * Q);
+    CHECK(!memcmp(h, datt, sizeof datt));
+    memset(hdq, 0, sizeof hdq), memset(hdk, 0, sizeof hdk), memset(hdv, 0, sizeof hdv);
+    attention_backward(hdq, hdk, hdv, hdatt, ta, tlse, tq, tk, tv, seg, N, NH, KVH, HD, 1.0f / sqrtf((float)HD));
+    rope_backward(hdq, pos, inv_freq, N, NH, HD), rope_backward(hdk, pos, inv_freq, N, KVH, HD);
+    memset(hdqr, 0, sizeof hdqr), memset(hdkr, 0, sizeof hdkr);
+    rmsnorm_backward(hdqr, h_g[9], hdq, q_rr, qn_w, tqr, N * NH, HD);
+    rmsnorm_backward(hdkr, h_g[10], hdk, k_rr, kn_w, tkr, N * KVH, HD);
+    linear_backward_many(3, hdln, (float *[]){h_g[1], h_g[2], h_g[3]}, (float *[]){h_g[5], h_g[6], h_g[7]},
+                         (const float *[]){hdqr, hdkr, hdv}, tl, (const float *[]){wq, wk, wv}, (int[]){Q, KV, KV}, N,
+                         C);
+    rmsnorm_backward(hd, h_g[0], hdln, x, norm, tr, N, C);
+    CHECK(!memcmp(hd, d, sizeof d));
+    CHECK(!memcmp(h_g, g, sizeof g));
+}
+
 int main(void) {
     RUN(test_exp);
     RUN(test_embedding);
@@ -755,5 +841,6 @@ int main(void) {
     RUN(test_attention_accumulates);
     RUN(test_thread_count_independent);
     RUN(test_bf16_storage_rounds_where_the_gpu_does);
+    RUN(test_attn_bf16_rounds_where_the_gpu_does);
     return TEST_SUMMARY();
 }
