@@ -522,16 +522,34 @@ bool cuda_attention_mma(void) {
     return attention_kernel == 1;
 }
 
+// The tensor-core kernels for bf16 matrix products (attention_tc.h): mma.sync when chosen,
+// else WMMA. false: neither took the call (the caller runs fp32 kernels).
+template <typename T>
+static bool tensor_core_forward(T *out, float *lse, const T *q, const T *k, const T *v, const int32_t *seg_start,
+                                int N, int NH, int KVH, int HD, float scale) {
+    if (!cuda_matmul_bf16()) return false;
+    last_path = "mma";
+    if (cuda_attention_mma() && attention_mma_forward(out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale)) return true;
+    last_path = "wmma";
+    return attention_tc_forward(out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale);
+}
+template <typename T>
+static bool tensor_core_backward(float *dq, float *dk, float *dv, const T *dout, const T *out, const float *lse,
+                                 const T *q, const T *k, const T *v, const int32_t *seg_start, int N, int NH, int KVH,
+                                 int HD, float scale) {
+    if (!cuda_matmul_bf16()) return false;
+    last_path = "mma";
+    if (cuda_attention_mma() &&
+        attention_mma_backward(dq, dk, dv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale))
+        return true;
+    last_path = "wmma";
+    return attention_tc_backward(dq, dk, dv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale);
+}
+
 extern "C" void cuda_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                        const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
     if (N <= 0 || !heads_ok(NH, KVH)) return;
-    // bf16 matrix products: a tensor-core path (attention_tc.h) for HD 64 and 128.
-    if (cuda_matmul_bf16()) {
-        last_path = "mma";
-        if (cuda_attention_mma() && attention_mma_forward(out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale)) return;
-        last_path = "wmma";
-        if (attention_tc_forward(out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale)) return;
-    }
+    if (tensor_core_forward(out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale)) return;
     last_path = "fp32";
     switch (HD) {
     case 16: launch_forward<16>(out, lse, q, k, v, seg_start, N, NH, KVH, scale); break;
@@ -552,12 +570,7 @@ extern "C" void cuda_attention_forward_bf16(void *out, float *lse, const void *q
     if (N <= 0 || !heads_ok(NH, KVH)) return;
     bf16 *o = (bf16 *)out;
     const bf16 *bq = (const bf16 *)q, *bk = (const bf16 *)k, *bv = (const bf16 *)v;
-    if (cuda_matmul_bf16()) {
-        last_path = "mma";
-        if (cuda_attention_mma() && attention_mma_forward(o, lse, bq, bk, bv, seg_start, N, NH, KVH, HD, scale)) return;
-        last_path = "wmma";
-        if (attention_tc_forward(o, lse, bq, bk, bv, seg_start, N, NH, KVH, HD, scale)) return;
-    }
+    if (tensor_core_forward(o, lse, bq, bk, bv, seg_start, N, NH, KVH, HD, scale)) return;
     // fp32 copies [out | q | k | v] through the fp32 op
     const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD;
     float *w = (float *)cuda_scratch(SCRATCH_ATTENTION_WIDE, sizeof(float) * (2 * nq + 2 * nkv));
@@ -574,14 +587,7 @@ extern "C" void cuda_attention_backward_bf16(float *dq, float *dk, float *dv, co
     if (N <= 0 || !heads_ok(NH, KVH)) return;
     const bf16 *bdo = (const bf16 *)dout, *bo = (const bf16 *)out;
     const bf16 *bq = (const bf16 *)q, *bk = (const bf16 *)k, *bv = (const bf16 *)v;
-    if (cuda_matmul_bf16()) {
-        last_path = "mma";
-        if (cuda_attention_mma() &&
-            attention_mma_backward(dq, dk, dv, bdo, bo, lse, bq, bk, bv, seg_start, N, NH, KVH, HD, scale))
-            return;
-        last_path = "wmma";
-        if (attention_tc_backward(dq, dk, dv, bdo, bo, lse, bq, bk, bv, seg_start, N, NH, KVH, HD, scale)) return;
-    }
+    if (tensor_core_backward(dq, dk, dv, bdo, bo, lse, bq, bk, bv, seg_start, N, NH, KVH, HD, scale)) return;
     // fp32 copies [dout | out | q | k | v] through the fp32 op
     const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD;
     float *w = (float *)cuda_scratch(SCRATCH_ATTENTION_WIDE, sizeof(float) * (3 * nq + 2 * nkv));
@@ -601,14 +607,7 @@ extern "C" void cuda_attention_backward(float *dq, float *dk, float *dv, const f
         cuda_note_message("attention backward: head_dim must be 16, 32, 64 or 128", __FILE__, __LINE__);
         return;
     }
-    if (cuda_matmul_bf16()) {
-        last_path = "mma";
-        if (cuda_attention_mma() &&
-            attention_mma_backward(dq, dk, dv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale))
-            return;
-        last_path = "wmma";
-        if (attention_tc_backward(dq, dk, dv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale)) return;
-    }
+    if (tensor_core_backward(dq, dk, dv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale)) return;
     last_path = "fp32";
     // D [N, NH] = rowsum(dout ∘ out), in the op's scratch slot.
     const long rows = (long)N * NH;

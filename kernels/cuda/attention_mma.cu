@@ -217,42 +217,31 @@ __device__ __forceinline__ void tile_accumulate(float (&acc)[HD / 8][4], const f
 }
 
 // Writes (add false) or adds to (add true) rows row0 + g, row0 + g + 8 (those < rend) of
-// dst [*, heads, HD] at head `head` from a warp's accumulators.
-template <int HD>
-__device__ __forceinline__ void store_rows(float *__restrict__ dst, const float (&acc)[HD / 8][4], int row0, int rend,
+// dst [*, heads, HD] at head `head` from a warp's accumulators; a bf16 dst is written rounded
+// (never added to).
+template <int HD, typename T>
+__device__ __forceinline__ void store_rows(T *__restrict__ dst, const float (&acc)[HD / 8][4], int row0, int rend,
                                            int heads, int head, int lane, bool add) {
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const int row = row0 + g + 8 * r;
         if (row >= rend) continue;
-        float *base = dst + ((size_t)row * heads + head) * HD + 2 * t;
+        T *base = dst + ((size_t)row * heads + head) * HD + 2 * t;
 #pragma unroll
         for (int no = 0; no < HD / 8; no++) {
-            float2 *p = reinterpret_cast<float2 *>(base + no * 8);
-            float2 x = make_float2(acc[no][2 * r], acc[no][2 * r + 1]);
-            if (add) {
-                const float2 y = *p;
-                x.x += y.x, x.y += y.y;
+            if constexpr (sizeof(T) == sizeof(bf16)) {
+                *reinterpret_cast<unsigned *>(base + no * 8) = pack_bf16(acc[no][2 * r], acc[no][2 * r + 1]);
+            } else {
+                float2 *p = reinterpret_cast<float2 *>(base + no * 8);
+                float2 x = make_float2(acc[no][2 * r], acc[no][2 * r + 1]);
+                if (add) {
+                    const float2 y = *p;
+                    x.x += y.x, x.y += y.y;
+                }
+                *p = x;
             }
-            *p = x;
         }
-    }
-}
-
-// The same rows rounded to bf16 (never added to).
-template <int HD>
-__device__ __forceinline__ void store_rows(bf16 *__restrict__ dst, const float (&acc)[HD / 8][4], int row0, int rend,
-                                           int heads, int head, int lane, bool) {
-    const int g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int row = row0 + g + 8 * r;
-        if (row >= rend) continue;
-        bf16 *base = dst + ((size_t)row * heads + head) * HD + 2 * t;
-#pragma unroll
-        for (int no = 0; no < HD / 8; no++)
-            *reinterpret_cast<unsigned *>(base + no * 8) = pack_bf16(acc[no][2 * r], acc[no][2 * r + 1]);
     }
 }
 
@@ -560,23 +549,6 @@ __global__ void __launch_bounds__(THREADS, 2)
     store_rows<HD>(dv, dv_acc, wj, jend, heads, head, lane, direct);
 }
 
-// out [n] = in [n] rounded to bf16 (nearest even); n % 4 == 0, in 16-byte and out 8-byte
-// aligned.
-__global__ void to_bf16_x4_kernel(bf16 *__restrict__ out, const float *__restrict__ in, long n4) {
-    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n4) return;
-    const float4 x = reinterpret_cast<const float4 *>(in)[i];
-    uint2 u;
-    u.x = pack_bf16(x.x, x.y), u.y = pack_bf16(x.z, x.w);
-    reinterpret_cast<uint2 *>(out)[i] = u;
-}
-
-void to_bf16(bf16 *out, const float *in, size_t n) {
-    const long n4 = (long)(n / 4);
-    to_bf16_x4_kernel<<<cuda_blocks(n4, 256), 256, 0, cuda_stream()>>>(out, in, n4);
-    CUDA_LAUNCH_CHECK();
-}
-
 // ---- launches ----
 
 template <int HD, typename T>
@@ -613,55 +585,56 @@ void launch_backward(float *dq, float *dk, float *dv, float *pk, float *pv, cons
 
 }  // namespace
 
-bool attention_mma_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                           const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
+// A bf16 view of x [n]: x itself, or (fp32) its copy rounded into scratch + at.
+static const bf16 *bf16_tiles(const bf16 *x, bf16 *, size_t, size_t) { return x; }
+static const bf16 *bf16_tiles(const float *x, bf16 *scratch, size_t at, size_t n) {
+    cuda_round_bf16(scratch + at, x, n);
+    return scratch + at;
+}
+
+template <typename T>
+bool attention_mma_forward(T *out, float *lse, const T *q, const T *k, const T *v, const int32_t *seg_start, int N,
+                           int NH, int KVH, int HD, float scale) {
     if ((HD != 64 && HD != 128) || !aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v)) return false;
+    // fp32 inputs: bf16 copies of q, k, v in a scratch slot of their own
     const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD;
-    bf16 *b = (bf16 *)cuda_scratch(SCRATCH_ATTENTION_BF16, sizeof(bf16) * (nq + 2 * nkv));
-    if (!b) return true;  // out of device memory (noted): no other path is tried
-    bf16 *bq = b, *bk = bq + nq, *bv = bk + nkv;
-    to_bf16(bq, q, nq), to_bf16(bk, k, nkv), to_bf16(bv, v, nkv);
+    bf16 *b = NULL;
+    if (sizeof(T) != sizeof(bf16) && !(b = (bf16 *)cuda_scratch(SCRATCH_ATTENTION_BF16, sizeof(bf16) * (nq + 2 * nkv))))
+        return true;  // out of device memory (noted): no other path is tried
+    const bf16 *bq = bf16_tiles(q, b, 0, nq), *bk = bf16_tiles(k, b, nq, nkv), *bv = bf16_tiles(v, b, nq + nkv, nkv);
     if (HD == 64) launch_forward<64>(out, lse, bq, bk, bv, seg_start, N, NH, KVH, scale);
     else launch_forward<128>(out, lse, bq, bk, bv, seg_start, N, NH, KVH, scale);
     return true;
 }
+template bool attention_mma_forward(float *, float *, const float *, const float *, const float *, const int32_t *,
+                                    int, int, int, int, float);
+template bool attention_mma_forward(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, const int32_t *, int,
+                                    int, int, int, float);
 
-bool attention_mma_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                           const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
-    if ((HD != 64 && HD != 128) || !aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v)) return false;
-    if (HD == 64) launch_forward<64>(out, lse, q, k, v, seg_start, N, NH, KVH, scale);
-    else launch_forward<128>(out, lse, q, k, v, seg_start, N, NH, KVH, scale);
-    return true;
-}
-
-bool attention_mma_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
-                            const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
-                            int KVH, int HD, float scale) {
-    if ((HD != 64 && HD != 128) || !aligned16(dq) || !aligned16(dk) || !aligned16(dv) || !aligned16(dout) ||
-        !aligned16(q) || !aligned16(k) || !aligned16(v))
-        return false;
-    // The bf16 copies of q, dout, k, v in a scratch slot of their own.
-    const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD;
-    float *D, *pk, *pv;
-    bool have = attention_backward_scratch(&D, &pk, &pv, dout, out, N, NH, KVH, HD);
-    bf16 *b = (bf16 *)cuda_scratch(SCRATCH_ATTENTION_BF16, sizeof(bf16) * (2 * nq + 2 * nkv));
-    if (!have || !b) return true;  // out of device memory (noted): no other path is tried
-    bf16 *bq = b, *bdo = bq + nq, *bk = bdo + nq, *bv = bk + nkv;
-    to_bf16(bq, q, nq), to_bf16(bdo, dout, nq), to_bf16(bk, k, nkv), to_bf16(bv, v, nkv);
-    if (HD == 64) launch_backward<64>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, N, NH, KVH, scale);
-    else launch_backward<128>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, N, NH, KVH, scale);
-    return true;
-}
-
-bool attention_mma_backward(float *dq, float *dk, float *dv, const bf16 *dout, const bf16 *out, const float *lse,
-                            const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seg_start, int N, int NH,
-                            int KVH, int HD, float scale) {
+template <typename T>
+bool attention_mma_backward(float *dq, float *dk, float *dv, const T *dout, const T *out, const float *lse,
+                            const T *q, const T *k, const T *v, const int32_t *seg_start, int N, int NH, int KVH,
+                            int HD, float scale) {
     if ((HD != 64 && HD != 128) || !aligned16(dq) || !aligned16(dk) || !aligned16(dv) || !aligned16(dout) ||
         !aligned16(q) || !aligned16(k) || !aligned16(v))
         return false;
     float *D, *pk, *pv;
     if (!attention_backward_scratch(&D, &pk, &pv, dout, out, N, NH, KVH, HD)) return true;  // noted
-    if (HD == 64) launch_backward<64>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale);
-    else launch_backward<128>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale);
+    // fp32 inputs: bf16 copies of q, dout, k, v in a scratch slot of their own
+    const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD;
+    bf16 *b = NULL;
+    if (sizeof(T) != sizeof(bf16) &&
+        !(b = (bf16 *)cuda_scratch(SCRATCH_ATTENTION_BF16, sizeof(bf16) * (2 * nq + 2 * nkv))))
+        return true;  // out of device memory (noted): no other path is tried
+    const bf16 *bq = bf16_tiles(q, b, 0, nq), *bdo = bf16_tiles(dout, b, nq, nq);
+    const bf16 *bk = bf16_tiles(k, b, 2 * nq, nkv), *bv = bf16_tiles(v, b, 2 * nq + nkv, nkv);
+    if (HD == 64) launch_backward<64>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, N, NH, KVH, scale);
+    else launch_backward<128>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, N, NH, KVH, scale);
     return true;
 }
+template bool attention_mma_backward(float *, float *, float *, const float *, const float *, const float *,
+                                     const float *, const float *, const float *, const int32_t *, int, int, int, int,
+                                     float);
+template bool attention_mma_backward(float *, float *, float *, const bf16 *, const bf16 *, const float *,
+                                     const bf16 *, const bf16 *, const bf16 *, const int32_t *, int, int, int, int,
+                                     float);

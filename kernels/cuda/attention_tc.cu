@@ -647,20 +647,23 @@ void attention_group_reduce(float *dk, float *dv, const float *pk, const float *
     CUDA_LAUNCH_CHECK();
 }
 
-namespace {
-
 template <typename T>
-bool tc_forward(T *out, float *lse, const T *q, const T *k, const T *v, const int32_t *seg_start, int N, int NH,
-                int KVH, int HD, float scale) {
+bool attention_tc_forward(T *out, float *lse, const T *q, const T *k, const T *v, const int32_t *seg_start, int N,
+                          int NH, int KVH, int HD, float scale) {
     if ((HD != 64 && HD != 128) || !aligned16(out) || !aligned16(q) || !aligned16(k) || !aligned16(v)) return false;
     if (HD == 64) launch_forward<64>(out, lse, q, k, v, seg_start, N, NH, KVH, scale);
     else launch_forward<128>(out, lse, q, k, v, seg_start, N, NH, KVH, scale);
     return true;
 }
+template bool attention_tc_forward(float *, float *, const float *, const float *, const float *, const int32_t *,
+                                   int, int, int, int, float);
+template bool attention_tc_forward(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, const int32_t *, int,
+                                   int, int, int, float);
 
 template <typename T>
-bool tc_backward(float *dq, float *dk, float *dv, const T *dout, const T *out, const float *lse, const T *q,
-                 const T *k, const T *v, const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
+bool attention_tc_backward(float *dq, float *dk, float *dv, const T *dout, const T *out, const float *lse, const T *q,
+                           const T *k, const T *v, const int32_t *seg_start, int N, int NH, int KVH, int HD,
+                           float scale) {
     if ((HD != 64 && HD != 128) || !aligned16(dq) || !aligned16(dk) || !aligned16(dv) || !aligned16(dout) ||
         !aligned16(q) || !aligned16(k) || !aligned16(v))
         return false;
@@ -671,24 +674,9 @@ bool tc_backward(float *dq, float *dk, float *dv, const T *dout, const T *out, c
     else launch_backward<128>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale);
     return true;
 }
-
-}  // namespace
-
-bool attention_tc_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                          const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
-    return tc_forward(out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale);
-}
-bool attention_tc_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                          const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale) {
-    return tc_forward(out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale);
-}
-bool attention_tc_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
-                           const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
-                           int KVH, int HD, float scale) {
-    return tc_backward(dq, dk, dv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale);
-}
-bool attention_tc_backward(float *dq, float *dk, float *dv, const bf16 *dout, const bf16 *out, const float *lse,
-                           const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seg_start, int N, int NH,
-                           int KVH, int HD, float scale) {
-    return tc_backward(dq, dk, dv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale);
-}
+template bool attention_tc_backward(float *, float *, float *, const float *, const float *, const float *,
+                                    const float *, const float *, const float *, const int32_t *, int, int, int, int,
+                                    float);
+template bool attention_tc_backward(float *, float *, float *, const bf16 *, const bf16 *, const float *,
+                                    const bf16 *, const bf16 *, const bf16 *, const int32_t *, int, int, int, int,
+                                    float);

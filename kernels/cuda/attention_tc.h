@@ -5,9 +5,9 @@
 // backward pass accumulates into dq, dk, dv); inside, tiles are rounded to bf16 and
 // multiplied on tensor cores with fp32 sums, softmax statistics stay fp32.
 //
-// Each has a second form with q, k, v, out and dout in bf16 (lse, D, dq, dk, dv fp32), for
-// models that keep those activations in bf16 (cuda_attention_forward_bf16): the kernels
-// are the same, their tiles copied rather than rounded, and out rounded to bf16 as stored.
+// Each also takes q, k, v, out and dout in bf16 (lse, D, dq, dk, dv fp32), for models that
+// keep those activations in bf16 (cuda_attention_forward_bf16): the kernels are the same,
+// their tiles copied rather than rounded, and out rounded to bf16 as stored.
 //
 // Each returns false, having done nothing, when it cannot take the call (HD other than 64
 // or 128, or a tensor not 16-byte aligned): the caller then runs the fp32 path.
@@ -18,30 +18,23 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
-bool attention_tc_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                          const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
-bool attention_tc_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
-                           const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
-                           int KVH, int HD, float scale);
-bool attention_tc_forward(__nv_bfloat16 *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
-                          const __nv_bfloat16 *v, const int32_t *seg_start, int N, int NH, int KVH, int HD,
-                          float scale);
-bool attention_tc_backward(float *dq, float *dk, float *dv, const __nv_bfloat16 *dout, const __nv_bfloat16 *out,
-                           const float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
-                           const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
+// T: float, or __nv_bfloat16 for q, k, v, out and dout (explicitly instantiated for both).
+template <typename T>
+bool attention_tc_forward(T *out, float *lse, const T *q, const T *k, const T *v, const int32_t *seg_start, int N,
+                          int NH, int KVH, int HD, float scale);
+template <typename T>
+bool attention_tc_backward(float *dq, float *dk, float *dv, const T *dout, const T *out, const float *lse, const T *q,
+                           const T *k, const T *v, const int32_t *seg_start, int N, int NH, int KVH, int HD,
+                           float scale);
 
 // The same contracts, on mma.sync fragments (attention_mma.cu).
-bool attention_mma_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                           const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
-bool attention_mma_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
-                            const float *q, const float *k, const float *v, const int32_t *seg_start, int N, int NH,
-                            int KVH, int HD, float scale);
-bool attention_mma_forward(__nv_bfloat16 *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
-                           const __nv_bfloat16 *v, const int32_t *seg_start, int N, int NH, int KVH, int HD,
-                           float scale);
-bool attention_mma_backward(float *dq, float *dk, float *dv, const __nv_bfloat16 *dout, const __nv_bfloat16 *out,
-                            const float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
-                            const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
+template <typename T>
+bool attention_mma_forward(T *out, float *lse, const T *q, const T *k, const T *v, const int32_t *seg_start, int N,
+                           int NH, int KVH, int HD, float scale);
+template <typename T>
+bool attention_mma_backward(float *dq, float *dk, float *dv, const T *dout, const T *out, const float *lse,
+                            const T *q, const T *k, const T *v, const int32_t *seg_start, int N, int NH, int KVH,
+                            int HD, float scale);
 // Whether the mma.sync path is chosen (cuda_set_attention_kernel, else TP_CUDA_ATTENTION).
 bool cuda_attention_mma(void);
 

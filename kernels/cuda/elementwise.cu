@@ -134,6 +134,16 @@ __global__ void round_bf16_kernel(__nv_bfloat16 *out, const float *in, size_t n)
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = __float2bfloat16(in[i]);
 }
+// Four at a time (a 16-byte load, an 8-byte store): the same bits, fewer instructions a byte.
+__global__ void round_bf16_x4_kernel(__nv_bfloat16 *out, const float *in, size_t n4) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n4) return;
+    const float4 x = reinterpret_cast<const float4 *>(in)[i];
+    __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
+    uint2 u;
+    u.x = *reinterpret_cast<unsigned *>(&lo), u.y = *reinterpret_cast<unsigned *>(&hi);
+    reinterpret_cast<uint2 *>(out)[i] = u;
+}
 __global__ void widen_bf16_kernel(float *out, const __nv_bfloat16 *in, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = __bfloat162float(in[i]);
@@ -141,7 +151,11 @@ __global__ void widen_bf16_kernel(float *out, const __nv_bfloat16 *in, size_t n)
 
 void cuda_round_bf16(void *out, const float *in, size_t n) {
     if (n == 0) return;
-    round_bf16_kernel<<<cuda_blocks((long)n, THREADS), THREADS, 0, cuda_stream()>>>((__nv_bfloat16 *)out, in, n);
+    if (n % 4 == 0 && ((uintptr_t)in & 15) == 0 && ((uintptr_t)out & 7) == 0)
+        round_bf16_x4_kernel<<<cuda_blocks((long)(n / 4), THREADS), THREADS, 0, cuda_stream()>>>(
+            (__nv_bfloat16 *)out, in, n / 4);
+    else
+        round_bf16_kernel<<<cuda_blocks((long)n, THREADS), THREADS, 0, cuda_stream()>>>((__nv_bfloat16 *)out, in, n);
     CUDA_LAUNCH_CHECK();
 }
 void cuda_widen_bf16(float *out, const void *in, size_t n) {

@@ -67,16 +67,6 @@ extern "C" int cuda_set_matmul_precision(const char *name) {
 
 bool cuda_matmul_bf16(void) { return compute == CUBLAS_COMPUTE_32F_FAST_16BF; }
 
-__global__ void to_bf16_kernel(__nv_bfloat16 *out, const float *in, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = __float2bfloat16(in[i]);  // round to nearest even
-}
-
-static void to_bf16(__nv_bfloat16 *out, const float *in, size_t n) {
-    to_bf16_kernel<<<cuda_blocks((long)n, 256), 256, 0, cuda_stream()>>>(out, in, n);
-    CUDA_LAUNCH_CHECK();
-}
-
 // bf16 copies of weights, valid while cuda_weights_version is unchanged.
 enum { MAX_CACHED = 4096 };
 static struct cached {
@@ -105,7 +95,7 @@ static const __nv_bfloat16 *weight_bf16(const float *w, size_t n) {
         if (!c->bf) return NULL;  // out of memory: the caller converts into scratch instead
     }
     if (c->version != cuda_weights_version) {
-        to_bf16(c->bf, w, n);
+        cuda_round_bf16(c->bf, w, n);
         c->version = cuda_weights_version;
     }
     return c->bf;
@@ -144,7 +134,7 @@ static const __nv_bfloat16 *operand_bf16(int slot, const float *x, size_t n, boo
         return NULL;  // noted by cuda_scratch
     }
     if (reuse && !is_weight && h->src == x && h->n == n && h->version == cuda_weights_version) return s;
-    to_bf16(s, x, n);
+    cuda_round_bf16(s, x, n);
     *h = scratch_operand{is_weight ? NULL : x, n, cuda_weights_version};
     return s;
 }
