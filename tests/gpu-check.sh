@@ -134,13 +134,13 @@ for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
     echo "$1 B=$2: torch: ${pt:-failed}" >>"$log"
     row "$1 B=$2 T=2048 thinkpipe" "$(sft_row "$tp")"
     row "$1 B=$2 T=2048 torch" "$(sft_row "$pt")"
-    # the same step with the mma.sync attention kernels (attention_mma.cu) instead of WMMA,
-    # when their test passed (a kernel that hangs would cost 90 s a shape)
+    # the same step with the WMMA attention kernels (attention_tc.cu) instead of mma.sync (the
+    # default), when their test passed (a kernel that hangs would cost 90 s a shape)
     if [ "${attention_rc:-1}" = 0 ]; then
-        tm=$(TP_CUDA_ATTENTION=mma timeout 90 "$B/bench/model_step" "$cfg" "$2" 2048 3 --device cuda \
+        tm=$(TP_CUDA_ATTENTION=wmma timeout 90 "$B/bench/model_step" "$cfg" "$2" 2048 3 --device cuda \
             --matmul bf16 2>>"$log" | tail -n 1)
-        echo "$1 B=$2: thinkpipe, TP_CUDA_ATTENTION=mma: ${tm:-failed}" >>"$log"
-        row "$1 B=$2 T=2048 thinkpipe, mma attention" "$(sft_row "$tm")"
+        echo "$1 B=$2: thinkpipe, TP_CUDA_ATTENTION=wmma: ${tm:-failed}" >>"$log"
+        row "$1 B=$2 T=2048 thinkpipe, wmma attention" "$(sft_row "$tm")"
     fi
     # the same with the activations in fp32 (the attention block's and the MLP's; as before mlp.cu and
     # attn.cu): what their bf16 storage gains

@@ -500,7 +500,10 @@ void attention_row_dot(float *D, const __nv_bfloat16 *dout, const __nv_bfloat16 
 }
 
 // Which tensor-core kernels bf16 mode runs: 1 mma.sync, 0 WMMA, -1 not chosen yet (then
-// TP_CUDA_ATTENTION decides: "mma", else WMMA, the path measured on GPUs so far).
+// TP_CUDA_ATTENTION decides: "wmma", else mma.sync). mma.sync is the default without a GPU
+// measurement: its loops issue 4-7 instructions a tensor-core product where WMMA's issue
+// 30-50 (sm_90 SASS), and WMMA's measured 71 / 47 TFLOP/s (forward / backward) made
+// attention a fifth of a 0.5B SFT step (tests/bench/GPU_NOTES.md).
 static int attention_kernel = -1;
 
 extern "C" int cuda_set_attention_kernel(const char *name) {
@@ -517,7 +520,7 @@ extern "C" const char *cuda_attention_last_path(void) { return last_path; }
 bool cuda_attention_mma(void) {
     if (attention_kernel < 0) {
         const char *env = getenv("TP_CUDA_ATTENTION");
-        attention_kernel = env && !strcmp(env, "mma");
+        attention_kernel = !(env && !strcmp(env, "wmma"));
     }
     return attention_kernel == 1;
 }

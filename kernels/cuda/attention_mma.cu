@@ -1,6 +1,6 @@
 // attention_mma.cu — causal attention over packed rows with native GQA on tensor cores
-// through mma.sync (bf16 inputs, fp32 sums), flash-attention-2 style: a second bf16 path
-// beside attention_tc.cu (WMMA), chosen by cuda_set_attention_kernel / TP_CUDA_ATTENTION.
+// through mma.sync (bf16 inputs, fp32 sums), flash-attention-2 style: the default bf16 path
+// (attention_tc.cu's WMMA kernels by cuda_set_attention_kernel / TP_CUDA_ATTENTION=wmma).
 //
 // Why a second path: the WMMA kernels stage every score tile through shared memory (an
 // accumulator fragment's layout is not specified), write P and dS back to shared memory
@@ -164,6 +164,26 @@ template <int NF> __device__ __forceinline__ void zero_acc(float (&acc)[NF][4]) 
     for (int f = 0; f < NF; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
 }
 
+// 2^x by the SFU's ex2.approx.ftz (what exp2f becomes under --use_fast_math). exp2f adds a
+// range guard and two multiplies to every call so that results below 2^-126 stay
+// subnormal; here they flush to zero, which no bf16 P, dS or fp32 sum of them can tell.
+__device__ __forceinline__ float fast_exp2(float x) {
+#ifdef TP_CUDA_SIM
+    const float y = exp2f(x);
+    return y < 1.17549435e-38f ? 0.0f : y;
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
+__device__ __forceinline__ int warp_max(int x) {
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) x = max(x, __shfl_xor_sync(FULL, x, o));
+    return x;
+}
+
 // This thread's query rows g and g + 8 of the warp's 16 from wfirst, and the first key each
 // sees (INT_MAX past N: none).
 __device__ __forceinline__ void thread_rows(int (&qi)[2], int (&qlo)[2], int wfirst, int g, int N,
@@ -173,6 +193,47 @@ __device__ __forceinline__ void thread_rows(int (&qi)[2], int (&qlo)[2], int wfi
         qi[r] = wfirst + g + 8 * r;
         qlo[r] = qi[r] < N ? first_key(seg_start, qi[r]) : INT_MAX;
     }
+}
+
+// The first key every row of the warp sees (the largest of the rows' first keys; INT_MAX
+// when a row is past N). A key tile j0 .. j0 + 63 with j0 >= it and j0 + 63 <= wfirst is
+// seen whole by every row: no mask. Most tiles of long sequences are such tiles.
+__device__ __forceinline__ int warp_unmasked_from(const int (&qlo)[2]) { return warp_max(max(qlo[0], qlo[1])); }
+__device__ __forceinline__ bool tile_unmasked(int j0, int wfirst, int unmasked_from) {
+    return j0 >= unmasked_from && j0 + BK - 1 <= wfirst;
+}
+
+// Forward scores of a 64-key tile: s = s · sl2 (log2 units), -inf where row r may not see
+// key j (MASK), and mt[r] the rows' maxima over this thread's columns.
+template <bool MASK>
+__device__ __forceinline__ void forward_scores(float (&s)[8][4], float (&mt)[2], float sl2, int j0, int t,
+                                               const int (&qlo)[2], const int (&qi)[2]) {
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int r = e / 2, j = j0 + nt * 8 + 2 * t + (e & 1);
+            const float x = (!MASK || (j >= qlo[r] && j <= qi[r])) ? s[nt][e] * sl2 : -INFINITY;
+            s[nt][e] = x;
+            mt[r] = fmaxf(mt[r], x);
+        }
+}
+
+// The dq kernel's dS of a 64-key tile, in place of its scores s: P (dP - D) · scale, zero
+// where row r may not see key j (MASK); selects rather than branches, so the 32 chains of
+// each thread can overlap.
+template <bool MASK>
+__device__ __forceinline__ void dq_tile_ds(float (&s)[8][4], const float (&dp)[8][4], float sl2, float scale, int j0,
+                                           int t, const int (&qlo)[2], const int (&qi)[2], const float (&ql2)[2],
+                                           const float (&qD)[2]) {
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int r = e / 2, j = j0 + nt * 8 + 2 * t + (e & 1);
+            const float ds = fast_exp2(s[nt][e] * sl2 - ql2[r]) * (dp[nt][e] - qD[r]) * scale;
+            s[nt][e] = (!MASK || (j >= qlo[r] && j <= qi[r])) ? ds : 0.0f;
+        }
 }
 
 // Scores of a warp's 16 rows against a 64-column tile: s[nt] (columns 8nt .. 8nt + 7) =
@@ -272,6 +333,7 @@ __global__ void __launch_bounds__(THREADS, 2)
     const int wlo = wfirst < N ? max(first_key(seg_start, wfirst), kbeg) : INT_MAX;
     int qi[2], qlo[2];
     thread_rows(qi, qlo, wfirst, g, N, seg_start);
+    const int unmasked_from = warp_unmasked_from(qlo);
 
     load_tile_async<HD, BQ>(Qs, q, i0, qend, NH, h);
     load_tile_async<HD, BK>(Ks, k, kbeg, qend, KVH, kvh);
@@ -306,15 +368,8 @@ __global__ void __launch_bounds__(THREADS, 2)
                     mma16816(s[2 * np + 1], qf[kd], b[2], b[3]);
                 }
             float mt[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int r = e / 2, j = j0 + nt * 8 + 2 * t + (e & 1);
-                    const float x = (j >= qlo[r] && j <= qi[r]) ? s[nt][e] * sl2 : -INFINITY;
-                    s[nt][e] = x;
-                    mt[r] = fmaxf(mt[r], x);
-                }
+            if (tile_unmasked(j0, wfirst, unmasked_from)) forward_scores<false>(s, mt, sl2, j0, t, qlo, qi);
+            else forward_scores<true>(s, mt, sl2, j0, t, qlo, qi);
             float mu[2], alpha[2];
 #pragma unroll
             for (int r = 0; r < 2; r++) {  // the 4 lanes of a quad hold one row
@@ -322,7 +377,7 @@ __global__ void __launch_bounds__(THREADS, 2)
                 mt[r] = fmaxf(mt[r], __shfl_xor_sync(FULL, mt[r], 2));
                 const float mn = fmaxf(m[r], mt[r]);
                 mu[r] = mn == -INFINITY ? 0.0f : mn;  // a finite reference
-                alpha[r] = exp2f(m[r] - mu[r]);
+                alpha[r] = fast_exp2(m[r] - mu[r]);
                 m[r] = mn;
             }
             float ps[2] = {0.0f, 0.0f};
@@ -330,7 +385,7 @@ __global__ void __launch_bounds__(THREADS, 2)
             for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const float p = exp2f(s[nt][e] - mu[e / 2]);
+                    const float p = fast_exp2(s[nt][e] - mu[e / 2]);
                     s[nt][e] = p;
                     ps[e / 2] += p;
                 }
@@ -389,6 +444,7 @@ __global__ void __launch_bounds__(THREADS, 2)
     int qi[2], qlo[2];
     float ql2[2], qD[2];  // lse · log2 e and D of this thread's rows
     thread_rows(qi, qlo, wfirst, g, N, seg_start);
+    const int unmasked_from = warp_unmasked_from(qlo);
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const bool in = qi[r] < N;
@@ -415,15 +471,8 @@ __global__ void __launch_bounds__(THREADS, 2)
             float s[8][4], dp[8][4];
             tile_scores<HD, 8>(s, Qs + warp * 16 * LD, Kt, lane);
             tile_scores<HD, 8>(dp, dOs + warp * 16 * LD, Vt, lane);
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int r = e / 2, j = j0 + nt * 8 + 2 * t + (e & 1);
-                    float ds = 0.0f;
-                    if (j >= qlo[r] && j <= qi[r]) ds = exp2f(s[nt][e] * sl2 - ql2[r]) * (dp[nt][e] - qD[r]) * scale;
-                    s[nt][e] = ds;
-                }
+            if (tile_unmasked(j0, wfirst, unmasked_from)) dq_tile_ds<false>(s, dp, sl2, scale, j0, t, qlo, qi, ql2, qD);
+            else dq_tile_ds<true>(s, dp, sl2, scale, j0, t, qlo, qi, ql2, qD);
             tile_accumulate<HD, 4>(acc, s, Kt, lane);
         }
         __syncthreads();
@@ -456,16 +505,41 @@ __device__ __forceinline__ void load_queries_async(bf16 *Qt, bf16 *dOt, float *s
                                                    const float *__restrict__ D, const int32_t *__restrict__ seg_start,
                                                    int i0, int iend, int NH, int h) {
     constexpr int QT = dkdv_queries<HD>();
+    static_assert(2 * QT <= THREADS, "a thread a statistic");
     load_tile_async<HD, QT>(Qt, q, i0, iend, NH, h);
     load_tile_async<HD, QT>(dOt, dout, i0, iend, NH, h);
-    for (int x = threadIdx.x; x < 3 * QT; x += THREADS) {
-        const int which = x / QT, i = i0 + x % QT;
-        const bool in = i < iend && (which < 2 || seg_start);
-        const size_t at = which < 2 ? (size_t)i * NH + h : (size_t)i;
-        const void *src = which == 0 ? (const void *)(lse + at) : which == 1 ? (const void *)(D + at)
-                                                                             : (const void *)(seg_start + at);
-        cp_async4(st + x, in ? src : (const void *)lse, in);
-    }
+    // threads [0, QT): lse, [QT, 2 QT): D, and [0, QT) seg_start too (straight-line code:
+    // a loop choosing among the three arrays cost more instructions than the tile's products)
+    const int x = threadIdx.x, i = i0 + x % QT;
+    const bool in = i < iend;
+    if (x < 2 * QT) cp_async4(st + x, (x < QT ? lse : D) + (in ? (size_t)i * NH + h : 0), in);
+    if (x < QT) cp_async4(st + 2 * QT + x, seg_start && in ? seg_start + i : (const int32_t *)lse, seg_start && in);
+}
+
+// The dk/dv kernel's P^T and dS^T of a tile of 8 NT queries, in place of S^T (st) and dP^T
+// (dpt): P = exp2(S sl2 - lse log2 e), dS = P (dP - D) · scale, zero where key kj[e / 2] is
+// not seen by the query (MASK). Each query's statistics are read once for both key rows;
+// selects rather than branches, so each thread's chains can overlap.
+template <bool MASK, int NT>
+__device__ __forceinline__ void dkdv_tile_p_ds(float (&st)[NT][4], float (&dpt)[NT][4], const float *l_s,
+                                               const float *D_s, const int32_t *seg_s, const int32_t *seg_start,
+                                               float sl2, float scale, int i0, int iend, const int (&kj)[2], int t) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int odd = 0; odd < 2; odd++) {
+            const int c = nt * 8 + 2 * t + odd, i = i0 + c;
+            const float l2 = l_s[c] * LOG2E, d = D_s[c];
+            // first_key of packed_rows.h: seg_start clamped to [0, i]; one sequence without it
+            const int lo = MASK && seg_start ? min(max(seg_s[c], 0), i) : 0;
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int e = 2 * r + odd, j = kj[r];
+                const bool seen = !MASK || (i < iend && j >= lo && j <= i);
+                const float p = fast_exp2(st[nt][e] * sl2 - l2), ds = p * (dpt[nt][e] - d) * scale;
+                st[nt][e] = seen ? p : 0.0f, dpt[nt][e] = seen ? ds : 0.0f;
+            }
+        }
 }
 
 // One block per (tile of 64 keys, query head h); warp w owns keys j0 + 16w .. +15. For
@@ -525,20 +599,17 @@ __global__ void __launch_bounds__(THREADS, 2)
             float st[NT][4], dpt[NT][4];  // [key][query]: keys kj[e / 2], queries i0 + 8nt + 2t + (e & 1)
             tile_scores<HD, NT>(st, Ks + warp * 16 * LD, Qt, lane);
             tile_scores<HD, NT>(dpt, Vs + warp * 16 * LD, dOt, lane);
+            // The whole tile visible to the warp's keys: every query after them, below iend,
+            // in their sequence (seg_start of each <= the first key).
+            bool unmasked = i0 >= wj + 15 && i0 + QT <= iend;
+            if (unmasked && seg_start) {
+                int latest = INT_MIN;
 #pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int c = nt * 8 + 2 * t + (e & 1), i = i0 + c, j = kj[e / 2];
-                    // first_key of packed_rows.h: seg_start clamped to [0, i]; one sequence without it
-                    const int lo = seg_start ? min(max(seg_s[c], 0), i) : 0;
-                    float p = 0.0f, ds = 0.0f;
-                    if (i < iend && j >= lo && j <= i) {
-                        p = exp2f(st[nt][e] * sl2 - l_s[c] * LOG2E);
-                        ds = p * (dpt[nt][e] - D_s[c]) * scale;
-                    }
-                    st[nt][e] = p, dpt[nt][e] = ds;
-                }
+                for (int c = lane; c < QT; c += 32) latest = max(latest, seg_s[c]);
+                unmasked = warp_max(latest) <= wj;
+            }
+            if (unmasked) dkdv_tile_p_ds<false, NT>(st, dpt, l_s, D_s, seg_s, seg_start, sl2, scale, i0, iend, kj, t);
+            else dkdv_tile_p_ds<true, NT>(st, dpt, l_s, D_s, seg_s, seg_start, sl2, scale, i0, iend, kj, t);
             tile_accumulate<HD, QT / 16>(dv_acc, st, dOt, lane);
             tile_accumulate<HD, QT / 16>(dk_acc, dpt, Qt, lane);
         }

@@ -74,7 +74,7 @@ void cuda_linear_backward_many(int count, float *dx, float *const dweight[], flo
 void cuda_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
 void cuda_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
 // In bf16 mode, head sizes 64 and 128 run on tensor cores: "wmma" (attention_tc.cu) or
-// "mma" (mma.sync, attention_mma.cu). Overrides TP_CUDA_ATTENTION; -1 for another name.
+// "mma" (mma.sync, attention_mma.cu; the default). Overrides TP_CUDA_ATTENTION; -1 for another name.
 int cuda_set_attention_kernel(const char *name);
 // The kernels the last attention_forward / _backward call took: "mma", "wmma" or "fp32"
 // (a tensor-core path that cannot take a call, a misaligned tensor say, falls back).

@@ -207,6 +207,10 @@ static void test_cuda_matches_cpu(void) {
         {"hd64 no gqa, many short", 3, 3, 64, {5, 17, 1, 64, 65, 3, 130}, 0},
         {"hd64 gqa 2, fewer than a tile", 4, 2, 64, {40}, 0},
         {"hd128 gqa 2, no seg_start", 4, 2, 128, {150}, 1},
+        // sequences ending one query before a tile's edge (64; 32 queries at HD 128): the
+        // tensor-core kernels' whole-tile test must still mask that tile
+        {"hd64 gqa 2, ends before tile edges", 4, 2, 64, {127, 191, 66}, 0},
+        {"hd128 gqa 2, ends before tile edges", 4, 2, 128, {95, 97}, 0},
     };
     worst_fwd = worst_bwd = 0;
     for (int t = 0; t < 2; t++) worst_fwd_tc[t] = worst_bwd_tc[t] = 0;
@@ -364,13 +368,22 @@ static double now_s(void) {
 }
 
 // Seconds per call of the forward (bwd = 0) or backward pass, best of 3 after a warm-up.
-static double time_attention(int bwd, float *const *b, const int32_t *seg, int N, int NH, int KVH, int HD) {
+// h: NULL, or bf16 copies of dout, out, q, k, v: the bf16-activation forms on them.
+static double time_attention(int bwd, float *const *b, uint16_t *const *h, const int32_t *seg, int N, int NH, int KVH,
+                             int HD) {
     const float scale = 1.0f / sqrtf((float)HD);
     double best = 1e30;
     for (int rep = 0; rep < 4; rep++) {
         double t0 = now_s();
-        if (bwd) cuda_attention_backward(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], seg, N, NH, KVH, HD, scale);
-        else cuda_attention_forward(b[4], b[5], b[6], b[7], b[8], seg, N, NH, KVH, HD, scale);
+        if (bwd && h)
+            cuda_attention_backward_bf16(b[0], b[1], b[2], h[0], h[1], b[5], h[2], h[3], h[4], seg, N, NH, KVH, HD,
+                                         scale);
+        else if (bwd)
+            cuda_attention_backward(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], seg, N, NH, KVH, HD, scale);
+        else if (h)
+            cuda_attention_forward_bf16(h[1], b[5], h[2], h[3], h[4], seg, N, NH, KVH, HD, scale);
+        else
+            cuda_attention_forward(b[4], b[5], b[6], b[7], b[8], seg, N, NH, KVH, HD, scale);
         char err[512] = "";
         CHECK_MSG(cuda_take_error(err, sizeof err) == 0, "%s", err);
         if (rep) best = fmin(best, now_s() - t0);
@@ -383,37 +396,50 @@ static double time_attention(int bwd, float *const *b, const int32_t *seg, int N
 // shapes of Qwen2.5-0.5B (4 rows of 2048, NH=14 KVH=2 HD=64) and Qwen2.5-1.5B (2 rows of
 // 2048, NH=12 KVH=2 HD=128), each on the fp32 path and in bf16 mode (tensor cores), in
 // useful TFLOP/s (2 matrix products forward, 5 backward, over the keys each query sees).
+// The tensor-core kernels are timed twice: on fp32 tensors (copied to bf16 each call) and
+// on bf16 ones (what a model with bf16 activations runs: "bf16 io").
 static void speed_case(int N, int NH, int KVH, int HD, int len) {
     const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD;
-    // b: dq, dk, dv, dout, out, lse, q, k, v
+    // b: dq, dk, dv, dout, out, lse, q, k, v; h: bf16 dout, out, q, k, v
     const size_t sizes[9] = {nq, nkv, nkv, nq, nq, (size_t)N * NH, nq, nkv, nkv};
     float *b[9] = {0}, *host = malloc(sizeof(float) * nq);
+    uint16_t *h[5] = {0}, *host16 = malloc(sizeof(uint16_t) * nq);
     int32_t *seg = malloc(sizeof(int32_t) * (size_t)N), *d_seg = dev_alloc(sizeof(int32_t) * (size_t)N);
     fill(host, nq);
+    round_to_bf16(host, host16, nq);
     int ok = d_seg != NULL;
     for (int i = 0; i < 9; i++) {
         b[i] = dev_alloc(sizeof(float) * sizes[i]);
         if (b[i]) cuda_upload(b[i], host, sizeof(float) * sizes[i]);
         ok = ok && b[i];
     }
+    for (int i = 0; i < 5; i++) {
+        h[i] = dev_alloc(sizeof(uint16_t) * sizes[i + (i < 2 ? 3 : 4)]);
+        if (h[i]) cuda_upload(h[i], host16, sizeof(uint16_t) * sizes[i + (i < 2 ? 3 : 4)]);
+        ok = ok && h[i];
+    }
     for (int n = 0; n < N; n++) seg[n] = n / len * len;
     if (ok) cuda_upload(d_seg, seg, sizeof(int32_t) * (size_t)N);
-    for (int tc = 0; ok && tc < 3; tc++) {  // fp32, then each tensor-core kernel
+    for (int run = 0; ok && run < 5; run++) {  // fp32, then each tensor-core kernel, fp32 then bf16 io
+        const int tc = (run + 1) / 2, io16 = run && run % 2 == 0;
         CHECK(cuda_set_matmul_precision(tc ? "bf16" : "fp32") == 0);
         if (tc) CHECK(cuda_set_attention_kernel(tc_kernels[tc - 1]) == 0);
         // The forward pass first: the backward pass needs its lse (finite probabilities).
-        double tf = time_attention(0, b, d_seg, N, NH, KVH, HD), tb = time_attention(1, b, d_seg, N, NH, KVH, HD);
+        uint16_t *const *hh = io16 ? h : NULL;
+        double tf = time_attention(0, b, hh, d_seg, N, NH, KVH, HD);
+        double tb = time_attention(1, b, hh, d_seg, N, NH, KVH, HD);
         CHECK(cuda_set_matmul_precision("fp32") == 0);
         double pairs = (double)N / len * len * (len + 1) / 2;  // (query, key) pairs
         double flop = pairs * NH * HD * 2;                      // one matrix product
-        printf("# cuda attention speed [%s], N=%d NH=%d KVH=%d HD=%d, sequences of %d: fwd %.2f ms %.1f TFLOP/s, "
+        printf("# cuda attention speed [%s%s], N=%d NH=%d KVH=%d HD=%d, sequences of %d: fwd %.2f ms %.1f TFLOP/s, "
                "bwd %.2f ms %.1f TFLOP/s\n",
-               tc ? tc_kernels[tc - 1] : "fp32", N, NH, KVH, HD, len, tf * 1e3, 2 * flop / tf * 1e-12, tb * 1e3,
-               5 * flop / tb * 1e-12);
+               tc ? tc_kernels[tc - 1] : "fp32", io16 ? ", bf16 io" : "", N, NH, KVH, HD, len, tf * 1e3,
+               2 * flop / tf * 1e-12, tb * 1e3, 5 * flop / tb * 1e-12);
     }
     for (int i = 0; i < 9; i++) cuda_free(b[i]);
+    for (int i = 0; i < 5; i++) cuda_free(h[i]);
     cuda_free(d_seg);
-    free(host), free(seg);
+    free(host), free(host16), free(seg);
 }
 #endif
 
