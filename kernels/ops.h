@@ -232,10 +232,22 @@ double head_loss_backward(float *dx, float *dw, const float *x, const float *w, 
                           int n, int C, int V, float scale);
 
 // ---- optimizer ----
-// AdamW on one tensor of n parameters, in float with torch's single-tensor order:
+// AdamW on one tensor of n parameters, in float with torch's single-tensor order, each
+// gradient read as g · grad_scale (clip_grad_norm_'s coefficient, 1 for none; g itself is
+// left as it is):
 //   p *= decay_factor; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g²; p -= step_size · m / (sqrt(v) / bc2_sqrt + eps)
-void adamw_span(float *p, const float *g, float *m, float *v, size_t n, float decay_factor, float b1, float b2,
-                float step_size, float bc2_sqrt, float eps);
+void adamw_span(float *p, const float *g, float *m, float *v, size_t n, float grad_scale, float decay_factor,
+                float b1, float b2, float step_size, float bc2_sqrt, float eps);
+// A range of the flat parameter buffers: floats [offset, offset + n), with weight decay or not.
+typedef struct adamw_range {
+    size_t offset, n;
+    int decay;
+} adamw_range;
+// adamw_span on each of `count` ranges of the flat buffers p, g, m, v: decay_factor where the
+// range decays, 1 where not (a device takes them all in one launch).
+void adamw_ranges(float *p, const float *g, float *m, float *v, const adamw_range *ranges, int count,
+                  float grad_scale, float decay_factor, float b1, float b2, float step_size, float bc2_sqrt,
+                  float eps);
 // Σ x² in double, in fixed blocks added in a fixed order (the same bits for any thread count).
 double sum_squares(const float *x, size_t n);
 void scale_inplace(float *x, size_t n, float s);  // x *= s

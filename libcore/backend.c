@@ -67,7 +67,7 @@ static const tp_backend CPU = {
     .sample_rows = sample_rows,
     .crossentropy_forward_backward = crossentropy_forward_backward,
     .head_loss_backward = head_loss_backward,
-    .adamw_span = adamw_span,
+    .adamw_ranges = adamw_ranges,
     .sum_squares = sum_squares,
     .scale = scale_inplace,
 };
@@ -148,7 +148,7 @@ static const tp_backend CUDA = {
     .sample_rows = cuda_sample_rows,
     .crossentropy_forward_backward = cuda_crossentropy_forward_backward,
     .head_loss_backward = cuda_head_loss_backward,
-    .adamw_span = cuda_adamw_span,
+    .adamw_ranges = cuda_adamw_ranges,
     .sum_squares = cuda_sum_squares,
     .scale = cuda_scale,
 };
@@ -273,9 +273,9 @@ static double p_head_loss_backward(float *dx, float *dw, const float *x, const f
     PROF("linear_backward", r = cuda_head_loss_backward(dx, dw, x, w, t, z, n, C, V, scale));
     return r;
 }
-static void p_adamw_span(float *p, const float *g, float *m, float *v, size_t n, float df, float b1, float b2,
-                         float ss, float bc2, float eps) {
-    PROF("adamw", cuda_adamw_span(p, g, m, v, n, df, b1, b2, ss, bc2, eps));
+static void p_adamw_ranges(float *p, const float *g, float *m, float *v, const adamw_range *r, int count, float gs,
+                           float df, float b1, float b2, float ss, float bc2, float eps) {
+    PROF("adamw", cuda_adamw_ranges(p, g, m, v, r, count, gs, df, b1, b2, ss, bc2, eps));
 }
 static double p_sum_squares(const float *x, size_t n) {
     double r;
@@ -336,7 +336,7 @@ static const tp_backend CUDA_PROFILED = {
     .sample_rows = p_sample_rows,
     .crossentropy_forward_backward = p_crossentropy,
     .head_loss_backward = p_head_loss_backward,
-    .adamw_span = p_adamw_span,
+    .adamw_ranges = p_adamw_ranges,
     .sum_squares = p_sum_squares,
     .scale = p_scale,
 };

@@ -104,8 +104,9 @@ typedef struct tp_backend {
     double (*crossentropy_forward_backward)(float *logits, const int32_t *target, int n, int V, float scale);
     double (*head_loss_backward)(float *dx, float *dw, const float *x, const float *w, const int32_t *target,
                                  void *logits, int n, int C, int V, float scale);
-    void (*adamw_span)(float *p, const float *g, float *m, float *v, size_t n, float decay_factor, float b1, float b2,
-                       float step_size, float bc2_sqrt, float eps);
+    void (*adamw_ranges)(float *p, const float *g, float *m, float *v, const adamw_range *ranges, int count,
+                         float grad_scale, float decay_factor, float b1, float b2, float step_size, float bc2_sqrt,
+                         float eps);
     double (*sum_squares)(const float *x, size_t n);
     void (*scale)(float *x, size_t n, float s);
 } tp_backend;

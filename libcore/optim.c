@@ -49,8 +49,12 @@ void tp_adamw_init(tp_adamw *opt, const tp_model *m, double beta1, double beta2,
     opt->be->memzero(opt->m, bytes);
     opt->be->memzero(opt->v, bytes);
     opt->decay = tp_xcalloc((size_t)m->n_params + 1, 1);
-    for (int i = 0; i < m->n_params; i++)
+    opt->ranges = tp_xcalloc((size_t)m->n_params + 1, sizeof *opt->ranges);
+    for (int i = 0; i < m->n_params; i++) {
         opt->decay[i] = m->params[i].kind == TP_PARAM_MATRIX || m->params[i].kind == TP_PARAM_EMBEDDING;
+        opt->ranges[i] = (adamw_range){m->params[i].offset, m->params[i].numel, opt->decay[i]};
+    }
+    opt->grad_scale = 1.0f;
 }
 
 void tp_adamw_free(tp_adamw *opt) {
@@ -58,7 +62,7 @@ void tp_adamw_free(tp_adamw *opt) {
         if (opt->m) opt->be->free(opt->m);
         if (opt->v) opt->be->free(opt->v);
     }
-    free(opt->decay);
+    free(opt->decay), free(opt->ranges);
     memset(opt, 0, sizeof *opt);
 }
 
@@ -66,24 +70,32 @@ void tp_adamw_update(tp_adamw *opt, tp_model *model, double lr) {
     opt->step++;
     double bc1 = 1.0 - pow(opt->beta1, (double)opt->step), bc2 = 1.0 - pow(opt->beta2, (double)opt->step);
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
-    float *w = tp_model_weights(model), *g = tp_model_grads(model);
-    for (int i = 0; i < model->n_params; i++) {
-        const tp_param *p = &model->params[i];
-        float decay_factor = opt->decay[i] ? (float)(1.0 - lr * opt->weight_decay) : 1.0f;
-        opt->be->adamw_span(w + p->offset, g + p->offset, opt->m + p->offset, opt->v + p->offset, p->numel,
-                            decay_factor, (float)opt->beta1, (float)opt->beta2, step_size, bc2_sqrt, (float)opt->eps);
-    }
+    opt->be->adamw_ranges(tp_model_weights(model), tp_model_grads(model), opt->m, opt->v, opt->ranges, model->n_params,
+                          opt->grad_scale, (float)(1.0 - lr * opt->weight_decay), (float)opt->beta1,
+                          (float)opt->beta2, step_size, bc2_sqrt, (float)opt->eps);
+    opt->grad_scale = 1.0f;
+}
+
+// The gradients' L2 norm, and clip_grad_norm_'s factor for them (1: none).
+static double grad_norm(tp_model *m, double max_norm, float *factor) {
+    double norm = sqrt(tp_model_backend(m)->sum_squares(tp_model_grads(m), m->n_floats));
+    // torch's rule exactly: scale whenever max_norm / (norm + 1e-6) < 1, which includes
+    // norms a hair below max_norm.
+    *factor = max_norm > 0 && max_norm / (norm + 1e-6) < 1.0 ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
+    return norm;
 }
 
 double tp_clip_grad_norm(tp_model *m, double max_norm) {
-    const tp_backend *be = tp_model_backend(m);
-    float *g = tp_model_grads(m);
-    double norm = sqrt(be->sum_squares(g, m->n_floats));
-    // torch's rule exactly: scale whenever max_norm / (norm + 1e-6) < 1, which includes
-    // norms a hair below max_norm.
-    if (max_norm > 0 && max_norm / (norm + 1e-6) < 1.0) {
-        be->scale(g, m->n_floats, (float)(max_norm / (norm + 1e-6)));
-    }
+    float factor;
+    double norm = grad_norm(m, max_norm, &factor);
+    if (factor != 1.0f) tp_model_backend(m)->scale(tp_model_grads(m), m->n_floats, factor);
+    return norm;
+}
+
+double tp_adamw_clip_grad_norm(tp_adamw *opt, tp_model *m, double max_norm) {
+    float factor;
+    double norm = grad_norm(m, max_norm, &factor);
+    opt->grad_scale = factor;
     return norm;
 }
 

@@ -36,6 +36,8 @@ typedef struct tp_adamw {
     const struct tp_backend *be;  // the model's backend when tp_adamw_init ran
     size_t n;
     uint8_t *decay;  // [n_params]: 1 where weight decay applies (matrices and embeddings; not norms or biases)
+    struct adamw_range *ranges;  // [n_params]: each parameter's floats, and decay[i]
+    float grad_scale;            // applied to the gradients by the next update (tp_adamw_clip_grad_norm), else 1
 } tp_adamw;
 
 void tp_adamw_init(tp_adamw *opt, const tp_model *m, double beta1, double beta2, double eps, double weight_decay);
@@ -43,6 +45,7 @@ void tp_adamw_free(tp_adamw *opt);
 // One update of every parameter of m with its gradient m->g, at learning rate lr:
 //   p -= lr * wd * p (decoupled, where decay applies); m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
 //   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+// with g the gradient times opt->grad_scale, which is then reset to 1.
 void tp_adamw_update(tp_adamw *opt, tp_model *m, double lr);
 
 // The model must already be on its backend (tp_model_use_backend) when tp_adamw_init runs.
@@ -57,5 +60,9 @@ int tp_adamw_load(tp_adamw *opt, tp_model *m, const char *path, tp_err *err);
 // max_norm > 0, gradients are multiplied by max_norm / (norm + 1e-6) if that is below 1.
 // Returns the norm before clipping.
 double tp_clip_grad_norm(tp_model *m, double max_norm);
+// The same norm and factor, the factor kept in opt->grad_scale for the next tp_adamw_update
+// to apply as it reads the gradients (which stay as they are): the same update, one pass
+// over the gradients fewer.
+double tp_adamw_clip_grad_norm(tp_adamw *opt, tp_model *m, double max_norm);
 
 #endif

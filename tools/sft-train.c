@@ -398,7 +398,7 @@ static void train_step(trainer *t, double start) {
     total.sum = stats[0], total.count = (int64_t)stats[1], seq_loss = stats[2], n_seq = (int)stats[3];
     stopping = stats[4] > 0;
     if (stopping && !stop_signal) stop_signal = SIGTERM;
-    double norm = tp_clip_grad_norm(t->m, o->clip);
+    double norm = tp_adamw_clip_grad_norm(&t->opt, t->m, o->clip);
     double lr = tp_lr_at(&o->sched, t->st.step);
     tp_adamw_update(&t->opt, t->m, lr);
     t->st.step++;

@@ -7,6 +7,7 @@
 #ifndef TP_CUDA_COMMON_H
 #define TP_CUDA_COMMON_H
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -44,7 +45,7 @@ void *cuda_scratch(int slot, size_t bytes);
 enum {
     SCRATCH_EMBEDDING = 0, SCRATCH_COLSUM, SCRATCH_ATTENTION, SCRATCH_CE, SCRATCH_NORM, SCRATCH_BF16_A, SCRATCH_BF16_B,
     SCRATCH_DECODE, SCRATCH_DECODE_COUNT, SCRATCH_SAMPLE, SCRATCH_ATTENTION_BF16, SCRATCH_ATTENTION_WIDE,
-    SCRATCH_PRODUCT, SCRATCH_COUNT
+    SCRATCH_PRODUCT, SCRATCH_ADAMW, SCRATCH_COUNT
 };
 
 // out [n] = in [n] rounded to bf16 (nearest even), and back (exact).
@@ -53,6 +54,11 @@ void cuda_widen_bf16(float *out, const void *in, size_t n);
 
 // Drops the cached bf16 copies of weights in [p, p + bytes) (that memory is being freed).
 void cuda_bf16_forget(const void *p, size_t bytes);
+// The cached bf16 copy of weights w [n] (the products' copy of exactly those floats), now
+// counted valid for the current cuda_weights_version: the caller writes it from the new
+// weights, in stream order before any product reads it. NULL when there is none (the first
+// product to need one makes it).
+__nv_bfloat16 *cuda_weight_copy_claim(const float *w, size_t n);
 
 // Bumped whenever the weights were rewritten (cuda_weights_changed after an upload, AdamW):
 // caches derived from weights (their bf16 copies) compare it.

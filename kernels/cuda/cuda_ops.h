@@ -138,9 +138,13 @@ double cuda_head_loss_backward(float *dx, float *dw, const float *x, const float
                                void *logits, int n, int C, int V, float scale);
 
 // ---- optimizer ----
-// AdamW on one parameter tensor, torch's single-tensor arithmetic (see kernels/cpu/optim_ops.c).
-void cuda_adamw_span(float *p, const float *g, float *m, float *v, size_t n, float decay_factor, float b1, float b2,
-                     float step_size, float bc2_sqrt, float eps);
+// AdamW on ranges of the flat parameter buffers in one launch, torch's single-tensor
+// arithmetic (ops.h adamw_ranges; kernels/cpu/optim_ops.c). A range whose weights have a
+// bf16 copy for the products (linear.cu's cache, by the range's first float and length)
+// gets the copy written from the new weights in the same pass, and the copy stays valid.
+void cuda_adamw_ranges(float *p, const float *g, float *m, float *v, const adamw_range *ranges, int count,
+                       float grad_scale, float decay_factor, float b1, float b2, float step_size, float bc2_sqrt,
+                       float eps);
 double cuda_sum_squares(const float *x, size_t n);  // in double, fixed order; synchronizes
 void cuda_scale(float *x, size_t n, float s);       // x *= s
 

@@ -3,26 +3,85 @@
 #include "cuda/cuda_ops.h"
 
 #include <cstdlib>
+#include <cstring>
 
-// torch's single-tensor AdamW in float: decay first, then the moments, then the step.
-__global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_t n, float decay_factor, float b1,
-                             float b2, float step_size, float bc2_sqrt, float eps) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float gi = g[i];
-    float pi = p[i] * decay_factor;
-    float mi = b1 * m[i] + (1.0f - b1) * gi;
-    float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-    m[i] = mi, v[i] = vi;
-    p[i] = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+// All of a model's parameter tensors in one launch: a block takes a slice of ADAMW_SLICE
+// floats of one range (a tensor of hundreds of floats is one block, not a launch of its own:
+// a step was ~290 launches, a third of them tiny), and writes the products' bf16 copy of
+// the new weights beside them (6 bytes a weight less than converting them again later).
+enum { ADAMW_THREADS = 256, ADAMW_SLICE = 16 * ADAMW_THREADS };
+struct adamw_range_dev {
+    size_t offset, n;
+    __nv_bfloat16 *copy;   // the bf16 copy of the range's weights [n], or NULL
+    unsigned first_block;  // the range's slices are blocks first_block ..
+    int decay;
+};
+
+// torch's single-tensor AdamW in float: decay first, then the moments, then the step; the
+// gradient read as g · grad_scale.
+__global__ void adamw_ranges_kernel(float *p, const float *g, float *m, float *v, const adamw_range_dev *ranges,
+                                    int count, float grad_scale, float decay_factor, float b1, float b2,
+                                    float step_size, float bc2_sqrt, float eps) {
+    int lo = 0, hi = count - 1;  // the last range whose slices start at or before this block
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (ranges[mid].first_block <= blockIdx.x) lo = mid;
+        else hi = mid - 1;
+    }
+    const adamw_range_dev r = ranges[lo];
+    const float df = r.decay ? decay_factor : 1.0f;
+    const size_t first = (size_t)(blockIdx.x - r.first_block) * ADAMW_SLICE;
+    const size_t end = first + ADAMW_SLICE < r.n ? first + ADAMW_SLICE : r.n;
+    for (size_t i = first + threadIdx.x; i < end; i += ADAMW_THREADS) {
+        const size_t at = r.offset + i;
+        const float gi = g[at] * grad_scale;
+        const float pi = p[at] * df;
+        const float mi = b1 * m[at] + (1.0f - b1) * gi;
+        const float vi = b2 * v[at] + (1.0f - b2) * gi * gi;
+        m[at] = mi, v[at] = vi;
+        const float pn = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+        p[at] = pn;
+        if (r.copy) r.copy[i] = __float2bfloat16(pn);
+    }
 }
 
-extern "C" void cuda_adamw_span(float *p, const float *g, float *m, float *v, size_t n, float decay_factor, float b1,
-                                float b2, float step_size, float bc2_sqrt, float eps) {
-    if (!n) return;
-    cuda_weights_changed();
-    adamw_kernel<<<cuda_blocks((long)n, 256), 256, 0, cuda_stream()>>>(p, g, m, v, n, decay_factor, b1, b2, step_size,
-                                                                       bc2_sqrt, eps);
+extern "C" void cuda_adamw_ranges(float *p, const float *g, float *m, float *v, const adamw_range *ranges, int count,
+                                  float grad_scale, float decay_factor, float b1, float b2, float step_size,
+                                  float bc2_sqrt, float eps) {
+    // The table of non-empty ranges; uploaded when it differs from the one on the device.
+    static adamw_range_dev *last;
+    static int last_count;
+    static const void *last_dev;
+    cuda_weights_changed();  // first: the copies claimed below are valid for the new version
+    adamw_range_dev *t = (adamw_range_dev *)calloc(count > 0 ? count : 1, sizeof *t);
+    if (!t) abort();
+    int k = 0;
+    unsigned blocks = 0;
+    for (int i = 0; i < count; i++) {
+        if (!ranges[i].n) continue;
+        t[k] = adamw_range_dev{ranges[i].offset, ranges[i].n, cuda_weight_copy_claim(p + ranges[i].offset, ranges[i].n),
+                               blocks, ranges[i].decay};
+        blocks += (unsigned)((ranges[i].n + ADAMW_SLICE - 1) / ADAMW_SLICE);
+        k++;
+    }
+    if (k == 0) {
+        free(t);
+        return;
+    }
+    adamw_range_dev *dev = (adamw_range_dev *)cuda_scratch(SCRATCH_ADAMW, (size_t)k * sizeof *t);
+    if (!dev) {  // noted
+        free(t);
+        return;
+    }
+    if (dev != last_dev || k != last_count || memcmp(t, last, (size_t)k * sizeof *t)) {
+        cuda_upload(dev, t, (size_t)k * sizeof *t);
+        free(last);
+        last = t, last_count = k, last_dev = dev;
+    } else {
+        free(t);
+    }
+    adamw_ranges_kernel<<<blocks, ADAMW_THREADS, 0, cuda_stream()>>>(p, g, m, v, dev, k, grad_scale, decay_factor, b1,
+                                                                      b2, step_size, bc2_sqrt, eps);
     CUDA_LAUNCH_CHECK();
 }
 

@@ -1029,27 +1029,49 @@ static void test_crossentropy_nan(void) {
     }
 }
 
+// AdamW over ranges of one flat buffer (with and without decay, an empty range, a gap no
+// range covers, the gradients read scaled), against the cpu's; and the products' bf16 copy
+// of a range's weights, written by the same pass, equal to the new weights rounded: a
+// product of the identity with them reads the copy back whole.
 static void test_optimizer_ops(void) {
     NEED_GPU();
-    size_t n = 200003;
-    float *p = rnd(n), *m = calloc(n, 4), *v = calloc(n, 4), *g = rnd(n);
+    enum { OC = 100, IC = 1000 };
+    const size_t n = 200003;
+    const adamw_range ranges[4] = {{0, OC * IC, 1}, {OC * IC, 37, 0}, {OC * IC + 37, 0, 1}, {OC * IC + 40, 99963, 1}};
+    float *p = rnd(n), *m = calloc(n, 4), *v = calloc(n, 4), *g = rnd(n), *p0 = malloc(n * 4);
+    memcpy(p0, p, n * 4);
     float *d_p = dev_copy(p, n * 4), *d_m = dev_copy(m, n * 4), *d_v = dev_copy(v, n * 4), *d_g = dev_copy(g, n * 4);
+    float *eye = calloc((size_t)IC * IC, 4);
+    for (int k = 0; k < IC; k++) eye[(size_t)k * IC + k] = 1;
+    float *d_eye = dev_copy(eye, (size_t)IC * IC * 4), *d_out = dev_poisoned((size_t)IC * OC);
+    CHECK(cuda_set_matmul_precision("bf16") == 0);
+    cuda_linear_forward(d_out, d_eye, d_p, NULL, IC, IC, OC);  // makes the copy of range 0
     for (int step = 1; step <= 3; step++) {
         float bc1 = 1 - powf(0.9f, step), bc2 = 1 - powf(0.95f, step);
-        adamw_span(p, g, m, v, n, 0.999f, 0.9f, 0.95f, 1e-3f / bc1, sqrtf(bc2), 1e-8f);
-        cuda_adamw_span(d_p, d_g, d_m, d_v, n, 0.999f, 0.9f, 0.95f, 1e-3f / bc1, sqrtf(bc2), 1e-8f);
+        adamw_ranges(p, g, m, v, ranges, 4, 0.7f, 0.999f, 0.9f, 0.95f, 1e-3f / bc1, sqrtf(bc2), 1e-8f);
+        cuda_adamw_ranges(d_p, d_g, d_m, d_v, ranges, 4, 0.7f, 0.999f, 0.9f, 0.95f, 1e-3f / bc1, sqrtf(bc2), 1e-8f);
     }
     expect_close("adamw params", d_p, p, n, 1e-6);
     expect_close("adamw exp_avg", d_m, m, n, 1e-6);
     expect_close("adamw exp_avg_sq", d_v, v, n, 1e-6);
+    float *got_p = host_of(d_p, n);
+    CHECK(memcmp(got_p + OC * IC + 37, p0 + OC * IC + 37, 3 * 4) == 0);  // the gap
+    cuda_linear_forward(d_out, d_eye, d_p, NULL, IC, IC, OC);
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+    float *w16 = host_of(d_out, (size_t)IC * OC);  // [IC, OC]: w16[k][o] = bf16(p[o][k])
+    size_t stale = 0;
+    for (int o = 0; o < OC; o++)
+        for (int k = 0; k < IC; k++)
+            stale += w16[(size_t)k * OC + o] != tp_bf16_to_f32(tp_f32_to_bf16(got_p[(size_t)o * IC + k]));
+    CHECK_MSG(stale == 0, "%zu of %d weights of the bf16 copy are not the new weights rounded", stale, OC * IC);
     double ref = sum_squares(g, n), got = cuda_sum_squares(d_g, n);
     CHECK_MSG(fabs(got - ref) <= 1e-12 * ref, "sum_squares %.17g vs %.17g", got, ref);
     scale_inplace(g, n, 0.3f);
     cuda_scale(d_g, n, 0.3f);
     expect_close("scale", d_g, g, n, 0);
     CHECK_CUDA_OK();
-    free(p), free(m), free(v), free(g);
-    cuda_free(d_p), cuda_free(d_m), cuda_free(d_v), cuda_free(d_g);
+    free(p), free(m), free(v), free(g), free(p0), free(eye), free(got_p), free(w16);
+    cuda_free(d_p), cuda_free(d_m), cuda_free(d_v), cuda_free(d_g), cuda_free(d_eye), cuda_free(d_out);
 }
 
 static void test_out_of_memory_is_null(void) {

@@ -128,6 +128,35 @@ static void test_clip_grad_norm(void) {
     tp_model_free(m);
 }
 
+// Clipping folded into the update (tp_adamw_clip_grad_norm) against clipping the gradients
+// first (tp_clip_grad_norm): the same norm, the same weights and moments bit for bit, the
+// gradients left unscaled, and the factor used once. Also with no clipping needed.
+static void test_clip_in_update(void) {
+    tp_model *a = tiny_model(), *b = tiny_model();
+    if (!a || !b) goto done;
+    size_t n = a->n_floats;
+    tp_adamw oa, ob;
+    tp_adamw_init(&oa, a, 0.9, 0.95, 1e-8, 0.1), tp_adamw_init(&ob, b, 0.9, 0.95, 1e-8, 0.1);
+    float *g = malloc(n * sizeof *g);
+    for (int t = 0; t < 3; t++) {
+        const double max_norm = t == 1 ? 100.0 : 0.25;  // step 2: the norm is below it
+        for (size_t i = 0; i < n; i++) g[i] = (float)(test_uniform() - 0.5);
+        memcpy(a->g, g, n * sizeof *g), memcpy(b->g, g, n * sizeof *g);
+        double na = tp_clip_grad_norm(a, max_norm), nb = tp_adamw_clip_grad_norm(&ob, b, max_norm);
+        CHECK(na == nb && memcmp(b->g, g, n * sizeof *g) == 0);
+        CHECK(t == 1 ? ob.grad_scale == 1.0f : ob.grad_scale < 1.0f);
+        tp_adamw_update(&oa, a, 1e-2), tp_adamw_update(&ob, b, 1e-2);
+        CHECK(ob.grad_scale == 1.0f);
+        CHECK_MSG(memcmp(a->w, b->w, n * sizeof *g) == 0 && memcmp(oa.m, ob.m, n * sizeof *g) == 0 &&
+                      memcmp(oa.v, ob.v, n * sizeof *g) == 0,
+                  "step %d: the folded clipping's update differs", t + 1);
+    }
+    free(g);
+    tp_adamw_free(&oa), tp_adamw_free(&ob);
+done:
+    tp_model_free(a), tp_model_free(b);
+}
+
 // Three updates of every element against the formulas of optim.h in double, with decay on
 // matrices and the embedding only.
 static void test_adamw_update(void) {
@@ -391,6 +420,7 @@ int main(void) {
     RUN(test_schedules);
     RUN(test_schedule_names);
     RUN(test_clip_grad_norm);
+    RUN(test_clip_in_update);
     RUN(test_adamw_update);
     RUN(test_given_gradients_qwen3);
     RUN(test_given_gradients_qwen2_tied);
