@@ -86,6 +86,14 @@ void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, in
 // (scatter_rows, rows of KVH*HD floats). HD is even, as for rope_forward.
 void rope_kv_cache_forward(float *q, float *k, const float *v, float *k_cache, float *v_cache, const int32_t *kv_row,
                            const int32_t *pos, const float *inv_freq, int n, int NH, int KVH, int HD);
+// A decode step's attention inputs in one op: q [n, NH, HD], k and v [n, KVH, HD] =
+// rmsnorm_linear_forward_many of x [n, C] (norm_weight, weight[3] = wq, wk, wv, bias[3]
+// with NULL entries for none; ln is scratch), then rope_kv_cache_forward, with those ops'
+// bits (on a GPU one kernel at decode sizes: a warp takes the two rows a rotation pairs).
+void rmsnorm_qkv_rope_cache_forward(float *q, float *k, float *v, float *k_cache, float *v_cache, float *ln,
+                                    const float *x, const float *norm_weight, float eps, const float *const weight[3],
+                                    const float *const bias[3], const int32_t *kv_row, const int32_t *pos,
+                                    const float *inv_freq, int n, int C, int NH, int KVH, int HD);
 // The inverse rotation (rotation by -a) applied to a gradient, in place: dx = R^T dout.
 void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
 
@@ -154,11 +162,16 @@ typedef struct attn_batch {  // the shapes, and the batch's positions and sequen
 // x [N, C] -> mid, ln2 [N, C], rstd2 [N], and a's tensors. mid, ln2 alias nothing.
 void attn_forward(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x, const attn_weights *w,
                   const float *norm2, const attn_batch *b);
-// Backward scratch: datt [N, Q] of act_bytes; dln [N, C], dq [N, Q], dk and dv [N, KV], and
-// with per-head norms dq_raw [N, Q], dk_raw [N, KV], fp32.
+// Backward scratch: datt [N, Q] of act_bytes; dq [N, Q], dk and dv [N, KV] of act_bytes
+// without per-head norms (in bf16 they are what the products read: the attention's
+// gradients rounded, dq and dk through RoPE's backward), fp32 with them (the norms'
+// backward reads them); dln [N, C], and with per-head norms dq_raw [N, Q], dk_raw [N, KV],
+// fp32.
 typedef struct attn_scratch {
     void *datt;
-    float *dln, *dq, *dk, *dv, *dq_raw, *dk_raw;
+    float *dln;
+    void *dq, *dk, *dv;
+    float *dq_raw, *dk_raw;
 } attn_scratch;
 // The backward of mid (not of ln2's norm: the caller adds its gradient into dres first):
 // dres [N, C] holds d/d(mid) on entry and d/d(x) on return; g's gradients are added to.

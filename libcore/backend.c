@@ -49,6 +49,7 @@ static const tp_backend CPU = {
     .linear_residual_forward = linear_residual_forward,
     .rope_forward = rope_forward,
     .rope_kv_cache_forward = rope_kv_cache_forward,
+    .rmsnorm_qkv_rope_cache_forward = rmsnorm_qkv_rope_cache_forward,
     .rope_backward = rope_backward,
     .attention_forward = attention_forward,
     .attention_backward = attention_backward,
@@ -130,6 +131,7 @@ static const tp_backend CUDA = {
     .linear_residual_forward = cuda_linear_residual_forward,
     .rope_forward = cuda_rope_forward,
     .rope_kv_cache_forward = cuda_rope_kv_cache_forward,
+    .rmsnorm_qkv_rope_cache_forward = cuda_rmsnorm_qkv_rope_cache_forward,
     .rope_backward = cuda_rope_backward,
     .attention_forward = cuda_attention_forward,
     .attention_backward = cuda_attention_backward,
@@ -212,6 +214,13 @@ static void p_linear_residual_forward(float *out, const float *x, const float *w
 static void p_rope_kv_cache_forward(float *q, float *k, const float *v, float *kc, float *vc, const int32_t *row,
                                     const int32_t *pos, const float *f, int n, int NH, int KVH, int HD) {
     PROF("rope_kv_cache", cuda_rope_kv_cache_forward(q, k, v, kc, vc, row, pos, f, n, NH, KVH, HD));
+}
+static void p_rmsnorm_qkv_rope_cache_forward(float *q, float *k, float *v, float *kc, float *vc, float *ln,
+                                             const float *x, const float *nw, float eps, const float *const w[3],
+                                             const float *const b[3], const int32_t *row, const int32_t *pos,
+                                             const float *f, int n, int C, int NH, int KVH, int HD) {
+    PROF("rmsnorm_qkv_rope_cache",
+         cuda_rmsnorm_qkv_rope_cache_forward(q, k, v, kc, vc, ln, x, nw, eps, w, b, row, pos, f, n, C, NH, KVH, HD));
 }
 static void p_rope_backward(float *x, const int32_t *pos, const float *f, int N, int H, int HD) {
     PROF("rope", cuda_rope_backward(x, pos, f, N, H, HD));
@@ -318,6 +327,7 @@ static const tp_backend CUDA_PROFILED = {
     .linear_residual_forward = p_linear_residual_forward,
     .rope_forward = p_rope_forward,
     .rope_kv_cache_forward = p_rope_kv_cache_forward,
+    .rmsnorm_qkv_rope_cache_forward = p_rmsnorm_qkv_rope_cache_forward,
     .rope_backward = p_rope_backward,
     .attention_forward = p_attention_forward,
     .attention_backward = p_attention_backward,

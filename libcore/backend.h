@@ -71,6 +71,11 @@ typedef struct tp_backend {
     void (*rope_kv_cache_forward)(float *q, float *k, const float *v, float *k_cache, float *v_cache,
                                   const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n, int NH,
                                   int KVH, int HD);
+    void (*rmsnorm_qkv_rope_cache_forward)(float *q, float *k, float *v, float *k_cache, float *v_cache, float *ln,
+                                           const float *x, const float *norm_weight, float eps,
+                                           const float *const weight[3], const float *const bias[3],
+                                           const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n,
+                                           int C, int NH, int KVH, int HD);
     void (*rope_backward)(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
     void (*attention_forward)(float *out, float *lse, const float *q, const float *k, const float *v,
                               const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);

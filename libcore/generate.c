@@ -484,6 +484,11 @@ static void layer(tp_generator *g, int l, int n) {
     const int32_t *klen = ids(g, g->dev_ids, IDS_KLEN);
     if (in_regions(g, n)) {
         qkv_regions(g, w, h, kc, vc, kv_rows, n);
+    } else if (be->device && !c->qk_norm) {  // one kernel at decode sizes
+        be->rmsnorm_qkv_rope_cache_forward(g->q, g->kk, g->vv, kc, vc, g->ln, g->x, w->ln1, eps,
+                                           (const float *[]){w->wq, w->wk, w->wv},
+                                           (const float *[]){w->bq, w->bk, w->bv}, kv_rows, pos, inv_freq, n, C, NH,
+                                           KVH, HD);
     } else {
         norm_lin_many(g, (float *[]){q, k, g->vv}, g->x, w->ln1, (const float *[]){w->wq, w->wk, w->wv},
                       (const uint16_t *[]){h->wq, h->wk, h->wv}, (const float *[]){w->bq, w->bk, w->bv},

@@ -143,8 +143,13 @@ static void activations_grad_buffers(tp_activations *a, const tp_model_config *c
     a->dxg = falloc(a, (size_t)a->train_chunk * C);
     attn_scratch *ds = &a->ds;
     ds->dln = a->dln;
-    ds->dq = falloc(a, n * Q), ds->dk = falloc(a, n * KV), ds->dv = falloc(a, n * KV), ds->datt = act_alloc(a, n * Q);
-    if (c->qk_norm) ds->dq_raw = falloc(a, n * Q), ds->dk_raw = falloc(a, n * KV);
+    ds->datt = act_alloc(a, n * Q);
+    if (c->qk_norm) {  // ops.h attn_scratch: fp32 where the per-head norms' backward reads them
+        ds->dq = falloc(a, n * Q), ds->dk = falloc(a, n * KV), ds->dv = falloc(a, n * KV);
+        ds->dq_raw = falloc(a, n * Q), ds->dk_raw = falloc(a, n * KV);
+    } else {
+        ds->dq = act_alloc(a, n * Q), ds->dk = act_alloc(a, n * KV), ds->dv = act_alloc(a, n * KV);
+    }
     a->dgate = act_alloc(a, n * F), a->dup = act_alloc(a, n * F), a->dact = act_alloc(a, n * F);
 }
 

@@ -113,23 +113,29 @@ void attn_backward_bf16(float *dres, const attn_grads *g, const attn_acts *a, co
     linear_backward_many(1, datt, (float *[]){g->wo}, (float *[]){g->bo}, (const float *[]){dres}, att,
                          (const float *[]){w->wo}, (int[]){C}, N, Q);
     act_round_bf16(datt, s->datt, nq);
-    memset(s->dq, 0, nq * sizeof(float)), memset(s->dk, 0, nkv * sizeof(float)), memset(s->dv, 0, nkv * sizeof(float));
-    attention_backward(s->dq, s->dk, s->dv, datt, att, a->lse, q, k, v, b->seg_start, N, NH, KVH, HD,
-                       1.0f / sqrtf((float)HD));
-    rope_backward(s->dq, b->pos, b->inv_freq, N, NH, HD);
-    rope_backward(s->dk, b->pos, b->inv_freq, N, KVH, HD);
-    float *dq = s->dq, *dk = s->dk;
-    if (w->q_norm) {
+    // without per-head norms dq, dk, dv are stored in bf16 (ops.h attn_scratch): summed in
+    // fp32 here, through RoPE's backward, then rounded
+    const bool g16 = !w->q_norm;
+    float *dq = g16 ? floats(nq) : s->dq, *dk = g16 ? floats(nkv) : s->dk, *dv = g16 ? floats(nkv) : s->dv;
+    memset(dq, 0, nq * sizeof(float)), memset(dk, 0, nkv * sizeof(float)), memset(dv, 0, nkv * sizeof(float));
+    attention_backward(dq, dk, dv, datt, att, a->lse, q, k, v, b->seg_start, N, NH, KVH, HD, 1.0f / sqrtf((float)HD));
+    rope_backward(dq, b->pos, b->inv_freq, N, NH, HD);
+    rope_backward(dk, b->pos, b->inv_freq, N, KVH, HD);
+    const float *pq = dq, *pk = dk;
+    if (g16) {
+        act_round_bf16(dq, s->dq, nq), act_round_bf16(dk, s->dk, nkv), act_round_bf16(dv, s->dv, nkv);
+    } else {
         float *q_raw = act_widen_bf16(a->q_raw, nq), *k_raw = act_widen_bf16(a->k_raw, nkv);
         memset(s->dq_raw, 0, nq * sizeof(float)), memset(s->dk_raw, 0, nkv * sizeof(float));
-        rmsnorm_backward(s->dq_raw, g->q_norm, s->dq, q_raw, w->q_norm, a->q_rstd, N * NH, HD);
-        rmsnorm_backward(s->dk_raw, g->k_norm, s->dk, k_raw, w->k_norm, a->k_rstd, N * KVH, HD);
-        dq = s->dq_raw, dk = s->dk_raw;
+        rmsnorm_backward(s->dq_raw, g->q_norm, dq, q_raw, w->q_norm, a->q_rstd, N * NH, HD);
+        rmsnorm_backward(s->dk_raw, g->k_norm, dk, k_raw, w->k_norm, a->k_rstd, N * KVH, HD);
+        pq = s->dq_raw, pk = s->dk_raw;
         free(q_raw), free(k_raw);
     }
     linear_backward_many(3, s->dln, (float *[]){g->wq, g->wk, g->wv}, (float *[]){g->bq, g->bk, g->bv},
-                         (const float *[]){dq, dk, s->dv}, ln, (const float *[]){w->wq, w->wk, w->wv},
+                         (const float *[]){pq, pk, dv}, ln, (const float *[]){w->wq, w->wk, w->wv},
                          (int[]){Q, KV, KV}, N, C);
     rmsnorm_backward(dres, g->norm, s->dln, x, w->norm, a->rstd, N, C);
+    if (g16) free(dq), free(dk), free(dv);
     free(att), free(q), free(k), free(v), free(ln), free(datt);
 }

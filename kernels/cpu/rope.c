@@ -98,3 +98,12 @@ void rope_kv_cache_forward(float *q, float *k, const float *v, float *k_cache, f
     scatter_rows(k_cache, k, kv_row, n, KVH * HD);
     scatter_rows(v_cache, v, kv_row, n, KVH * HD);
 }
+
+void rmsnorm_qkv_rope_cache_forward(float *q, float *k, float *v, float *k_cache, float *v_cache, float *ln,
+                                    const float *x, const float *norm_weight, float eps, const float *const weight[3],
+                                    const float *const bias[3], const int32_t *kv_row, const int32_t *pos,
+                                    const float *inv_freq, int n, int C, int NH, int KVH, int HD) {
+    rmsnorm_linear_forward_many(3, (float *const[]){q, k, v}, ln, x, norm_weight, eps, weight, bias,
+                                (const int[]){NH * HD, KVH * HD, KVH * HD}, n, C);
+    rope_kv_cache_forward(q, k, v, k_cache, v_cache, kv_row, pos, inv_freq, n, NH, KVH, HD);
+}

@@ -22,12 +22,17 @@
 // head, per-head partial sums reduced in head order for GQA): no atomics, every sum in a
 // fixed order, the same bits every run. Inputs are rounded to bf16 (nearest even), as are
 // P and dS before their products; softmax statistics, D and accumulators are fp32.
+// For the attention block with bf16 activations the backward kernels (and the GQA head
+// reduction) also write dq, dk, dv in bf16 themselves, dq and dk through RoPE's backward
+// rotation (attention_mma_backward_unrotated): no zeroed fp32 sums to add into, no RoPE
+// pass over them and no rounding pass before the products that read them.
 //
 // Every kernel runs 4 warps; a warp owns 16 rows of its block's 64-row tile (queries in
 // the forward and dq kernels, keys in the dk/dv kernel).
 #include "cuda/attention_tc.h"
 #include "cuda/cuda_common.h"
 #include "cuda/packed_rows.h"
+#include "cuda/rope.h"
 
 #include <cuda_bf16.h>
 
@@ -91,12 +96,6 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], 
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #endif
-}
-
-// Two floats as bf16 (nearest even), lo in the low half: the element of the lower column.
-__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<unsigned *>(&v);
 }
 
 // The A operand (16 rows x 16 columns) made of accumulators c0 (columns 0-7) and c1 (8-15).
@@ -306,6 +305,30 @@ __device__ __forceinline__ void store_rows(T *__restrict__ dst, const float (&ac
     }
 }
 
+// store_rows (written, rounded to bf16) after RoPE's backward rotation at each row's
+// position pos[row] (rope.h, sign -1): the gradient of the rows before RoPE. Columns c and
+// c + HD/2 pair up, and a thread holds both (accumulators no and no + HD/16).
+template <int HD>
+__device__ __forceinline__ void store_rows_unrotated(bf16 *__restrict__ dst, float (&acc)[HD / 8][4], int row0,
+                                                     int rend, int heads, int head, int lane,
+                                                     const int32_t *__restrict__ pos,
+                                                     const float *__restrict__ inv_freq) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = row0 + g + 8 * r;
+        if (row >= rend) continue;
+        const int p = pos[row];
+#pragma unroll
+        for (int no = 0; no < HD / 16; no++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+                rope_rotate(acc[no][2 * r + e], acc[no + HD / 16][2 * r + e],
+                            rope_angle_of(p, inv_freq[no * 8 + 2 * t + e], -1.0f));
+    }
+    store_rows<HD>(dst, acc, row0, rend, heads, head, lane, false);
+}
+
 // ---- forward ----
 
 template <int HD> struct FwdSmem {
@@ -424,13 +447,15 @@ template <int HD> struct DqSmem {
 
 // One block per (tile of 64 queries, query head h), over the same key tiles as the
 // forward pass; warp w owns queries i0 + 16w .. +15: S = Q K^T, dP = dO V^T, P =
-// exp2(S·sl2 - lse·log2 e), dS = P (dP - D) · scale, dQ += dS K, all in registers; dq is
-// accumulated (+=) once per element at the end.
-template <int HD>
+// exp2(S·sl2 - lse·log2 e), dS = P (dP - D) · scale, dQ += dS K, all in registers. At the
+// end, an fp32 dq is accumulated (+=) once per element; a bf16 dq is written, unrotated
+// (store_rows_unrotated at positions pos).
+template <int HD, typename TG>
 __global__ void __launch_bounds__(THREADS, 2)
-    attention_mma_dq_kernel(float *__restrict__ dq, const bf16 *__restrict__ dout, const float *__restrict__ lse,
+    attention_mma_dq_kernel(TG *__restrict__ dq, const bf16 *__restrict__ dout, const float *__restrict__ lse,
                             const float *__restrict__ D, const bf16 *__restrict__ q, const bf16 *__restrict__ k,
-                            const bf16 *__restrict__ v, const int32_t *__restrict__ seg_start, int N, int NH,
+                            const bf16 *__restrict__ v, const int32_t *__restrict__ seg_start,
+                            const int32_t *__restrict__ pos, const float *__restrict__ inv_freq, int N, int NH,
                             int KVH, float scale, float sl2) {
     constexpr int TILE = DqSmem<HD>::TILE, LD = HD + 8, NO = HD / 8;
     extern __shared__ __align__(128) unsigned char mma_smem[];
@@ -477,7 +502,8 @@ __global__ void __launch_bounds__(THREADS, 2)
         }
         __syncthreads();
     }
-    store_rows<HD>(dq, acc, wfirst, N, NH, h, lane, true);
+    if constexpr (sizeof(TG) == sizeof(bf16)) store_rows_unrotated<HD>(dq, acc, wfirst, N, NH, h, lane, pos, inv_freq);
+    else store_rows<HD>(dq, acc, wfirst, N, NH, h, lane, true);
 }
 
 template <int HD> struct DkvSmem {
@@ -545,15 +571,17 @@ __device__ __forceinline__ void dkdv_tile_p_ds(float (&st)[NT][4], float (&dpt)[
 // One block per (tile of 64 keys, query head h); warp w owns keys j0 + 16w .. +15. For
 // every tile of QT queries that can see the keys (from j0 to the end of the last key's
 // sequence): S^T = K Q^T, dP^T = V dO^T, P^T and dS^T as in the dq kernel, in registers;
-// dV += P^T dO, dK += dS^T Q. At the end, with one query head per kv head, dk, dv [N, KVH,
-// HD] += the sums; otherwise head h's sums are stored (=) into pk, pv [N, NH, HD] for
+// dV += P^T dO, dK += dS^T Q. At the end, with one query head per kv head (pk NULL), the
+// sums go to dk, dv [N, KVH, HD] as the dq kernel's to dq (fp32 added to; bf16 written, dk
+// unrotated); otherwise head h's sums are stored (=) into pk, pv [N, NH, HD] for
 // attention_group_reduce.
-template <int HD>
+template <int HD, typename TG>
 __global__ void __launch_bounds__(THREADS, 2)
-    attention_mma_dkdv_kernel(float *__restrict__ dk, float *__restrict__ dv, bool direct,
-                              const bf16 *__restrict__ dout, const float *__restrict__ lse,
+    attention_mma_dkdv_kernel(TG *__restrict__ dk, TG *__restrict__ dv, float *__restrict__ pk,
+                              float *__restrict__ pv, const bf16 *__restrict__ dout, const float *__restrict__ lse,
                               const float *__restrict__ D, const bf16 *__restrict__ q, const bf16 *__restrict__ k,
-                              const bf16 *__restrict__ v, const int32_t *__restrict__ seg_start, int N, int NH,
+                              const bf16 *__restrict__ v, const int32_t *__restrict__ seg_start,
+                              const int32_t *__restrict__ pos, const float *__restrict__ inv_freq, int N, int NH,
                               int KVH, float scale, float sl2) {
     using L = DkvSmem<HD>;
     constexpr int QT = L::QT, LD = HD + 8, NO = HD / 8, NT = QT / 8;
@@ -615,9 +643,16 @@ __global__ void __launch_bounds__(THREADS, 2)
         }
         __syncthreads();
     }
-    const int heads = direct ? KVH : NH, head = direct ? kvh : h;
-    store_rows<HD>(dk, dk_acc, wj, jend, heads, head, lane, direct);
-    store_rows<HD>(dv, dv_acc, wj, jend, heads, head, lane, direct);
+    if (pk) {
+        store_rows<HD>(pk, dk_acc, wj, jend, NH, h, lane, false);
+        store_rows<HD>(pv, dv_acc, wj, jend, NH, h, lane, false);
+    } else if constexpr (sizeof(TG) == sizeof(bf16)) {
+        store_rows_unrotated<HD>(dk, dk_acc, wj, jend, KVH, kvh, lane, pos, inv_freq);
+        store_rows<HD>(dv, dv_acc, wj, jend, KVH, kvh, lane, false);
+    } else {
+        store_rows<HD>(dk, dk_acc, wj, jend, KVH, kvh, lane, true);
+        store_rows<HD>(dv, dv_acc, wj, jend, KVH, kvh, lane, true);
+    }
 }
 
 // ---- launches ----
@@ -634,24 +669,31 @@ void launch_forward(T *out, float *lse, const bf16 *q, const bf16 *k, const bf16
     CUDA_LAUNCH_CHECK();
 }
 
-template <int HD>
-void launch_backward(float *dq, float *dk, float *dv, float *pk, float *pv, const bf16 *dout, const float *lse,
-                     const float *D, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seg_start, int N,
-                     int NH, int KVH, float scale) {
+// TG float: dq, dk, dv += the gradients; bf16: written, rounded, dq and dk unrotated at
+// positions pos (a grouped launch's partial sums reduced by attention_group_reduce, or
+// attention_group_reduce_unrotated for bf16).
+template <int HD, typename TG>
+void launch_backward(TG *dq, TG *dk, TG *dv, float *pk, float *pv, const bf16 *dout, const float *lse,
+                     const float *D, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seg_start,
+                     const int32_t *pos, const float *inv_freq, int N, int NH, int KVH, float scale) {
     static bool opted_dq, opted_dkdv;
     const size_t smem_dq = DqSmem<HD>::bytes, smem_dkdv = DkvSmem<HD>::bytes;
-    allow_smem(attention_mma_dq_kernel<HD>, smem_dq, &opted_dq);
-    allow_smem(attention_mma_dkdv_kernel<HD>, smem_dkdv, &opted_dkdv);
+    allow_smem(attention_mma_dq_kernel<HD, TG>, smem_dq, &opted_dq);
+    allow_smem(attention_mma_dkdv_kernel<HD, TG>, smem_dkdv, &opted_dkdv);
     const float sl2 = scale * LOG2E;
     dim3 grid_dq(cuda_blocks(N, BQ), (unsigned)NH), grid_dkdv(cuda_blocks(N, BK), (unsigned)NH);
-    attention_mma_dq_kernel<HD><<<grid_dq, THREADS, smem_dq, cuda_stream()>>>(dq, dout, lse, D, q, k, v, seg_start,
-                                                                             N, NH, KVH, scale, sl2);
+    attention_mma_dq_kernel<HD, TG><<<grid_dq, THREADS, smem_dq, cuda_stream()>>>(
+        dq, dout, lse, D, q, k, v, seg_start, pos, inv_freq, N, NH, KVH, scale, sl2);
     CUDA_LAUNCH_CHECK();
     const bool direct = NH == KVH;
-    attention_mma_dkdv_kernel<HD><<<grid_dkdv, THREADS, smem_dkdv, cuda_stream()>>>(
-        direct ? dk : pk, direct ? dv : pv, direct, dout, lse, D, q, k, v, seg_start, N, NH, KVH, scale, sl2);
+    attention_mma_dkdv_kernel<HD, TG><<<grid_dkdv, THREADS, smem_dkdv, cuda_stream()>>>(
+        dk, dv, direct ? NULL : pk, direct ? NULL : pv, dout, lse, D, q, k, v, seg_start, pos, inv_freq, N, NH, KVH,
+        scale, sl2);
     CUDA_LAUNCH_CHECK();
-    if (!direct) attention_group_reduce(dk, dv, pk, pv, N, NH, KVH, HD);
+    if (direct) return;
+    if constexpr (sizeof(TG) == sizeof(bf16)) attention_group_reduce_unrotated(dk, dv, pk, pv, pos, inv_freq, N, NH,
+                                                                               KVH, HD);
+    else attention_group_reduce(dk, dv, pk, pv, N, NH, KVH, HD);
 }
 
 }  // namespace
@@ -699,8 +741,9 @@ bool attention_mma_backward(float *dq, float *dk, float *dv, const T *dout, cons
         return true;  // out of device memory (noted): no other path is tried
     const bf16 *bq = bf16_tiles(q, b, 0, nq), *bdo = bf16_tiles(dout, b, nq, nq);
     const bf16 *bk = bf16_tiles(k, b, 2 * nq, nkv), *bv = bf16_tiles(v, b, 2 * nq + nkv, nkv);
-    if (HD == 64) launch_backward<64>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, N, NH, KVH, scale);
-    else launch_backward<128>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, N, NH, KVH, scale);
+    if (HD == 64)
+        launch_backward<64>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, NULL, NULL, N, NH, KVH, scale);
+    else launch_backward<128>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, NULL, NULL, N, NH, KVH, scale);
     return true;
 }
 template bool attention_mma_backward(float *, float *, float *, const float *, const float *, const float *,
@@ -709,3 +752,18 @@ template bool attention_mma_backward(float *, float *, float *, const float *, c
 template bool attention_mma_backward(float *, float *, float *, const bf16 *, const bf16 *, const float *,
                                      const bf16 *, const bf16 *, const bf16 *, const int32_t *, int, int, int, int,
                                      float);
+
+bool attention_mma_backward_unrotated(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out,
+                                      const float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                                      const int32_t *seg_start, const int32_t *pos, const float *inv_freq, int N,
+                                      int NH, int KVH, int HD, float scale) {
+    if ((HD != 64 && HD != 128) || !aligned16(dq) || !aligned16(dk) || !aligned16(dv) || !aligned16(dout) ||
+        !aligned16(q) || !aligned16(k) || !aligned16(v))
+        return false;
+    float *D, *pk, *pv;
+    if (!attention_backward_scratch(&D, &pk, &pv, dout, out, N, NH, KVH, HD)) return true;  // noted
+    if (HD == 64) launch_backward<64>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, pos, inv_freq, N, NH, KVH,
+                                      scale);
+    else launch_backward<128>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, pos, inv_freq, N, NH, KVH, scale);
+    return true;
+}

@@ -28,6 +28,7 @@
 #include "cuda/attention_tc.h"
 #include "cuda/cuda_common.h"
 #include "cuda/packed_rows.h"
+#include "cuda/rope.h"
 
 #include <cuda_bf16.h>
 #include <mma.h>
@@ -624,6 +625,40 @@ __global__ void attention_group_reduce_kernel(float *__restrict__ dk, float *__r
     *pdk = a, *pdv = b;
 }
 
+// dk, dv [N, KVH, HD] = the same sums, rounded to bf16, dk after RoPE's backward rotation
+// at each row's position (rope.h): one thread per 4 frequencies of a kv head's row, the 4
+// floats at f and their partners at f + HD/2.
+__global__ void attention_group_reduce_unrotated_kernel(bf16 *__restrict__ dk, bf16 *__restrict__ dv,
+                                                        const float *__restrict__ pk, const float *__restrict__ pv,
+                                                        const int32_t *__restrict__ pos,
+                                                        const float *__restrict__ inv_freq, int N, int NH, int KVH,
+                                                        int HD) {
+    const int half = HD / 2, quads = half / 4, G = NH / KVH;
+    const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x, row = idx / quads;  // row: n · KVH + g
+    if (idx >= (long)N * KVH * quads) return;
+    const int f = (int)(idx % quads) * 4, n = (int)(row / KVH), g = (int)(row % KVH);
+    float k1[4] = {}, k2[4] = {}, v1[4] = {}, v2[4] = {};
+    for (int t = 0; t < G; t++) {
+        const size_t off = ((size_t)n * NH + g * G + t) * HD + f;
+        const float4 a1 = *reinterpret_cast<const float4 *>(pk + off);
+        const float4 a2 = *reinterpret_cast<const float4 *>(pk + off + half);
+        const float4 b1 = *reinterpret_cast<const float4 *>(pv + off);
+        const float4 b2 = *reinterpret_cast<const float4 *>(pv + off + half);
+        k1[0] += a1.x, k1[1] += a1.y, k1[2] += a1.z, k1[3] += a1.w;
+        k2[0] += a2.x, k2[1] += a2.y, k2[2] += a2.z, k2[3] += a2.w;
+        v1[0] += b1.x, v1[1] += b1.y, v1[2] += b1.z, v1[3] += b1.w;
+        v2[0] += b2.x, v2[1] += b2.y, v2[2] += b2.z, v2[3] += b2.w;
+    }
+    const int p = pos[n];
+#pragma unroll
+    for (int e = 0; e < 4; e++) rope_rotate(k1[e], k2[e], rope_angle_of(p, inv_freq[f + e], -1.0f));
+    const size_t at = (size_t)row * HD + f;
+    *reinterpret_cast<uint2 *>(dk + at) = make_uint2(pack_bf16(k1[0], k1[1]), pack_bf16(k1[2], k1[3]));
+    *reinterpret_cast<uint2 *>(dk + at + half) = make_uint2(pack_bf16(k2[0], k2[1]), pack_bf16(k2[2], k2[3]));
+    *reinterpret_cast<uint2 *>(dv + at) = make_uint2(pack_bf16(v1[0], v1[1]), pack_bf16(v1[2], v1[3]));
+    *reinterpret_cast<uint2 *>(dv + at + half) = make_uint2(pack_bf16(v2[0], v2[1]), pack_bf16(v2[2], v2[3]));
+}
+
 }  // namespace
 
 template <typename T>
@@ -644,6 +679,14 @@ template bool attention_backward_scratch(float **, float **, float **, const bf1
 void attention_group_reduce(float *dk, float *dv, const float *pk, const float *pv, int N, int NH, int KVH, int HD) {
     const long n4 = (long)N * KVH * HD / 4;
     attention_group_reduce_kernel<<<cuda_blocks(n4, 256), 256, 0, cuda_stream()>>>(dk, dv, pk, pv, N, NH, KVH, HD);
+    CUDA_LAUNCH_CHECK();
+}
+
+void attention_group_reduce_unrotated(bf16 *dk, bf16 *dv, const float *pk, const float *pv, const int32_t *pos,
+                                      const float *inv_freq, int N, int NH, int KVH, int HD) {
+    const long n = (long)N * KVH * (HD / 8);
+    attention_group_reduce_unrotated_kernel<<<cuda_blocks(n, 256), 256, 0, cuda_stream()>>>(dk, dv, pk, pv, pos,
+                                                                                            inv_freq, N, NH, KVH, HD);
     CUDA_LAUNCH_CHECK();
 }
 

@@ -7,7 +7,8 @@
 //
 // Each also takes q, k, v, out and dout in bf16 (lse, D, dq, dk, dv fp32), for models that
 // keep those activations in bf16 (cuda_attention_forward_bf16): the kernels are the same,
-// their tiles copied rather than rounded, and out rounded to bf16 as stored.
+// their tiles copied rather than rounded, and out rounded to bf16 as stored. One exception
+// to the accumulating contract: attention_mma_backward_unrotated writes bf16 dq, dk, dv.
 //
 // Each returns false, having done nothing, when it cannot take the call (HD other than 64
 // or 128, or a tensor not 16-byte aligned): the caller then runs the fp32 path.
@@ -35,6 +36,15 @@ template <typename T>
 bool attention_mma_backward(float *dq, float *dk, float *dv, const T *dout, const T *out, const float *lse,
                             const T *q, const T *k, const T *v, const int32_t *seg_start, int N, int NH, int KVH,
                             int HD, float scale);
+// The backward pass as the model's attention block with bf16 activations needs it: dq, dk,
+// dv [N, *, HD] in bf16, written (not added to) and rounded, dq and dk after RoPE's backward
+// rotation at each token's position pos [N] (inv_freq [HD / 2]): the gradients of q and k
+// before RoPE, what cuda_rope_backward gives after the accumulating form. Aligned as above.
+bool attention_mma_backward_unrotated(__nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv,
+                                      const __nv_bfloat16 *dout, const __nv_bfloat16 *out, const float *lse,
+                                      const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                                      const int32_t *seg_start, const int32_t *pos, const float *inv_freq, int N,
+                                      int NH, int KVH, int HD, float scale);
 // Whether the mma.sync path is chosen (cuda_set_attention_kernel, else TP_CUDA_ATTENTION).
 bool cuda_attention_mma(void);
 
@@ -48,9 +58,21 @@ bool attention_backward_scratch(float **D, float **pk, float **pv, const T *dout
 
 static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
+// Two floats as bf16 (nearest even), lo in the low half: the element of the lower column.
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned *>(&v);
+}
+
 // dk, dv [N, KVH, HD] += the sums over each group's query heads, in head order, of the
 // per-head partial sums pk, pv [N, NH, HD] (GQA backward; HD % 4 == 0, 16-byte aligned).
 void attention_group_reduce(float *dk, float *dv, const float *pk, const float *pv, int N, int NH, int KVH, int HD);
+
+// The same sums into bf16 dk, dv [N, KVH, HD] (written, rounded), dk after RoPE's backward
+// rotation at each row's position pos (rope.h); HD % 8 == 0, pk, pv 16-byte aligned, dk, dv
+// 8-byte aligned.
+void attention_group_reduce_unrotated(__nv_bfloat16 *dk, __nv_bfloat16 *dv, const float *pk, const float *pv,
+                                      const int32_t *pos, const float *inv_freq, int N, int NH, int KVH, int HD);
 
 // D [rows] = rowsum(dout ∘ out) over HD (rows = N·NH), in double per row: the backward
 // pass of both paths needs it (attention.cu).

@@ -9,9 +9,12 @@
 // them: the norms write bf16, the q/k/v products write bf16 (bias added by the epilogue,
 // in bf16), RoPE and Qwen3's per-head norms read and write bf16 with fp32 arithmetic, the
 // attention kernels stage bf16 tiles directly and write bf16 out, and the o product reads
-// att as it is. What stays fp32: the residual stream (x, mid), rstd and lse, and the
-// backward's dq, dk, dv (attention adds into them) and dln; datt, written by a product
-// and read only by attention, is bf16.
+// att as it is. In the backward, datt (written by a product, read only by attention) is
+// bf16, and so are dq, dk, dv: the attention kernels write them rounded, dq and dk already
+// through RoPE's backward rotation (cuda_attention_backward_unrotated16), and the products
+// and bias sums read them as they are. What stays fp32: the residual stream (x, mid), rstd
+// and lse, dln, and with Qwen3's per-head norms dq, dk, dv (attention adds into them, and
+// the norms' backward reads them).
 // With TP_CUDA_ACT16=0, or fp32 or tf32 products, the block is the single ops' calls on
 // fp32 tensors, with their bits.
 #include "cuda/act16.h"
@@ -26,15 +29,15 @@
 
 // The scratch the attention's backward adds into, zeroed (with per-head norms, what their
 // backward adds into too).
-static void zero_dqkv(const attn_scratch *s, const attn_batch *b, bool qk_norm) {
+static void zero_dqkv(const attn_scratch *s, const attn_batch *b, bool qk_norm) {  // (fp32 dq, dk, dv)
     const size_t nq = (size_t)b->N * b->NH * b->HD * sizeof(float), nkv = (size_t)b->N * b->KVH * b->HD * sizeof(float);
     cuda_memzero(s->dq, nq), cuda_memzero(s->dk, nkv), cuda_memzero(s->dv, nkv);
     if (qk_norm) cuda_memzero(s->dq_raw, nq), cuda_memzero(s->dk_raw, nkv);
 }
 
 static void rope_backward_qk(const attn_scratch *s, const attn_batch *b) {
-    cuda_rope_backward(s->dq, b->pos, b->inv_freq, b->N, b->NH, b->HD);
-    cuda_rope_backward(s->dk, b->pos, b->inv_freq, b->N, b->KVH, b->HD);
+    cuda_rope_backward((float *)s->dq, b->pos, b->inv_freq, b->N, b->NH, b->HD);
+    cuda_rope_backward((float *)s->dk, b->pos, b->inv_freq, b->N, b->KVH, b->HD);
     cuda_profile_part("rope");
 }
 
@@ -77,21 +80,19 @@ static void backward32(float *dres, const attn_grads *g, const attn_acts *a, con
         cuda_profile_part("linear_backward");
     }
     zero_dqkv(s, b, w->q_norm != NULL);
-    cuda_attention_backward(s->dq, s->dk, s->dv, datt, (const float *)a->att, a->lse, (const float *)a->q,
-                            (const float *)a->k, (const float *)a->v, b->seg_start, N, NH, KVH, HD,
-                            1.0f / sqrtf((float)HD));
+    float *dq = (float *)s->dq, *dk = (float *)s->dk, *dv = (float *)s->dv;
+    cuda_attention_backward(dq, dk, dv, datt, (const float *)a->att, a->lse, (const float *)a->q, (const float *)a->k,
+                            (const float *)a->v, b->seg_start, N, NH, KVH, HD, 1.0f / sqrtf((float)HD));
     cuda_profile_part("attention_backward");
     rope_backward_qk(s, b);
-    float *dq = s->dq, *dk = s->dk;
     if (w->q_norm) {
-        cuda_rmsnorm_backward(s->dq_raw, g->q_norm, s->dq, (const float *)a->q_raw, w->q_norm, a->q_rstd, N * NH, HD);
-        cuda_rmsnorm_backward(s->dk_raw, g->k_norm, s->dk, (const float *)a->k_raw, w->k_norm, a->k_rstd, N * KVH,
-                              HD);
+        cuda_rmsnorm_backward(s->dq_raw, g->q_norm, dq, (const float *)a->q_raw, w->q_norm, a->q_rstd, N * NH, HD);
+        cuda_rmsnorm_backward(s->dk_raw, g->k_norm, dk, (const float *)a->k_raw, w->k_norm, a->k_rstd, N * KVH, HD);
         cuda_profile_part("rmsnorm_backward");
         dq = s->dq_raw, dk = s->dk_raw;
     }
     float *const gw[3] = {g->wq, g->wk, g->wv}, *const gb[3] = {g->bq, g->bk, g->bv};
-    const float *const d3[3] = {dq, dk, s->dv}, *const w3[3] = {w->wq, w->wk, w->wv};
+    const float *const d3[3] = {dq, dk, dv}, *const w3[3] = {w->wq, w->wk, w->wv};
     const int oc[3] = {Q, KV, KV};
     cuda_linear_backward_many(3, s->dln, gw, gb, d3, (const float *)a->ln, w3, oc, N, C);
     cuda_profile_part("linear_backward");
@@ -135,13 +136,17 @@ static void forward16(float *mid, void *ln2, float *rstd2, const attn_acts *a, c
 }
 
 // dx^T [IC, N] = W · dout^T (written when first, else added) and dW^T [IC, OC] += x^T · dout
-// (+ dbias) for one product of bf16 x: dout is B of both, rounded once.
-static void product_backward16(float *dx, bool first, float *dw, float *db, const float *dout, const void *x,
-                               const float *wt, int N, int IC, int OC) {
-    cuda_product_bf16(false, false, IC, N, OC, weight(wt), IC, fp32(dout, false), OC, first ? 0.0f : 1.0f, dx, false,
+// (+ dbias) for one product of bf16 x: dout is B of both, bf16 when dout16, else fp32
+// rounded once.
+static void product_backward16(float *dx, bool first, float *dw, float *db, const void *dout, bool dout16,
+                               const void *x, const float *wt, int N, int IC, int OC) {
+    const float *d32 = (const float *)dout;
+    cuda_product_bf16(false, false, IC, N, OC, weight(wt), IC, dout16 ? bf16(dout) : fp32(d32, false), OC,
+                      first ? 0.0f : 1.0f, dx, false, IC, NULL, NULL);
+    cuda_product_bf16(false, true, IC, OC, N, bf16(x), IC, dout16 ? bf16(dout) : fp32(d32, true), OC, 1.0f, dw, false,
                       IC, NULL, NULL);
-    cuda_product_bf16(false, true, IC, OC, N, bf16(x), IC, fp32(dout, true), OC, 1.0f, dw, false, IC, NULL, NULL);
-    if (db) cuda_column_sum(db, dout, NULL, NULL, N, OC);
+    if (db && dout16) cuda_column_sum16(db, dout, N, OC);
+    else if (db) cuda_column_sum(db, d32, NULL, NULL, N, OC);
 }
 
 static void backward16(float *dres, const attn_grads *g, const attn_acts *a, const float *x, const attn_weights *w,
@@ -153,22 +158,30 @@ static void backward16(float *dres, const attn_grads *g, const attn_acts *a, con
     cuda_product_bf16(false, true, Q, C, N, bf16(a->att), Q, fp32(dres, true), C, 1.0f, g->wo, false, Q, NULL, NULL);
     if (g->bo) cuda_column_sum(g->bo, dres, NULL, NULL, N, C);
     cuda_profile_part("linear_backward");
-    zero_dqkv(s, b, w->q_norm != NULL);
-    cuda_attention_backward_bf16(s->dq, s->dk, s->dv, s->datt, a->att, a->lse, a->q, a->k, a->v, b->seg_start, N, NH,
-                                 KVH, HD, 1.0f / sqrtf((float)HD));
-    cuda_profile_part("attention_backward");
-    rope_backward_qk(s, b);
-    float *dq = s->dq, *dk = s->dk;
-    if (w->q_norm) {
-        cuda_rmsnorm16_backward(s->dq_raw, g->q_norm, s->dq, a->q_raw, w->q_norm, a->q_rstd, N * NH, HD);
-        cuda_rmsnorm16_backward(s->dk_raw, g->k_norm, s->dk, a->k_raw, w->k_norm, a->k_rstd, N * KVH, HD);
+    const float scale = 1.0f / sqrtf((float)HD);
+    const void *dq = s->dq, *dk = s->dk;
+    const bool g16 = !w->q_norm;  // dq, dk, dv in bf16 (ops.h attn_scratch)
+    if (g16) {
+        cuda_attention_backward_unrotated16(s->dq, s->dk, s->dv, s->datt, a->att, a->lse, a->q, a->k, a->v,
+                                            b->seg_start, b->pos, b->inv_freq, N, NH, KVH, HD, scale);
+        cuda_profile_part("attention_backward");
+    } else {
+        zero_dqkv(s, b, true);
+        cuda_attention_backward_bf16((float *)s->dq, (float *)s->dk, (float *)s->dv, s->datt, a->att, a->lse, a->q,
+                                     a->k, a->v, b->seg_start, N, NH, KVH, HD, scale);
+        cuda_profile_part("attention_backward");
+        rope_backward_qk(s, b);
+        cuda_rmsnorm16_backward(s->dq_raw, g->q_norm, (const float *)s->dq, a->q_raw, w->q_norm, a->q_rstd, N * NH,
+                                HD);
+        cuda_rmsnorm16_backward(s->dk_raw, g->k_norm, (const float *)s->dk, a->k_raw, w->k_norm, a->k_rstd, N * KVH,
+                                HD);
         cuda_profile_part("rmsnorm_backward");
         dq = s->dq_raw, dk = s->dk_raw;
     }
     // q, k, v (IC = C): dln written by the first, added to by the others; ln is bf16
-    product_backward16(s->dln, true, g->wq, g->bq, dq, a->ln, w->wq, N, C, Q);
-    product_backward16(s->dln, false, g->wk, g->bk, dk, a->ln, w->wk, N, C, KV);
-    product_backward16(s->dln, false, g->wv, g->bv, s->dv, a->ln, w->wv, N, C, KV);
+    product_backward16(s->dln, true, g->wq, g->bq, dq, g16, a->ln, w->wq, N, C, Q);
+    product_backward16(s->dln, false, g->wk, g->bk, dk, g16, a->ln, w->wk, N, C, KV);
+    product_backward16(s->dln, false, g->wv, g->bv, s->dv, g16, a->ln, w->wv, N, C, KV);
     cuda_profile_part("linear_backward");
     cuda_rmsnorm_backward(dres, g->norm, s->dln, x, w->norm, a->rstd, N, C);
     cuda_profile_part("rmsnorm_backward");

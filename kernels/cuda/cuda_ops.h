@@ -92,7 +92,22 @@ void cuda_attention_forward_bf16(void *out, float *lse, const void *q, const voi
 void cuda_attention_backward_bf16(float *dq, float *dk, float *dv, const void *dout, const void *out,
                                   const float *lse, const void *q, const void *k, const void *v,
                                   const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
+// The attention backward of a block with bf16 activations and no per-head norms: dq, dk, dv
+// [N, NH or KVH, HD] in bf16, written (not added to), rounded, dq and dk after RoPE's
+// backward rotation at each token's position pos [N] (inv_freq [HD / 2]), so they are the
+// gradients of the products' q and k. The values of cuda_attention_backward_bf16 into
+// zeroed fp32 sums, cuda_rope_backward, then cuda_round_bf16 (which is what runs where the
+// mma.sync kernels do not take the call); dout, out, q, k, v bf16, lse fp32.
+void cuda_attention_backward_unrotated16(void *dq, void *dk, void *dv, const void *dout, const void *out,
+                                         const float *lse, const void *q, const void *k, const void *v,
+                                         const int32_t *seg_start, const int32_t *pos, const float *inv_freq, int N,
+                                         int NH, int KVH, int HD, float scale);
 void cuda_swiglu_forward(float *out, const float *gate, const float *up, long n);
+void cuda_rmsnorm_qkv_rope_cache_forward(float *q, float *k, float *v, float *k_cache, float *v_cache, float *ln,
+                                         const float *x, const float *norm_weight, float eps,
+                                         const float *const weight[3], const float *const bias[3],
+                                         const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n,
+                                         int C, int NH, int KVH, int HD);
 void cuda_rmsnorm_linear_forward_many(int count, float *const out[], float *ln, const float *x,
                                       const float *norm_weight, float eps, const float *const weight[],
                                       const float *const bias[], const int OC[], int N, int IC);

@@ -28,6 +28,7 @@
 // is deterministic for those (a token's result may differ in the last bits when n changes).
 #include "cuda/cuda_common.h"
 #include "cuda/cuda_ops.h"
+#include "cuda/rope.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -436,7 +437,7 @@ __global__ void scatter_rows_kernel(float *__restrict__ dst, const float *__rest
 
 // ---- rope_kv_cache: a decode step's q and k rotated, k and v into the cache, one launch ----
 // Block i is token i; its threads take the (head, frequency) pairs of q, then of k, then
-// the floats of v. rope_kernel's arithmetic (angle pos · inv_freq in fp32, sign +1).
+// the floats of v; rope.h's rotation.
 __global__ void rope_kv_cache_kernel(float *__restrict__ q, float *__restrict__ k, const float *__restrict__ v,
                                      float *__restrict__ kc, float *__restrict__ vc, const int32_t *__restrict__ kv_row,
                                      const int32_t *__restrict__ pos, const float *__restrict__ inv_freq, int NH,
@@ -444,17 +445,15 @@ __global__ void rope_kv_cache_kernel(float *__restrict__ q, float *__restrict__ 
     const int i = blockIdx.x, half = HD / 2, nq = NH * half, nk = KVH * half, nv = KVH * HD;
     const bool pdl_late = pdl_trigger();
     pdl_wait(pdl_late);
-    const float p = (float)pos[i];
+    const int p = pos[i];
     float *kcr = kc + (size_t)kv_row[i] * nv, *vcr = vc + (size_t)kv_row[i] * nv;
     for (int t = threadIdx.x; t < nq + nk + nv; t += blockDim.x) {
         if (t < nq + nk) {
             const bool is_q = t < nq;
             const int u = is_q ? t : t - nq, h = u / half, f = u % half;
             float *x = (is_q ? q + (size_t)i * NH * HD : k + (size_t)i * nv) + h * HD + f;
-            float a = p * inv_freq[f];
-            float cs = cosf(a), sn = 1.0f * sinf(a);
-            float a1 = x[0], a2 = x[half];
-            float r1 = a1 * cs - a2 * sn, r2 = a2 * cs + a1 * sn;
+            float r1 = x[0], r2 = x[half];
+            rope_rotate(r1, r2, rope_angle_of(p, inv_freq[f], 1.0f));
             x[0] = r1, x[half] = r2;
             if (!is_q) kcr[h * HD + f] = r1, kcr[h * HD + f + half] = r2;
         } else {

@@ -3,6 +3,7 @@
 #include "cuda/cuda_common.h"
 #include "cuda/cuda_ops.h"
 #include "cuda/act16.h"
+#include "cuda/rope.h"
 
 #include <cuda_bf16.h>
 
@@ -84,8 +85,7 @@ extern "C" void cuda_embedding_backward(float *dtable, const float *dout, const 
 
 // ---- RoPE ----
 
-// One thread per (token, head, i < HD/2); the angle is the fp32 product pos · inv_freq,
-// as on the CPU and in transformers.
+// One thread per (token, head, i < HD/2), rotating as rope.h does.
 __device__ __forceinline__ float as_float(float x) { return x; }
 __device__ __forceinline__ float as_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ void put(float *p, float x) { *p = x; }
@@ -100,12 +100,11 @@ __global__ void rope_kernel(T *x, const int32_t *pos, const float *inv_freq, int
     int f = (int)(i % half);
     long nh = i / half;
     int n = (int)(nh / H);
-    float a = (float)pos[n] * inv_freq[f];
-    float cs = cosf(a), sn = sign * sinf(a);
     T *x1 = x + nh * HD + f, *x2 = x1 + half;
     float a1 = as_float(*x1), a2 = as_float(*x2);
-    put(x1, a1 * cs - a2 * sn);
-    put(x2, a2 * cs + a1 * sn);
+    rope_rotate(a1, a2, rope_angle_of(pos[n], inv_freq[f], sign));
+    put(x1, a1);
+    put(x2, a2);
 }
 
 template <typename T>

@@ -17,6 +17,7 @@
 #include "cuda/cuda_ops.h"
 #include "cuda/product.h"
 #include "cuda/reduce.h"
+#include "cuda/rope.h"
 
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -412,7 +413,9 @@ static bool gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k
 // At batch 1 a decode step is a chain of small kernels, each costing its launch and one
 // DRAM round trip more than its bytes, so one launch serves several products of the same
 // x (q, k and v: up to GEMV_MAX_SEGS segments, a block belongs to one of them) and the
-// gate and up products are taken together with SwiGLU applied on the way out (PAIR).
+// gate and up products are taken together with SwiGLU applied on the way out (GEMV_SWIGLU),
+// and a decode step's q, k, v come with RoPE and the cache writes done on the way out
+// (GEMV_ROPE: a warp takes the two rows a rotation pairs).
 // Long rows (IC >= GEMV_SPLIT_IC: the down product) are split over the 4 warps of a block
 // (KS = 4), so a row is one round of loads rather than five; the warps' sums are added in
 // warp order. KS depends on IC alone, so an output's bits never depend on N or on the
@@ -420,21 +423,35 @@ static bool gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k
 // The norm before a layer's products and the residual add after them are folded in too
 // (NORM: each block computes the rstd of x's rows itself, in the same order as every other
 // block, and normalises x as it reads it; residual: added to the output on the way out), so
-// a layer is 6 kernels: q/k/v, RoPE + cache, attention, o + residual, gate/up + SwiGLU,
-// down + residual (8 with Qwen3's q/k norms). The rstd is summed in this kernel's own
-// order, so the outputs are not the bits of rmsnorm_forward followed by the products.
+// a layer is 5 kernels: q/k/v + RoPE + cache writes, attention, o + residual, gate/up +
+// SwiGLU, down + residual (Qwen3's q/k norms: 8, RoPE and the cache its own kernel). The
+// rstd is summed in this kernel's own order, so the outputs are not the bits of
+// rmsnorm_forward followed by the products.
 enum { GEMV_WARPS = 4, GEMV_MAX_N = 8, GEMV_MAX_SEGS = 3, GEMV_SPLIT_IC = 2048 };
 
+// What a launch's warps compute, each an output (or a pair of them):
+//   GEMV_ONE: out[n, o] = x[n] · w[o] (+ bias[o], + residual[n, o]);
+//   GEMV_SWIGLU: out[n, o] = SwiGLU of x[n] · w[o] (gate) and x[n] · w2[o] (up);
+//   GEMV_ROPE: rows r0 = head · HD + f (f < half = HD / 2) and r1 = r0 + half of w, bias added,
+//   then (rotate) RoPE's rotation of the pair at position pos[n] (rope.h), written to out
+//   and (cache) to row kv_row[n] of the cache [*, OC].
+enum { GEMV_ONE, GEMV_SWIGLU, GEMV_ROPE };
+
 struct gemv_seg {
-    const __nv_bfloat16 *w, *w2;  // [OC, IC]; w2: the up weights of a PAIR launch
-    const float *bias;            // [OC] or NULL (not with PAIR)
-    const float *residual;        // [N, OC] added last, or NULL (not with PAIR)
+    const __nv_bfloat16 *w, *w2;  // [OC, IC]; w2: the up weights of GEMV_SWIGLU
+    const float *bias;            // [OC] or NULL (not with GEMV_SWIGLU)
+    const float *residual;        // [N, OC] added last, or NULL (GEMV_ONE only)
     float *out;                   // [N, OC]
+    float *cache;                 // GEMV_ROPE: [*, OC] rows kv_row[n] written too, or NULL
     int OC, block0;               // the segment's blocks start at block0
+    bool rotate;                  // GEMV_ROPE: rotate the pairs
 };
 struct gemv_segs {
     gemv_seg s[GEMV_MAX_SEGS];
     int count;
+    const int32_t *pos, *kv_row;  // GEMV_ROPE: [N] each
+    const float *inv_freq;        // GEMV_ROPE: [half]
+    int half;
 };
 
 static int gemv_ks(int IC) { return IC >= GEMV_SPLIT_IC ? GEMV_WARPS : 1; }
@@ -468,8 +485,8 @@ __device__ __forceinline__ void rows_rstd(float (&rstd)[NN], const float *__rest
     }
 }
 
-// acc[r][n] = x[n] · wrow[r] for the NN rows of x and R weight rows (a PAIR's gate and up
-// rows load together and share x's loads; each row's sums are in the same order either
+// acc[r][n] = x[n] · wrow[r] for the NN rows of x and R weight rows (a pair's two rows
+// load together and share x's loads; each row's sums are in the same order either
 // way), summed over the 32 lanes; this thread takes the 8-weight chunks first,
 // first + stride, ... With NORM, x[n] is read as x[n] * rstd[n] * norm_w (the products in
 // RMSNorm's order; rstd itself from rows_rstd).
@@ -540,10 +557,13 @@ template <int NN, int KS> __device__ __forceinline__ void gemv_combine(float (&a
             for (int w = 1; w < KS; w++) s += part[w][n];
             acc[n] = s;
         }
-    __syncthreads();  // part is reused by a PAIR's second product
+    __syncthreads();  // part is reused by a pair's second product
 }
 
-template <int NN, bool PAIR, int KS, bool NORM>
+// GEMV_ROPE's pair of rows for the warp's output o (< OC / 2): r0 and r0 + half.
+__device__ __forceinline__ int rope_pair_row(int o, int half) { return o / half * 2 * half + o % half; }
+
+template <int NN, int MODE, int KS, bool NORM>
 __global__ void gemv_bf16_kernel(const gemv_segs segs, const float *__restrict__ x, const float *__restrict__ norm_w,
                                  float eps, int IC) {
     // the block's segment, its fields picked without indexing the parameter array
@@ -552,23 +572,26 @@ __global__ void gemv_bf16_kernel(const gemv_segs segs, const float *__restrict__
     for (int i = 1; i < GEMV_MAX_SEGS; i++)
         if (i < segs.count && (int)blockIdx.x >= segs.s[i].block0) g = segs.s[i];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    // KS 1: a warp an output; KS > 1: the block's warps on one output (o is the block's)
+    // KS 1: a warp an output (a pair's, GEMV_ROPE); KS > 1: the block's warps on one output
     const int o = KS == 1 ? ((int)blockIdx.x - g.block0) * GEMV_WARPS + warp : (int)blockIdx.x - g.block0;
+    const int outputs = MODE == GEMV_ROPE ? g.OC / 2 : g.OC;
+    constexpr int R = MODE == GEMV_ONE ? 1 : 2;
+    const int r0 = MODE == GEMV_ROPE ? rope_pair_row(o, segs.half) : o;
+    const __nv_bfloat16 *rows[R];
+    rows[0] = g.w + (size_t)r0 * IC;
+    if (MODE == GEMV_SWIGLU) rows[R - 1] = g.w2 + (size_t)o * IC;
+    if (MODE == GEMV_ROPE) rows[R - 1] = g.w + (size_t)(r0 + segs.half) * IC;
     const int first = KS == 1 ? lane : threadIdx.x, stride = 32 * KS;
     const bool pdl_late = pdl_trigger();
-    if (o < g.OC) {  // the weights do not depend on the kernel before: on their way while it ends
+    if (o < outputs) {  // the weights do not depend on the kernel before: on their way while it ends
         const size_t bytes = (size_t)IC * sizeof(__nv_bfloat16) / KS, off = (KS == 1 ? 0 : warp) * bytes;
-        prefetch_l2(reinterpret_cast<const char *>(g.w + (size_t)o * IC) + off, bytes, lane);
-        if (PAIR) prefetch_l2(reinterpret_cast<const char *>(g.w2 + (size_t)o * IC) + off, bytes, lane);
+#pragma unroll
+        for (int r = 0; r < R; r++) prefetch_l2(reinterpret_cast<const char *>(rows[r]) + off, bytes, lane);
     }
     pdl_wait(pdl_late);
     float rstd[NN];
     if (NORM) rows_rstd<NN>(rstd, x, IC, eps);  // the whole block: before any thread returns
-    if (o >= g.OC) return;  // with KS > 1 the whole block
-    constexpr int R = PAIR ? 2 : 1;
-    const __nv_bfloat16 *rows[R];
-    rows[0] = g.w + (size_t)o * IC;
-    if (PAIR) rows[R - 1] = g.w2 + (size_t)o * IC;
+    if (o >= outputs) return;  // with KS > 1 the whole block
     float acc[R][NN];
     gemv_rows<NN, R, NORM>(acc, rows, x, norm_w, rstd, IC, first, stride);
 #pragma unroll
@@ -577,46 +600,58 @@ __global__ void gemv_bf16_kernel(const gemv_segs segs, const float *__restrict__
 #pragma unroll
     for (int n = 0; n < NN; n++) {
         float v = acc[0][n];
-        if (PAIR) {
+        if (MODE == GEMV_ROPE) {
+            const int r1 = r0 + segs.half;
+            float v1 = acc[R - 1][n];
+            if (g.bias) v += g.bias[r0], v1 += g.bias[r1];
+            if (g.rotate) rope_rotate(v, v1, rope_angle_of(segs.pos[n], segs.inv_freq[o % segs.half], 1.0f));
+            g.out[(size_t)n * g.OC + r1] = v1;
+            if (g.cache) {
+                float *c = g.cache + (size_t)segs.kv_row[n] * g.OC;
+                c[r0] = v, c[r1] = v1;
+            }
+        } else if (MODE == GEMV_SWIGLU) {
             v = v * (1.0f / (1.0f + expf(-v))) * acc[R - 1][n];  // swiglu_forward_kernel's arithmetic
         } else {
             if (g.bias) v += g.bias[o];
             if (g.residual) v += g.residual[(size_t)n * g.OC + o];
         }
-        g.out[(size_t)n * g.OC + o] = v;
+        g.out[(size_t)n * g.OC + r0] = v;
     }
 }
 
-template <int NN, bool PAIR, bool NORM>
+template <int NN, int MODE, bool NORM>
 static void launch_gemv_n(const gemv_segs &segs, int blocks, const float *x, const float *norm_w, float eps, int IC) {
     dim3 grid(blocks), block(GEMV_WARPS * 32);
-    if (gemv_ks(IC) > 1)
-        cuda_launch_dependent(gemv_bf16_kernel<NN, PAIR, GEMV_WARPS, NORM>, grid, block, 0, segs, x, norm_w, eps, IC);
+    if constexpr (MODE == GEMV_ROPE)  // (its launches have KS 1: gemv_qkv_rope)
+        cuda_launch_dependent(gemv_bf16_kernel<NN, MODE, 1, NORM>, grid, block, 0, segs, x, norm_w, eps, IC);
+    else if (gemv_ks(IC) > 1)
+        cuda_launch_dependent(gemv_bf16_kernel<NN, MODE, GEMV_WARPS, NORM>, grid, block, 0, segs, x, norm_w, eps, IC);
     else
-        cuda_launch_dependent(gemv_bf16_kernel<NN, PAIR, 1, NORM>, grid, block, 0, segs, x, norm_w, eps, IC);
+        cuda_launch_dependent(gemv_bf16_kernel<NN, MODE, 1, NORM>, grid, block, 0, segs, x, norm_w, eps, IC);
 }
 
-template <bool PAIR, bool NORM>
+template <int MODE, bool NORM>
 static void launch_gemv_norm(const gemv_segs &segs, int blocks, const float *x, const float *norm_w, float eps, int N,
                              int IC) {
     switch (N) {
-    case 1: launch_gemv_n<1, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
-    case 2: launch_gemv_n<2, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
-    case 3: launch_gemv_n<3, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
-    case 4: launch_gemv_n<4, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
-    case 5: launch_gemv_n<5, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
-    case 6: launch_gemv_n<6, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
-    case 7: launch_gemv_n<7, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
-    default: launch_gemv_n<8, PAIR, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    case 1: launch_gemv_n<1, MODE, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    case 2: launch_gemv_n<2, MODE, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    case 3: launch_gemv_n<3, MODE, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    case 4: launch_gemv_n<4, MODE, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    case 5: launch_gemv_n<5, MODE, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    case 6: launch_gemv_n<6, MODE, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    case 7: launch_gemv_n<7, MODE, NORM>(segs, blocks, x, norm_w, eps, IC); break;
+    default: launch_gemv_n<8, MODE, NORM>(segs, blocks, x, norm_w, eps, IC); break;
     }
 }
 
 // norm_w: the RMSNorm weights x is normalised by on the way in, or NULL.
-template <bool PAIR>
+template <int MODE>
 static void launch_gemv(const gemv_segs &segs, int blocks, const float *x, const float *norm_w, float eps, int N,
                         int IC) {
-    if (norm_w) launch_gemv_norm<PAIR, true>(segs, blocks, x, norm_w, eps, N, IC);
-    else launch_gemv_norm<PAIR, false>(segs, blocks, x, NULL, eps, N, IC);
+    if (norm_w) launch_gemv_norm<MODE, true>(segs, blocks, x, norm_w, eps, N, IC);
+    else launch_gemv_norm<MODE, false>(segs, blocks, x, NULL, eps, N, IC);
 }
 
 // With a norm, only rows a warp takes alone (KS 1): a KS > 1 launch has a block an output,
@@ -627,7 +662,7 @@ static bool gemv_applies(const float *x, const float *norm_w, int N, int IC) {
 }
 
 // count products of x (normalised by norm_w when given) in one launch; bias and residual
-// may be NULL (none), as may their entries. up given: PAIR products, out[i] = SwiGLU of
+// may be NULL (none), as may their entries. up given: GEMV_SWIGLU products, out[i] = SwiGLU of
 // weight[i]'s (gate) and up[i]'s, no bias or residual. false when the few-rows path does not
 // apply (then nothing was launched).
 static bool gemv_forward_many(int count, float *const out[], const float *x, const float *norm_w, float eps,
@@ -640,12 +675,35 @@ static bool gemv_forward_many(int count, float *const out[], const float *x, con
         const __nv_bfloat16 *w = weight_bf16(weight[i], (size_t)OC[i] * IC);
         const __nv_bfloat16 *w2 = up ? weight_bf16(up[i], (size_t)OC[i] * IC) : NULL;
         if (!w || (up && !w2)) return false;
-        segs.s[i] = gemv_seg{w, w2, bias ? bias[i] : NULL, residual ? residual[i] : NULL, out[i], OC[i], blocks};
+        segs.s[i] = gemv_seg{w, w2, bias ? bias[i] : NULL, residual ? residual[i] : NULL, out[i], NULL, OC[i], blocks,
+                             false};
         blocks += gemv_blocks(OC[i], IC);
     }
     segs.count = count;
-    if (blocks > 0 && up) launch_gemv<true>(segs, blocks, x, norm_w, eps, N, IC);
-    else if (blocks > 0) launch_gemv<false>(segs, blocks, x, norm_w, eps, N, IC);
+    if (blocks > 0 && up) launch_gemv<GEMV_SWIGLU>(segs, blocks, x, norm_w, eps, N, IC);
+    else if (blocks > 0) launch_gemv<GEMV_ONE>(segs, blocks, x, norm_w, eps, N, IC);
+    return true;
+}
+
+// A decode step's q, k, v (weight[0..2], bias[0..2] or NULL entries) rotated and k, v
+// written into the caches, in one GEMV_ROPE launch; false when the few-rows path does not
+// apply with a warp a pair (nothing launched).
+static bool gemv_qkv_rope(float *const out[3], float *k_cache, float *v_cache, const float *x, const float *norm_w,
+                          float eps, const float *const weight[3], const float *const bias[3], const int32_t *kv_row,
+                          const int32_t *pos, const float *inv_freq, int N, int IC, int NH, int KVH, int HD) {
+    if (HD % 2 || !gemv_applies(x, norm_w, N, IC) || gemv_ks(IC) != 1) return false;
+    const int OC[3] = {NH * HD, KVH * HD, KVH * HD};
+    float *const cache[3] = {NULL, k_cache, v_cache};
+    gemv_segs segs = {};
+    segs.count = 3, segs.pos = pos, segs.kv_row = kv_row, segs.inv_freq = inv_freq, segs.half = HD / 2;
+    int blocks = 0;
+    for (int i = 0; i < 3; i++) {
+        const __nv_bfloat16 *w = weight_bf16(weight[i], (size_t)OC[i] * IC);
+        if (!w) return false;
+        segs.s[i] = gemv_seg{w, NULL, bias[i], NULL, out[i], cache[i], OC[i], blocks, i < 2};
+        blocks += (int)cuda_blocks(OC[i] / 2, GEMV_WARPS);
+    }
+    if (blocks > 0) launch_gemv<GEMV_ROPE>(segs, blocks, x, norm_w, eps, N, IC);
     return true;
 }
 
@@ -686,6 +744,20 @@ extern "C" void cuda_rmsnorm_linear_forward_many(int count, float *const out[], 
     if (N <= 0 || gemv_forward_many(count, out, x, norm_weight, eps, weight, NULL, bias, NULL, OC, N, IC)) return;
     if (norm_weight) cuda_rmsnorm_forward(ln, NULL, x, norm_weight, N, IC, eps), x = ln;
     cuda_linear_forward_many(count, out, x, weight, bias, OC, N, IC);
+}
+
+extern "C" void cuda_rmsnorm_qkv_rope_cache_forward(float *q, float *k, float *v, float *k_cache, float *v_cache,
+                                                    float *ln, const float *x, const float *norm_weight, float eps,
+                                                    const float *const weight[3], const float *const bias[3],
+                                                    const int32_t *kv_row, const int32_t *pos, const float *inv_freq,
+                                                    int n, int C, int NH, int KVH, int HD) {
+    float *const out[3] = {q, k, v};
+    if (n <= 0 || gemv_qkv_rope(out, k_cache, v_cache, x, norm_weight, eps, weight, bias, kv_row, pos, inv_freq, n, C,
+                                NH, KVH, HD))
+        return;
+    const int OC[3] = {NH * HD, KVH * HD, KVH * HD};
+    cuda_rmsnorm_linear_forward_many(3, out, ln, x, norm_weight, eps, weight, bias, OC, n, C);
+    cuda_rope_kv_cache_forward(q, k, v, k_cache, v_cache, kv_row, pos, inv_freq, n, NH, KVH, HD);
 }
 
 extern "C" void cuda_rmsnorm_linear_swiglu_forward(float *act, float *gate, float *up, float *ln, const float *x,

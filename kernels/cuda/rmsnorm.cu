@@ -205,7 +205,8 @@ extern "C" void cuda_rmsnorm_backward(float *dx, float *dweight, const float *do
     if (dweight) cuda_column_sum(dweight, dout, x, rstd, N, C);
 }
 
-template <typename TB> static void column_sum(float *out, const float *a, const TB *b, const float *r, int N, int C);
+template <typename TA, typename TB>
+static void column_sum(float *out, const TA *a, const TB *b, const float *r, int N, int C);
 
 void cuda_rmsnorm16_backward(float *dx, float *dweight, const float *dout, const void *x, const float *weight,
                              const float *rstd, int N, int C) {
@@ -225,15 +226,15 @@ enum { COL_TX = 32, COL_TY = 8, ROWS_PER_PART = 256 };
 // partial[p, c] = Σ over rows n of part p of a[n,c] (· b[n,c] · r[n] when b is given), in
 // double. Block (32, 8): lanes take consecutive columns (coalesced), the 8 row groups are
 // added in a fixed order through shared memory.
-template <typename TB>
-__global__ void column_partial_kernel(double *partial, const float *a, const TB *b, const float *r, int N, int C) {
+template <typename TA, typename TB>
+__global__ void column_partial_kernel(double *partial, const TA *a, const TB *b, const float *r, int N, int C) {
     __shared__ double acc[COL_TY][COL_TX];
     int c = blockIdx.x * COL_TX + threadIdx.x, p = blockIdx.y;
     int n0 = p * ROWS_PER_PART, n1 = min(N, n0 + ROWS_PER_PART);
     double s = 0;
     if (c < C)
         for (int n = n0 + threadIdx.y; n < n1; n += COL_TY) {
-            double v = a[(size_t)n * C + c];
+            double v = as_float(a[(size_t)n * C + c]);
             if (b) v *= (double)as_float(b[(size_t)n * C + c]) * r[n];
             s += v;
         }
@@ -253,13 +254,14 @@ __global__ void column_finish_kernel(float *out, const double *partial, int part
     out[c] += (float)s;
 }
 
-template <typename TB> static void column_sum(float *out, const float *a, const TB *b, const float *r, int N, int C) {
+template <typename TA, typename TB>
+static void column_sum(float *out, const TA *a, const TB *b, const float *r, int N, int C) {
     if (N <= 0 || C <= 0) return;
     int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART;
     double *partial = (double *)cuda_scratch(SCRATCH_COLSUM, (size_t)parts * C * sizeof(double));
     if (!partial) return;
     dim3 grid(cuda_blocks(C, COL_TX), parts), block(COL_TX, COL_TY);
-    column_partial_kernel<TB><<<grid, block, 0, cuda_stream()>>>(partial, a, b, r, N, C);
+    column_partial_kernel<TA, TB><<<grid, block, 0, cuda_stream()>>>(partial, a, b, r, N, C);
     CUDA_LAUNCH_CHECK();
     column_finish_kernel<<<cuda_blocks(C, 256), 256, 0, cuda_stream()>>>(out, partial, parts, C);
     CUDA_LAUNCH_CHECK();
@@ -267,4 +269,8 @@ template <typename TB> static void column_sum(float *out, const float *a, const 
 
 void cuda_column_sum(float *out, const float *a, const float *b, const float *r, int N, int C) {
     column_sum(out, a, b, r, N, C);
+}
+
+void cuda_column_sum16(float *out, const void *a, int N, int C) {
+    column_sum(out, (const bf16 *)a, (const float *)NULL, NULL, N, C);
 }

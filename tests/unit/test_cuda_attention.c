@@ -3,7 +3,9 @@
 // of several sequences, GQA and plain multi-head shapes and every head size up to 128;
 // in fp32 (the default) and again in bf16 matmul mode, where head sizes 64 and 128 take
 // a tensor-core path, each of the two in turn (WMMA: attention_tc.cu; mma.sync:
-// attention_mma.cu), and the others stay on fp32.
+// attention_mma.cu), and the others stay on fp32. The bf16-activation forms against the fp32
+// forms bit for bit, and the attention block's unrotated form (bf16 dq, dk, dv written
+// through RoPE's backward) against the accumulating form, cuda_rope_backward and rounding.
 // Skipped without CUDA or without a GPU.
 #include "ops.h"
 #include "cuda_test.h"
@@ -241,6 +243,49 @@ static void round_to_bf16(float *x, uint16_t *h, size_t n) {
 
 static int bits_equal(const void *a, const void *b, size_t bytes) { return !memcmp(a, b, bytes); }
 
+// cuda_attention_backward_unrotated16 (the attention block's form: bf16 dq, dk, dv written,
+// dq and dk through RoPE's backward) against what it stands for, computed here by the
+// accumulating form into zeroed fp32 sums (g, device scratch of nq + 2 nkv floats) and
+// cuda_rope_backward, rounded on the host: the same values (a zero's sign aside), every
+// element written (outputs NaN-poisoned).
+static void unrotated_case(const struct attn_case *c, const char *path, int N, const int32_t *seg,
+                           const uint16_t *hdo, const uint16_t *ho, const float *d_lse, const uint16_t *hq,
+                           const uint16_t *hk, const uint16_t *hv, const int32_t *sa, float *d_g) {
+    const int NH = c->NH, KVH = c->KVH, HD = c->HD;
+    const float scale = 1.0f / sqrtf((float)HD);
+    const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD, ng = nq + 2 * nkv;
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)N);
+    float *inv_freq = malloc(sizeof(float) * (size_t)(HD / 2)), *ref = malloc(sizeof(float) * ng);
+    uint16_t *got = malloc(sizeof(uint16_t) * ng);
+    for (int n = 0; n < N; n++) pos[n] = 3 * (n - seg[n]) + 5;  // not the row index: pos, not n, must be read
+    for (int i = 0; i < HD / 2; i++) inv_freq[i] = powf(10000.0f, -2.0f * i / HD);
+    int32_t *d_pos = dev_from(pos, sizeof(int32_t) * (size_t)N);
+    float *d_inv = dev_from(inv_freq, sizeof(float) * (size_t)(HD / 2));
+    uint16_t *d_out = dev_alloc(sizeof(uint16_t) * ng);
+    if (!d_pos || !d_inv || !d_out) goto done;
+    float *gq = d_g, *gk = gq + nq, *gv = gk + nkv;
+    cuda_memzero(d_g, sizeof(float) * ng);
+    cuda_attention_backward_bf16(gq, gk, gv, hdo, ho, d_lse, hq, hk, hv, sa, N, NH, KVH, HD, scale);
+    cuda_rope_backward(gq, d_pos, d_inv, N, NH, HD), cuda_rope_backward(gk, d_pos, d_inv, N, KVH, HD);
+    cuda_download(ref, d_g, sizeof(float) * ng);
+    cudaMemset(d_out, 0xff, sizeof(uint16_t) * ng);
+    cuda_attention_backward_unrotated16(d_out, d_out + nq, d_out + nq + nkv, hdo, ho, d_lse, hq, hk, hv, sa, d_pos,
+                                        d_inv, N, NH, KVH, HD, scale);
+    check_gpu("unrotated bf16 backward", c->name);
+    CHECK_MSG(!strcmp(cuda_attention_last_path(), path), "case %s (unrotated): the backward pass ran %s, not %s",
+              c->name, cuda_attention_last_path(), path);
+    cuda_download(got, d_out, sizeof(uint16_t) * ng);
+    size_t bad = 0, first = ng;
+    for (size_t i = 0; i < ng; i++)
+        if (!(tp_bf16_to_f32(got[i]) == tp_bf16_to_f32(tp_f32_to_bf16(ref[i])))) bad++, first = first < i ? first : i;
+    CHECK_MSG(bad == 0, "case %s (%s): %zu of %zu unrotated bf16 gradients differ (first at %zu of [dq | dk | dv])",
+              c->name, path, bad, ng, first);
+done:
+    cuda_free(d_pos), cuda_free(d_inv), cuda_free(d_out);
+    check_gpu("free", c->name);
+    free(pos), free(inv_freq), free(ref), free(got);
+}
+
 // The bf16-activation forms on inputs bf16 holds exactly, against the fp32 forms on the same
 // values: the kernels stage identical bf16 tiles, so out must be the fp32 form's out rounded
 // to bf16 and lse, dq, dk, dv (from the same dout, out, lse) the same bits. `path`: the
@@ -304,6 +349,7 @@ static void bf16_io_case(const struct attn_case *c, const char *path) {
     CHECK_MSG(bits_equal(g16, g32, sizeof(float) * (nq + 2 * nkv)),
               "case %s (%s): dq, dk, dv differ from the fp32 form's", c->name, path);
     CHECK_MSG(max_rel_err(g16, g32, nq + 2 * nkv) == 0, "case %s (%s): NaN in dq, dk, dv", c->name, path);
+    unrotated_case(c, path, N, seg, hdo, ho, d_lse, hq, hk, hv, sa, d_g);
 done:
     cuda_free(d_x), cuda_free(d_g), cuda_free(d_h), cuda_free(d_lse), cuda_free(d_seg);
     check_gpu("free", c->name);
@@ -322,6 +368,7 @@ static void test_cuda_bf16_activations(void) {
         {"hd64 gqa 7, packed", 14, 2, 64, {100, 33, 250}, 0},
         {"hd128 gqa 3, packed", 6, 2, 128, {129, 64, 1, 190}, 0},
         {"hd128 no gqa, no seg_start", 2, 2, 128, {97}, 1},
+        {"hd64 no gqa, packed", 2, 2, 64, {40, 90}, 0},
         {"hd32 gqa 2 (fp32 copies)", 4, 2, 32, {70, 11}, 0},
     };
     CHECK(cuda_set_matmul_precision("bf16") == 0);

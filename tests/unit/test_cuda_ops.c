@@ -615,6 +615,74 @@ static void test_rope_kv_cache(void) {
     }
 }
 
+// The decode step's q, k, v products with RoPE and the cache writes (one kernel at up to 8
+// rows and C < 2048, a warp a rotated pair) against the same ops in two calls: the same bits
+// in q, k, v and both caches (random before, rows not named keep their values; outputs
+// NaN-poisoned), and within bf16 tolerance of the cpu twin.
+static void qkv_rope_cache_case(int n, int C, int NH, int KVH, int HD, bool bias) {
+    const int Q = NH * HD, KV = KVH * HD, rows = 40;
+    const size_t nx = (size_t)n * C, nq = (size_t)n * Q, nk = (size_t)n * KV, nc = (size_t)rows * KV;
+    int32_t pos[9], row[9];
+    for (int i = 0; i < n; i++) pos[i] = (int32_t)(test_rand() % 3000), row[i] = (int32_t)(i * 4 + 1);
+    float inv[64], *x = rnd(nx), *norm = rnd(C), *w[3], *b[3], *d_w[3], *d_b[3];
+    for (int i = 0; i < HD / 2; i++) inv[i] = (float)pow(1e6, -2.0 * i / HD);
+    const int OC[3] = {Q, KV, KV};
+    for (int i = 0; i < 3; i++) {
+        w[i] = rnd((size_t)OC[i] * C), b[i] = bias ? rnd(OC[i]) : NULL;
+        d_w[i] = dev_copy(w[i], (size_t)OC[i] * C * 4), d_b[i] = bias ? dev_copy(b[i], OC[i] * 4) : NULL;
+    }
+    float *kc = rnd(nc), *vc = rnd(nc), *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4);
+    float *ln = malloc(nx * 4), *d_x = dev_copy(x, nx * 4), *d_norm = dev_copy(norm, C * 4), *d_ln = dev_poisoned(nx);
+    int32_t *d_pos = dev_copy(pos, sizeof pos), *d_row = dev_copy(row, sizeof row);
+    float *d_inv = dev_copy(inv, sizeof inv), *got[5], *ref[5];  // q, k, v, k cache, v cache
+    const size_t sizes[5] = {nq, nk, nk, nc, nc};
+    for (int t = 0; t < 2; t++) {  // t 0: the fused op; 1: the two ops
+        float *d_q = dev_poisoned(nq), *d_k = dev_poisoned(nk), *d_v = dev_poisoned(nk);
+        float *d_kc = dev_copy(kc, nc * 4), *d_vc = dev_copy(vc, nc * 4);
+        const float *const ws[3] = {d_w[0], d_w[1], d_w[2]}, *const bs[3] = {d_b[0], d_b[1], d_b[2]};
+        if (t == 0) {
+            cuda_rmsnorm_qkv_rope_cache_forward(d_q, d_k, d_v, d_kc, d_vc, d_ln, d_x, d_norm, 1e-6f, ws, bs, d_row,
+                                                d_pos, d_inv, n, C, NH, KVH, HD);
+        } else {
+            cuda_rmsnorm_linear_forward_many(3, (float *const[]){d_q, d_k, d_v}, d_ln, d_x, d_norm, 1e-6f, ws, bs, OC,
+                                             n, C);
+            cuda_rope_kv_cache_forward(d_q, d_k, d_v, d_kc, d_vc, d_row, d_pos, d_inv, n, NH, KVH, HD);
+        }
+        float *d[5] = {d_q, d_k, d_v, d_kc, d_vc};
+        for (int i = 0; i < 5; i++) (t ? ref : got)[i] = host_of(d[i], sizes[i]), cuda_free(d[i]);
+    }
+    CHECK_CUDA_OK();
+    const char *names[5] = {"q", "k", "v", "k cache", "v cache"};
+    for (int i = 0; i < 5; i++)
+        CHECK_MSG(!memcmp(got[i], ref[i], sizes[i] * 4), "qkv_rope_cache n=%d C=%d NH=%d KVH=%d HD=%d: %s differs from "
+                  "the products and rope_kv_cache", n, C, NH, KVH, HD, names[i]);
+    rmsnorm_qkv_rope_cache_forward(q, k, v, kc, vc, ln, x, norm, 1e-6f, (const float *const *)w,
+                                   (const float *const *)b, row, pos, inv, n, C, NH, KVH, HD);
+    const float *cpu[5] = {q, k, v, kc, vc};
+    char what[96];
+    for (int i = 0; i < 5; i++) {
+        float *d_got = dev_copy(got[i], sizes[i] * 4);
+        snprintf(what, sizeof what, "qkv_rope_cache n=%d C=%d HD=%d %s vs cpu", n, C, HD, names[i]);
+        expect_close(what, d_got, cpu[i], sizes[i], 1e-2);
+        cuda_free(d_got), free(got[i]), free(ref[i]);
+    }
+    for (int i = 0; i < 3; i++) free(w[i]), free(b[i]), cuda_free(d_w[i]), cuda_free(d_b[i]);
+    free(x), free(norm), free(kc), free(vc), free(q), free(k), free(v), free(ln);
+    cuda_free(d_x), cuda_free(d_norm), cuda_free(d_ln), cuda_free(d_pos), cuda_free(d_row), cuda_free(d_inv);
+}
+
+static void test_qkv_rope_cache(void) {
+    NEED_GPU();
+    CHECK(cuda_set_matmul_precision("bf16") == 0);
+    qkv_rope_cache_case(1, 896, 14, 2, 64, true);   // Qwen2.5-0.5B's shape, one sequence
+    qkv_rope_cache_case(3, 128, 4, 4, 32, false);   // no GQA, no biases
+    qkv_rope_cache_case(8, 64, 4, 2, 16, true);     // the most rows one launch takes
+    qkv_rope_cache_case(9, 64, 4, 2, 16, true);     // more: the two ops
+    qkv_rope_cache_case(2, 2048, 4, 2, 64, false);  // rows split over warps: the two ops
+    CHECK(cuda_set_matmul_precision("fp32") == 0);
+    qkv_rope_cache_case(2, 64, 4, 2, 16, true);  // fp32 products: the two ops
+}
+
 static void test_swiglu_add_rows(void) {
     NEED_GPU();
     long n = 10007;
@@ -844,12 +912,14 @@ static void attn_case(const struct attn_shape *sh, const char *precision, int ac
     h.mid = malloc(nc * 4), d.mid = dev_poisoned(nc);
     // backward scratch (poisoned: the block must write before it reads)
     h.s.datt = malloc(nq * 4), d.s.datt = dev_poisoned_bytes(nq * eb);
-    float **sc[6] = {&h.s.dln, &h.s.dq, &h.s.dk, &h.s.dv, &h.s.dq_raw, &h.s.dk_raw};
-    float **dsc[6] = {&d.s.dln, &d.s.dq, &d.s.dk, &d.s.dv, &d.s.dq_raw, &d.s.dk_raw};
+    // dq, dk, dv: of act_bytes without per-head norms, else fp32 (ops.h attn_scratch)
+    void **sc[6] = {(void **)&h.s.dln, &h.s.dq, &h.s.dk, &h.s.dv, (void **)&h.s.dq_raw, (void **)&h.s.dk_raw};
+    void **dsc[6] = {(void **)&d.s.dln, &d.s.dq, &d.s.dk, &d.s.dv, (void **)&d.s.dq_raw, (void **)&d.s.dk_raw};
     const size_t sn[6] = {nc, nq, nkv, nkv, nq, nkv};
     for (int i = 0; i < 6; i++) {
         if (i >= 4 && !sh->qk_norm) continue;
-        *sc[i] = malloc(sn[i] * 4), *dsc[i] = dev_poisoned(sn[i]);
+        const size_t bytes = i >= 1 && i <= 3 && !sh->qk_norm ? eb : 4;
+        *sc[i] = malloc(sn[i] * 4), *dsc[i] = dev_poisoned_bytes(sn[i] * bytes);
     }
     h.dres = malloc(nc * 4), memcpy(h.dres, dres, nc * 4), d.dres = dev_copy(dres, nc * 4);
     const attn_weights hwt = {hw[0], hw[1], hw[2], hw[3], hw[4], hw[5], hw[6], hw[7], hw[8], hw[9], hw[10]};
@@ -1104,6 +1174,7 @@ int main(void) {
     RUN(test_linear_residual);
     RUN(test_fused_fallbacks);
     RUN(test_rope_kv_cache);
+    RUN(test_qkv_rope_cache);
     RUN(test_product_plans_evicted);
     RUN(test_mlp);
     RUN(test_attn_block);

@@ -741,8 +741,9 @@ static void test_bf16_storage_rounds_where_the_gpu_does(void) {
 // The bf16 twin of the attention block (attn_forward_bf16, attn_backward_bf16) against the
 // same ops by hand, rounding where the GPU's bf16 storage rounds: ln; q, k, v as the
 // products (q/k biases in bf16) store them; Qwen3's norms of the rounded q, k, rounded; q, k
-// again after RoPE; att; ln2; datt. Every stored tensor, mid, d/d(x) and gradient bit for bit.
-static void test_attn_bf16_rounds_where_the_gpu_does(void) {
+// again after RoPE; att; ln2; datt; without the norms, dq, dk, dv after RoPE's backward.
+// Every stored tensor, mid, d/d(x) and gradient bit for bit.
+static void attn_bf16_case(bool qk_norm) {
     enum { N = 6, C = 16, NH = 2, KVH = 1, HD = 8, Q = NH * HD, KV = KVH * HD };
     float x[N * C], norm[C], norm2[C], wq[Q * C], wk[KV * C], wv[KV * C], wo[C * Q], bq[Q], bk[KV], bv[KV];
     float qn_w[HD], kn_w[HD], inv_freq[HD / 2], dres[N * C];
@@ -751,7 +752,7 @@ static void test_attn_bf16_rounds_where_the_gpu_does(void) {
     fill(wo, C * Q, -0.5, 0.5), fill(bq, Q, -1, 1), fill(bk, KV, -1, 1), fill(bv, KV, -1, 1), fill(dres, N * C, -1, 1);
     for (int i = 0; i < HD / 2; i++) inv_freq[i] = powf(10000.0f, -2.0f * i / HD);
     int32_t pos[N] = {0, 1, 2, 3, 0, 1}, seg[N] = {0, 0, 0, 0, 4, 4};
-    const attn_weights w = {norm, wq, wk, wv, wo, bq, bk, bv, NULL, qn_w, kn_w};
+    const attn_weights w = {norm, wq, wk, wv, wo, bq, bk, bv, NULL, qk_norm ? qn_w : NULL, qk_norm ? kn_w : NULL};
     const attn_batch b = {N, C, NH, KVH, HD, 1e-6f, pos, seg, inv_freq};
     // the twin
     uint16_t ln[N * C], q_raw[N * Q], k_raw[N * KV], q[N * Q], k[N * KV], v[N * KV], att[N * Q], ln2[N * C];
@@ -783,14 +784,16 @@ static void test_attn_bf16_rounds_where_the_gpu_does(void) {
     round16(tv, h, N * KV);
     CHECK(!memcmp(h, v, sizeof v));
     round16(tq, h, N * Q);
-    CHECK(!memcmp(h, q_raw, sizeof q_raw));
+    CHECK(!qk_norm || !memcmp(h, q_raw, sizeof q_raw));
     memcpy(q_rr, tq, sizeof q_rr);
     round16(tk, h, N * KV);
-    CHECK(!memcmp(h, k_raw, sizeof k_raw));
+    CHECK(!qk_norm || !memcmp(h, k_raw, sizeof k_raw));
     memcpy(k_rr, tk, sizeof k_rr);
-    rmsnorm_forward(tn, tqr, tq, qn_w, N * NH, HD, 1e-6f), memcpy(tq, tn, sizeof tq);
-    rmsnorm_forward(tn, tkr, tk, kn_w, N * KVH, HD, 1e-6f), memcpy(tk, tn, sizeof tk);
-    CHECK(!memcmp(tqr, q_rstd, sizeof q_rstd) && !memcmp(tkr, k_rstd, sizeof k_rstd));
+    if (qk_norm) {
+        rmsnorm_forward(tn, tqr, tq, qn_w, N * NH, HD, 1e-6f), memcpy(tq, tn, sizeof tq);
+        rmsnorm_forward(tn, tkr, tk, kn_w, N * KVH, HD, 1e-6f), memcpy(tk, tn, sizeof tk);
+        CHECK(!memcmp(tqr, q_rstd, sizeof q_rstd) && !memcmp(tkr, k_rstd, sizeof k_rstd));
+    }
     round16(tq, h, N * Q), round16(tk, h, N * KV);
     rope_forward(tq, pos, inv_freq, N, NH, HD), rope_forward(tk, pos, inv_freq, N, KVH, HD);
     round16(tq, h, N * Q);
@@ -813,15 +816,30 @@ static void test_attn_bf16_rounds_where_the_gpu_does(void) {
     memset(hdq, 0, sizeof hdq), memset(hdk, 0, sizeof hdk), memset(hdv, 0, sizeof hdv);
     attention_backward(hdq, hdk, hdv, hdatt, ta, tlse, tq, tk, tv, seg, N, NH, KVH, HD, 1.0f / sqrtf((float)HD));
     rope_backward(hdq, pos, inv_freq, N, NH, HD), rope_backward(hdk, pos, inv_freq, N, KVH, HD);
-    memset(hdqr, 0, sizeof hdqr), memset(hdkr, 0, sizeof hdkr);
-    rmsnorm_backward(hdqr, h_g[9], hdq, q_rr, qn_w, tqr, N * NH, HD);
-    rmsnorm_backward(hdkr, h_g[10], hdk, k_rr, kn_w, tkr, N * KVH, HD);
+    if (qk_norm) {
+        memset(hdqr, 0, sizeof hdqr), memset(hdkr, 0, sizeof hdkr);
+        rmsnorm_backward(hdqr, h_g[9], hdq, q_rr, qn_w, tqr, N * NH, HD);
+        rmsnorm_backward(hdkr, h_g[10], hdk, k_rr, kn_w, tkr, N * KVH, HD);
+    } else {  // dq, dk, dv stored in bf16 (and the products read them rounded)
+        round16(hdq, h, N * Q);
+        CHECK(!memcmp(h, dq, N * Q * 2));
+        round16(hdk, h, N * KV);
+        CHECK(!memcmp(h, dk, N * KV * 2));
+        round16(hdv, h, N * KV);
+        CHECK(!memcmp(h, dv, N * KV * 2));
+        memcpy(hdqr, hdq, sizeof hdqr), memcpy(hdkr, hdk, sizeof hdkr);
+    }
     linear_backward_many(3, hdln, (float *[]){h_g[1], h_g[2], h_g[3]}, (float *[]){h_g[5], h_g[6], h_g[7]},
                          (const float *[]){hdqr, hdkr, hdv}, tl, (const float *[]){wq, wk, wv}, (int[]){Q, KV, KV}, N,
                          C);
     rmsnorm_backward(hd, h_g[0], hdln, x, norm, tr, N, C);
     CHECK(!memcmp(hd, d, sizeof d));
     CHECK(!memcmp(h_g, g, sizeof g));
+}
+
+static void test_attn_bf16_rounds_where_the_gpu_does(void) {
+    attn_bf16_case(true);
+    attn_bf16_case(false);
 }
 
 int main(void) {
