@@ -94,6 +94,13 @@ void rmsnorm_qkv_rope_cache_forward(float *q, float *k, float *v, float *k_cache
                                     const float *x, const float *norm_weight, float eps, const float *const weight[3],
                                     const float *const bias[3], const int32_t *kv_row, const int32_t *pos,
                                     const float *inv_freq, int n, int C, int NH, int KVH, int HD);
+// Qwen3's: q [n, NH, HD] = rmsnorm_forward of each head of q_raw (weights q_norm [HD]), k
+// likewise from k_raw (k_norm), then rope_kv_cache_forward, with those ops' bits (on a GPU
+// one kernel at HD 64 and 128).
+void qk_norm_rope_kv_cache_forward(float *q, float *k, const float *q_raw, const float *k_raw, const float *v,
+                                   float *k_cache, float *v_cache, const float *q_norm, const float *k_norm, float eps,
+                                   const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n, int NH,
+                                   int KVH, int HD);
 // The inverse rotation (rotation by -a) applied to a gradient, in place: dx = R^T dout.
 void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
 

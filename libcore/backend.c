@@ -50,6 +50,7 @@ static const tp_backend CPU = {
     .rope_forward = rope_forward,
     .rope_kv_cache_forward = rope_kv_cache_forward,
     .rmsnorm_qkv_rope_cache_forward = rmsnorm_qkv_rope_cache_forward,
+    .qk_norm_rope_kv_cache_forward = qk_norm_rope_kv_cache_forward,
     .rope_backward = rope_backward,
     .attention_forward = attention_forward,
     .attention_backward = attention_backward,
@@ -132,6 +133,7 @@ static const tp_backend CUDA = {
     .rope_forward = cuda_rope_forward,
     .rope_kv_cache_forward = cuda_rope_kv_cache_forward,
     .rmsnorm_qkv_rope_cache_forward = cuda_rmsnorm_qkv_rope_cache_forward,
+    .qk_norm_rope_kv_cache_forward = cuda_qk_norm_rope_kv_cache_forward,
     .rope_backward = cuda_rope_backward,
     .attention_forward = cuda_attention_forward,
     .attention_backward = cuda_attention_backward,
@@ -221,6 +223,13 @@ static void p_rmsnorm_qkv_rope_cache_forward(float *q, float *k, float *v, float
                                              const float *f, int n, int C, int NH, int KVH, int HD) {
     PROF("rmsnorm_qkv_rope_cache",
          cuda_rmsnorm_qkv_rope_cache_forward(q, k, v, kc, vc, ln, x, nw, eps, w, b, row, pos, f, n, C, NH, KVH, HD));
+}
+static void p_qk_norm_rope_kv_cache_forward(float *q, float *k, const float *qr, const float *kr, const float *v,
+                                            float *kc, float *vc, const float *qn, const float *kn, float eps,
+                                            const int32_t *row, const int32_t *pos, const float *f, int n, int NH,
+                                            int KVH, int HD) {
+    PROF("qk_norm_rope_kv_cache",
+         cuda_qk_norm_rope_kv_cache_forward(q, k, qr, kr, v, kc, vc, qn, kn, eps, row, pos, f, n, NH, KVH, HD));
 }
 static void p_rope_backward(float *x, const int32_t *pos, const float *f, int N, int H, int HD) {
     PROF("rope", cuda_rope_backward(x, pos, f, N, H, HD));
@@ -328,6 +337,7 @@ static const tp_backend CUDA_PROFILED = {
     .rope_forward = p_rope_forward,
     .rope_kv_cache_forward = p_rope_kv_cache_forward,
     .rmsnorm_qkv_rope_cache_forward = p_rmsnorm_qkv_rope_cache_forward,
+    .qk_norm_rope_kv_cache_forward = p_qk_norm_rope_kv_cache_forward,
     .rope_backward = p_rope_backward,
     .attention_forward = p_attention_forward,
     .attention_backward = p_attention_backward,

@@ -76,6 +76,10 @@ typedef struct tp_backend {
                                            const float *const weight[3], const float *const bias[3],
                                            const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n,
                                            int C, int NH, int KVH, int HD);
+    void (*qk_norm_rope_kv_cache_forward)(float *q, float *k, const float *q_raw, const float *k_raw, const float *v,
+                                          float *k_cache, float *v_cache, const float *q_norm, const float *k_norm,
+                                          float eps, const int32_t *kv_row, const int32_t *pos,
+                                          const float *inv_freq, int n, int NH, int KVH, int HD);
     void (*rope_backward)(float *dx, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
     void (*attention_forward)(float *out, float *lse, const float *q, const float *k, const float *v,
                               const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);

@@ -493,12 +493,18 @@ static void layer(tp_generator *g, int l, int n) {
         norm_lin_many(g, (float *[]){q, k, g->vv}, g->x, w->ln1, (const float *[]){w->wq, w->wk, w->wv},
                       (const uint16_t *[]){h->wq, h->wk, h->wv}, (const float *[]){w->bq, w->bk, w->bv},
                       (int[]){Q, KV, KV}, 3, n, C);
-        if (c->qk_norm) {
-            be->rmsnorm_forward(g->q, g->qr, g->q_raw, w->q_norm, n * NH, HD, eps);
-            be->rmsnorm_forward(g->kk, g->kr, g->k_raw, w->k_norm, n * KVH, HD, eps);
+        if (be->device && c->qk_norm) {  // the norms, RoPE and the cache writes in one kernel
+            be->qk_norm_rope_kv_cache_forward(g->q, g->kk, g->q_raw, g->k_raw, g->vv, kc, vc, w->q_norm, w->k_norm, eps,
+                                              kv_rows, pos, inv_freq, n, NH, KVH, HD);
+        } else {
+            if (c->qk_norm) {
+                be->rmsnorm_forward(g->q, g->qr, g->q_raw, w->q_norm, n * NH, HD, eps);
+                be->rmsnorm_forward(g->kk, g->kr, g->k_raw, w->k_norm, n * KVH, HD, eps);
+            }
+            if (!be->device)
+                rope_kv_cache_table(g->q, g->kk, g->vv, kc, vc, g->kv16, kv_rows, g->rope_cs, n, NH, KVH, HD);
+            else be->rope_kv_cache_forward(g->q, g->kk, g->vv, kc, vc, kv_rows, pos, inv_freq, n, NH, KVH, HD);
         }
-        if (!be->device) rope_kv_cache_table(g->q, g->kk, g->vv, kc, vc, g->kv16, kv_rows, g->rope_cs, n, NH, KVH, HD);
-        else be->rope_kv_cache_forward(g->q, g->kk, g->vv, kc, vc, kv_rows, pos, inv_freq, n, NH, KVH, HD);
     }
     float scale = 1.0f / sqrtf((float)HD);
     if (g->fresh)

@@ -107,3 +107,12 @@ void rmsnorm_qkv_rope_cache_forward(float *q, float *k, float *v, float *k_cache
                                 (const int[]){NH * HD, KVH * HD, KVH * HD}, n, C);
     rope_kv_cache_forward(q, k, v, k_cache, v_cache, kv_row, pos, inv_freq, n, NH, KVH, HD);
 }
+
+void qk_norm_rope_kv_cache_forward(float *q, float *k, const float *q_raw, const float *k_raw, const float *v,
+                                   float *k_cache, float *v_cache, const float *q_norm, const float *k_norm, float eps,
+                                   const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n, int NH,
+                                   int KVH, int HD) {
+    rmsnorm_forward(q, NULL, q_raw, q_norm, n * NH, HD, eps);
+    rmsnorm_forward(k, NULL, k_raw, k_norm, n * KVH, HD, eps);
+    rope_kv_cache_forward(q, k, v, k_cache, v_cache, kv_row, pos, inv_freq, n, NH, KVH, HD);
+}

@@ -463,7 +463,72 @@ __global__ void rope_kv_cache_kernel(float *__restrict__ q, float *__restrict__ 
     }
 }
 
+// ---- qk_norm_rope_kv_cache: Qwen3's per-head norms of q and k, then rope_kv_cache, one launch ----
+// Block i is token i; a warp takes a head of q or k at a time and normalises its HD floats
+// with rmsnorm_rows_kernel's arithmetic (for rows of HD 64 and 128 that kernel's block is
+// one warp: a float4 a lane, the same butterfly), then rotates them (rope.h): lane l's four
+// floats pair with lane l + HD/8's, fetched by a shuffle, and lane l writes both. k goes to
+// its cache row too; then the block copies v's row into the cache. HD 64 or 128.
+__global__ void qk_norm_rope_kv_cache_kernel(float *__restrict__ q, float *__restrict__ k,
+                                             const float *__restrict__ q_raw, const float *__restrict__ k_raw,
+                                             const float *__restrict__ v, float *__restrict__ kc,
+                                             float *__restrict__ vc, const float *__restrict__ q_norm,
+                                             const float *__restrict__ k_norm, float eps,
+                                             const int32_t *__restrict__ kv_row, const int32_t *__restrict__ pos,
+                                             const float *__restrict__ inv_freq, int NH, int KVH, int HD) {
+    const int i = blockIdx.x, lane = threadIdx.x % 32, warps = blockDim.x / 32, C4 = HD / 4, nv = KVH * HD;
+    const bool pdl_late = pdl_trigger();
+    pdl_wait(pdl_late);
+    const int p = pos[i];
+    float *kcr = kc + (size_t)kv_row[i] * nv, *vcr = vc + (size_t)kv_row[i] * nv;
+    for (int h = threadIdx.x / 32; h < NH + KVH; h += warps) {
+        const bool is_q = h < NH;
+        const size_t at = is_q ? ((size_t)i * NH + h) * HD : ((size_t)i * KVH + h - NH) * HD;
+        const float4 *src = reinterpret_cast<const float4 *>((is_q ? q_raw : k_raw) + at);
+        float4 x = lane < C4 ? src[lane] : make_float4(0.f, 0.f, 0.f, 0.f);
+        float ss = 0.f;
+        ss += x.x * x.x, ss += x.y * x.y, ss += x.z * x.z, ss += x.w * x.w;
+        ss = warp_sum(ss);
+        float total = 0.f;
+        total += ss;
+        const float s = rsqrtf(total / HD + eps);
+        const float4 w = lane < C4 ? reinterpret_cast<const float4 *>(is_q ? q_norm : k_norm)[lane] : x;
+        float r[4] = {x.x * s * w.x, x.y * s * w.y, x.z * s * w.z, x.w * s * w.w}, o[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[e] = __shfl_xor_sync(0xffffffffu, r[e], HD / 8);
+        if (lane >= HD / 8) continue;  // the pair's second half: lane - HD/8 writes it
+        float *dst = (is_q ? q : k) + at;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int f = 4 * lane + e;
+            rope_rotate(r[e], o[e], rope_angle_of(p, inv_freq[f], 1.0f));
+            dst[f] = r[e], dst[f + HD / 2] = o[e];
+            if (!is_q) kcr[(h - NH) * HD + f] = r[e], kcr[(h - NH) * HD + f + HD / 2] = o[e];
+        }
+    }
+    for (int u = threadIdx.x; u < nv; u += blockDim.x) vcr[u] = v[(size_t)i * nv + u];
+}
+
 }  // namespace
+
+extern "C" void cuda_qk_norm_rope_kv_cache_forward(float *q, float *k, const float *q_raw, const float *k_raw,
+                                                   const float *v, float *k_cache, float *v_cache,
+                                                   const float *q_norm, const float *k_norm, float eps,
+                                                   const int32_t *kv_row, const int32_t *pos, const float *inv_freq,
+                                                   int n, int NH, int KVH, int HD) {
+    if (n <= 0) return;
+    const bool aligned = !misaligned(q) && !misaligned(k) && !misaligned(q_raw) && !misaligned(k_raw) &&
+                         !misaligned(q_norm) && !misaligned(k_norm);
+    if ((HD == 64 || HD == 128) && aligned) {
+        const int warps = NH + KVH < 8 ? NH + KVH : 8;
+        cuda_launch_dependent(qk_norm_rope_kv_cache_kernel, dim3(n), dim3(32 * warps), 0, q, k, q_raw, k_raw, v,
+                              k_cache, v_cache, q_norm, k_norm, eps, kv_row, pos, inv_freq, NH, KVH, HD);
+        return;
+    }
+    cuda_rmsnorm_forward(q, NULL, q_raw, q_norm, n * NH, HD, eps);
+    cuda_rmsnorm_forward(k, NULL, k_raw, k_norm, n * KVH, HD, eps);
+    cuda_rope_kv_cache_forward(q, k, v, k_cache, v_cache, kv_row, pos, inv_freq, n, NH, KVH, HD);
+}
 
 extern "C" void cuda_rope_kv_cache_forward(float *q, float *k, const float *v, float *k_cache, float *v_cache,
                                            const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n,

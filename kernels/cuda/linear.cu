@@ -424,9 +424,9 @@ static bool gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k
 // (NORM: each block computes the rstd of x's rows itself, in the same order as every other
 // block, and normalises x as it reads it; residual: added to the output on the way out), so
 // a layer is 5 kernels: q/k/v + RoPE + cache writes, attention, o + residual, gate/up +
-// SwiGLU, down + residual (Qwen3's q/k norms: 8, RoPE and the cache its own kernel). The
-// rstd is summed in this kernel's own order, so the outputs are not the bits of
-// rmsnorm_forward followed by the products.
+// SwiGLU, down + residual (Qwen3: 6, its q/k norms, RoPE and the cache writes a kernel after
+// the products: decode.cu's qk_norm_rope_kv_cache). The rstd is summed in this kernel's
+// own order, so the outputs are not the bits of rmsnorm_forward followed by the products.
 enum { GEMV_WARPS = 4, GEMV_MAX_N = 8, GEMV_MAX_SEGS = 3, GEMV_SPLIT_IC = 2048 };
 
 // What a launch's warps compute, each an output (or a pair of them):

@@ -683,6 +683,62 @@ static void test_qkv_rope_cache(void) {
     qkv_rope_cache_case(2, 64, 4, 2, 16, true);  // fp32 products: the two ops
 }
 
+// Qwen3's decode step: the per-head norms of q and k, RoPE and the cache writes in one
+// kernel (HD 64, 128) against the three ops: the same bits in q, k and both caches (random
+// before; outputs NaN-poisoned), and the cpu twin's values within 1e-5.
+static void qk_norm_rope_cache_case(int n, int NH, int KVH, int HD) {
+    const int rows = 40;
+    const size_t nq = (size_t)n * NH * HD, nk = (size_t)n * KVH * HD, nc = (size_t)rows * KVH * HD;
+    int32_t pos[9], row[9];
+    for (int i = 0; i < n; i++) pos[i] = (int32_t)(test_rand() % 3000), row[i] = (int32_t)(i * 4 + 2);
+    float inv[64];
+    for (int i = 0; i < HD / 2; i++) inv[i] = (float)pow(1e6, -2.0 * i / HD);
+    float *qr = rnd(nq), *kr = rnd(nk), *v = rnd(nk), *qn = rnd(HD), *kn = rnd(HD), *kc = rnd(nc), *vc = rnd(nc);
+    float *q = malloc(nq * 4), *k = malloc(nk * 4), *got[4], *ref[4];
+    float *d_qr = dev_copy(qr, nq * 4), *d_kr = dev_copy(kr, nk * 4), *d_v = dev_copy(v, nk * 4);
+    float *d_qn = dev_copy(qn, HD * 4), *d_kn = dev_copy(kn, HD * 4), *d_inv = dev_copy(inv, sizeof inv);
+    int32_t *d_pos = dev_copy(pos, sizeof pos), *d_row = dev_copy(row, sizeof row);
+    const size_t sizes[4] = {nq, nk, nc, nc};
+    for (int t = 0; t < 2; t++) {  // t 0: the fused op; 1: the three ops
+        float *d_q = dev_poisoned(nq), *d_k = dev_poisoned(nk);
+        float *d_kc = dev_copy(kc, nc * 4), *d_vc = dev_copy(vc, nc * 4);
+        if (t == 0) {
+            cuda_qk_norm_rope_kv_cache_forward(d_q, d_k, d_qr, d_kr, d_v, d_kc, d_vc, d_qn, d_kn, 1e-6f, d_row, d_pos,
+                                               d_inv, n, NH, KVH, HD);
+        } else {
+            cuda_rmsnorm_forward(d_q, NULL, d_qr, d_qn, n * NH, HD, 1e-6f);
+            cuda_rmsnorm_forward(d_k, NULL, d_kr, d_kn, n * KVH, HD, 1e-6f);
+            cuda_rope_kv_cache_forward(d_q, d_k, d_v, d_kc, d_vc, d_row, d_pos, d_inv, n, NH, KVH, HD);
+        }
+        float *d[4] = {d_q, d_k, d_kc, d_vc};
+        for (int i = 0; i < 4; i++) (t ? ref : got)[i] = host_of(d[i], sizes[i]), cuda_free(d[i]);
+    }
+    CHECK_CUDA_OK();
+    qk_norm_rope_kv_cache_forward(q, k, qr, kr, v, kc, vc, qn, kn, 1e-6f, row, pos, inv, n, NH, KVH, HD);
+    const char *names[4] = {"q", "k", "k cache", "v cache"};
+    const float *cpu[4] = {q, k, kc, vc};
+    char what[96];
+    for (int i = 0; i < 4; i++) {
+        CHECK_MSG(!memcmp(got[i], ref[i], sizes[i] * 4), "qk_norm_rope_cache n=%d NH=%d KVH=%d HD=%d: %s differs from "
+                  "the norms and rope_kv_cache", n, NH, KVH, HD, names[i]);
+        float *d_got = dev_copy(got[i], sizes[i] * 4);
+        snprintf(what, sizeof what, "qk_norm_rope_cache n=%d HD=%d %s vs cpu", n, HD, names[i]);
+        expect_close(what, d_got, cpu[i], sizes[i], 1e-5);
+        cuda_free(d_got), free(got[i]), free(ref[i]);
+    }
+    free(qr), free(kr), free(v), free(qn), free(kn), free(kc), free(vc), free(q), free(k);
+    cuda_free(d_qr), cuda_free(d_kr), cuda_free(d_v), cuda_free(d_qn), cuda_free(d_kn), cuda_free(d_inv);
+    cuda_free(d_pos), cuda_free(d_row);
+}
+
+static void test_qk_norm_rope_cache(void) {
+    NEED_GPU();
+    qk_norm_rope_cache_case(1, 16, 8, 128);  // Qwen3-0.6B's heads: more than a block's 8 warps
+    qk_norm_rope_cache_case(3, 4, 2, 64);
+    qk_norm_rope_cache_case(9, 2, 2, 64);   // no GQA
+    qk_norm_rope_cache_case(2, 4, 2, 32);   // the three ops
+}
+
 static void test_swiglu_add_rows(void) {
     NEED_GPU();
     long n = 10007;
@@ -1175,6 +1231,7 @@ int main(void) {
     RUN(test_fused_fallbacks);
     RUN(test_rope_kv_cache);
     RUN(test_qkv_rope_cache);
+    RUN(test_qk_norm_rope_cache);
     RUN(test_product_plans_evicted);
     RUN(test_mlp);
     RUN(test_attn_block);
