@@ -89,14 +89,15 @@ void rope_kv_cache_forward(float *q, float *k, const float *v, float *k_cache, f
 // A decode step's attention inputs in one op: q [n, NH, HD], k and v [n, KVH, HD] =
 // rmsnorm_linear_forward_many of x [n, C] (norm_weight, weight[3] = wq, wk, wv, bias[3]
 // with NULL entries for none; ln is scratch), then rope_kv_cache_forward, with those ops'
-// bits (on a GPU one kernel at decode sizes: a warp takes the two rows a rotation pairs).
+// bits (on a GPU one kernel where the few-rows products take the call: bf16 products, up to 8
+// rows, C < 2048 a multiple of 8; a warp takes the two rows a rotation pairs).
 void rmsnorm_qkv_rope_cache_forward(float *q, float *k, float *v, float *k_cache, float *v_cache, float *ln,
                                     const float *x, const float *norm_weight, float eps, const float *const weight[3],
                                     const float *const bias[3], const int32_t *kv_row, const int32_t *pos,
                                     const float *inv_freq, int n, int C, int NH, int KVH, int HD);
 // Qwen3's: q [n, NH, HD] = rmsnorm_forward of each head of q_raw (weights q_norm [HD]), k
 // likewise from k_raw (k_norm), then rope_kv_cache_forward, with those ops' bits (on a GPU
-// one kernel at HD 64 and 128).
+// one kernel at HD 64 and 128 with 16-byte aligned q, k, q_raw, k_raw and norms).
 void qk_norm_rope_kv_cache_forward(float *q, float *k, const float *q_raw, const float *k_raw, const float *v,
                                    float *k_cache, float *v_cache, const float *q_norm, const float *k_norm, float eps,
                                    const int32_t *kv_row, const int32_t *pos, const float *inv_freq, int n, int NH,

@@ -30,6 +30,9 @@ bool cuda_matmul_bf16(void);
 // crossentropy.cu: a head chunk's logits).
 bool cuda_act16(void);
 
+// What cuda_decode_last_path reports (decode.cu): set by the fused decode ops.
+extern const char *cuda_decode_path;
+
 // The stream every op runs on: one stream, so ops run in call order. Not the legacy
 // default stream, because a CUDA graph can only be captured from another stream; it is
 // created blocking, so the synchronous copies (cudaMemcpy on the legacy stream) still

@@ -103,6 +103,9 @@ void cuda_attention_backward_unrotated16(void *dq, void *dk, void *dv, const voi
                                          const int32_t *seg_start, const int32_t *pos, const float *inv_freq, int N,
                                          int NH, int KVH, int HD, float scale);
 void cuda_swiglu_forward(float *out, const float *gate, const float *up, long n);
+// The path the last of the two fused decode ops below took: "fused" (one kernel) or "separate"
+// (the ops it stands for, one by one), for tests.
+const char *cuda_decode_last_path(void);
 void cuda_qk_norm_rope_kv_cache_forward(float *q, float *k, const float *q_raw, const float *k_raw, const float *v,
                                         float *k_cache, float *v_cache, const float *q_norm, const float *k_norm,
                                         float eps, const int32_t *kv_row, const int32_t *pos, const float *inv_freq,

@@ -511,6 +511,9 @@ __global__ void qk_norm_rope_kv_cache_kernel(float *__restrict__ q, float *__res
 
 }  // namespace
 
+const char *cuda_decode_path = "";
+extern "C" const char *cuda_decode_last_path(void) { return cuda_decode_path; }
+
 extern "C" void cuda_qk_norm_rope_kv_cache_forward(float *q, float *k, const float *q_raw, const float *k_raw,
                                                    const float *v, float *k_cache, float *v_cache,
                                                    const float *q_norm, const float *k_norm, float eps,
@@ -523,8 +526,10 @@ extern "C" void cuda_qk_norm_rope_kv_cache_forward(float *q, float *k, const flo
         const int warps = NH + KVH < 8 ? NH + KVH : 8;
         cuda_launch_dependent(qk_norm_rope_kv_cache_kernel, dim3(n), dim3(32 * warps), 0, q, k, q_raw, k_raw, v,
                               k_cache, v_cache, q_norm, k_norm, eps, kv_row, pos, inv_freq, NH, KVH, HD);
+        cuda_decode_path = "fused";
         return;
     }
+    cuda_decode_path = "separate";
     cuda_rmsnorm_forward(q, NULL, q_raw, q_norm, n * NH, HD, eps);
     cuda_rmsnorm_forward(k, NULL, k_raw, k_norm, n * KVH, HD, eps);
     cuda_rope_kv_cache_forward(q, k, v, k_cache, v_cache, kv_row, pos, inv_freq, n, NH, KVH, HD);

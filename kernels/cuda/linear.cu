@@ -423,7 +423,7 @@ static bool gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k
 // The norm before a layer's products and the residual add after them are folded in too
 // (NORM: each block computes the rstd of x's rows itself, in the same order as every other
 // block, and normalises x as it reads it; residual: added to the output on the way out), so
-// a layer is 5 kernels: q/k/v + RoPE + cache writes, attention, o + residual, gate/up +
+// a layer (IC < 2048) is 5 kernels: q/k/v + RoPE + cache writes, attention, o + residual, gate/up +
 // SwiGLU, down + residual (Qwen3: 6, its q/k norms, RoPE and the cache writes a kernel after
 // the products: decode.cu's qk_norm_rope_kv_cache). The rstd is summed in this kernel's
 // own order, so the outputs are not the bits of rmsnorm_forward followed by the products.
@@ -752,9 +752,12 @@ extern "C" void cuda_rmsnorm_qkv_rope_cache_forward(float *q, float *k, float *v
                                                     const int32_t *kv_row, const int32_t *pos, const float *inv_freq,
                                                     int n, int C, int NH, int KVH, int HD) {
     float *const out[3] = {q, k, v};
-    if (n <= 0 || gemv_qkv_rope(out, k_cache, v_cache, x, norm_weight, eps, weight, bias, kv_row, pos, inv_freq, n, C,
-                                NH, KVH, HD))
+    if (n <= 0) return;
+    cuda_decode_path = "fused";
+    if (gemv_qkv_rope(out, k_cache, v_cache, x, norm_weight, eps, weight, bias, kv_row, pos, inv_freq, n, C, NH, KVH,
+                      HD))
         return;
+    cuda_decode_path = "separate";
     const int OC[3] = {NH * HD, KVH * HD, KVH * HD};
     cuda_rmsnorm_linear_forward_many(3, out, ln, x, norm_weight, eps, weight, bias, OC, n, C);
     cuda_rope_kv_cache_forward(q, k, v, k_cache, v_cache, kv_row, pos, inv_freq, n, NH, KVH, HD);

@@ -223,9 +223,10 @@ static float *decode_run(tp_model *m, const float *orig, bool graphs, unsigned l
     return all;
 }
 
-static void test_graphs_match_eager(void) {
-    NEED_GPU();
-    tp_model *m = on_gpu("qwen3", "bf16");
+// qwen3 (per-head norms) and qwen2-tied (biases, no norms: the q/k/v kernel with RoPE and
+// the cache writes) each through graphs.
+static void graphs_case(const char *model) {
+    tp_model *m = on_gpu(model, "bf16");
     if (!m) return;
     float *orig = malloc(m->n_floats * sizeof *orig);
     memcpy(orig, m->w, m->n_floats * sizeof *orig);
@@ -236,13 +237,20 @@ static void test_graphs_match_eager(void) {
     CHECK_MSG(with == 21 && without == 0, "%lu and %lu steps replayed as graphs", with, without);
     for (int step = 0; step < 24; step++) {
         size_t row = (size_t)3 * m->cfg.vocab_size, bytes = (size_t)(step < 8 ? 3 : 2) * m->cfg.vocab_size * 4;
-        CHECK_MSG(!memcmp(a + step * row, b + step * row, bytes), "step %d: logits through graphs differ from op by op",
-                  step);
+        CHECK_MSG(!memcmp(a + step * row, b + step * row, bytes),
+                  "%s step %d: logits through graphs differ from op by op", model, step);
     }
-    printf("# graphs: decode steps replayed as CUDA graphs give the eager steps' bits, also after new weights\n");
+    printf("# graphs (%s): decode steps replayed as CUDA graphs give the eager steps' bits, also after new "
+           "weights\n", model);
     free(a), free(b), free(orig);
     tp_model_free(m);
     CHECK_CUDA_OK();
+}
+
+static void test_graphs_match_eager(void) {
+    NEED_GPU();
+    graphs_case("qwen3");
+    graphs_case("qwen2-tied");
 }
 #else
 static void test_graphs_match_eager(void) { SKIP("built without CUDA"); }

@@ -619,7 +619,7 @@ static void test_rope_kv_cache(void) {
 // rows and C < 2048, a warp a rotated pair) against the same ops in two calls: the same bits
 // in q, k, v and both caches (random before, rows not named keep their values; outputs
 // NaN-poisoned), and within bf16 tolerance of the cpu twin.
-static void qkv_rope_cache_case(int n, int C, int NH, int KVH, int HD, bool bias) {
+static void qkv_rope_cache_case(int n, int C, int NH, int KVH, int HD, bool bias, const char *path) {
     const int Q = NH * HD, KV = KVH * HD, rows = 40;
     const size_t nx = (size_t)n * C, nq = (size_t)n * Q, nk = (size_t)n * KV, nc = (size_t)rows * KV;
     int32_t pos[9], row[9];
@@ -643,6 +643,8 @@ static void qkv_rope_cache_case(int n, int C, int NH, int KVH, int HD, bool bias
         if (t == 0) {
             cuda_rmsnorm_qkv_rope_cache_forward(d_q, d_k, d_v, d_kc, d_vc, d_ln, d_x, d_norm, 1e-6f, ws, bs, d_row,
                                                 d_pos, d_inv, n, C, NH, KVH, HD);
+            CHECK_MSG(!strcmp(cuda_decode_last_path(), path), "qkv_rope_cache n=%d C=%d: the %s path ran, not %s", n,
+                      C, cuda_decode_last_path(), path);
         } else {
             cuda_rmsnorm_linear_forward_many(3, (float *const[]){d_q, d_k, d_v}, d_ln, d_x, d_norm, 1e-6f, ws, bs, OC,
                                              n, C);
@@ -674,19 +676,21 @@ static void qkv_rope_cache_case(int n, int C, int NH, int KVH, int HD, bool bias
 static void test_qkv_rope_cache(void) {
     NEED_GPU();
     CHECK(cuda_set_matmul_precision("bf16") == 0);
-    qkv_rope_cache_case(1, 896, 14, 2, 64, true);   // Qwen2.5-0.5B's shape, one sequence
-    qkv_rope_cache_case(3, 128, 4, 4, 32, false);   // no GQA, no biases
-    qkv_rope_cache_case(8, 64, 4, 2, 16, true);     // the most rows one launch takes
-    qkv_rope_cache_case(9, 64, 4, 2, 16, true);     // more: the two ops
-    qkv_rope_cache_case(2, 2048, 4, 2, 64, false);  // rows split over warps: the two ops
+    qkv_rope_cache_case(1, 896, 14, 2, 64, true, "fused");  // Qwen2.5-0.5B's shape, one sequence
+    qkv_rope_cache_case(3, 128, 4, 4, 32, false, "fused");  // no GQA, no biases
+    qkv_rope_cache_case(8, 64, 4, 2, 16, true, "fused");    // the most rows one launch takes
+    qkv_rope_cache_case(2, 64, 3, 1, 12, true, "fused");    // pairs a segment not a multiple of 4 warps
+    qkv_rope_cache_case(5, 96, 6, 2, 12, false, "fused");
+    qkv_rope_cache_case(9, 64, 4, 2, 16, true, "separate");     // more rows: the two ops
+    qkv_rope_cache_case(2, 2048, 4, 2, 64, false, "separate");  // rows split over warps
     CHECK(cuda_set_matmul_precision("fp32") == 0);
-    qkv_rope_cache_case(2, 64, 4, 2, 16, true);  // fp32 products: the two ops
+    qkv_rope_cache_case(2, 64, 4, 2, 16, true, "separate");  // fp32 products
 }
 
 // Qwen3's decode step: the per-head norms of q and k, RoPE and the cache writes in one
 // kernel (HD 64, 128) against the three ops: the same bits in q, k and both caches (random
 // before; outputs NaN-poisoned), and the cpu twin's values within 1e-5.
-static void qk_norm_rope_cache_case(int n, int NH, int KVH, int HD) {
+static void qk_norm_rope_cache_case(int n, int NH, int KVH, int HD, const char *path) {
     const int rows = 40;
     const size_t nq = (size_t)n * NH * HD, nk = (size_t)n * KVH * HD, nc = (size_t)rows * KVH * HD;
     int32_t pos[9], row[9];
@@ -705,6 +709,8 @@ static void qk_norm_rope_cache_case(int n, int NH, int KVH, int HD) {
         if (t == 0) {
             cuda_qk_norm_rope_kv_cache_forward(d_q, d_k, d_qr, d_kr, d_v, d_kc, d_vc, d_qn, d_kn, 1e-6f, d_row, d_pos,
                                                d_inv, n, NH, KVH, HD);
+            CHECK_MSG(!strcmp(cuda_decode_last_path(), path), "qk_norm_rope_cache HD=%d: the %s path ran, not %s", HD,
+                      cuda_decode_last_path(), path);
         } else {
             cuda_rmsnorm_forward(d_q, NULL, d_qr, d_qn, n * NH, HD, 1e-6f);
             cuda_rmsnorm_forward(d_k, NULL, d_kr, d_kn, n * KVH, HD, 1e-6f);
@@ -733,10 +739,10 @@ static void qk_norm_rope_cache_case(int n, int NH, int KVH, int HD) {
 
 static void test_qk_norm_rope_cache(void) {
     NEED_GPU();
-    qk_norm_rope_cache_case(1, 16, 8, 128);  // Qwen3-0.6B's heads: more than a block's 8 warps
-    qk_norm_rope_cache_case(3, 4, 2, 64);
-    qk_norm_rope_cache_case(9, 2, 2, 64);   // no GQA
-    qk_norm_rope_cache_case(2, 4, 2, 32);   // the three ops
+    qk_norm_rope_cache_case(1, 16, 8, 128, "fused");  // Qwen3-0.6B's heads: more than a block's 8 warps
+    qk_norm_rope_cache_case(3, 4, 2, 64, "fused");
+    qk_norm_rope_cache_case(9, 2, 2, 64, "fused");     // no GQA
+    qk_norm_rope_cache_case(2, 4, 2, 32, "separate");  // the three ops
 }
 
 static void test_swiglu_add_rows(void) {
