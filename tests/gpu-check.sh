@@ -123,6 +123,11 @@ sft_row() {
     [ -n "$1" ] || { echo failed; return; }
     echo "$(field "$1" tokens/s) tok/s, $(field "$1" devmem_mb) MB, MFU $(field "$1" mfu), loss $(field "$1" loss)"
 }
+sft_ratio() {  # name thinkpipe-line torch-line
+    a=$(field "$2" tokens/s) b=$(field "$3" tokens/s) ma=$(field "$2" devmem_mb) mb=$(field "$3" devmem_mb)
+    [ -n "$a" ] && [ -n "$b" ] && row "$1 ratio thinkpipe/torch" "$(awk -v a="$a" -v b="$b" -v ma="$ma" -v mb="$mb" \
+        'BEGIN { printf "tokens/s %.2fx, memory %.2fx", a / b, ma / mb }')"
+}
 if [ "${SKIP_SFT_BENCH:-0}" != 1 ]; then
 section "SFT step, seq 2048, thinkpipe (fp32 master, bf16 products) vs transformers + torch AdamW (bf16 autocast, SDPA)"
 for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
@@ -150,12 +155,18 @@ for shape in "qwen2.5-0.5b 4" "qwen2.5-1.5b 2"; do
         echo "$1 B=$2: thinkpipe, TP_CUDA_ACT16=0: ${tf:-failed}" >>"$log"
         row "$1 B=$2 T=2048 thinkpipe, activations fp32" "$(sft_row "$tf")"
     fi
-    a=$(field "$tp" tokens/s) b=$(field "$pt" tokens/s) ma=$(field "$tp" devmem_mb) mb=$(field "$pt" devmem_mb)
-    if [ -n "$a" ] && [ -n "$b" ]; then
-        row "$1 ratio thinkpipe/torch" "$(awk -v a="$a" -v b="$b" -v ma="$ma" -v mb="$mb" \
-            'BEGIN { printf "tokens/s %.2fx, memory %.2fx", a / b, ma / mb }')"
-    fi
+    sft_ratio "$1" "$tp" "$pt"
 done
+# 1.5B again with 8 micro-batches a step (16 sequences, 32K tokens: an SFT run's global batch,
+# not one micro-batch): clipping and AdamW (about 46 GB of fp32 state read and written at 1.5B)
+# once per 8 forward and backward passes, on both sides. The MFU target is read here too.
+cfg=$cfgdir/qwen2.5-1.5b.json
+tp=$(timeout 90 "$B/bench/model_step" "$cfg" 2 2048 3 --device cuda --matmul bf16 --accum 8 2>>"$log" | tail -n 1)
+pt=$(PYTHONUNBUFFERED=1 timeout 120 python3 tests/bench/torch_gpu_step.py "$cfg" 2 2048 3 989 8 2>>"$log" | tail -n 1)
+echo "qwen2.5-1.5b B=2 accum 8: thinkpipe: ${tp:-failed}; torch: ${pt:-failed}" >>"$log"
+row "qwen2.5-1.5b B=2 x 8 micro-batches thinkpipe" "$(sft_row "$tp")"
+row "qwen2.5-1.5b B=2 x 8 micro-batches torch" "$(sft_row "$pt")"
+sft_ratio "qwen2.5-1.5b x 8" "$tp" "$pt"
 fi
 section "decode, qwen2.5-0.5b shape: thinkpipe engine (bf16 products) vs transformers generate (bf16, SDPA)"
 for b in "$B"/bench/bench_cuda_decode "$B"/bench/bench_cuda_sample; do

@@ -166,6 +166,115 @@ __global__ void rmsnorm_backward_dx_kernel(float *dx, const float *dout, const T
 
 static unsigned row_blocks(int N) { return cuda_blocks(N, 256 / 32); }
 
+// Four consecutive elements (fp32: 16-byte aligned; bf16: 8-byte aligned).
+__device__ __forceinline__ float4 load4(const float *p) { return *reinterpret_cast<const float4 *>(p); }
+__device__ __forceinline__ float4 load4(const bf16 *p) {
+    uint2 u = *reinterpret_cast<const uint2 *>(p);
+    float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.x));
+    float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+
+enum { NORM_BACKWARD_THREADS = 512, NORM_BACKWARD_PARTS = 1024 };
+
+// The backward of a part of rows_per_part rows (the last part fewer), a block a part, a
+// row at a time in registers (K float4s a thread, as rmsnorm_rows_kernel): dx[n] += the
+// dx kernel's arithmetic (its double dot product summed in a fixed order: a thread's
+// floats, lanes, warps in warp order), and, when partial is given, the part's sums of
+// dout·x·rstd in double into partial[part, C], added in part order by
+// column_finish_kernel. Reading dout and x once here replaces the dx kernel's pass and
+// the column sums' second pass over both (the weight gradient of every norm of a step).
+template <int K, typename TX>
+__global__ void __launch_bounds__(NORM_BACKWARD_THREADS)
+    rmsnorm_backward_rows_kernel(float *dx, double *partial, const float *dout, const TX *x, const float *weight,
+                                 const float *rstd, int N, int C, int rows_per_part) {
+    __shared__ double warp_dot[2][32];  // two rows' turns: a row's writes never meet the last row's reads
+    const int C4 = C / 4, warps = blockDim.x / 32, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int n0 = blockIdx.x * rows_per_part, n1 = min(N, n0 + rows_per_part);
+    float4 w[K];
+    double col[K][4];
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int c = threadIdx.x + k * blockDim.x;
+        w[k] = c < C4 ? load4(weight + 4 * c) : make_float4(0.f, 0.f, 0.f, 0.f);
+        col[k][0] = col[k][1] = col[k][2] = col[k][3] = 0;
+    }
+    for (int n = n0, turn = 0; n < n1; n++, turn ^= 1) {
+        const size_t row = (size_t)n * C;
+        float4 d[K] = {}, xv[K] = {}, o[K] = {};  // (a thread past C4 uses none of them)
+        double dot = 0;
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const int c = threadIdx.x + k * blockDim.x;
+            if (c >= C4) continue;
+            d[k] = load4(dout + row + 4 * c), xv[k] = load4(x + row + 4 * c), o[k] = load4(dx + row + 4 * c);
+            dot += (double)d[k].x * w[k].x * xv[k].x, dot += (double)d[k].y * w[k].y * xv[k].y;
+            dot += (double)d[k].z * w[k].z * xv[k].z, dot += (double)d[k].w * w[k].w * xv[k].w;
+        }
+        dot = warp_sum_d(dot);
+        if (lane == 0) warp_dot[turn][warp] = dot;
+        __syncthreads();
+        double total = 0;
+        for (int i = 0; i < warps; i++) total += warp_dot[turn][i];
+        const float r = rstd[n];
+        const float kx = (float)((double)r * r * r * total / C);
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const int c = threadIdx.x + k * blockDim.x;
+            if (c >= C4) continue;
+            o[k].x += r * (d[k].x * w[k].x) - kx * xv[k].x, o[k].y += r * (d[k].y * w[k].y) - kx * xv[k].y;
+            o[k].z += r * (d[k].z * w[k].z) - kx * xv[k].z, o[k].w += r * (d[k].w * w[k].w) - kx * xv[k].w;
+            *reinterpret_cast<float4 *>(dx + row + 4 * c) = o[k];
+            if (!partial) continue;
+            col[k][0] += (double)d[k].x * ((double)xv[k].x * r), col[k][1] += (double)d[k].y * ((double)xv[k].y * r);
+            col[k][2] += (double)d[k].z * ((double)xv[k].z * r), col[k][3] += (double)d[k].w * ((double)xv[k].w * r);
+        }
+    }
+    if (!partial) return;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int c = threadIdx.x + k * blockDim.x;
+        if (c >= C4) continue;
+        double *p = partial + (size_t)blockIdx.x * C + 4 * c;
+        p[0] = col[k][0], p[1] = col[k][1], p[2] = col[k][2], p[3] = col[k][3];
+    }
+}
+
+__global__ void column_finish_kernel(float *out, const double *partial, int parts, int C);
+
+// The one-pass backward when the rows allow it (C a multiple of 4 and at most 4 *
+// NORM_BACKWARD_THREADS float4s, dx, dout, weight 16-byte aligned, x aligned to 4 of its
+// elements); false: the caller takes the dx kernel and the column sums. The parts' size
+// depends on N alone (at least 16 rows, at most NORM_BACKWARD_PARTS parts), so the bits do
+// not depend on the card.
+template <typename TX>
+static bool backward_rows(float *dx, float *dweight, const float *dout, const TX *x, const float *weight,
+                          const float *rstd, int N, int C) {
+    if (!dx || C % 4 || misaligned16(dx) || misaligned16(dout) || misaligned16(weight) ||
+        ((uintptr_t)x & (4 * sizeof(TX) - 1)))
+        return false;
+    const int C4 = C / 4, K = (C4 + NORM_BACKWARD_THREADS - 1) / NORM_BACKWARD_THREADS;
+    if (C4 == 0 || K > 4) return false;
+    const int rows = max(16, (N + NORM_BACKWARD_PARTS - 1) / NORM_BACKWARD_PARTS), parts = (N + rows - 1) / rows;
+    double *partial = NULL;
+    if (dweight) {
+        partial = (double *)cuda_scratch(SCRATCH_COLSUM, (size_t)parts * C * sizeof(double));
+        if (!partial) return true;  // out of memory: noted by cuda_scratch
+    }
+    const int per = (C4 + K - 1) / K, threads = (per + 31) / 32 * 32;
+    auto kernel = K == 1   ? rmsnorm_backward_rows_kernel<1, TX>
+                  : K == 2 ? rmsnorm_backward_rows_kernel<2, TX>
+                  : K == 3 ? rmsnorm_backward_rows_kernel<3, TX>
+                           : rmsnorm_backward_rows_kernel<4, TX>;
+    kernel<<<parts, threads, 0, cuda_stream()>>>(dx, partial, dout, x, weight, rstd, N, C, rows);
+    CUDA_LAUNCH_CHECK();
+    if (dweight) {
+        column_finish_kernel<<<cuda_blocks(C, 256), 256, 0, cuda_stream()>>>(dweight, partial, parts, C);
+        CUDA_LAUNCH_CHECK();
+    }
+    return true;
+}
+
 extern "C" void cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight, int N, int C,
                                      float eps) {
     if (N <= 0 || rows_kernel(NULL, out, rstd, x, NULL, weight, N, C, eps)) return;
@@ -197,7 +306,7 @@ extern "C" void cuda_add_rmsnorm_forward(float *sum, float *out, float *rstd, co
 
 extern "C" void cuda_rmsnorm_backward(float *dx, float *dweight, const float *dout, const float *x,
                                       const float *weight, const float *rstd, int N, int C) {
-    if (N <= 0) return;
+    if (N <= 0 || backward_rows(dx, dweight, dout, x, weight, rstd, N, C)) return;
     if (dx) {
         rmsnorm_backward_dx_kernel<float><<<row_blocks(N), 256, 0, cuda_stream()>>>(dx, dout, x, weight, rstd, N, C);
         CUDA_LAUNCH_CHECK();
@@ -210,8 +319,8 @@ static void column_sum(float *out, const TA *a, const TB *b, const float *r, int
 
 void cuda_rmsnorm16_backward(float *dx, float *dweight, const float *dout, const void *x, const float *weight,
                              const float *rstd, int N, int C) {
-    if (N <= 0) return;
     const bf16 *x16 = (const bf16 *)x;
+    if (N <= 0 || backward_rows(dx, dweight, dout, x16, weight, rstd, N, C)) return;
     if (dx) {
         rmsnorm_backward_dx_kernel<bf16><<<row_blocks(N), 256, 0, cuda_stream()>>>(dx, dout, x16, weight, rstd, N, C);
         CUDA_LAUNCH_CHECK();

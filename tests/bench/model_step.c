@@ -1,8 +1,11 @@
 // Training-step throughput (forward, backward, clipping, AdamW) of the model core, for
 // tests/bench/bench_model.sh (CPU) and tests/gpu-check.sh (CUDA), which run PyTorch on the
 // same model beside it.
-//   model_step CONFIG.json B T STEPS [--recompute] [--device cpu|cuda] [--matmul fp32|tf32|bf16]
+//   model_step CONFIG.json B T STEPS [--recompute] [--device cpu|cuda] [--matmul fp32|tf32|bf16] [--accum A]
 //   -> "thinkpipe step S tokens/s X ... devmem_mb M" (M: device memory the run took, cuda only)
+// --accum A: A micro-batches of B x T a step, their gradients added before one clipping and
+// AdamW update (what an SFT run with a global batch of A·B sequences does; the optimizer's
+// fixed cost a step is shared by A times the tokens).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,20 +21,26 @@
 
 int main(int argc, char **argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: model_step CONFIG.json B T STEPS [--recompute] [--device D] [--matmul P]\n");
+        fprintf(stderr, "usage: model_step CONFIG.json B T STEPS [--recompute] [--device D] [--matmul P] [--accum A]\n");
         return 2;
     }
-    int B = atoi(argv[2]), T = atoi(argv[3]), steps = atoi(argv[4]);
+    int B = atoi(argv[2]), T = atoi(argv[3]), steps = atoi(argv[4]), accum = 1;
     bool recompute = false;
     const char *device = "cpu", *matmul = "bf16";
     for (int i = 5; i < argc; i++) {
         if (!strcmp(argv[i], "--recompute")) recompute = true;
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
         else if (!strcmp(argv[i], "--matmul") && i + 1 < argc) matmul = argv[++i];
+        else if (!strcmp(argv[i], "--accum") && i + 1 < argc) accum = atoi(argv[++i]);
         else {
             fprintf(stderr, "model_step: unknown argument %s\n", argv[i]);
             return 2;
         }
+    }
+    if (B < 1 || T < 2 || steps < 1 || accum < 1) {
+        fprintf(stderr, "model_step: B %d, T %d, STEPS %d and --accum %d must be positive (T at least 2)\n", B, T,
+                steps, accum);
+        return 2;
     }
     tp_err err;
     const tp_backend *be = tp_backend_named(device, &err);
@@ -77,10 +86,11 @@ int main(int argc, char **argv) {
     for (int k = -1; k < steps; k++) {  // one warm-up step
         double t0 = tp_now();
         tp_model_zero_grad(m);
-        if (tp_model_forward_backward(m, &b, 0.0f, &loss, &err) < 0) {
-            fprintf(stderr, "model_step: %s\n", err.msg);
-            return 1;
-        }
+        for (int a = 0; a < accum; a++)  // the mean over all A·B·(T-1) targets
+            if (tp_model_forward_backward(m, &b, 1.0f / ((float)accum * B * (T - 1)), &loss, &err) < 0) {
+                fprintf(stderr, "model_step: %s\n", err.msg);
+                return 1;
+            }
         tp_clip_grad_norm(m, 1.0);
         tp_adamw_update(&opt, m, 1e-4);
         char msg[512];
@@ -98,11 +108,12 @@ int main(int argc, char **argv) {
     double flops = 6 * matrix + 6.0 * c->num_layers * T * c->num_heads * c->head_dim;
     const char *peak_env = getenv("TP_PEAK_TFLOPS");
     double peak = peak_env ? atof(peak_env) : 989.0;  // H100 SXM dense bf16
-    double mfu = flops * N / med / (peak * 1e12);
+    double mfu = flops * N * accum / med / (peak * 1e12);
     // Nothing is freed during a step, so what the run took from the device is its peak.
     double devmem_mb = be->device ? (double)(free_before - be->free_bytes()) / (1 << 20) : 0;
-    printf("thinkpipe step %.3f s tokens/s %.1f loss %.4f params %zu devmem_mb %.0f mfu %.3f gemm %s\n", med, N / med,
-           loss.sum / loss.count, m->n_floats, devmem_mb, mfu, be->device ? matmul : tp_sgemm_backend());
+    printf("thinkpipe step %.3f s tokens/s %.1f loss %.4f params %zu devmem_mb %.0f mfu %.3f gemm %s accum %d\n", med,
+           (double)N * accum / med, loss.sum / loss.count, m->n_floats, devmem_mb, mfu,
+           be->device ? matmul : tp_sgemm_backend(), accum);
     tp_adamw_free(&opt);
     tp_model_free(m);
     free(ids), free(pos), free(seg), free(mask), free(times);

@@ -47,10 +47,14 @@ static void test_embedding(void) {
 
 static void test_rmsnorm(void) {
     NEED_GPU();
-    // block-per-row kernel: one, two and four float4s a thread; warp-per-row: C % 4 != 0
-    const int shapes[][2] = {{37, 896}, {1200, 128}, {5, 1},    {3, 4097},  {1, 896},
-                             {2, 8192}, {3, 12288}, {4, 36}, {2, 16000}, {2, 16388}};
-    for (int s = 0; s < 10; s++) {
+    // block-per-row kernel: one, two and four float4s a thread; warp-per-row: C % 4 != 0.
+    // The backward's one-pass kernel: parts of 16 rows (37 and 1200 rows: a short last
+    // part), 20 rows (20000 rows in 1000 parts), one to four float4s a thread (896, 3584,
+    // 5120, 8192), and past it (12288, 16000: the dx kernel and the column sums).
+    const int shapes[][2] = {{37, 896}, {1200, 128}, {5, 1},     {3, 4097},  {1, 896},    {2, 8192},
+                             {3, 12288}, {4, 36},    {2, 16000}, {2, 16388}, {20000, 36}, {70, 3584},
+                             {19, 5120}, {33, 8192}};
+    for (int s = 0; s < 14; s++) {
         int N = shapes[s][0], C = shapes[s][1];
         size_t nc = (size_t)N * C;
         float *x = rnd(nc), *w = rnd(C), *out = malloc(nc * 4), *rstd = malloc(N * 4);
