@@ -174,12 +174,16 @@ void attn_forward(float *mid, void *ln2, float *rstd2, const attn_acts *a, const
 // without per-head norms (in bf16 they are what the products read: the attention's
 // gradients rounded, dq and dk through RoPE's backward), fp32 with them (the norms'
 // backward reads them); dln [N, C], and with per-head norms dq_raw [N, Q], dk_raw [N, KV],
-// fp32.
+// fp32. dqkv, optional (NULL: none; it may share its memory with dq, dk, dv): [N, Q + 2 KV]
+// of act_bytes, without per-head norms, where a backend may put the three gradients side by
+// side in each token's row and multiply them by the joined weights [wq; wk; wv] in one
+// product (the GPU in bf16: one product of K = Q + 2 KV, not three, two of them K = KV).
 typedef struct attn_scratch {
     void *datt;
     float *dln;
     void *dq, *dk, *dv;
     float *dq_raw, *dk_raw;
+    void *dqkv;
 } attn_scratch;
 // The backward of mid (not of ln2's norm: the caller adds its gradient into dres first):
 // dres [N, C] holds d/d(mid) on entry and d/d(x) on return; g's gradients are added to.

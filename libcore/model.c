@@ -79,8 +79,10 @@ void tp_activations_free(tp_activations *a) {
                         t->att, t->lse, l->mid, l->ln2, l->rstd2, l->gate, l->up, l->act};
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) bfree(a->be, bufs[i]);
     }
-    void *bufs[] = {a->res, a->lnf, a->rstdf, a->dres, a->dln, a->ds.dq, a->ds.dk, a->ds.dv, a->ds.dq_raw,
-                    a->ds.dk_raw, a->ds.datt, a->dgate, a->dup, a->dact, a->dlnf, a->xg, a->dxg, a->logits};
+    const bool joined = a->ds.dqkv != NULL;  // dq, dk, dv inside it
+    void *bufs[] = {a->res, a->lnf, a->rstdf, a->dres, a->dln, joined ? NULL : a->ds.dq, joined ? NULL : a->ds.dk,
+                    joined ? NULL : a->ds.dv, a->ds.dqkv, a->ds.dq_raw, a->ds.dk_raw, a->ds.datt, a->dgate, a->dup,
+                    a->dact, a->dlnf, a->xg, a->dxg, a->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) bfree(a->be, bufs[i]);
     bfree(a->be, a->dev_ints);
     free(a->slot);
@@ -147,8 +149,10 @@ static void activations_grad_buffers(tp_activations *a, const tp_model_config *c
     if (c->qk_norm) {  // ops.h attn_scratch: fp32 where the per-head norms' backward reads them
         ds->dq = falloc(a, n * Q), ds->dk = falloc(a, n * KV), ds->dv = falloc(a, n * KV);
         ds->dq_raw = falloc(a, n * Q), ds->dk_raw = falloc(a, n * KV);
-    } else {
-        ds->dq = act_alloc(a, n * Q), ds->dk = act_alloc(a, n * KV), ds->dv = act_alloc(a, n * KV);
+    } else {  // dq, dk, dv one after another in the memory of dqkv (ops.h: either is used)
+        ds->dqkv = act_alloc(a, n * (Q + 2 * KV));
+        char *at = ds->dqkv;
+        if (at) ds->dq = at, ds->dk = at + n * Q * a->act_bytes, ds->dv = at + n * (Q + KV) * a->act_bytes;
     }
     a->dgate = act_alloc(a, n * F), a->dup = act_alloc(a, n * F), a->dact = act_alloc(a, n * F);
 }

@@ -601,19 +601,20 @@ extern "C" void cuda_attention_backward_bf16(float *dq, float *dk, float *dv, co
     cuda_attention_backward(dq, dk, dv, wdo, wo, lse, wq, wk, wv, seg_start, N, NH, KVH, HD, scale);
 }
 
-extern "C" void cuda_attention_backward_unrotated16(void *dq, void *dk, void *dv, const void *dout, const void *out,
-                                         const float *lse, const void *q, const void *k, const void *v,
-                                         const int32_t *seg_start, const int32_t *pos, const float *inv_freq, int N,
-                                         int NH, int KVH, int HD, float scale) {
+extern "C" void cuda_attention_backward_unrotated16(void *dq, void *dk, void *dv, int ldq, int ldkv, const void *dout,
+                                                    const void *out, const float *lse, const void *q, const void *k,
+                                                    const void *v, const int32_t *seg_start, const int32_t *pos,
+                                                    const float *inv_freq, int N, int NH, int KVH, int HD,
+                                                    float scale) {
     if (N <= 0 || !heads_ok(NH, KVH)) return;
     if (cuda_matmul_bf16() && cuda_attention_mma()) {
         last_path = "mma";
-        if (attention_mma_backward_unrotated((bf16 *)dq, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout,
+        if (attention_mma_backward_unrotated((bf16 *)dq, (bf16 *)dk, (bf16 *)dv, ldq, ldkv, (const bf16 *)dout,
                                              (const bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k,
                                              (const bf16 *)v, seg_start, pos, inv_freq, N, NH, KVH, HD, scale))
             return;
     }
-    // the accumulating form into zeroed fp32 sums, RoPE's backward, then rounded
+    // the accumulating form into zeroed fp32 sums, RoPE's backward, then rounded into the rows
     const size_t nq = (size_t)N * NH * HD, nkv = (size_t)N * KVH * HD;
     float *w = (float *)cuda_scratch(SCRATCH_ATTENTION_GRADS, sizeof(float) * (nq + 2 * nkv));
     if (!w) return;  // noted
@@ -622,7 +623,8 @@ extern "C" void cuda_attention_backward_unrotated16(void *dq, void *dk, void *dv
     cuda_attention_backward_bf16(gq, gk, gv, dout, out, lse, q, k, v, seg_start, N, NH, KVH, HD, scale);
     cuda_rope_backward(gq, pos, inv_freq, N, NH, HD);
     cuda_rope_backward(gk, pos, inv_freq, N, KVH, HD);
-    cuda_round_bf16(dq, gq, nq), cuda_round_bf16(dk, gk, nkv), cuda_round_bf16(dv, gv, nkv);
+    cuda_round_bf16_rows(dq, ldq, gq, N, NH * HD);
+    cuda_round_bf16_rows(dk, ldkv, gk, N, KVH * HD), cuda_round_bf16_rows(dv, ldkv, gv, N, KVH * HD);
 }
 
 extern "C" void cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,

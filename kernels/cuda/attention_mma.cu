@@ -277,17 +277,17 @@ __device__ __forceinline__ void tile_accumulate(float (&acc)[HD / 8][4], const f
 }
 
 // Writes (add false) or adds to (add true) rows row0 + g, row0 + g + 8 (those < rend) of
-// dst [*, heads, HD] at head `head` from a warp's accumulators; a bf16 dst is written rounded
-// (never added to).
+// dst (rows ld elements apart, a head HD of them) at head `head` from a warp's
+// accumulators; a bf16 dst is written rounded (never added to).
 template <int HD, typename T>
 __device__ __forceinline__ void store_rows(T *__restrict__ dst, const float (&acc)[HD / 8][4], int row0, int rend,
-                                           int heads, int head, int lane, bool add) {
+                                           int ld, int head, int lane, bool add) {
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const int row = row0 + g + 8 * r;
         if (row >= rend) continue;
-        T *base = dst + ((size_t)row * heads + head) * HD + 2 * t;
+        T *base = dst + (size_t)row * ld + head * HD + 2 * t;
 #pragma unroll
         for (int no = 0; no < HD / 8; no++) {
             if constexpr (sizeof(T) == sizeof(bf16)) {
@@ -310,7 +310,7 @@ __device__ __forceinline__ void store_rows(T *__restrict__ dst, const float (&ac
 // c + HD/2 pair up, and a thread holds both (accumulators no and no + HD/16).
 template <int HD>
 __device__ __forceinline__ void store_rows_unrotated(bf16 *__restrict__ dst, float (&acc)[HD / 8][4], int row0,
-                                                     int rend, int heads, int head, int lane,
+                                                     int rend, int ld, int head, int lane,
                                                      const int32_t *__restrict__ pos,
                                                      const float *__restrict__ inv_freq) {
     const int g = lane / 4, t = lane % 4;
@@ -326,7 +326,7 @@ __device__ __forceinline__ void store_rows_unrotated(bf16 *__restrict__ dst, flo
                 rope_rotate(acc[no][2 * r + e], acc[no + HD / 16][2 * r + e],
                             rope_angle_of(p, inv_freq[no * 8 + 2 * t + e], -1.0f));
     }
-    store_rows<HD>(dst, acc, row0, rend, heads, head, lane, false);
+    store_rows<HD>(dst, acc, row0, rend, ld, head, lane, false);
 }
 
 // ---- forward ----
@@ -435,7 +435,7 @@ __global__ void __launch_bounds__(THREADS, 2)
     for (int no = 0; no < NO; no++)
 #pragma unroll
         for (int e = 0; e < 4; e++) o[no][e] *= inv[e / 2];
-    store_rows<HD>(out, o, wfirst, N, NH, h, lane, false);
+    store_rows<HD>(out, o, wfirst, N, NH * HD, h, lane, false);
 }
 
 // ---- backward ----
@@ -448,15 +448,15 @@ template <int HD> struct DqSmem {
 // One block per (tile of 64 queries, query head h), over the same key tiles as the
 // forward pass; warp w owns queries i0 + 16w .. +15: S = Q K^T, dP = dO V^T, P =
 // exp2(S·sl2 - lse·log2 e), dS = P (dP - D) · scale, dQ += dS K, all in registers. At the
-// end, an fp32 dq is accumulated (+=) once per element; a bf16 dq is written, unrotated
-// (store_rows_unrotated at positions pos).
+// end, an fp32 dq [N, NH, HD] is accumulated (+=) once per element; a bf16 dq (rows ldq
+// elements apart) is written, unrotated (store_rows_unrotated at positions pos).
 template <int HD, typename TG>
 __global__ void __launch_bounds__(THREADS, 2)
     attention_mma_dq_kernel(TG *__restrict__ dq, const bf16 *__restrict__ dout, const float *__restrict__ lse,
                             const float *__restrict__ D, const bf16 *__restrict__ q, const bf16 *__restrict__ k,
                             const bf16 *__restrict__ v, const int32_t *__restrict__ seg_start,
                             const int32_t *__restrict__ pos, const float *__restrict__ inv_freq, int N, int NH,
-                            int KVH, float scale, float sl2) {
+                            int KVH, int ldq, float scale, float sl2) {
     constexpr int TILE = DqSmem<HD>::TILE, LD = HD + 8, NO = HD / 8;
     extern __shared__ __align__(128) unsigned char mma_smem[];
     bf16 *Qs = reinterpret_cast<bf16 *>(mma_smem), *dOs = Qs + TILE, *Ks = dOs + TILE, *Vs = Ks + 2 * TILE;
@@ -502,8 +502,8 @@ __global__ void __launch_bounds__(THREADS, 2)
         }
         __syncthreads();
     }
-    if constexpr (sizeof(TG) == sizeof(bf16)) store_rows_unrotated<HD>(dq, acc, wfirst, N, NH, h, lane, pos, inv_freq);
-    else store_rows<HD>(dq, acc, wfirst, N, NH, h, lane, true);
+    if constexpr (sizeof(TG) == sizeof(bf16)) store_rows_unrotated<HD>(dq, acc, wfirst, N, ldq, h, lane, pos, inv_freq);
+    else store_rows<HD>(dq, acc, wfirst, N, NH * HD, h, lane, true);
 }
 
 template <int HD> struct DkvSmem {
@@ -582,7 +582,7 @@ __global__ void __launch_bounds__(THREADS, 2)
                               const float *__restrict__ D, const bf16 *__restrict__ q, const bf16 *__restrict__ k,
                               const bf16 *__restrict__ v, const int32_t *__restrict__ seg_start,
                               const int32_t *__restrict__ pos, const float *__restrict__ inv_freq, int N, int NH,
-                              int KVH, float scale, float sl2) {
+                              int KVH, int ldkv, float scale, float sl2) {
     using L = DkvSmem<HD>;
     constexpr int QT = L::QT, LD = HD + 8, NO = HD / 8, NT = QT / 8;
     extern __shared__ __align__(128) unsigned char mma_smem[];
@@ -644,14 +644,14 @@ __global__ void __launch_bounds__(THREADS, 2)
         __syncthreads();
     }
     if (pk) {
-        store_rows<HD>(pk, dk_acc, wj, jend, NH, h, lane, false);
-        store_rows<HD>(pv, dv_acc, wj, jend, NH, h, lane, false);
+        store_rows<HD>(pk, dk_acc, wj, jend, NH * HD, h, lane, false);
+        store_rows<HD>(pv, dv_acc, wj, jend, NH * HD, h, lane, false);
     } else if constexpr (sizeof(TG) == sizeof(bf16)) {
-        store_rows_unrotated<HD>(dk, dk_acc, wj, jend, KVH, kvh, lane, pos, inv_freq);
-        store_rows<HD>(dv, dv_acc, wj, jend, KVH, kvh, lane, false);
+        store_rows_unrotated<HD>(dk, dk_acc, wj, jend, ldkv, kvh, lane, pos, inv_freq);
+        store_rows<HD>(dv, dv_acc, wj, jend, ldkv, kvh, lane, false);
     } else {
-        store_rows<HD>(dk, dk_acc, wj, jend, KVH, kvh, lane, true);
-        store_rows<HD>(dv, dv_acc, wj, jend, KVH, kvh, lane, true);
+        store_rows<HD>(dk, dk_acc, wj, jend, KVH * HD, kvh, lane, true);
+        store_rows<HD>(dv, dv_acc, wj, jend, KVH * HD, kvh, lane, true);
     }
 }
 
@@ -670,12 +670,13 @@ void launch_forward(T *out, float *lse, const bf16 *q, const bf16 *k, const bf16
 }
 
 // TG float: dq, dk, dv += the gradients; bf16: written, rounded, dq and dk unrotated at
-// positions pos (a grouped launch's partial sums reduced by attention_group_reduce, or
-// attention_group_reduce_unrotated for bf16).
+// positions pos, rows ldq (dq) and ldkv (dk, dv) elements apart (a grouped launch's partial
+// sums reduced by attention_group_reduce, or attention_group_reduce_unrotated for bf16).
 template <int HD, typename TG>
 void launch_backward(TG *dq, TG *dk, TG *dv, float *pk, float *pv, const bf16 *dout, const float *lse,
                      const float *D, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seg_start,
-                     const int32_t *pos, const float *inv_freq, int N, int NH, int KVH, float scale) {
+                     const int32_t *pos, const float *inv_freq, int N, int NH, int KVH, int ldq, int ldkv,
+                     float scale) {
     static bool opted_dq, opted_dkdv;
     const size_t smem_dq = DqSmem<HD>::bytes, smem_dkdv = DkvSmem<HD>::bytes;
     allow_smem(attention_mma_dq_kernel<HD, TG>, smem_dq, &opted_dq);
@@ -683,16 +684,16 @@ void launch_backward(TG *dq, TG *dk, TG *dv, float *pk, float *pv, const bf16 *d
     const float sl2 = scale * LOG2E;
     dim3 grid_dq(cuda_blocks(N, BQ), (unsigned)NH), grid_dkdv(cuda_blocks(N, BK), (unsigned)NH);
     attention_mma_dq_kernel<HD, TG><<<grid_dq, THREADS, smem_dq, cuda_stream()>>>(
-        dq, dout, lse, D, q, k, v, seg_start, pos, inv_freq, N, NH, KVH, scale, sl2);
+        dq, dout, lse, D, q, k, v, seg_start, pos, inv_freq, N, NH, KVH, ldq, scale, sl2);
     CUDA_LAUNCH_CHECK();
     const bool direct = NH == KVH;
     attention_mma_dkdv_kernel<HD, TG><<<grid_dkdv, THREADS, smem_dkdv, cuda_stream()>>>(
         dk, dv, direct ? NULL : pk, direct ? NULL : pv, dout, lse, D, q, k, v, seg_start, pos, inv_freq, N, NH, KVH,
-        scale, sl2);
+        ldkv, scale, sl2);
     CUDA_LAUNCH_CHECK();
     if (direct) return;
-    if constexpr (sizeof(TG) == sizeof(bf16)) attention_group_reduce_unrotated(dk, dv, pk, pv, pos, inv_freq, N, NH,
-                                                                               KVH, HD);
+    if constexpr (sizeof(TG) == sizeof(bf16)) attention_group_reduce_unrotated(dk, dv, ldkv, pk, pv, pos, inv_freq, N,
+                                                                               NH, KVH, HD);
     else attention_group_reduce(dk, dv, pk, pv, N, NH, KVH, HD);
 }
 
@@ -741,9 +742,12 @@ bool attention_mma_backward(float *dq, float *dk, float *dv, const T *dout, cons
         return true;  // out of device memory (noted): no other path is tried
     const bf16 *bq = bf16_tiles(q, b, 0, nq), *bdo = bf16_tiles(dout, b, nq, nq);
     const bf16 *bk = bf16_tiles(k, b, 2 * nq, nkv), *bv = bf16_tiles(v, b, 2 * nq + nkv, nkv);
+    const int ldq = NH * HD, ldkv = KVH * HD;
     if (HD == 64)
-        launch_backward<64>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, NULL, NULL, N, NH, KVH, scale);
-    else launch_backward<128>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, NULL, NULL, N, NH, KVH, scale);
+        launch_backward<64>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, NULL, NULL, N, NH, KVH, ldq, ldkv,
+                            scale);
+    else launch_backward<128>(dq, dk, dv, pk, pv, bdo, lse, D, bq, bk, bv, seg_start, NULL, NULL, N, NH, KVH, ldq,
+                              ldkv, scale);
     return true;
 }
 template bool attention_mma_backward(float *, float *, float *, const float *, const float *, const float *,
@@ -753,17 +757,18 @@ template bool attention_mma_backward(float *, float *, float *, const bf16 *, co
                                      const bf16 *, const bf16 *, const bf16 *, const int32_t *, int, int, int, int,
                                      float);
 
-bool attention_mma_backward_unrotated(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out,
-                                      const float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+bool attention_mma_backward_unrotated(bf16 *dq, bf16 *dk, bf16 *dv, int ldq, int ldkv, const bf16 *dout,
+                                      const bf16 *out, const float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                                       const int32_t *seg_start, const int32_t *pos, const float *inv_freq, int N,
                                       int NH, int KVH, int HD, float scale) {
     if ((HD != 64 && HD != 128) || !aligned16(dq) || !aligned16(dk) || !aligned16(dv) || !aligned16(dout) ||
-        !aligned16(q) || !aligned16(k) || !aligned16(v))
+        !aligned16(q) || !aligned16(k) || !aligned16(v) || ldq % 8 || ldkv % 8)
         return false;
     float *D, *pk, *pv;
     if (!attention_backward_scratch(&D, &pk, &pv, dout, out, N, NH, KVH, HD)) return true;  // noted
     if (HD == 64) launch_backward<64>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, pos, inv_freq, N, NH, KVH,
-                                      scale);
-    else launch_backward<128>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, pos, inv_freq, N, NH, KVH, scale);
+                                      ldq, ldkv, scale);
+    else launch_backward<128>(dq, dk, dv, pk, pv, dout, lse, D, q, k, v, seg_start, pos, inv_freq, N, NH, KVH, ldq,
+                              ldkv, scale);
     return true;
 }

@@ -625,10 +625,10 @@ __global__ void attention_group_reduce_kernel(float *__restrict__ dk, float *__r
     *pdk = a, *pdv = b;
 }
 
-// dk, dv [N, KVH, HD] = the same sums, rounded to bf16, dk after RoPE's backward rotation
-// at each row's position (rope.h): one thread per 4 frequencies of a kv head's row, the 4
-// floats at f and their partners at f + HD/2.
-__global__ void attention_group_reduce_unrotated_kernel(bf16 *__restrict__ dk, bf16 *__restrict__ dv,
+// dk, dv (rows ld elements apart) = the same sums, rounded to bf16, dk after RoPE's
+// backward rotation at each row's position (rope.h): one thread per 4 frequencies of a kv
+// head's row, the 4 floats at f and their partners at f + HD/2.
+__global__ void attention_group_reduce_unrotated_kernel(bf16 *__restrict__ dk, bf16 *__restrict__ dv, int ld,
                                                         const float *__restrict__ pk, const float *__restrict__ pv,
                                                         const int32_t *__restrict__ pos,
                                                         const float *__restrict__ inv_freq, int N, int NH, int KVH,
@@ -652,7 +652,7 @@ __global__ void attention_group_reduce_unrotated_kernel(bf16 *__restrict__ dk, b
     const int p = pos[n];
 #pragma unroll
     for (int e = 0; e < 4; e++) rope_rotate(k1[e], k2[e], rope_angle_of(p, inv_freq[f + e], -1.0f));
-    const size_t at = (size_t)row * HD + f;
+    const size_t at = (size_t)n * ld + g * HD + f;
     *reinterpret_cast<uint2 *>(dk + at) = make_uint2(pack_bf16(k1[0], k1[1]), pack_bf16(k1[2], k1[3]));
     *reinterpret_cast<uint2 *>(dk + at + half) = make_uint2(pack_bf16(k2[0], k2[1]), pack_bf16(k2[2], k2[3]));
     *reinterpret_cast<uint2 *>(dv + at) = make_uint2(pack_bf16(v1[0], v1[1]), pack_bf16(v1[2], v1[3]));
@@ -682,10 +682,10 @@ void attention_group_reduce(float *dk, float *dv, const float *pk, const float *
     CUDA_LAUNCH_CHECK();
 }
 
-void attention_group_reduce_unrotated(bf16 *dk, bf16 *dv, const float *pk, const float *pv, const int32_t *pos,
-                                      const float *inv_freq, int N, int NH, int KVH, int HD) {
+void attention_group_reduce_unrotated(bf16 *dk, bf16 *dv, int ld, const float *pk, const float *pv,
+                                      const int32_t *pos, const float *inv_freq, int N, int NH, int KVH, int HD) {
     const long n = (long)N * KVH * (HD / 8);
-    attention_group_reduce_unrotated_kernel<<<cuda_blocks(n, 256), 256, 0, cuda_stream()>>>(dk, dv, pk, pv, pos,
+    attention_group_reduce_unrotated_kernel<<<cuda_blocks(n, 256), 256, 0, cuda_stream()>>>(dk, dv, ld, pk, pv, pos,
                                                                                             inv_freq, N, NH, KVH, HD);
     CUDA_LAUNCH_CHECK();
 }

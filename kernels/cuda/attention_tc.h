@@ -37,10 +37,13 @@ bool attention_mma_backward(float *dq, float *dk, float *dv, const T *dout, cons
                             const T *q, const T *k, const T *v, const int32_t *seg_start, int N, int NH, int KVH,
                             int HD, float scale);
 // The backward pass as the model's attention block with bf16 activations needs it: dq, dk,
-// dv [N, *, HD] in bf16, written (not added to) and rounded, dq and dk after RoPE's backward
-// rotation at each token's position pos [N] (inv_freq [HD / 2]): the gradients of q and k
-// before RoPE, what cuda_rope_backward gives after the accumulating form. Aligned as above.
-bool attention_mma_backward_unrotated(__nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv,
+// dv in bf16, written (not added to) and rounded, dq and dk after RoPE's backward rotation
+// at each token's position pos [N] (inv_freq [HD / 2]): the gradients of q and k before
+// RoPE, what cuda_rope_backward gives after the accumulating form. A token's row of dq
+// starts ldq elements after the last one's, of dk and dv ldkv (NH·HD and KVH·HD when each
+// is a tensor of its own; the attention block puts all three in one [N, Q + 2 KV] buffer,
+// which one product reads). Aligned as above, ldq and ldkv multiples of 8.
+bool attention_mma_backward_unrotated(__nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv, int ldq, int ldkv,
                                       const __nv_bfloat16 *dout, const __nv_bfloat16 *out, const float *lse,
                                       const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
                                       const int32_t *seg_start, const int32_t *pos, const float *inv_freq, int N,
@@ -68,10 +71,10 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
 // per-head partial sums pk, pv [N, NH, HD] (GQA backward; HD % 4 == 0, 16-byte aligned).
 void attention_group_reduce(float *dk, float *dv, const float *pk, const float *pv, int N, int NH, int KVH, int HD);
 
-// The same sums into bf16 dk, dv [N, KVH, HD] (written, rounded), dk after RoPE's backward
-// rotation at each row's position pos (rope.h); HD % 8 == 0, pk, pv 16-byte aligned, dk, dv
-// 8-byte aligned.
-void attention_group_reduce_unrotated(__nv_bfloat16 *dk, __nv_bfloat16 *dv, const float *pk, const float *pv,
+// The same sums into bf16 dk, dv (written, rounded; a token's row ld elements after the
+// last one's), dk after RoPE's backward rotation at each row's position pos (rope.h);
+// HD % 8 == 0, ld % 4 == 0, pk, pv 16-byte aligned, dk, dv 8-byte aligned.
+void attention_group_reduce_unrotated(__nv_bfloat16 *dk, __nv_bfloat16 *dv, int ld, const float *pk, const float *pv,
                                       const int32_t *pos, const float *inv_freq, int N, int NH, int KVH, int HD);
 
 // D [rows] = rowsum(dout ∘ out) over HD (rows = N·NH), in double per row: the backward

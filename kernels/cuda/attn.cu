@@ -12,9 +12,11 @@
 // att as it is. In the backward, datt (written by a product, read only by attention) is
 // bf16, and so are dq, dk, dv: the attention kernels write them rounded, dq and dk already
 // through RoPE's backward rotation (cuda_attention_backward_unrotated16), and the products
-// and bias sums read them as they are. What stays fp32: the residual stream (x, mid), rstd
-// and lse, dln, and with Qwen3's per-head norms dq, dk, dv (attention adds into them, and
-// the norms' backward reads them).
+// and bias sums read them as they are. Given the scratch's dqkv they sit side by side in each
+// token's row of it, and one product by the joined bf16 copy [wq; wk; wv] (whose rows the
+// forward's q, k, v products read too) gives dln. What stays fp32: the residual stream (x,
+// mid), rstd and lse, dln, and with Qwen3's per-head norms dq, dk, dv (attention adds into
+// them, and the norms' backward reads them).
 // With TP_CUDA_ACT16=0, or fp32 or tf32 products, the block is the single ops' calls on
 // fp32 tensors, with their bits.
 #include "cuda/act16.h"
@@ -108,15 +110,27 @@ static cuda_operand weight(const float *w) { return {w, false, true, false}; }
 static cuda_operand fp32(const float *x, bool reuse) { return {x, false, false, reuse}; }
 static cuda_operand bf16(const void *x) { return {x, true, false, false}; }
 
+// [wq; wk; wv] in bf16 [Q + 2 KV, C], one after another (cached), or NULL (out of memory).
+static const __nv_bfloat16 *qkv_weights(const attn_weights *w, int Q, int KV, int C) {
+    const float *const src[3] = {w->wq, w->wk, w->wv};
+    const size_t n[3] = {(size_t)Q * C, (size_t)KV * C, (size_t)KV * C};
+    return (const __nv_bfloat16 *)cuda_weights_bf16_joined(3, src, n);
+}
+
 static void forward16(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x, const attn_weights *w,
                       const float *norm2, const attn_batch *b) {
     const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD;
     cuda_rmsnorm_forward16(a->ln, a->rstd, x, false, w->norm, N, C, b->eps);
     cuda_profile_part("rmsnorm_forward");
     void *q = w->q_norm ? a->q_raw : a->q, *k = w->q_norm ? a->k_raw : a->k;
-    cuda_product_bf16(true, false, Q, N, C, weight(w->wq), C, bf16(a->ln), C, 0.0f, q, true, Q, w->bq, NULL);
-    cuda_product_bf16(true, false, KV, N, C, weight(w->wk), C, bf16(a->ln), C, 0.0f, k, true, KV, w->bk, NULL);
-    cuda_product_bf16(true, false, KV, N, C, weight(w->wv), C, bf16(a->ln), C, 0.0f, a->v, true, KV, w->bv, NULL);
+    // the weights' rows from the joined copy the backward's product reads (one copy, one
+    // AdamW write), else each weight's own
+    const __nv_bfloat16 *wj = qkv_weights(w, Q, KV, C);
+    const cuda_operand wq = wj ? bf16(wj) : weight(w->wq), wk = wj ? bf16(wj + (size_t)Q * C) : weight(w->wk);
+    const cuda_operand wv = wj ? bf16(wj + (size_t)(Q + KV) * C) : weight(w->wv);
+    cuda_product_bf16(true, false, Q, N, C, wq, C, bf16(a->ln), C, 0.0f, q, true, Q, w->bq, NULL);
+    cuda_product_bf16(true, false, KV, N, C, wk, C, bf16(a->ln), C, 0.0f, k, true, KV, w->bk, NULL);
+    cuda_product_bf16(true, false, KV, N, C, wv, C, bf16(a->ln), C, 0.0f, a->v, true, KV, w->bv, NULL);
     cuda_profile_part("linear_forward");
     if (w->q_norm) {
         cuda_rmsnorm_forward16(a->q, a->q_rstd, a->q_raw, true, w->q_norm, N * NH, HD, b->eps);
@@ -145,8 +159,33 @@ static void product_backward16(float *dx, bool first, float *dw, float *db, cons
                       first ? 0.0f : 1.0f, dx, false, IC, NULL, NULL);
     cuda_product_bf16(false, true, IC, OC, N, bf16(x), IC, dout16 ? bf16(dout) : fp32(d32, true), OC, 1.0f, dw, false,
                       IC, NULL, NULL);
-    if (db && dout16) cuda_column_sum16(db, dout, N, OC);
+    if (db && dout16) cuda_column_sum16(db, dout, N, OC, OC);
     else if (db) cuda_column_sum(db, d32, NULL, NULL, N, OC);
+}
+
+// The attention's gradients side by side in each token's row of dqkv [N, Q + 2 KV] (bf16,
+// dq and dk unrotated), then dln = dqkv · [wq; wk; wv] in one product of K = Q + 2 KV, and
+// each weight's gradient (and bias sum) from its columns of dqkv. Three products of one input
+// would add two results of K = KV each into dln, reading and writing its fp32 [N, C] twice
+// more; K = KV (128 or 256) is also too short for a product to run at the tensor cores' pace.
+static void qkv_backward_joined(const attn_grads *g, const attn_acts *a, const __nv_bfloat16 *wj,
+                                const attn_scratch *s, const attn_batch *b) {
+    const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD, L = Q + 2 * KV;
+    __nv_bfloat16 *dqkv = (__nv_bfloat16 *)s->dqkv;
+    cuda_attention_backward_unrotated16(dqkv, dqkv + Q, dqkv + Q + KV, L, L, s->datt, a->att, a->lse, a->q, a->k,
+                                        a->v, b->seg_start, b->pos, b->inv_freq, N, NH, KVH, HD,
+                                        1.0f / sqrtf((float)HD));
+    cuda_profile_part("attention_backward");
+    // dln^T [C, N] = [wq; wk; wv]^T [C, L] · dqkv^T [L, N] (written)
+    cuda_product_bf16(false, false, C, N, L, bf16(wj), C, bf16(dqkv), L, 0.0f, s->dln, false, C, NULL, NULL);
+    float *const gw[3] = {g->wq, g->wk, g->wv}, *const gb[3] = {g->bq, g->bk, g->bv};
+    const int oc[3] = {Q, KV, KV}, at[3] = {0, Q, Q + KV};
+    for (int i = 0; i < 3; i++) {  // dW^T [C, OC] += ln^T [C, N] · (its columns of dqkv) [N, OC]
+        cuda_product_bf16(false, true, C, oc[i], N, bf16(a->ln), C, bf16(dqkv + at[i]), L, 1.0f, gw[i], false, C,
+                          NULL, NULL);
+        if (gb[i]) cuda_column_sum16(gb[i], dqkv + at[i], N, oc[i], L);
+    }
+    cuda_profile_part("linear_backward");
 }
 
 static void backward16(float *dres, const attn_grads *g, const attn_acts *a, const float *x, const attn_weights *w,
@@ -159,12 +198,18 @@ static void backward16(float *dres, const attn_grads *g, const attn_acts *a, con
     if (g->bo) cuda_column_sum(g->bo, dres, NULL, NULL, N, C);
     cuda_profile_part("linear_backward");
     const float scale = 1.0f / sqrtf((float)HD);
-    const void *dq = s->dq, *dk = s->dk;
-    const bool g16 = !w->q_norm;  // dq, dk, dv in bf16 (ops.h attn_scratch)
-    if (g16) {
-        cuda_attention_backward_unrotated16(s->dq, s->dk, s->dv, s->datt, a->att, a->lse, a->q, a->k, a->v,
+    const __nv_bfloat16 *wj = w->q_norm || !s->dqkv ? NULL : qkv_weights(w, Q, KV, C);
+    if (wj) {
+        qkv_backward_joined(g, a, wj, s, b);
+    } else if (!w->q_norm) {  // dq, dk, dv bf16 (ops.h attn_scratch), each a tensor of its own
+        cuda_attention_backward_unrotated16(s->dq, s->dk, s->dv, Q, KV, s->datt, a->att, a->lse, a->q, a->k, a->v,
                                             b->seg_start, b->pos, b->inv_freq, N, NH, KVH, HD, scale);
         cuda_profile_part("attention_backward");
+        // q, k, v (IC = C): dln written by the first, added to by the others; ln is bf16
+        product_backward16(s->dln, true, g->wq, g->bq, s->dq, true, a->ln, w->wq, N, C, Q);
+        product_backward16(s->dln, false, g->wk, g->bk, s->dk, true, a->ln, w->wk, N, C, KV);
+        product_backward16(s->dln, false, g->wv, g->bv, s->dv, true, a->ln, w->wv, N, C, KV);
+        cuda_profile_part("linear_backward");
     } else {
         zero_dqkv(s, b, true);
         cuda_attention_backward_bf16((float *)s->dq, (float *)s->dk, (float *)s->dv, s->datt, a->att, a->lse, a->q,
@@ -176,13 +221,11 @@ static void backward16(float *dres, const attn_grads *g, const attn_acts *a, con
         cuda_rmsnorm16_backward(s->dk_raw, g->k_norm, (const float *)s->dk, a->k_raw, w->k_norm, a->k_rstd, N * KVH,
                                 HD);
         cuda_profile_part("rmsnorm_backward");
-        dq = s->dq_raw, dk = s->dk_raw;
+        product_backward16(s->dln, true, g->wq, g->bq, s->dq_raw, false, a->ln, w->wq, N, C, Q);
+        product_backward16(s->dln, false, g->wk, g->bk, s->dk_raw, false, a->ln, w->wk, N, C, KV);
+        product_backward16(s->dln, false, g->wv, g->bv, s->dv, false, a->ln, w->wv, N, C, KV);
+        cuda_profile_part("linear_backward");
     }
-    // q, k, v (IC = C): dln written by the first, added to by the others; ln is bf16
-    product_backward16(s->dln, true, g->wq, g->bq, dq, g16, a->ln, w->wq, N, C, Q);
-    product_backward16(s->dln, false, g->wk, g->bk, dk, g16, a->ln, w->wk, N, C, KV);
-    product_backward16(s->dln, false, g->wv, g->bv, s->dv, g16, a->ln, w->wv, N, C, KV);
-    cuda_profile_part("linear_backward");
     cuda_rmsnorm_backward(dres, g->norm, s->dln, x, w->norm, a->rstd, N, C);
     cuda_profile_part("rmsnorm_backward");
 }

@@ -53,6 +53,8 @@ enum {
 
 // out [n] = in [n] rounded to bf16 (nearest even), and back (exact).
 void cuda_round_bf16(void *out, const float *in, size_t n);
+// Row r of in [rows, cols] rounded into out + r·ld (bf16 rows ld elements apart).
+void cuda_round_bf16_rows(void *out, long ld, const float *in, long rows, int cols);
 void cuda_widen_bf16(float *out, const void *in, size_t n);
 
 // Drops the cached bf16 copies of weights in [p, p + bytes) (that memory is being freed).

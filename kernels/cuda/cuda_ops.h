@@ -33,6 +33,12 @@ void cuda_copy(void *dst, const void *src, size_t bytes);  // device to device
 size_t cuda_free_bytes(void);                             // free device memory now
 // The weights were rewritten outside the ops (uploaded): drop what was derived from them.
 void cuda_weights_changed(void);
+// The bf16 copies of `parts` (at most 3) fp32 weights src[p] of n[p] floats, one after
+// another in one buffer (bf16, cached, kept current as single weights' copies are: AdamW
+// writes a part as it writes a weight's copy). NULL when none could be made (out of device
+// memory): the caller multiplies by the weights one at a time. (The attention block's
+// [wq; wk; wv].)
+const void *cuda_weights_bf16_joined(int parts, const float *const src[], const size_t n[]);
 
 // ---- CUDA graphs (a decode step recorded once, replayed with one launch) ----
 // Between cuda_graph_begin() and cuda_graph_end() ops are recorded, not run; end returns
@@ -93,15 +99,17 @@ void cuda_attention_backward_bf16(float *dq, float *dk, float *dv, const void *d
                                   const float *lse, const void *q, const void *k, const void *v,
                                   const int32_t *seg_start, int N, int NH, int KVH, int HD, float scale);
 // The attention backward of a block with bf16 activations and no per-head norms: dq, dk, dv
-// [N, NH or KVH, HD] in bf16, written (not added to), rounded, dq and dk after RoPE's
-// backward rotation at each token's position pos [N] (inv_freq [HD / 2]), so they are the
-// gradients of the products' q and k. The values of cuda_attention_backward_bf16 into
-// zeroed fp32 sums, cuda_rope_backward, then cuda_round_bf16 (which is what runs where the
-// mma.sync kernels do not take the call); dout, out, q, k, v bf16, lse fp32.
-void cuda_attention_backward_unrotated16(void *dq, void *dk, void *dv, const void *dout, const void *out,
-                                         const float *lse, const void *q, const void *k, const void *v,
-                                         const int32_t *seg_start, const int32_t *pos, const float *inv_freq, int N,
-                                         int NH, int KVH, int HD, float scale);
+// in bf16, written (not added to), rounded, dq and dk after RoPE's backward rotation at each
+// token's position pos [N] (inv_freq [HD / 2]), so they are the gradients of the products'
+// q and k. A token's row of dq starts ldq elements after the last one's, of dk and dv ldkv
+// (NH·HD and KVH·HD for tensors of their own; the attention block's one [N, Q + 2 KV]
+// buffer, Q + 2 KV; multiples of 8). The values of cuda_attention_backward_bf16 into zeroed
+// fp32 sums, cuda_rope_backward, then rounded (which is what runs where the mma.sync kernels
+// do not take the call); dout, out, q, k, v bf16, lse fp32.
+void cuda_attention_backward_unrotated16(void *dq, void *dk, void *dv, int ldq, int ldkv, const void *dout,
+                                         const void *out, const float *lse, const void *q, const void *k,
+                                         const void *v, const int32_t *seg_start, const int32_t *pos,
+                                         const float *inv_freq, int N, int NH, int KVH, int HD, float scale);
 void cuda_swiglu_forward(float *out, const float *gate, const float *up, long n);
 // The path the last of the two fused decode ops below took: "fused" (one kernel) or "separate"
 // (the ops it stands for, one by one), for tests.

@@ -157,6 +157,21 @@ void cuda_round_bf16(void *out, const float *in, size_t n) {
         round_bf16_kernel<<<cuda_blocks((long)n, THREADS), THREADS, 0, cuda_stream()>>>((__nv_bfloat16 *)out, in, n);
     CUDA_LAUNCH_CHECK();
 }
+__global__ void round_bf16_rows_kernel(__nv_bfloat16 *out, long ld, const float *in, long rows, int cols) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * cols) return;
+    out[i / cols * ld + i % cols] = __float2bfloat16(in[i]);
+}
+void cuda_round_bf16_rows(void *out, long ld, const float *in, long rows, int cols) {
+    if (rows <= 0 || cols <= 0) return;
+    if (ld == cols) {
+        cuda_round_bf16(out, in, (size_t)rows * cols);
+        return;
+    }
+    round_bf16_rows_kernel<<<cuda_blocks(rows * cols, THREADS), THREADS, 0, cuda_stream()>>>((__nv_bfloat16 *)out, ld,
+                                                                                           in, rows, cols);
+    CUDA_LAUNCH_CHECK();
+}
 void cuda_widen_bf16(float *out, const void *in, size_t n) {
     if (n == 0) return;
     widen_bf16_kernel<<<cuda_blocks((long)n, THREADS), THREADS, 0, cuda_stream()>>>(out, (const __nv_bfloat16 *)in, n);

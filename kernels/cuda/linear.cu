@@ -102,12 +102,71 @@ static const __nv_bfloat16 *weight_bf16(const float *w, size_t n) {
     return c->bf;
 }
 
+// bf16 copies of a few weights one after another (a layer's [wq; wk; wv]: the attention
+// block's q, k and v products read their rows, and its backward multiplies the three
+// gradients by all of them in one product). Each part is valid while its own version is
+// current, so AdamW can write a part through cuda_weight_copy_claim as it writes a single
+// weight's copy; a part it did not write is converted again when next asked for.
+enum { MAX_JOINED = 1024, MAX_PARTS = 3 };
+static struct joined {
+    int parts;
+    const float *src[MAX_PARTS];
+    size_t n[MAX_PARTS];
+    unsigned long version[MAX_PARTS];
+    __nv_bfloat16 *bf;  // NULL: the entry is free
+} joined[MAX_JOINED];
+static int n_joined;
+
+static bool joined_is(const struct joined *e, int parts, const float *const src[], const size_t n[]) {
+    if (!e->bf || e->parts != parts) return false;
+    for (int p = 0; p < parts; p++)
+        if (e->src[p] != src[p] || e->n[p] != n[p]) return false;
+    return true;
+}
+
+extern "C" const void *cuda_weights_bf16_joined(int parts, const float *const src[], const size_t n[]) {
+    if (parts < 1 || parts > MAX_PARTS) return NULL;
+    struct joined *e = NULL, *unused = NULL;
+    for (int i = 0; i < n_joined && !e; i++) {
+        if (joined_is(&joined[i], parts, src, n)) e = &joined[i];
+        else if (!joined[i].bf && !unused) unused = &joined[i];
+    }
+    if (!e) {
+        if (!unused && n_joined < MAX_JOINED) unused = &joined[n_joined++];
+        size_t total = 0;
+        for (int p = 0; p < parts; p++) total += n[p];
+        __nv_bfloat16 *bf = unused ? (__nv_bfloat16 *)cuda_alloc(total * sizeof(__nv_bfloat16)) : NULL;
+        if (!bf) return NULL;  // out of memory or entries: the caller takes the weights one at a time
+        cuda_graph_epoch_now++;
+        e = unused, e->parts = parts, e->bf = bf;
+        for (int p = 0; p < parts; p++) e->src[p] = src[p], e->n[p] = n[p], e->version[p] = 0;
+    }
+    size_t at = 0;
+    for (int p = 0; p < parts; p++) {
+        if (e->version[p] != cuda_weights_version) {
+            cuda_round_bf16(e->bf + at, src[p], n[p]);
+            e->version[p] = cuda_weights_version;
+        }
+        at += n[p];
+    }
+    return e->bf;
+}
+
 __nv_bfloat16 *cuda_weight_copy_claim(const float *w, size_t n) {
     for (int i = 0; i < n_cached; i++)
         if (cache[i].src == w && cache[i].n == n && cache[i].bf) {
             cache[i].version = cuda_weights_version;
             return cache[i].bf;
         }
+    for (int i = 0; i < n_joined; i++) {
+        struct joined *e = &joined[i];
+        size_t at = 0;
+        for (int p = 0; e->bf && p < e->parts; at += e->n[p], p++)
+            if (e->src[p] == w && e->n[p] == n) {
+                e->version[p] = cuda_weights_version;
+                return e->bf + at;
+            }
+    }
     return NULL;
 }
 
@@ -119,6 +178,18 @@ void cuda_bf16_forget(const void *p, size_t bytes) {
         cuda_free(cache[i].bf);
         cache[i].src = NULL, cache[i].bf = NULL, cache[i].n = 0;
         cuda_graph_epoch_now++;  // graphs that read the copy are stale
+    }
+    for (int i = 0; i < n_joined; i++) {
+        struct joined *e = &joined[i];
+        bool inside = false;
+        for (int p = 0; e->bf && p < e->parts; p++) {
+            const char *src = (const char *)e->src[p];
+            inside = inside || (src >= lo && src < hi);
+        }
+        if (!inside) continue;
+        cuda_free(e->bf);
+        e->bf = NULL;
+        cuda_graph_epoch_now++;
     }
 }
 

@@ -315,7 +315,7 @@ extern "C" void cuda_rmsnorm_backward(float *dx, float *dweight, const float *do
 }
 
 template <typename TA, typename TB>
-static void column_sum(float *out, const TA *a, const TB *b, const float *r, int N, int C);
+static void column_sum(float *out, const TA *a, const TB *b, const float *r, int N, int C, int ld);
 
 void cuda_rmsnorm16_backward(float *dx, float *dweight, const float *dout, const void *x, const float *weight,
                              const float *rstd, int N, int C) {
@@ -325,7 +325,7 @@ void cuda_rmsnorm16_backward(float *dx, float *dweight, const float *dout, const
         rmsnorm_backward_dx_kernel<bf16><<<row_blocks(N), 256, 0, cuda_stream()>>>(dx, dout, x16, weight, rstd, N, C);
         CUDA_LAUNCH_CHECK();
     }
-    if (dweight) column_sum(dweight, dout, x16, rstd, N, C);
+    if (dweight) column_sum(dweight, dout, x16, rstd, N, C, C);
 }
 
 // ---- column sums ----
@@ -333,18 +333,19 @@ void cuda_rmsnorm16_backward(float *dx, float *dweight, const float *dout, const
 enum { COL_TX = 32, COL_TY = 8, ROWS_PER_PART = 256 };
 
 // partial[p, c] = Σ over rows n of part p of a[n,c] (· b[n,c] · r[n] when b is given), in
-// double. Block (32, 8): lanes take consecutive columns (coalesced), the 8 row groups are
-// added in a fixed order through shared memory.
+// double; rows ld elements apart. Block (32, 8): lanes take consecutive columns
+// (coalesced), the 8 row groups are added in a fixed order through shared memory.
 template <typename TA, typename TB>
-__global__ void column_partial_kernel(double *partial, const TA *a, const TB *b, const float *r, int N, int C) {
+__global__ void column_partial_kernel(double *partial, const TA *a, const TB *b, const float *r, int N, int C,
+                                      int ld) {
     __shared__ double acc[COL_TY][COL_TX];
     int c = blockIdx.x * COL_TX + threadIdx.x, p = blockIdx.y;
     int n0 = p * ROWS_PER_PART, n1 = min(N, n0 + ROWS_PER_PART);
     double s = 0;
     if (c < C)
         for (int n = n0 + threadIdx.y; n < n1; n += COL_TY) {
-            double v = as_float(a[(size_t)n * C + c]);
-            if (b) v *= (double)as_float(b[(size_t)n * C + c]) * r[n];
+            double v = as_float(a[(size_t)n * ld + c]);
+            if (b) v *= (double)as_float(b[(size_t)n * ld + c]) * r[n];
             s += v;
         }
     acc[threadIdx.y][threadIdx.x] = s;
@@ -364,22 +365,22 @@ __global__ void column_finish_kernel(float *out, const double *partial, int part
 }
 
 template <typename TA, typename TB>
-static void column_sum(float *out, const TA *a, const TB *b, const float *r, int N, int C) {
+static void column_sum(float *out, const TA *a, const TB *b, const float *r, int N, int C, int ld) {
     if (N <= 0 || C <= 0) return;
     int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART;
     double *partial = (double *)cuda_scratch(SCRATCH_COLSUM, (size_t)parts * C * sizeof(double));
     if (!partial) return;
     dim3 grid(cuda_blocks(C, COL_TX), parts), block(COL_TX, COL_TY);
-    column_partial_kernel<TA, TB><<<grid, block, 0, cuda_stream()>>>(partial, a, b, r, N, C);
+    column_partial_kernel<TA, TB><<<grid, block, 0, cuda_stream()>>>(partial, a, b, r, N, C, ld);
     CUDA_LAUNCH_CHECK();
     column_finish_kernel<<<cuda_blocks(C, 256), 256, 0, cuda_stream()>>>(out, partial, parts, C);
     CUDA_LAUNCH_CHECK();
 }
 
 void cuda_column_sum(float *out, const float *a, const float *b, const float *r, int N, int C) {
-    column_sum(out, a, b, r, N, C);
+    column_sum(out, a, b, r, N, C, C);
 }
 
-void cuda_column_sum16(float *out, const void *a, int N, int C) {
-    column_sum(out, (const bf16 *)a, (const float *)NULL, NULL, N, C);
+void cuda_column_sum16(float *out, const void *a, int N, int C, int ld) {
+    column_sum(out, (const bf16 *)a, (const float *)NULL, NULL, N, C, ld);
 }

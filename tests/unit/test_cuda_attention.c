@@ -268,18 +268,36 @@ static void unrotated_case(const struct attn_case *c, const char *path, int N, c
     cuda_attention_backward_bf16(gq, gk, gv, hdo, ho, d_lse, hq, hk, hv, sa, N, NH, KVH, HD, scale);
     cuda_rope_backward(gq, d_pos, d_inv, N, NH, HD), cuda_rope_backward(gk, d_pos, d_inv, N, KVH, HD);
     cuda_download(ref, d_g, sizeof(float) * ng);
-    cudaMemset(d_out, 0xff, sizeof(uint16_t) * ng);
-    cuda_attention_backward_unrotated16(d_out, d_out + nq, d_out + nq + nkv, hdo, ho, d_lse, hq, hk, hv, sa, d_pos,
-                                        d_inv, N, NH, KVH, HD, scale);
-    check_gpu("unrotated bf16 backward", c->name);
-    CHECK_MSG(!strcmp(cuda_attention_last_path(), path), "case %s (unrotated): the backward pass ran %s, not %s",
-              c->name, cuda_attention_last_path(), path);
-    cuda_download(got, d_out, sizeof(uint16_t) * ng);
-    size_t bad = 0, first = ng;
-    for (size_t i = 0; i < ng; i++)
-        if (!(tp_bf16_to_f32(got[i]) == tp_bf16_to_f32(tp_f32_to_bf16(ref[i])))) bad++, first = first < i ? first : i;
-    CHECK_MSG(bad == 0, "case %s (%s): %zu of %zu unrotated bf16 gradients differ (first at %zu of [dq | dk | dv])",
-              c->name, path, bad, ng, first);
+    // [dq | dk | dv] as three tensors, then as the attention block's one buffer: each token's
+    // row of dq, dk and dv side by side (rows Q + 2 KV elements apart)
+    const int Q = NH * HD, KV = KVH * HD, L = Q + 2 * KV;
+    for (int joined = 0; joined < 2; joined++) {
+        cudaMemset(d_out, 0xff, sizeof(uint16_t) * ng);
+        if (joined)
+            cuda_attention_backward_unrotated16(d_out, d_out + Q, d_out + Q + KV, L, L, hdo, ho, d_lse, hq, hk, hv,
+                                                sa, d_pos, d_inv, N, NH, KVH, HD, scale);
+        else
+            cuda_attention_backward_unrotated16(d_out, d_out + nq, d_out + nq + nkv, Q, KV, hdo, ho, d_lse, hq, hk,
+                                                hv, sa, d_pos, d_inv, N, NH, KVH, HD, scale);
+        check_gpu("unrotated bf16 backward", c->name);
+        CHECK_MSG(!strcmp(cuda_attention_last_path(), path), "case %s (unrotated): the backward pass ran %s, not %s",
+                  c->name, cuda_attention_last_path(), path);
+        cuda_download(got, d_out, sizeof(uint16_t) * ng);
+        size_t bad = 0, first = ng;
+        for (size_t i = 0; i < ng; i++) {  // i: the element of [dq | dk | dv]; at: where it is in d_out
+            size_t at = i;
+            if (joined) {
+                const size_t part = i < nq ? 0 : i < nq + nkv ? 1 : 2, width = part ? (size_t)KV : (size_t)Q;
+                const size_t e = i - (part ? nq + (part - 1) * nkv : 0), col = part ? Q + (part - 1) * KV : 0;
+                at = e / width * L + col + e % width;
+            }
+            if (!(tp_bf16_to_f32(got[at]) == tp_bf16_to_f32(tp_f32_to_bf16(ref[i]))))
+                bad++, first = first < i ? first : i;
+        }
+        CHECK_MSG(bad == 0,
+                  "case %s (%s%s): %zu of %zu unrotated bf16 gradients differ (first at %zu of [dq | dk | dv])",
+                  c->name, path, joined ? ", rows of one buffer" : "", bad, ng, first);
+    }
 done:
     cuda_free(d_pos), cuda_free(d_inv), cuda_free(d_out);
     check_gpu("free", c->name);

@@ -926,7 +926,10 @@ typedef struct attn_side {
 // values, added to). act16: the activations in bf16 (bf16 products; -1 the default).
 // offset: the activation buffers start this many elements into their allocations (1: not
 // 16-byte aligned: the norms' warp-per-row kernels, attention through fp32 copies).
-static void attn_case(const struct attn_shape *sh, const char *precision, int act16, int offset, double tol) {
+// joined: without per-head norms, dq, dk, dv inside one dqkv buffer (ops.h attn_scratch;
+// the model's layout, which the GPU in bf16 fills row by row), else three tensors, no dqkv.
+static void attn_case(const struct attn_shape *sh, const char *precision, int act16, int offset, bool joined,
+                      double tol) {
     CHECK(cuda_set_matmul_precision(precision) == 0);
     cuda_set_act16(act16);
     const size_t eb = cuda_act_bytes();
@@ -982,10 +985,14 @@ static void attn_case(const struct attn_shape *sh, const char *precision, int ac
     void **sc[6] = {(void **)&h.s.dln, &h.s.dq, &h.s.dk, &h.s.dv, (void **)&h.s.dq_raw, (void **)&h.s.dk_raw};
     void **dsc[6] = {(void **)&d.s.dln, &d.s.dq, &d.s.dk, &d.s.dv, (void **)&d.s.dq_raw, (void **)&d.s.dk_raw};
     const size_t sn[6] = {nc, nq, nkv, nkv, nq, nkv};
+    joined = joined && !sh->qk_norm;
+    if (joined) d.s.dqkv = dev_poisoned_bytes((nq + 2 * nkv) * eb);
     for (int i = 0; i < 6; i++) {
         if (i >= 4 && !sh->qk_norm) continue;
         const size_t bytes = i >= 1 && i <= 3 && !sh->qk_norm ? eb : 4;
-        *sc[i] = malloc(sn[i] * 4), *dsc[i] = dev_poisoned_bytes(sn[i] * bytes);
+        *sc[i] = malloc(sn[i] * 4);
+        if (joined && i >= 1 && i <= 3) *dsc[i] = (char *)d.s.dqkv + (i == 1 ? 0 : nq + (i - 2) * nkv) * eb;
+        else *dsc[i] = dev_poisoned_bytes(sn[i] * bytes);
     }
     h.dres = malloc(nc * 4), memcpy(h.dres, dres, nc * 4), d.dres = dev_copy(dres, nc * 4);
     const attn_weights hwt = {hw[0], hw[1], hw[2], hw[3], hw[4], hw[5], hw[6], hw[7], hw[8], hw[9], hw[10]};
@@ -1032,7 +1039,8 @@ static void attn_case(const struct attn_shape *sh, const char *precision, int ac
     CHECK(cuda_set_matmul_precision("fp32") == 0);
     for (int i = 0; i < 8; i++) free(*acts[i]), cuda_free(dalloc[i]);
     for (int i = 0; i < 5; i++) free(*f32[i]), cuda_free(*df32[i]);
-    for (int i = 0; i < 6; i++) free(*sc[i]), cuda_free(*dsc[i]);
+    for (int i = 0; i < 6; i++) free(*sc[i]), cuda_free(joined && i >= 1 && i <= 3 ? NULL : *dsc[i]);
+    cuda_free(d.s.dqkv);
     for (int i = 0; i < 11; i++) free(hw[i]), free(hg[i]), cuda_free(dw[i]), cuda_free(dg[i]);
     free(h.mid), free(h.s.datt), free(h.dres), free(norm2), free(x), free(dres), free(pos), free(seg), free(inv_freq);
     cuda_free(d.mid), cuda_free(d.s.datt), cuda_free(d.dres), cuda_free(d_norm2), cuda_free(d_x), cuda_free(d_pos);
@@ -1056,13 +1064,14 @@ static void test_attn_block(void) {
         const int act16[3] = {-1, 1, 0};
         for (int m = 0; m < 3; m++) {
             worst_seen = 0;
-            attn_case(&shapes[i], prec[m], act16[m], 0, m ? 2e-2 : 1e-5);
+            attn_case(&shapes[i], prec[m], act16[m], 0, true, m ? 2e-2 : 1e-5);
             worst[m] = fmax(worst[m], worst_seen);
         }
     }
     worst_seen = 0;
-    attn_case(&shapes[1], "bf16", 1, 1, 2e-2);
-    attn_case(&shapes[0], "fp32", -1, 1, 1e-5);
+    attn_case(&shapes[1], "bf16", 1, 1, true, 2e-2);
+    attn_case(&shapes[0], "fp32", -1, 1, true, 1e-5);
+    attn_case(&shapes[0], "bf16", 1, 0, false, 2e-2);  // the three gradients as tensors of their own
     worst[1] = fmax(worst[1], worst_seen);
     printf("# attention block: worst max rel err fp32 %.3g, bf16 with bf16 activations %.3g, with fp32 %.3g\n",
            worst[0], worst[1], worst[2]);
@@ -1182,6 +1191,11 @@ static void test_optimizer_ops(void) {
     float *d_eye = dev_copy(eye, (size_t)IC * IC * 4), *d_out = dev_poisoned((size_t)IC * OC);
     CHECK(cuda_set_matmul_precision("bf16") == 0);
     cuda_linear_forward(d_out, d_eye, d_p, NULL, IC, IC, OC);  // makes the copy of range 0
+    // ranges 0 and 3 joined: AdamW writes range 3's part; range 0's (AdamW writes the single
+    // copy) is made again when the joined copy is next asked for
+    const float *jsrc[2] = {d_p, d_p + OC * IC + 40};
+    const size_t jn[2] = {OC * IC, 99963};
+    CHECK(cuda_weights_bf16_joined(2, jsrc, jn) != NULL);
     for (int step = 1; step <= 3; step++) {
         float bc1 = 1 - powf(0.9f, step), bc2 = 1 - powf(0.95f, step);
         adamw_ranges(p, g, m, v, ranges, 4, 0.7f, 0.999f, 0.9f, 0.95f, 1e-3f / bc1, sqrtf(bc2), 1e-8f);
@@ -1200,6 +1214,14 @@ static void test_optimizer_ops(void) {
         for (int k = 0; k < IC; k++)
             stale += w16[(size_t)k * OC + o] != tp_bf16_to_f32(tp_f32_to_bf16(got_p[(size_t)o * IC + k]));
     CHECK_MSG(stale == 0, "%zu of %d weights of the bf16 copy are not the new weights rounded", stale, OC * IC);
+    const size_t nj = jn[0] + jn[1];
+    uint16_t *joined = malloc(nj * 2);
+    cuda_download(joined, cuda_weights_bf16_joined(2, jsrc, jn), nj * 2);
+    stale = 0;
+    for (size_t i = 0; i < nj; i++)
+        stale += joined[i] != tp_f32_to_bf16(got_p[i < jn[0] ? i : OC * IC + 40 + (i - jn[0])]);
+    CHECK_MSG(stale == 0, "%zu of %zu weights of the joined bf16 copy are not the new weights rounded", stale, nj);
+    free(joined);
     double ref = sum_squares(g, n), got = cuda_sum_squares(d_g, n);
     CHECK_MSG(fabs(got - ref) <= 1e-12 * ref, "sum_squares %.17g vs %.17g", got, ref);
     scale_inplace(g, n, 0.3f);

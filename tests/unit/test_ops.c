@@ -762,7 +762,7 @@ static void attn_bf16_case(bool qk_norm) {
     float g[11][Q * C];
     memset(g, 0, sizeof g);
     const attn_acts a = {ln, rstd, q_raw, k_raw, q_rstd, k_rstd, q, k, v, att, lse};
-    const attn_scratch sc = {datt, dln, dq, dk, dv, dq_raw, dk_raw};
+    const attn_scratch sc = {datt, dln, dq, dk, dv, dq_raw, dk_raw, NULL};
     const attn_grads gr = {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], NULL, g[9], g[10]};
     memcpy(d, dres, sizeof d);
     attn_forward_bf16(mid, ln2, rstd2, &a, x, &w, norm2, &b);
