@@ -129,6 +129,8 @@ void attn_backward_bf16(float *dres, const attn_grads *g, const attn_acts *a, co
         memset(s->dq_raw, 0, nq * sizeof(float)), memset(s->dk_raw, 0, nkv * sizeof(float));
         rmsnorm_backward(s->dq_raw, g->q_norm, dq, q_raw, w->q_norm, a->q_rstd, N * NH, HD);
         rmsnorm_backward(s->dk_raw, g->k_norm, dk, k_raw, w->k_norm, a->k_rstd, N * KVH, HD);
+        // the GPU's norms write these in bf16 (only the products read them)
+        act_round_bf16(s->dq_raw, NULL, nq), act_round_bf16(s->dk_raw, NULL, nkv);
         pq = s->dq_raw, pk = s->dk_raw;
         free(q_raw), free(k_raw);
     }

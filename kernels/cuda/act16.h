@@ -11,8 +11,10 @@
 // (Qwen3's per-head norms). rstd [N] fp32, may be NULL.
 void cuda_rmsnorm_forward16(void *out, float *rstd, const void *x, bool x16, const float *weight, int N, int C,
                             float eps);
-// cuda_rmsnorm_backward with x [N, C] in bf16 (dx, dweight +=; dout, rstd fp32).
-void cuda_rmsnorm16_backward(float *dx, float *dweight, const float *dout, const void *x, const float *weight,
+// cuda_rmsnorm_backward with x [N, C] in bf16 and dx [N, C] in bf16, WRITTEN (not added to),
+// rounded: Qwen3's per-head norms, whose input gradient only the q and k products read
+// (dweight +=; dout, rstd fp32).
+void cuda_rmsnorm16_backward(void *dx, float *dweight, const float *dout, const void *x, const float *weight,
                              const float *rstd, int N, int C);
 // cuda_rope_forward on x [N, H, HD] in bf16, in place.
 void cuda_rope16_forward(void *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);

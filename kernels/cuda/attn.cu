@@ -16,7 +16,8 @@
 // token's row of it, and one product by the joined bf16 copy [wq; wk; wv] (whose rows the
 // forward's q, k, v products read too) gives dln. What stays fp32: the residual stream (x,
 // mid), rstd and lse, dln, and with Qwen3's per-head norms dq, dk, dv (attention adds into
-// them, and the norms' backward reads them).
+// them, and the norms' backward reads them); that backward writes the gradients of q and k
+// before the norms in bf16 (into dq_raw, dk_raw), which only the products read.
 // With TP_CUDA_ACT16=0, or fp32 or tf32 products, the block is the single ops' calls on
 // fp32 tensors, with their bits.
 #include "cuda/act16.h"
@@ -110,11 +111,20 @@ static cuda_operand weight(const float *w) { return {w, false, true, false}; }
 static cuda_operand fp32(const float *x, bool reuse) { return {x, false, false, reuse}; }
 static cuda_operand bf16(const void *x) { return {x, true, false, false}; }
 
-// [wq; wk; wv] in bf16 [Q + 2 KV, C], one after another (cached), or NULL (out of memory).
-static const __nv_bfloat16 *qkv_weights(const attn_weights *w, int Q, int KV, int C) {
+// q, k and v's weights as operands: their rows of the joined bf16 copy [wq; wk; wv] [Q + 2
+// KV, C] (cached; joined NULL when it could not be made: out of memory), else each weight's
+// own copy. The forward and every backward form take the same, so AdamW keeps one copy
+// current, not two.
+struct qkv_operands {
+    const __nv_bfloat16 *joined;
+    cuda_operand q, k, v;
+};
+static qkv_operands qkv_weights(const attn_weights *w, int Q, int KV, int C) {
     const float *const src[3] = {w->wq, w->wk, w->wv};
     const size_t n[3] = {(size_t)Q * C, (size_t)KV * C, (size_t)KV * C};
-    return (const __nv_bfloat16 *)cuda_weights_bf16_joined(3, src, n);
+    const __nv_bfloat16 *j = (const __nv_bfloat16 *)cuda_weights_bf16_joined(3, src, n);
+    if (!j) return {NULL, weight(w->wq), weight(w->wk), weight(w->wv)};
+    return {j, bf16(j), bf16(j + n[0]), bf16(j + n[0] + n[1])};
 }
 
 static void forward16(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x, const attn_weights *w,
@@ -123,14 +133,10 @@ static void forward16(float *mid, void *ln2, float *rstd2, const attn_acts *a, c
     cuda_rmsnorm_forward16(a->ln, a->rstd, x, false, w->norm, N, C, b->eps);
     cuda_profile_part("rmsnorm_forward");
     void *q = w->q_norm ? a->q_raw : a->q, *k = w->q_norm ? a->k_raw : a->k;
-    // the weights' rows from the joined copy the backward's product reads (one copy, one
-    // AdamW write), else each weight's own
-    const __nv_bfloat16 *wj = qkv_weights(w, Q, KV, C);
-    const cuda_operand wq = wj ? bf16(wj) : weight(w->wq), wk = wj ? bf16(wj + (size_t)Q * C) : weight(w->wk);
-    const cuda_operand wv = wj ? bf16(wj + (size_t)(Q + KV) * C) : weight(w->wv);
-    cuda_product_bf16(true, false, Q, N, C, wq, C, bf16(a->ln), C, 0.0f, q, true, Q, w->bq, NULL);
-    cuda_product_bf16(true, false, KV, N, C, wk, C, bf16(a->ln), C, 0.0f, k, true, KV, w->bk, NULL);
-    cuda_product_bf16(true, false, KV, N, C, wv, C, bf16(a->ln), C, 0.0f, a->v, true, KV, w->bv, NULL);
+    const qkv_operands qkv = qkv_weights(w, Q, KV, C);
+    cuda_product_bf16(true, false, Q, N, C, qkv.q, C, bf16(a->ln), C, 0.0f, q, true, Q, w->bq, NULL);
+    cuda_product_bf16(true, false, KV, N, C, qkv.k, C, bf16(a->ln), C, 0.0f, k, true, KV, w->bk, NULL);
+    cuda_product_bf16(true, false, KV, N, C, qkv.v, C, bf16(a->ln), C, 0.0f, a->v, true, KV, w->bv, NULL);
     cuda_profile_part("linear_forward");
     if (w->q_norm) {
         cuda_rmsnorm_forward16(a->q, a->q_rstd, a->q_raw, true, w->q_norm, N * NH, HD, b->eps);
@@ -153,9 +159,9 @@ static void forward16(float *mid, void *ln2, float *rstd2, const attn_acts *a, c
 // (+ dbias) for one product of bf16 x: dout is B of both, bf16 when dout16, else fp32
 // rounded once.
 static void product_backward16(float *dx, bool first, float *dw, float *db, const void *dout, bool dout16,
-                               const void *x, const float *wt, int N, int IC, int OC) {
+                               const void *x, cuda_operand wt, int N, int IC, int OC) {
     const float *d32 = (const float *)dout;
-    cuda_product_bf16(false, false, IC, N, OC, weight(wt), IC, dout16 ? bf16(dout) : fp32(d32, false), OC,
+    cuda_product_bf16(false, false, IC, N, OC, wt, IC, dout16 ? bf16(dout) : fp32(d32, false), OC,
                       first ? 0.0f : 1.0f, dx, false, IC, NULL, NULL);
     cuda_product_bf16(false, true, IC, OC, N, bf16(x), IC, dout16 ? bf16(dout) : fp32(d32, true), OC, 1.0f, dw, false,
                       IC, NULL, NULL);
@@ -198,20 +204,20 @@ static void backward16(float *dres, const attn_grads *g, const attn_acts *a, con
     if (g->bo) cuda_column_sum(g->bo, dres, NULL, NULL, N, C);
     cuda_profile_part("linear_backward");
     const float scale = 1.0f / sqrtf((float)HD);
-    const __nv_bfloat16 *wj = w->q_norm || !s->dqkv ? NULL : qkv_weights(w, Q, KV, C);
-    if (wj) {
-        qkv_backward_joined(g, a, wj, s, b);
+    const qkv_operands qkv = qkv_weights(w, Q, KV, C);
+    if (qkv.joined && s->dqkv && !w->q_norm) {
+        qkv_backward_joined(g, a, qkv.joined, s, b);
     } else if (!w->q_norm) {  // dq, dk, dv bf16 (ops.h attn_scratch), each a tensor of its own
         cuda_attention_backward_unrotated16(s->dq, s->dk, s->dv, Q, KV, s->datt, a->att, a->lse, a->q, a->k, a->v,
                                             b->seg_start, b->pos, b->inv_freq, N, NH, KVH, HD, scale);
         cuda_profile_part("attention_backward");
         // q, k, v (IC = C): dln written by the first, added to by the others; ln is bf16
-        product_backward16(s->dln, true, g->wq, g->bq, s->dq, true, a->ln, w->wq, N, C, Q);
-        product_backward16(s->dln, false, g->wk, g->bk, s->dk, true, a->ln, w->wk, N, C, KV);
-        product_backward16(s->dln, false, g->wv, g->bv, s->dv, true, a->ln, w->wv, N, C, KV);
+        product_backward16(s->dln, true, g->wq, g->bq, s->dq, true, a->ln, qkv.q, N, C, Q);
+        product_backward16(s->dln, false, g->wk, g->bk, s->dk, true, a->ln, qkv.k, N, C, KV);
+        product_backward16(s->dln, false, g->wv, g->bv, s->dv, true, a->ln, qkv.v, N, C, KV);
         cuda_profile_part("linear_backward");
-    } else {
-        zero_dqkv(s, b, true);
+    } else {  // per-head norms: dq, dk, dv fp32 sums; the norms write bf16 gradients into dq_raw, dk_raw
+        zero_dqkv(s, b, false);
         cuda_attention_backward_bf16((float *)s->dq, (float *)s->dk, (float *)s->dv, s->datt, a->att, a->lse, a->q,
                                      a->k, a->v, b->seg_start, N, NH, KVH, HD, scale);
         cuda_profile_part("attention_backward");
@@ -221,9 +227,9 @@ static void backward16(float *dres, const attn_grads *g, const attn_acts *a, con
         cuda_rmsnorm16_backward(s->dk_raw, g->k_norm, (const float *)s->dk, a->k_raw, w->k_norm, a->k_rstd, N * KVH,
                                 HD);
         cuda_profile_part("rmsnorm_backward");
-        product_backward16(s->dln, true, g->wq, g->bq, s->dq_raw, false, a->ln, w->wq, N, C, Q);
-        product_backward16(s->dln, false, g->wk, g->bk, s->dk_raw, false, a->ln, w->wk, N, C, KV);
-        product_backward16(s->dln, false, g->wv, g->bv, s->dv, false, a->ln, w->wv, N, C, KV);
+        product_backward16(s->dln, true, g->wq, g->bq, s->dq_raw, true, a->ln, qkv.q, N, C, Q);
+        product_backward16(s->dln, false, g->wk, g->bk, s->dk_raw, true, a->ln, qkv.k, N, C, KV);
+        product_backward16(s->dln, false, g->wv, g->bv, s->dv, false, a->ln, qkv.v, N, C, KV);
         cuda_profile_part("linear_backward");
     }
     cuda_rmsnorm_backward(dres, g->norm, s->dln, x, w->norm, a->rstd, N, C);

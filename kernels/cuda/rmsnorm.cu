@@ -146,10 +146,15 @@ static bool rows_kernel(float *sum, TO *out, float *rstd, const float *a, const 
     return true;
 }
 
-// dx[n,:] += r·(dout·w) - r³·(Σ dout·w·x / C)·x, the dot product in double as on the CPU.
-// x fp32 or bf16.
-template <typename TX>
-__global__ void rmsnorm_backward_dx_kernel(float *dx, const float *dout, const TX *x, const float *weight,
+// A row's gradient into dx: fp32 dx is added to; bf16 dx (Qwen3's per-head norms, whose
+// gradient only the q and k products read) is written, rounded.
+__device__ __forceinline__ void add_or_write(float *p, float v) { *p += v; }
+__device__ __forceinline__ void add_or_write(bf16 *p, float v) { *p = __float2bfloat16(v); }
+
+// dx[n,:] += r·(dout·w) - r³·(Σ dout·w·x / C)·x (TD bf16: written), the dot product in
+// double as on the CPU. x fp32 or bf16.
+template <typename TX, typename TD>
+__global__ void rmsnorm_backward_dx_kernel(TD *dx, const float *dout, const TX *x, const float *weight,
                                            const float *rstd, int N, int C) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
@@ -160,8 +165,8 @@ __global__ void rmsnorm_backward_dx_kernel(float *dx, const float *dout, const T
     dot = warp_sum_d(dot);
     float r = rstd[row];
     float kx = (float)((double)r * r * r * dot / C);
-    float *dxr = dx + (size_t)row * C;
-    for (int c = lane; c < C; c += 32) dxr[c] += r * (dr[c] * weight[c]) - kx * as_float(xr[c]);
+    TD *dxr = dx + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) add_or_write(dxr + c, r * (dr[c] * weight[c]) - kx * as_float(xr[c]));
 }
 
 static unsigned row_blocks(int N) { return cuda_blocks(N, 256 / 32); }
@@ -179,14 +184,14 @@ enum { NORM_BACKWARD_THREADS = 512, NORM_BACKWARD_PARTS = 1024 };
 
 // The backward of a part of rows_per_part rows (the last part fewer), a block a part, a
 // row at a time in registers (K float4s a thread, as rmsnorm_rows_kernel): dx[n] += the
-// dx kernel's arithmetic (its double dot product summed in a fixed order: a thread's
-// floats, lanes, warps in warp order), and, when partial is given, the part's sums of
+// dx kernel's arithmetic (TD bf16: written; its double dot product summed in a fixed order:
+// a thread's floats, lanes, warps in warp order), and, when partial is given, the part's sums of
 // dout·x·rstd in double into partial[part, C], added in part order by
 // column_finish_kernel. Reading dout and x once here replaces the dx kernel's pass and
 // the column sums' second pass over both (the weight gradient of every norm of a step).
-template <int K, typename TX>
+template <int K, typename TX, typename TD>
 __global__ void __launch_bounds__(NORM_BACKWARD_THREADS)
-    rmsnorm_backward_rows_kernel(float *dx, double *partial, const float *dout, const TX *x, const float *weight,
+    rmsnorm_backward_rows_kernel(TD *dx, double *partial, const float *dout, const TX *x, const float *weight,
                                  const float *rstd, int N, int C, int rows_per_part) {
     __shared__ double warp_dot[2][32];  // two rows' turns: a row's writes never meet the last row's reads
     const int C4 = C / 4, warps = blockDim.x / 32, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -207,7 +212,8 @@ __global__ void __launch_bounds__(NORM_BACKWARD_THREADS)
         for (int k = 0; k < K; k++) {
             const int c = threadIdx.x + k * blockDim.x;
             if (c >= C4) continue;
-            d[k] = load4(dout + row + 4 * c), xv[k] = load4(x + row + 4 * c), o[k] = load4(dx + row + 4 * c);
+            d[k] = load4(dout + row + 4 * c), xv[k] = load4(x + row + 4 * c);
+            if (sizeof(TD) == sizeof(float)) o[k] = load4(dx + row + 4 * c);
             dot += (double)d[k].x * w[k].x * xv[k].x, dot += (double)d[k].y * w[k].y * xv[k].y;
             dot += (double)d[k].z * w[k].z * xv[k].z, dot += (double)d[k].w * w[k].w * xv[k].w;
         }
@@ -224,7 +230,7 @@ __global__ void __launch_bounds__(NORM_BACKWARD_THREADS)
             if (c >= C4) continue;
             o[k].x += r * (d[k].x * w[k].x) - kx * xv[k].x, o[k].y += r * (d[k].y * w[k].y) - kx * xv[k].y;
             o[k].z += r * (d[k].z * w[k].z) - kx * xv[k].z, o[k].w += r * (d[k].w * w[k].w) - kx * xv[k].w;
-            *reinterpret_cast<float4 *>(dx + row + 4 * c) = o[k];
+            put4(dx + row + 4 * c, o[k]);
             if (!partial) continue;
             col[k][0] += (double)d[k].x * ((double)xv[k].x * r), col[k][1] += (double)d[k].y * ((double)xv[k].y * r);
             col[k][2] += (double)d[k].z * ((double)xv[k].z * r), col[k][3] += (double)d[k].w * ((double)xv[k].w * r);
@@ -243,29 +249,32 @@ __global__ void __launch_bounds__(NORM_BACKWARD_THREADS)
 __global__ void column_finish_kernel(float *out, const double *partial, int parts, int C);
 
 // The one-pass backward when the rows allow it (C a multiple of 4 and at most 4 *
-// NORM_BACKWARD_THREADS float4s, dx, dout, weight 16-byte aligned, x aligned to 4 of its
-// elements); false: the caller takes the dx kernel and the column sums. The parts' size
-// depends on N alone (at least 16 rows, at most NORM_BACKWARD_PARTS parts), so the bits do
-// not depend on the card.
-template <typename TX>
-static bool backward_rows(float *dx, float *dweight, const float *dout, const TX *x, const float *weight,
+// NORM_BACKWARD_THREADS float4s, dout and weight 16-byte aligned, x and dx aligned to 4 of
+// their elements); false: the caller takes the dx kernel and the column sums. The parts' size
+// depends on N and C alone (at least 16 rows; at most NORM_BACKWARD_PARTS parts, times 512 /
+// the block's threads), so the bits do not depend on the card.
+template <typename TX, typename TD>
+static bool backward_rows(TD *dx, float *dweight, const float *dout, const TX *x, const float *weight,
                           const float *rstd, int N, int C) {
-    if (!dx || C % 4 || misaligned16(dx) || misaligned16(dout) || misaligned16(weight) ||
+    if (!dx || C % 4 || ((uintptr_t)dx & (4 * sizeof(TD) - 1)) || misaligned16(dout) || misaligned16(weight) ||
         ((uintptr_t)x & (4 * sizeof(TX) - 1)))
         return false;
     const int C4 = C / 4, K = (C4 + NORM_BACKWARD_THREADS - 1) / NORM_BACKWARD_THREADS;
     if (C4 == 0 || K > 4) return false;
-    const int rows = max(16, (N + NORM_BACKWARD_PARTS - 1) / NORM_BACKWARD_PARTS), parts = (N + rows - 1) / rows;
+    // at most NORM_BACKWARD_PARTS blocks of 512 threads' worth: narrow rows (Qwen3's per-head
+    // norms, C = 128: a warp a block) get more blocks, not longer parts
+    const int per = (C4 + K - 1) / K, threads = (per + 31) / 32 * 32;
+    const int cap = NORM_BACKWARD_PARTS * (NORM_BACKWARD_THREADS / threads);
+    const int rows = max(16, (N + cap - 1) / cap), parts = (N + rows - 1) / rows;
     double *partial = NULL;
     if (dweight) {
         partial = (double *)cuda_scratch(SCRATCH_COLSUM, (size_t)parts * C * sizeof(double));
-        if (!partial) return true;  // out of memory: noted by cuda_scratch
+        if (!partial) return false;  // out of memory (noted): the two kernels, whose scratch is smaller
     }
-    const int per = (C4 + K - 1) / K, threads = (per + 31) / 32 * 32;
-    auto kernel = K == 1   ? rmsnorm_backward_rows_kernel<1, TX>
-                  : K == 2 ? rmsnorm_backward_rows_kernel<2, TX>
-                  : K == 3 ? rmsnorm_backward_rows_kernel<3, TX>
-                           : rmsnorm_backward_rows_kernel<4, TX>;
+    auto kernel = K == 1   ? rmsnorm_backward_rows_kernel<1, TX, TD>
+                  : K == 2 ? rmsnorm_backward_rows_kernel<2, TX, TD>
+                  : K == 3 ? rmsnorm_backward_rows_kernel<3, TX, TD>
+                           : rmsnorm_backward_rows_kernel<4, TX, TD>;
     kernel<<<parts, threads, 0, cuda_stream()>>>(dx, partial, dout, x, weight, rstd, N, C, rows);
     CUDA_LAUNCH_CHECK();
     if (dweight) {
@@ -308,7 +317,8 @@ extern "C" void cuda_rmsnorm_backward(float *dx, float *dweight, const float *do
                                       const float *weight, const float *rstd, int N, int C) {
     if (N <= 0 || backward_rows(dx, dweight, dout, x, weight, rstd, N, C)) return;
     if (dx) {
-        rmsnorm_backward_dx_kernel<float><<<row_blocks(N), 256, 0, cuda_stream()>>>(dx, dout, x, weight, rstd, N, C);
+        rmsnorm_backward_dx_kernel<float, float>
+            <<<row_blocks(N), 256, 0, cuda_stream()>>>(dx, dout, x, weight, rstd, N, C);
         CUDA_LAUNCH_CHECK();
     }
     if (dweight) cuda_column_sum(dweight, dout, x, rstd, N, C);
@@ -317,12 +327,14 @@ extern "C" void cuda_rmsnorm_backward(float *dx, float *dweight, const float *do
 template <typename TA, typename TB>
 static void column_sum(float *out, const TA *a, const TB *b, const float *r, int N, int C, int ld);
 
-void cuda_rmsnorm16_backward(float *dx, float *dweight, const float *dout, const void *x, const float *weight,
+void cuda_rmsnorm16_backward(void *dx, float *dweight, const float *dout, const void *x, const float *weight,
                              const float *rstd, int N, int C) {
     const bf16 *x16 = (const bf16 *)x;
-    if (N <= 0 || backward_rows(dx, dweight, dout, x16, weight, rstd, N, C)) return;
+    bf16 *dx16 = (bf16 *)dx;
+    if (N <= 0 || backward_rows(dx16, dweight, dout, x16, weight, rstd, N, C)) return;
     if (dx) {
-        rmsnorm_backward_dx_kernel<bf16><<<row_blocks(N), 256, 0, cuda_stream()>>>(dx, dout, x16, weight, rstd, N, C);
+        rmsnorm_backward_dx_kernel<bf16, bf16>
+            <<<row_blocks(N), 256, 0, cuda_stream()>>>(dx16, dout, x16, weight, rstd, N, C);
         CUDA_LAUNCH_CHECK();
     }
     if (dweight) column_sum(dweight, dout, x16, rstd, N, C, C);

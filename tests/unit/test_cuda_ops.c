@@ -48,11 +48,11 @@ static void test_embedding(void) {
 static void test_rmsnorm(void) {
     NEED_GPU();
     // block-per-row kernel: one, two and four float4s a thread; warp-per-row: C % 4 != 0.
-    // The backward's one-pass kernel: parts of 16 rows (37 and 1200 rows: a short last
-    // part), 20 rows (20000 rows in 1000 parts), one to four float4s a thread (896, 3584,
-    // 5120, 8192), and past it (12288, 16000: the dx kernel and the column sums).
+    // The backward's one-pass kernel: parts of 16 rows (1200 rows: 75 parts; 37 and 20003:
+    // a short last part), one to four float4s a thread (896, 3584, 5120, 8192), and past it
+    // (12288, 16000: the dx kernel and the column sums).
     const int shapes[][2] = {{37, 896}, {1200, 128}, {5, 1},     {3, 4097},  {1, 896},    {2, 8192},
-                             {3, 12288}, {4, 36},    {2, 16000}, {2, 16388}, {20000, 36}, {70, 3584},
+                             {3, 12288}, {4, 36},    {2, 16000}, {2, 16388}, {20003, 36}, {70, 3584},
                              {19, 5120}, {33, 8192}};
     for (int s = 0; s < 14; s++) {
         int N = shapes[s][0], C = shapes[s][1];
@@ -1022,6 +1022,19 @@ static void attn_case(const struct attn_shape *sh, const char *precision, int ac
         if (!*f32[i]) continue;
         ATTN_WHAT(fnames[i]);
         expect_close(what, *df32[i], *f32[i], fn[i], tol);
+    }
+    if (joined && eb == 2) {  // the gradients of q, k, v (the cpu's after RoPE's backward) in dqkv's rows
+        const size_t L = (size_t)Q + 2 * KV;
+        float *rows = act_host(d.s.dqkv, nq + 2 * nkv, eb), *part = malloc(nq * 4);
+        const float *ref[3] = {h.s.dq, h.s.dk, h.s.dv};
+        const size_t width[3] = {(size_t)Q, (size_t)KV, (size_t)KV}, at[3] = {0, (size_t)Q, (size_t)Q + KV};
+        for (int t = 0; t < 3; t++) {
+            for (size_t n = 0; n < (size_t)N; n++) memcpy(part + n * width[t], rows + n * L + at[t], width[t] * 4);
+            const double e = max_rel(part, ref[t], (size_t)N * width[t]);
+            CHECK_MSG(e <= tol, "attn: %s in the rows of dqkv: max rel err %.3g > %.1g", t ? t == 1 ? "dk" : "dv" : "dq",
+                      e, tol);
+        }
+        free(rows), free(part);
     }
     ATTN_WHAT("mid");
     expect_close(what, d.mid, h.mid, nc, tol);

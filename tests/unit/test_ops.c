@@ -820,6 +820,7 @@ static void attn_bf16_case(bool qk_norm) {
         memset(hdqr, 0, sizeof hdqr), memset(hdkr, 0, sizeof hdkr);
         rmsnorm_backward(hdqr, h_g[9], hdq, q_rr, qn_w, tqr, N * NH, HD);
         rmsnorm_backward(hdkr, h_g[10], hdk, k_rr, kn_w, tkr, N * KVH, HD);
+        round16(hdqr, h, N * Q), round16(hdkr, h, N * KV);  // written in bf16, read by the products
     } else {  // dq, dk, dv stored in bf16 (and the products read them rounded)
         round16(hdq, h, N * Q);
         CHECK(!memcmp(h, dq, N * Q * 2));
