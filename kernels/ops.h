@@ -175,10 +175,11 @@ void attn_forward(float *mid, void *ln2, float *rstd2, const attn_acts *a, const
 // gradients rounded, dq and dk through RoPE's backward), fp32 with them (the norms'
 // backward reads them); dln [N, C], and with per-head norms dq_raw [N, Q], dk_raw [N, KV],
 // 4 bytes an element (the norms' input gradients: fp32, or bf16 where the products read
-// them so, as a GPU with bf16 activations keeps them). dqkv, optional (NULL: none; it may share its memory with dq, dk, dv): [N, Q + 2 KV]
-// of act_bytes, without per-head norms, where a backend may put the three gradients side by
-// side in each token's row and multiply them by the joined weights [wq; wk; wv] in one
-// product (the GPU in bf16: one product of K = Q + 2 KV, not three, two of them K = KV).
+// them so, as a GPU with bf16 activations keeps them). dqkv, optional (NULL: none; it may
+// share its memory with dq, dk, dv): [N, Q + 2 KV] of act_bytes, without per-head norms,
+// where a backend may put the three gradients side by side in each token's row and
+// multiply them by the joined weights [wq; wk; wv] in one product (the GPU in bf16: one
+// product of K = Q + 2 KV, not three, two of them K = KV).
 typedef struct attn_scratch {
     void *datt;
     float *dln;

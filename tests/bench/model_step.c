@@ -21,7 +21,8 @@
 
 int main(int argc, char **argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: model_step CONFIG.json B T STEPS [--recompute] [--device D] [--matmul P] [--accum A]\n");
+        fprintf(stderr,
+                "usage: model_step CONFIG.json B T STEPS [--recompute] [--device D] [--matmul P] [--accum A]\n");
         return 2;
     }
     int B = atoi(argv[2]), T = atoi(argv[3]), steps = atoi(argv[4]), accum = 1;

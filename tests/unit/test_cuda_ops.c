@@ -1031,8 +1031,8 @@ static void attn_case(const struct attn_shape *sh, const char *precision, int ac
         for (int t = 0; t < 3; t++) {
             for (size_t n = 0; n < (size_t)N; n++) memcpy(part + n * width[t], rows + n * L + at[t], width[t] * 4);
             const double e = max_rel(part, ref[t], (size_t)N * width[t]);
-            CHECK_MSG(e <= tol, "attn: %s in the rows of dqkv: max rel err %.3g > %.1g", t ? t == 1 ? "dk" : "dv" : "dq",
-                      e, tol);
+            const char *name = t == 0 ? "dq" : t == 1 ? "dk" : "dv";
+            CHECK_MSG(e <= tol, "attn: %s in the rows of dqkv: max rel err %.3g > %.1g", name, e, tol);
         }
         free(rows), free(part);
     }
