@@ -207,29 +207,30 @@ static void backward16(float *dres, const attn_grads *g, const attn_acts *a, con
     const qkv_operands qkv = qkv_weights(w, Q, KV, C);
     if (qkv.joined && s->dqkv && !w->q_norm) {
         qkv_backward_joined(g, a, qkv.joined, s, b);
-    } else if (!w->q_norm) {  // dq, dk, dv bf16 (ops.h attn_scratch), each a tensor of its own
-        cuda_attention_backward_unrotated16(s->dq, s->dk, s->dv, Q, KV, s->datt, a->att, a->lse, a->q, a->k, a->v,
-                                            b->seg_start, b->pos, b->inv_freq, N, NH, KVH, HD, scale);
-        cuda_profile_part("attention_backward");
+    } else {
+        const void *dq = s->dq, *dk = s->dk;
+        const bool g16 = !w->q_norm;  // dq, dk, dv in bf16, each a tensor of its own (ops.h attn_scratch)
+        if (g16) {
+            cuda_attention_backward_unrotated16(s->dq, s->dk, s->dv, Q, KV, s->datt, a->att, a->lse, a->q, a->k,
+                                                a->v, b->seg_start, b->pos, b->inv_freq, N, NH, KVH, HD, scale);
+            cuda_profile_part("attention_backward");
+        } else {  // per-head norms: fp32 sums; the norms write bf16 gradients into dq_raw, dk_raw
+            zero_dqkv(s, b, false);
+            cuda_attention_backward_bf16((float *)s->dq, (float *)s->dk, (float *)s->dv, s->datt, a->att, a->lse,
+                                         a->q, a->k, a->v, b->seg_start, N, NH, KVH, HD, scale);
+            cuda_profile_part("attention_backward");
+            rope_backward_qk(s, b);
+            cuda_rmsnorm16_backward(s->dq_raw, g->q_norm, (const float *)s->dq, a->q_raw, w->q_norm, a->q_rstd,
+                                    N * NH, HD);
+            cuda_rmsnorm16_backward(s->dk_raw, g->k_norm, (const float *)s->dk, a->k_raw, w->k_norm, a->k_rstd,
+                                    N * KVH, HD);
+            cuda_profile_part("rmsnorm_backward");
+            dq = s->dq_raw, dk = s->dk_raw;
+        }
         // q, k, v (IC = C): dln written by the first, added to by the others; ln is bf16
-        product_backward16(s->dln, true, g->wq, g->bq, s->dq, true, a->ln, qkv.q, N, C, Q);
-        product_backward16(s->dln, false, g->wk, g->bk, s->dk, true, a->ln, qkv.k, N, C, KV);
-        product_backward16(s->dln, false, g->wv, g->bv, s->dv, true, a->ln, qkv.v, N, C, KV);
-        cuda_profile_part("linear_backward");
-    } else {  // per-head norms: dq, dk, dv fp32 sums; the norms write bf16 gradients into dq_raw, dk_raw
-        zero_dqkv(s, b, false);
-        cuda_attention_backward_bf16((float *)s->dq, (float *)s->dk, (float *)s->dv, s->datt, a->att, a->lse, a->q,
-                                     a->k, a->v, b->seg_start, N, NH, KVH, HD, scale);
-        cuda_profile_part("attention_backward");
-        rope_backward_qk(s, b);
-        cuda_rmsnorm16_backward(s->dq_raw, g->q_norm, (const float *)s->dq, a->q_raw, w->q_norm, a->q_rstd, N * NH,
-                                HD);
-        cuda_rmsnorm16_backward(s->dk_raw, g->k_norm, (const float *)s->dk, a->k_raw, w->k_norm, a->k_rstd, N * KVH,
-                                HD);
-        cuda_profile_part("rmsnorm_backward");
-        product_backward16(s->dln, true, g->wq, g->bq, s->dq_raw, true, a->ln, qkv.q, N, C, Q);
-        product_backward16(s->dln, false, g->wk, g->bk, s->dk_raw, true, a->ln, qkv.k, N, C, KV);
-        product_backward16(s->dln, false, g->wv, g->bv, s->dv, false, a->ln, qkv.v, N, C, KV);
+        product_backward16(s->dln, true, g->wq, g->bq, dq, true, a->ln, qkv.q, N, C, Q);
+        product_backward16(s->dln, false, g->wk, g->bk, dk, true, a->ln, qkv.k, N, C, KV);
+        product_backward16(s->dln, false, g->wv, g->bv, s->dv, g16, a->ln, qkv.v, N, C, KV);
         cuda_profile_part("linear_backward");
     }
     cuda_rmsnorm_backward(dres, g->norm, s->dln, x, w->norm, a->rstd, N, C);
