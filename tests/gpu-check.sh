@@ -43,7 +43,7 @@ section() { echo "== $1 [$(($(date +%s) - T0)) s in]" | tee -a "$out"; }
 # "Not yet run"): the knob it passes under names the code to read first, without another
 # device call. A test that timed out is not rerun (a hang would cost its limit a knob), nor
 # is a test whose limit would take the run past TRIAGE_UNTIL seconds (default 360).
-KNOBS="TP_CUDA_ATTENTION=wmma TP_CUDA_ACT16=0 TP_CUDA_LT=0 TP_CUDA_PDL=0 TP_CUDA_GRAPHS=0"
+KNOBS="TP_CUDA_ATTENTION=wmma TP_CUDA_ACT16=0 TP_CUDA_QKV_JOIN=0 TP_CUDA_LT=0 TP_CUDA_PDL=0 TP_CUDA_GRAPHS=0"
 triage() {  # name rc limit command...
     name=$1 rc=$2 limit=$3
     shift 3

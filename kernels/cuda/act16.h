@@ -18,5 +18,10 @@ void cuda_rmsnorm16_backward(void *dx, float *dweight, const float *dout, const 
                              const float *rstd, int N, int C);
 // cuda_rope_forward on x [N, H, HD] in bf16, in place.
 void cuda_rope16_forward(void *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD);
+// One product's q, k, v rows side by side, qkv [N, NH·HD + 2 KVH·HD] bf16, into q [N, NH, HD]
+// and k [N, KVH, HD] rotated by RoPE (cuda_rope16_forward's bits) and v [N, KVH, HD] as they
+// are. false, having done nothing, unless HD % 8 == 0 and every pointer is 16-byte aligned.
+bool cuda_qkv_split_rope16(void *q, void *k, void *v, const void *qkv, const int32_t *pos, const float *inv_freq,
+                           int N, int NH, int KVH, int HD);
 
 #endif

@@ -27,6 +27,8 @@
 #include "cuda/reduce.h"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 // ---- fp32 activations: the single ops ----
 
@@ -127,13 +129,68 @@ static qkv_operands qkv_weights(const attn_weights *w, int Q, int KV, int C) {
     return {j, bf16(j), bf16(j + n[0]), bf16(j + n[0] + n[1])};
 }
 
+// The forward from rotated q, k and v on: attention, o's product with the residual, the
+// second norm.
+static void attention_and_o16(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x,
+                              const attn_weights *w, const float *norm2, const attn_batch *b) {
+    const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD;
+    cuda_attention_forward_bf16(a->att, a->lse, a->q, a->k, a->v, b->seg_start, N, NH, KVH, HD,
+                                1.0f / sqrtf((float)HD));
+    cuda_profile_part("attention_forward");
+    cuda_product_bf16(true, false, C, N, Q, weight(w->wo), Q, bf16(a->att), Q, 0.0f, mid, false, C, w->bo, x);
+    cuda_profile_part("linear_forward");
+    cuda_rmsnorm_forward16(ln2, rstd2, mid, false, norm2, N, C, b->eps);
+    cuda_profile_part("rmsnorm_forward");
+}
+
+static int qkv_join_forced = -1;  // cuda_set_qkv_join: -1 the default (TP_CUDA_QKV_JOIN)
+extern "C" void cuda_set_qkv_join(int on) { qkv_join_forced = on < 0 ? -1 : on != 0; }
+static bool qkv_join(void) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("TP_CUDA_QKV_JOIN");
+        env = !(e && !strcmp(e, "0"));
+    }
+    return qkv_join_forced >= 0 ? qkv_join_forced : env;
+}
+
+// q, k, v as one product of K = C by the joined copy [wq; wk; wv] into rows [N, Q + 2 KV]
+// of scratch (bias by the joined bf16 copy [bq; bk; bv]), then one kernel that rotates q and
+// k into their tensors and copies v: ln is read once, not three times, and k's and v's
+// products (OC = KV, 128 or 256) are no longer too narrow for the tensor cores' pace. The
+// RoPE pass it replaces read and wrote q and k anyway. false, having done nothing, when it
+// cannot (no joined copy, some biases but not all, alignment, scratch out of memory: noted).
+static bool qkv_forward_joined(const attn_acts *a, const attn_weights *w, const __nv_bfloat16 *wj,
+                               const attn_batch *b) {
+    const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD, L = Q + 2 * KV;
+    const void *bias16 = NULL;
+    if (w->bq || w->bk || w->bv) {
+        if (!(w->bq && w->bk && w->bv)) return false;
+        const float *const src[3] = {w->bq, w->bk, w->bv};
+        const size_t n[3] = {(size_t)Q, (size_t)KV, (size_t)KV};
+        if (!(bias16 = cuda_weights_bf16_joined(3, src, n))) return false;
+    }
+    if (!wj || HD % 8 || L % 8 || ((uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->v) % 16) return false;
+    void *qkv = cuda_scratch(SCRATCH_QKV, (size_t)N * L * sizeof(__nv_bfloat16));
+    if (!qkv) return false;  // (noted)
+    cuda_product16_bias16(true, false, L, N, C, bf16(wj), C, bf16(a->ln), C, qkv, L, bias16);
+    cuda_profile_part("linear_forward");
+    cuda_qkv_split_rope16(a->q, a->k, a->v, qkv, b->pos, b->inv_freq, N, NH, KVH, HD);
+    cuda_profile_part("rope");
+    return true;
+}
+
 static void forward16(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x, const attn_weights *w,
                       const float *norm2, const attn_batch *b) {
     const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD;
     cuda_rmsnorm_forward16(a->ln, a->rstd, x, false, w->norm, N, C, b->eps);
     cuda_profile_part("rmsnorm_forward");
-    void *q = w->q_norm ? a->q_raw : a->q, *k = w->q_norm ? a->k_raw : a->k;
     const qkv_operands qkv = qkv_weights(w, Q, KV, C);
+    if (!w->q_norm && qkv_join() && qkv_forward_joined(a, w, qkv.joined, b)) {
+        attention_and_o16(mid, ln2, rstd2, a, x, w, norm2, b);
+        return;
+    }
+    void *q = w->q_norm ? a->q_raw : a->q, *k = w->q_norm ? a->k_raw : a->k;
     cuda_product_bf16(true, false, Q, N, C, qkv.q, C, bf16(a->ln), C, 0.0f, q, true, Q, w->bq, NULL);
     cuda_product_bf16(true, false, KV, N, C, qkv.k, C, bf16(a->ln), C, 0.0f, k, true, KV, w->bk, NULL);
     cuda_product_bf16(true, false, KV, N, C, qkv.v, C, bf16(a->ln), C, 0.0f, a->v, true, KV, w->bv, NULL);
@@ -146,13 +203,7 @@ static void forward16(float *mid, void *ln2, float *rstd2, const attn_acts *a, c
     cuda_rope16_forward(a->q, b->pos, b->inv_freq, N, NH, HD);
     cuda_rope16_forward(a->k, b->pos, b->inv_freq, N, KVH, HD);
     cuda_profile_part("rope");
-    cuda_attention_forward_bf16(a->att, a->lse, a->q, a->k, a->v, b->seg_start, N, NH, KVH, HD,
-                                1.0f / sqrtf((float)HD));
-    cuda_profile_part("attention_forward");
-    cuda_product_bf16(true, false, C, N, Q, weight(w->wo), Q, bf16(a->att), Q, 0.0f, mid, false, C, w->bo, x);
-    cuda_profile_part("linear_forward");
-    cuda_rmsnorm_forward16(ln2, rstd2, mid, false, norm2, N, C, b->eps);
-    cuda_profile_part("rmsnorm_forward");
+    attention_and_o16(mid, ln2, rstd2, a, x, w, norm2, b);
 }
 
 // dx^T [IC, N] = W · dout^T (written when first, else added) and dW^T [IC, OC] += x^T · dout

@@ -142,6 +142,10 @@ size_t cuda_act_bytes(void);
 void cuda_set_act16(int on);
 void cuda_attn_forward(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x, const attn_weights *w,
                        const float *norm2, const attn_batch *b);
+// With bf16 activations and no per-head norms, the forward's q, k, v are one product by the
+// joined [wq; wk; wv] and a kernel that splits its rows and rotates q and k (attn.cu), unless
+// TP_CUDA_QKV_JOIN=0 or cuda_set_qkv_join(0) (1 on, -1 back to the default): three products.
+void cuda_set_qkv_join(int on);
 void cuda_attn_backward(float *dres, const attn_grads *g, const attn_acts *a, const float *x, const attn_weights *w,
                         const attn_scratch *s, const attn_batch *b);
 void cuda_mlp_up_forward(void *act, void *gate, void *up, const void *x, const float *w_gate, const float *w_up,

@@ -119,6 +119,51 @@ void cuda_rope16_forward(void *x, const int32_t *pos, const float *inv_freq, int
     rope((__nv_bfloat16 *)x, pos, inv_freq, N, H, HD, 1.0f);
 }
 
+// A thread a unit of a token's row of qkv: four pairs (x[f + j], x[f + j + HD/2]) of a q or k
+// head, rotated (two 8-byte loads, two stores), or eight elements of v copied (16 bytes).
+// Units in order: q's NH·HD/8, k's KVH·HD/8, v's KVH·HD/8.
+__global__ void qkv_split_rope_kernel(__nv_bfloat16 *q, __nv_bfloat16 *k, __nv_bfloat16 *v, const __nv_bfloat16 *qkv,
+                                      const int32_t *pos, const float *inv_freq, int N, int NH, int KVH, int HD) {
+    const int Q = NH * HD, KV = KVH * HD, L = Q + 2 * KV, half = HD / 2, pair_units = HD / 8;
+    const int units = (NH + 2 * KVH) * pair_units;
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)N * units) return;
+    const int n = (int)(i / units), u = (int)(i % units);
+    const __nv_bfloat16 *row = qkv + (size_t)n * L;
+    if (u >= (NH + KVH) * pair_units) {  // v
+        const int at = (u - (NH + KVH) * pair_units) * 8;
+        *reinterpret_cast<uint4 *>(v + (size_t)n * KV + at) = *reinterpret_cast<const uint4 *>(row + Q + KV + at);
+        return;
+    }
+    const bool is_q = u < NH * pair_units;
+    const int h = (is_q ? u : u - NH * pair_units) / pair_units, f = (u % pair_units) * 4;
+    const __nv_bfloat16 *src = row + (is_q ? 0 : Q) + h * HD + f;
+    __nv_bfloat16 *dst = (is_q ? q + (size_t)n * Q : k + (size_t)n * KV) + h * HD + f;
+    uint2 lo = *reinterpret_cast<const uint2 *>(src), hi = *reinterpret_cast<const uint2 *>(src + half);
+    __nv_bfloat16 *x1 = reinterpret_cast<__nv_bfloat16 *>(&lo), *x2 = reinterpret_cast<__nv_bfloat16 *>(&hi);
+    const int p = pos[n];
+    for (int j = 0; j < 4; j++) {
+        float a1 = __bfloat162float(x1[j]), a2 = __bfloat162float(x2[j]);
+        rope_rotate(a1, a2, rope_angle_of(p, inv_freq[f + j], 1.0f));
+        x1[j] = __float2bfloat16(a1), x2[j] = __float2bfloat16(a2);
+    }
+    *reinterpret_cast<uint2 *>(dst) = lo;
+    *reinterpret_cast<uint2 *>(dst + half) = hi;
+}
+
+bool cuda_qkv_split_rope16(void *q, void *k, void *v, const void *qkv, const int32_t *pos, const float *inv_freq,
+                           int N, int NH, int KVH, int HD) {
+    const uintptr_t any = (uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)qkv;
+    if (HD % 8 || any % 16) return false;
+    const long n = (long)N * (NH + 2 * KVH) * (HD / 8);
+    if (n <= 0) return true;
+    qkv_split_rope_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_stream()>>>(
+        (__nv_bfloat16 *)q, (__nv_bfloat16 *)k, (__nv_bfloat16 *)v, (const __nv_bfloat16 *)qkv, pos, inv_freq, N, NH,
+        KVH, HD);
+    CUDA_LAUNCH_CHECK();
+    return true;
+}
+
 extern "C" void cuda_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD) {
     rope(x, pos, inv_freq, N, H, HD, 1.0f);
 }

@@ -376,28 +376,34 @@ static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
     return true;
 }
 
-// out [m x n] (bf16) = sum + bf16(bias[row]) rounded, sum [m x n] fp32 (column-major: the row is i % m).
-__global__ void bias_round_kernel(__nv_bfloat16 *out, const float *sum, const float *bias, int m, long mn) {
+__device__ __forceinline__ float bias_bf16_of(float b) { return __bfloat162float(__float2bfloat16(b)); }
+__device__ __forceinline__ float bias_bf16_of(__nv_bfloat16 b) { return __bfloat162float(b); }
+
+// out [m x n] (bf16, ld ldc) = sum + bf16(bias[row]) rounded, sum [m x n] fp32 (column-major: the row is i % m).
+template <typename B>
+__global__ void bias_round_kernel(__nv_bfloat16 *out, int ldc, const float *sum, const B *bias, int m, long mn) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < mn) out[i] = __float2bfloat16(sum[i] + __bfloat162float(__float2bfloat16(bias[i % m])));
+    if (i < mn) out[i / m * ldc + i % m] = __float2bfloat16(sum[i] + bias_bf16_of(bias[i % m]));
 }
 
 // C = op(a) op(b) + beta C (+ bias (+ residual)) on bf16 operands; C holds bf16 when c16
-// (no residual then), else fp32. bias [m] (fp32; with c16 its cached bf16 copy is added)
-// and residual [m x n] (ld ldc; beta must be 0 with it) are added by the epilogue when
-// cuBLASLt takes the product: returns whether they were (false: the caller adds them).
+// (no residual then), else fp32. bias [m] (fp32; with c16 its cached bf16 copy is added,
+// or bias16, a bf16 bias the caller holds, instead) and residual [m x n] (ld ldc; beta must
+// be 0 with it) are added by the epilogue when cuBLASLt takes the product: returns whether
+// they were (false: the caller adds them).
 static bool product_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const __nv_bfloat16 *a,
                          int lda, const __nv_bfloat16 *b, int ldb, float beta, void *C, bool c16, int ldc,
-                         const float *bias, const float *residual) {
-    const void *epilogue_bias = c16 && bias ? (const void *)weight_bf16(bias, (size_t)m) : bias;
-    if ((!bias || epilogue_bias) && lt_gemm(ta, tb, m, n, k, a, lda, b, ldb, residual ? 1.0f : beta,
-                                            residual ? residual : C, C, ldc, c16, epilogue_bias))
+                         const float *bias, const float *residual, const __nv_bfloat16 *bias16 = NULL) {
+    const void *epilogue_bias = bias16 ? bias16 : c16 && bias ? (const void *)weight_bf16(bias, (size_t)m) : bias;
+    if ((!(bias || bias16) || epilogue_bias) && lt_gemm(ta, tb, m, n, k, a, lda, b, ldb, residual ? 1.0f : beta,
+                                                        residual ? residual : C, C, ldc, c16, epilogue_bias))
         return true;
     // A bf16 output with a bias without cuBLASLt: the fp32 sums through scratch, then the
     // epilogue's arithmetic, bf16(sum + bf16(bias)), so either path gives the same values.
     void *out = C;
-    if (c16 && bias && !(out = cuda_scratch(SCRATCH_PRODUCT, sizeof(float) * (size_t)m * n))) return true;  // noted
-    const bool out16 = c16 && !bias;
+    const bool c16_bias = c16 && (bias || bias16);
+    if (c16_bias && !(out = cuda_scratch(SCRATCH_PRODUCT, sizeof(float) * (size_t)m * n))) return true;  // noted
+    const bool out16 = c16 && !c16_bias;
     const float alpha = 1.0f;
     const int timer = cuda_profile_product_begin();
     CUBLAS_CHECK(cublasGemmEx(handle, ta, tb, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &beta, out,
@@ -406,8 +412,12 @@ static bool product_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int 
     cuda_profile_product_end(timer, m, n, k, ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, true, out16, beta != 0.0f, false);
     if (out == C) return !bias && !residual;
     const long mn = (long)m * n;
-    bias_round_kernel<<<cuda_blocks(mn, 256), 256, 0, cuda_stream()>>>((__nv_bfloat16 *)C, (const float *)out, bias,
-                                                                        m, mn);
+    if (bias16)
+        bias_round_kernel<__nv_bfloat16><<<cuda_blocks(mn, 256), 256, 0, cuda_stream()>>>(
+            (__nv_bfloat16 *)C, ldc, (const float *)out, bias16, m, mn);
+    else
+        bias_round_kernel<float><<<cuda_blocks(mn, 256), 256, 0, cuda_stream()>>>((__nv_bfloat16 *)C, ldc,
+                                                                                   (const float *)out, bias, m, mn);
     CUDA_LAUNCH_CHECK();
     return true;
 }
@@ -456,6 +466,16 @@ void cuda_product_bf16(bool ta, bool tb, int m, int n, int k, cuda_operand A, in
         CUDA_LAUNCH_CHECK();
     }
     if (residual) cuda_add_inplace((float *)C, residual, mn);
+}
+
+void cuda_product16_bias16(bool ta, bool tb, int m, int n, int k, cuda_operand A, int lda, cuda_operand B, int ldb,
+                           void *C, int ldc, const void *bias16) {
+    if (!ready() || m <= 0 || n <= 0) return;
+    const __nv_bfloat16 *a = operand_of(SCRATCH_BF16_A, A, lda, ta ? m : k);
+    const __nv_bfloat16 *b = operand_of(SCRATCH_BF16_B, B, ldb, tb ? k : n);
+    if (!a || !b) return;  // noted by cuda_scratch
+    product_bf16(ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, a, lda, b, ldb, 0.0f, C,
+                 true, ldc, NULL, NULL, (const __nv_bfloat16 *)bias16);  // (a bf16 output's bias is always added)
 }
 
 // a_weight / b_weight: which operand is a weight matrix (its bf16 copy is cached). bias,

@@ -24,4 +24,10 @@ struct cuda_operand {
 void cuda_product_bf16(bool ta, bool tb, int m, int n, int k, cuda_operand A, int lda, cuda_operand B, int ldb,
                        float beta, void *C, bool c16, int ldc, const float *bias, const float *residual);
 
+// The same with a bf16 output (beta 0) and its bias bias16 [m] given in bf16 (NULL: none),
+// as cuda_product_bf16 adds a bias's cached bf16 copy: for a bias the caller holds in bf16
+// (the rows of a joined copy, cuda_weights_bf16_joined).
+void cuda_product16_bias16(bool ta, bool tb, int m, int n, int k, cuda_operand A, int lda, cuda_operand B, int ldb,
+                           void *C, int ldc, const void *bias16);
+
 #endif

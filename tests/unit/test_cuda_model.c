@@ -1,9 +1,9 @@
 // The model core on the cuda backend against the cpu backend, on the tiny transformers
 // fixtures: logits, loss and every parameter's gradient (fp32 matrix products: 1e-4;
-// bf16: within bf16 tolerance), AdamW training steps, determinism, recomputation, and
-// the out-of-memory message; and, on random models with head sizes 64 and 128 (the tiny
-// fixtures' 16 and 32 never reach them), the loss and gradients through each tensor-core
-// attention kernel. Skipped without a GPU.
+// bf16: within bf16 tolerance), AdamW training steps and the bf16 weight copies after them,
+// determinism, recomputation, and the out-of-memory message; and, on random models with
+// head sizes 64 and 128 (the tiny fixtures' 16 and 32 never reach them), the loss and
+// gradients through each tensor-core attention kernel. Skipped without a GPU.
 #include "backend.h"
 #include "cuda_test.h"
 #include "json.h"
@@ -142,6 +142,51 @@ static void test_training_steps_match(void) {
     }
     pair_close(&p);
     CHECK_CUDA_OK();
+}
+
+// After AdamW steps in bf16, the bf16 weight copies the products read (each weight's, and
+// the joined [wq; wk; wv] and [bq; bk; bv], which AdamW writes as it updates the weights)
+// are the new weights rounded: a step through them gives the bits of a step through copies
+// made again from the fp32 weights (cuda_weights_changed drops them all).
+static void copies_follow_case(const char *name) {
+    pair p;
+    CHECK(tp_backend_set_matmul(cuda(), "bf16") == 0);
+    if (pair_open(&p, name, true) == 0) {
+        tp_adamw og;
+        tp_adamw_init(&og, p.gpu, 0.9, 0.95, 1e-8, 0.1);
+        tp_err err;
+        tp_loss l[2];
+        for (int step = 0; step < 2; step++) {  // lr 1e-2: every weight's bf16 bits move
+            tp_model_zero_grad(p.gpu);
+            CHECK(tp_model_forward_backward(p.gpu, &p.f.batch, 0, &l[0], &err) == 0);
+            tp_adamw_clip_grad_norm(&og, p.gpu, 1.0);
+            tp_adamw_update(&og, p.gpu, 1e-2);
+        }
+        const size_t bytes = p.gpu->n_floats * sizeof(float);
+        float *g[2];
+        for (int run = 0; run < 2; run++) {
+            if (run == 1) cuda_weights_changed();
+            tp_model_zero_grad(p.gpu);
+            CHECK(tp_model_forward_backward(p.gpu, &p.f.batch, 0, &l[run], &err) == 0);
+            tp_model_pull(p.gpu, true);
+            g[run] = malloc(bytes);
+            memcpy(g[run], p.gpu->g, bytes);
+        }
+        CHECK_MSG(l[0].sum == l[1].sum && memcmp(g[0], g[1], bytes) == 0,
+                  "%s: after AdamW, a step through its copies (loss %.9g) differs from one through new ones (%.9g)",
+                  name, l[0].sum, l[1].sum);
+        free(g[0]), free(g[1]);
+        tp_adamw_free(&og);
+    }
+    pair_close(&p);
+    CHECK(tp_backend_set_matmul(cuda(), "fp32") == 0);
+    CHECK_CUDA_OK();
+}
+
+static void test_copies_follow_adamw(void) {
+    NEED_GPU();
+    copies_follow_case("qwen2-tied");  // q, k, v biases: their joined copy too
+    copies_follow_case("qwen3");       // per-head norms: q, k, v as three products
 }
 
 // The same batch twice gives the same bits, and recomputing activations changes nothing,
@@ -364,6 +409,7 @@ int main(void) {
     RUN(test_fp32_matches_cpu);
     RUN(test_bf16_within_tolerance);
     RUN(test_training_steps_match);
+    RUN(test_copies_follow_adamw);
     RUN(test_deterministic_and_recompute);
     RUN(test_tensor_core_attention);
     RUN(test_head_chunks);

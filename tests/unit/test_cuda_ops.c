@@ -1062,13 +1062,15 @@ static void attn_case(const struct attn_shape *sh, const char *precision, int ac
 
 // Qwen2-like (biases; HD 64: the tensor-core attention), Qwen3-like (per-head norms, HD
 // 128; with biases too), per-head norms at HD 32 (attention through fp32 copies in bf16
-// mode), in fp32, and in bf16 with the activations in bf16 and in fp32; then misaligned.
+// mode), Llama-like (neither), in fp32, and in bf16 with the activations in bf16 and in
+// fp32; then misaligned, and the forward's three q, k, v products (not one joined).
 static void test_attn_block(void) {
     NEED_GPU();
     const struct attn_shape shapes[] = {
         {{100, 60}, 128, 4, 2, 64, false, true},
         {{45, 20}, 256, 4, 2, 128, true, true},
         {{37, 33}, 96, 4, 2, 32, true, false},
+        {{50, 30}, 192, 6, 2, 32, false, false},  // Llama-like: neither
     };
     const double before = worst_seen;
     double worst[3] = {0, 0, 0};
@@ -1085,6 +1087,11 @@ static void test_attn_block(void) {
     attn_case(&shapes[1], "bf16", 1, 1, true, 2e-2);
     attn_case(&shapes[0], "fp32", -1, 1, true, 1e-5);
     attn_case(&shapes[0], "bf16", 1, 0, false, 2e-2);  // the three gradients as tensors of their own
+    attn_case(&shapes[0], "bf16", 1, 1, true, 2e-2);   // q, k, v misaligned: three products, not one
+    cuda_set_qkv_join(0);  // the three products with bf16 activations, biases and none
+    attn_case(&shapes[0], "bf16", 1, 0, true, 2e-2);
+    attn_case(&shapes[3], "bf16", 1, 0, true, 2e-2);
+    cuda_set_qkv_join(-1);
     worst[1] = fmax(worst[1], worst_seen);
     printf("# attention block: worst max rel err fp32 %.3g, bf16 with bf16 activations %.3g, with fp32 %.3g\n",
            worst[0], worst[1], worst[2]);
