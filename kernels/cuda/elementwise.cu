@@ -164,6 +164,70 @@ bool cuda_qkv_split_rope16(void *q, void *k, void *v, const void *qkv, const int
     return true;
 }
 
+// A warp a head of q or k of one token's row of qkv, a lane the elements c = lane + 32 j
+// (rmsnorm_forward_kernel's order for its sum of squares and its butterfly), so with HD a
+// multiple of 64 a lane holds both halves of each of its pairs (c and c + HD/2). Each value
+// is rounded as the norm stores it, then rotated and rounded as RoPE stores it. The
+// block's warps then copy v's row.
+template <int J>  // J = HD / 32
+__global__ void qkv_split_norm_rope_kernel(__nv_bfloat16 *q_raw, __nv_bfloat16 *k_raw, float *q_rstd, float *k_rstd,
+                                           __nv_bfloat16 *q, __nv_bfloat16 *k, __nv_bfloat16 *v,
+                                           const __nv_bfloat16 *qkv, const float *q_norm, const float *k_norm,
+                                           float eps, const int32_t *pos, const float *inv_freq, int NH, int KVH) {
+    constexpr int HD = 32 * J;
+    const int n = blockIdx.x, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const int Q = NH * HD, KV = KVH * HD;
+    const __nv_bfloat16 *row = qkv + (size_t)n * (Q + 2 * KV);
+    const int p = pos[n];
+    for (int h = threadIdx.x / 32; h < NH + KVH; h += warps) {
+        const bool is_q = h < NH;
+        const int head = is_q ? h : h - NH;
+        const size_t at = is_q ? (size_t)n * Q + head * HD : (size_t)n * KV + head * HD;
+        const __nv_bfloat16 *src = row + (is_q ? 0 : Q) + head * HD;
+        __nv_bfloat16 *raw = (is_q ? q_raw : k_raw) + at;
+        float x[J], sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            const __nv_bfloat16 b = src[lane + 32 * j];
+            raw[lane + 32 * j] = b;
+            x[j] = __bfloat162float(b);
+            sum += x[j] * x[j];
+        }
+        sum = warp_sum(sum);
+        const float s = rsqrtf(sum / HD + eps);
+        if (lane == 0) (is_q ? q_rstd : k_rstd)[(size_t)n * (is_q ? NH : KVH) + head] = s;
+        const float *w = is_q ? q_norm : k_norm;
+#pragma unroll
+        for (int j = 0; j < J; j++) x[j] = __bfloat162float(__float2bfloat16(x[j] * s * w[lane + 32 * j]));
+        __nv_bfloat16 *dst = (is_q ? q : k) + at;
+#pragma unroll
+        for (int j = 0; j < J / 2; j++) {  // the pair (f, f + HD/2), f = lane + 32 j
+            const int f = lane + 32 * j;
+            float a1 = x[j], a2 = x[j + J / 2];
+            rope_rotate(a1, a2, rope_angle_of(p, inv_freq[f], 1.0f));
+            dst[f] = __float2bfloat16(a1), dst[f + HD / 2] = __float2bfloat16(a2);
+        }
+    }
+    for (int u = threadIdx.x; u < KV; u += blockDim.x) v[(size_t)n * KV + u] = row[Q + KV + u];
+}
+
+bool cuda_qkv_split_norm_rope16(void *q_raw, void *k_raw, float *q_rstd, float *k_rstd, void *q, void *k, void *v,
+                                const void *qkv, const float *q_norm, const float *k_norm, float eps,
+                                const int32_t *pos, const float *inv_freq, int N, int NH, int KVH, int HD) {
+    if (HD != 64 && HD != 128 && HD != 256) return false;
+    if (N <= 0) return true;
+    const int warps = NH + KVH < 8 ? NH + KVH : 8;
+    auto kernel = HD == 64 ? qkv_split_norm_rope_kernel<2>
+                  : HD == 128 ? qkv_split_norm_rope_kernel<4>
+                              : qkv_split_norm_rope_kernel<8>;
+    kernel<<<N, 32 * warps, 0, cuda_stream()>>>((__nv_bfloat16 *)q_raw, (__nv_bfloat16 *)k_raw, q_rstd, k_rstd,
+                                                (__nv_bfloat16 *)q, (__nv_bfloat16 *)k, (__nv_bfloat16 *)v,
+                                                (const __nv_bfloat16 *)qkv, q_norm, k_norm, eps, pos, inv_freq, NH,
+                                                KVH);
+    CUDA_LAUNCH_CHECK();
+    return true;
+}
+
 extern "C" void cuda_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int H, int HD) {
     rope(x, pos, inv_freq, N, H, HD, 1.0f);
 }

@@ -186,7 +186,7 @@ static void copies_follow_case(const char *name) {
 static void test_copies_follow_adamw(void) {
     NEED_GPU();
     copies_follow_case("qwen2-tied");  // q, k, v biases: their joined copy too
-    copies_follow_case("qwen3");       // per-head norms: q, k, v as three products
+    copies_follow_case("qwen3");       // per-head norms at HD 16: q, k, v as three products
 }
 
 // The same batch twice gives the same bits, and recomputing activations changes nothing,
@@ -258,16 +258,17 @@ static double worst_gradient(tp_model *m[2], const char **which) {
     return worst;
 }
 
-// A random Qwen2-style model of head size HD (hidden 256, 2 layers, vocabulary 1000) on the
-// cpu and on the gpu in bf16 mode, through each tensor-core attention kernel in turn: the
-// loss and every gradient within bf16 tolerance of the cpu's fp32, over packed rows.
-static void tensor_core_case(int HD) {
+// A random Qwen2-style (or Qwen3: per-head norms) model of head size HD (hidden 256, 2 layers,
+// vocabulary 1000) on the cpu and on the gpu in bf16 mode, through each tensor-core attention
+// kernel in turn: the loss and every gradient within bf16 tolerance of the cpu's fp32, over
+// packed rows.
+static void tensor_core_case(const char *type, int HD) {
     char json[512];
     snprintf(json, sizeof json,
-             "{\"model_type\": \"qwen2\", \"vocab_size\": 1000, \"hidden_size\": 256, \"intermediate_size\": 512, "
+             "{\"model_type\": \"%s\", \"vocab_size\": 1000, \"hidden_size\": 256, \"intermediate_size\": 512, "
              "\"num_hidden_layers\": 2, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, "
-             "\"rms_norm_eps\": 1e-6, \"rope_theta\": 10000.0, \"tie_word_embeddings\": true}",
-             256 / HD, 256 / HD / 2);
+             "\"head_dim\": %d, \"rms_norm_eps\": 1e-6, \"rope_theta\": 10000.0, \"tie_word_embeddings\": true}",
+             type, 256 / HD, 256 / HD / 2, HD);
     tp_err err;
     tp_model *m[2];  // cpu, gpu
     if (!random_pair(json, m)) return;
@@ -291,14 +292,14 @@ static void tensor_core_case(int HD) {
         int rc = tp_model_forward_backward(m[1], &b, 0, &lg, &err);
         CHECK_MSG(rc == 0, "%s", err.msg);
         CHECK_STR(cuda_attention_last_path(), kernels[k]);
-        CHECK_MSG(fabs(lg.sum - lc.sum) <= 3e-2 * fabs(lc.sum), "HD %d %s: loss %.9g vs %.9g", HD, kernels[k],
+        CHECK_MSG(fabs(lg.sum - lc.sum) <= 3e-2 * fabs(lc.sum), "%s HD %d %s: loss %.9g vs %.9g", type, HD, kernels[k],
                   lg.sum, lc.sum);
         const char *which = "";
         double worst = worst_gradient(m, &which);
         // 5e-2: the fixtures' bf16 worst is ~1.8e-2; a wrong attention kernel is off by O(1)
-        CHECK_MSG(worst <= 5e-2, "HD %d %s: gradient of %s differs by %.3g", HD, kernels[k], which, worst);
-        printf("# random model, HD %d, bf16 with %s attention: loss %.6f (cpu %.6f), gradients within %.3g\n", HD,
-               kernels[k], lg.sum / lg.count, lc.sum / lc.count, worst);
+        CHECK_MSG(worst <= 5e-2, "%s HD %d %s: gradient of %s differs by %.3g", type, HD, kernels[k], which, worst);
+        printf("# random %s model, HD %d, bf16 with %s attention: loss %.6f (cpu %.6f), gradients within %.3g\n",
+               type, HD, kernels[k], lg.sum / lg.count, lc.sum / lc.count, worst);
     }
     CHECK(tp_backend_set_matmul(cuda(), "fp32") == 0);
     tp_model_free(m[0]), tp_model_free(m[1]);
@@ -307,8 +308,9 @@ static void tensor_core_case(int HD) {
 
 static void test_tensor_core_attention(void) {
     NEED_GPU();
-    tensor_core_case(64);
-    tensor_core_case(128);
+    tensor_core_case("qwen2", 64);
+    tensor_core_case("qwen2", 128);
+    tensor_core_case("qwen3", 128);  // the per-head norms in the joined q, k, v forward
 }
 
 // Qwen's vocabulary and 4096 target tokens: the training head takes several chunks (883
