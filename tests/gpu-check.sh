@@ -221,7 +221,7 @@ TP_PROFILE=1 timeout 60 "$B/bench/model_step" "$cfgdir/qwen2.5-0.5b.json" 4 2048
 # work our step loses (or wins) on, beside the table above
 section "where torch's device time goes (torch.profiler, the same shape, one step)"
 TORCH_PROFILE=1 PYTHONUNBUFFERED=1 timeout 90 python3 tests/bench/torch_gpu_step.py "$cfgdir/qwen2.5-0.5b.json" 4 2048 \
-    1 2>&1 | grep -E '^torch profile' | tee -a "$out"
+    1 2>&1 | tee -a "$log" | grep -E '^torch profile' | tee -a "$out"
 }
 if [ "${SKIP_PROFILE:-0}" != 1 ]; then
     section "a batch-1 decode step kernel by kernel (ncu, tests/gpu-profile.sh)"

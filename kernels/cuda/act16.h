@@ -26,7 +26,7 @@ bool cuda_qkv_split_rope16(void *q, void *k, void *v, const void *qkv, const int
 // The same for Qwen3's per-head norms: q and k's rows copied into q_raw, k_raw, normalised
 // (rstd into q_rstd [N, NH], k_rstd [N, KVH]), stored, then rotated into q and k: the bits
 // of cuda_rmsnorm_forward16 (x16) and cuda_rope16_forward after the products. false,
-// having done nothing, unless HD % 64 == 0 (a lane holds both halves of its pairs).
+// having done nothing, unless HD is 64, 128 or 256 (a lane holds both halves of its pairs).
 bool cuda_qkv_split_norm_rope16(void *q_raw, void *k_raw, float *q_rstd, float *k_rstd, void *q, void *k, void *v,
                                 const void *qkv, const float *q_norm, const float *k_norm, float eps,
                                 const int32_t *pos, const float *inv_freq, int N, int NH, int KVH, int HD);

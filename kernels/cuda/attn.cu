@@ -158,33 +158,37 @@ static bool qkv_join(void) {
 // of scratch (bias by the joined bf16 copy [bq; bk; bv]), then one kernel that rotates q and
 // k into their tensors and copies v (with per-head norms: that copies q and k's rows into
 // q_raw, k_raw and normalises them first): ln is read once, not three times, and k's and
-// v's products (OC = KV, 128 or 256) are no longer too narrow for the tensor cores' pace.
+// v's products (OC = KV, 128 to 1024) are no longer too narrow for the tensor cores' pace.
 // The RoPE pass it replaces read and wrote q and k anyway (and the norms another pass).
 // false, having done nothing, when it cannot (no joined copy, some biases but not all,
-// alignment, head size, scratch out of memory: noted).
+// alignment, head size, no memory for the scratch or the biases' copy).
+static const char *qkv_path = "";  // cuda_qkv_last_path
+extern "C" const char *cuda_qkv_last_path(void) { return qkv_path; }
+
 static bool qkv_forward_joined(const attn_acts *a, const attn_weights *w, const __nv_bfloat16 *wj,
                                const attn_batch *b) {
     const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD, L = Q + 2 * KV;
-    const void *bias16 = NULL;
-    if (w->bq || w->bk || w->bv) {
-        if (!(w->bq && w->bk && w->bv)) return false;
-        const float *const src[3] = {w->bq, w->bk, w->bv};
-        const size_t n[3] = {(size_t)Q, (size_t)KV, (size_t)KV};
-        if (!(bias16 = cuda_weights_bf16_joined(3, src, n))) return false;
-    }
     if (!wj) return false;
     if (w->q_norm ? HD != 64 && HD != 128 && HD != 256
                   : HD % 8 || L % 8 || ((uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->v) % 16)
         return false;
-    void *qkv = cuda_scratch(SCRATCH_QKV, (size_t)N * L * sizeof(__nv_bfloat16));
-    if (!qkv) return false;  // (noted)
+    const bool biased = w->bq || w->bk || w->bv;
+    if (biased && !(w->bq && w->bk && w->bv)) return false;
+    void *qkv = cuda_scratch_optional(SCRATCH_QKV, (size_t)N * L * sizeof(__nv_bfloat16));
+    if (!qkv) return false;
+    const void *bias16 = NULL;
+    if (biased) {
+        const float *const src[3] = {w->bq, w->bk, w->bv};
+        const size_t n[3] = {(size_t)Q, (size_t)KV, (size_t)KV};
+        if (!(bias16 = cuda_weights_bf16_joined(3, src, n))) return false;
+    }
     cuda_product16_bias16(true, false, L, N, C, bf16(wj), C, bf16(a->ln), C, qkv, L, bias16);
     cuda_profile_part("linear_forward");
-    if (w->q_norm)
-        cuda_qkv_split_norm_rope16(a->q_raw, a->k_raw, a->q_rstd, a->k_rstd, a->q, a->k, a->v, qkv, w->q_norm,
-                                   w->k_norm, b->eps, b->pos, b->inv_freq, N, NH, KVH, HD);
-    else
-        cuda_qkv_split_rope16(a->q, a->k, a->v, qkv, b->pos, b->inv_freq, N, NH, KVH, HD);
+    const bool split = w->q_norm ? cuda_qkv_split_norm_rope16(a->q_raw, a->k_raw, a->q_rstd, a->k_rstd, a->q, a->k,
+                                                              a->v, qkv, w->q_norm, w->k_norm, b->eps, b->pos,
+                                                              b->inv_freq, N, NH, KVH, HD)
+                                 : cuda_qkv_split_rope16(a->q, a->k, a->v, qkv, b->pos, b->inv_freq, N, NH, KVH, HD);
+    if (!split) cuda_note_message("the joined q, k, v product's rows could not be split", __FILE__, __LINE__);
     cuda_profile_part("rope");
     return true;
 }
@@ -196,9 +200,11 @@ static void forward16(float *mid, void *ln2, float *rstd2, const attn_acts *a, c
     cuda_profile_part("rmsnorm_forward");
     const qkv_operands qkv = qkv_weights(w, Q, KV, C);
     if (qkv_join() && qkv_forward_joined(a, w, qkv.joined, b)) {
+        qkv_path = "joined";
         attention_and_o16(mid, ln2, rstd2, a, x, w, norm2, b);
         return;
     }
+    qkv_path = "three";
     void *q = w->q_norm ? a->q_raw : a->q, *k = w->q_norm ? a->k_raw : a->k;
     cuda_product_bf16(true, false, Q, N, C, qkv.q, C, bf16(a->ln), C, 0.0f, q, true, Q, w->bq, NULL);
     cuda_product_bf16(true, false, KV, N, C, qkv.k, C, bf16(a->ln), C, 0.0f, k, true, KV, w->bk, NULL);

@@ -45,6 +45,9 @@ static inline unsigned cuda_blocks(long n, int threads) { return (unsigned)((n +
 // run on one host thread, in stream order, so a slot is never in use twice at once.
 // Returns NULL (and notes the error) when the allocation fails.
 void *cuda_scratch(int slot, size_t bytes);
+// The same for work that has another way to run: NULL without a note when out of memory
+// (or during a graph capture).
+void *cuda_scratch_optional(int slot, size_t bytes);
 enum {
     SCRATCH_EMBEDDING = 0, SCRATCH_COLSUM, SCRATCH_ATTENTION, SCRATCH_CE, SCRATCH_NORM, SCRATCH_BF16_A, SCRATCH_BF16_B,
     SCRATCH_DECODE, SCRATCH_DECODE_COUNT, SCRATCH_SAMPLE, SCRATCH_ATTENTION_BF16, SCRATCH_ATTENTION_WIDE,

@@ -142,10 +142,14 @@ size_t cuda_act_bytes(void);
 void cuda_set_act16(int on);
 void cuda_attn_forward(float *mid, void *ln2, float *rstd2, const attn_acts *a, const float *x, const attn_weights *w,
                        const float *norm2, const attn_batch *b);
-// With bf16 activations and no per-head norms, the forward's q, k, v are one product by the
-// joined [wq; wk; wv] and a kernel that splits its rows and rotates q and k (attn.cu), unless
-// TP_CUDA_QKV_JOIN=0 or cuda_set_qkv_join(0) (1 on, -1 back to the default): three products.
+// With bf16 activations, the forward's q, k, v are one product by the joined [wq; wk; wv]
+// and a kernel that splits its rows and rotates q and k (Qwen3 at head sizes 64, 128, 256:
+// normalises each head first; attn.cu), unless TP_CUDA_QKV_JOIN=0 or cuda_set_qkv_join(0)
+// (1 on, -1 back to the default): three products. cuda_qkv_last_path: what the last bf16
+// forward took, "joined" or "three" (which it falls back to: misaligned q, k, v, other head
+// sizes, no memory for the scratch rows).
 void cuda_set_qkv_join(int on);
+const char *cuda_qkv_last_path(void);
 void cuda_attn_backward(float *dres, const attn_grads *g, const attn_acts *a, const float *x, const attn_weights *w,
                         const attn_scratch *s, const attn_batch *b);
 void cuda_mlp_up_forward(void *act, void *gate, void *up, const void *x, const float *w_gate, const float *w_up,

@@ -152,14 +152,28 @@ static struct {
     size_t bytes;
 } scratch[SCRATCH_COUNT];
 
-void *cuda_scratch(int slot, size_t bytes) {
+static void *scratch_grow(int slot, size_t bytes, bool quiet);
+
+void *cuda_scratch(int slot, size_t bytes) { return scratch_grow(slot, bytes, false); }
+
+// A slot for work that has another way to run: NULL, with nothing noted, when the memory is
+// not there; a size that failed is not asked for again (the caller would ask every call).
+void *cuda_scratch_optional(int slot, size_t bytes) {
+    static size_t failed[SCRATCH_COUNT];
+    if (failed[slot] && bytes >= failed[slot] && !(scratch[slot].bytes >= bytes && scratch[slot].p)) return NULL;
+    void *p = scratch_grow(slot, bytes, true);
+    if (!p) failed[slot] = bytes;
+    return p;
+}
+
+static void *scratch_grow(int slot, size_t bytes, bool quiet) {
     if (scratch[slot].bytes >= bytes && scratch[slot].p) return scratch[slot].p;
     // Never while a graph is being captured: the graph would point at the old buffer (and
     // the synchronization below is not allowed then). The caller runs eagerly first.
     cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
     CUDA_CHECK(cudaStreamIsCapturing(cuda_stream(), &capturing));
     if (capturing != cudaStreamCaptureStatusNone) {
-        cuda_note_message("scratch memory grew during a graph capture", __FILE__, __LINE__);
+        if (!quiet) cuda_note_message("scratch memory grew during a graph capture", __FILE__, __LINE__);
         return NULL;
     }
     cuda_graph_epoch_now++;
@@ -170,6 +184,8 @@ void *cuda_scratch(int slot, size_t bytes) {
     size_t want = bytes + bytes / 4;  // room to grow without a reallocation per call
     if (cudaMalloc(&scratch[slot].p, want ? want : 1) != cudaSuccess) {
         cudaGetLastError();
+        scratch[slot].p = NULL;
+        if (quiet) return NULL;
         char msg[128];
         snprintf(msg, sizeof msg, "out of device memory for %zu bytes of scratch", want);
         cuda_note_message(msg, __FILE__, __LINE__);

@@ -173,7 +173,8 @@ template <int J>  // J = HD / 32
 __global__ void qkv_split_norm_rope_kernel(__nv_bfloat16 *q_raw, __nv_bfloat16 *k_raw, float *q_rstd, float *k_rstd,
                                            __nv_bfloat16 *q, __nv_bfloat16 *k, __nv_bfloat16 *v,
                                            const __nv_bfloat16 *qkv, const float *q_norm, const float *k_norm,
-                                           float eps, const int32_t *pos, const float *inv_freq, int NH, int KVH) {
+                                           float eps, const int32_t *pos, const float *inv_freq, int NH, int KVH,
+                                           bool v16) {
     constexpr int HD = 32 * J;
     const int n = blockIdx.x, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     const int Q = NH * HD, KV = KVH * HD;
@@ -208,7 +209,12 @@ __global__ void qkv_split_norm_rope_kernel(__nv_bfloat16 *q_raw, __nv_bfloat16 *
             dst[f] = __float2bfloat16(a1), dst[f + HD / 2] = __float2bfloat16(a2);
         }
     }
-    for (int u = threadIdx.x; u < KV; u += blockDim.x) v[(size_t)n * KV + u] = row[Q + KV + u];
+    if (v16) {  // 16 bytes at a time
+        for (int u = threadIdx.x; u < KV / 8; u += blockDim.x)
+            reinterpret_cast<uint4 *>(v + (size_t)n * KV)[u] = reinterpret_cast<const uint4 *>(row + Q + KV)[u];
+    } else {
+        for (int u = threadIdx.x; u < KV; u += blockDim.x) v[(size_t)n * KV + u] = row[Q + KV + u];
+    }
 }
 
 bool cuda_qkv_split_norm_rope16(void *q_raw, void *k_raw, float *q_rstd, float *k_rstd, void *q, void *k, void *v,
@@ -217,13 +223,14 @@ bool cuda_qkv_split_norm_rope16(void *q_raw, void *k_raw, float *q_rstd, float *
     if (HD != 64 && HD != 128 && HD != 256) return false;
     if (N <= 0) return true;
     const int warps = NH + KVH < 8 ? NH + KVH : 8;
+    const bool v16 = !(((uintptr_t)v | (uintptr_t)qkv) % 16);  // (rows of Q + 2 KV and KV: multiples of 8 here)
     auto kernel = HD == 64 ? qkv_split_norm_rope_kernel<2>
                   : HD == 128 ? qkv_split_norm_rope_kernel<4>
                               : qkv_split_norm_rope_kernel<8>;
     kernel<<<N, 32 * warps, 0, cuda_stream()>>>((__nv_bfloat16 *)q_raw, (__nv_bfloat16 *)k_raw, q_rstd, k_rstd,
                                                 (__nv_bfloat16 *)q, (__nv_bfloat16 *)k, (__nv_bfloat16 *)v,
                                                 (const __nv_bfloat16 *)qkv, q_norm, k_norm, eps, pos, inv_freq, NH,
-                                                KVH);
+                                                KVH, v16);
     CUDA_LAUNCH_CHECK();
     return true;
 }

@@ -292,6 +292,7 @@ static void tensor_core_case(const char *type, int HD) {
         int rc = tp_model_forward_backward(m[1], &b, 0, &lg, &err);
         CHECK_MSG(rc == 0, "%s", err.msg);
         CHECK_STR(cuda_attention_last_path(), kernels[k]);
+        CHECK_STR(cuda_qkv_last_path(), "joined");
         CHECK_MSG(fabs(lg.sum - lc.sum) <= 3e-2 * fabs(lc.sum), "%s HD %d %s: loss %.9g vs %.9g", type, HD, kernels[k],
                   lg.sum, lc.sum);
         const char *which = "";

@@ -909,6 +909,14 @@ struct attn_shape {
 
 static int qkv_join_mode = -1;  // what the test last gave cuda_set_qkv_join
 
+// Fills `bytes` of device buffer d with 0xFF again (NaN as fp32 and as bf16).
+static void dev_poison(void *d, size_t bytes) {
+    unsigned char *h = malloc(bytes + 4);
+    memset(h, 0xFF, bytes);
+    cuda_upload(d, h, bytes);
+    free(h);
+}
+
 static bool on_simulator(void) {
     char dev[128];
     return cuda_device_describe(dev, sizeof dev) == 0 && strstr(dev, "simulator");
@@ -1012,6 +1020,10 @@ static void attn_case(const struct attn_shape *sh, const char *precision, int ac
     attn_forward(h.mid, h.ln2, h.rstd2, &h.a, x, &hwt, norm2, &hb);
     attn_backward(h.dres, &h.g, &h.a, x, &hwt, &h.s, &hb);
     cuda_attn_forward(d.mid, d.ln2, d.rstd2, &d.a, d_x, &dwt, d_norm2, &db);
+    if (eb == 2) {  // the forms of q, k, v the forward can take (cuda_ops.h cuda_set_qkv_join)
+        const bool can_join = sh->qk_norm ? HD == 64 || HD == 128 || HD == 256 : HD % 8 == 0 && offset == 0;
+        CHECK_STR(cuda_qkv_last_path(), qkv_join_mode != 0 && can_join ? "joined" : "three");
+    }
     cuda_attn_backward(d.dres, &d.g, &d.a, d_x, &dwt, &d.s, &db);
     CHECK_CUDA_OK();
 
@@ -1062,6 +1074,11 @@ static void attn_case(const struct attn_shape *sh, const char *precision, int ac
         // only the tolerances above hold.)
         float *got[2][8] = {{0}}, *fgot[2][5] = {{0}}, *mids[2];
         for (int form = 0; form < 2; form++) {
+            for (int i = 0; i < 8; i++)
+                if (*dacts[i]) dev_poison(*dacts[i], an[i] * eb);
+            for (int i = 0; i < 5; i++)
+                if (*df32[i]) dev_poison(*df32[i], fn[i] * 4);
+            dev_poison(d.mid, nc * 4);
             cuda_set_qkv_join(form);
             cuda_attn_forward(d.mid, d.ln2, d.rstd2, &d.a, d_x, &dwt, d_norm2, &db);
             for (int i = 0; i < 8; i++) got[form][i] = *dacts[i] ? act_host(*dacts[i], an[i], eb) : NULL;
