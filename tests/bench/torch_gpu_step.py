@@ -5,10 +5,10 @@ SDPA attention, torch.optim.AdamW (fused), same batch shape as thinkpipe's model
 ACCUM micro-batches of B x T a step (default 1), their gradients added before one clipping and AdamW update, as
 model_step --accum does.
 devmem_mb is torch.cuda.max_memory_reserved (what the caching allocator took from the device at its peak).
-TORCH_PROFILE=1: one more step under torch.profiler, its device time by kind of kernel (products, attention, cross-entropy,
-optimizer, the rest) and its ten longest kernels, on stderr as "torch profile: ..." lines, beside which our TP_PROFILE
-table says where thinkpipe's step spends the same time (gpu-check prints both). TORCH_STEP_DEVICE=cpu runs it all on
-the CPU (a check of the script on a machine without a GPU; the numbers mean nothing there).
+TORCH_PROFILE=1: one more step under torch.profiler, its device time by kind of kernel (products, attention,
+cross-entropy, optimizer, the rest) and its ten longest kernels, on stderr as "torch profile: ..." lines, beside which
+our TP_PROFILE table says where thinkpipe's step spends the same time (gpu-check prints both). TORCH_STEP_DEVICE=cpu
+runs it all on the CPU (a check of the script on a machine without a GPU; the numbers mean nothing there).
 """
 import json
 import os
@@ -116,5 +116,6 @@ hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
 matrix = n_params - c.vocab_size * c.hidden_size * (0 if c.tie_word_embeddings else 1)
 flops_per_token = 6 * matrix + 6 * c.num_hidden_layers * T * c.num_attention_heads * hd
 mfu = flops_per_token * B * T * accum / med / (peak_tflops * 1e12)
+devmem = torch.cuda.max_memory_reserved() if device == "cuda" else 0
 print(f"torch step {med:.3f} s tokens/s {B * T * accum / med:.1f} loss {out.loss.item():.4f} "
-      f"devmem_mb {(torch.cuda.max_memory_reserved() if device == 'cuda' else 0) / 2**20:.0f} mfu {mfu:.3f} torch {torch.__version__} accum {accum}")
+      f"devmem_mb {devmem / 2**20:.0f} mfu {mfu:.3f} torch {torch.__version__} accum {accum}")
