@@ -154,6 +154,9 @@ static bool qkv_join(void) {
     return qkv_join_forced >= 0 ? qkv_join_forced : env;
 }
 
+static const char *qkv_path = "";  // cuda_qkv_last_path
+extern "C" const char *cuda_qkv_last_path(void) { return qkv_path; }
+
 // q, k, v as one product of K = C by the joined copy [wq; wk; wv] into rows [N, Q + 2 KV]
 // of scratch (bias by the joined bf16 copy [bq; bk; bv]), then one kernel that rotates q and
 // k into their tensors and copies v (with per-head norms: that copies q and k's rows into
@@ -162,9 +165,6 @@ static bool qkv_join(void) {
 // The RoPE pass it replaces read and wrote q and k anyway (and the norms another pass).
 // false, having done nothing, when it cannot (no joined copy, some biases but not all,
 // alignment, head size, no memory for the scratch or the biases' copy).
-static const char *qkv_path = "";  // cuda_qkv_last_path
-extern "C" const char *cuda_qkv_last_path(void) { return qkv_path; }
-
 static bool qkv_forward_joined(const attn_acts *a, const attn_weights *w, const __nv_bfloat16 *wj,
                                const attn_batch *b) {
     const int N = b->N, C = b->C, NH = b->NH, KVH = b->KVH, HD = b->HD, Q = NH * HD, KV = KVH * HD, L = Q + 2 * KV;
