@@ -429,16 +429,25 @@ static const __nv_bfloat16 *operand_of(int slot, cuda_operand o, int ld, int col
     return operand_bf16(slot, (const float *)o.p, (size_t)ld * cols, o.weight, o.reuse);
 }
 
+// The operands in bf16 (as operand_of gives them), then product_bf16.
+static bool product_of(bool ta, bool tb, int m, int n, int k, cuda_operand A, int lda, cuda_operand B, int ldb,
+                       float beta, void *C, bool c16, int ldc, const float *bias, const float *residual,
+                       const __nv_bfloat16 *bias16) {
+    const __nv_bfloat16 *a = operand_of(SCRATCH_BF16_A, A, lda, ta ? m : k);
+    const __nv_bfloat16 *b = operand_of(SCRATCH_BF16_B, B, ldb, tb ? k : n);
+    if (!a || !b) return true;  // noted by cuda_scratch: nothing to add to
+    return product_bf16(ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, a, lda, b, ldb, beta,
+                        C, c16, ldc, bias, residual, bias16);
+}
+
 // The product on fp32 A and B rounded to bf16 (sizes as cuBLAS counts them). reuse_a,
 // reuse_b: A (B) is unchanged since an earlier product converted it (same buffer, nothing
 // written in between), so its scratch slot may still hold the bf16 copy.
 static bool gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
                       bool a_weight, const float *B, int ldb, bool b_weight, float beta, float *C, int ldc,
                       bool reuse_a, bool reuse_b, const float *bias, const float *residual) {
-    const __nv_bfloat16 *a = operand_of(SCRATCH_BF16_A, {A, false, a_weight, reuse_a}, lda, ta == CUBLAS_OP_N ? k : m);
-    const __nv_bfloat16 *b = operand_of(SCRATCH_BF16_B, {B, false, b_weight, reuse_b}, ldb, tb == CUBLAS_OP_N ? n : k);
-    if (!a || !b) return true;  // noted by cuda_scratch: nothing to add to
-    return product_bf16(ta, tb, m, n, k, a, lda, b, ldb, beta, C, false, ldc, bias, residual);
+    return product_of(ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, {A, false, a_weight, reuse_a}, lda,
+                      {B, false, b_weight, reuse_b}, ldb, beta, C, false, ldc, bias, residual, NULL);
 }
 
 __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
@@ -447,6 +456,12 @@ __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
 }
 
 
+void cuda_product16_bias16(bool ta, bool tb, int m, int n, int k, cuda_operand A, int lda, cuda_operand B, int ldb,
+                           void *C, int ldc, const void *bias16) {
+    if (!ready() || m <= 0 || n <= 0) return;  // (a bf16 output's bias is always added: no caller's part)
+    product_of(ta, tb, m, n, k, A, lda, B, ldb, 0.0f, C, true, ldc, NULL, NULL, (const __nv_bfloat16 *)bias16);
+}
+
 void cuda_product_bf16(bool ta, bool tb, int m, int n, int k, cuda_operand A, int lda, cuda_operand B, int ldb,
                        float beta, void *C, bool c16, int ldc, const float *bias, const float *residual) {
     if (!ready() || m <= 0 || n <= 0) return;
@@ -454,11 +469,7 @@ void cuda_product_bf16(bool ta, bool tb, int m, int n, int k, cuda_operand A, in
         cuda_note_message("cuda_product_bf16: a residual with a bf16 output", __FILE__, __LINE__);
         return;
     }
-    const __nv_bfloat16 *a = operand_of(SCRATCH_BF16_A, A, lda, ta ? m : k);
-    const __nv_bfloat16 *b = operand_of(SCRATCH_BF16_B, B, ldb, tb ? k : n);
-    if (!a || !b) return;  // noted by cuda_scratch
-    const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    if (product_bf16(opa, opb, m, n, k, a, lda, b, ldb, beta, C, c16, ldc, bias, residual)) return;
+    if (product_of(ta, tb, m, n, k, A, lda, B, ldb, beta, C, c16, ldc, bias, residual, NULL)) return;
     // (ldc == m: the callers' outputs are dense)
     const long mn = (long)m * n;
     if (bias) {
@@ -468,15 +479,6 @@ void cuda_product_bf16(bool ta, bool tb, int m, int n, int k, cuda_operand A, in
     if (residual) cuda_add_inplace((float *)C, residual, mn);
 }
 
-void cuda_product16_bias16(bool ta, bool tb, int m, int n, int k, cuda_operand A, int lda, cuda_operand B, int ldb,
-                           void *C, int ldc, const void *bias16) {
-    if (!ready() || m <= 0 || n <= 0) return;
-    const __nv_bfloat16 *a = operand_of(SCRATCH_BF16_A, A, lda, ta ? m : k);
-    const __nv_bfloat16 *b = operand_of(SCRATCH_BF16_B, B, ldb, tb ? k : n);
-    if (!a || !b) return;  // noted by cuda_scratch
-    product_bf16(ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, a, lda, b, ldb, 0.0f, C,
-                 true, ldc, NULL, NULL, (const __nv_bfloat16 *)bias16);  // (a bf16 output's bias is always added)
-}
 
 // a_weight / b_weight: which operand is a weight matrix (its bf16 copy is cached). bias,
 // residual: as gemm_bf16 (applied only there; the return says whether they were).

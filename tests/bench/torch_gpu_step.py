@@ -84,8 +84,8 @@ def profile_step():
     kernels = [e for e in prof.events() if e.device_type == want and (device == "cuda" or e.cpu_parent is None)]
     by_kind, by_name = {}, {}
     for e in kernels:
-        us = e.time_range.elapsed_us()
-        by_kind[kind_of(e.name)] = by_kind.get(kind_of(e.name), 0.0) + us
+        us, kind = e.time_range.elapsed_us(), kind_of(e.name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + us
         by_name[e.name] = by_name.get(e.name, 0.0) + us
     total = sum(by_kind.values()) or 1.0
     say = lambda line: print("torch profile: " + line, file=sys.stderr)
